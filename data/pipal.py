@@ -1,0 +1,173 @@
+"""PIPAL-style full-reference data: list files, image reading, crop windows and the evaluation dataset.
+
+A list file has one distorted image a line, ``A0001_00_00.bmp,1520.0648`` (``, `` also occurs; NTIRE test lists
+have names only). The reference of ``A0001_00_00.bmp`` is ``A0001.bmp`` (first five characters + ``.bmp``).
+Images are decoded once, as 8-bit RGB, and cropped while still uint8; the model scales them to [0, 1].
+"""
+from __future__ import annotations
+
+import os
+import zlib
+from typing import Sequence
+
+import cv2
+import numpy as np
+import torch
+from PIL import Image, UnidentifiedImageError
+from torch.utils.data import Dataset
+
+from utils.errors import AHIQError
+
+Window = tuple[int, int]  # (top, left)
+
+
+def read_list(path: str) -> tuple[list[str], np.ndarray | None]:
+    """Image names and raw scores (None for a names-only list) of a PIPAL list file."""
+    if not os.path.isfile(path):
+        raise AHIQError(f"{path}: list file not found; pass an existing file (see README, 'Data')")
+    names: list[str] = []
+    scores: list[float] = []
+    with open(path, encoding="utf-8-sig") as f:
+        for lineno, line in enumerate(f, 1):
+            line = line.strip()
+            if not line:
+                continue
+            fields = [field.strip() for field in line.split(",")]
+            if len(fields) > 2 or not fields[0] or (len(fields) == 2 and not fields[1]):
+                raise AHIQError(f"{path}:{lineno}: expected 'name,score' or 'name', got {line!r}")
+            has_score = len(fields) == 2
+            if names and has_score != bool(scores):
+                raise AHIQError(f"{path}:{lineno}: some lines have a score and others not; "
+                                "give every line a score or none")
+            if has_score:
+                try:
+                    scores.append(float(fields[1]))
+                except ValueError:
+                    raise AHIQError(f"{path}:{lineno}: score {fields[1]!r} is not a number") from None
+                if not np.isfinite(scores[-1]):
+                    raise AHIQError(f"{path}:{lineno}: score {fields[1]!r} is not finite")
+            names.append(fields[0])
+    if not names:
+        raise AHIQError(f"{path}: the list is empty")
+    return names, (np.asarray(scores, dtype=np.float64) if scores else None)
+
+
+def minmax_normalise(scores: np.ndarray) -> tuple[np.ndarray, float, float]:
+    """The official label normalisation: (s - min) / (max - min) over the list; returns the range too."""
+    lo, hi = float(scores.min()), float(scores.max())
+    return (scores - lo) / (hi - lo) if hi > lo else np.zeros_like(scores), lo, hi
+
+
+def pipal_reference_name(name: str) -> str:
+    return name[:5] + ".bmp"
+
+
+def read_rgb(path: str) -> np.ndarray:
+    """An image as HxWx3 uint8 RGB: grayscale is expanded, alpha dropped, 16-bit scaled to 8-bit (OpenCV rules)."""
+    img = cv2.imread(path, cv2.IMREAD_COLOR)
+    if img is None:
+        reason = "not found" if not os.path.isfile(path) else "cannot be decoded as an image"
+        raise AHIQError(f"{path}: {reason}")
+    return cv2.cvtColor(img, cv2.COLOR_BGR2RGB)
+
+
+def image_size(path: str) -> tuple[int, int]:
+    """(height, width) from the file header, without decoding the pixels."""
+    if not os.path.isfile(path):
+        raise AHIQError(f"{path}: image not found; check the image folder options and the list file")
+    try:
+        with Image.open(path) as img:
+            width, height = img.size
+    except (UnidentifiedImageError, OSError) as err:
+        raise AHIQError(f"{path}: cannot be read as an image ({err.__class__.__name__}); replace the file") from err
+    return height, width
+
+
+def fixed_windows(h: int, w: int, crop: int) -> list[Window]:
+    """The official nine windows, in order: four corners, centre, middle-left/right, top/bottom-middle."""
+    top_c, left_c = h // 2 - crop // 2, w // 2 - crop // 2
+    bottom, right = h - crop, w - crop
+    return [(0, 0), (0, right), (bottom, 0), (bottom, right), (top_c, left_c),
+            (top_c, 0), (top_c, right), (0, left_c), (bottom, left_c)]
+
+
+def crop_windows(h: int, w: int, crop: int, n: int, seed: int, name: str) -> list[Window]:
+    """Windows of an ``n``-crop ensemble on an h x w image.
+
+    1: the centre; 2-9: the first ``n`` fixed windows; more: random windows drawn from a generator seeded with
+    ``seed`` and the image name, so a score never depends on batch size, worker count or order.
+    """
+    if n < 1:
+        raise AHIQError(f"--n_ensemble/--num_avg_val must be at least 1, got {n}")
+    if n == 1:
+        return [fixed_windows(h, w, crop)[4]]
+    if n <= 9:
+        return fixed_windows(h, w, crop)[:n]
+    rng = np.random.default_rng([seed, zlib.crc32(name.encode("utf-8"))])
+    tops = rng.integers(0, h - crop + 1, size=n)
+    lefts = rng.integers(0, w - crop + 1, size=n)
+    return [(int(t), int(left)) for t, left in zip(tops, lefts)]
+
+
+def crop_stack(img: np.ndarray, windows: Sequence[Window], crop: int) -> torch.Tensor:
+    """(K, 3, crop, crop) uint8 tensor of the windows of an HxWx3 image."""
+    crops = np.stack([img[t:t + crop, left:left + crop] for t, left in windows])
+    return torch.from_numpy(np.ascontiguousarray(crops.transpose(0, 3, 1, 2)))
+
+
+class PairListDataset(Dataset):
+    """Distorted/reference pairs of a list file, each as the uint8 crops of an ``n_crops`` ensemble.
+
+    Every listed image is checked when the dataset is built (exists, readable header, same size as its reference,
+    at least the crop size unless ``resize``), so a bad file stops the run before any work, naming the file.
+    """
+
+    def __init__(self, ref_dir: str, dis_dir: str, list_file: str, crop_size: int = 224, n_crops: int = 5,
+                 seed: int = 1919, resize: int | None = None, flip: bool = False) -> None:
+        self.names, raw = read_list(list_file)
+        self.ref_dir, self.dis_dir, self.list_file = ref_dir, dis_dir, list_file
+        self.crop, self.n_crops, self.seed, self.resize, self.flip = crop_size, n_crops, seed, resize, flip
+        self.raw_scores = raw
+        self.labels = None if raw is None else minmax_normalise(raw)[0]
+        if resize is not None and resize < crop_size:
+            raise AHIQError(f"--size {resize} is smaller than --crop_size {crop_size}")
+        self._check_images()
+
+    def paths(self, idx: int) -> tuple[str, str]:
+        name = self.names[idx]
+        return os.path.join(self.dis_dir, name), os.path.join(self.ref_dir, pipal_reference_name(name))
+
+    def _check_images(self) -> None:
+        ref_sizes: dict[str, tuple[int, int]] = {}
+        for idx in range(len(self.names)):
+            dis_path, ref_path = self.paths(idx)
+            if ref_path not in ref_sizes:
+                ref_sizes[ref_path] = image_size(ref_path)
+            dis_size = image_size(dis_path)
+            if dis_size != ref_sizes[ref_path]:
+                raise AHIQError(f"{dis_path}: size {dis_size[1]}x{dis_size[0]} differs from its reference "
+                                f"{ref_path} ({ref_sizes[ref_path][1]}x{ref_sizes[ref_path][0]})")
+            if self.resize is None and min(dis_size) < self.crop:
+                raise AHIQError(f"{dis_path}: {dis_size[1]}x{dis_size[0]} is smaller than --crop_size {self.crop}; "
+                                "pass --resize --size N (N >= crop size) or a smaller --crop_size")
+
+    def __len__(self) -> int:
+        return len(self.names)
+
+    def load(self, path: str) -> np.ndarray:
+        img = read_rgb(path)
+        if self.flip:
+            img = img[:, ::-1]
+        if self.resize is not None:
+            img = cv2.resize(np.ascontiguousarray(img), (self.resize, self.resize))
+        return img
+
+    def __getitem__(self, idx: int) -> dict:
+        dis_path, ref_path = self.paths(idx)
+        dis, ref = self.load(dis_path), self.load(ref_path)
+        if dis.shape != ref.shape:
+            raise AHIQError(f"{dis_path}: decoded size {dis.shape[:2]} differs from its reference {ref_path}")
+        windows = crop_windows(dis.shape[0], dis.shape[1], self.crop, self.n_crops, self.seed, self.names[idx])
+        label = float("nan") if self.labels is None else float(self.labels[idx])
+        return {"dis": crop_stack(dis, windows, self.crop), "ref": crop_stack(ref, windows, self.crop),
+                "name": self.names[idx], "label": label}

@@ -1,0 +1,84 @@
+"""Options shared by train.py and test.py: the official names and defaults, plus weight-file and device handling."""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+
+import torch
+
+from models import RESNET_TAG, VIT_TAGS
+from utils.errors import AHIQError
+
+
+def base_parser() -> argparse.ArgumentParser:
+    """The official base options (same names and defaults) and the project's additions."""
+    p = argparse.ArgumentParser(add_help=False)
+    g = p.add_argument_group("data")
+    g.add_argument("--train_ref_path", default="Train_Ref/", help="folder of the training reference images")
+    g.add_argument("--train_dis_path", default="Train_Dis/", help="folder of the training distorted images")
+    g.add_argument("--val_ref_path", default="NTIRE2021/Ref/", help="folder of the validation reference images")
+    g.add_argument("--val_dis_path", default="NTIRE2021/Dis/", help="folder of the validation distorted images")
+    g.add_argument("--train_list", default="PIPAL.txt", help="training list: 'name,MOS' lines")
+    g.add_argument("--val_list", default="PIPAL_NTIRE_Valid_MOS.txt", help="validation list: 'name,MOS' lines")
+    g.add_argument("--crop_size", type=int, default=224, help="crop side; a multiple of --patch_size")
+    g.add_argument("--num_crop", type=int, default=1, help="random crops per training sample (official; unused)")
+    g.add_argument("--num_avg_val", type=int, default=5, help="fixed windows averaged in validation")
+    g.add_argument("--num_workers", type=int, default=8, help="DataLoader worker processes")
+    g = p.add_argument_group("run")
+    g.add_argument("--checkpoints_dir", default="./checkpoints", help="runs are stored in checkpoints_dir/name")
+    g.add_argument("--name", default="ahiq_pipal", help="experiment name: the run folder under --checkpoints_dir")
+    g.add_argument("--load_epoch", type=int, default=-1,
+                   help="load epoch_N.pth from the run folder; -1: best.pth, else the latest epoch, else the only .pth")
+    g.add_argument("--ckpt", default=None, help="checkpoint file to load (official or ours), instead of the run folder")
+    g.add_argument("--seed", type=int, default=1919, help="random seed")
+    g.add_argument("--gpu_ids", default="0", help="GPU ids, e.g. '0' or '0,1'; '-1' runs on the CPU")
+    g = p.add_argument_group("model")
+    g.add_argument("--patch_size", type=int, default=8, choices=(8, 16), help="ViT patch size")
+    g.add_argument("--vit_weights", default=None,
+                   help="ViT weights from a local timm state dict (.pth/.safetensors) instead of the hub")
+    g.add_argument("--resnet_weights", default=None,
+                   help="ResNet-50 weights from a local timm state dict (.pth/.safetensors) instead of the hub")
+    g.add_argument("--no_pretrained", action="store_true",
+                   help="random backbones (tests, offline demos): scores are meaningless")
+    return p
+
+
+def backbone_files(checkpoints_dir: str, patch_size: int) -> tuple[str, str]:
+    """Where download.sh puts the pinned backbone weights."""
+    folder = os.path.join(checkpoints_dir, "backbones")
+    return (os.path.join(folder, VIT_TAGS[patch_size] + ".safetensors"),
+            os.path.join(folder, RESNET_TAG + ".safetensors"))
+
+
+def finalize(opt: argparse.Namespace) -> argparse.Namespace:
+    """Check and resolve options: crop size, device, default backbone files from download.sh."""
+    if opt.crop_size <= 0 or opt.crop_size % opt.patch_size:
+        raise AHIQError(f"--crop_size {opt.crop_size} must be a positive multiple of --patch_size {opt.patch_size}")
+    try:
+        ids = [int(i) for i in str(opt.gpu_ids).split(",") if i.strip() and int(i) >= 0]
+    except ValueError:
+        raise AHIQError(f"--gpu_ids {opt.gpu_ids!r}: expected comma-separated integers, e.g. 0 or 0,1 or -1") from None
+    if ids and not torch.cuda.is_available():
+        raise AHIQError(f"--gpu_ids {opt.gpu_ids}: CUDA is not available here; pass --gpu_ids -1 to run on the CPU")
+    opt.device = f"cuda:{ids[0]}" if ids else "cpu"
+    if not opt.no_pretrained:
+        vit_file, resnet_file = backbone_files(opt.checkpoints_dir, opt.patch_size)
+        if opt.vit_weights is None and os.path.isfile(vit_file):
+            opt.vit_weights = vit_file
+        if opt.resnet_weights is None and os.path.isfile(resnet_file):
+            opt.resnet_weights = resnet_file
+    opt.run_dir = os.path.join(opt.checkpoints_dir, opt.name)
+    return opt
+
+
+def save_options(opt: argparse.Namespace, phase: str) -> None:
+    """The resolved options as the official ``opt_{phase}.txt`` and as JSON, in the run folder."""
+    os.makedirs(opt.run_dir, exist_ok=True)
+    args = dict(sorted(vars(opt).items()))
+    with open(os.path.join(opt.run_dir, f"opt_{phase}.txt"), "w") as f:
+        f.write("------------ Options -------------\n")
+        f.writelines(f"{k}: {v}\n" for k, v in args.items())
+        f.write("-------------- End ----------------\n")
+    with open(os.path.join(opt.run_dir, f"opt_{phase}.json"), "w") as f:
+        json.dump(args, f, indent=2, default=str)

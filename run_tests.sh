@@ -1,0 +1,7 @@
+#!/bin/sh
+# The test command of the README: sets up the environment on a fresh machine, then runs the CPU test suite.
+# Extra arguments go to pytest, e.g. `sh run_tests.sh -k checkpoint`.
+set -e
+cd "$(dirname "$0")"
+. scripts/setup_env.sh
+exec $PY -m pytest -q tests "$@"

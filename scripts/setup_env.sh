@@ -1,0 +1,20 @@
+# Sourced by run_tests.sh and demo.sh: selects the Python to use and installs what the project needs.
+# An active virtualenv or conda environment is used as it is; otherwise a local .venv is created and kept in sync
+# with requirements.txt (re-installed when that file changes).
+if [ -n "${VIRTUAL_ENV:-}" ] || [ -n "${CONDA_PREFIX:-}" ]; then
+    PY=python
+else
+    if [ ! -x .venv/bin/python ]; then
+        echo "setting up .venv (first run: installs PyTorch and the requirements, a few minutes)"
+        python3 -m venv .venv || { echo "error: cannot create .venv; install python3-venv" >&2; exit 1; }
+    fi
+    PY=.venv/bin/python
+fi
+stamp_dir=$($PY -c 'import sys; print(sys.prefix)')
+want=$(cat requirements.txt requirements-dev.txt | sha256sum | cut -c1-16)
+if [ "$(cat "$stamp_dir/.ahiq-requirements" 2>/dev/null)" != "$want" ]; then
+    $PY -m pip install -q --upgrade pip >/dev/null 2>&1 || true
+    $PY -m pip install -q -r requirements.txt -r requirements-dev.txt || {
+        echo "error: installing requirements.txt failed (see above); fix the environment and rerun" >&2; exit 1; }
+    echo "$want" > "$stamp_dir/.ahiq-requirements"
+fi

@@ -1,0 +1,98 @@
+"""Score a PIPAL-style list with a trained AHIQ model; reproduce the NTIRE 2022 FR submission.
+
+Writes ``{checkpoints_dir}/{name}/{test_file_name}`` (one ``name,score`` line per listed image, in list order) and,
+when the list has MOS, prints SRCC/PLCC/KRCC/RMSE and the main score and saves them as JSON beside it.
+``--submission DIR`` also writes the NTIRE package. Example: ``sh test.sh`` or ``python test.py --help``.
+"""
+from __future__ import annotations
+
+import json
+import logging
+import os
+import platform
+import time
+import zipfile
+
+import numpy as np
+import torch
+from torch.utils.data import DataLoader
+
+from data.pipal import PairListDataset
+from models import build_model
+from options.base_options import save_options
+from options.test_options import parse_test_options
+from utils.checkpoint import find_checkpoint, load_weights
+from utils.engine import predict
+from utils.errors import run_cli
+from utils.files import atomic_write
+from utils.metrics import iqa_metrics
+
+log = logging.getLogger("ahiq.test")
+
+
+def format_predictions(names: list[str], preds: np.ndarray) -> str:
+    return "".join(f"{name},{score:.9g}\n" for name, score in zip(names, preds))
+
+
+def write_submission(folder: str, predictions: str, seconds_per_image: float, on_cpu: bool, n_ensemble: int) -> str:
+    """The NTIRE 2022 FR package: output.txt, readme.txt and submission.zip holding just those two."""
+    readme = (f"runtime per image [s] : {seconds_per_image:.4f}\n"
+              f"CPU[1] / GPU[0] : {int(on_cpu)}\n"
+              "Extra Data [1] / No Extra Data [0] : 1\n"
+              "Other description : AHIQ (Lao et al., CVPRW 2022): ViT-B and ResNet-50 features (ImageNet-pretrained, "
+              "frozen), deformable feature fusion and a patch-weighted quality head, trained on the PIPAL training "
+              f"set; {n_ensemble}-crop ensemble at test time. Runtime measured on {platform.processor() or 'this machine'}"
+              f"{'' if on_cpu else ' with ' + torch.cuda.get_device_name()}.\n"
+              "Full-Reference [1] / Non-Reference [0] : 1\n")
+    atomic_write(os.path.join(folder, "output.txt"), predictions)
+    atomic_write(os.path.join(folder, "readme.txt"), readme)
+    zip_path = os.path.join(folder, "submission.zip")
+    tmp = zip_path + ".tmp"
+    with zipfile.ZipFile(tmp, "w", zipfile.ZIP_DEFLATED) as zf:
+        zf.writestr("output.txt", predictions)
+        zf.writestr("readme.txt", readme)
+    os.replace(tmp, zip_path)
+    return zip_path
+
+
+def main(argv: list[str] | None = None) -> dict:
+    logging.basicConfig(level=logging.INFO, format="%(message)s")
+    opt = parse_test_options(argv)
+    torch.manual_seed(opt.seed)
+    dataset = PairListDataset(opt.test_ref_path, opt.test_dis_path, opt.test_list, opt.crop_size, opt.n_ensemble,
+                              opt.seed, resize=opt.size if opt.resize else None, flip=opt.flip)
+    ckpt_path = opt.ckpt or find_checkpoint(opt.run_dir, opt.load_epoch)
+    model = build_model(opt.patch_size, not opt.no_pretrained, opt.vit_weights, opt.resnet_weights)
+    load_weights(model, ckpt_path)
+    model.to(opt.device).eval()
+    save_options(opt, "test")
+    log.info("scoring %d images of %s with %s (%d crops each, %s)", len(dataset), opt.test_list, ckpt_path,
+             opt.n_ensemble, opt.device)
+    loader = DataLoader(dataset, batch_size=opt.batch_size, shuffle=False, num_workers=opt.num_workers,
+                        pin_memory=opt.device.startswith("cuda"), drop_last=False)
+    start = time.perf_counter()
+    names, preds, labels = predict(model, loader, opt.crops_per_forward)
+    seconds = time.perf_counter() - start
+    predictions = format_predictions(names, preds)
+    out_path = os.path.join(opt.run_dir, opt.test_file_name)
+    atomic_write(out_path, predictions)
+    log.info("wrote %s (%.3f s per image)", out_path, seconds / len(names))
+    result = {"predictions": out_path, "seconds_per_image": seconds / len(names), "checkpoint": ckpt_path}
+    if not np.isnan(labels).any() and len(labels) > 1:
+        metrics = iqa_metrics(preds, labels)
+        metrics_path = os.path.splitext(out_path)[0] + "_metrics.json"
+        atomic_write(metrics_path, json.dumps({**metrics, "n_images": len(names), "list": opt.test_list,
+                                               "checkpoint": ckpt_path, "n_ensemble": opt.n_ensemble}, indent=2))
+        log.info("SRCC %.4f  PLCC %.4f  KRCC %.4f  RMSE %.4f  main score (PLCC+SRCC) %.4f  -> %s",
+                 metrics["srcc"], metrics["plcc"], metrics["krcc"], metrics["rmse"], metrics["main_score"],
+                 metrics_path)
+        result.update(metrics)
+    if opt.submission:
+        zip_path = write_submission(opt.submission, predictions, seconds / len(names), opt.device == "cpu",
+                                    opt.n_ensemble)
+        log.info("wrote the NTIRE submission package %s", zip_path)
+    return result
+
+
+if __name__ == "__main__":
+    run_cli(main)

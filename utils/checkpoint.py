@@ -1,0 +1,132 @@
+"""Checkpoints: safe loading of official and project files, atomic saving, and finding the file to load.
+
+The official format (the released ``AHIQ_vit_p8_epoch33.pth`` and the official train.py) is a dict with
+``regressor_model_state_dict`` and ``deform_net_model_state_dict`` and possibly ``optimizer_state_dict``,
+``scheduler_state_dict``, ``epoch`` and a numpy float64 ``loss``. Project files carry the same two keys (so the
+official code and pyiqa load them) plus an ``ahiq`` metadata dict and whatever resuming needs. Files are always
+read with ``torch.load(weights_only=True)``: only the numpy scalar types official files contain are allowed.
+"""
+from __future__ import annotations
+
+import glob
+import os
+import re
+from typing import Any, Mapping
+
+import numpy as np
+import torch
+import torch.nn as nn
+
+from utils.errors import AHIQError
+from utils.files import atomic_torch_save
+
+OFFICIAL_KEYS = {"deform_net": "deform_net_model_state_dict", "regressor": "regressor_model_state_dict"}
+FORMAT_VERSION = 1
+
+
+def _numpy_safe_globals() -> list:
+    """The numpy types a pickled ``np.float64`` needs, under its numpy 1.x and numpy 2 qualified names."""
+    core = np._core if hasattr(np, "_core") else np.core
+    scalar = core.multiarray.scalar
+    allowed = [(scalar, "numpy.core.multiarray.scalar"), (scalar, "numpy._core.multiarray.scalar"), np.dtype]
+    if hasattr(np, "dtypes"):
+        allowed.append(np.dtypes.Float64DType)
+    return allowed
+
+
+def load_checkpoint(path: str) -> dict[str, Any]:
+    """Read a checkpoint file safely (no code is unpickled); errors name the file."""
+    if not os.path.isfile(path):
+        raise AHIQError(f"{path}: checkpoint not found; run `sh download.sh` for the released PIPAL checkpoint "
+                        "or pass an existing file with --ckpt")
+    try:
+        with torch.serialization.safe_globals(_numpy_safe_globals()):
+            ckpt = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as err:  # corrupt, truncated or foreign files all end here with the file named
+        first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+        raise AHIQError(f"{path}: cannot be read as a PyTorch checkpoint ({first[:200]}); "
+                        "is it a complete AHIQ .pth file?") from err
+    if not isinstance(ckpt, Mapping):
+        raise AHIQError(f"{path}: not an AHIQ checkpoint (holds a {type(ckpt).__name__}, expected a dict)")
+    return dict(ckpt)
+
+
+def _strip_module(sd: Mapping[str, Any]) -> dict[str, Any]:
+    return {k[len("module."):] if k.startswith("module.") else k: v for k, v in sd.items()}
+
+
+def head_state_dicts(ckpt: Mapping[str, Any], path: str) -> dict[str, dict[str, torch.Tensor]]:
+    """The ``deform_net`` and ``regressor`` state dicts of a checkpoint in any supported layout."""
+    if all(key in ckpt for key in OFFICIAL_KEYS.values()):
+        return {part: _strip_module(ckpt[key]) for part, key in OFFICIAL_KEYS.items()}
+    flat = ckpt
+    for key in ("params", "state_dict", "model"):  # pyiqa / whole-model state dicts
+        if isinstance(ckpt.get(key), Mapping):
+            flat = ckpt[key]
+    flat = _strip_module(flat)
+    parts = {part: {k[len(part) + 1:]: v for k, v in flat.items() if k.startswith(part + ".")}
+             for part in OFFICIAL_KEYS}
+    if not all(parts.values()):
+        shown = ", ".join(list(ckpt)[:6])
+        raise AHIQError(f"{path}: not an AHIQ checkpoint: no {' / '.join(OFFICIAL_KEYS.values())} "
+                        f"(top-level keys: {shown}); pass a file written by AHIQ's train.py or the released one")
+    return parts
+
+
+def load_weights(model: nn.Module, path: str) -> dict[str, Any]:
+    """Load ``deform_net`` and ``regressor`` of ``model`` from ``path``; return the whole checkpoint dict."""
+    ckpt = load_checkpoint(path)
+    meta = ckpt.get("ahiq", {})
+    patch = meta.get("patch_size") if isinstance(meta, Mapping) else None
+    if patch is not None and patch != model.patch_size:
+        raise AHIQError(f"{path}: trained with --patch_size {patch}, but the model has --patch_size "
+                        f"{model.patch_size}; pass --patch_size {patch}")
+    for part, sd in head_state_dicts(ckpt, path).items():
+        module = getattr(model, part)
+        own = module.state_dict()
+        missing = sorted(set(own) - set(sd))
+        unexpected = sorted(set(sd) - set(own))
+        shape = [k for k in own if k in sd and tuple(sd[k].shape) != tuple(own[k].shape)]
+        if missing or unexpected or shape:
+            details = "; ".join(f"{name}: {keys[:4]}" for name, keys in
+                                (("missing", missing), ("unexpected", unexpected), ("wrong shape", shape)) if keys)
+            raise AHIQError(f"{path}: {part} does not fit this AHIQ model ({details}); likely cause: a checkpoint "
+                            "of a different architecture or a modified model")
+        module.load_state_dict(sd)
+    return ckpt
+
+
+def save_weights(path: str, model: nn.Module, meta: Mapping[str, Any] | None = None, **extra: Any) -> None:
+    """Save the trainable parts under the two official keys, the ``ahiq`` metadata and any extra entries."""
+    ckpt = {key: getattr(model, part).state_dict() for part, key in OFFICIAL_KEYS.items()}
+    ckpt["ahiq"] = {"format": FORMAT_VERSION, "patch_size": model.patch_size, **(meta or {})}
+    ckpt.update(extra)
+    atomic_torch_save(ckpt, path)
+
+
+_EPOCH_RE = re.compile(r"^epoch_?(\d+)\.pth$")
+
+
+def find_checkpoint(folder: str, load_epoch: int = -1) -> str:
+    """The file test.py loads from a run folder.
+
+    ``load_epoch`` N: ``epoch_N.pth`` (or the official ``epochN.pth``). -1: ``best.pth``, else the highest
+    ``epoch_N.pth``, else the only ``*.pth`` there (for example the released checkpoint from download.sh).
+    """
+    if not os.path.isdir(folder):
+        raise AHIQError(f"{folder}: no such run folder; train first, run `sh download.sh`, or pass --ckpt FILE")
+    files = sorted(os.path.basename(p) for p in glob.glob(os.path.join(folder, "*.pth")))
+    epochs = {int(m.group(1)): f for f in files if (m := _EPOCH_RE.match(f))}
+    if load_epoch >= 0:
+        if load_epoch not in epochs:
+            raise AHIQError(f"{folder}: no checkpoint for --load_epoch {load_epoch} (epochs there: "
+                            f"{sorted(epochs) or 'none'})")
+        return os.path.join(folder, epochs[load_epoch])
+    if "best.pth" in files:
+        return os.path.join(folder, "best.pth")
+    if epochs:
+        return os.path.join(folder, epochs[max(epochs)])
+    if len(files) == 1:
+        return os.path.join(folder, files[0])
+    raise AHIQError(f"{folder}: cannot choose a checkpoint among {files or 'no .pth files'}; "
+                    "pass --ckpt FILE or --load_epoch N")

@@ -1,0 +1,34 @@
+"""Atomic file writes: a temporary file in the same folder, fsync, then ``os.replace``.
+
+A crash or a full disk never leaves a torn checkpoint or results file, and never destroys the previous one.
+"""
+from __future__ import annotations
+
+import io
+import os
+import tempfile
+from typing import Any
+
+import torch
+
+
+def atomic_write(path: str, data: bytes | str) -> None:
+    """Replace ``path`` with ``data`` in one step."""
+    folder = os.path.dirname(os.path.abspath(path))
+    os.makedirs(folder, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=".tmp-", dir=folder)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(data.encode("utf-8") if isinstance(data, str) else data)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        os.unlink(tmp)
+        raise
+
+
+def atomic_torch_save(obj: Any, path: str) -> None:
+    buf = io.BytesIO()
+    torch.save(obj, buf)
+    atomic_write(path, buf.getvalue())
