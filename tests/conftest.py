@@ -1,0 +1,85 @@
+"""Shared test helpers: tiny random-backbone models, weight files written on the fly, tiny PIPAL-style datasets."""
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import cv2
+import numpy as np
+import pytest
+import timm
+import torch
+from safetensors.torch import save_file
+
+from models import RESNET_TAG, VIT_TAGS, build_model
+
+FIXTURES = Path(__file__).resolve().parents[2] / "shared" / "fixtures"
+if not FIXTURES.is_dir():  # a clone laid out elsewhere: the fixtures may sit beside the repository
+    FIXTURES = Path(os.environ.get("AHIQ_FIXTURES", FIXTURES))
+
+
+def needs_fixtures() -> pytest.MarkDecorator:
+    return pytest.mark.skipif(not FIXTURES.is_dir(), reason="../shared/fixtures not present")
+
+
+@pytest.fixture(scope="session")
+def backbone_files(tmp_path_factory) -> dict:
+    """Random full timm backbones (with head and all blocks) saved as local weight files, per patch size."""
+    folder = tmp_path_factory.mktemp("backbones")
+    files = {}
+    torch.manual_seed(123)
+    resnet = timm.create_model(RESNET_TAG, pretrained=False)
+    # Non-trivial BatchNorm statistics, so a wrong eval/train mode would change the features.
+    for m in resnet.modules():
+        if isinstance(m, torch.nn.BatchNorm2d):
+            m.running_mean.uniform_(-0.2, 0.2)
+            m.running_var.uniform_(0.5, 1.5)
+    files["resnet"] = str(folder / "resnet50.pth")
+    torch.save(resnet.state_dict(), files["resnet"])
+    for patch, tag in VIT_TAGS.items():
+        vit = timm.create_model(tag, pretrained=False)
+        files[patch] = str(folder / f"vit_p{patch}.safetensors")
+        save_file({k: v.contiguous() for k, v in vit.state_dict().items()}, files[patch])
+    return files
+
+
+@pytest.fixture(scope="session")
+def model_factory(backbone_files):
+    """Build (and cache) an AHIQ model with the session's backbone files and a seeded random head."""
+    cache: dict = {}
+
+    def make(patch: int = 8) -> torch.nn.Module:
+        if patch not in cache:
+            torch.manual_seed(7 + patch)
+            model = build_model(patch, pretrained=False, vit_weights=backbone_files[patch],
+                                resnet_weights=backbone_files["resnet"])
+            cache[patch] = model.eval()
+        return cache[patch]
+
+    return make
+
+
+def make_pipal_set(root: Path, n_refs: int = 2, n_dis: int = 3, size: tuple[int, int] = (48, 56),
+                   seed: int = 0) -> dict:
+    """A tiny PIPAL-layout dataset: ref/A000r.bmp, dis/A000r_00_0d.bmp and a 'name, score' list."""
+    rng = np.random.default_rng(seed)
+    (root / "ref").mkdir(parents=True, exist_ok=True)
+    (root / "dis").mkdir(parents=True, exist_ok=True)
+    lines = []
+    for r in range(n_refs):
+        yy, xx = np.mgrid[0:size[0], 0:size[1]]
+        ref = np.stack([(xx * 4 + r * 40) % 256, (yy * 5) % 256, ((xx + yy) * 3) % 256], -1).astype(np.uint8)
+        cv2.imwrite(str(root / "ref" / f"A{r:04d}.bmp"), ref)
+        for d in range(n_dis):
+            name = f"A{r:04d}_00_{d:02d}.bmp"
+            noisy = np.clip(ref + rng.normal(0, 12 * d, ref.shape), 0, 255).astype(np.uint8)
+            cv2.imwrite(str(root / "dis" / name), noisy)
+            lines.append(f"{name}, {1500 - 60 * d + 7 * r + rng.uniform(0, 5):.4f}")
+    (root / "list.txt").write_text("\n".join(lines))
+    return {"ref": str(root / "ref"), "dis": str(root / "dis"), "list": str(root / "list.txt"),
+            "names": [line.split(",")[0] for line in lines]}
+
+
+@pytest.fixture
+def pipal_set(tmp_path) -> dict:
+    return make_pipal_set(tmp_path / "set")

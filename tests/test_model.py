@@ -1,0 +1,99 @@
+"""The fast batched model against the official-style computation, frozen backbones, and backbone weight files."""
+from __future__ import annotations
+
+import pytest
+import torch
+
+import models.backbones as backbones_mod
+from models import VIT_TAGS, build_model
+from tests.reference_ahiq import OfficialStyleBackbones, reference_scores
+from utils.errors import AHIQError
+
+
+@pytest.mark.parametrize("patch,crops", [(8, (32, 48)), (16, (32, 64))])
+def test_fast_forward_equals_official_style_forward(model_factory, backbone_files, patch, crops):
+    model = model_factory(patch)
+    ref_backbones = OfficialStyleBackbones(patch, backbone_files[patch], backbone_files["resnet"])
+    g = torch.Generator().manual_seed(patch)
+    for crop in crops:
+        dis, ref = torch.rand(3, 3, crop, crop, generator=g), torch.rand(3, 3, crop, crop, generator=g)
+        with torch.no_grad():
+            fast = model(dis, ref)
+        slow = reference_scores(ref_backbones, model.deform_net.state_dict(), model.regressor.state_dict(), dis, ref)
+        assert fast.shape == (3, 1)
+        torch.testing.assert_close(fast, slow, rtol=1e-5, atol=1e-7)
+        assert fast.std() > 0  # distinct inputs give distinct scores: the comparison is not vacuous
+
+
+def test_only_used_layers_are_kept(model_factory):
+    model = model_factory(8)
+    assert len(model.vit.vit.blocks) == 5
+    names = {n for n, _ in model.cnn.named_children()}
+    assert names == {"conv1", "bn1", "act1", "maxpool", "layer1"}
+
+
+def test_backbones_frozen_and_no_gradients(model_factory):
+    model = model_factory(8)
+    model.train()
+    assert not model.vit.training and not model.cnn.training and model.regressor.training
+    assert all(not p.requires_grad for p in list(model.vit.parameters()) + list(model.cnn.parameters()))
+    dis, ref = torch.rand(2, 3, 32, 32), torch.rand(2, 3, 32, 32)
+    model.zero_grad(set_to_none=True)
+    model(dis, ref).sum().backward()
+    assert all(p.grad is None for p in list(model.vit.parameters()) + list(model.cnn.parameters()))
+    assert all(p.grad is not None for p in model.deform_net.parameters())
+    assert all(p.grad is not None for p in model.regressor.parameters())
+    model.zero_grad(set_to_none=True)
+    model.eval()
+
+
+def test_crop_that_is_not_a_patch_multiple_is_refused(model_factory):
+    with pytest.raises(ValueError, match="divisible by 8"):
+        model_factory(8)(torch.rand(1, 3, 36, 36), torch.rand(1, 3, 36, 36))
+
+
+def test_weight_file_missing_used_key_is_an_error(tmp_path, backbone_files):
+    sd = torch.load(backbone_files["resnet"], weights_only=True)
+    del sd["layer1.2.conv3.weight"]
+    del sd["fc.weight"]  # unused keys may be absent; a used one may not
+    bad = tmp_path / "resnet_missing.pth"
+    torch.save(sd, bad)
+    with pytest.raises(AHIQError, match=r"resnet_missing\.pth.*layer1\.2\.conv3\.weight"):
+        build_model(8, pretrained=False, vit_weights=backbone_files[8], resnet_weights=str(bad))
+
+
+def test_weight_file_of_wrong_patch_size_is_an_error(backbone_files):
+    with pytest.raises(AHIQError, match=r"vit_p16\.safetensors: not vit_base_patch8.*has shape"):
+        build_model(8, pretrained=False, vit_weights=backbone_files[16], resnet_weights=backbone_files["resnet"])
+
+
+def test_weight_file_wrapped_in_state_dict_loads(tmp_path, backbone_files, model_factory):
+    wrapped = tmp_path / "wrapped.pth"
+    torch.save({"state_dict": torch.load(backbone_files["resnet"], weights_only=True)}, wrapped)
+    model = build_model(8, pretrained=False, vit_weights=backbone_files[8], resnet_weights=str(wrapped))
+    torch.testing.assert_close(model.cnn.state_dict(), model_factory(8).cnn.state_dict(), rtol=0, atol=0)
+
+
+def test_missing_weight_file_and_garbage_file(tmp_path, backbone_files):
+    with pytest.raises(AHIQError, match=r"nope\.pth: backbone weights file not found"):
+        build_model(8, pretrained=False, resnet_weights=str(tmp_path / "nope.pth"))
+    garbage = tmp_path / "garbage.safetensors"
+    garbage.write_bytes(b"not a tensor file")
+    with pytest.raises(AHIQError, match=r"garbage\.safetensors: cannot read backbone weights"):
+        build_model(8, pretrained=False, vit_weights=str(garbage))
+
+
+def test_failed_download_names_the_weights_and_never_falls_back(monkeypatch):
+    calls = []
+
+    def offline(tag, pretrained=False, **kwargs):
+        calls.append((tag, pretrained))
+        if pretrained:
+            raise OSError("no network")
+        return real(tag, pretrained=False, **kwargs)
+
+    real = backbones_mod.timm.create_model
+    monkeypatch.setattr(backbones_mod.timm, "create_model", offline)
+    with pytest.raises(AHIQError, match=VIT_TAGS[8].replace(".", r"\.") + ".*download.sh.*--vit_weights"):
+        build_model(8, pretrained=True)
+    assert calls == [(VIT_TAGS[8], True)]
