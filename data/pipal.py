@@ -19,6 +19,8 @@ from torch.utils.data import Dataset
 from utils.errors import AHIQError
 
 Window = tuple[int, int]  # (top, left)
+# A damaged file is reported by our own one-line error; OpenCV's log line would only duplicate it.
+cv2.utils.logging.setLogLevel(cv2.utils.logging.LOG_LEVEL_SILENT)
 
 
 def read_list(path: str) -> tuple[list[str], np.ndarray | None]:
