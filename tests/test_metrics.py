@@ -1,0 +1,35 @@
+"""The IQA metrics against independent textbook formulas."""
+from __future__ import annotations
+
+import itertools
+
+import numpy as np
+import pytest
+
+from utils.metrics import iqa_metrics
+
+
+def _ranks(x):
+    return np.argsort(np.argsort(x)).astype(float)
+
+
+def test_metrics_against_textbook_formulas():
+    rng = np.random.default_rng(0)
+    label = rng.uniform(0, 1, 40)
+    pred = label ** 2 + rng.normal(0, 0.1, 40)
+    m = iqa_metrics(pred, label)
+    assert m["plcc"] == pytest.approx(np.corrcoef(pred, label)[0, 1], abs=1e-12)
+    assert m["srcc"] == pytest.approx(np.corrcoef(_ranks(pred), _ranks(label))[0, 1], abs=1e-12)
+    pairs = list(itertools.combinations(range(40), 2))
+    concordant = sum(np.sign(pred[i] - pred[j]) * np.sign(label[i] - label[j]) for i, j in pairs)
+    assert m["krcc"] == pytest.approx(concordant / len(pairs), abs=1e-12)
+    assert m["rmse"] == pytest.approx(np.sqrt(((pred - label) ** 2).mean()), abs=1e-12)
+    assert m["main_score"] == pytest.approx(m["plcc"] + m["srcc"])
+
+
+def test_perfect_and_reversed_order():
+    x = np.linspace(0, 1, 10)
+    assert iqa_metrics(x ** 3, x)["srcc"] == pytest.approx(1.0)
+    assert iqa_metrics(-x, x)["krcc"] == pytest.approx(-1.0)
+    with pytest.raises(ValueError):
+        iqa_metrics(np.ones(1), np.ones(1))
