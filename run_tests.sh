@@ -4,4 +4,5 @@
 set -e
 cd "$(dirname "$0")"
 . scripts/setup_env.sh
+$PY -m ruff check .
 exec $PY -m pytest -q tests "$@"

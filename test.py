@@ -9,7 +9,6 @@ from __future__ import annotations
 import json
 import logging
 import os
-import platform
 import time
 import zipfile
 
@@ -36,13 +35,13 @@ def format_predictions(names: list[str], preds: np.ndarray) -> str:
 
 def write_submission(folder: str, predictions: str, seconds_per_image: float, on_cpu: bool, n_ensemble: int) -> str:
     """The NTIRE 2022 FR package: output.txt, readme.txt and submission.zip holding just those two."""
+    hardware = "CPU" if on_cpu else torch.cuda.get_device_name()
     readme = (f"runtime per image [s] : {seconds_per_image:.4f}\n"
               f"CPU[1] / GPU[0] : {int(on_cpu)}\n"
               "Extra Data [1] / No Extra Data [0] : 1\n"
               "Other description : AHIQ (Lao et al., CVPRW 2022): ViT-B and ResNet-50 features (ImageNet-pretrained, "
               "frozen), deformable feature fusion and a patch-weighted quality head, trained on the PIPAL training "
-              f"set; {n_ensemble}-crop ensemble at test time. Runtime measured on {platform.processor() or 'this machine'}"
-              f"{'' if on_cpu else ' with ' + torch.cuda.get_device_name()}.\n"
+              f"set; {n_ensemble}-crop ensemble at test time. Runtime measured on {hardware}.\n"
               "Full-Reference [1] / Non-Reference [0] : 1\n")
     atomic_write(os.path.join(folder, "output.txt"), predictions)
     atomic_write(os.path.join(folder, "readme.txt"), readme)

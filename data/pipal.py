@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import os
 import zlib
-from typing import Sequence
+from collections.abc import Sequence
 
 import cv2
 import numpy as np

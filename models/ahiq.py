@@ -73,7 +73,7 @@ class AHIQ(nn.Module):
         self.deform_net = DeformFusion(patch_size)
         self.regressor = PixelPrediction()
 
-    def train(self, mode: bool = True) -> "AHIQ":
+    def train(self, mode: bool = True) -> AHIQ:
         """Only the head trains; the backbones stay in eval mode (their BatchNorm statistics are fixed)."""
         super().train(mode)
         self.vit.eval()

@@ -8,7 +8,7 @@ to random weights silently.
 from __future__ import annotations
 
 import os
-from typing import Mapping
+from collections.abc import Mapping
 
 import timm
 import torch

@@ -17,8 +17,8 @@ from utils.errors import AHIQError
 
 def _perturbed_heads(model, seed: int) -> dict:
     g = torch.Generator().manual_seed(seed)
-    return {part: {k: v + torch.randn(v.shape, generator=g) * 0.01 for k, v in getattr(model, part).state_dict().items()}
-            for part in OFFICIAL_KEYS}
+    return {part: {k: v + torch.randn(v.shape, generator=g) * 0.01 for k, v in sd.items()}
+            for part, sd in model.trainable_state_dict().items()}
 
 
 def _official_file(path, heads, model) -> None:

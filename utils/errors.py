@@ -7,7 +7,7 @@ line and exits non-zero, without a traceback. Programming errors keep their trac
 from __future__ import annotations
 
 import sys
-from typing import Callable
+from collections.abc import Callable
 
 _WORKER_PREFIX = "Caught AHIQError"
 
