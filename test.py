@@ -70,7 +70,8 @@ def main(argv: list[str] | None = None) -> dict:
     loader = DataLoader(dataset, batch_size=opt.batch_size, shuffle=False, num_workers=opt.num_workers,
                         pin_memory=opt.device.startswith("cuda"), drop_last=False)
     start = time.perf_counter()
-    names, preds, labels = predict(model, loader, opt.crops_per_forward)
+    out = predict(model, loader, opt.crops_per_forward)
+    names, preds, labels = out.names, out.preds, out.labels
     seconds = time.perf_counter() - start
     predictions = format_predictions(names, preds)
     out_path = os.path.join(opt.run_dir, opt.test_file_name)

@@ -118,8 +118,12 @@ def crop_stack(img: np.ndarray, windows: Sequence[Window], crop: int) -> torch.T
 
 
 class PairListDataset(Dataset):
-    """Distorted/reference pairs of a list file, each as the uint8 crops of an ``n_crops`` ensemble.
+    """Distorted/reference pairs of a list file, as uint8 crop stacks (K, 3, crop, crop).
 
+    Evaluation (``dataset[idx]``): the K = ``n_crops`` windows of :func:`crop_windows`. Training
+    (``dataset[(epoch, idx)]``, keys made by :class:`data.sampler.EpochSampler`): one random window and a random
+    horizontal flip, the same for both images, drawn from a generator seeded with (seed, epoch, idx); so a sample
+    never depends on worker processes, ranks or where a run was resumed.
     Every listed image is checked when the dataset is built (exists, readable header, same size as its reference,
     at least the crop size unless ``resize``), so a bad file stops the run before any work, naming the file.
     """
@@ -130,7 +134,7 @@ class PairListDataset(Dataset):
         self.ref_dir, self.dis_dir, self.list_file = ref_dir, dis_dir, list_file
         self.crop, self.n_crops, self.seed, self.resize, self.flip = crop_size, n_crops, seed, resize, flip
         self.raw_scores = raw
-        self.labels = None if raw is None else minmax_normalise(raw)[0]
+        self.labels, self.mos_min, self.mos_max = minmax_normalise(raw) if raw is not None else (None, None, None)
         if resize is not None and resize < crop_size:
             raise AHIQError(f"--size {resize} is smaller than --crop_size {crop_size}")
         self._check_images()
@@ -164,12 +168,20 @@ class PairListDataset(Dataset):
             img = cv2.resize(np.ascontiguousarray(img), (self.resize, self.resize))
         return img
 
-    def __getitem__(self, idx: int) -> dict:
+    def __getitem__(self, key: int | tuple[int, int]) -> dict:
+        epoch, idx = key if isinstance(key, tuple) else (None, key)
         dis_path, ref_path = self.paths(idx)
         dis, ref = self.load(dis_path), self.load(ref_path)
         if dis.shape != ref.shape:
             raise AHIQError(f"{dis_path}: decoded size {dis.shape[:2]} differs from its reference {ref_path}")
-        windows = crop_windows(dis.shape[0], dis.shape[1], self.crop, self.n_crops, self.seed, self.names[idx])
+        h, w = dis.shape[:2]
+        if epoch is None:
+            windows = crop_windows(h, w, self.crop, self.n_crops, self.seed, self.names[idx])
+        else:
+            rng = np.random.default_rng([self.seed, epoch, idx])
+            windows = [(int(rng.integers(0, h - self.crop + 1)), int(rng.integers(0, w - self.crop + 1)))]
+            if rng.random() < 0.5:  # horizontal flip (the official code flips the wrong axis: vertically)
+                dis, ref = dis[:, ::-1], ref[:, ::-1]
         label = float("nan") if self.labels is None else float(self.labels[idx])
         return {"dis": crop_stack(dis, windows, self.crop), "ref": crop_stack(ref, windows, self.crop),
-                "name": self.names[idx], "label": label}
+                "name": self.names[idx], "label": label, "index": idx}

@@ -13,8 +13,13 @@ fi
 stamp_dir=$($PY -c 'import sys; print(sys.prefix)')
 want=$(cat requirements.txt requirements-dev.txt | sha256sum | cut -c1-16)
 if [ "$(cat "$stamp_dir/.ahiq-requirements" 2>/dev/null)" != "$want" ]; then
-    $PY -m pip install -q --upgrade pip >/dev/null 2>&1 || true
-    $PY -m pip install -q -r requirements.txt -r requirements-dev.txt || {
-        echo "error: installing requirements.txt failed (see above); fix the environment and rerun" >&2; exit 1; }
+    log=$(mktemp)
+    $PY -m pip install --upgrade pip >"$log" 2>&1 || true
+    if ! $PY -m pip install -r requirements.txt -r requirements-dev.txt >"$log" 2>&1; then
+        tail -n 30 "$log" >&2
+        echo "error: installing requirements.txt failed (pip output above); fix the environment and rerun" >&2
+        exit 1
+    fi
+    rm -f "$log"
     echo "$want" > "$stamp_dir/.ahiq-requirements"
 fi

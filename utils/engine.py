@@ -1,43 +1,113 @@
-"""The one scoring loop, shared by test.py, validation and the scoring API.
+"""The training step loop and the one scoring loop, shared by train.py (validation), test.py and the scoring API.
 
-A batch holds B images with K ensemble crops each, as uint8. The B*K crop pairs go through the model in chunks of
-at most ``crops_per_forward`` pairs, and each image's score is the mean over its K crops (as in the official test).
+A scoring batch holds B images with K ensemble crops each, as uint8. The B*K crop pairs go through the model in
+chunks of at most ``crops_per_forward`` pairs, and each image's score is the mean over its K crops (as in the
+official test). A training batch holds one crop per image; the loss is the MSE to the min-max normalised MOS.
 """
 from __future__ import annotations
 
+import contextlib
+import math
+from collections.abc import Callable
+from dataclasses import dataclass
+
 import numpy as np
 import torch
+import torch.nn.functional as F
 from torch.utils.data import DataLoader
 from tqdm import tqdm
 
 from models import AHIQ
 
 
+def to_unit(x: torch.Tensor, device: torch.device | str) -> torch.Tensor:
+    """uint8 crops to float [0, 1] on ``device`` (the copy happens while still uint8: 4x less to transfer)."""
+    x = x.to(device, non_blocking=True)
+    return x.float().div_(255) if x.dtype == torch.uint8 else x.float()
+
+
+def autocast(device: torch.device | str, amp_dtype: torch.dtype | None) -> contextlib.AbstractContextManager:
+    """bf16/fp16 autocast on CUDA when asked for; a no-op otherwise."""
+    if amp_dtype is None or not str(device).startswith("cuda"):
+        return contextlib.nullcontext()
+    return torch.autocast("cuda", dtype=amp_dtype)
+
+
 @torch.inference_mode()
-def score_crops(model: AHIQ, dis: torch.Tensor, ref: torch.Tensor, crops_per_forward: int = 50) -> torch.Tensor:
+def score_crops(model: AHIQ, dis: torch.Tensor, ref: torch.Tensor, crops_per_forward: int = 50,
+                amp_dtype: torch.dtype | None = None) -> torch.Tensor:
     """(B,) scores of (B, K, 3, S, S) uint8 (or [0,1] float) crop stacks, averaged over the K crops."""
     b, k = dis.shape[:2]
     device = next(model.deform_net.parameters()).device
     dis, ref = dis.flatten(0, 1), ref.flatten(0, 1)
     scores = []
     for start in range(0, b * k, crops_per_forward):
-        d = dis[start:start + crops_per_forward].to(device, non_blocking=True)
-        r = ref[start:start + crops_per_forward].to(device, non_blocking=True)
-        if d.dtype == torch.uint8:
-            d, r = d.float() / 255, r.float() / 255
-        scores.append(model(d, r).float().flatten())
+        d = to_unit(dis[start:start + crops_per_forward], device)
+        r = to_unit(ref[start:start + crops_per_forward], device)
+        with autocast(device, amp_dtype):
+            scores.append(model(d, r).float().flatten())
     return torch.cat(scores).view(b, k).mean(dim=1)
 
 
-def predict(model: AHIQ, loader: DataLoader, crops_per_forward: int = 50,
-            progress: bool = True, desc: str = "scoring") -> tuple[list[str], np.ndarray, np.ndarray]:
-    """Names, predictions and labels (NaN where the list has none) of every image the loader yields, in order."""
+@dataclass
+class Predictions:
+    index: np.ndarray  # position of each image in the dataset's list
+    names: list[str]
+    preds: np.ndarray
+    labels: np.ndarray  # NaN where the list has no score
+
+
+def predict(model: AHIQ, loader: DataLoader, crops_per_forward: int = 50, amp_dtype: torch.dtype | None = None,
+            progress: bool = True, desc: str = "scoring") -> Predictions:
+    """Predictions for every image the loader yields, in loader order."""
     was_training = model.training
     model.eval()
-    names, preds, labels = [], [], []
-    for batch in tqdm(loader, desc=desc, disable=not progress, dynamic_ncols=True):
-        preds.append(score_crops(model, batch["dis"], batch["ref"], crops_per_forward).cpu())
+    index, names, preds, labels = [], [], [], []
+    for batch in tqdm(loader, desc=desc, disable=not progress, dynamic_ncols=True, leave=False):
+        preds.append(score_crops(model, batch["dis"], batch["ref"], crops_per_forward, amp_dtype).cpu())
         names.extend(batch["name"])
         labels.append(batch["label"].double())
+        index.append(batch["index"])
     model.train(was_training)
-    return names, torch.cat(preds).double().numpy(), torch.cat(labels).numpy()
+    return Predictions(torch.cat(index).numpy(), names, torch.cat(preds).double().numpy(),
+                       torch.cat(labels).numpy())
+
+
+@dataclass
+class StepResult:
+    losses: list[float]
+    interrupted: bool
+
+
+def train_one_epoch(model: torch.nn.Module, loader: DataLoader, optimizer: torch.optim.Optimizer,
+                    scheduler: torch.optim.lr_scheduler.LRScheduler, device: str, amp_dtype: torch.dtype | None,
+                    scaler: torch.amp.GradScaler | None, should_stop: Callable[[], bool],
+                    on_step: Callable[[float, float], None], progress: bool = True, desc: str = "train") -> StepResult:
+    """One pass over ``loader``; the LR scheduler steps every iteration (official). Stops early when asked to."""
+    model.train()
+    losses: list[float] = []
+    bar = tqdm(loader, desc=desc, disable=not progress, dynamic_ncols=True, leave=False)
+    for batch in bar:
+        dis, ref = to_unit(batch["dis"][:, 0], device), to_unit(batch["ref"][:, 0], device)
+        label = batch["label"].to(device, torch.float32)
+        with autocast(device, amp_dtype):
+            pred = model(dis, ref)
+        loss = F.mse_loss(pred.float().view(-1), label)
+        if not math.isfinite(loss.item()):
+            raise FloatingPointError(f"training loss is {loss.item()}; lower --learning_rate or disable --amp")
+        optimizer.zero_grad(set_to_none=True)
+        if scaler is not None:
+            scaler.scale(loss).backward()
+            scaler.step(optimizer)
+            scaler.update()
+        else:
+            loss.backward()
+            optimizer.step()
+        lr = optimizer.param_groups[0]["lr"]
+        scheduler.step()
+        losses.append(loss.item())
+        on_step(losses[-1], lr)
+        bar.set_postfix(loss=f"{losses[-1]:.4f}")
+        if should_stop():
+            return StepResult(losses, True)
+    return StepResult(losses, False)

@@ -1,0 +1,37 @@
+"""train.py options: the official training options (names, defaults) and the project's additions."""
+from __future__ import annotations
+
+import argparse
+
+from options.base_options import base_parser, finalize
+from utils.errors import AHIQError
+
+
+def train_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(description="Train AHIQ (deformable fusion + head; the backbones stay frozen).",
+                                parents=[base_parser()], formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    g = p.add_argument_group("train")
+    g.add_argument("--n_epoch", type=int, default=200, help="epochs to train")
+    g.add_argument("--save_interval", type=int, default=5, help="write epoch_N.pth every N epochs")
+    g.add_argument("--learning_rate", type=float, default=1e-4, help="Adam learning rate")
+    g.add_argument("--weight_decay", type=float, default=1e-5, help="Adam weight decay")
+    g.add_argument("--batch_size", type=int, default=4, help="pairs per step (per process with torchrun)")
+    g.add_argument("--val_freq", type=int, default=1, help="validate every N epochs")
+    g.add_argument("--T_max", type=int, default=50, help="CosineAnnealingLR period, in iterations (official)")
+    g.add_argument("--eta_min", type=float, default=0, help="CosineAnnealingLR minimum learning rate")
+    g.add_argument("--resume", action="store_true", help="continue from last.pth in checkpoints_dir/name")
+    g.add_argument("--amp", action="store_true", help="mixed precision on CUDA (see --amp_dtype)")
+    g.add_argument("--amp_dtype", default="bf16", choices=("bf16", "fp16"), help="fp16 uses a GradScaler")
+    g.add_argument("--val_batch_size", type=int, default=10, help="images per validation batch")
+    g.add_argument("--crops_per_forward", type=int, default=50, help="crop pairs per forward in validation")
+    return p
+
+
+def parse_train_options(argv: list[str] | None = None) -> argparse.Namespace:
+    opt = finalize(train_parser().parse_args(argv))
+    for name in ("n_epoch", "save_interval", "batch_size", "val_freq", "T_max", "num_avg_val"):
+        if getattr(opt, name) < 1:
+            raise AHIQError(f"--{name} must be at least 1, got {getattr(opt, name)}")
+    if opt.resume and opt.load_epoch >= 0:
+        raise AHIQError("pass either --resume (from last.pth) or --load_epoch N (from epoch_N.pth), not both")
+    return opt

@@ -1,0 +1,242 @@
+"""Train AHIQ with the official protocol (Lao et al., CVPRW 2022; defaults in options/train_options.py).
+
+Only ``deform_net`` and ``regressor`` train: Adam + CosineAnnealingLR stepped every iteration, MSE on the training
+MOS min-max normalised over the list, one random crop + horizontal flip per sample. Validation every ``--val_freq``
+epochs averages ``--num_avg_val`` fixed windows. Files in ``{checkpoints_dir}/{name}``: ``best.pth`` (SRCC or PLCC
+improved), ``epoch_N.pth`` (every ``--save_interval``), ``last.pth`` (every epoch and on SIGINT/SIGTERM), log.txt,
+opt_train.txt/.json and TensorBoard events. ``--resume`` continues exactly; ``torchrun --nproc_per_node=K`` runs DDP.
+"""
+from __future__ import annotations
+
+import glob
+import logging
+import os
+import random
+import signal
+import sys
+from dataclasses import asdict, dataclass
+
+import numpy as np
+import torch
+from torch.nn.parallel import DistributedDataParallel
+from torch.utils.data import DataLoader, Subset
+
+from data.pipal import PairListDataset
+from data.sampler import EpochSampler
+from models import AHIQ, build_model
+from options.base_options import save_options
+from options.train_options import parse_train_options
+from utils.checkpoint import load_weights, save_weights
+from utils.distributed import DistInfo, any_rank, gather_arrays, init_distributed, shutdown
+from utils.engine import predict, train_one_epoch
+from utils.errors import AHIQError, run_cli
+from utils.logger import setup_logging
+from utils.metrics import iqa_metrics
+
+log = logging.getLogger("ahiq.train")
+
+
+@dataclass
+class TrainState:
+    epoch: int = 0  # next epoch to run
+    step: int = 0  # batches of that epoch already done (mid-epoch resume)
+    global_step: int = 0
+    best_srcc: float = -1.0
+    best_plcc: float = -1.0
+
+
+class StopRequest:
+    """SIGINT/SIGTERM ask the loop to finish the current step, save last.pth and exit."""
+
+    def __init__(self) -> None:
+        self.signal: str | None = None
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            signal.signal(sig, self._handle)
+
+    def _handle(self, signum: int, _frame) -> None:
+        self.signal = signal.Signals(signum).name
+
+
+def rng_state() -> dict:
+    np_state = np.random.get_state()
+    return {"torch": torch.get_rng_state(), "python": random.getstate(),
+            "numpy": [np_state[0], torch.from_numpy(np_state[1].astype(np.int64)), *np_state[2:]],
+            "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else []}
+
+
+def set_rng_state(state: dict) -> None:
+    torch.set_rng_state(state["torch"])
+    random.setstate(state["python"])
+    kind, keys, *rest = state["numpy"]
+    np.random.set_state((kind, keys.numpy().astype(np.uint32), *rest))
+    if state["cuda"] and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
+
+
+def seed_everything(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)
+
+
+def build_loaders(opt, info: DistInfo) -> tuple[PairListDataset, DataLoader, EpochSampler, DataLoader]:
+    train_set = PairListDataset(opt.train_ref_path, opt.train_dis_path, opt.train_list, opt.crop_size, 1, opt.seed)
+    if train_set.labels is None:
+        raise AHIQError(f"{opt.train_list}: the training list needs a MOS on every line ('name,score')")
+    val_set = PairListDataset(opt.val_ref_path, opt.val_dis_path, opt.val_list, opt.crop_size, opt.num_avg_val,
+                              opt.seed)
+    if val_set.labels is None or len(val_set) < 2:
+        raise AHIQError(f"{opt.val_list}: validation needs two or more images with a MOS ('name,score' lines)")
+    workers = {"num_workers": opt.num_workers, "pin_memory": opt.device.startswith("cuda"),
+               "persistent_workers": opt.num_workers > 0}
+    sampler = EpochSampler(len(train_set), opt.seed, info.rank, info.world_size)
+    train_loader = DataLoader(train_set, batch_size=opt.batch_size, sampler=sampler, **workers)
+    shard = Subset(val_set, range(info.rank, len(val_set), info.world_size))  # no image dropped or repeated
+    val_loader = DataLoader(shard, batch_size=opt.val_batch_size, shuffle=False, **workers)
+    return train_set, train_loader, sampler, val_loader
+
+
+def validate(model: AHIQ, loader: DataLoader, info: DistInfo, opt) -> tuple[dict, np.ndarray, np.ndarray]:
+    out = predict(model, loader, opt.crops_per_forward, opt.amp_dtype, progress=info.is_main, desc="validate")
+    index, preds, labels = gather_arrays(info, out.index, out.preds, out.labels)
+    order = np.argsort(index, kind="stable")
+    return iqa_metrics(preds[order], labels[order]), preds[order], labels[order]
+
+
+def checkpoint_path(opt) -> str | None:
+    """The file a run continues from: last.pth with --resume, epoch_N.pth with --load_epoch N, else none."""
+    if opt.resume:
+        path = os.path.join(opt.run_dir, "last.pth")
+        if not os.path.isfile(path):
+            raise AHIQError(f"{path}: nothing to resume from; start without --resume")
+        return path
+    if opt.load_epoch >= 0:
+        path = os.path.join(opt.run_dir, f"epoch_{opt.load_epoch}.pth")
+        if not os.path.isfile(path):
+            raise AHIQError(f"{path}: not found; --load_epoch needs an epoch_N.pth of this run")
+        return path
+    existing = glob.glob(os.path.join(opt.run_dir, "*.pth"))
+    if existing:
+        raise AHIQError(f"{opt.run_dir}: already holds checkpoints ({os.path.basename(existing[0])}, ...); pass "
+                        "--resume to continue that run, or choose another --name (nothing was overwritten)")
+    return None
+
+
+def restore(path: str, model: AHIQ, optimizer, scheduler) -> TrainState:
+    ckpt = load_weights(model, path)
+    if "train_state" not in ckpt or "optimizer_state_dict" not in ckpt:
+        raise AHIQError(f"{path}: has no training state to resume from (weights only)")
+    optimizer.load_state_dict(ckpt["optimizer_state_dict"])
+    scheduler.load_state_dict(ckpt["scheduler_state_dict"])
+    state = dict(ckpt["train_state"])
+    set_rng_state(state.pop("rng"))
+    return TrainState(**state)
+
+
+def save(path: str, model: AHIQ, optimizer, scheduler, state: TrainState, opt, train_set, loss: float) -> None:
+    save_weights(path, model, meta={"mos_min": train_set.mos_min, "mos_max": train_set.mos_max,
+                                    "train_list": opt.train_list},
+                 optimizer_state_dict=optimizer.state_dict(), scheduler_state_dict=scheduler.state_dict(),
+                 epoch=state.epoch - 1, loss=float(loss), train_state={**asdict(state), "rng": rng_state()},
+                 options={k: v for k, v in vars(opt).items() if k != "amp_dtype"})
+
+
+def scatter_figure(preds: np.ndarray, labels: np.ndarray, metrics: dict):
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    fig, ax = plt.subplots(figsize=(4, 4))
+    ax.scatter(labels, preds, s=6, alpha=0.6)
+    ax.set_xlabel("MOS (min-max normalised)")
+    ax.set_ylabel("prediction")
+    ax.set_title(f"SRCC {metrics['srcc']:.3f}  PLCC {metrics['plcc']:.3f}")
+    fig.tight_layout()
+    return fig
+
+
+def main(argv: list[str] | None = None) -> TrainState:
+    opt = parse_train_options(argv)
+    info, opt.device = init_distributed(opt.device)
+    try:
+        return run(opt, info)
+    finally:
+        shutdown(info)
+
+
+def run(opt, info: DistInfo) -> TrainState:
+    setup_logging(opt.run_dir, info.is_main)
+    resume_from = checkpoint_path(opt)
+    seed_everything(opt.seed)
+    opt.amp_dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}[opt.amp_dtype] if opt.amp else None
+    if opt.amp and not opt.device.startswith("cuda"):
+        log.warning("--amp applies on CUDA only; training in fp32 on %s", opt.device)
+        opt.amp_dtype = None
+    train_set, train_loader, sampler, val_loader = build_loaders(opt, info)
+    model = build_model(opt.patch_size, not opt.no_pretrained, opt.vit_weights, opt.resnet_weights).to(opt.device)
+    params = list(model.deform_net.parameters()) + list(model.regressor.parameters())
+    optimizer = torch.optim.Adam(params, lr=opt.learning_rate, weight_decay=opt.weight_decay)
+    scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=opt.T_max, eta_min=opt.eta_min)
+    scaler = torch.amp.GradScaler("cuda") if opt.amp_dtype == torch.float16 else None
+    state = restore(resume_from, model, optimizer, scheduler) if resume_from else TrainState()
+    net = model
+    if info.enabled:
+        net = DistributedDataParallel(model, device_ids=[opt.device] if opt.device.startswith("cuda") else None,
+                                      broadcast_buffers=False)
+    writer = None
+    if info.is_main:
+        from torch.utils.tensorboard import SummaryWriter
+        save_options(opt, "train")
+        writer = SummaryWriter(os.path.join(opt.run_dir, "tensorboard"))
+        log.info("training on %d pairs, validating on %d, %d process(es) on %s%s", len(train_set),
+                 len(val_loader.dataset.dataset), info.world_size, opt.device,
+                 f"; resuming from {resume_from} at epoch {state.epoch + 1}" if resume_from else "")
+    stop = StopRequest()
+    last = os.path.join(opt.run_dir, "last.pth")
+
+    def on_step(loss: float, lr: float) -> None:
+        state.global_step += 1
+        if writer:
+            writer.add_scalar("train/loss", loss, state.global_step)
+            writer.add_scalar("train/lr", lr, state.global_step)
+
+    while state.epoch < opt.n_epoch:
+        sampler.set_epoch(state.epoch, skip=state.step * opt.batch_size)
+        result = train_one_epoch(net, train_loader, optimizer, scheduler, opt.device, opt.amp_dtype, scaler,
+                                 lambda: any_rank(stop.signal is not None, info), on_step, info.is_main,
+                                 desc=f"epoch {state.epoch + 1}/{opt.n_epoch}")
+        loss = float(np.mean(result.losses)) if result.losses else float("nan")
+        if result.interrupted:
+            state.step += len(result.losses)
+            if info.is_main:
+                save(last, model, optimizer, scheduler, state, opt, train_set, loss)
+                log.warning("stopped by %s after step %d of epoch %d; saved %s; continue with --resume",
+                            stop.signal or "another rank", state.step, state.epoch + 1, last)
+            sys.exit(3)
+        state.epoch, state.step = state.epoch + 1, 0
+        log.info("epoch %d: train loss %.5f", state.epoch, loss)
+        if state.epoch % opt.val_freq == 0:
+            metrics, preds, labels = validate(model, val_loader, info, opt)
+            improved = metrics["srcc"] > state.best_srcc or metrics["plcc"] > state.best_plcc
+            if improved:  # as the official code: both bests move to the current values
+                state.best_srcc, state.best_plcc = metrics["srcc"], metrics["plcc"]
+            log.info("epoch %d: SRCC %.4f PLCC %.4f KRCC %.4f RMSE %.4f%s", state.epoch, metrics["srcc"],
+                     metrics["plcc"], metrics["krcc"], metrics["rmse"], "  (best so far)" if improved else "")
+            if writer:
+                for key in ("srcc", "plcc", "krcc", "rmse"):
+                    writer.add_scalar(f"val/{key}", metrics[key], state.epoch)
+                writer.add_figure("val/scatter", scatter_figure(preds, labels, metrics), state.epoch)
+            if improved and info.is_main:
+                save(os.path.join(opt.run_dir, "best.pth"), model, optimizer, scheduler, state, opt, train_set, loss)
+        if info.is_main:
+            if state.epoch % opt.save_interval == 0:
+                save(os.path.join(opt.run_dir, f"epoch_{state.epoch}.pth"), model, optimizer, scheduler, state,
+                     opt, train_set, loss)
+            save(last, model, optimizer, scheduler, state, opt, train_set, loss)
+    if writer:
+        writer.close()
+        log.info("done: best SRCC %.4f PLCC %.4f; checkpoints in %s", state.best_srcc, state.best_plcc, opt.run_dir)
+    return state
+
+
+if __name__ == "__main__":
+    run_cli(main)
