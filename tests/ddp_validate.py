@@ -1,0 +1,34 @@
+"""Helper run by tests/test_train.py, alone or under torchrun: validates a checkpoint with train.py's own
+sharded validation and writes the gathered predictions and metrics (rank 0) to a JSON file."""
+from __future__ import annotations
+
+import json
+import sys
+
+import torch
+
+import train
+from options.train_options import parse_train_options
+from utils.checkpoint import load_weights
+from utils.distributed import init_distributed, shutdown
+
+
+def main(out_file: str, ckpt: str, argv: list[str]) -> None:
+    opt = parse_train_options(argv)
+    info, opt.device = init_distributed(opt.device)
+    opt.amp_dtype = None
+    _, _, _, val_loader = train.build_loaders(opt, info)
+    model = train.build_model(opt.patch_size, False, opt.vit_weights, opt.resnet_weights)
+    load_weights(model, ckpt)
+    metrics, preds, labels = train.validate(model, val_loader, info, opt)
+    if info.is_main:
+        shard = [int(i) for i in val_loader.dataset.indices]
+        with open(out_file, "w") as f:
+            json.dump({"metrics": metrics, "preds": preds.tolist(), "labels": labels.tolist(),
+                       "world_size": info.world_size, "rank0_shard": shard}, f)
+    shutdown(info)
+
+
+if __name__ == "__main__":
+    torch.set_num_threads(1)
+    main(sys.argv[1], sys.argv[2], sys.argv[3:])

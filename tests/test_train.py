@@ -1,0 +1,154 @@
+"""train.py: exact resume (epoch boundary and SIGTERM mid-epoch), the optimizer holds only the head, the loss
+falls when overfitting, TensorBoard scalars, and torchrun validation equal to one process."""
+from __future__ import annotations
+
+import copy
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+import train
+from data.pipal import PairListDataset
+from tests.conftest import make_pipal_set
+from utils.engine import train_one_epoch
+from utils.errors import AHIQError
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture(scope="module")
+def sets(tmp_path_factory) -> dict:
+    root = tmp_path_factory.mktemp("train_sets")
+    return {"train": make_pipal_set(root / "train", n_refs=3, n_dis=3, size=(40, 44), seed=1),
+            "val": make_pipal_set(root / "val", n_refs=2, n_dis=3, size=(40, 40), seed=2)}
+
+
+def _args(sets, backbone_files, ckpts: Path, name: str, *extra) -> list[str]:
+    t, v = sets["train"], sets["val"]
+    return ["--train_ref_path", t["ref"], "--train_dis_path", t["dis"], "--train_list", t["list"],
+            "--val_ref_path", v["ref"], "--val_dis_path", v["dis"], "--val_list", v["list"],
+            "--vit_weights", backbone_files[8], "--resnet_weights", backbone_files["resnet"],
+            "--checkpoints_dir", str(ckpts), "--name", name, "--crop_size", "32", "--gpu_ids", "-1",
+            "--num_workers", "0", "--num_avg_val", "2", "--batch_size", "2", "--save_interval", "100", *extra]
+
+
+def _heads(path: Path) -> dict:
+    ckpt = torch.load(path, weights_only=False)
+    return {k: ckpt[k] for k in ("deform_net_model_state_dict", "regressor_model_state_dict")}
+
+
+@pytest.fixture(scope="module")
+def two_epoch_run(sets, backbone_files, tmp_path_factory) -> Path:
+    ckpts = tmp_path_factory.mktemp("ckpts")
+    state = train.main(_args(sets, backbone_files, ckpts, "full", "--n_epoch", "2"))
+    assert state.epoch == 2 and state.global_step == 10  # 9 pairs, batch 2: 5 steps an epoch, none dropped
+    return ckpts / "full"
+
+
+def test_resume_at_epoch_boundary_gives_identical_weights(sets, backbone_files, tmp_path, two_epoch_run):
+    train.main(_args(sets, backbone_files, tmp_path, "split", "--n_epoch", "1"))
+    after_one = _heads(tmp_path / "split" / "last.pth")
+    train.main(_args(sets, backbone_files, tmp_path, "split", "--n_epoch", "2", "--resume"))
+    a, b = _heads(two_epoch_run / "last.pth"), _heads(tmp_path / "split" / "last.pth")
+    for key in a:
+        torch.testing.assert_close(a[key], b[key], rtol=0, atol=0)
+    # the second epoch really changed the weights, so the equality above is not vacuous
+    assert any(not torch.equal(after_one[k][n], a[k][n]) for k in a for n in a[k])
+
+
+def test_checkpoints_hold_the_official_keys_and_only_the_head_is_optimised(two_epoch_run, model_factory):
+    ckpt = torch.load(two_epoch_run / "last.pth", weights_only=True)
+    head = model_factory(8).trainable_state_dict()
+    n_trainable = sum(len(sd) for sd in head.values())
+    assert len(ckpt["optimizer_state_dict"]["param_groups"][0]["params"]) == n_trainable
+    assert ckpt["epoch"] == 1 and ckpt["train_state"]["epoch"] == 2
+    assert ckpt["ahiq"]["mos_min"] < ckpt["ahiq"]["mos_max"]
+    assert sorted(p.name for p in two_epoch_run.glob("*.pth")) == ["best.pth", "last.pth"]
+    assert (two_epoch_run / "opt_train.txt").is_file() and json.loads((two_epoch_run / "opt_train.json").read_text())
+    assert "epoch 2: SRCC" in (two_epoch_run / "log.txt").read_text()
+
+
+def test_tensorboard_has_the_scalars_and_the_scatter_figure(two_epoch_run):
+    events = EventAccumulator(str(two_epoch_run / "tensorboard"), size_guidance={"scalars": 0, "images": 0})
+    events.Reload()
+    tags = events.Tags()
+    for tag in ("train/loss", "train/lr", "val/srcc", "val/plcc", "val/krcc", "val/rmse"):
+        assert tag in tags["scalars"], tag
+    assert len(events.Scalars("train/loss")) == 10 and len(events.Scalars("val/srcc")) == 2
+    lrs = [e.value for e in events.Scalars("train/lr")]
+    assert lrs[0] == pytest.approx(1e-4) and lrs[1] < lrs[0]  # cosine schedule stepped every iteration
+    assert "val/scatter" in tags["images"]
+
+
+def test_existing_run_is_never_overwritten(sets, backbone_files, two_epoch_run):
+    before = (two_epoch_run / "last.pth").stat().st_mtime_ns
+    with pytest.raises(AHIQError, match="already holds checkpoints.*--resume"):
+        train.main(_args(sets, backbone_files, two_epoch_run.parent, "full", "--n_epoch", "3"))
+    assert (two_epoch_run / "last.pth").stat().st_mtime_ns == before
+
+
+def test_sigterm_saves_last_and_the_run_resumes_exactly(sets, backbone_files, tmp_path, two_epoch_run):
+    args = _args(sets, backbone_files, tmp_path, "stopped", "--n_epoch", "2")
+    err = tmp_path / "stderr.txt"
+    with open(err, "w") as f:
+        proc = subprocess.Popen([sys.executable, "train.py", *args], cwd=REPO, stderr=f, stdout=f)
+    deadline = time.time() + 240
+    while "loss=" not in err.read_text() and time.time() < deadline and proc.poll() is None:
+        time.sleep(0.2)
+    proc.send_signal(signal.SIGTERM)
+    assert proc.wait(timeout=240) == 3, err.read_text()
+    text = err.read_text()
+    assert "stopped by SIGTERM" in text and "last.pth" in text and "--resume" in text and "Traceback" not in text
+    ckpt = torch.load(tmp_path / "stopped" / "last.pth", weights_only=True)
+    assert ckpt["train_state"]["epoch"] == 0 and 1 <= ckpt["train_state"]["step"] < 5
+    train.main(args + ["--resume"])
+    a, b = _heads(two_epoch_run / "last.pth"), _heads(tmp_path / "stopped" / "last.pth")
+    for key in a:
+        torch.testing.assert_close(a[key], b[key], rtol=0, atol=0)
+
+
+def test_loss_falls_when_overfitting_a_few_pairs(model_factory, sets):
+    model = copy.deepcopy(model_factory(8))
+    data = PairListDataset(sets["train"]["ref"], sets["train"]["dis"], sets["train"]["list"], 32, 1)
+    batch = torch.utils.data.default_collate([data[(0, i)] for i in (0, 2, 4, 6)])
+    params = list(model.deform_net.parameters()) + list(model.regressor.parameters())
+    optimizer = torch.optim.Adam(params, lr=1e-4)
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda _: 1.0)
+    result = train_one_epoch(model, [batch] * 25, optimizer, scheduler, "cpu", None, None, lambda: False,
+                             lambda *_: None, progress=False)
+    first, last = np.mean(result.losses[:3]), np.mean(result.losses[-3:])
+    assert last < 0.3 * first, result.losses
+
+
+def test_torchrun_validation_equals_one_process(sets, backbone_files, tmp_path, two_epoch_run):
+    make_pipal_set(tmp_path / "val5", n_refs=1, n_dis=5, size=(40, 40), seed=3)  # 5 images: uneven shards
+    args = _args(sets, backbone_files, tmp_path, "ddp")
+    args[args.index("--val_list") + 1] = str(tmp_path / "val5" / "list.txt")
+    args[args.index("--val_ref_path") + 1] = str(tmp_path / "val5" / "ref")
+    args[args.index("--val_dis_path") + 1] = str(tmp_path / "val5" / "dis")
+    ckpt = str(two_epoch_run / "last.pth")
+    runs = {}
+    for procs in (1, 2):
+        out = tmp_path / f"val_{procs}.json"
+        launcher = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", "--master_port=0"] \
+            if procs == 2 else [sys.executable]
+        proc = subprocess.run([*launcher, "tests/ddp_validate.py", str(out), ckpt, *args], cwd=REPO,
+                              capture_output=True, text=True, timeout=600, env={**os.environ, "PYTHONPATH": str(REPO)})
+        assert proc.returncode == 0, proc.stderr[-3000:]
+        runs[procs] = json.loads(out.read_text())
+    one, two = runs[1], runs[2]
+    assert two["world_size"] == 2 and two["rank0_shard"] == [0, 2, 4]
+    assert len(two["preds"]) == len(one["preds"]) == 5
+    np.testing.assert_allclose(two["preds"], one["preds"], rtol=1e-5)
+    np.testing.assert_allclose(two["labels"], one["labels"], rtol=0)
+    for key, value in one["metrics"].items():
+        assert two["metrics"][key] == pytest.approx(value, rel=1e-5)
