@@ -139,10 +139,10 @@ def test_torchrun_validation_equals_one_process(sets, backbone_files, tmp_path, 
     runs = {}
     for procs in (1, 2):
         out = tmp_path / f"val_{procs}.json"
-        launcher = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", "--master_port=0"] \
+        launcher = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2"] \
             if procs == 2 else [sys.executable]
         proc = subprocess.run([*launcher, "tests/ddp_validate.py", str(out), ckpt, *args], cwd=REPO,
-                              capture_output=True, text=True, timeout=600, env={**os.environ, "PYTHONPATH": str(REPO)})
+                              capture_output=True, text=True, timeout=300, env={**os.environ, "PYTHONPATH": str(REPO)})
         assert proc.returncode == 0, proc.stderr[-3000:]
         runs[procs] = json.loads(out.read_text())
     one, two = runs[1], runs[2]

@@ -1,0 +1,32 @@
+#!/bin/sh
+# The main job on an embedded demo dataset: generate a small synthetic full-reference dataset (PIPAL layout),
+# train AHIQ briefly, test on held-out reference images, and print SRCC/PLCC and where everything is.
+# Runs on the CPU in a few minutes; uses a GPU when one is there. See README, "Demo".
+set -e
+cd "$(dirname "$0")"
+. scripts/setup_env.sh
+DATA=demo_data
+RUN=demo_$(date +%Y%m%d-%H%M%S)
+CKPTS=demo_runs
+$PY -m data.synthetic --out "$DATA" --n_refs 12 --size 64 --split 8 2 2
+if $PY -c 'import torch, sys; sys.exit(0 if torch.cuda.is_available() else 1)'; then GPU=0; else GPU=-1; fi
+BACKBONES=$($PY -m utils.backbone_check --checkpoints_dir checkpoints)
+if [ "$BACKBONES" = "random" ]; then
+    echo "NOTE: the pretrained backbone weights cannot be had here (no checkpoints/backbones/ files, no hub access)."
+    echo "      The demo runs with RANDOM backbones: it shows the pipeline working, not AHIQ's real accuracy."
+    WEIGHTS="--no_pretrained"
+else
+    echo "using the pretrained backbones ($BACKBONES)"
+    WEIGHTS=""
+fi
+COMMON="--checkpoints_dir $CKPTS --name $RUN --crop_size 48 --gpu_ids $GPU --num_workers 2 --num_avg_val 1 $WEIGHTS"
+$PY train.py $COMMON --train_ref_path $DATA/ref --train_dis_path $DATA/dis --train_list $DATA/train.txt \
+    --val_ref_path $DATA/ref --val_dis_path $DATA/dis --val_list $DATA/val.txt \
+    --n_epoch "${DEMO_EPOCHS:-6}" --batch_size 8 --learning_rate 3e-4 --T_max 1000 --save_interval 100
+$PY test.py $COMMON --test_ref_path $DATA/ref --test_dis_path $DATA/dis --test_list $DATA/test.txt \
+    --n_ensemble 5 --test_file_name test_predictions.txt
+echo
+echo "demo done:"
+echo "  predictions   $CKPTS/$RUN/test_predictions.txt (metrics in test_predictions_metrics.json)"
+echo "  checkpoints   $CKPTS/$RUN/best.pth, last.pth"
+echo "  TensorBoard   tensorboard --logdir $CKPTS/$RUN/tensorboard"
