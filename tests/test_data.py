@@ -6,6 +6,7 @@ import os
 import cv2
 import numpy as np
 import pytest
+import torch
 
 from data.pipal import PairListDataset, crop_windows, fixed_windows, minmax_normalise, read_list, read_rgb
 from tests.conftest import FIXTURES, needs_fixtures
@@ -169,3 +170,47 @@ def test_damaged_pixels_are_named_at_decode(pipal_set):
     ds = _set_with(pipal_set, crop_size=32)
     with pytest.raises(AHIQError, match=r"A0001_00_01\.bmp: cannot be decoded"):
         ds[4]
+
+
+def _windows_of(crop: np.ndarray, img: np.ndarray, size: int) -> list[tuple[int, int]]:
+    h, w = img.shape[:2]
+    return [(t, x) for t in range(h - size + 1) for x in range(w - size + 1)
+            if np.array_equal(crop, img[t:t + size, x:x + size])]
+
+
+def test_training_samples_are_seeded_and_share_one_window(pipal_set):
+    ds = _set_with(pipal_set, crop_size=32, n_crops=1)
+    a = ds[(3, 4)]
+    assert a["dis"].shape == (1, 3, 32, 32) and torch.equal(a["dis"], ds[(3, 4)]["dis"])
+    assert not torch.equal(ds[(4, 4)]["dis"], a["dis"])  # a new epoch draws a new window
+    dis, ref = (read_rgb(p) for p in ds.paths(4))
+    n_flipped = 0
+    for epoch in range(12):
+        item = ds[(epoch, 4)]
+        d_crop, r_crop = (item[k][0].numpy().transpose(1, 2, 0) for k in ("dis", "ref"))
+        plain = _windows_of(d_crop, dis, 32)
+        mirrored = _windows_of(d_crop, dis[:, ::-1], 32)
+        assert plain or mirrored, "the training crop is not a window of the (possibly flipped) image"
+        if plain:
+            assert r_crop.tolist() == ref[plain[0][0]:plain[0][0] + 32, plain[0][1]:plain[0][1] + 32].tolist()
+        else:
+            n_flipped += 1
+            t, x = mirrored[0]
+            assert r_crop.tolist() == ref[:, ::-1][t:t + 32, x:x + 32].tolist()
+    assert 0 < n_flipped < 12  # random horizontal flips, both outcomes occur
+
+
+def test_sampler_shards_cover_every_image_and_resume_mid_epoch():
+    from data.sampler import EpochSampler
+    shards = [EpochSampler(11, seed=5, rank=r, world_size=3) for r in range(3)]
+    for s in shards:
+        s.set_epoch(2)
+    seen = [i for s in shards for _, i in s]
+    assert len(seen) == 12 and set(seen) == set(range(11))  # 11 images, 3 ranks: one repeat pads the last share
+    single = EpochSampler(11, seed=5)
+    single.set_epoch(2)
+    full = list(single)
+    single.set_epoch(2, skip=4)
+    assert list(single) == full[4:] and len(single) == 7
+    single.set_epoch(3)
+    assert [i for _, i in single] != [i for _, i in full] and all(e == 3 for e, _ in single)

@@ -152,3 +152,11 @@ def test_torchrun_validation_equals_one_process(sets, backbone_files, tmp_path, 
     np.testing.assert_allclose(two["labels"], one["labels"], rtol=0)
     for key, value in one["metrics"].items():
         assert two["metrics"][key] == pytest.approx(value, rel=1e-5)
+
+
+def test_saved_heads_use_exactly_the_official_parameter_names(two_epoch_run):
+    ckpt = torch.load(two_epoch_run / "best.pth", weights_only=True)
+    deform = {"conv_offset", "deform", "conv1.0", "conv1.2"}
+    head = {"down_channel", "feat_smoothing.0", "feat_smoothing.2", "conv1.0", "conv_attent.0", "conv.0"}
+    assert set(ckpt["deform_net_model_state_dict"]) == {f"{m}.{p}" for m in deform for p in ("weight", "bias")}
+    assert set(ckpt["regressor_model_state_dict"]) == {f"{m}.{p}" for m in head for p in ("weight", "bias")}
