@@ -61,7 +61,8 @@ def main(argv: list[str] | None = None) -> dict:
     dataset = PairListDataset(opt.test_ref_path, opt.test_dis_path, opt.test_list, opt.crop_size, opt.n_ensemble,
                               opt.seed, resize=opt.size if opt.resize else None, flip=opt.flip)
     ckpt_path = opt.ckpt or find_checkpoint(opt.run_dir, opt.load_epoch)
-    model = build_model(opt.patch_size, not opt.no_pretrained, opt.vit_weights, opt.resnet_weights)
+    model = build_model(opt.patch_size, not opt.no_pretrained, opt.vit_weights, opt.resnet_weights,
+                        opt.deform_impl)
     load_weights(model, ckpt_path)
     model.to(opt.device).eval()
     save_options(opt, "test")

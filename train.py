@@ -172,7 +172,8 @@ def run(opt, info: DistInfo) -> TrainState:
         log.warning("--amp applies on CUDA only; training in fp32 on %s", opt.device)
         opt.amp_dtype = None
     train_set, train_loader, sampler, val_loader = build_loaders(opt, info)
-    model = build_model(opt.patch_size, not opt.no_pretrained, opt.vit_weights, opt.resnet_weights).to(opt.device)
+    model = build_model(opt.patch_size, not opt.no_pretrained, opt.vit_weights, opt.resnet_weights,
+                        opt.deform_impl).to(opt.device)
     params = list(model.deform_net.parameters()) + list(model.regressor.parameters())
     optimizer = torch.optim.Adam(params, lr=opt.learning_rate, weight_decay=opt.weight_decay)
     scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=opt.T_max, eta_min=opt.eta_min)

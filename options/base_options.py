@@ -7,7 +7,7 @@ import os
 
 import torch
 
-from models import RESNET_TAG, VIT_TAGS
+from models import DEFORM_IMPLS, RESNET_TAG, VIT_TAGS
 from utils.errors import AHIQError
 
 
@@ -39,6 +39,9 @@ def base_parser() -> argparse.ArgumentParser:
                    help="ViT weights from a local timm state dict (.pth/.safetensors) instead of the hub")
     g.add_argument("--resnet_weights", default=None,
                    help="ResNet-50 weights from a local timm state dict (.pth/.safetensors) instead of the hub")
+    g.add_argument("--deform_impl", default="gemm", choices=DEFORM_IMPLS,
+                   help="deformable conv: 'gemm' (bilinear sampling + GEMM; faster, autocast-friendly) or "
+                        "torchvision's kernel; both compute the same function")
     g.add_argument("--no_pretrained", action="store_true",
                    help="random backbones (tests, offline demos): scores are meaningless")
     return p

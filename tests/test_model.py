@@ -25,6 +25,19 @@ def test_fast_forward_equals_official_style_forward(model_factory, backbone_file
         assert fast.std() > 0  # distinct inputs give distinct scores: the comparison is not vacuous
 
 
+def test_torchvision_deform_path_equals_the_default(model_factory):
+    model = model_factory(8)
+    dis, ref = torch.rand(2, 3, 32, 32), torch.rand(2, 3, 32, 32)
+    with torch.no_grad():
+        gemm = model(dis, ref)
+        model.deform_net.impl = "torchvision"
+        try:
+            tv = model(dis, ref)
+        finally:
+            model.deform_net.impl = "gemm"
+    torch.testing.assert_close(gemm, tv, rtol=1e-5, atol=1e-7)
+
+
 def test_only_used_layers_are_kept(model_factory):
     model = model_factory(8)
     assert len(model.vit.vit.blocks) == 5

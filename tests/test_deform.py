@@ -1,0 +1,34 @@
+"""The GEMM deformable convolution equals torchvision's deform_conv2d, forward and gradients."""
+from __future__ import annotations
+
+import pytest
+import torch
+from torchvision.ops import deform_conv2d
+
+from models.deform import deform_conv2d_gemm
+
+
+@pytest.mark.parametrize("shape,offset_scale", [((2, 8, 5, 7), 1.0), ((3, 16, 9, 9), 4.0), ((1, 32, 14, 6), 0.3)])
+def test_gemm_deform_conv_equals_torchvision(shape, offset_scale):
+    g = torch.Generator().manual_seed(sum(shape))
+    b, c, h, w = shape
+    x = torch.randn(shape, generator=g, requires_grad=True)
+    # large offsets reach outside the map, where both read zeros
+    offset = (torch.randn(b, 18, h, w, generator=g) * offset_scale).requires_grad_()
+    weight = (torch.randn(c + 3, c, 3, 3, generator=g) / c ** 0.5).requires_grad_()
+    bias = torch.randn(c + 3, generator=g, requires_grad=True)
+    ref = deform_conv2d(x, offset, weight, bias, padding=(1, 1))
+    out = deform_conv2d_gemm(x, offset, weight, bias, padding=1)
+    torch.testing.assert_close(out, ref, rtol=1e-5, atol=1e-5)
+    upstream = torch.randn(ref.shape, generator=g)
+    grads_ref = torch.autograd.grad(ref, (x, offset, weight, bias), upstream)
+    grads = torch.autograd.grad(out, (x, offset, weight, bias), upstream)
+    for name, a, e in zip(("input", "offset", "weight", "bias"), grads, grads_ref):
+        torch.testing.assert_close(a, e, rtol=1e-4, atol=1e-4, msg=f"gradient of {name}")
+
+
+def test_zero_offsets_are_a_plain_convolution():
+    g = torch.Generator().manual_seed(0)
+    x, weight = torch.randn(2, 4, 6, 6, generator=g), torch.randn(5, 4, 3, 3, generator=g)
+    out = deform_conv2d_gemm(x, torch.zeros(2, 18, 6, 6), weight, None, padding=1)
+    torch.testing.assert_close(out, torch.nn.functional.conv2d(x, weight, padding=1), rtol=1e-5, atol=1e-5)
