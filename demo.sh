@@ -30,3 +30,6 @@ echo "demo done:"
 echo "  predictions   $CKPTS/$RUN/test_predictions.txt (metrics in test_predictions_metrics.json)"
 echo "  checkpoints   $CKPTS/$RUN/best.pth, last.pth"
 echo "  TensorBoard   tensorboard --logdir $CKPTS/$RUN/tensorboard"
+if [ "$BACKBONES" = "random" ]; then
+    echo "With random backbones the held-out correlations are expected near chance: see README, 'Demo'."
+fi
