@@ -212,6 +212,8 @@ def run(opt, info: DistInfo) -> TrainState:
                 save(last, model, optimizer, scheduler, state, opt, train_set, loss)
                 log.warning("stopped by %s after step %d of epoch %d; saved %s; continue with --resume",
                             stop.signal or "another rank", state.step, state.epoch + 1, last)
+            if writer:
+                writer.close()
             sys.exit(3)
         state.epoch, state.step = state.epoch + 1, 0
         log.info("epoch %d: train loss %.5f", state.epoch, loss)
