@@ -26,7 +26,7 @@ from data.sampler import EpochSampler
 from models import AHIQ, build_model
 from options.base_options import save_options
 from options.train_options import parse_train_options
-from utils.checkpoint import load_weights, save_weights
+from utils.checkpoint import find_checkpoint, load_weights, save_weights
 from utils.distributed import DistInfo, any_rank, gather_arrays, init_distributed, shutdown
 from utils.engine import predict, train_one_epoch
 from utils.errors import AHIQError, run_cli
@@ -111,10 +111,7 @@ def checkpoint_path(opt) -> str | None:
             raise AHIQError(f"{path}: nothing to resume from; start without --resume")
         return path
     if opt.load_epoch >= 0:
-        path = os.path.join(opt.run_dir, f"epoch_{opt.load_epoch}.pth")
-        if not os.path.isfile(path):
-            raise AHIQError(f"{path}: not found; --load_epoch needs an epoch_N.pth of this run")
-        return path
+        return find_checkpoint(opt.run_dir, opt.load_epoch)
     existing = glob.glob(os.path.join(opt.run_dir, "*.pth"))
     if existing:
         raise AHIQError(f"{opt.run_dir}: already holds checkpoints ({os.path.basename(existing[0])}, ...); pass "

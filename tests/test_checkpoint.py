@@ -21,6 +21,15 @@ def _perturbed_heads(model, seed: int) -> dict:
             for part, sd in model.trainable_state_dict().items()}
 
 
+def _snapshot(model) -> dict:
+    return {part: {k: v.clone() for k, v in sd.items()} for part, sd in model.trainable_state_dict().items()}
+
+
+def _restore(model, snapshot) -> None:
+    for part, sd in snapshot.items():
+        getattr(model, part).load_state_dict(sd)
+
+
 def _official_file(path, heads, model) -> None:
     """What the official train.py's save_model writes: head state dicts, optimizer, scheduler, epoch, np loss."""
     params = list(model.deform_net.parameters()) + list(model.regressor.parameters())
@@ -53,7 +62,7 @@ def _assert_heads(model, heads) -> None:
 @pytest.mark.parametrize("numpy1", [False, True])
 def test_official_format_with_numpy_loss_loads_safely(tmp_path, model_factory, numpy1):
     model = model_factory(8)
-    original = {part: {k: v.clone() for k, v in getattr(model, part).state_dict().items()} for part in OFFICIAL_KEYS}
+    original = _snapshot(model)
     heads = _perturbed_heads(model, 1)
     path = tmp_path / "epoch33.pth"
     _official_file(path, heads, model)
@@ -64,13 +73,12 @@ def test_official_format_with_numpy_loss_loads_safely(tmp_path, model_factory, n
     assert isinstance(ckpt["loss"], np.floating) and ckpt["loss"] == pytest.approx(0.012)
     assert ckpt["epoch"] == 33
     _assert_heads(model, heads)
-    for part, sd in original.items():
-        getattr(model, part).load_state_dict(sd)
+    _restore(model, original)
 
 
 def test_module_prefix_and_whole_model_state_dict(tmp_path, model_factory):
     model = model_factory(8)
-    original = {part: {k: v.clone() for k, v in getattr(model, part).state_dict().items()} for part in OFFICIAL_KEYS}
+    original = _snapshot(model)
     heads = _perturbed_heads(model, 2)
     prefixed = {key: {"module." + k: v for k, v in heads[part].items()} for part, key in OFFICIAL_KEYS.items()}
     torch.save(prefixed, tmp_path / "ddp.pth")
@@ -82,8 +90,7 @@ def test_module_prefix_and_whole_model_state_dict(tmp_path, model_factory):
     torch.save({"params": flat}, tmp_path / "pyiqa_style.pth")
     load_weights(model, str(tmp_path / "pyiqa_style.pth"))
     _assert_heads(model, heads)
-    for part, sd in original.items():
-        getattr(model, part).load_state_dict(sd)
+    _restore(model, original)
 
 
 def test_project_file_round_trip_keeps_official_keys(tmp_path, model_factory):
@@ -93,7 +100,7 @@ def test_project_file_round_trip_keeps_official_keys(tmp_path, model_factory):
     raw = torch.load(path, weights_only=True)
     assert set(OFFICIAL_KEYS.values()) <= set(raw) and raw["epoch"] == 4
     assert raw["ahiq"]["patch_size"] == 16 and raw["ahiq"]["mos_max"] == 1800.0
-    before = {part: {k: v.clone() for k, v in getattr(model, part).state_dict().items()} for part in OFFICIAL_KEYS}
+    before = _snapshot(model)
     with torch.no_grad():
         for p in model.regressor.parameters():
             p.add_(1.0)

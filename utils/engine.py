@@ -1,4 +1,4 @@
-"""The training step loop and the one scoring loop, shared by train.py (validation), test.py and the scoring API.
+"""The training step loop and the one scoring loop, shared by train.py (validation) and test.py.
 
 A scoring batch holds B images with K ensemble crops each, as uint8. The B*K crop pairs go through the model in
 chunks of at most ``crops_per_forward`` pairs, and each image's score is the mean over its K crops (as in the
