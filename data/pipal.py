@@ -64,6 +64,10 @@ def pipal_reference_name(name: str) -> str:
     return name[:5] + ".bmp"
 
 
+def pipal_pairs(ref_dir: str, dis_dir: str, names: Sequence[str]) -> list[tuple[str, str, str]]:
+    return [(name, os.path.join(dis_dir, name), os.path.join(ref_dir, pipal_reference_name(name))) for name in names]
+
+
 def read_rgb(path: str) -> np.ndarray:
     """An image as HxWx3 uint8 RGB: grayscale is expanded, alpha dropped, 16-bit scaled to 8-bit (OpenCV rules)."""
     img = cv2.imread(path, cv2.IMREAD_COLOR)
@@ -117,31 +121,32 @@ def crop_stack(img: np.ndarray, windows: Sequence[Window], crop: int) -> torch.T
     return torch.from_numpy(np.ascontiguousarray(crops.transpose(0, 3, 1, 2)))
 
 
-class PairListDataset(Dataset):
-    """Distorted/reference pairs of a list file, as uint8 crop stacks (K, 3, crop, crop).
+class PairDataset(Dataset):
+    """Distorted/reference pairs ``(name, dis_path, ref_path)``, as uint8 crop stacks (K, 3, crop, crop).
 
-    Evaluation (``dataset[idx]``): the K = ``n_crops`` windows of :func:`crop_windows`. Training
-    (``dataset[(epoch, idx)]``, keys made by :class:`data.sampler.EpochSampler`): one random window and a random
-    horizontal flip, the same for both images, drawn from a generator seeded with (seed, epoch, idx); so a sample
-    never depends on worker processes, ranks or where a run was resumed.
-    Every listed image is checked when the dataset is built (exists, readable header, same size as its reference,
-    at least the crop size unless ``resize``), so a bad file stops the run before any work, naming the file.
+    Evaluation (``dataset[idx]``): the K = ``n_crops`` windows of :func:`crop_windows`, seeded with the pair's name.
+    Training (``dataset[(epoch, idx)]``, keys made by :class:`data.sampler.EpochSampler`): one random window and a
+    random horizontal flip, the same for both images, drawn from a generator seeded with (seed, epoch, idx); so a
+    sample never depends on worker processes, ranks or where a run was resumed.
+    Every image is checked when the dataset is built (exists, readable header, same size as its reference, at least
+    the crop size unless ``resize``), so a bad file stops the run before any work, naming the file.
     """
 
-    def __init__(self, ref_dir: str, dis_dir: str, list_file: str, crop_size: int = 224, n_crops: int = 5,
-                 seed: int = 1919, resize: int | None = None, flip: bool = False) -> None:
-        self.names, raw = read_list(list_file)
-        self.ref_dir, self.dis_dir, self.list_file = ref_dir, dis_dir, list_file
+    def __init__(self, pairs: Sequence[tuple[str, str, str]], raw_scores: np.ndarray | None = None,
+                 crop_size: int = 224, n_crops: int = 5, seed: int = 1919, resize: int | None = None,
+                 flip: bool = False) -> None:
+        self.pairs = list(pairs)
+        self.names = [name for name, _, _ in self.pairs]
         self.crop, self.n_crops, self.seed, self.resize, self.flip = crop_size, n_crops, seed, resize, flip
-        self.raw_scores = raw
-        self.labels, self.mos_min, self.mos_max = minmax_normalise(raw) if raw is not None else (None, None, None)
+        self.raw_scores = raw_scores
+        self.labels, self.mos_min, self.mos_max = (minmax_normalise(raw_scores) if raw_scores is not None
+                                                   else (None, None, None))
         if resize is not None and resize < crop_size:
             raise AHIQError(f"--size {resize} is smaller than --crop_size {crop_size}")
         self._check_images()
 
     def paths(self, idx: int) -> tuple[str, str]:
-        name = self.names[idx]
-        return os.path.join(self.dis_dir, name), os.path.join(self.ref_dir, pipal_reference_name(name))
+        return self.pairs[idx][1], self.pairs[idx][2]
 
     def _check_images(self) -> None:
         ref_sizes: dict[str, tuple[int, int]] = {}
@@ -185,3 +190,13 @@ class PairListDataset(Dataset):
         label = float("nan") if self.labels is None else float(self.labels[idx])
         return {"dis": crop_stack(dis, windows, self.crop), "ref": crop_stack(ref, windows, self.crop),
                 "name": self.names[idx], "label": label, "index": idx}
+
+
+class PairListDataset(PairDataset):
+    """The pairs of a PIPAL list file: distorted images in ``dis_dir``, references in ``ref_dir``."""
+
+    def __init__(self, ref_dir: str, dis_dir: str, list_file: str, crop_size: int = 224, n_crops: int = 5,
+                 seed: int = 1919, resize: int | None = None, flip: bool = False) -> None:
+        names, raw = read_list(list_file)
+        self.list_file = list_file
+        super().__init__(pipal_pairs(ref_dir, dis_dir, names), raw, crop_size, n_crops, seed, resize, flip)

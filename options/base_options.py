@@ -11,19 +11,23 @@ from models import DEFORM_IMPLS, RESNET_TAG, VIT_TAGS
 from utils.errors import AHIQError
 
 
-def base_parser() -> argparse.ArgumentParser:
-    """The official base options (same names and defaults) and the project's additions."""
+def base_parser(with_lists: bool = True) -> argparse.ArgumentParser:
+    """The official base options (same names and defaults) and the project's additions.
+
+    ``with_lists=False`` leaves out the training/validation data options (predict.py has no lists).
+    """
     p = argparse.ArgumentParser(add_help=False)
     g = p.add_argument_group("data")
-    g.add_argument("--train_ref_path", default="Train_Ref/", help="folder of the training reference images")
-    g.add_argument("--train_dis_path", default="Train_Dis/", help="folder of the training distorted images")
-    g.add_argument("--val_ref_path", default="NTIRE2021/Ref/", help="folder of the validation reference images")
-    g.add_argument("--val_dis_path", default="NTIRE2021/Dis/", help="folder of the validation distorted images")
-    g.add_argument("--train_list", default="PIPAL.txt", help="training list: 'name,MOS' lines")
-    g.add_argument("--val_list", default="PIPAL_NTIRE_Valid_MOS.txt", help="validation list: 'name,MOS' lines")
+    if with_lists:
+        g.add_argument("--train_ref_path", default="Train_Ref/", help="folder of the training reference images")
+        g.add_argument("--train_dis_path", default="Train_Dis/", help="folder of the training distorted images")
+        g.add_argument("--val_ref_path", default="NTIRE2021/Ref/", help="folder of the validation reference images")
+        g.add_argument("--val_dis_path", default="NTIRE2021/Dis/", help="folder of the validation distorted images")
+        g.add_argument("--train_list", default="PIPAL.txt", help="training list: 'name,MOS' lines")
+        g.add_argument("--val_list", default="PIPAL_NTIRE_Valid_MOS.txt", help="validation list: 'name,MOS' lines")
+        g.add_argument("--num_crop", type=int, default=1, help="random crops per training sample (official; unused)")
+        g.add_argument("--num_avg_val", type=int, default=5, help="fixed windows averaged in validation")
     g.add_argument("--crop_size", type=int, default=224, help="crop side; a multiple of --patch_size")
-    g.add_argument("--num_crop", type=int, default=1, help="random crops per training sample (official; unused)")
-    g.add_argument("--num_avg_val", type=int, default=5, help="fixed windows averaged in validation")
     g.add_argument("--num_workers", type=int, default=8, help="DataLoader worker processes")
     g = p.add_argument_group("run")
     g.add_argument("--checkpoints_dir", default="./checkpoints", help="runs are stored in checkpoints_dir/name")
@@ -54,6 +58,14 @@ def backbone_files(checkpoints_dir: str, patch_size: int) -> tuple[str, str]:
             os.path.join(folder, RESNET_TAG + ".safetensors"))
 
 
+def resolve_backbone_weights(checkpoints_dir: str, patch_size: int, vit_weights: str | None,
+                             resnet_weights: str | None) -> tuple[str | None, str | None]:
+    """Explicit files win; otherwise the files download.sh put in ``checkpoints_dir/backbones``, if there."""
+    vit_file, resnet_file = backbone_files(checkpoints_dir, patch_size)
+    return (vit_weights or (vit_file if os.path.isfile(vit_file) else None),
+            resnet_weights or (resnet_file if os.path.isfile(resnet_file) else None))
+
+
 def finalize(opt: argparse.Namespace) -> argparse.Namespace:
     """Check and resolve options: crop size, device, default backbone files from download.sh."""
     if opt.crop_size <= 0 or opt.crop_size % opt.patch_size:
@@ -66,11 +78,8 @@ def finalize(opt: argparse.Namespace) -> argparse.Namespace:
         raise AHIQError(f"--gpu_ids {opt.gpu_ids}: CUDA is not available here; pass --gpu_ids -1 to run on the CPU")
     opt.device = f"cuda:{ids[0]}" if ids else "cpu"
     if not opt.no_pretrained:
-        vit_file, resnet_file = backbone_files(opt.checkpoints_dir, opt.patch_size)
-        if opt.vit_weights is None and os.path.isfile(vit_file):
-            opt.vit_weights = vit_file
-        if opt.resnet_weights is None and os.path.isfile(resnet_file):
-            opt.resnet_weights = resnet_file
+        opt.vit_weights, opt.resnet_weights = resolve_backbone_weights(opt.checkpoints_dir, opt.patch_size,
+                                                                       opt.vit_weights, opt.resnet_weights)
     opt.run_dir = os.path.join(opt.checkpoints_dir, opt.name)
     return opt
 

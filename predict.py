@@ -1,0 +1,89 @@
+"""Score your own image pairs: one pair (``--dis a.png --ref b.png``) or two folders matched by file name.
+
+Prints a table (and writes ``--csv``): higher scores are better; by default on the normalised [0, 1] training
+scale, ``--mos_scale`` maps them to MOS units with the range stored in the checkpoint (or ``--mos_range LO HI``).
+Uses the released checkpoint in checkpoints/ahiq_pipal (``sh download.sh``) unless ``--ckpt`` says otherwise.
+"""
+from __future__ import annotations
+
+import argparse
+import csv
+import io
+import os
+
+from options.base_options import base_parser, finalize
+from scoring import Scorer, load_scorer
+from utils.errors import AHIQError, run_cli
+from utils.files import atomic_write
+
+IMAGE_EXTS = (".bmp", ".png", ".jpg", ".jpeg", ".tif", ".tiff", ".webp")
+
+
+def predict_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], parents=[base_parser(with_lists=False)],
+                                formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    g = p.add_argument_group("pairs")
+    g.add_argument("--dis", help="a distorted image (with --ref)")
+    g.add_argument("--ref", help="its reference image")
+    g.add_argument("--dis_dir", help="a folder of distorted images (with --ref_dir; matched by file name)")
+    g.add_argument("--ref_dir", help="the folder of their references")
+    g.add_argument("--n_ensemble", type=int, default=20, help="crops per image, as in test.py")
+    g.add_argument("--batch_size", type=int, default=10, help="images per batch")
+    g.add_argument("--csv", help="also write 'dis,ref,score' rows to this CSV file")
+    g.add_argument("--mos_scale", action="store_true", help="report scores in MOS units of the training list")
+    g.add_argument("--mos_range", type=float, nargs=2, metavar=("LO", "HI"),
+                   help="training MOS range for --mos_scale when the checkpoint has none (official files)")
+    return p
+
+
+def match_folders(dis_dir: str, ref_dir: str) -> list[tuple[str, str]]:
+    """(dis, ref) pairs of images with the same file name in both folders; any unmatched name is an error."""
+    for folder in (dis_dir, ref_dir):
+        if not os.path.isdir(folder):
+            raise AHIQError(f"{folder}: no such folder")
+
+    def images(folder: str) -> set[str]:
+        return {f for f in os.listdir(folder) if f.lower().endswith(IMAGE_EXTS)}
+
+    dis, ref = images(dis_dir), images(ref_dir)
+    only_dis, only_ref = sorted(dis - ref), sorted(ref - dis)
+    if only_dis or only_ref:
+        raise AHIQError(f"{dis_dir} and {ref_dir} do not match by file name: only in {dis_dir}: {only_dis[:5]}, "
+                        f"only in {ref_dir}: {only_ref[:5]}; every distorted image needs a reference of the same name")
+    if not dis:
+        raise AHIQError(f"{dis_dir}: no images ({', '.join(IMAGE_EXTS)})")
+    return [(os.path.join(dis_dir, n), os.path.join(ref_dir, n)) for n in sorted(dis)]
+
+
+def table(pairs: list[tuple[str, str]], scores, unit: str) -> str:
+    width = max(len(d) for d, _ in pairs)
+    lines = [f"{'distorted'.ljust(width)}  score ({unit})"]
+    lines += [f"{d.ljust(width)}  {s:.4f}" for (d, _), s in zip(pairs, scores)]
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> list[float]:
+    opt = finalize(predict_parser().parse_args(argv))
+    if bool(opt.dis) != bool(opt.ref) or bool(opt.dis_dir) != bool(opt.ref_dir) or bool(opt.dis) == bool(opt.dis_dir):
+        raise AHIQError("give either --dis FILE --ref FILE, or --dis_dir DIR --ref_dir DIR")
+    pairs = [(opt.dis, opt.ref)] if opt.dis else match_folders(opt.dis_dir, opt.ref_dir)
+    scorer: Scorer = load_scorer(opt.ckpt, opt.checkpoints_dir, opt.name, opt.patch_size, opt.device,
+                                 not opt.no_pretrained, opt.vit_weights, opt.resnet_weights, opt.deform_impl,
+                                 tuple(opt.mos_range) if opt.mos_range else None, crop_size=opt.crop_size,
+                                 n_ensemble=opt.n_ensemble, seed=opt.seed)
+    scores = scorer.score_files(pairs, opt.batch_size, opt.num_workers, progress=len(pairs) > 1)
+    unit = "normalised, higher is better"
+    if opt.mos_scale:
+        scores, unit = scorer.to_mos(scores), "MOS units, higher is better"
+    print(table(pairs, scores, unit))
+    if opt.csv:
+        buf = io.StringIO()
+        writer = csv.writer(buf)
+        writer.writerow(["dis", "ref", "score"])
+        writer.writerows([d, r, f"{s:.9g}"] for (d, r), s in zip(pairs, scores))
+        atomic_write(opt.csv, buf.getvalue())
+    return [float(s) for s in scores]
+
+
+if __name__ == "__main__":
+    run_cli(main)

@@ -1,0 +1,89 @@
+"""Score image pairs from Python: the same model, crop ensemble and scoring loop as test.py.
+
+    from scoring import load_scorer
+    scorer = load_scorer()                         # checkpoints/ahiq_pipal (download.sh), CPU, 20-crop ensemble
+    scores = scorer.score_files([("dis.png", "ref.png")])
+    scores = scorer.score_tensors(dis, ref)        # (B, 3, H, W) floats in [0, 1] -> (B,)
+
+Scores: higher is better. They are on the scale the model was trained on, the training MOS min-max normalised to
+[0, 1]; ``scorer.to_mos`` maps them back to MOS units with the range stored in the checkpoint (or given).
+"""
+from __future__ import annotations
+
+import os
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+from torch.utils.data import DataLoader
+
+from data.pipal import PairDataset, crop_windows
+from models import AHIQ, build_model
+from options.base_options import resolve_backbone_weights
+from utils.checkpoint import find_checkpoint, load_weights
+from utils.engine import predict, score_crops
+from utils.errors import AHIQError
+
+
+@dataclass
+class Scorer:
+    model: AHIQ
+    crop_size: int = 224
+    n_ensemble: int = 20
+    seed: int = 1919
+    crops_per_forward: int = 50
+    mos_range: tuple[float, float] | None = None
+    checkpoint: str | None = None
+
+    def to_mos(self, scores: np.ndarray | torch.Tensor) -> np.ndarray:
+        """Normalised scores in MOS units of the training list: lo + score * (hi - lo)."""
+        if self.mos_range is None:
+            raise AHIQError(f"{self.checkpoint}: the checkpoint holds no training MOS range (official files do not); "
+                            "give one with --mos_range LO HI / mos_range=(lo, hi)")
+        lo, hi = self.mos_range
+        return lo + np.asarray(scores, dtype=np.float64) * (hi - lo)
+
+    def score_files(self, pairs: Sequence[tuple[str, str]], batch_size: int = 10, num_workers: int = 0,
+                    progress: bool = False) -> np.ndarray:
+        """Scores of (distorted, reference) file pairs. Random windows are seeded with the distorted file name, as
+        in test.py, so the same image scores the same here and there."""
+        dataset = PairDataset([(os.path.basename(d), d, r) for d, r in pairs], None, self.crop_size, self.n_ensemble,
+                              self.seed)
+        loader = DataLoader(dataset, batch_size=batch_size, num_workers=num_workers, shuffle=False)
+        return predict(self.model, loader, self.crops_per_forward, progress=progress).preds
+
+    def score_tensors(self, dis: torch.Tensor, ref: torch.Tensor) -> torch.Tensor:
+        """Scores (B,) of (B, 3, H, W) image tensors in [0, 1]; random windows are seeded with the batch position."""
+        if dis.shape != ref.shape or dis.dim() != 4 or dis.shape[1] != 3:
+            raise AHIQError(f"expected two (B, 3, H, W) tensors of the same shape, got {tuple(dis.shape)} and "
+                            f"{tuple(ref.shape)}")
+        h, w, c = dis.shape[2], dis.shape[3], self.crop_size
+        if min(h, w) < c:
+            raise AHIQError(f"images of {w}x{h} are smaller than the crop size {c}; resize them first")
+        crops = [[], []]
+        for i in range(dis.shape[0]):
+            windows = crop_windows(h, w, c, self.n_ensemble, self.seed, str(i))
+            for stack, img in zip(crops, (dis[i], ref[i])):
+                stack.append(torch.stack([img[:, t:t + c, x:x + c] for t, x in windows]))
+        return score_crops(self.model, torch.stack(crops[0]), torch.stack(crops[1]), self.crops_per_forward)
+
+
+def load_scorer(ckpt: str | None = None, checkpoints_dir: str = "checkpoints", name: str = "ahiq_pipal",
+                patch_size: int = 8, device: str = "cpu", pretrained: bool = True, vit_weights: str | None = None,
+                resnet_weights: str | None = None, deform_impl: str = "gemm",
+                mos_range: tuple[float, float] | None = None, **settings) -> Scorer:
+    """A :class:`Scorer` for a checkpoint (default: the one test.py would pick in ``checkpoints_dir/name``).
+
+    Backbone weights: the files download.sh put in ``checkpoints_dir/backbones`` when present, else the hub;
+    ``settings`` go to :class:`Scorer` (``crop_size``, ``n_ensemble``, ``seed``, ``crops_per_forward``).
+    """
+    ckpt = ckpt or find_checkpoint(os.path.join(checkpoints_dir, name))
+    if pretrained:
+        vit_weights, resnet_weights = resolve_backbone_weights(checkpoints_dir, patch_size, vit_weights,
+                                                               resnet_weights)
+    model = build_model(patch_size, pretrained, vit_weights, resnet_weights, deform_impl)
+    meta = load_weights(model, ckpt).get("ahiq", {})
+    if mos_range is None and meta.get("mos_min") is not None:
+        mos_range = (float(meta["mos_min"]), float(meta["mos_max"]))
+    return Scorer(model.to(device).eval(), mos_range=mos_range, checkpoint=ckpt, **settings)

@@ -1,0 +1,102 @@
+"""predict.py and the scoring API: the same scores as test.py, folder matching, MOS units, CSV, real images."""
+from __future__ import annotations
+
+import csv
+import os
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+import predict
+import test as test_script
+from data.pipal import read_rgb
+from scoring import load_scorer
+from tests.conftest import FIXTURES, needs_fixtures
+from utils.checkpoint import save_weights
+from utils.errors import AHIQError
+
+
+@pytest.fixture(scope="module")
+def ckpt(tmp_path_factory, model_factory) -> str:
+    path = tmp_path_factory.mktemp("predict") / "ours.pth"
+    save_weights(str(path), model_factory(8), meta={"mos_min": 1000.0, "mos_max": 1600.0})
+    return str(path)
+
+
+def _weights(backbone_files) -> list[str]:
+    return ["--vit_weights", backbone_files[8], "--resnet_weights", backbone_files["resnet"], "--gpu_ids", "-1",
+            "--num_workers", "0"]
+
+
+def test_api_scores_equal_test_py(tmp_path, pipal_set, backbone_files, ckpt):
+    result = test_script.main(["--test_ref_path", pipal_set["ref"], "--test_dis_path", pipal_set["dis"],
+                               "--test_list", pipal_set["list"], "--ckpt", ckpt, "--crop_size", "32",
+                               "--n_ensemble", "12", "--checkpoints_dir", str(tmp_path), *_weights(backbone_files)])
+    expected = [float(line.split(",")[1]) for line in Path(result["predictions"]).read_text().splitlines()]
+    scorer = load_scorer(ckpt, str(tmp_path), vit_weights=backbone_files[8], resnet_weights=backbone_files["resnet"],
+                         crop_size=32, n_ensemble=12)
+    pairs = [(os.path.join(pipal_set["dis"], n), os.path.join(pipal_set["ref"], n[:5] + ".bmp"))
+             for n in pipal_set["names"]]
+    np.testing.assert_allclose(scorer.score_files(pairs), expected, rtol=1e-6)
+    np.testing.assert_allclose(scorer.score_files(pairs), expected, rtol=1e-6)  # deterministic
+
+
+def test_score_tensors_equals_score_files_for_fixed_windows(pipal_set, backbone_files, ckpt, tmp_path):
+    scorer = load_scorer(ckpt, str(tmp_path), vit_weights=backbone_files[8], resnet_weights=backbone_files["resnet"],
+                         crop_size=32, n_ensemble=5)
+    names = pipal_set["names"][:3]
+    pairs = [(os.path.join(pipal_set["dis"], n), os.path.join(pipal_set["ref"], n[:5] + ".bmp")) for n in names]
+    dis, ref = (torch.stack([torch.from_numpy(read_rgb(p[k]).transpose(2, 0, 1).copy()).float() / 255
+                             for p in pairs]) for k in (0, 1))
+    np.testing.assert_allclose(scorer.score_tensors(dis, ref).numpy(), scorer.score_files(pairs), rtol=1e-5)
+    with pytest.raises(AHIQError, match="smaller than the crop size"):
+        scorer.score_tensors(dis[:, :, :16], ref[:, :, :16])
+
+
+def test_predict_folders_csv_and_mos_units(tmp_path, pipal_set, backbone_files, ckpt, capsys):
+    dis_dir, ref_dir = tmp_path / "d", tmp_path / "r"
+    dis_dir.mkdir()
+    ref_dir.mkdir()
+    for name in pipal_set["names"][:3]:
+        os.symlink(os.path.join(pipal_set["dis"], name), dis_dir / name)
+        os.symlink(os.path.join(pipal_set["ref"], name[:5] + ".bmp"), ref_dir / name)
+    args = ["--dis_dir", str(dis_dir), "--ref_dir", str(ref_dir), "--ckpt", ckpt, "--crop_size", "32",
+            "--n_ensemble", "5", *_weights(backbone_files)]
+    scores = predict.main(args + ["--csv", str(tmp_path / "out.csv")])
+    rows = list(csv.DictReader(open(tmp_path / "out.csv")))
+    assert [Path(r["dis"]).name for r in rows] == sorted(pipal_set["names"][:3])
+    np.testing.assert_allclose([float(r["score"]) for r in rows], scores, rtol=1e-6)
+    assert "normalised, higher is better" in capsys.readouterr().out
+    mos = predict.main(args + ["--mos_scale"])
+    np.testing.assert_allclose(mos, 1000 + np.array(scores) * 600, rtol=1e-6)
+    os.remove(ref_dir / pipal_set["names"][0])
+    with pytest.raises(AHIQError, match=rf"only in {dis_dir}: \['{pipal_set['names'][0]}'\]"):
+        predict.main(args)
+
+
+def test_official_checkpoint_needs_a_mos_range(tmp_path, pipal_set, backbone_files, model_factory):
+    heads = model_factory(8).trainable_state_dict()
+    official = tmp_path / "official.pth"
+    torch.save({"regressor_model_state_dict": heads["regressor"],
+                "deform_net_model_state_dict": heads["deform_net"]}, official)
+    name = pipal_set["names"][1]
+    args = ["--dis", os.path.join(pipal_set["dis"], name), "--ref", os.path.join(pipal_set["ref"], "A0000.bmp"),
+            "--ckpt", str(official), "--crop_size", "32", "--n_ensemble", "1", *_weights(backbone_files)]
+    with pytest.raises(AHIQError, match=r"official\.pth: the checkpoint holds no training MOS range"):
+        predict.main(args + ["--mos_scale"])
+    plain = predict.main(args)
+    scaled = predict.main(args + ["--mos_scale", "--mos_range", "10", "20"])
+    assert scaled[0] == pytest.approx(10 + 10 * plain[0])
+    with pytest.raises(AHIQError, match="either --dis FILE --ref FILE, or --dis_dir"):
+        predict.main(args[2:])
+
+
+@needs_fixtures()
+def test_predict_on_real_kadid_images(backbone_files, ckpt, capsys):
+    k = FIXTURES / "kadid10k"
+    scores = predict.main(["--dis", str(k / "I01_01_05.png"), "--ref", str(k / "I01.png"), "--ckpt", ckpt,
+                           "--crop_size", "64", "--n_ensemble", "5", *_weights(backbone_files)])
+    assert len(scores) == 1 and np.isfinite(scores[0])
+    assert "I01_01_05.png" in capsys.readouterr().out
