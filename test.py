@@ -25,6 +25,7 @@ from utils.engine import predict
 from utils.errors import run_cli
 from utils.files import atomic_write
 from utils.metrics import iqa_metrics
+from utils.plots import scatter_png
 
 log = logging.getLogger("ahiq.test")
 
@@ -84,9 +85,12 @@ def main(argv: list[str] | None = None) -> dict:
         metrics_path = os.path.splitext(out_path)[0] + "_metrics.json"
         atomic_write(metrics_path, json.dumps({**metrics, "n_images": len(names), "list": opt.test_list,
                                                "checkpoint": ckpt_path, "n_ensemble": opt.n_ensemble}, indent=2))
-        log.info("SRCC %.4f  PLCC %.4f  KRCC %.4f  RMSE %.4f  main score (PLCC+SRCC) %.4f  -> %s",
-                 metrics["srcc"], metrics["plcc"], metrics["krcc"], metrics["rmse"], metrics["main_score"],
-                 metrics_path)
+        plot_path = os.path.splitext(out_path)[0] + "_scatter.png"
+        atomic_write(plot_path, scatter_png(preds, labels, metrics, os.path.basename(opt.test_list)))
+        log.info("SRCC %.4f  PLCC %.4f (raw; %.4f after the 4-parameter logistic mapping)  KRCC %.4f  RMSE %.4f  "
+                 "main score (raw PLCC + SRCC) %.4f  -> %s, %s", metrics["srcc"], metrics["plcc"],
+                 metrics["plcc_logistic"], metrics["krcc"], metrics["rmse"], metrics["main_score"], metrics_path,
+                 plot_path)
         result.update(metrics)
     if opt.submission:
         zip_path = write_submission(opt.submission, predictions, seconds / len(names), opt.device == "cpu",

@@ -32,6 +32,7 @@ from utils.engine import predict, train_one_epoch
 from utils.errors import AHIQError, run_cli
 from utils.logger import setup_logging
 from utils.metrics import iqa_metrics
+from utils.plots import scatter_figure
 
 log = logging.getLogger("ahiq.train")
 
@@ -136,19 +137,6 @@ def save(path: str, model: AHIQ, optimizer, scheduler, state: TrainState, opt, t
                  optimizer_state_dict=optimizer.state_dict(), scheduler_state_dict=scheduler.state_dict(),
                  epoch=state.epoch - 1, loss=float(loss), train_state={**asdict(state), "rng": rng_state()},
                  options={k: v for k, v in vars(opt).items() if k != "amp_dtype"})
-
-
-def scatter_figure(preds: np.ndarray, labels: np.ndarray, metrics: dict):
-    import matplotlib
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-    fig, ax = plt.subplots(figsize=(4, 4))
-    ax.scatter(labels, preds, s=6, alpha=0.6)
-    ax.set_xlabel("MOS (min-max normalised)")
-    ax.set_ylabel("prediction")
-    ax.set_title(f"SRCC {metrics['srcc']:.3f}  PLCC {metrics['plcc']:.3f}")
-    fig.tight_layout()
-    return fig
 
 
 def main(argv: list[str] | None = None) -> TrainState:

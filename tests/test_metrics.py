@@ -33,3 +33,14 @@ def test_perfect_and_reversed_order():
     assert iqa_metrics(-x, x)["krcc"] == pytest.approx(-1.0)
     with pytest.raises(ValueError):
         iqa_metrics(np.ones(1), np.ones(1))
+
+
+def test_logistic_mapping_recovers_a_known_curve():
+    from utils.metrics import fit_logistic4, logistic4
+    pred = np.linspace(-3, 3, 60)
+    label = logistic4(pred, 0.9, 0.1, 0.4, 0.7)
+    params = fit_logistic4(pred, label)
+    np.testing.assert_allclose(logistic4(pred, *params), label, atol=1e-6)
+    m = iqa_metrics(pred, label)
+    assert m["plcc_logistic"] == pytest.approx(1.0, abs=1e-9) and m["plcc"] < 0.99  # raw PLCC sees the bend
+    assert np.isnan(iqa_metrics(np.arange(3.0), np.arange(3.0))["plcc_logistic"])  # too few points to fit

@@ -73,6 +73,8 @@ def test_scores_equal_the_official_computation(tmp_path, pipal_set, backbone_fil
     for key, value in iqa_metrics(scores, label).items():
         assert metrics[key] == pytest.approx(value, abs=1e-6)
     assert metrics["n_images"] == 6
+    png = Path(result["predictions"]).with_name("results_scatter.png").read_bytes()
+    assert png.startswith(b"\x89PNG") and len(png) > 5000
     assert (tmp_path / "ckpts" / "run" / "opt_test.txt").is_file()
 
 
@@ -99,6 +101,7 @@ def test_names_only_list_and_submission_package(tmp_path, pipal_set, backbone_fi
     result = test_script.main(_args(pipal_set, tmp_path, backbone_files, official_ckpt[0], "--n_ensemble", "1",
                                     "--submission", str(sub)))
     assert "srcc" not in result and not Path(result["predictions"]).with_name("results_metrics.json").exists()
+    assert not Path(result["predictions"]).with_name("results_scatter.png").exists()
     with zipfile.ZipFile(sub / "submission.zip") as zf:
         assert sorted(zf.namelist()) == ["output.txt", "readme.txt"]
         output = zf.read("output.txt").decode()
