@@ -11,7 +11,7 @@ import csv
 import io
 import os
 
-from options.base_options import base_parser, finalize
+from options.base_options import arch_from_options, base_parser, finalize
 from scoring import Scorer, load_scorer
 from utils.errors import AHIQError, run_cli
 from utils.files import atomic_write
@@ -69,7 +69,8 @@ def main(argv: list[str] | None = None) -> list[float]:
     pairs = [(opt.dis, opt.ref)] if opt.dis else match_folders(opt.dis_dir, opt.ref_dir)
     scorer: Scorer = load_scorer(opt.ckpt, opt.checkpoints_dir, opt.name, opt.patch_size, opt.device,
                                  not opt.no_pretrained, opt.vit_weights, opt.resnet_weights, opt.deform_impl,
-                                 tuple(opt.mos_range) if opt.mos_range else None, crop_size=opt.crop_size,
+                                 tuple(opt.mos_range) if opt.mos_range else None, arch_from_options(opt),
+                                 crop_size=opt.crop_size,
                                  n_ensemble=opt.n_ensemble, seed=opt.seed)
     scores = scorer.score_files(pairs, opt.batch_size, opt.num_workers, progress=len(pairs) > 1)
     unit = "normalised, higher is better"

@@ -19,8 +19,8 @@ import torch
 from torch.utils.data import DataLoader
 
 from data.pipal import PairDataset, crop_windows
-from models import AHIQ, build_model
-from options.base_options import resolve_backbone_weights
+from models import AHIQ
+from options.base_options import build_checked, resolve_backbone_weights
 from utils.checkpoint import find_checkpoint, load_weights
 from utils.engine import predict, score_crops
 from utils.errors import AHIQError
@@ -72,17 +72,18 @@ class Scorer:
 def load_scorer(ckpt: str | None = None, checkpoints_dir: str = "checkpoints", name: str = "ahiq_pipal",
                 patch_size: int = 8, device: str = "cpu", pretrained: bool = True, vit_weights: str | None = None,
                 resnet_weights: str | None = None, deform_impl: str = "gemm",
-                mos_range: tuple[float, float] | None = None, **settings) -> Scorer:
+                mos_range: tuple[float, float] | None = None, arch: dict | None = None, **settings) -> Scorer:
     """A :class:`Scorer` for a checkpoint (default: the one test.py would pick in ``checkpoints_dir/name``).
 
     Backbone weights: the files download.sh put in ``checkpoints_dir/backbones`` when present, else the hub;
-    ``settings`` go to :class:`Scorer` (``crop_size``, ``n_ensemble``, ``seed``, ``crops_per_forward``).
+    ``arch``: ablation switches for ``build_model``; ``settings`` go to :class:`Scorer` (``crop_size``,
+    ``n_ensemble``, ``seed``, ``crops_per_forward``).
     """
     ckpt = ckpt or find_checkpoint(os.path.join(checkpoints_dir, name))
     if pretrained:
         vit_weights, resnet_weights = resolve_backbone_weights(checkpoints_dir, patch_size, vit_weights,
                                                                resnet_weights)
-    model = build_model(patch_size, pretrained, vit_weights, resnet_weights, deform_impl)
+    model = build_checked(patch_size, pretrained, vit_weights, resnet_weights, deform_impl, **(arch or {}))
     meta = load_weights(model, ckpt).get("ahiq", {})
     if mos_range is None and meta.get("mos_min") is not None:
         mos_range = (float(meta["mos_min"]), float(meta["mos_max"]))

@@ -17,8 +17,7 @@ import torch
 from torch.utils.data import DataLoader
 
 from data.pipal import PairListDataset
-from models import build_model
-from options.base_options import save_options
+from options.base_options import build_from_options, save_options
 from options.test_options import parse_test_options
 from utils.checkpoint import find_checkpoint, load_weights
 from utils.engine import predict
@@ -62,8 +61,7 @@ def main(argv: list[str] | None = None) -> dict:
     dataset = PairListDataset(opt.test_ref_path, opt.test_dis_path, opt.test_list, opt.crop_size, opt.n_ensemble,
                               opt.seed, resize=opt.size if opt.resize else None, flip=opt.flip)
     ckpt_path = opt.ckpt or find_checkpoint(opt.run_dir, opt.load_epoch)
-    model = build_model(opt.patch_size, not opt.no_pretrained, opt.vit_weights, opt.resnet_weights,
-                        opt.deform_impl)
+    model = build_from_options(opt)
     load_weights(model, ckpt_path)
     model.to(opt.device).eval()
     save_options(opt, "test")

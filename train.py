@@ -23,8 +23,8 @@ from torch.utils.data import DataLoader, Subset
 
 from data.pipal import PairListDataset
 from data.sampler import EpochSampler
-from models import AHIQ, build_model
-from options.base_options import save_options
+from models import AHIQ
+from options.base_options import build_from_options, save_options
 from options.train_options import parse_train_options
 from utils.checkpoint import find_checkpoint, load_weights, save_weights
 from utils.distributed import DistInfo, any_rank, gather_arrays, init_distributed, shutdown
@@ -157,9 +157,8 @@ def run(opt, info: DistInfo) -> TrainState:
         log.warning("--amp applies on CUDA only; training in fp32 on %s", opt.device)
         opt.amp_dtype = None
     train_set, train_loader, sampler, val_loader = build_loaders(opt, info)
-    model = build_model(opt.patch_size, not opt.no_pretrained, opt.vit_weights, opt.resnet_weights,
-                        opt.deform_impl).to(opt.device)
-    params = list(model.deform_net.parameters()) + list(model.regressor.parameters())
+    model = build_from_options(opt).to(opt.device)
+    params = [p for part in model.trainable_parts().values() for p in part.parameters()]
     optimizer = torch.optim.Adam(params, lr=opt.learning_rate, weight_decay=opt.weight_decay)
     scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=opt.T_max, eta_min=opt.eta_min)
     scaler = torch.amp.GradScaler("cuda") if opt.amp_dtype == torch.float16 else None

@@ -4,6 +4,10 @@ One ``nn.Module`` with ``forward(dis, ref)`` on [0, 1] RGB crops -> (B, 1) score
 official parameter names (``deform_net.*``, ``regressor.*``) so checkpoints move both ways between this project,
 the official code and pyiqa. The distorted and the reference crop go through each frozen backbone in ONE batched
 call, and the deformable fusion and the shared 1x1 down-projection also run once on the stacked pair.
+
+Ablation switches (defaults = the paper's model): ``fusion`` deform / conv (a plain 3x3 conv) / none;
+``branches`` hybrid / vit (ViT features only) / cnn (fused CNN features only); ``pooling`` weighted (sum(f*w)/sum(w))
+/ mean. Which backbone blocks feed the model is chosen in :mod:`models.backbones`.
 """
 from __future__ import annotations
 
@@ -16,44 +20,60 @@ from models.backbones import CNN_CHANNELS, VIT_CHANNELS
 from models.deform import deform_conv2d_gemm
 
 DEFORM_IMPLS = ("gemm", "torchvision")
+FUSIONS = ("deform", "conv", "none")
+BRANCHES = ("hybrid", "vit", "cnn")
+POOLINGS = ("weighted", "mean")
 
 
 class DeformFusion(nn.Module):
-    """Sec. 3.2: ViT features of the reference predict offsets for a deformable conv on the CNN features."""
+    """Sec. 3.2: ViT features of the reference predict offsets for a deformable conv on the CNN features, then
+    ``conv1`` brings the CNN map (H / ``cnn_reduction``) to the ViT grid (H / ``patch_size``)."""
 
     def __init__(self, patch_size: int = 8, in_channels: int = VIT_CHANNELS, cnn_channels: int = CNN_CHANNELS,
-                 out_channels: int = CNN_CHANNELS, hidden: int = 512, impl: str = "gemm") -> None:
+                 hidden: int = 512, impl: str = "gemm", fusion: str = "deform", cnn_reduction: int = 4) -> None:
         super().__init__()
-        if impl not in DEFORM_IMPLS:
-            raise ValueError(f"deformable convolution implementation {impl!r} is not one of {DEFORM_IMPLS}")
-        self.impl = impl
-        self.conv_offset = nn.Conv2d(in_channels, 2 * 3 * 3, 3, 1, 1)
-        self.deform = DeformConv2d(cnn_channels, out_channels, 3, 1, 1)
-        # Brings the H/4 CNN map to the ViT grid: H/8 for patch 8, H/16 for patch 16.
+        if impl not in DEFORM_IMPLS or fusion not in FUSIONS:
+            raise ValueError(f"unknown fusion {fusion!r} or implementation {impl!r}")
+        factor = patch_size // cnn_reduction
+        if factor < 1 or factor & (factor - 1) or patch_size % cnn_reduction:
+            raise ValueError(f"CNN features at 1/{cnn_reduction} cannot be brought to the 1/{patch_size} ViT grid")
+        self.impl, self.fusion = impl, fusion
+        if fusion == "deform":
+            self.conv_offset = nn.Conv2d(in_channels, 2 * 3 * 3, 3, 1, 1)
+            self.deform = DeformConv2d(cnn_channels, cnn_channels, 3, 1, 1)
+        elif fusion == "conv":
+            self.conv = nn.Conv2d(cnn_channels, cnn_channels, 3, 1, 1)
+        first = 2 if factor >= 2 else 1  # official: stride 2 then 1 (patch 8) or 2 (patch 16)
         self.conv1 = nn.Sequential(
-            nn.Conv2d(out_channels, hidden, 3, stride=2, padding=1),
+            nn.Conv2d(cnn_channels, hidden, 3, stride=first, padding=1),
             nn.ReLU(),
-            nn.Conv2d(hidden, out_channels, 3, stride=1 if patch_size == 8 else 2, padding=1),
+            nn.Conv2d(hidden, cnn_channels, 3, stride=factor // first, padding=1),
         )
 
-    def forward(self, cnn_feat: torch.Tensor, vit_ref: torch.Tensor) -> torch.Tensor:
+    def forward(self, cnn_feat: torch.Tensor, vit_ref: torch.Tensor | None) -> torch.Tensor:
         """``cnn_feat``: the CNN maps of k images per reference, stacked as (k*B, ...); ``vit_ref``: (B, ...)."""
-        vit_ref = F.interpolate(vit_ref, size=cnn_feat.shape[-2:], mode="nearest")
-        offset = self.conv_offset(vit_ref)
-        offset = offset.repeat(cnn_feat.shape[0] // offset.shape[0], 1, 1, 1)
-        if self.impl == "gemm":  # same result as torchvision's kernel (tested), faster, and autocast-friendly
-            fused = deform_conv2d_gemm(cnn_feat, offset, self.deform.weight, self.deform.bias, padding=1)
-        else:
-            fused = self.deform(cnn_feat, offset)
-        return self.conv1(fused)
+        if self.fusion == "deform":
+            vit_ref = F.interpolate(vit_ref, size=cnn_feat.shape[-2:], mode="nearest")
+            offset = self.conv_offset(vit_ref)
+            offset = offset.repeat(cnn_feat.shape[0] // offset.shape[0], 1, 1, 1)
+            if self.impl == "gemm":  # same result as torchvision's kernel (tested), faster, and autocast-friendly
+                cnn_feat = deform_conv2d_gemm(cnn_feat, offset, self.deform.weight, self.deform.bias, padding=1)
+            else:
+                cnn_feat = self.deform(cnn_feat, offset)
+        elif self.fusion == "conv":
+            cnn_feat = self.conv(cnn_feat)
+        return self.conv1(cnn_feat)
 
 
 class PixelPrediction(nn.Module):
     """Sec. 3.3: patch-wise scores ``f`` and weights ``w``; the image score is sum(f * w) / sum(w)."""
 
     def __init__(self, in_channels: int = VIT_CHANNELS + CNN_CHANNELS, out_channels: int = 256,
-                 hidden: int = 1024) -> None:
+                 hidden: int = 1024, pooling: str = "weighted") -> None:
         super().__init__()
+        if pooling not in POOLINGS:
+            raise ValueError(f"unknown pooling {pooling!r}")
+        self.pooling = pooling
         self.down_channel = nn.Conv2d(in_channels, out_channels, kernel_size=1)
         self.feat_smoothing = nn.Sequential(
             nn.Conv2d(3 * out_channels, hidden, 3, padding=1),
@@ -61,37 +81,60 @@ class PixelPrediction(nn.Module):
             nn.Conv2d(hidden, 512, 3, padding=1),
         )
         self.conv1 = nn.Sequential(nn.Conv2d(512, 256, 3, padding=1), nn.ReLU())
-        self.conv_attent = nn.Sequential(nn.Conv2d(256, 1, kernel_size=1), nn.Sigmoid())
+        if pooling == "weighted":
+            self.conv_attent = nn.Sequential(nn.Conv2d(256, 1, kernel_size=1), nn.Sigmoid())
         self.conv = nn.Sequential(nn.Conv2d(256, 1, kernel_size=1))
 
     def forward(self, feat: torch.Tensor) -> torch.Tensor:
-        """``feat``: cat(vit, fused cnn) of the distorted images stacked over those of the references, (2B, C, h, w)."""
+        """``feat``: features of the distorted images stacked over those of the references, (2B, C, h, w)."""
         f_dis, f_ref = self.down_channel(feat).chunk(2)
         feat = self.conv1(self.feat_smoothing(torch.cat((f_dis - f_ref, f_dis, f_ref), dim=1)))
-        f, w = self.conv(feat), self.conv_attent(feat)
+        f = self.conv(feat)
+        if self.pooling == "mean":
+            return f.mean(dim=(2, 3))
+        w = self.conv_attent(feat)
         return (f * w).sum(dim=(2, 3)) / w.sum(dim=(2, 3))
 
 
 class AHIQ(nn.Module):
-    """The full model. ``vit`` and ``cnn`` are the frozen extractors of :mod:`models.backbones`."""
+    """The full model. ``vit`` and ``cnn`` are the frozen extractors of :mod:`models.backbones` (one may be None
+    for a single-branch ablation)."""
 
-    def __init__(self, vit: nn.Module, cnn: nn.Module, patch_size: int = 8, deform_impl: str = "gemm") -> None:
+    def __init__(self, vit: nn.Module | None, cnn: nn.Module | None, patch_size: int = 8, deform_impl: str = "gemm",
+                 fusion: str = "deform", branches: str = "hybrid", pooling: str = "weighted") -> None:
         super().__init__()
-        self.patch_size = patch_size
-        self.vit = vit
-        self.cnn = cnn
-        self.deform_net = DeformFusion(patch_size, impl=deform_impl)
-        self.regressor = PixelPrediction()
+        if branches not in BRANCHES:
+            raise ValueError(f"unknown branches {branches!r}")
+        if branches == "cnn" and fusion == "deform":
+            raise ValueError("the CNN-only model cannot use the deformable fusion: its offsets come from the ViT")
+        self.patch_size, self.branches = patch_size, branches
+        self.vit, self.cnn = vit, cnn
+        self.deform_net = None
+        channels = vit.channels if branches != "cnn" else 0
+        if branches != "vit":
+            self.deform_net = DeformFusion(patch_size, vit.channels if vit is not None else 0, cnn.channels,
+                                           impl=deform_impl, fusion=fusion, cnn_reduction=cnn.reduction)
+            channels += cnn.channels
+        self.regressor = PixelPrediction(channels, pooling=pooling)
+        self.arch = {"patch_size": patch_size, "fusion": fusion if branches != "vit" else "none",
+                     "branches": branches, "pooling": pooling,
+                     "vit_blocks": list(vit.blocks) if vit is not None else None,
+                     "cnn_blocks": cnn.block_names if cnn is not None else None}
 
     def train(self, mode: bool = True) -> AHIQ:
         """Only the head trains; the backbones stay in eval mode (their BatchNorm statistics are fixed)."""
         super().train(mode)
-        self.vit.eval()
-        self.cnn.eval()
+        for net in (self.vit, self.cnn):
+            if net is not None:
+                net.eval()
         return self
 
+    def trainable_parts(self) -> dict[str, nn.Module]:
+        return {name: m for name, m in (("deform_net", self.deform_net), ("regressor", self.regressor))
+                if m is not None}
+
     def trainable_state_dict(self) -> dict[str, dict[str, torch.Tensor]]:
-        return {"deform_net": self.deform_net.state_dict(), "regressor": self.regressor.state_dict()}
+        return {name: m.state_dict() for name, m in self.trainable_parts().items()}
 
     def forward(self, dis: torch.Tensor, ref: torch.Tensor) -> torch.Tensor:
         """Scores (B, 1) for distorted/reference crops (B, 3, S, S) in [0, 1]; S a multiple of the patch size."""
@@ -102,7 +145,11 @@ class AHIQ(nn.Module):
         n = dis.shape[0]
         x = (torch.cat((dis, ref)) - 0.5) / 0.5  # the official normalisation, for both backbones
         with torch.no_grad():
-            vit = self.vit(x)
-            cnn = self.cnn(x)
-        cnn = self.deform_net(cnn, vit[n:])
-        return self.regressor(torch.cat((vit, cnn), dim=1))
+            vit = self.vit(x) if self.vit is not None else None
+            cnn = self.cnn(x) if self.cnn is not None else None
+        feats = []
+        if self.branches != "cnn":
+            feats.append(vit)
+        if self.branches != "vit":
+            feats.append(self.deform_net(cnn, vit[n:] if vit is not None else None))
+        return self.regressor(torch.cat(feats, dim=1))

@@ -22,40 +22,77 @@ VIT_TAGS = {
 }
 RESNET_TAG = "resnet50.a1_in1k"
 VIT_BLOCKS = (0, 1, 2, 3, 4)
+CNN_BLOCKS = ("layer1.0", "layer1.1", "layer1.2")
 VIT_CHANNELS = 768 * len(VIT_BLOCKS)
 CNN_CHANNELS = 256 * 3
 
 
 class ViTFeatures(nn.Module):
-    """Outputs of ViT blocks 0-4 (before the final norm, class token dropped) as one (B, 3840, H/p, W/p) map."""
+    """Outputs of the chosen ViT blocks (before the final norm, class token dropped), concatenated on channels in
+    block order: (B, embed_dim * len(blocks), H/p, W/p). Blocks after the last chosen one are removed."""
 
-    def __init__(self, vit: nn.Module) -> None:
+    def __init__(self, vit: nn.Module, blocks: tuple[int, ...] = VIT_BLOCKS) -> None:
         super().__init__()
-        vit.prune_intermediate_layers(indices=list(VIT_BLOCKS), prune_norm=True, prune_head=True)
-        self.vit = vit
+        if not blocks or min(blocks) < 0 or max(blocks) >= len(vit.blocks):
+            raise AHIQError(f"--vit_blocks {','.join(map(str, blocks))}: this ViT has blocks 0-{len(vit.blocks) - 1}")
+        vit.prune_intermediate_layers(indices=list(blocks), prune_norm=True, prune_head=True)
+        self.vit, self.blocks = vit, tuple(blocks)
+        self.channels = vit.embed_dim * len(blocks)
+        self.patch_size = vit.patch_embed.patch_size[0]
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         feats = self.vit.forward_intermediates(
-            x, indices=list(VIT_BLOCKS), norm=False, output_fmt="NCHW", intermediates_only=True)
+            x, indices=list(self.blocks), norm=False, output_fmt="NCHW", intermediates_only=True)
         return torch.cat(feats, dim=1)
 
 
-class ResNetLayer1Features(nn.Module):
-    """Outputs of the three Bottleneck blocks of ResNet-50 ``layer1``, concatenated: (B, 768, H/4, W/4)."""
+class ResNetFeatures(nn.Module):
+    """Outputs of chosen blocks of one ResNet stage (after their final ReLU), concatenated on channels. The
+    official choice, the three Bottlenecks of ``layer1``, gives (B, 768, H/4, W/4). Later stages are removed."""
 
-    def __init__(self, resnet: nn.Module) -> None:
+    def __init__(self, resnet: nn.Module, blocks: tuple[str, ...] = CNN_BLOCKS) -> None:
         super().__init__()
+        stages = {name.split(".")[0] for name in blocks}
+        if not blocks or len(stages) != 1 or not all(_is_block(resnet, name) for name in blocks):
+            raise AHIQError(f"--cnn_blocks {','.join(blocks)}: give existing blocks of one stage, "
+                            "e.g. layer1.0,layer1.1,layer1.2")
+        self.stage = int(stages.pop()[len("layer"):])
         # Same attribute names as timm's ResNet, so timm state-dict keys load unchanged.
         self.conv1, self.bn1, self.act1, self.maxpool = resnet.conv1, resnet.bn1, resnet.act1, resnet.maxpool
-        self.layer1 = resnet.layer1
+        for s in range(1, self.stage + 1):
+            setattr(self, f"layer{s}", getattr(resnet, f"layer{s}"))
+        self.block_names = list(blocks)
+        self.keep = {int(name.split(".")[1]) for name in blocks}
+        last_stage = getattr(self, f"layer{self.stage}")
+        self.channels = sum(_out_channels(last_stage[i]) for i in sorted(self.keep))
+        self.reduction = 2 ** (self.stage + 1)  # stem /4, then /2 per later stage
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         x = self.maxpool(self.act1(self.bn1(self.conv1(x))))
+        for s in range(1, self.stage):
+            x = getattr(self, f"layer{s}")(x)
         feats = []
-        for block in self.layer1:
+        for i, block in enumerate(getattr(self, f"layer{self.stage}")):
             x = block(x)
-            feats.append(x)
+            if i in self.keep:
+                feats.append(x)
+            if i == max(self.keep):
+                break
         return torch.cat(feats, dim=1)
+
+
+def _is_block(resnet: nn.Module, name: str) -> bool:
+    parts = name.split(".")
+    if len(parts) != 2 or not parts[0].startswith("layer") or not parts[1].isdigit():
+        return False
+    stage = getattr(resnet, parts[0], None)
+    return stage is not None and int(parts[1]) < len(stage)
+
+
+def _out_channels(block: nn.Module) -> int:
+    """Channels a residual block outputs: those of its last convolution outside the shortcut."""
+    convs = [m for n, m in block.named_modules() if isinstance(m, nn.Conv2d) and not n.startswith("downsample")]
+    return convs[-1].out_channels
 
 
 def read_state_dict(path: str) -> dict[str, torch.Tensor]:
@@ -106,22 +143,30 @@ def _create(tag: str, pretrained: bool, **kwargs) -> nn.Module:
 
 
 def build_backbones(patch_size: int = 8, pretrained: bool = True, vit_weights: str | None = None,
-                    resnet_weights: str | None = None) -> tuple[ViTFeatures, ResNetLayer1Features]:
-    """Build the frozen ViT and ResNet feature extractors.
+                    resnet_weights: str | None = None, vit_name: str | None = None, resnet_name: str | None = None,
+                    vit_blocks: tuple[int, ...] = VIT_BLOCKS, cnn_blocks: tuple[str, ...] = CNN_BLOCKS,
+                    use_vit: bool = True, use_cnn: bool = True) -> tuple[ViTFeatures | None, ResNetFeatures | None]:
+    """Build the frozen ViT and ResNet feature extractors (None for a branch that is not used).
 
-    A weights file wins over ``pretrained``; with neither, the backbones are random.
+    Names default to the pinned tags. A weights file wins over ``pretrained``; with neither, the backbones are random.
     """
-    if patch_size not in VIT_TAGS:
+    if vit_name is None and patch_size not in VIT_TAGS:
         raise AHIQError(f"--patch_size {patch_size} is not supported; use 8 or 16")
-    vit_tag = VIT_TAGS[patch_size]
-    # dynamic_img_size: any crop that is a multiple of the patch size (224 uses the position embedding as is).
-    vit = ViTFeatures(_create(vit_tag, pretrained and vit_weights is None, dynamic_img_size=True))
-    cnn = ResNetLayer1Features(_create(RESNET_TAG, pretrained and resnet_weights is None))
-    if vit_weights:
-        load_used_weights(vit.vit, vit_weights, vit_tag)
-    if resnet_weights:
-        load_used_weights(cnn, resnet_weights, RESNET_TAG)
+    vit_tag, resnet_tag = vit_name or VIT_TAGS[patch_size], resnet_name or RESNET_TAG
+    vit = cnn = None
+    if use_vit:
+        # dynamic_img_size: any crop that is a multiple of the patch size (224 uses the position embedding as is).
+        vit = ViTFeatures(_create(vit_tag, pretrained and vit_weights is None, dynamic_img_size=True), vit_blocks)
+        if vit.patch_size != patch_size:
+            raise AHIQError(f"--vit_name {vit_tag} has patch size {vit.patch_size}; pass --patch_size {vit.patch_size}")
+        if vit_weights:
+            load_used_weights(vit.vit, vit_weights, vit_tag)
+    if use_cnn:
+        cnn = ResNetFeatures(_create(resnet_tag, pretrained and resnet_weights is None), cnn_blocks)
+        if resnet_weights:
+            load_used_weights(cnn, resnet_weights, resnet_tag)
     for net in (vit, cnn):
-        net.requires_grad_(False)
-        net.eval()
+        if net is not None:
+            net.requires_grad_(False)
+            net.eval()
     return vit, cnn

@@ -7,7 +7,7 @@ import os
 
 import torch
 
-from models import DEFORM_IMPLS, RESNET_TAG, VIT_TAGS
+from models import BRANCHES, CNN_BLOCKS, DEFORM_IMPLS, FUSIONS, POOLINGS, RESNET_TAG, VIT_BLOCKS, VIT_TAGS, build_model
 from utils.errors import AHIQError
 
 
@@ -48,7 +48,43 @@ def base_parser(with_lists: bool = True) -> argparse.ArgumentParser:
                         "torchvision's kernel; both compute the same function")
     g.add_argument("--no_pretrained", action="store_true",
                    help="random backbones (tests, offline demos): scores are meaningless")
+    g = p.add_argument_group("ablations (defaults: the paper's model; see README, 'Ablations')")
+    g.add_argument("--vit_name", default=None, help="timm ViT name; default: the pinned tag for --patch_size")
+    g.add_argument("--resnet_name", default=None, help=f"timm ResNet name; default: {RESNET_TAG}")
+    g.add_argument("--vit_blocks", default=",".join(map(str, VIT_BLOCKS)), help="ViT blocks whose outputs are used")
+    g.add_argument("--cnn_blocks", default=",".join(CNN_BLOCKS), help="ResNet blocks used, all of one stage")
+    g.add_argument("--fusion", default="deform", choices=FUSIONS, help="how CNN features are fused")
+    g.add_argument("--branches", default="hybrid", choices=BRANCHES, help="feature branches feeding the head")
+    g.add_argument("--pooling", default="weighted", choices=POOLINGS,
+                   help="weighted: sum(f*w)/sum(w) over patches (paper); mean: the plain mean of f")
     return p
+
+
+def arch_from_options(opt: argparse.Namespace) -> dict:
+    """The ablation switches as ``build_model`` arguments."""
+    try:
+        vit_blocks = tuple(int(b) for b in opt.vit_blocks.split(","))
+    except ValueError:
+        raise AHIQError(f"--vit_blocks {opt.vit_blocks!r}: expected comma-separated block indices, e.g. 0,1,2,3,4") \
+            from None
+    return {"vit_name": opt.vit_name, "resnet_name": opt.resnet_name, "vit_blocks": vit_blocks,
+            "cnn_blocks": tuple(opt.cnn_blocks.split(",")), "fusion": opt.fusion, "branches": opt.branches,
+            "pooling": opt.pooling}
+
+
+def build_from_options(opt: argparse.Namespace, pretrained: bool | None = None):
+    """The model the options describe (one place for train.py, test.py and predict.py)."""
+    pretrained = not opt.no_pretrained if pretrained is None else pretrained
+    return build_checked(opt.patch_size, pretrained, opt.vit_weights, opt.resnet_weights, opt.deform_impl,
+                         **arch_from_options(opt))
+
+
+def build_checked(*args, **kwargs):
+    """``build_model`` with an impossible combination of switches reported as a one-line error."""
+    try:
+        return build_model(*args, **kwargs)
+    except ValueError as err:
+        raise AHIQError(f"these ablation options do not fit together: {err}") from None
 
 
 def backbone_files(checkpoints_dir: str, patch_size: int) -> tuple[str, str]:

@@ -8,6 +8,7 @@ import sys
 import torch
 
 import train
+from options.base_options import build_from_options
 from options.train_options import parse_train_options
 from utils.checkpoint import load_weights
 from utils.distributed import init_distributed, shutdown
@@ -18,7 +19,7 @@ def main(out_file: str, ckpt: str, argv: list[str]) -> None:
     info, opt.device = init_distributed(opt.device)
     opt.amp_dtype = None
     _, _, _, val_loader = train.build_loaders(opt, info)
-    model = train.build_model(opt.patch_size, False, opt.vit_weights, opt.resnet_weights)
+    model = build_from_options(opt, pretrained=False)
     load_weights(model, ckpt)
     metrics, preds, labels = train.validate(model, val_loader, info, opt)
     if info.is_main:

@@ -67,7 +67,7 @@ def head_state_dicts(ckpt: Mapping[str, Any], path: str) -> dict[str, dict[str, 
     flat = _strip_module(flat)
     parts = {part: {k[len(part) + 1:]: v for k, v in flat.items() if k.startswith(part + ".")}
              for part in OFFICIAL_KEYS}
-    if not all(parts.values()):
+    if not parts["regressor"]:
         shown = ", ".join(list(ckpt)[:6])
         raise AHIQError(f"{path}: not an AHIQ checkpoint: no {' / '.join(OFFICIAL_KEYS.values())} "
                         f"(top-level keys: {shown}); pass a file written by AHIQ's train.py or the released one")
@@ -78,13 +78,19 @@ def load_weights(model: nn.Module, path: str) -> dict[str, Any]:
     """Load ``deform_net`` and ``regressor`` of ``model`` from ``path``; return the whole checkpoint dict."""
     ckpt = load_checkpoint(path)
     meta = ckpt.get("ahiq", {})
-    patch = meta.get("patch_size") if isinstance(meta, Mapping) else None
+    meta = meta if isinstance(meta, Mapping) else {}
+    patch = meta.get("patch_size")
     if patch is not None and patch != model.patch_size:
         raise AHIQError(f"{path}: trained with --patch_size {patch}, but the model has --patch_size "
                         f"{model.patch_size}; pass --patch_size {patch}")
+    arch = meta.get("arch")
+    if arch is not None and dict(arch) != model.arch:
+        diff = ", ".join(f"{k}: checkpoint {arch.get(k)} vs model {model.arch.get(k)}"
+                         for k in sorted(set(arch) | set(model.arch)) if arch.get(k) != model.arch.get(k))
+        raise AHIQError(f"{path}: built with other ablation switches ({diff}); pass the checkpoint's options")
     for part, sd in head_state_dicts(ckpt, path).items():
         module = getattr(model, part)
-        own = module.state_dict()
+        own = module.state_dict() if module is not None else {}
         missing = sorted(set(own) - set(sd))
         unexpected = sorted(set(sd) - set(own))
         shape = [k for k in own if k in sd and tuple(sd[k].shape) != tuple(own[k].shape)]
@@ -93,14 +99,16 @@ def load_weights(model: nn.Module, path: str) -> dict[str, Any]:
                                 (("missing", missing), ("unexpected", unexpected), ("wrong shape", shape)) if keys)
             raise AHIQError(f"{path}: {part} does not fit this AHIQ model ({details}); likely cause: a checkpoint "
                             "of a different architecture or a modified model")
-        module.load_state_dict(sd)
+        if module is not None:
+            module.load_state_dict(sd)
     return ckpt
 
 
 def save_weights(path: str, model: nn.Module, meta: Mapping[str, Any] | None = None, **extra: Any) -> None:
     """Save the trainable parts under the two official keys, the ``ahiq`` metadata and any extra entries."""
-    ckpt = {key: getattr(model, part).state_dict() for part, key in OFFICIAL_KEYS.items()}
-    ckpt["ahiq"] = {"format": FORMAT_VERSION, "patch_size": model.patch_size, **(meta or {})}
+    parts = model.trainable_state_dict()
+    ckpt = {key: parts.get(part, {}) for part, key in OFFICIAL_KEYS.items()}  # both official keys, always
+    ckpt["ahiq"] = {"format": FORMAT_VERSION, "patch_size": model.patch_size, "arch": model.arch, **(meta or {})}
     ckpt.update(extra)
     atomic_torch_save(ckpt, path)
 

@@ -38,7 +38,7 @@ def score_crops(model: AHIQ, dis: torch.Tensor, ref: torch.Tensor, crops_per_for
                 amp_dtype: torch.dtype | None = None) -> torch.Tensor:
     """(B,) scores of (B, K, 3, S, S) uint8 (or [0,1] float) crop stacks, averaged over the K crops."""
     b, k = dis.shape[:2]
-    device = next(model.deform_net.parameters()).device
+    device = next(model.regressor.parameters()).device
     dis, ref = dis.flatten(0, 1), ref.flatten(0, 1)
     scores = []
     for start in range(0, b * k, crops_per_forward):

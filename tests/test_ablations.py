@@ -1,0 +1,93 @@
+"""Ablation switches: every combination builds, trains a step and scores; checkpoints record their switches and
+refuse to load into a different model; train.py and test.py take the switches."""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+import test as test_script
+import train
+from models import build_model
+from tests.test_train import _args as train_args
+from tests.test_train import sets  # noqa: F401  (module fixture reused here)
+from utils.checkpoint import load_weights, save_weights
+from utils.engine import score_crops
+from utils.errors import AHIQError
+
+COMBOS = [
+    {"fusion": "conv"},
+    {"fusion": "none"},
+    {"branches": "vit"},
+    {"branches": "cnn", "fusion": "conv"},
+    {"branches": "cnn", "fusion": "none", "pooling": "mean"},
+    {"pooling": "mean"},
+    {"vit_blocks": (0, 2)},
+    {"cnn_blocks": ("layer1.0", "layer1.2")},
+    {"cnn_blocks": ("layer2.0", "layer2.1"), "fusion": "conv"},
+    {"vit_name": "vit_small_patch8_224.dino", "resnet_name": "resnet18", "cnn_blocks": ("layer1.0", "layer1.1")},
+]
+
+
+@pytest.mark.parametrize("arch", COMBOS, ids=lambda a: "-".join(f"{k}={v}" for k, v in a.items()))
+def test_every_switch_builds_trains_and_scores(arch, tmp_path):
+    torch.manual_seed(0)
+    model = build_model(8, pretrained=False, **arch)
+    params = [p for part in model.trainable_parts().values() for p in part.parameters()]
+    assert params and all(p.requires_grad for p in params)
+    before = [p.detach().clone() for p in params]
+    optimizer = torch.optim.Adam(params, lr=1e-3)
+    dis, ref = torch.rand(2, 3, 32, 32), torch.rand(2, 3, 32, 32)
+    model.train()
+    loss = (model(dis, ref).view(-1) - torch.tensor([0.2, 0.8])).pow(2).mean()
+    loss.backward()
+    optimizer.step()
+    assert all(not torch.equal(a, p) for a, p in zip(before, params))
+    scores = score_crops(model, dis[:, None], ref[:, None])
+    assert scores.shape == (2,) and torch.isfinite(scores).all()
+    path = tmp_path / "ablation.pth"
+    save_weights(str(path), model)
+    raw = torch.load(path, weights_only=True)
+    assert {"deform_net_model_state_dict", "regressor_model_state_dict"} <= set(raw)  # always both official keys
+    torch.manual_seed(0)  # the same random backbones; the head comes from the file
+    twin = build_model(8, pretrained=False, **arch)
+    load_weights(twin, str(path))
+    torch.testing.assert_close(score_crops(twin, dis[:, None], ref[:, None]), scores)
+
+
+def test_derived_channels_and_block_choice():
+    small = build_model(8, pretrained=False, vit_name="vit_small_patch8_224.dino", resnet_name="resnet18",
+                        vit_blocks=(1, 3), cnn_blocks=("layer1.0", "layer1.1"))
+    assert small.vit.channels == 384 * 2 and small.cnn.channels == 64 * 2
+    assert small.regressor.down_channel.in_channels == 384 * 2 + 64 * 2
+    with pytest.raises(AHIQError, match="existing blocks of one stage"):
+        build_model(8, pretrained=False, resnet_name="resnet18")  # its layer1 has two blocks
+    assert len(small.vit.vit.blocks) == 4  # blocks after the last chosen one are not kept
+    with pytest.raises(AHIQError, match="blocks 0-11"):
+        build_model(8, pretrained=False, vit_blocks=(0, 12))
+    with pytest.raises(AHIQError, match="one stage"):
+        build_model(8, pretrained=False, cnn_blocks=("layer1.0", "layer2.0"))
+    with pytest.raises(ValueError, match="offsets come from the ViT"):
+        build_model(8, pretrained=False, branches="cnn")
+
+
+def test_checkpoint_refuses_a_model_with_other_switches(tmp_path):
+    path = tmp_path / "mean.pth"
+    save_weights(str(path), build_model(8, pretrained=False, pooling="mean"))
+    with pytest.raises(AHIQError, match=r"mean\.pth: built with other ablation switches \(pooling: checkpoint mean "
+                                        r"vs model weighted\)"):
+        load_weights(build_model(8, pretrained=False), str(path))
+
+
+def test_train_and_test_with_switches(sets, backbone_files, tmp_path):  # noqa: F811
+    switches = ["--fusion", "conv", "--pooling", "mean"]
+    train.main(train_args(sets, backbone_files, tmp_path, "ablation", "--n_epoch", "1", *switches))
+    ckpt = str(tmp_path / "ablation" / "best.pth")
+    common = ["--test_ref_path", sets["val"]["ref"], "--test_dis_path", sets["val"]["dis"],
+              "--test_list", sets["val"]["list"], "--ckpt", ckpt, "--crop_size", "32", "--n_ensemble", "1",
+              "--gpu_ids", "-1", "--num_workers", "0", "--checkpoints_dir", str(tmp_path),
+              "--vit_weights", backbone_files[8], "--resnet_weights", backbone_files["resnet"]]
+    result = test_script.main(common + switches)
+    assert np.isfinite(result["srcc"])
+    with pytest.raises(AHIQError, match="other ablation switches"):
+        test_script.main(common)
