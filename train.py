@@ -206,10 +206,11 @@ def run(opt, info: DistInfo) -> TrainState:
             improved = metrics["srcc"] > state.best_srcc or metrics["plcc"] > state.best_plcc
             if improved:  # as the official code: both bests move to the current values
                 state.best_srcc, state.best_plcc = metrics["srcc"], metrics["plcc"]
-            log.info("epoch %d: SRCC %.4f PLCC %.4f KRCC %.4f RMSE %.4f%s", state.epoch, metrics["srcc"],
-                     metrics["plcc"], metrics["krcc"], metrics["rmse"], "  (best so far)" if improved else "")
+            log.info("epoch %d: SRCC %.4f PLCC %.4f (raw; %.4f after logistic mapping) KRCC %.4f RMSE %.4f%s",
+                     state.epoch, metrics["srcc"], metrics["plcc"], metrics["plcc_logistic"], metrics["krcc"],
+                     metrics["rmse"], "  (best so far)" if improved else "")
             if writer:
-                for key in ("srcc", "plcc", "krcc", "rmse"):
+                for key in ("srcc", "plcc", "plcc_logistic", "krcc", "rmse"):
                     writer.add_scalar(f"val/{key}", metrics[key], state.epoch)
                 writer.add_figure("val/scatter", scatter_figure(preds, labels, metrics), state.epoch)
             if improved and info.is_main:
