@@ -8,9 +8,9 @@ import numpy as np
 import pytest
 import torch
 
+from benchmarks.official_style import official_five_point_window
 from data.pipal import PairListDataset, crop_windows, fixed_windows, minmax_normalise, read_list, read_rgb
 from tests.conftest import FIXTURES, needs_fixtures
-from tests.reference_ahiq import official_five_point_window
 from utils.errors import AHIQError
 
 

@@ -5,8 +5,8 @@ import pytest
 import torch
 
 import models.backbones as backbones_mod
+from benchmarks.official_style import OfficialStyleBackbones, reference_scores
 from models import VIT_TAGS, build_model
-from tests.reference_ahiq import OfficialStyleBackbones, reference_scores
 from utils.errors import AHIQError
 
 

@@ -14,9 +14,9 @@ import pytest
 import torch
 
 import test as test_script
+from benchmarks.official_style import OfficialStyleBackbones, official_five_point_window, reference_scores
 from data.pipal import read_list
 from tests.conftest import FIXTURES
-from tests.reference_ahiq import OfficialStyleBackbones, official_five_point_window, reference_scores
 from utils.metrics import iqa_metrics
 
 REPO = Path(__file__).resolve().parents[1]

@@ -2,7 +2,8 @@
 
 Full timm backbones (all blocks, head included), features taken with forward hooks, the distorted and the
 reference image run one after the other, the deformable fusion applied to each separately, and the head written
-with functional ops straight from the official state dicts. Tests compare the fast model against this.
+with functional ops straight from the official state dicts. The tests compare the fast model against this, and
+benchmarks/benchmark.py times it as the baseline.
 """
 from __future__ import annotations
 
@@ -18,6 +19,8 @@ from models import RESNET_TAG, VIT_TAGS
 
 
 class OfficialStyleBackbones:
+    """Full timm ViT and ResNet-50 with forward hooks on every Block and Bottleneck, as the official code has."""
+
     def __init__(self, patch: int, vit_file: str, resnet_file: str) -> None:
         self.patch = patch
         self.vit = timm.create_model(VIT_TAGS[patch], pretrained=False, dynamic_img_size=True).eval()
@@ -65,15 +68,21 @@ def _regress(sd: dict, vit_dis, vit_ref, cnn_dis, cnn_ref) -> torch.Tensor:
     return (f * w).sum(dim=2).sum(dim=2) / w.sum(dim=2).sum(dim=2)
 
 
-@torch.no_grad()
-def reference_scores(backbones: OfficialStyleBackbones, deform_sd: dict, regressor_sd: dict,
+def official_forward(backbones: OfficialStyleBackbones, deform_sd: dict, regressor_sd: dict,
                      dis: torch.Tensor, ref: torch.Tensor) -> torch.Tensor:
-    """(B, 1) scores of [0, 1] crops, computed as the official test loop does for one crop index."""
+    """(B, 1) scores of [0, 1] crops, computed as the official code does (autograd flows wherever it can)."""
     d, r = (dis - 0.5) / 0.5, (ref - 0.5) / 0.5
     vit_dis, vit_ref = backbones.vit_feature(d), backbones.vit_feature(r)
     cnn_dis = _deform_fusion(deform_sd, backbones.resnet_feature(d), vit_ref, backbones.patch)
     cnn_ref = _deform_fusion(deform_sd, backbones.resnet_feature(r), vit_ref, backbones.patch)
     return _regress(regressor_sd, vit_dis, vit_ref, cnn_dis, cnn_ref)
+
+
+@torch.no_grad()
+def reference_scores(backbones: OfficialStyleBackbones, deform_sd: dict, regressor_sd: dict,
+                     dis: torch.Tensor, ref: torch.Tensor) -> torch.Tensor:
+    """(B, 1) scores of [0, 1] crops, as the official test loop computes them for one crop index."""
+    return official_forward(backbones, deform_sd, regressor_sd, dis, ref)
 
 
 def official_five_point_window(idx: int, h: int, w: int, crop: int) -> tuple[int, int]:

@@ -1,0 +1,204 @@
+"""Benchmark this project's AHIQ against the official-style computation, on the same inputs and weights, in one run.
+
+Baseline (benchmarks/official_style.py): full timm backbones with forward hooks, fp32, the distorted and the
+reference image through each backbone one after the other, one crop index at a time over a batch of images (the
+official test loop); in training, autograd through both backbones (the official code never freezes them).
+Project: the model, scoring loop and training step that train.py and test.py use.
+
+Reports test throughput (images/s with an n-crop ensemble), training throughput (pairs/s), CUDA peak memory, the
+speed-up ratios, and how far each fast mode's scores are from the fp32 baseline. Weights are random (the cost does
+not depend on them). Example: ``python -m benchmarks.benchmark --device cpu --images 2 --n_ensemble 5``.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import tempfile
+import time
+from collections.abc import Callable
+
+import numpy as np
+import timm
+import torch
+from safetensors.torch import save_file
+from scipy import stats
+
+from benchmarks.official_style import OfficialStyleBackbones, official_forward, reference_scores
+from data.pipal import crop_windows
+from models import RESNET_TAG, VIT_TAGS, build_model
+from utils.engine import score_crops
+
+
+def timed(fn: Callable[[], object], device: str, repeats: int) -> tuple[float, object]:
+    """Median seconds of ``repeats`` calls after one warm-up, and the last result."""
+    result = fn()
+    times = []
+    for _ in range(repeats):
+        if device.startswith("cuda"):
+            torch.cuda.synchronize()
+        start = time.perf_counter()
+        result = fn()
+        if device.startswith("cuda"):
+            torch.cuda.synchronize()
+        times.append(time.perf_counter() - start)
+    return float(np.median(times)), result
+
+
+def peak_memory(fn: Callable[[], object], device: str) -> float | None:
+    if not device.startswith("cuda"):
+        return None
+    torch.cuda.reset_peak_memory_stats()
+    fn()
+    torch.cuda.synchronize()
+    return torch.cuda.max_memory_allocated() / 2 ** 30
+
+
+def make_models(patch: int, device: str, folder: str):
+    torch.manual_seed(0)
+    vit = timm.create_model(VIT_TAGS[patch], pretrained=False)
+    resnet = timm.create_model(RESNET_TAG, pretrained=False)
+    files = os.path.join(folder, "vit.safetensors"), os.path.join(folder, "resnet.pth")
+    save_file({k: v.contiguous() for k, v in vit.state_dict().items()}, files[0])
+    torch.save(resnet.state_dict(), files[1])
+    model = build_model(patch, pretrained=False, vit_weights=files[0], resnet_weights=files[1]).to(device).eval()
+    baseline = OfficialStyleBackbones(patch, *files)
+    baseline.vit.to(device)
+    baseline.resnet.to(device)
+    return model, baseline
+
+
+def crops(images: torch.Tensor, n: int, crop: int, seed: int) -> torch.Tensor:
+    """(N, K, 3, crop, crop) uint8 crop stacks with test.py's windows (image i is named 'img{i}')."""
+    h, w = images.shape[-2:]
+    return torch.stack([torch.stack([img[:, t:t + crop, x:x + crop] for t, x in crop_windows(h, w, crop, n, seed,
+                                                                                             f"img{i}")])
+                        for i, img in enumerate(images)])
+
+
+def baseline_scores(baseline, heads, dis: torch.Tensor, ref: torch.Tensor, batch: int, device: str) -> np.ndarray:
+    """The official test loop: for each crop index, batches of images, summed and divided by the crop count."""
+    n, k = dis.shape[:2]
+    total = torch.zeros(n)
+    for idx in range(k):
+        for start in range(0, n, batch):
+            d = dis[start:start + batch, idx].to(device).float() / 255
+            r = ref[start:start + batch, idx].to(device).float() / 255
+            total[start:start + batch] += reference_scores(baseline, *heads, d, r).float().cpu().view(-1)
+    return (total / k).numpy()
+
+
+def project_scores(model, dis, ref, crops_per_forward: int, amp_dtype=None) -> np.ndarray:
+    return score_crops(model, dis, ref, crops_per_forward, amp_dtype).cpu().double().numpy()
+
+
+def train_step_fn(forward: Callable, params: list, dis, ref, label) -> Callable[[], float]:
+    optimizer = torch.optim.Adam(params, lr=1e-4, weight_decay=1e-5)
+
+    def step() -> float:
+        loss = torch.nn.functional.mse_loss(forward(dis, ref).float().view(-1), label)
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+        return loss.item()
+
+    return step
+
+
+def run(args: argparse.Namespace) -> dict:
+    device = args.device
+    g = torch.Generator().manual_seed(1)
+    images_dis = torch.randint(0, 256, (args.images, 3, args.size, args.size), generator=g, dtype=torch.uint8)
+    images_ref = torch.randint(0, 256, (args.images, 3, args.size, args.size), generator=g, dtype=torch.uint8)
+    dis, ref = crops(images_dis, args.n_ensemble, args.crop, 1919), crops(images_ref, args.n_ensemble, args.crop, 1919)
+    with tempfile.TemporaryDirectory() as folder:
+        model, baseline = make_models(args.patch_size, device, folder)
+    heads = (dict(model.deform_net.named_parameters()), dict(model.regressor.named_parameters()))
+    frozen = {k: {n: p.detach() for n, p in sd.items()} for k, sd in zip(("d", "r"), heads)}
+    out: dict = {"device": torch.cuda.get_device_name() if device.startswith("cuda") else "cpu",
+                 "images": args.images, "n_ensemble": args.n_ensemble, "size": args.size, "crop": args.crop}
+
+    t_base, s_base = timed(lambda: baseline_scores(baseline, (frozen["d"], frozen["r"]), dis, ref, args.batch, device),
+                           device, args.repeats)
+    t_fast, s_fast = timed(lambda: project_scores(model, dis, ref, args.crops_per_forward), device, args.repeats)
+    out["test"] = {"baseline_images_per_s": args.images / t_base, "fp32_images_per_s": args.images / t_fast,
+                   "fp32_speedup": t_base / t_fast,
+                   "fp32_max_rel_dev": float(np.max(np.abs(s_fast - s_base) / np.abs(s_base)))}
+    out["test"]["baseline_peak_gib"] = peak_memory(
+        lambda: baseline_scores(baseline, (frozen["d"], frozen["r"]), dis, ref, args.batch, device), device)
+    out["test"]["fp32_peak_gib"] = peak_memory(lambda: project_scores(model, dis, ref, args.crops_per_forward),
+                                               device)
+    if device.startswith("cuda"):
+        t_bf16, s_bf16 = timed(lambda: project_scores(model, dis, ref, args.crops_per_forward, torch.bfloat16),
+                               device, args.repeats)
+        out["test"].update({"bf16_images_per_s": args.images / t_bf16, "bf16_speedup": t_base / t_bf16,
+                            "bf16_max_abs_dev": float(np.max(np.abs(s_bf16 - s_base))),
+                            "bf16_srcc_vs_fp32": float(stats.spearmanr(s_bf16, s_base)[0])})
+
+    b = args.train_batch
+    if b > args.images * args.n_ensemble:
+        raise SystemExit(f"--train_batch {b} needs at least {b} crops: raise --images or --n_ensemble")
+    td = dis.flatten(0, 1)[:b].to(device).float() / 255
+    tr = ref.flatten(0, 1)[:b].to(device).float() / 255
+    label = torch.rand(b, generator=g).to(device)
+    model.train()
+    fast_step = train_step_fn(model, [p for m in model.trainable_parts().values() for p in m.parameters()],
+                              td, tr, label)
+    for net in (baseline.vit, baseline.resnet):  # the official code leaves the backbones trainable
+        net.requires_grad_(True)
+    base_step = train_step_fn(lambda d, r: official_forward(baseline, *heads, d, r),
+                              list(heads[0].values()) + list(heads[1].values()), td, tr, label)
+    t_base_train, _ = timed(base_step, device, args.repeats)
+    t_fast_train, _ = timed(fast_step, device, args.repeats)
+    out["train"] = {"batch": b, "baseline_pairs_per_s": b / t_base_train, "fp32_pairs_per_s": b / t_fast_train,
+                    "fp32_speedup": t_base_train / t_fast_train,
+                    "baseline_peak_gib": peak_memory(base_step, device),
+                    "fp32_peak_gib": peak_memory(fast_step, device)}
+    return out
+
+
+def table(out: dict) -> str:
+    t, tr = out["test"], out["train"]
+    rows = [f"| device | {out['device']} |", "|---|---|",
+            f"| test, {out['n_ensemble']} crops of {out['crop']} on {out['size']}x{out['size']} (images/s) | "
+            f"baseline {t['baseline_images_per_s']:.4g}, project fp32 {t['fp32_images_per_s']:.4g} "
+            f"({t['fp32_speedup']:.2f}x), max rel. score deviation {t['fp32_max_rel_dev']:.1e} |",
+            f"| train step, batch {tr['batch']} (pairs/s) | baseline {tr['baseline_pairs_per_s']:.4g}, project fp32 "
+            f"{tr['fp32_pairs_per_s']:.4g} ({tr['fp32_speedup']:.2f}x) |"]
+    if "bf16_images_per_s" in t:
+        rows.append(f"| test bf16 (images/s) | {t['bf16_images_per_s']:.4g} ({t['bf16_speedup']:.2f}x), max abs. "
+                    f"deviation {t['bf16_max_abs_dev']:.2e}, SRCC vs fp32 {t['bf16_srcc_vs_fp32']:.4f} |")
+    if t["fp32_peak_gib"] is not None:
+        rows.append(f"| peak memory (GiB) | test: baseline {t['baseline_peak_gib']:.2f}, project "
+                    f"{t['fp32_peak_gib']:.2f}; train: baseline {tr['baseline_peak_gib']:.2f}, project "
+                    f"{tr['fp32_peak_gib']:.2f} |")
+    return "\n".join(rows)
+
+
+def main(argv: list[str] | None = None) -> dict:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    p.add_argument("--patch_size", type=int, default=8, choices=(8, 16))
+    p.add_argument("--images", type=int, default=10)
+    p.add_argument("--size", type=int, default=288)
+    p.add_argument("--crop", type=int, default=224)
+    p.add_argument("--n_ensemble", type=int, default=20)
+    p.add_argument("--batch", type=int, default=10, help="baseline images per batch (official test batch)")
+    p.add_argument("--crops_per_forward", type=int, default=50)
+    p.add_argument("--train_batch", type=int, default=4)
+    p.add_argument("--repeats", type=int, default=3)
+    p.add_argument("--out", help="also write the results as JSON here")
+    args = p.parse_args(argv)
+    if args.device.startswith("cuda"):
+        torch.backends.cuda.matmul.allow_tf32 = False  # fp32 means fp32 on both sides
+        torch.backends.cudnn.allow_tf32 = False
+    out = run(args)
+    print(table(out))
+    if args.out:
+        with open(args.out, "w") as f:
+            json.dump(out, f, indent=2)
+    return out
+
+
+if __name__ == "__main__":
+    main()
