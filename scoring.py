@@ -18,7 +18,7 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader
 
-from data.pipal import PairDataset, crop_windows
+from data.pipal import PairDataset, crop_tensor_stack, crop_windows
 from models import AHIQ
 from options.base_options import build_checked, resolve_backbone_weights
 from utils.checkpoint import find_checkpoint, load_weights
@@ -65,7 +65,7 @@ class Scorer:
         for i in range(dis.shape[0]):
             windows = crop_windows(h, w, c, self.n_ensemble, self.seed, str(i))
             for stack, img in zip(crops, (dis[i], ref[i])):
-                stack.append(torch.stack([img[:, t:t + c, x:x + c] for t, x in windows]))
+                stack.append(crop_tensor_stack(img, windows, c))
         return score_crops(self.model, torch.stack(crops[0]), torch.stack(crops[1]), self.crops_per_forward)
 
 

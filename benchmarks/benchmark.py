@@ -25,7 +25,7 @@ from safetensors.torch import save_file
 from scipy import stats
 
 from benchmarks.official_style import OfficialStyleBackbones, official_forward, reference_scores
-from data.pipal import crop_windows
+from data.pipal import crop_tensor_stack, crop_windows
 from models import RESNET_TAG, VIT_TAGS, build_model
 from utils.engine import score_crops
 
@@ -71,8 +71,7 @@ def make_models(patch: int, device: str, folder: str):
 def crops(images: torch.Tensor, n: int, crop: int, seed: int) -> torch.Tensor:
     """(N, K, 3, crop, crop) uint8 crop stacks with test.py's windows (image i is named 'img{i}')."""
     h, w = images.shape[-2:]
-    return torch.stack([torch.stack([img[:, t:t + crop, x:x + crop] for t, x in crop_windows(h, w, crop, n, seed,
-                                                                                             f"img{i}")])
+    return torch.stack([crop_tensor_stack(img, crop_windows(h, w, crop, n, seed, f"img{i}"), crop)
                         for i, img in enumerate(images)])
 
 

@@ -121,6 +121,11 @@ def crop_stack(img: np.ndarray, windows: Sequence[Window], crop: int) -> torch.T
     return torch.from_numpy(np.ascontiguousarray(crops.transpose(0, 3, 1, 2)))
 
 
+def crop_tensor_stack(img: torch.Tensor, windows: Sequence[Window], crop: int) -> torch.Tensor:
+    """(K, C, crop, crop) windows of a (C, H, W) tensor."""
+    return torch.stack([img[:, t:t + crop, left:left + crop] for t, left in windows])
+
+
 class PairDataset(Dataset):
     """Distorted/reference pairs ``(name, dis_path, ref_path)``, as uint8 crop stacks (K, 3, crop, crop).
 

@@ -59,11 +59,13 @@ class ResNetFeatures(nn.Module):
         self.stage = int(stages.pop()[len("layer"):])
         # Same attribute names as timm's ResNet, so timm state-dict keys load unchanged.
         self.conv1, self.bn1, self.act1, self.maxpool = resnet.conv1, resnet.bn1, resnet.act1, resnet.maxpool
-        for s in range(1, self.stage + 1):
-            setattr(self, f"layer{s}", getattr(resnet, f"layer{s}"))
         self.block_names = list(blocks)
         self.keep = {int(name.split(".")[1]) for name in blocks}
-        last_stage = getattr(self, f"layer{self.stage}")
+        for s in range(1, self.stage):
+            setattr(self, f"layer{s}", getattr(resnet, f"layer{s}"))
+        # The chosen stage ends at its last chosen block (slicing keeps the timm key names "0", "1", ...).
+        last_stage = getattr(resnet, f"layer{self.stage}")[:max(self.keep) + 1]
+        setattr(self, f"layer{self.stage}", last_stage)
         self.channels = sum(_out_channels(last_stage[i]) for i in sorted(self.keep))
         self.reduction = 2 ** (self.stage + 1)  # stem /4, then /2 per later stage
 
@@ -76,8 +78,6 @@ class ResNetFeatures(nn.Module):
             x = block(x)
             if i in self.keep:
                 feats.append(x)
-            if i == max(self.keep):
-                break
         return torch.cat(feats, dim=1)
 
 

@@ -63,6 +63,8 @@ def test_derived_channels_and_block_choice():
     with pytest.raises(AHIQError, match="existing blocks of one stage"):
         build_model(8, pretrained=False, resnet_name="resnet18")  # its layer1 has two blocks
     assert len(small.vit.vit.blocks) == 4  # blocks after the last chosen one are not kept
+    stage2 = build_model(8, pretrained=False, cnn_blocks=("layer2.0", "layer2.1"), fusion="conv")
+    assert len(stage2.cnn.layer2) == 2 and not hasattr(stage2.cnn, "layer3") and stage2.cnn.reduction == 8
     with pytest.raises(AHIQError, match="blocks 0-11"):
         build_model(8, pretrained=False, vit_blocks=(0, 12))
     with pytest.raises(AHIQError, match="one stage"):
