@@ -75,7 +75,8 @@ def main(argv: list[str] | None = None) -> list[float]:
     scores = scorer.score_files(pairs, opt.batch_size, opt.num_workers, progress=len(pairs) > 1)
     unit = "normalised, higher is better"
     if opt.mos_scale:
-        scores, unit = scorer.to_mos(scores), "MOS units, higher is better"
+        scores = scorer.to_mos(scores)
+        unit = "DMOS units, lower is better" if scorer.lower_better else "MOS units, higher is better"
     print(table(pairs, scores, unit))
     if opt.csv:
         buf = io.StringIO()

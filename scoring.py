@@ -18,6 +18,7 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader
 
+from data.datasets import to_raw
 from data.pipal import PairDataset, crop_tensor_stack, crop_windows
 from models import AHIQ
 from options.base_options import build_checked, resolve_backbone_weights
@@ -35,14 +36,16 @@ class Scorer:
     crops_per_forward: int = 50
     mos_range: tuple[float, float] | None = None
     checkpoint: str | None = None
+    lower_better: bool = False  # the training labels were DMOS (LIVE, CSIQ): to_mos gives DMOS
 
     def to_mos(self, scores: np.ndarray | torch.Tensor) -> np.ndarray:
-        """Normalised scores in MOS units of the training list: lo + score * (hi - lo)."""
+        """Normalised scores in the units of the training labels: lo + score * (hi - lo), or for DMOS labels
+        hi - score * (hi - lo) (then lower is better, as DMOS)."""
         if self.mos_range is None:
             raise AHIQError(f"{self.checkpoint}: the checkpoint holds no training MOS range (official files do not); "
                             "give one with --mos_range LO HI / mos_range=(lo, hi)")
-        lo, hi = self.mos_range
-        return lo + np.asarray(scores, dtype=np.float64) * (hi - lo)
+        return to_raw(scores, {"mos_min": self.mos_range[0], "mos_max": self.mos_range[1],
+                               "lower_better": self.lower_better})
 
     def score_files(self, pairs: Sequence[tuple[str, str]], batch_size: int = 10, num_workers: int = 0,
                     progress: bool = False) -> np.ndarray:
@@ -85,6 +88,10 @@ def load_scorer(ckpt: str | None = None, checkpoints_dir: str = "checkpoints", n
                                                                resnet_weights)
     model = build_checked(patch_size, pretrained, vit_weights, resnet_weights, deform_impl, **(arch or {}))
     meta = load_weights(model, ckpt).get("ahiq", {})
+    norm = meta.get("label_norm") or {}
+    lower_better = False
     if mos_range is None and meta.get("mos_min") is not None:
         mos_range = (float(meta["mos_min"]), float(meta["mos_max"]))
-    return Scorer(model.to(device).eval(), mos_range=mos_range, checkpoint=ckpt, **settings)
+        lower_better = bool(norm.get("lower_better", False))
+    return Scorer(model.to(device).eval(), mos_range=mos_range, checkpoint=ckpt, lower_better=lower_better,
+                  **settings)

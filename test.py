@@ -16,7 +16,7 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader
 
-from data.pipal import PairListDataset
+from data.datasets import dataset_from_options
 from options.base_options import build_from_options, save_options
 from options.test_options import parse_test_options
 from utils.checkpoint import find_checkpoint, load_weights
@@ -56,10 +56,13 @@ def write_submission(folder: str, predictions: str, seconds_per_image: float, on
 
 def main(argv: list[str] | None = None) -> dict:
     logging.basicConfig(level=logging.INFO, format="%(message)s")
-    opt = parse_test_options(argv)
+    return run(parse_test_options(argv))
+
+
+def run(opt) -> dict:
+    """Score the test set the (finalized) options describe; returns paths, timing and metrics."""
     torch.manual_seed(opt.seed)
-    dataset = PairListDataset(opt.test_ref_path, opt.test_dis_path, opt.test_list, opt.crop_size, opt.n_ensemble,
-                              opt.seed, resize=opt.size if opt.resize else None, flip=opt.flip)
+    dataset = dataset_from_options(opt, "test", opt.split_part, opt.n_ensemble, flip=opt.flip)
     ckpt_path = opt.ckpt or find_checkpoint(opt.run_dir, opt.load_epoch)
     model = build_from_options(opt)
     load_weights(model, ckpt_path)
@@ -77,11 +80,15 @@ def main(argv: list[str] | None = None) -> dict:
     out_path = os.path.join(opt.run_dir, opt.test_file_name)
     atomic_write(out_path, predictions)
     log.info("wrote %s (%.3f s per image)", out_path, seconds / len(names))
-    result = {"predictions": out_path, "seconds_per_image": seconds / len(names), "checkpoint": ckpt_path}
+    result = {"predictions": out_path, "seconds_per_image": seconds / len(names), "checkpoint": ckpt_path,
+              "n_images": len(names)}
     if not np.isnan(labels).any() and len(labels) > 1:
         metrics = iqa_metrics(preds, labels)
         metrics_path = os.path.splitext(out_path)[0] + "_metrics.json"
         atomic_write(metrics_path, json.dumps({**metrics, "n_images": len(names), "list": opt.test_list,
+                                               "dataset": opt.dataset, "lower_better": opt.lower_better,
+                                               "split": {"file": opt.split_file, "index": opt.split_index,
+                                                         "column": opt.split_column, "part": opt.split_part},
                                                "checkpoint": ckpt_path, "n_ensemble": opt.n_ensemble}, indent=2))
         plot_path = os.path.splitext(out_path)[0] + "_scatter.png"
         atomic_write(plot_path, scatter_png(preds, labels, metrics, os.path.basename(opt.test_list)))

@@ -21,7 +21,8 @@ import torch
 from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import DataLoader, Subset
 
-from data.pipal import PairListDataset
+from data.datasets import dataset_from_options, label_norm
+from data.pipal import PairDataset
 from data.sampler import EpochSampler
 from models import AHIQ
 from options.base_options import build_from_options, save_options
@@ -80,14 +81,21 @@ def seed_everything(seed: int) -> None:
     torch.manual_seed(seed)
 
 
-def build_loaders(opt, info: DistInfo) -> tuple[PairListDataset, DataLoader, EpochSampler, DataLoader]:
-    train_set = PairListDataset(opt.train_ref_path, opt.train_dis_path, opt.train_list, opt.crop_size, 1, opt.seed)
+def build_loaders(opt, info: DistInfo) -> tuple[PairDataset, DataLoader, EpochSampler, DataLoader]:
+    split = opt.split_file is not None or opt.split_column is not None
+    train_set = dataset_from_options(opt, "train", "train", 1)
     if train_set.labels is None:
-        raise AHIQError(f"{opt.train_list}: the training list needs a MOS on every line ('name,score')")
-    val_set = PairListDataset(opt.val_ref_path, opt.val_dis_path, opt.val_list, opt.crop_size, opt.num_avg_val,
-                              opt.seed)
+        raise AHIQError(f"{opt.train_list}: the training labels need a score on every row")
+    if split:  # a split divides one dataset: validation takes its 'val' part of the training labels and folders
+        val_set = dataset_from_options(opt, "train", "val", opt.num_avg_val)
+    else:
+        if (opt.train_list, opt.train_ref_path, opt.train_dis_path) == (opt.val_list, opt.val_ref_path,
+                                                                        opt.val_dis_path):
+            raise AHIQError(f"{opt.train_list}: training and validation would use the same images; pass a "
+                            "--val_list, or split the data by reference with --split_file FILE (see README)")
+        val_set = dataset_from_options(opt, "val", "val", opt.num_avg_val)
     if val_set.labels is None or len(val_set) < 2:
-        raise AHIQError(f"{opt.val_list}: validation needs two or more images with a MOS ('name,score' lines)")
+        raise AHIQError(f"{opt.val_list}: validation needs two or more images with a score")
     workers = {"num_workers": opt.num_workers, "pin_memory": opt.device.startswith("cuda"),
                "persistent_workers": opt.num_workers > 0}
     sampler = EpochSampler(len(train_set), opt.seed, info.rank, info.world_size)
@@ -95,6 +103,12 @@ def build_loaders(opt, info: DistInfo) -> tuple[PairListDataset, DataLoader, Epo
     shard = Subset(val_set, range(info.rank, len(val_set), info.world_size))  # no image dropped or repeated
     val_loader = DataLoader(shard, batch_size=opt.val_batch_size, shuffle=False, **workers)
     return train_set, train_loader, sampler, val_loader
+
+
+def split_text(opt) -> str:
+    if opt.split_file:
+        return f"split {opt.split_index} of {opt.split_file}"
+    return f"split column {opt.split_column}" if opt.split_column else "separate lists"
 
 
 def validate(model: AHIQ, loader: DataLoader, info: DistInfo, opt) -> tuple[dict, np.ndarray, np.ndarray]:
@@ -133,7 +147,10 @@ def restore(path: str, model: AHIQ, optimizer, scheduler) -> TrainState:
 
 def save(path: str, model: AHIQ, optimizer, scheduler, state: TrainState, opt, train_set, loss: float) -> None:
     save_weights(path, model, meta={"mos_min": train_set.mos_min, "mos_max": train_set.mos_max,
-                                    "train_list": opt.train_list},
+                                    "label_norm": label_norm(train_set.raw_scores, train_set.lower_better),
+                                    "dataset": opt.dataset, "train_list": opt.train_list,
+                                    "split": {"file": opt.split_file, "index": opt.split_index,
+                                              "column": opt.split_column}},
                  optimizer_state_dict=optimizer.state_dict(), scheduler_state_dict=scheduler.state_dict(),
                  epoch=state.epoch - 1, loss=float(loss), train_state={**asdict(state), "rng": rng_state()},
                  options={k: v for k, v in vars(opt).items() if k != "amp_dtype"})
@@ -172,8 +189,8 @@ def run(opt, info: DistInfo) -> TrainState:
         from torch.utils.tensorboard import SummaryWriter
         save_options(opt, "train")
         writer = SummaryWriter(os.path.join(opt.run_dir, "tensorboard"))
-        log.info("training on %d pairs, validating on %d, %d process(es) on %s%s", len(train_set),
-                 len(val_loader.dataset.dataset), info.world_size, opt.device,
+        log.info("training on %d pairs, validating on %d (%s), %d process(es) on %s%s", len(train_set),
+                 len(val_loader.dataset.dataset), split_text(opt), info.world_size, opt.device,
                  f"; resuming from {resume_from} at epoch {state.epoch + 1}" if resume_from else "")
     stop = StopRequest()
     last = os.path.join(opt.run_dir, "last.pth")

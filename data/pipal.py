@@ -129,6 +129,7 @@ def crop_tensor_stack(img: torch.Tensor, windows: Sequence[Window], crop: int) -
 class PairDataset(Dataset):
     """Distorted/reference pairs ``(name, dis_path, ref_path)``, as uint8 crop stacks (K, 3, crop, crop).
 
+    Labels are the raw scores min-max normalised to [0, 1], flipped first when ``lower_better`` (DMOS).
     Evaluation (``dataset[idx]``): the K = ``n_crops`` windows of :func:`crop_windows`, seeded with the pair's name.
     Training (``dataset[(epoch, idx)]``, keys made by :class:`data.sampler.EpochSampler`): one random window and a
     random horizontal flip, the same for both images, drawn from a generator seeded with (seed, epoch, idx); so a
@@ -139,13 +140,15 @@ class PairDataset(Dataset):
 
     def __init__(self, pairs: Sequence[tuple[str, str, str]], raw_scores: np.ndarray | None = None,
                  crop_size: int = 224, n_crops: int = 5, seed: int = 1919, resize: int | None = None,
-                 flip: bool = False) -> None:
+                 flip: bool = False, lower_better: bool = False) -> None:
         self.pairs = list(pairs)
         self.names = [name for name, _, _ in self.pairs]
         self.crop, self.n_crops, self.seed, self.resize, self.flip = crop_size, n_crops, seed, resize, flip
-        self.raw_scores = raw_scores
-        self.labels, self.mos_min, self.mos_max = (minmax_normalise(raw_scores) if raw_scores is not None
-                                                   else (None, None, None))
+        self.raw_scores, self.lower_better = raw_scores, lower_better
+        self.labels, self.mos_min, self.mos_max = None, None, None
+        if raw_scores is not None:  # lower-is-better labels (DMOS) are flipped first: higher is always better
+            self.labels = minmax_normalise(-raw_scores if lower_better else raw_scores)[0]
+            self.mos_min, self.mos_max = float(raw_scores.min()), float(raw_scores.max())
         if resize is not None and resize < crop_size:
             raise AHIQError(f"--size {resize} is smaller than --crop_size {crop_size}")
         self._check_images()

@@ -7,8 +7,14 @@ import os
 
 import torch
 
+from data.datasets import add_dataset_options, apply_preset
 from models import BRANCHES, CNN_BLOCKS, DEFORM_IMPLS, FUSIONS, POOLINGS, RESNET_TAG, VIT_BLOCKS, VIT_TAGS, build_model
 from utils.errors import AHIQError
+
+# The official defaults of the data paths; --data_root replaces the ones still at these values.
+PATH_DEFAULTS = {"train_ref_path": "Train_Ref/", "train_dis_path": "Train_Dis/", "val_ref_path": "NTIRE2021/Ref/",
+                 "val_dis_path": "NTIRE2021/Dis/", "train_list": "PIPAL.txt", "val_list": "PIPAL_NTIRE_Valid_MOS.txt",
+                 "test_ref_path": "Test_Ref/", "test_dis_path": "Test_Dis/", "test_list": "test.txt"}
 
 
 def base_parser(with_lists: bool = True) -> argparse.ArgumentParser:
@@ -19,14 +25,22 @@ def base_parser(with_lists: bool = True) -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(add_help=False)
     g = p.add_argument_group("data")
     if with_lists:
-        g.add_argument("--train_ref_path", default="Train_Ref/", help="folder of the training reference images")
-        g.add_argument("--train_dis_path", default="Train_Dis/", help="folder of the training distorted images")
-        g.add_argument("--val_ref_path", default="NTIRE2021/Ref/", help="folder of the validation reference images")
-        g.add_argument("--val_dis_path", default="NTIRE2021/Dis/", help="folder of the validation distorted images")
-        g.add_argument("--train_list", default="PIPAL.txt", help="training list: 'name,MOS' lines")
-        g.add_argument("--val_list", default="PIPAL_NTIRE_Valid_MOS.txt", help="validation list: 'name,MOS' lines")
+        g.add_argument("--train_ref_path", default=PATH_DEFAULTS["train_ref_path"],
+                       help="folder of the training reference images")
+        g.add_argument("--train_dis_path", default=PATH_DEFAULTS["train_dis_path"],
+                       help="folder of the training distorted images")
+        g.add_argument("--val_ref_path", default=PATH_DEFAULTS["val_ref_path"],
+                       help="folder of the validation reference images")
+        g.add_argument("--val_dis_path", default=PATH_DEFAULTS["val_dis_path"],
+                       help="folder of the validation distorted images")
+        g.add_argument("--train_list", default=PATH_DEFAULTS["train_list"], help="training labels (see --list_format)")
+        g.add_argument("--val_list", default=PATH_DEFAULTS["val_list"], help="validation labels (see --list_format)")
         g.add_argument("--num_crop", type=int, default=1, help="random crops per training sample (official; unused)")
         g.add_argument("--num_avg_val", type=int, default=5, help="fixed windows averaged in validation")
+        g.add_argument("--resize", action="store_true",
+                       help="resize both images to --size x --size before cropping (needed for images smaller "
+                            "than --crop_size)")
+        g.add_argument("--size", type=int, default=224, help="side length used by --resize")
     g.add_argument("--crop_size", type=int, default=224, help="crop side; a multiple of --patch_size")
     g.add_argument("--num_workers", type=int, default=8, help="DataLoader worker processes")
     g = p.add_argument_group("run")
@@ -57,6 +71,8 @@ def base_parser(with_lists: bool = True) -> argparse.ArgumentParser:
     g.add_argument("--branches", default="hybrid", choices=BRANCHES, help="feature branches feeding the head")
     g.add_argument("--pooling", default="weighted", choices=POOLINGS,
                    help="weighted: sum(f*w)/sum(w) over patches (paper); mean: the plain mean of f")
+    if with_lists:
+        add_dataset_options(p)
     return p
 
 
@@ -117,6 +133,8 @@ def finalize(opt: argparse.Namespace) -> argparse.Namespace:
         opt.vit_weights, opt.resnet_weights = resolve_backbone_weights(opt.checkpoints_dir, opt.patch_size,
                                                                        opt.vit_weights, opt.resnet_weights)
     opt.run_dir = os.path.join(opt.checkpoints_dir, opt.name)
+    if hasattr(opt, "dataset"):
+        apply_preset(opt, PATH_DEFAULTS)
     return opt
 
 

@@ -28,7 +28,10 @@ def train_parser() -> argparse.ArgumentParser:
 
 
 def parse_train_options(argv: list[str] | None = None) -> argparse.Namespace:
-    opt = finalize(train_parser().parse_args(argv))
+    return check_train_options(finalize(train_parser().parse_args(argv)))
+
+
+def check_train_options(opt: argparse.Namespace) -> argparse.Namespace:
     for name in ("n_epoch", "save_interval", "batch_size", "val_freq", "T_max", "num_avg_val"):
         if getattr(opt, name) < 1:
             raise AHIQError(f"--{name} must be at least 1, got {getattr(opt, name)}")

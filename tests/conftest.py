@@ -83,3 +83,54 @@ def make_pipal_set(root: Path, n_refs: int = 2, n_dis: int = 3, size: tuple[int,
 @pytest.fixture
 def pipal_set(tmp_path) -> dict:
     return make_pipal_set(tmp_path / "set")
+
+
+def _style_names(preset: str, r: int, d: int) -> tuple[str, str]:
+    """(reference, distorted) names in the style of each dataset (pyiqa meta-info conventions)."""
+    if preset == "live":
+        return f"refimgs/ref{r}.bmp", f"jp2k/img{r * 10 + d + 1}.bmp"
+    if preset == "csiq":
+        return f"ref{r}.png", f"ref{r}.AWGN.{d + 1}.png"
+    if preset == "tid2013":
+        return f"I{r + 1:02d}.BMP", f"i{r + 1:02d}_01_{d + 1}.bmp"
+    return f"I{r + 1:02d}.png", f"I{r + 1:02d}_01_{d + 1:02d}.png"
+
+
+def make_fr_dataset(root: Path, preset: str, n_refs: int = 5, n_dis: int = 3, size: tuple[int, int] = (40, 56),
+                    seed: int = 0) -> dict:
+    """A tiny dataset laid out as ``--dataset preset --data_root root`` expects (pyiqa downloads / PIPAL prep).
+
+    Distortion d of a reference adds noise of strength d; its score falls with d (DMOS rises for LIVE and CSIQ).
+    Images are h x w = ``size`` (not square). Returns the root, label file and the raw scores by distorted name.
+    """
+    from data.datasets import PRESETS
+    p = PRESETS[preset]
+    rng = np.random.default_rng(seed)
+    scores: dict[str, float] = {}
+    rows = []
+    for r in range(n_refs):
+        yy, xx = np.mgrid[0:size[0], 0:size[1]]
+        ref = np.stack([(xx * (3 + r) + r * 40) % 256, (yy * 5) % 256, ((xx + yy) * (2 + r)) % 256],
+                       -1).astype(np.uint8)
+        for d in range(n_dis):
+            if preset == "pipal":
+                ref_name, dis_name = f"A{r:04d}.bmp", f"A{r:04d}_00_{d:02d}.bmp"
+            else:
+                ref_name, dis_name = _style_names(preset, r, d)
+            noisy = np.clip(ref + rng.normal(0, 15 * d, ref.shape), 0, 255).astype(np.uint8)
+            for folder, name, img in ((p.ref_dir, ref_name, ref), (p.dis_dir, dis_name, noisy)):
+                path = root / folder / name
+                path.parent.mkdir(parents=True, exist_ok=True)
+                cv2.imwrite(str(path), img)
+            quality = 80 - 20 * d + rng.uniform(0, 5) + 3 * r
+            scores[dis_name] = 100 - quality if p.lower_better else quality
+            rows.append((ref_name, dis_name, scores[dis_name]))
+    label_file = root / p.labels
+    label_file.parent.mkdir(parents=True, exist_ok=True)
+    if p.list_format == "csv":
+        column = "dmos" if preset in ("live", "csiq", "kadid10k") else "mos"  # as pyiqa's files name them
+        text = f"ref_name,dist_name,{column},std\n" + "".join(f"{a},{b},{s:.4f},0.5\n" for a, b, s in rows)
+    else:
+        text = "".join(f"{b},{s:.4f}\n" for _, b, s in rows)
+    label_file.write_text(text)
+    return {"root": str(root), "labels": str(label_file), "scores": scores, "refs": sorted({a for a, _, _ in rows})}

@@ -1,0 +1,159 @@
+"""Turn the official PIPAL download into the folders and list files train.py and test.py take, without copying.
+
+Input (``--pipal_root``; the official layout)::
+
+    training/Reference_train/A0001.bmp ...
+    training/Distortion/Distortion_1/A0001_00_00.bmp ... (also Distortion_2, _3, _4)
+    training/MOS_Scores_train/A0001.txt ...                ('A0001_00_00.bmp,1520.0648' lines)
+    validation/Reference_valid/, validation/Distortion_valid/   (optional: the NTIRE 2021 validation set)
+
+Output (``--out``; the official option defaults relative to it, so ``--dataset pipal --data_root OUT`` finds them)::
+
+    Train_Ref/  Train_Dis/  PIPAL.txt                           (23,200 training pairs)
+    NTIRE2021/Ref/  NTIRE2021/Dis/  PIPAL_NTIRE_Valid_MOS.txt   (1,000 validation pairs with the published MOS)
+    Test_Ref/  Test_Dis/  test.txt                              (with --test_ref/--test_dis: NTIRE 2022 FR test)
+
+The image folders hold symbolic links (``--link hardlink`` for hard links) to the downloaded files. Every listed
+image and its reference is checked. Running it again is safe: links already right are kept; a file that is not a
+link to the same image is never replaced.
+
+    python -m data.prepare_pipal --pipal_root /data/PIPAL --out datasets/PIPAL
+"""
+from __future__ import annotations
+
+import argparse
+import glob
+import os
+
+from data.pipal import pipal_reference_name, read_list
+from utils.errors import AHIQError, run_cli
+from utils.files import atomic_write
+
+LISTS = os.path.join(os.path.dirname(os.path.abspath(__file__)), "lists")
+
+
+def _images(folder: str) -> dict[str, str]:
+    return {name: os.path.join(folder, name) for name in sorted(os.listdir(folder))
+            if name.lower().endswith((".bmp", ".png"))}
+
+
+def link_images(files: dict[str, str], folder: str, mode: str) -> int:
+    """Link each ``name -> source`` into ``folder``; returns how many links were made (existing right ones kept)."""
+    os.makedirs(folder, exist_ok=True)
+    made = 0
+    for name, src in files.items():
+        dst = os.path.join(folder, name)
+        src = os.path.abspath(src)
+        if os.path.lexists(dst):
+            if os.path.islink(dst) and os.path.realpath(dst) == os.path.realpath(src):
+                continue
+            if not os.path.islink(dst) and os.path.exists(dst) and os.path.samefile(dst, src):
+                continue
+            raise AHIQError(f"{dst}: exists and is not a link to {src}; move it away or choose another --out "
+                            "(nothing was replaced)")
+        if mode == "symlink":
+            os.symlink(src, dst)
+        else:
+            os.link(src, dst)
+        made += 1
+    return made
+
+
+def find_dir(root: str, *candidates: str) -> str | None:
+    for rel in candidates:
+        path = os.path.join(root, rel)
+        if os.path.isdir(path):
+            return path
+    return None
+
+
+def check_list(list_path: str, ref_dir: str, dis_dir: str) -> int:
+    """Every listed image and its reference exist; returns the number of listed images."""
+    names, _ = read_list(list_path)
+    missing = [n for n in names if not os.path.isfile(os.path.join(dis_dir, n))]
+    missing += [r for r in dict.fromkeys(pipal_reference_name(n) for n in names)
+                if not os.path.isfile(os.path.join(ref_dir, r))]
+    if missing:
+        raise AHIQError(f"{list_path}: {len(missing)} listed images are not in {dis_dir} / {ref_dir}, e.g. "
+                        f"{missing[:3]}; is the download complete?")
+    return len(names)
+
+
+def link_set(ref_src: str, dis_src: str, dest: str, shipped_list: str, list_path: str, mode: str,
+             names: tuple[str, str] = ("Ref", "Dis")) -> int:
+    """Link a reference and a distorted folder into ``dest``, write the shipped list, check it; returns its length."""
+    for folder in (ref_src, dis_src):
+        if not os.path.isdir(folder):
+            raise AHIQError(f"{folder}: no such folder")
+    ref_dir, dis_dir = os.path.join(dest, names[0]), os.path.join(dest, names[1])
+    link_images(_images(ref_src), ref_dir, mode)
+    link_images(_images(dis_src), dis_dir, mode)
+    with open(os.path.join(LISTS, shipped_list)) as f:
+        atomic_write(list_path, f.read())
+    return check_list(list_path, ref_dir, dis_dir)
+
+
+def prepare(pipal_root: str, out: str, mode: str = "symlink", test_ref: str | None = None,
+            test_dis: str | None = None) -> dict[str, int]:
+    """Write the output layout (see the module docstring); returns the number of pairs of each list written."""
+    train = find_dir(pipal_root, "training", ".") if os.path.isdir(pipal_root) else None
+    ref_dir = train and find_dir(train, "Reference_train")
+    mos_dir = train and find_dir(train, "MOS_Scores_train")
+    dis_dirs = sorted(glob.glob(os.path.join(train, "Distortion", "Distortion_*"))) if train else []
+    if not (ref_dir and mos_dir and dis_dirs):
+        raise AHIQError(f"{pipal_root}: not the official PIPAL layout (training/Reference_train, "
+                        "training/Distortion/Distortion_1..4, training/MOS_Scores_train); pass the folder that holds "
+                        "training/")
+    counts = {}
+    lines = []
+    for mos_file in sorted(glob.glob(os.path.join(mos_dir, "*.txt"))):
+        names, scores = read_list(mos_file)
+        if scores is None:
+            raise AHIQError(f"{mos_file}: has no scores ('name,score' lines expected)")
+        lines += [f"{n},{float(s)!r}" for n, s in zip(names, scores)]
+    if not lines:
+        raise AHIQError(f"{mos_dir}: no MOS files (*.txt)")
+    distorted: dict[str, str] = {}
+    for folder in dis_dirs:
+        for name, path in _images(folder).items():
+            if name in distorted:
+                raise AHIQError(f"{path}: the same name is also in {os.path.dirname(distorted[name])}")
+            distorted[name] = path
+    link_images(_images(ref_dir), os.path.join(out, "Train_Ref"), mode)
+    link_images(distorted, os.path.join(out, "Train_Dis"), mode)
+    train_list = os.path.join(out, "PIPAL.txt")
+    atomic_write(train_list, "\n".join(lines) + "\n")
+    counts["train"] = check_list(train_list, os.path.join(out, "Train_Ref"), os.path.join(out, "Train_Dis"))
+
+    valid = find_dir(pipal_root, "validation", "Validation")
+    if valid and find_dir(valid, "Reference_valid") and find_dir(valid, "Distortion_valid"):
+        counts["val"] = link_set(os.path.join(valid, "Reference_valid"), os.path.join(valid, "Distortion_valid"),
+                                 os.path.join(out, "NTIRE2021"), "ntire21_val_mos.txt",
+                                 os.path.join(out, "PIPAL_NTIRE_Valid_MOS.txt"), mode)
+    if bool(test_ref) != bool(test_dis):
+        raise AHIQError("give both --test_ref and --test_dis (the NTIRE 2022 FR test folders)")
+    if test_ref:
+        counts["test"] = link_set(test_ref, test_dis, out, "ntire22_fr_test_names.txt", os.path.join(out, "test.txt"),
+                                  mode, names=("Test_Ref", "Test_Dis"))
+    return counts
+
+
+def main(argv: list[str] | None = None) -> dict[str, int]:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--pipal_root", required=True, help="the folder holding training/ (and validation/)")
+    p.add_argument("--out", required=True, help="output folder (links and lists)")
+    p.add_argument("--link", default="symlink", choices=("symlink", "hardlink"), help="how images are linked")
+    p.add_argument("--test_ref", default=None, help="NTIRE 2022 FR test reference folder (optional)")
+    p.add_argument("--test_dis", default=None, help="NTIRE 2022 FR test distorted folder (optional)")
+    opt = p.parse_args(argv)
+    counts = prepare(opt.pipal_root, opt.out, opt.link, opt.test_ref, opt.test_dis)
+    for part, n in counts.items():
+        print(f"{part}: {n} pairs, all images present")
+    if "val" not in counts:
+        print(f"no validation/Reference_valid + Distortion_valid under {opt.pipal_root}: validation set skipped")
+    print(f"train with: python train.py --dataset pipal --data_root {opt.out}")
+    return counts
+
+
+if __name__ == "__main__":
+    run_cli(main)

@@ -1,0 +1,124 @@
+"""Content-disjoint train/val/test splits by reference image, seeded, saved to a JSON file and reused.
+
+Split ``k`` of seed ``s`` permutes the sorted unique reference names with ``numpy.random.default_rng([s, k])`` and
+cuts the permutation by the ratios (largest-remainder rounding, so the counts add up). It depends only on the set of
+reference names, the seed, ``k`` and the ratios: not on the order of the label file, hash seeds or the process.
+The file is written once and then reused as it is, so every run of a protocol sees the same splits even if NumPy's
+generators ever change.
+
+    python -m data.splits --dataset kadid10k --data_root datasets --out splits/kadid10k.json [--n_splits 10]
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+
+import numpy as np
+
+from utils.errors import AHIQError, run_cli
+from utils.files import atomic_write
+
+log = logging.getLogger("ahiq.splits")
+FORMAT = "ahiq-splits/1"
+PARTS = ("train", "val", "test")
+
+
+def part_counts(n: int, ratios: tuple[float, float, float]) -> list[int]:
+    """How many of ``n`` references go to train, val and test: largest-remainder rounding of the ratios."""
+    shares = np.asarray(ratios, dtype=np.float64) / float(sum(ratios)) * n
+    counts = np.floor(shares).astype(int)
+    order = sorted(range(3), key=lambda i: (-(shares[i] - counts[i]), i))
+    for i in order[: n - int(counts.sum())]:
+        counts[i] += 1
+    return [int(c) for c in counts]
+
+
+def make_splits(references, ratios: tuple[float, float, float] = (6, 2, 2), n_splits: int = 10,
+                seed: int = 1919) -> list[dict[str, list[str]]]:
+    """``n_splits`` content-disjoint splits of the unique reference names (see the module docstring)."""
+    refs = sorted(set(references))
+    if n_splits < 1:
+        raise AHIQError(f"--n_splits must be at least 1, got {n_splits}")
+    counts = part_counts(len(refs), ratios)
+    if counts[0] < 1:
+        raise AHIQError(f"{len(refs)} reference images cannot be split {ratios}: no training reference left")
+    splits = []
+    for k in range(n_splits):
+        perm = np.random.default_rng([seed, k]).permutation(len(refs))
+        bounds = np.cumsum([0, *counts])
+        splits.append({part: sorted(refs[i] for i in perm[bounds[j]:bounds[j + 1]]) for j, part in enumerate(PARTS)})
+    return splits
+
+
+def save_splits(path: str, splits: list[dict], seed: int, ratios, source: str) -> None:
+    refs = sorted({r for s in splits for part in PARTS for r in s[part]})
+    doc = {"format": FORMAT, "source": source, "seed": seed, "ratios": list(ratios), "n_references": len(refs),
+           "counts": [len(splits[0][part]) for part in PARTS], "splits": splits}
+    atomic_write(path, json.dumps(doc, indent=1) + "\n")
+
+
+def read_splits(path: str) -> dict:
+    try:
+        with open(path, encoding="utf-8") as f:
+            doc = json.load(f)
+    except (OSError, json.JSONDecodeError) as err:
+        raise AHIQError(f"{path}: cannot be read as a split file ({err}); delete it to make a new one") from None
+    if not isinstance(doc, dict) or doc.get("format") != FORMAT or not isinstance(doc.get("splits"), list) \
+            or not all(isinstance(s, dict) and all(isinstance(s.get(p), list) for p in PARTS) for s in doc["splits"]):
+        raise AHIQError(f"{path}: not an AHIQ split file (expected format {FORMAT!r} with train/val/test lists); "
+                        "pass another --split_file or move this one away")
+    return doc
+
+
+def load_or_create_splits(path: str, labels, ratios: tuple[float, float, float], n_splits: int,
+                          seed: int) -> list[dict[str, list[str]]]:
+    """The splits in ``path``; when the file does not exist, made from the references of ``labels`` and saved.
+
+    A file is reused as it is (its own seed and ratios win); it must cover every reference of ``labels``.
+    """
+    if not os.path.exists(path):
+        splits = make_splits(labels.refs, ratios, n_splits, seed)
+        save_splits(path, splits, seed, ratios, labels.path)
+        log.info("wrote %s: %d splits of %d references (train/val/test %s), seed %d", path, len(splits),
+                 len(set(labels.refs)), "/".join(str(len(splits[0][p])) for p in PARTS), seed)
+        return splits
+    doc = read_splits(path)
+    if doc.get("seed") != seed or [float(r) for r in doc.get("ratios", [])] != [float(r) for r in ratios]:
+        log.warning("%s: reusing its splits (seed %s, ratios %s); the --split_seed/--split_ratios given apply to new "
+                    "files only", path, doc.get("seed"), doc.get("ratios"))
+    split_refs = {r for s in doc["splits"] for p in PARTS for r in s[p]}
+    unknown = sorted(set(labels.refs) - split_refs)
+    if unknown:
+        raise AHIQError(f"{path}: made for other data ({doc.get('source')}): references of {labels.path} are in no "
+                        f"part, e.g. {unknown[:3]}; pass another --split_file (or delete this one to remake it)")
+    return doc["splits"]
+
+
+def main(argv: list[str] | None = None) -> list[dict]:
+    from data.datasets import add_dataset_options, apply_preset, parse_ratios, read_labels
+    logging.basicConfig(level=logging.INFO, format="%(message)s")
+    p = argparse.ArgumentParser(description="Make (or check) a content-disjoint split file for a label file.")
+    add_dataset_options(p)
+    p.add_argument("--labels", default=None, help="label file; default: the preset's under --data_root")
+    p.add_argument("--out", required=True, help="the split file to write (an existing one is only checked)")
+    p.add_argument("--seed", type=int, default=1919, help="seed, when --split_seed is not given")
+    opt = p.parse_args(argv)
+    opt.train_list = opt.labels
+    apply_preset(opt, {"train_list": None})
+    if opt.train_list is None:
+        raise AHIQError("give --labels FILE, or --dataset with --data_root")
+    labels = read_labels(opt.train_list, opt.list_format, opt.ref_rule)
+    splits = load_or_create_splits(opt.out, labels, parse_ratios(opt.split_ratios), opt.n_splits,
+                                   opt.seed if opt.split_seed is None else opt.split_seed)
+    for k, s in enumerate(splits):
+        parts = {p: set(s[p]) for p in PARTS}
+        rows = {p: sum(r in parts[p] for r in labels.refs) for p in PARTS}
+        print(f"split {k}: references " + " / ".join(f"{p} {len(s[p])}" for p in PARTS)
+              + "; images " + " / ".join(f"{p} {rows[p]}" for p in PARTS))
+    return splits
+
+
+if __name__ == "__main__":
+    run_cli(main)

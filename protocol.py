@@ -1,0 +1,208 @@
+"""The evaluation protocol of FR-IQA papers: train and test on K content-disjoint seeded splits, report the median
+and mean +- std of SRCC, PLCC and KRCC; optionally test every split's model on other datasets (cross-dataset).
+
+    python protocol.py --dataset kadid10k --data_root datasets --name kadid_protocol --n_splits 10 \\
+        --cross_dataset live csiq tid2013 [any train.py option]
+
+Run folder ``{checkpoints_dir}/{name}``: ``splits.json`` (made once, reused), ``split_K/`` (a train.py run and its
+test results), ``protocol_results.csv`` (one row per split and test set), ``protocol_summary.json`` and
+``protocol_summary.txt`` (the table printed at the end). Running the same command again reuses finished splits,
+resumes an interrupted one, and runs the missing ones: nothing is recomputed or overwritten.
+"""
+from __future__ import annotations
+
+import argparse
+import copy
+import csv
+import io
+import json
+import logging
+import math
+import os
+
+import numpy as np
+
+import test as test_script
+import train as train_script
+from data.datasets import PRESETS, apply_preset
+from data.splits import read_splits
+from options.base_options import PATH_DEFAULTS, finalize, save_options
+from options.test_options import test_parser
+from options.train_options import check_train_options, train_parser
+from utils.distributed import init_distributed
+from utils.errors import AHIQError, run_cli
+from utils.files import atomic_write
+
+log = logging.getLogger("ahiq.protocol")
+METRICS = ("srcc", "plcc", "krcc")
+RESULTS_FILE = "test_results.txt"
+
+
+def protocol_parser() -> argparse.ArgumentParser:
+    p = train_parser()
+    p.description = "Train and test AHIQ on K content-disjoint splits and report median / mean +- std."
+    g = p.add_argument_group("protocol")
+    g.add_argument("--n_ensemble", type=int, default=20, help="crops per image when testing (as test.py)")
+    g.add_argument("--test_batch_size", type=int, default=10, help="images per batch when testing")
+    g.add_argument("--cross_dataset", nargs="*", default=[], choices=sorted(PRESETS),
+                   help="also test each split's model on these whole datasets")
+    g.add_argument("--cross_data_root", default=None, help="root of the --cross_dataset data; default: --data_root")
+    return p
+
+
+def parse_protocol_options(argv: list[str] | None = None) -> argparse.Namespace:
+    opt = finalize(protocol_parser().parse_args(argv))
+    check_train_options(opt)
+    if opt.split_column is None and opt.split_file is None:
+        opt.split_file = os.path.join(opt.run_dir, "splits.json")
+    if opt.split_column is not None and opt.n_splits != 1:
+        log.warning("--split_column gives one fixed split: running it once")
+        opt.n_splits = 1
+    if opt.resume or opt.load_epoch >= 0:
+        raise AHIQError("protocol.py resumes by itself: run the same command again (no --resume/--load_epoch)")
+    return opt
+
+
+# Options that may change between runs of one protocol folder (they do not change what is computed).
+FREE_OPTIONS = {"n_splits", "cross_dataset", "cross_data_root", "num_workers", "gpu_ids", "device", "val_batch_size",
+                "test_batch_size", "crops_per_forward"}
+
+
+def check_same_protocol(opt: argparse.Namespace) -> None:
+    """A protocol folder is continued only with the options it was started with (results are never mixed)."""
+    path = os.path.join(opt.run_dir, "opt_protocol.json")
+    if not os.path.isfile(path):
+        return
+    with open(path) as f:
+        before = json.load(f)
+    now = json.loads(json.dumps(vars(opt), default=str))
+    diff = [k for k in sorted(set(before) | set(now)) if k not in FREE_OPTIONS and before.get(k) != now.get(k)]
+    if diff:
+        shown = "; ".join(f"--{k} {before.get(k)!r} then, {now.get(k)!r} now" for k in diff[:4])
+        raise AHIQError(f"{opt.run_dir}: holds a protocol run with other options ({shown}); choose another --name "
+                        "to start a new one (nothing was changed)")
+
+
+def split_options(opt: argparse.Namespace, k: int) -> argparse.Namespace:
+    """train.py's options for split ``k``: its own run folder; --resume when an earlier attempt left last.pth."""
+    sub = copy.copy(opt)
+    sub.name, sub.split_index = f"{opt.name}/split_{k}", k
+    sub.run_dir = os.path.join(opt.run_dir, f"split_{k}")
+    sub.resume = os.path.isfile(os.path.join(sub.run_dir, "last.pth"))
+    return sub
+
+
+def test_options(train_opt: argparse.Namespace, opt: argparse.Namespace, cross: str | None) -> argparse.Namespace:
+    """test.py's options: the shared ones copied from training; the split's test part, or a whole other dataset."""
+    topt = test_parser().parse_args([])
+    derived = ("run_dir", "device", "lower_better", "ref_rule")  # set by finalize(), not by the parser
+    for key, value in vars(train_opt).items():
+        if (hasattr(topt, key) or key in derived) and key not in ("batch_size", "resume"):
+            setattr(topt, key, value)
+    topt.batch_size, topt.n_ensemble, topt.ckpt, topt.load_epoch = opt.test_batch_size, opt.n_ensemble, None, -1
+    if cross is None:
+        topt.test_ref_path, topt.test_dis_path, topt.test_list = (train_opt.train_ref_path, train_opt.train_dis_path,
+                                                                  train_opt.train_list)
+        topt.split_part, topt.test_file_name = "test", RESULTS_FILE
+    else:
+        root = opt.cross_data_root or opt.data_root
+        if root is None:
+            raise AHIQError("--cross_dataset needs --cross_data_root (or --data_root) to find its files")
+        topt.dataset, topt.data_root, topt.list_format, topt.label_direction = cross, root, None, None
+        for key in ("test_ref_path", "test_dis_path", "test_list"):
+            setattr(topt, key, PATH_DEFAULTS[key])
+        apply_preset(topt, PATH_DEFAULTS)
+        topt.split_file = topt.split_column = None
+        topt.split_part, topt.test_file_name = "all", f"cross_{cross}_results.txt"
+    return topt
+
+
+def test_once(topt: argparse.Namespace) -> dict:
+    """test.py's metrics for these options; reused from an earlier run's metrics file when it is there."""
+    metrics_path = os.path.join(topt.run_dir, os.path.splitext(topt.test_file_name)[0] + "_metrics.json")
+    if os.path.isfile(metrics_path):
+        with open(metrics_path) as f:
+            return json.load(f)
+    result = test_script.run(topt)
+    if "srcc" not in result:
+        raise AHIQError(f"{topt.test_list}: the test labels have no scores; the protocol needs them")
+    return result
+
+
+def summarise(rows: list[dict]) -> dict:
+    """Per test set: n, and median / mean / std (sample, n-1) of each metric over the splits."""
+    summary: dict[str, dict] = {}
+    for test_set in dict.fromkeys(r["test_set"] for r in rows):
+        values = {m: np.asarray([r[m] for r in rows if r["test_set"] == test_set], np.float64) for m in METRICS}
+        n = len(values[METRICS[0]])
+        summary[test_set] = {"n": n, **{m: {"median": float(np.median(v)), "mean": float(np.mean(v)),
+                                            "std": float(np.std(v, ddof=1)) if n > 1 else float("nan"),
+                                            "values": [float(x) for x in v]} for m, v in values.items()}}
+    return summary
+
+
+def summary_table(summary: dict) -> str:
+    def cell(s: dict) -> str:
+        std = "-" if math.isnan(s["std"]) else f"{s['std']:.4f}"
+        return f"{s['median']:.4f}  {s['mean']:.4f} +- {std}"
+
+    width = max(len("test set"), *(len(k) for k in summary))
+    head = f"{'test set'.ljust(width)}  runs  " + "  ".join(f"{m.upper()} median  mean +- std".ljust(26)
+                                                          for m in METRICS)
+    lines = [head, "-" * len(head)]
+    for test_set, s in summary.items():
+        lines.append(f"{test_set.ljust(width)}  {s['n']:>4}  " + "  ".join(cell(s[m]).ljust(26) for m in METRICS))
+    return "\n".join(lines) + "\n"
+
+
+def write_results(opt: argparse.Namespace, rows: list[dict], summary: dict) -> None:
+    buf = io.StringIO()
+    writer = csv.DictWriter(buf, fieldnames=["split", "test_set", *METRICS, "rmse", "n_images", "checkpoint"],
+                            extrasaction="ignore")
+    writer.writeheader()
+    writer.writerows(rows)
+    atomic_write(os.path.join(opt.run_dir, "protocol_results.csv"), buf.getvalue())
+    doc = {"dataset": opt.dataset, "split_file": opt.split_file, "split_column": opt.split_column,
+           "n_splits": opt.n_splits, "std": "sample standard deviation (n-1)", "summary": summary}
+    atomic_write(os.path.join(opt.run_dir, "protocol_summary.json"), json.dumps(doc, indent=2) + "\n")
+    atomic_write(os.path.join(opt.run_dir, "protocol_summary.txt"), summary_table(summary))
+
+
+def main(argv: list[str] | None = None) -> dict:
+    logging.basicConfig(level=logging.INFO, format="%(message)s")
+    opt = parse_protocol_options(argv)
+    info, opt.device = init_distributed(opt.device)
+    if info.enabled:
+        raise AHIQError("protocol.py runs in one process; start it with python, not torchrun")
+    check_same_protocol(opt)
+    if opt.split_file and os.path.exists(opt.split_file):
+        held = len(read_splits(opt.split_file)["splits"])
+        if held < opt.n_splits:
+            raise AHIQError(f"{opt.split_file}: holds {held} splits, --n_splits asks for {opt.n_splits}; pass "
+                            f"--n_splits {held} or a new --split_file")
+    save_options(opt, "protocol")
+    rows = []
+    for k in range(opt.n_splits):
+        sub = split_options(opt, k)
+        done = os.path.isfile(os.path.join(sub.run_dir, os.path.splitext(RESULTS_FILE)[0] + "_metrics.json"))
+        if not done:
+            log.info("split %d/%d: training in %s%s", k + 1, opt.n_splits, sub.run_dir,
+                     " (resuming)" if sub.resume else "")
+            train_script.run(sub, info)
+        tests = [(f"{opt.dataset} (test part)", test_options(sub, opt, None))]
+        tests += [(f"{cross} (all)", test_options(sub, opt, cross)) for cross in opt.cross_dataset]
+        for test_set, topt in tests:
+            metrics = test_once(topt)
+            rows.append({"split": k, "test_set": test_set, **{m: metrics[m] for m in (*METRICS, "rmse")},
+                         "n_images": metrics.get("n_images"), "checkpoint": metrics.get("checkpoint")})
+        write_results(opt, rows, summarise(rows))  # after every split, so an interrupted protocol keeps its results
+    summary = summarise(rows)
+    table = summary_table(summary)
+    print(f"\n{opt.dataset}: {opt.n_splits} split(s) of {opt.split_file or 'column ' + opt.split_column}\n{table}")
+    print(f"per split: {os.path.join(opt.run_dir, 'protocol_results.csv')}; summary: "
+          f"{os.path.join(opt.run_dir, 'protocol_summary.json')}")
+    return summary
+
+
+if __name__ == "__main__":
+    run_cli(main)
