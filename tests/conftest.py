@@ -123,7 +123,7 @@ def make_fr_dataset(root: Path, preset: str, n_refs: int = 5, n_dis: int = 3, si
                 path.parent.mkdir(parents=True, exist_ok=True)
                 cv2.imwrite(str(path), img)
             quality = 80 - 20 * d + rng.uniform(0, 5) + 3 * r
-            scores[dis_name] = 100 - quality if p.lower_better else quality
+            scores[dis_name] = round(100 - quality if p.lower_better else quality, 4)
             rows.append((ref_name, dis_name, scores[dis_name]))
     label_file = root / p.labels
     label_file.parent.mkdir(parents=True, exist_ok=True)

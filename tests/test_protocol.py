@@ -1,0 +1,112 @@
+"""End to end on tiny generated datasets: train.py and test.py on a pyiqa-style CSV set of non-square images with a
+split file, DMOS label normalisation in checkpoints, too-small images, and the protocol runner with K=2 splits and
+a cross-dataset test."""
+from __future__ import annotations
+
+import csv
+import json
+import os
+
+import numpy as np
+import pytest
+import torch
+
+import protocol
+import test as test_script
+import train
+from scoring import load_scorer
+from tests.conftest import make_fr_dataset
+from utils.errors import AHIQError
+
+
+@pytest.fixture(scope="module")
+def data_root(tmp_path_factory):
+    root = tmp_path_factory.mktemp("datasets")
+    make_fr_dataset(root, "kadid10k", n_refs=5, n_dis=3, size=(40, 56), seed=1)
+    make_fr_dataset(root, "csiq", n_refs=2, n_dis=3, size=(48, 40), seed=2)
+    return root
+
+
+def _common(backbone_files, ckpts, *extra) -> list[str]:
+    return ["--vit_weights", backbone_files[8], "--resnet_weights", backbone_files["resnet"],
+            "--checkpoints_dir", str(ckpts), "--crop_size", "32", "--gpu_ids", "-1", "--num_workers", "0",
+            "--num_avg_val", "2", *extra]
+
+
+def test_csv_dataset_of_non_square_images_trains_and_tests_on_its_split(data_root, backbone_files, tmp_path):
+    split_file = tmp_path / "kadid_splits.json"
+    data = ["--dataset", "kadid10k", "--data_root", str(data_root), "--split_file", str(split_file)]
+    train.main(_common(backbone_files, tmp_path, "--name", "csv", "--n_epoch", "1", "--batch_size", "3", *data))
+    splits = json.loads(split_file.read_text())["splits"]
+    assert [len(splits[0][p]) for p in ("train", "val", "test")] == [3, 1, 1]
+    result = test_script.main(_common(backbone_files, tmp_path, "--name", "csv", "--n_ensemble", "3", *data))
+    lines = (tmp_path / "csv" / "results.txt").read_text().splitlines()
+    test_ref = splits[0]["test"][0]  # 'I0r.png': its three distorted images, in label-file order
+    assert [line.split(",")[0] for line in lines] == [f"{test_ref[:-4]}_01_{d:02d}.png" for d in (1, 2, 3)]
+    assert result["n_images"] == 3 and np.isfinite(result["srcc"])
+    metrics = json.loads((tmp_path / "csv" / "results_metrics.json").read_text())
+    assert metrics["split"] == {"file": str(split_file), "index": 0, "column": None, "part": "test"}
+    # validation used the val part: the log names the split and three validation pairs
+    assert "validating on 3 (split 0 of" in (tmp_path / "csv" / "log.txt").read_text()
+
+
+def test_dmos_training_stores_its_label_normalisation(data_root, backbone_files, tmp_path):
+    data = ["--dataset", "csiq", "--data_root", str(data_root), "--split_file", str(tmp_path / "s.json"),
+            "--split_ratios", "1,1,0"]
+    train.main(_common(backbone_files, tmp_path, "--name", "dmos", "--n_epoch", "1", "--batch_size", "3", *data))
+    meta = torch.load(tmp_path / "dmos" / "last.pth", weights_only=True)["ahiq"]
+    labels = list(csv.DictReader(open(data_root / "meta_info" / "meta_info_CSIQDataset.csv")))
+    train_ref = json.loads((tmp_path / "s.json").read_text())["splits"][0]["train"]
+    dmos = [float(r["dmos"]) for r in labels if r["ref_name"] in train_ref]
+    assert meta["label_norm"] == {"method": "minmax", "mos_min": min(dmos), "mos_max": max(dmos), "lower_better": True}
+    scorer = load_scorer(str(tmp_path / "dmos" / "last.pth"), pretrained=False)
+    assert scorer.lower_better
+    np.testing.assert_allclose(scorer.to_mos(np.array([0.0, 1.0])), [max(dmos), min(dmos)])  # best = lowest DMOS
+
+
+def test_images_smaller_than_the_crop_need_resize(data_root, backbone_files, tmp_path):
+    data = ["--dataset", "kadid10k", "--data_root", str(data_root), "--split_file", str(tmp_path / "s.json")]
+    args = _common(backbone_files, tmp_path, "--name", "small", "--n_epoch", "1", *data)
+    with pytest.raises(AHIQError, match=r"I0\d_01_0\d\.png: 56x40 is smaller than --crop_size 48; pass --resize"):
+        train.main([*args, "--crop_size", "48"])
+    assert not (tmp_path / "small" / "last.pth").exists()
+    state = train.main([*args, "--crop_size", "48", "--resize", "--size", "48", "--name", "resized"])
+    assert state.epoch == 1
+
+
+def test_same_list_for_training_and_validation_without_a_split_is_refused(data_root, backbone_files, tmp_path):
+    with pytest.raises(AHIQError, match="training and validation would use the same images"):
+        train.main(_common(backbone_files, tmp_path, "--name", "x", "--dataset", "kadid10k", "--data_root",
+                           str(data_root)))
+
+
+def test_protocol_runner_two_splits_with_a_cross_dataset_test(data_root, backbone_files, tmp_path, capsys):
+    args = _common(backbone_files, tmp_path, "--name", "proto", "--dataset", "kadid10k", "--data_root",
+                   str(data_root), "--n_splits", "2", "--n_epoch", "1", "--batch_size", "3", "--n_ensemble", "2",
+                   "--cross_dataset", "csiq")
+    summary = protocol.main(args)
+    run = tmp_path / "proto"
+    rows = list(csv.DictReader(open(run / "protocol_results.csv")))
+    assert [(r["split"], r["test_set"]) for r in rows] == [
+        ("0", "kadid10k (test part)"), ("0", "csiq (all)"), ("1", "kadid10k (test part)"), ("1", "csiq (all)")]
+    assert [int(r["n_images"]) for r in rows] == [3, 6, 3, 6]
+    splits = json.loads((run / "splits.json").read_text())["splits"]
+    assert splits[0]["test"] != splits[1]["test"]
+    for k in (0, 1):  # each split was tested on its own held-out references only
+        names = [line.split(",")[0] for line in (run / f"split_{k}" / "test_results.txt").read_text().splitlines()]
+        assert {n[:3] + ".png" for n in names} == set(splits[k]["test"])
+        assert not set(splits[k]["train"]) & set(splits[k]["test"])
+    for test_set, s in summary.items():
+        srcc = [float(r["srcc"]) for r in rows if r["test_set"] == test_set]
+        assert s["n"] == 2 and s["srcc"]["median"] == pytest.approx(np.median(srcc))
+        assert s["srcc"]["mean"] == pytest.approx(np.mean(srcc))
+        assert s["srcc"]["std"] == pytest.approx(np.std(srcc, ddof=1))
+    saved = json.loads((run / "protocol_summary.json").read_text())["summary"]
+    assert saved["csiq (all)"]["plcc"]["values"] == summary["csiq (all)"]["plcc"]["values"]
+    assert "kadid10k (test part)" in capsys.readouterr().out
+    # running it again reuses every finished split: nothing is trained or rewritten
+    stamps = {p: os.stat(p).st_mtime_ns for p in run.glob("split_*/*.pth")}
+    assert protocol.main(args) == summary
+    assert {p: os.stat(p).st_mtime_ns for p in run.glob("split_*/*.pth")} == stamps
+    with pytest.raises(AHIQError, match="holds a protocol run with other options"):
+        protocol.main([*args, "--n_epoch", "2"])
