@@ -1,5 +1,6 @@
 #!/bin/sh
 # Train AHIQ on PIPAL with the official protocol (200 epochs, batch 4, Adam 1e-4, cosine T_max 50 iterations).
+#   PIPAL: the folder `python -m data.prepare_pipal --out` wrote (default datasets/PIPAL); or each folder:
 #   PIPAL_TRAIN_REF / PIPAL_TRAIN_DIS: training reference / distorted folders (all distorted images in one folder)
 #   PIPAL_VAL_REF / PIPAL_VAL_DIS:     NTIRE 2021 validation folders
 #   NPROC=K: K processes (GPUs) on this machine through torchrun; NNODES, NODE_RANK, MASTER_ADDR, MASTER_PORT for
@@ -9,12 +10,13 @@ cd "$(dirname "$0")"
 . scripts/setup_env.sh
 NPROC=${NPROC:-1}
 NNODES=${NNODES:-1}
+PIPAL=${PIPAL:-datasets/PIPAL}
 set -- \
-    --train_ref_path "${PIPAL_TRAIN_REF:-PIPAL/Train_Ref/}" \
-    --train_dis_path "${PIPAL_TRAIN_DIS:-PIPAL/Train_Dis/}" \
+    --train_ref_path "${PIPAL_TRAIN_REF:-$PIPAL/Train_Ref/}" \
+    --train_dis_path "${PIPAL_TRAIN_DIS:-$PIPAL/Train_Dis/}" \
     --train_list "${TRAIN_LIST:-data/lists/pipal22_train_mos.txt}" \
-    --val_ref_path "${PIPAL_VAL_REF:-PIPAL/Val_Ref/}" \
-    --val_dis_path "${PIPAL_VAL_DIS:-PIPAL/Val_Dis/}" \
+    --val_ref_path "${PIPAL_VAL_REF:-$PIPAL/NTIRE2021/Ref/}" \
+    --val_dis_path "${PIPAL_VAL_DIS:-$PIPAL/NTIRE2021/Dis/}" \
     --val_list "${VAL_LIST:-data/lists/ntire21_val_mos.txt}" \
     --checkpoints_dir ./checkpoints \
     --name "${NAME:-ahiq_pipal_train}" \

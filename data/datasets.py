@@ -125,7 +125,8 @@ def _is_number(text: str) -> bool:
 def read_csv_labels(path: str) -> Labels:
     """A pyiqa-style meta-info CSV (header row; columns found by name)."""
     if not os.path.isfile(path):
-        raise AHIQError(f"{path}: label file not found; pass an existing file (see README, 'Datasets')")
+        raise AHIQError(f"{path}: label file not found; pass an existing file (see README, 'Other datasets and "
+                        "evaluation protocols')")
     with open(path, newline="", encoding="utf-8-sig") as f:
         rows = [row for row in csv.reader(f) if any(cell.strip() for cell in row)]
     if not rows:
@@ -201,7 +202,7 @@ def to_raw(scores: np.ndarray, norm: dict) -> np.ndarray:
 
 def add_dataset_options(p: argparse.ArgumentParser) -> None:
     """Dataset choice and label handling (shared by train.py, test.py and protocol.py)."""
-    g = p.add_argument_group("datasets (see README, 'Datasets and protocols')")
+    g = p.add_argument_group("datasets (see README, 'Other datasets and evaluation protocols')")
     g.add_argument("--dataset", default="pipal", choices=sorted(PRESETS),
                    help="preset: label format, label direction, and (with --data_root) the folder layout")
     g.add_argument("--data_root", default=None,
