@@ -11,7 +11,7 @@ import csv
 import io
 import os
 
-from options.base_options import arch_from_options, base_parser, finalize
+from options.base_options import arch_from_options, base_parser, configure_backends, finalize, resolve_amp
 from scoring import Scorer, load_scorer
 from utils.errors import AHIQError, run_cli
 from utils.files import atomic_write
@@ -71,7 +71,8 @@ def main(argv: list[str] | None = None) -> list[float]:
                                  not opt.no_pretrained, opt.vit_weights, opt.resnet_weights, opt.deform_impl,
                                  tuple(opt.mos_range) if opt.mos_range else None, arch_from_options(opt),
                                  crop_size=opt.crop_size,
-                                 n_ensemble=opt.n_ensemble, seed=opt.seed)
+                                 n_ensemble=opt.n_ensemble, seed=opt.seed, amp_dtype=resolve_amp(opt))
+    configure_backends(opt)
     scores = scorer.score_files(pairs, opt.batch_size, opt.num_workers, progress=len(pairs) > 1)
     unit = "normalised, higher is better"
     if opt.mos_scale:

@@ -37,6 +37,7 @@ class Scorer:
     mos_range: tuple[float, float] | None = None
     checkpoint: str | None = None
     lower_better: bool = False  # the training labels were DMOS (LIVE, CSIQ): to_mos gives DMOS
+    amp_dtype: torch.dtype | None = None  # bf16/fp16 autocast on CUDA
 
     def to_mos(self, scores: np.ndarray | torch.Tensor) -> np.ndarray:
         """Normalised scores in the units of the training labels: lo + score * (hi - lo), or for DMOS labels
@@ -54,7 +55,7 @@ class Scorer:
         dataset = PairDataset([(os.path.basename(d), d, r) for d, r in pairs], None, self.crop_size, self.n_ensemble,
                               self.seed)
         loader = DataLoader(dataset, batch_size=batch_size, num_workers=num_workers, shuffle=False)
-        return predict(self.model, loader, self.crops_per_forward, progress=progress).preds
+        return predict(self.model, loader, self.crops_per_forward, self.amp_dtype, progress=progress).preds
 
     def score_tensors(self, dis: torch.Tensor, ref: torch.Tensor) -> torch.Tensor:
         """Scores (B,) of (B, 3, H, W) image tensors in [0, 1]; random windows are seeded with the batch position."""
@@ -69,7 +70,8 @@ class Scorer:
             windows = crop_windows(h, w, c, self.n_ensemble, self.seed, str(i))
             for stack, img in zip(crops, (dis[i], ref[i])):
                 stack.append(crop_tensor_stack(img, windows, c))
-        return score_crops(self.model, torch.stack(crops[0]), torch.stack(crops[1]), self.crops_per_forward)
+        return score_crops(self.model, torch.stack(crops[0]), torch.stack(crops[1]), self.crops_per_forward,
+                           self.amp_dtype)
 
 
 def load_scorer(ckpt: str | None = None, checkpoints_dir: str = "checkpoints", name: str = "ahiq_pipal",
@@ -80,7 +82,7 @@ def load_scorer(ckpt: str | None = None, checkpoints_dir: str = "checkpoints", n
 
     Backbone weights: the files download.sh put in ``checkpoints_dir/backbones`` when present, else the hub;
     ``arch``: ablation switches for ``build_model``; ``settings`` go to :class:`Scorer` (``crop_size``,
-    ``n_ensemble``, ``seed``, ``crops_per_forward``).
+    ``n_ensemble``, ``seed``, ``crops_per_forward``, ``amp_dtype``).
     """
     ckpt = ckpt or find_checkpoint(os.path.join(checkpoints_dir, name))
     if pretrained:

@@ -17,7 +17,7 @@ import torch
 from torch.utils.data import DataLoader
 
 from data.datasets import dataset_from_options
-from options.base_options import build_from_options, save_options
+from options.base_options import build_from_options, configure_backends, resolve_amp, save_options
 from options.test_options import parse_test_options
 from utils.checkpoint import find_checkpoint, load_weights
 from utils.engine import predict
@@ -67,13 +67,14 @@ def run(opt) -> dict:
     model = build_from_options(opt)
     load_weights(model, ckpt_path)
     model.to(opt.device).eval()
+    configure_backends(opt)
     save_options(opt, "test")
     log.info("scoring %d images of %s with %s (%d crops each, %s)", len(dataset), opt.test_list, ckpt_path,
              opt.n_ensemble, opt.device)
     loader = DataLoader(dataset, batch_size=opt.batch_size, shuffle=False, num_workers=opt.num_workers,
                         pin_memory=opt.device.startswith("cuda"), drop_last=False)
     start = time.perf_counter()
-    out = predict(model, loader, opt.crops_per_forward)
+    out = predict(model, loader, opt.crops_per_forward, resolve_amp(opt))
     names, preds, labels = out.names, out.preds, out.labels
     seconds = time.perf_counter() - start
     predictions = format_predictions(names, preds)

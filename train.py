@@ -25,7 +25,7 @@ from data.datasets import dataset_from_options, label_norm
 from data.pipal import PairDataset
 from data.sampler import EpochSampler
 from models import AHIQ
-from options.base_options import build_from_options, save_options
+from options.base_options import build_from_options, configure_backends, resolve_amp, save_options
 from options.train_options import parse_train_options
 from utils.checkpoint import find_checkpoint, load_weights, save_weights
 from utils.distributed import DistInfo, any_rank, gather_arrays, init_distributed, shutdown
@@ -112,7 +112,7 @@ def split_text(opt) -> str:
 
 
 def validate(model: AHIQ, loader: DataLoader, info: DistInfo, opt) -> tuple[dict, np.ndarray, np.ndarray]:
-    out = predict(model, loader, opt.crops_per_forward, opt.amp_dtype, progress=info.is_main, desc="validate")
+    out = predict(model, loader, opt.crops_per_forward, opt.autocast_dtype, progress=info.is_main, desc="validate")
     index, preds, labels = gather_arrays(info, out.index, out.preds, out.labels)
     order = np.argsort(index, kind="stable")
     return iqa_metrics(preds[order], labels[order]), preds[order], labels[order]
@@ -153,7 +153,7 @@ def save(path: str, model: AHIQ, optimizer, scheduler, state: TrainState, opt, t
                                               "column": opt.split_column}},
                  optimizer_state_dict=optimizer.state_dict(), scheduler_state_dict=scheduler.state_dict(),
                  epoch=state.epoch - 1, loss=float(loss), train_state={**asdict(state), "rng": rng_state()},
-                 options={k: v for k, v in vars(opt).items() if k != "amp_dtype"})
+                 options={k: v for k, v in vars(opt).items() if k != "autocast_dtype"})
 
 
 def main(argv: list[str] | None = None) -> TrainState:
@@ -169,16 +169,14 @@ def run(opt, info: DistInfo) -> TrainState:
     setup_logging(opt.run_dir, info.is_main)
     resume_from = checkpoint_path(opt)
     seed_everything(opt.seed)
-    opt.amp_dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}[opt.amp_dtype] if opt.amp else None
-    if opt.amp and not opt.device.startswith("cuda"):
-        log.warning("--amp applies on CUDA only; training in fp32 on %s", opt.device)
-        opt.amp_dtype = None
+    opt.autocast_dtype = resolve_amp(opt)
+    configure_backends(opt)
     train_set, train_loader, sampler, val_loader = build_loaders(opt, info)
     model = build_from_options(opt).to(opt.device)
     params = [p for part in model.trainable_parts().values() for p in part.parameters()]
     optimizer = torch.optim.Adam(params, lr=opt.learning_rate, weight_decay=opt.weight_decay)
     scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=opt.T_max, eta_min=opt.eta_min)
-    scaler = torch.amp.GradScaler("cuda") if opt.amp_dtype == torch.float16 else None
+    scaler = torch.amp.GradScaler("cuda") if opt.autocast_dtype == torch.float16 else None
     state = restore(resume_from, model, optimizer, scheduler) if resume_from else TrainState()
     net = model
     if info.enabled:
@@ -203,7 +201,7 @@ def run(opt, info: DistInfo) -> TrainState:
 
     while state.epoch < opt.n_epoch:
         sampler.set_epoch(state.epoch, skip=state.step * opt.batch_size)
-        result = train_one_epoch(net, train_loader, optimizer, scheduler, opt.device, opt.amp_dtype, scaler,
+        result = train_one_epoch(net, train_loader, optimizer, scheduler, opt.device, opt.autocast_dtype, scaler,
                                  lambda: any_rank(stop.signal is not None, info), on_step, info.is_main,
                                  desc=f"epoch {state.epoch + 1}/{opt.n_epoch}")
         loss = float(np.mean(result.losses)) if result.losses else float("nan")

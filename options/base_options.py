@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import logging
 import os
 
 import torch
@@ -51,6 +52,11 @@ def base_parser(with_lists: bool = True) -> argparse.ArgumentParser:
     g.add_argument("--ckpt", default=None, help="checkpoint file to load (official or ours), instead of the run folder")
     g.add_argument("--seed", type=int, default=1919, help="random seed")
     g.add_argument("--gpu_ids", default="0", help="GPU ids, e.g. '0' or '0,1'; '-1' runs on the CPU")
+    g.add_argument("--amp", action="store_true", help="mixed precision on CUDA (see --amp_dtype); fp32 otherwise")
+    g.add_argument("--amp_dtype", default="bf16", choices=("bf16", "fp16"),
+                   help="autocast dtype for --amp; in training fp16 adds a GradScaler")
+    g.add_argument("--tf32", action="store_true",
+                   help="allow TF32 matrix products and convolutions on CUDA (faster fp32, slightly less exact)")
     g = p.add_argument_group("model")
     g.add_argument("--patch_size", type=int, default=8, choices=(8, 16), help="ViT patch size")
     g.add_argument("--vit_weights", default=None,
@@ -118,6 +124,23 @@ def resolve_backbone_weights(checkpoints_dir: str, patch_size: int, vit_weights:
             resnet_weights or (resnet_file if os.path.isfile(resnet_file) else None))
 
 
+def resolve_amp(opt: argparse.Namespace) -> torch.dtype | None:
+    """The autocast dtype of --amp/--amp_dtype on CUDA; None (fp32) otherwise, with a warning on the CPU."""
+    if not opt.amp:
+        return None
+    if not opt.device.startswith("cuda"):
+        logging.getLogger("ahiq").warning("--amp applies on CUDA only; running in fp32 on %s", opt.device)
+        return None
+    return {"bf16": torch.bfloat16, "fp16": torch.float16}[opt.amp_dtype]
+
+
+def configure_backends(opt: argparse.Namespace) -> None:
+    """cuDNN autotuning on CUDA (crop shapes are fixed, so it pays off); TF32 only when --tf32 asks for it."""
+    if opt.device.startswith("cuda"):
+        torch.backends.cudnn.benchmark = True
+        torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = bool(opt.tf32)
+
+
 def finalize(opt: argparse.Namespace) -> argparse.Namespace:
     """Check and resolve options: crop size, device, default backbone files from download.sh."""
     if opt.crop_size <= 0 or opt.crop_size % opt.patch_size:
@@ -129,6 +152,8 @@ def finalize(opt: argparse.Namespace) -> argparse.Namespace:
     if ids and not torch.cuda.is_available():
         raise AHIQError(f"--gpu_ids {opt.gpu_ids}: CUDA is not available here; pass --gpu_ids -1 to run on the CPU")
     opt.device = f"cuda:{ids[0]}" if ids else "cpu"
+    if getattr(opt, "crops_per_forward", 1) < 1:
+        raise AHIQError(f"--crops_per_forward must be at least 1, got {opt.crops_per_forward}")
     if not opt.no_pretrained:
         opt.vit_weights, opt.resnet_weights = resolve_backbone_weights(opt.checkpoints_dir, opt.patch_size,
                                                                        opt.vit_weights, opt.resnet_weights)

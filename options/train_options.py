@@ -20,8 +20,6 @@ def train_parser() -> argparse.ArgumentParser:
     g.add_argument("--T_max", type=int, default=50, help="CosineAnnealingLR period, in iterations (official)")
     g.add_argument("--eta_min", type=float, default=0, help="CosineAnnealingLR minimum learning rate")
     g.add_argument("--resume", action="store_true", help="continue from last.pth in checkpoints_dir/name")
-    g.add_argument("--amp", action="store_true", help="mixed precision on CUDA (see --amp_dtype)")
-    g.add_argument("--amp_dtype", default="bf16", choices=("bf16", "fp16"), help="fp16 uses a GradScaler")
     g.add_argument("--val_batch_size", type=int, default=10, help="images per validation batch")
     g.add_argument("--crops_per_forward", type=int, default=50, help="crop pairs per forward in validation")
     return p

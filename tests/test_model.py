@@ -7,6 +7,7 @@ import torch
 import models.backbones as backbones_mod
 from benchmarks.official_style import OfficialStyleBackbones, reference_scores
 from models import VIT_TAGS, build_model
+from utils.engine import ChunkSize, score_crops
 from utils.errors import AHIQError
 
 
@@ -110,3 +111,36 @@ def test_failed_download_names_the_weights_and_never_falls_back(monkeypatch):
     with pytest.raises(AHIQError, match=VIT_TAGS[8].replace(".", r"\.") + ".*download.sh.*--vit_weights"):
         build_model(8, pretrained=True)
     assert calls == [(VIT_TAGS[8], True)]
+
+
+class _OomAbove(torch.nn.Module):
+    """Wraps a model and raises CUDA's out-of-memory error for batches above ``limit`` (as a small GPU would)."""
+
+    def __init__(self, model, limit: int) -> None:
+        super().__init__()
+        self.model, self.limit, self.batches = model, limit, []
+        self.regressor = model.regressor
+
+    def forward(self, dis, ref):
+        if dis.shape[0] > self.limit:
+            raise torch.OutOfMemoryError("CUDA out of memory (simulated)")
+        self.batches.append(dis.shape[0])
+        return self.model(dis, ref)
+
+
+def test_out_of_memory_halves_the_chunk_and_keeps_the_scores(model_factory, caplog):
+    model = model_factory(8)
+    torch.manual_seed(3)
+    dis, ref = (torch.randint(0, 256, (3, 5, 3, 32, 32), dtype=torch.uint8) for _ in range(2))
+    expected = score_crops(model, dis, ref, crops_per_forward=50)
+    small = _OomAbove(model, limit=4)
+    chunk = ChunkSize(50)
+    got = score_crops(small, dis, ref, chunk)
+    torch.testing.assert_close(got, expected, rtol=1e-5, atol=1e-6)
+    assert chunk.size == 3 and small.batches == [3] * 5  # 50 -> 25 -> 12 -> 6 -> 3; 15 crop pairs in 5 calls
+    assert "continuing with 3 crop pairs per forward" in caplog.text
+    small.batches.clear()
+    score_crops(small, dis, ref, chunk)  # the smaller size is kept: no more failed attempts
+    assert small.batches == [3] * 5
+    with pytest.raises(torch.OutOfMemoryError):  # nothing fits: the error is not swallowed
+        score_crops(_OomAbove(model, limit=0), dis, ref, ChunkSize(2))

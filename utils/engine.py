@@ -7,6 +7,7 @@ official test). A training batch holds one crop per image; the loss is the MSE t
 from __future__ import annotations
 
 import contextlib
+import logging
 import math
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -18,6 +19,8 @@ from torch.utils.data import DataLoader
 from tqdm import tqdm
 
 from models import AHIQ
+
+log = logging.getLogger("ahiq.engine")
 
 
 def to_unit(x: torch.Tensor, device: torch.device | str) -> torch.Tensor:
@@ -33,19 +36,51 @@ def autocast(device: torch.device | str, amp_dtype: torch.dtype | None) -> conte
     return torch.autocast("cuda", dtype=amp_dtype)
 
 
+class ChunkSize:
+    """Crop pairs per model forward; halved (and kept smaller for the rest of the run) when CUDA runs out of memory,
+    so ``--crops_per_forward`` can be set high and the largest size that fits is found automatically."""
+
+    def __init__(self, size: int) -> None:
+        if size < 1:
+            raise ValueError(f"crops per forward must be at least 1, got {size}")
+        self.size = size
+
+    def shrink(self) -> bool:
+        if self.size == 1:
+            return False
+        self.size //= 2
+        log.warning("out of GPU memory: continuing with %d crop pairs per forward (--crops_per_forward)", self.size)
+        return True
+
+
 @torch.inference_mode()
-def score_crops(model: AHIQ, dis: torch.Tensor, ref: torch.Tensor, crops_per_forward: int = 50,
+def score_crops(model: AHIQ, dis: torch.Tensor, ref: torch.Tensor, crops_per_forward: int | ChunkSize = 50,
                 amp_dtype: torch.dtype | None = None) -> torch.Tensor:
-    """(B,) scores of (B, K, 3, S, S) uint8 (or [0,1] float) crop stacks, averaged over the K crops."""
+    """(B,) scores of (B, K, 3, S, S) uint8 (or [0,1] float) crop stacks, averaged over the K crops.
+
+    The B*K crop pairs go through the model in chunks; a chunk that runs out of memory is retried at half the size.
+    Every crop is scored on its own, so chunking does not change the scores (beyond float rounding).
+    """
+    chunk = crops_per_forward if isinstance(crops_per_forward, ChunkSize) else ChunkSize(crops_per_forward)
     b, k = dis.shape[:2]
     device = next(model.regressor.parameters()).device
     dis, ref = dis.flatten(0, 1), ref.flatten(0, 1)
-    scores = []
-    for start in range(0, b * k, crops_per_forward):
-        d = to_unit(dis[start:start + crops_per_forward], device)
-        r = to_unit(ref[start:start + crops_per_forward], device)
-        with autocast(device, amp_dtype):
-            scores.append(model(d, r).float().flatten())
+    scores: list[torch.Tensor] = []
+    start = 0
+    while start < b * k:
+        stop = start + chunk.size
+        try:
+            d, r = to_unit(dis[start:stop], device), to_unit(ref[start:stop], device)
+            with autocast(device, amp_dtype):
+                scores.append(model(d, r).float().flatten())
+        except torch.OutOfMemoryError:
+            d = r = None
+            if device.type == "cuda":
+                torch.cuda.empty_cache()
+            if not chunk.shrink():
+                raise
+            continue
+        start = stop
     return torch.cat(scores).view(b, k).mean(dim=1)
 
 
@@ -62,9 +97,10 @@ def predict(model: AHIQ, loader: DataLoader, crops_per_forward: int = 50, amp_dt
     """Predictions for every image the loader yields, in loader order."""
     was_training = model.training
     model.eval()
+    chunk = ChunkSize(crops_per_forward)  # shrinks once for the whole loop if memory runs out
     index, names, preds, labels = [], [], [], []
     for batch in tqdm(loader, desc=desc, disable=not progress, dynamic_ncols=True, leave=False):
-        preds.append(score_crops(model, batch["dis"], batch["ref"], crops_per_forward, amp_dtype).cpu())
+        preds.append(score_crops(model, batch["dis"], batch["ref"], chunk, amp_dtype).cpu())
         names.extend(batch["name"])
         labels.append(batch["label"].double())
         index.append(batch["index"])
