@@ -13,11 +13,10 @@ from __future__ import annotations
 
 import torch
 import torch.nn as nn
-import torch.nn.functional as F
 from torchvision.ops import DeformConv2d
 
 from models.backbones import CNN_CHANNELS, VIT_CHANNELS
-from models.deform import deform_conv2d_gemm
+from models.deform import conv3x3_nearest_upsampled, deform_conv2d_gemm
 
 DEFORM_IMPLS = ("gemm", "torchvision")
 FUSIONS = ("deform", "conv", "none")
@@ -53,8 +52,12 @@ class DeformFusion(nn.Module):
     def forward(self, cnn_feat: torch.Tensor, vit_ref: torch.Tensor | None) -> torch.Tensor:
         """``cnn_feat``: the CNN maps of k images per reference, stacked as (k*B, ...); ``vit_ref``: (B, ...)."""
         if self.fusion == "deform":
-            vit_ref = F.interpolate(vit_ref, size=cnn_feat.shape[-2:], mode="nearest")
-            offset = self.conv_offset(vit_ref)
+            # official: conv_offset(nearest-resize of vit_ref to the CNN map size); the CNN map is always an integer
+            # multiple of the ViT grid (crops are multiples of the patch), so the resized map is never built
+            (hc, wc), (hv, wv) = cnn_feat.shape[-2:], vit_ref.shape[-2:]
+            if hc % hv or wc % wv or hc // hv != wc // wv:
+                raise ValueError(f"CNN map {hc}x{wc} is not an integer multiple of the ViT grid {hv}x{wv}")
+            offset = conv3x3_nearest_upsampled(vit_ref, self.conv_offset.weight, self.conv_offset.bias, hc // hv)
             offset = offset.repeat(cnn_feat.shape[0] // offset.shape[0], 1, 1, 1)
             if self.impl == "gemm":  # same result as torchvision's kernel (tested), faster, and autocast-friendly
                 cnn_feat = deform_conv2d_gemm(cnn_feat, offset, self.deform.weight, self.deform.bias, padding=1)

@@ -28,9 +28,39 @@ def deform_conv2d_gemm(x: torch.Tensor, offset: torch.Tensor, weight: torch.Tens
             py = ys + (i - padding) + offset[:, 2 * k]
             px = xs + (j - padding) + offset[:, 2 * k + 1]
             grid = torch.stack((px * scale_x - 1, py * scale_y - 1), dim=-1).to(x.dtype)
-            sampled = F.grid_sample(x, grid, mode="bilinear", padding_mode="zeros", align_corners=True)
-            tap = torch.einsum("oc,bchw->bohw", weight[:, :, i, j], sampled)
-            out = tap if out is None else out + tap
+            sampled = F.grid_sample(x, grid, mode="bilinear", padding_mode="zeros", align_corners=True).flatten(2)
+            w_k = weight[:, :, i, j]  # (C_out, C) times (B, C, H*W): batched GEMMs on the samples as laid out
+            out = torch.matmul(w_k, sampled) if out is None else torch.baddbmm(out, w_k.expand(b, -1, -1), sampled)
+    out = out.view(b, c_out, h, w)
     if bias is not None:
         out = out + bias.view(1, c_out, 1, 1)
     return out
+
+
+def conv3x3_nearest_upsampled(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None,
+                              factor: int) -> torch.Tensor:
+    """``conv2d(interpolate(x, scale_factor=factor, mode="nearest"), weight, bias, padding=1)`` for a 3x3 kernel,
+    without building the upsampled map.
+
+    Output pixel (factor*i + a, factor*j + b) reads upsampled rows factor*i + a + k (k = -1, 0, 1), which are source
+    rows i + floor((a + k) / factor): each of the factor^2 output phases is a 3x3 convolution of the source with the
+    kernel taps that land on the same source pixel summed. All phases run as one convolution with factor^2 times
+    the output channels, then are interleaved. Same function (sums of the same products, grouped differently), and
+    for AHIQ (3840 channels upsampled 2x to 56x56 at 224) it avoids a 48 MB-per-image map and its copies.
+    """
+    c_out, c_in = weight.shape[:2]
+    phases = []
+    for a in range(factor):
+        for b in range(factor):
+            taps = [[0, 0, 0], [0, 0, 0], [0, 0, 0]]
+            for ki in range(3):
+                for kj in range(3):
+                    ri, rj = (a + ki - 1) // factor + 1, (b + kj - 1) // factor + 1
+                    taps[ri][rj] = taps[ri][rj] + weight[:, :, ki, kj]
+            zero = weight.new_zeros(c_out, c_in)
+            phases.append(torch.stack([torch.stack([t if torch.is_tensor(t) else zero for t in row], -1)
+                                       for row in taps], -2))
+    out = F.conv2d(x, torch.cat(phases), None if bias is None else bias.repeat(factor * factor), padding=1)
+    n, _, h, w = out.shape
+    out = out.view(n, factor, factor, c_out, h, w).permute(0, 3, 4, 1, 5, 2)
+    return out.reshape(n, c_out, h * factor, w * factor)

@@ -1,11 +1,13 @@
-"""The GEMM deformable convolution equals torchvision's deform_conv2d, forward and gradients."""
+"""The GEMM deformable convolution equals torchvision's deform_conv2d, and the offset convolution computed without
+the upsampled map equals upsample-then-convolve; forward and gradients."""
 from __future__ import annotations
 
 import pytest
 import torch
+import torch.nn.functional as F
 from torchvision.ops import deform_conv2d
 
-from models.deform import deform_conv2d_gemm
+from models.deform import conv3x3_nearest_upsampled, deform_conv2d_gemm
 
 
 @pytest.mark.parametrize("shape,offset_scale", [((2, 8, 5, 7), 1.0), ((3, 16, 9, 9), 4.0), ((1, 32, 14, 6), 0.3)])
@@ -32,3 +34,20 @@ def test_zero_offsets_are_a_plain_convolution():
     x, weight = torch.randn(2, 4, 6, 6, generator=g), torch.randn(5, 4, 3, 3, generator=g)
     out = deform_conv2d_gemm(x, torch.zeros(2, 18, 6, 6), weight, None, padding=1)
     torch.testing.assert_close(out, torch.nn.functional.conv2d(x, weight, padding=1), rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("factor,size", [(2, (28, 28)), (2, (5, 7)), (4, (3, 5)), (3, (4, 2)), (1, (6, 6))])
+def test_offset_conv_without_the_upsampled_map_equals_upsample_then_conv(factor, size):
+    g = torch.Generator().manual_seed(factor)
+    x = torch.randn(2, 12, *size, dtype=torch.float64, generator=g, requires_grad=True)
+    weight = torch.randn(18, 12, 3, 3, dtype=torch.float64, generator=g, requires_grad=True)
+    bias = torch.randn(18, dtype=torch.float64, generator=g, requires_grad=True)
+    expected = F.conv2d(F.interpolate(x, scale_factor=factor, mode="nearest"), weight, bias, padding=1)
+    got = conv3x3_nearest_upsampled(x, weight, bias, factor)
+    torch.testing.assert_close(got, expected, rtol=1e-12, atol=1e-12)
+    # training backpropagates into conv_offset through it: the gradients must agree too
+    upstream = torch.randn(expected.shape, dtype=torch.float64, generator=g)
+    want = torch.autograd.grad((expected * upstream).sum(), (x, weight, bias))
+    have = torch.autograd.grad((got * upstream).sum(), (x, weight, bias))
+    for a, b in zip(have, want):
+        torch.testing.assert_close(a, b, rtol=1e-12, atol=1e-12)
