@@ -83,7 +83,7 @@ def seed_everything(seed: int) -> None:
 
 def build_loaders(opt, info: DistInfo) -> tuple[PairDataset, DataLoader, EpochSampler, DataLoader]:
     split = opt.split_file is not None or opt.split_column is not None
-    train_set = dataset_from_options(opt, "train", "train", 1)
+    train_set = dataset_from_options(opt, "train", "train", 1, create_split=True)
     if train_set.labels is None:
         raise AHIQError(f"{opt.train_list}: the training labels need a score on every row")
     if split:  # a split divides one dataset: validation takes its 'val' part of the training labels and folders

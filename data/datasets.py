@@ -24,6 +24,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from data.pipal import PairDataset, read_list
+from data.splits import load_or_create_splits
 from utils.errors import AHIQError
 
 LIST_FORMATS = ("pipal", "csv")
@@ -247,14 +248,18 @@ def parse_ratios(text: str) -> tuple[float, float, float]:
         ratios = tuple(float(r) for r in text.split(","))
     except ValueError:
         ratios = ()
-    if len(ratios) != 3 or min(ratios) < 0 or ratios[0] <= 0 or ratios[2] < 0:
+    if len(ratios) != 3 or min(ratios) < 0 or ratios[0] <= 0:
         raise AHIQError(f"--split_ratios {text!r}: expected three non-negative numbers train,val,test with "
                         "train > 0, e.g. 6,2,2")
     return ratios  # type: ignore[return-value]
 
 
-def select_rows(labels: Labels, opt: argparse.Namespace, part: str) -> Labels:
-    """The rows of ``labels`` in ``part`` of the split the options choose (all rows when none is chosen)."""
+def select_rows(labels: Labels, opt: argparse.Namespace, part: str, create_split: bool = False) -> Labels:
+    """The rows of ``labels`` in ``part`` of the split the options choose (all rows when none is chosen).
+
+    A missing ``--split_file`` is made only when ``create_split`` (training); elsewhere it is an error, so a mistyped
+    path can never score a model on a fresh split that overlaps its training images.
+    """
     if part == "all" or (opt.split_file is None and opt.split_column is None):
         return labels
     if opt.split_column is not None:
@@ -265,7 +270,9 @@ def select_rows(labels: Labels, opt: argparse.Namespace, part: str) -> Labels:
         rows = [i for i, value in enumerate(column) if value.strip().lower() == part]
         where = f"column {opt.split_column} = {part}"
     else:
-        from data.splits import load_or_create_splits
+        if not create_split and not os.path.exists(opt.split_file):
+            raise AHIQError(f"{opt.split_file}: no such split file; it is written by train.py (or `python -m "
+                            "data.splits`): pass the file the model was trained with")
         splits = load_or_create_splits(opt.split_file, labels, parse_ratios(opt.split_ratios), opt.n_splits,
                                        opt.seed if opt.split_seed is None else opt.split_seed)
         if not 0 <= opt.split_index < len(splits):
@@ -286,11 +293,11 @@ def pair_dataset(ref_dir: str, dis_dir: str, labels: Labels, lower_better: bool 
     return PairDataset(pairs, labels.raw, lower_better=lower_better, **kwargs)
 
 
-def dataset_from_options(opt: argparse.Namespace, phase: str, part: str, n_crops: int,
-                         flip: bool = False) -> PairDataset:
+def dataset_from_options(opt: argparse.Namespace, phase: str, part: str, n_crops: int, flip: bool = False,
+                         create_split: bool = False) -> PairDataset:
     """The ``phase`` (train/val/test) folders and label file of the options, restricted to ``part`` of the split."""
     labels = read_labels(getattr(opt, f"{phase}_list"), opt.list_format, opt.ref_rule)
-    labels = select_rows(labels, opt, part)
+    labels = select_rows(labels, opt, part, create_split)
     return pair_dataset(getattr(opt, f"{phase}_ref_path"), getattr(opt, f"{phase}_dis_path"), labels,
                         opt.lower_better, crop_size=opt.crop_size, n_crops=n_crops, seed=opt.seed,
                         resize=opt.size if opt.resize else None, flip=flip)
