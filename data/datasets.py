@@ -202,7 +202,24 @@ def to_raw(scores: np.ndarray, norm: dict) -> np.ndarray:
 
 
 def add_dataset_options(p: argparse.ArgumentParser) -> None:
-    """Dataset choice and label handling (shared by train.py, test.py and protocol.py)."""
+    """Dataset choice, label handling and splits (shared by train.py, test.py and protocol.py)."""
+    g = add_label_options(p)
+    g.add_argument("--split_file", default=None,
+                   help="JSON file of content-disjoint splits (made with the --split_* settings if missing, "
+                        "reused if present); selects the rows of the label files by reference image")
+    g.add_argument("--split_index", type=int, default=0, help="which split of --split_file")
+    add_split_making_options(g)
+    g.add_argument("--split_column", default=None,
+                   help="instead of --split_file: a CSV column whose values (train/val/test) select the rows")
+
+
+def add_split_making_options(g) -> None:
+    g.add_argument("--split_ratios", default="6,2,2", help="train,val,test proportions of references (new files)")
+    g.add_argument("--n_splits", type=int, default=10, help="splits in a new --split_file")
+    g.add_argument("--split_seed", type=int, default=None, help="seed of a new --split_file; default: --seed")
+
+
+def add_label_options(p: argparse.ArgumentParser):
     g = p.add_argument_group("datasets (see README, 'Other datasets and evaluation protocols')")
     g.add_argument("--dataset", default="pipal", choices=sorted(PRESETS),
                    help="preset: label format, label direction, and (with --data_root) the folder layout")
@@ -212,15 +229,7 @@ def add_dataset_options(p: argparse.ArgumentParser) -> None:
                    help="label files: 'pipal' (name,score lines) or 'csv' (pyiqa meta-info); default: the preset's")
     g.add_argument("--label_direction", default=None, choices=("higher_better", "lower_better"),
                    help="lower_better (DMOS) labels are flipped before normalising; default: the preset's")
-    g.add_argument("--split_file", default=None,
-                   help="JSON file of content-disjoint splits (made with the --split_* settings if missing, "
-                        "reused if present); selects the rows of the label files by reference image")
-    g.add_argument("--split_index", type=int, default=0, help="which split of --split_file")
-    g.add_argument("--split_ratios", default="6,2,2", help="train,val,test proportions of references (new files)")
-    g.add_argument("--n_splits", type=int, default=10, help="splits in a new --split_file")
-    g.add_argument("--split_seed", type=int, default=None, help="seed of a new --split_file; default: --seed")
-    g.add_argument("--split_column", default=None,
-                   help="instead of --split_file: a CSV column whose values (train/val/test) select the rows")
+    return g
 
 
 def apply_preset(opt: argparse.Namespace, defaults: dict) -> None:

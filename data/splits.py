@@ -97,13 +97,14 @@ def load_or_create_splits(path: str, labels, ratios: tuple[float, float, float],
 
 
 def main(argv: list[str] | None = None) -> list[dict]:
-    from data.datasets import add_dataset_options, apply_preset, parse_ratios, read_labels
+    from data.datasets import add_label_options, add_split_making_options, apply_preset, parse_ratios, read_labels
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     p = argparse.ArgumentParser(description="Make (or check) a content-disjoint split file for a label file.")
-    add_dataset_options(p)
-    p.add_argument("--labels", default=None, help="label file; default: the preset's under --data_root")
-    p.add_argument("--out", required=True, help="the split file to write (an existing one is only checked)")
-    p.add_argument("--seed", type=int, default=1919, help="seed, when --split_seed is not given")
+    g = add_label_options(p)
+    g.add_argument("--labels", default=None, help="label file; default: the preset's under --data_root")
+    g.add_argument("--out", required=True, help="the split file to write (an existing one is only checked)")
+    add_split_making_options(g)
+    g.add_argument("--seed", type=int, default=1919, help="seed, when --split_seed is not given")
     opt = p.parse_args(argv)
     opt.train_list = opt.labels
     apply_preset(opt, {"train_list": None})

@@ -17,7 +17,7 @@ from utils.distributed import init_distributed, shutdown
 def main(out_file: str, ckpt: str, argv: list[str]) -> None:
     opt = parse_train_options(argv)
     info, opt.device = init_distributed(opt.device)
-    opt.amp_dtype = None
+    opt.autocast_dtype = None
     _, _, _, val_loader = train.build_loaders(opt, info)
     model = build_from_options(opt, pretrained=False)
     load_weights(model, ckpt)
