@@ -23,7 +23,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from data.pipal import PairDataset, read_list
+from data.pipal import PairDataset, pipal_reference_name, read_list
 from data.splits import load_or_create_splits
 from utils.errors import AHIQError
 
@@ -96,7 +96,7 @@ class Labels:
 def reference_name(name: str, rule: str) -> str:
     """The reference image of a distorted image named by a PIPAL-style list."""
     if rule == "pipal":
-        return name[:5] + ".bmp"
+        return pipal_reference_name(name)
     if rule == "prefix":
         folder, base = os.path.split(name)
         stem, ext = os.path.splitext(base)

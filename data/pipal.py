@@ -61,11 +61,8 @@ def minmax_normalise(scores: np.ndarray) -> tuple[np.ndarray, float, float]:
 
 
 def pipal_reference_name(name: str) -> str:
+    """PIPAL's rule: the first five characters + ``.bmp`` (``A0001_00_00.bmp`` -> ``A0001.bmp``)."""
     return name[:5] + ".bmp"
-
-
-def pipal_pairs(ref_dir: str, dis_dir: str, names: Sequence[str]) -> list[tuple[str, str, str]]:
-    return [(name, os.path.join(dis_dir, name), os.path.join(ref_dir, pipal_reference_name(name))) for name in names]
 
 
 def read_rgb(path: str) -> np.ndarray:
@@ -198,13 +195,3 @@ class PairDataset(Dataset):
         label = float("nan") if self.labels is None else float(self.labels[idx])
         return {"dis": crop_stack(dis, windows, self.crop), "ref": crop_stack(ref, windows, self.crop),
                 "name": self.names[idx], "label": label, "index": idx}
-
-
-class PairListDataset(PairDataset):
-    """The pairs of a PIPAL list file: distorted images in ``dis_dir``, references in ``ref_dir``."""
-
-    def __init__(self, ref_dir: str, dis_dir: str, list_file: str, crop_size: int = 224, n_crops: int = 5,
-                 seed: int = 1919, resize: int | None = None, flip: bool = False) -> None:
-        names, raw = read_list(list_file)
-        self.list_file = list_file
-        super().__init__(pipal_pairs(ref_dir, dis_dir, names), raw, crop_size, n_crops, seed, resize, flip)

@@ -80,6 +80,13 @@ def make_pipal_set(root: Path, n_refs: int = 2, n_dis: int = 3, size: tuple[int,
             "names": [line.split(",")[0] for line in lines]}
 
 
+def list_dataset(data: dict, crop_size: int = 224, n_crops: int = 5, **kwargs):
+    """The PairDataset of a ``make_pipal_set`` folder, built the way train.py and test.py build theirs."""
+    from data.datasets import pair_dataset, read_labels
+    return pair_dataset(data["ref"], data["dis"], read_labels(data["list"]), crop_size=crop_size, n_crops=n_crops,
+                        **kwargs)
+
+
 @pytest.fixture
 def pipal_set(tmp_path) -> dict:
     return make_pipal_set(tmp_path / "set")

@@ -9,8 +9,8 @@ import pytest
 import torch
 
 from benchmarks.official_style import official_five_point_window
-from data.pipal import PairListDataset, crop_windows, fixed_windows, minmax_normalise, read_list, read_rgb
-from tests.conftest import FIXTURES, needs_fixtures
+from data.pipal import crop_windows, fixed_windows, minmax_normalise, read_list, read_rgb
+from tests.conftest import FIXTURES, list_dataset, needs_fixtures
 from utils.errors import AHIQError
 
 
@@ -113,7 +113,7 @@ def test_random_windows_seeded_by_seed_and_name():
 
 
 def test_dataset_crops_match_windows(pipal_set):
-    ds = PairListDataset(pipal_set["ref"], pipal_set["dis"], pipal_set["list"], crop_size=32, n_crops=5)
+    ds = list_dataset(pipal_set, crop_size=32, n_crops=5)
     item = ds[4]
     assert item["dis"].shape == (5, 3, 32, 32) and item["dis"].dtype.is_floating_point is False
     img = read_rgb(ds.paths(4)[0])
@@ -126,17 +126,17 @@ def test_dataset_crops_match_windows(pipal_set):
 
 
 def test_dataset_flip_and_resize(pipal_set):
-    flipped = PairListDataset(pipal_set["ref"], pipal_set["dis"], pipal_set["list"], 32, 1, flip=True)
+    flipped = list_dataset(pipal_set, 32, 1, flip=True)
     img = read_rgb(flipped.paths(0)[0])[:, ::-1]
     t, left = fixed_windows(48, 56, 32)[4]
     np.testing.assert_array_equal(flipped[0]["dis"][0].numpy().transpose(1, 2, 0), img[t:t + 32, left:left + 32])
-    resized = PairListDataset(pipal_set["ref"], pipal_set["dis"], pipal_set["list"], 32, 1, resize=32)
+    resized = list_dataset(pipal_set, 32, 1, resize=32)
     expected = cv2.resize(read_rgb(resized.paths(0)[0]), (32, 32))
     np.testing.assert_array_equal(resized[0]["dis"][0].numpy().transpose(1, 2, 0), expected)
 
 
 def _set_with(pipal_set, **kw):
-    return PairListDataset(pipal_set["ref"], pipal_set["dis"], pipal_set["list"], **kw)
+    return list_dataset(pipal_set, **kw)
 
 
 def test_bad_images_are_named(pipal_set, tmp_path):

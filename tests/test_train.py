@@ -18,8 +18,7 @@ from scipy import stats
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
 import train
-from data.pipal import PairListDataset
-from tests.conftest import make_pipal_set
+from tests.conftest import list_dataset, make_pipal_set
 from utils.engine import train_one_epoch
 from utils.errors import AHIQError
 
@@ -121,7 +120,7 @@ def test_training_fits_a_few_pairs(model_factory, sets):
     """A learning sanity check: on a fixed batch the loss falls far below the label variance (so the model learns
     the differences between pairs, not just their mean) and the predictions rank the pairs correctly."""
     model = copy.deepcopy(model_factory(8))
-    data = PairListDataset(sets["train"]["ref"], sets["train"]["dis"], sets["train"]["list"], 32, 1)
+    data = list_dataset(sets["train"], 32, 1)
     batch = torch.utils.data.default_collate([data[(0, i)] for i in range(6)])
     params = list(model.deform_net.parameters()) + list(model.regressor.parameters())
     optimizer = torch.optim.Adam(params, lr=1e-4)
