@@ -10,7 +10,8 @@ from scipy import optimize, stats
 
 def logistic4(x: np.ndarray, b1: float, b2: float, b3: float, b4: float) -> np.ndarray:
     """(b1 - b2) / (1 + exp(-(x - b3) / |b4|)) + b2: monotone, from b2 (x -> -inf) to b1 (x -> +inf)."""
-    return (b1 - b2) / (1 + np.exp(-(x - b3) / (np.abs(b4) + 1e-12))) + b2
+    z = np.clip(-(x - b3) / (np.abs(b4) + 1e-12), -500, 500)  # exp(500) is finite; beyond, the curve is flat anyway
+    return (b1 - b2) / (1 + np.exp(z)) + b2
 
 
 def fit_logistic4(pred: np.ndarray, label: np.ndarray) -> np.ndarray | None:
