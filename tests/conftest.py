@@ -135,7 +135,9 @@ def make_fr_dataset(root: Path, preset: str, n_refs: int = 5, n_dis: int = 3, si
     label_file = root / p.labels
     label_file.parent.mkdir(parents=True, exist_ok=True)
     if p.list_format == "csv":
-        column = "dmos" if preset in ("live", "csiq", "kadid10k") else "mos"  # as pyiqa's files name them
+        # as pyiqa's files name them: LIVE's 'mos' holds DMOS and KADID's 'dmos' holds MOS, so the direction must
+        # come from the preset, never from the column name
+        column = "dmos" if preset in ("csiq", "kadid10k") else "mos"
         text = f"ref_name,dist_name,{column},std\n" + "".join(f"{a},{b},{s:.4f},0.5\n" for a, b, s in rows)
     else:
         text = "".join(f"{b},{s:.4f}\n" for _, b, s in rows)
