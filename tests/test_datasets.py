@@ -102,6 +102,15 @@ def test_real_kadid_list_joined_with_its_real_images(tmp_path):
         dataset_from_options(opt, "train", "all", 1)
 
 
+def test_csv_columns_are_found_by_name_in_any_order(tmp_path):
+    f = tmp_path / "meta_info_PIPALDataset.csv"  # pyiqa's PIPAL file: hq_name, dist_name, elo_score
+    f.write_text("dist_name,elo_score,hq_name,extra\nA0001_00_00.bmp,1520.5,A0001.bmp,x\n"
+                 "sub/A0002_01_00.bmp,1400.25,A0002.bmp,y\n")
+    labels = read_labels(str(f), "csv")
+    assert labels.names == ["A0001_00_00.bmp", "sub/A0002_01_00.bmp"] and labels.refs == ["A0001.bmp", "A0002.bmp"]
+    assert labels.raw.tolist() == [1520.5, 1400.25] and labels.columns == {"extra": ["x", "y"]}
+
+
 def test_csv_errors_name_the_file_and_the_fix(tmp_path):
     f = tmp_path / "meta.csv"
     f.write_text("I01.png,I01_01_01.png,4.5\n")
