@@ -1,8 +1,9 @@
-"""Score a PIPAL-style list with a trained AHIQ model; reproduce the NTIRE 2022 FR submission.
+"""Score a list of image pairs with a trained AHIQ model; reproduce the NTIRE 2022 FR submission.
 
 Writes ``{checkpoints_dir}/{name}/{test_file_name}`` (one ``name,score`` line per listed image, in list order) and,
 when the list has MOS, prints SRCC/PLCC/KRCC/RMSE and the main score and saves them as JSON beside it.
-``--submission DIR`` also writes the NTIRE package. Example: ``sh test.sh`` or ``python test.py --help``.
+``--submission DIR`` also writes the NTIRE package. Other datasets: ``--dataset``/``--data_root``/CSV labels, and
+``--split_file`` + ``--split_part`` to score one part of a split. Example: ``sh test.sh`` or ``python test.py --help``.
 """
 from __future__ import annotations
 

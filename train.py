@@ -5,6 +5,8 @@ MOS min-max normalised over the list, one random crop + horizontal flip per samp
 epochs averages ``--num_avg_val`` fixed windows. Files in ``{checkpoints_dir}/{name}``: ``best.pth`` (SRCC or PLCC
 improved), ``epoch_N.pth`` (every ``--save_interval``), ``last.pth`` (every epoch and on SIGINT/SIGTERM), log.txt,
 opt_train.txt/.json and TensorBoard events. ``--resume`` continues exactly; ``torchrun --nproc_per_node=K`` runs DDP.
+Other datasets (``--dataset``, ``--data_root``, CSV labels) and content-disjoint splits (``--split_file``: train on
+the 'train' part, validate on the 'val' part of one label file) come from data/datasets.py and data/splits.py.
 """
 from __future__ import annotations
 
@@ -95,7 +97,8 @@ def build_loaders(opt, info: DistInfo) -> tuple[PairDataset, DataLoader, EpochSa
                             "--val_list, or split the data by reference with --split_file FILE (see README)")
         val_set = dataset_from_options(opt, "val", "val", opt.num_avg_val)
     if val_set.labels is None or len(val_set) < 2:
-        raise AHIQError(f"{opt.val_list}: validation needs two or more images with a score")
+        source = f"{opt.train_list} ({split_text(opt)}, part val)" if split else opt.val_list
+        raise AHIQError(f"{source}: validation needs two or more images with a score")
     workers = {"num_workers": opt.num_workers, "pin_memory": opt.device.startswith("cuda"),
                "persistent_workers": opt.num_workers > 0}
     sampler = EpochSampler(len(train_set), opt.seed, info.rank, info.world_size)
