@@ -11,6 +11,8 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
+BATCHED_GEMM_MIN_PIXELS = 1024
+
 
 def deform_conv2d_gemm(x: torch.Tensor, offset: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None,
                        padding: int = 1) -> torch.Tensor:
@@ -21,6 +23,9 @@ def deform_conv2d_gemm(x: torch.Tensor, offset: torch.Tensor, weight: torch.Tens
     xs = torch.arange(w, device=x.device, dtype=offset.dtype).view(1, 1, w)
     # align_corners=True maps pixel centre i to -1 + 2i/(n-1): the pixel coordinates torchvision samples at.
     scale_y, scale_x = 2.0 / max(h - 1, 1), 2.0 / max(w - 1, 1)
+    # measured on the CPU: batched GEMMs win at 56x56 (224 crops), one flat GEMM wins at 12x12 (48 crops), also in
+    # training; the threshold sits between
+    batched = h * w >= BATCHED_GEMM_MIN_PIXELS
     out = None
     for i in range(kh):
         for j in range(kw):
@@ -28,9 +33,14 @@ def deform_conv2d_gemm(x: torch.Tensor, offset: torch.Tensor, weight: torch.Tens
             py = ys + (i - padding) + offset[:, 2 * k]
             px = xs + (j - padding) + offset[:, 2 * k + 1]
             grid = torch.stack((px * scale_x - 1, py * scale_y - 1), dim=-1).to(x.dtype)
-            sampled = F.grid_sample(x, grid, mode="bilinear", padding_mode="zeros", align_corners=True).flatten(2)
-            w_k = weight[:, :, i, j]  # (C_out, C) times (B, C, H*W): batched GEMMs on the samples as laid out
-            out = torch.matmul(w_k, sampled) if out is None else torch.baddbmm(out, w_k.expand(b, -1, -1), sampled)
+            sampled = F.grid_sample(x, grid, mode="bilinear", padding_mode="zeros", align_corners=True)
+            w_k = weight[:, :, i, j]
+            if batched:  # (C_out, C) times (B, C, H*W): GEMMs on the samples as laid out, no permuted copy
+                sampled = sampled.flatten(2)
+                out = torch.matmul(w_k, sampled) if out is None else torch.baddbmm(out, w_k.expand(b, -1, -1), sampled)
+            else:  # small maps: one GEMM over all images (per-image GEMMs would be too thin to be efficient)
+                tap = torch.einsum("oc,bchw->bohw", w_k, sampled)
+                out = tap if out is None else out + tap
     out = out.view(b, c_out, h, w)
     if bias is not None:
         out = out + bias.view(1, c_out, 1, 1)

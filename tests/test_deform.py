@@ -10,19 +10,27 @@ from torchvision.ops import deform_conv2d
 from models.deform import conv3x3_nearest_upsampled, deform_conv2d_gemm
 
 
-@pytest.mark.parametrize("shape,offset_scale", [((2, 8, 5, 7), 1.0), ((3, 16, 9, 9), 4.0), ((1, 32, 14, 6), 0.3)])
-def test_gemm_deform_conv_equals_torchvision(shape, offset_scale):
+# the last shape has H*W >= 1024: the batched-GEMM path (in float64: on a map that large, fp32 grid coordinates
+# alone move samples by ~1e-5 of a pixel); the others take the one-GEMM path
+@pytest.mark.parametrize("shape,offset_scale,dtype", [((2, 8, 5, 7), 1.0, torch.float32),
+                                                      ((3, 16, 9, 9), 4.0, torch.float32),
+                                                      ((1, 32, 14, 6), 0.3, torch.float32),
+                                                      ((2, 4, 32, 33), 2.0, torch.float64)])
+def test_gemm_deform_conv_equals_torchvision(shape, offset_scale, dtype):
     g = torch.Generator().manual_seed(sum(shape))
     b, c, h, w = shape
-    x = torch.randn(shape, generator=g, requires_grad=True)
+    x = torch.randn(shape, generator=g, dtype=dtype, requires_grad=True)
     # large offsets reach outside the map, where both read zeros
-    offset = (torch.randn(b, 18, h, w, generator=g) * offset_scale).requires_grad_()
-    weight = (torch.randn(c + 3, c, 3, 3, generator=g) / c ** 0.5).requires_grad_()
-    bias = torch.randn(c + 3, generator=g, requires_grad=True)
+    offset = (torch.randn(b, 18, h, w, generator=g, dtype=dtype) * offset_scale).requires_grad_()
+    weight = (torch.randn(c + 3, c, 3, 3, generator=g, dtype=dtype) / c ** 0.5).requires_grad_()
+    bias = torch.randn(c + 3, generator=g, dtype=dtype, requires_grad=True)
     ref = deform_conv2d(x, offset, weight, bias, padding=(1, 1))
     out = deform_conv2d_gemm(x, offset, weight, bias, padding=1)
     torch.testing.assert_close(out, ref, rtol=1e-5, atol=1e-5)
-    upstream = torch.randn(ref.shape, generator=g)
+    with torch.inference_mode():  # the scoring path: no autograd
+        torch.testing.assert_close(deform_conv2d_gemm(x, offset, weight, bias, padding=1), ref.detach(),
+                                   rtol=1e-5, atol=1e-5)
+    upstream = torch.randn(ref.shape, generator=g, dtype=dtype)
     grads_ref = torch.autograd.grad(ref, (x, offset, weight, bias), upstream)
     grads = torch.autograd.grad(out, (x, offset, weight, bias), upstream)
     for name, a, e in zip(("input", "offset", "weight", "bias"), grads, grads_ref):
