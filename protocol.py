@@ -46,7 +46,7 @@ def protocol_parser() -> argparse.ArgumentParser:
     g.add_argument("--test_batch_size", type=int, default=10, help="images per batch when testing")
     g.add_argument("--cross_dataset", nargs="*", default=[], choices=sorted(PRESETS),
                    help="also test each split's model on these whole datasets")
-    g.add_argument("--cross_data_root", default=None, help="root of the --cross_dataset data; default: --data_root")
+    g.add_argument("--cross_data_root", default=None, help="root of the --cross_dataset data; None: --data_root")
     return p
 
 

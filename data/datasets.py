@@ -216,7 +216,7 @@ def add_dataset_options(p: argparse.ArgumentParser) -> None:
 def add_split_making_options(g) -> None:
     g.add_argument("--split_ratios", default="6,2,2", help="train,val,test proportions of references (new files)")
     g.add_argument("--n_splits", type=int, default=10, help="splits in a new --split_file")
-    g.add_argument("--split_seed", type=int, default=None, help="seed of a new --split_file; default: --seed")
+    g.add_argument("--split_seed", type=int, default=None, help="seed of a new --split_file; None: --seed")
 
 
 def add_label_options(p: argparse.ArgumentParser):
@@ -226,9 +226,9 @@ def add_label_options(p: argparse.ArgumentParser):
     g.add_argument("--data_root", default=None,
                    help="dataset root: fills the image folders and label files the preset names, unless given")
     g.add_argument("--list_format", default=None, choices=LIST_FORMATS,
-                   help="label files: 'pipal' (name,score lines) or 'csv' (pyiqa meta-info); default: the preset's")
+                   help="label files: 'pipal' (name,score lines) or 'csv' (pyiqa meta-info); None: the preset's")
     g.add_argument("--label_direction", default=None, choices=("higher_better", "lower_better"),
-                   help="lower_better (DMOS) labels are flipped before normalising; default: the preset's")
+                   help="lower_better (DMOS) labels are flipped before normalising; None: the preset's")
     return g
 
 

@@ -69,8 +69,8 @@ def base_parser(with_lists: bool = True) -> argparse.ArgumentParser:
     g.add_argument("--no_pretrained", action="store_true",
                    help="random backbones (tests, offline demos): scores are meaningless")
     g = p.add_argument_group("ablations (defaults: the paper's model; see README, 'Ablations')")
-    g.add_argument("--vit_name", default=None, help="timm ViT name; default: the pinned tag for --patch_size")
-    g.add_argument("--resnet_name", default=None, help=f"timm ResNet name; default: {RESNET_TAG}")
+    g.add_argument("--vit_name", default=None, help="timm ViT name; None: the pinned tag for --patch_size")
+    g.add_argument("--resnet_name", default=None, help=f"timm ResNet name; None: {RESNET_TAG}")
     g.add_argument("--vit_blocks", default=",".join(map(str, VIT_BLOCKS)), help="ViT blocks whose outputs are used")
     g.add_argument("--cnn_blocks", default=",".join(CNN_BLOCKS), help="ResNet blocks used, all of one stage")
     g.add_argument("--fusion", default="deform", choices=FUSIONS, help="how CNN features are fused")
