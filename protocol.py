@@ -119,7 +119,7 @@ def test_options(train_opt: argparse.Namespace, opt: argparse.Namespace, cross: 
 
 def test_once(topt: argparse.Namespace) -> dict:
     """test.py's metrics for these options; reused from an earlier run's metrics file when it is there."""
-    metrics_path = os.path.join(topt.run_dir, os.path.splitext(topt.test_file_name)[0] + "_metrics.json")
+    metrics_path = test_script.metrics_file(topt.run_dir, topt.test_file_name)
     if os.path.isfile(metrics_path):
         with open(metrics_path) as f:
             return json.load(f)
@@ -184,7 +184,7 @@ def main(argv: list[str] | None = None) -> dict:
     rows = []
     for k in range(opt.n_splits):
         sub = split_options(opt, k)
-        done = os.path.isfile(os.path.join(sub.run_dir, os.path.splitext(RESULTS_FILE)[0] + "_metrics.json"))
+        done = os.path.isfile(test_script.metrics_file(sub.run_dir, RESULTS_FILE))
         if not done:
             log.info("split %d/%d: training in %s%s", k + 1, opt.n_splits, sub.run_dir,
                      " (resuming)" if sub.resume else "")

@@ -34,19 +34,22 @@ class Scorer:
     n_ensemble: int = 20
     seed: int = 1919
     crops_per_forward: int = 50
-    mos_range: tuple[float, float] | None = None
+    label_norm: dict | None = None  # how the training labels were normalised (data.datasets.label_norm)
     checkpoint: str | None = None
-    lower_better: bool = False  # the training labels were DMOS (LIVE, CSIQ): to_mos gives DMOS
     amp_dtype: torch.dtype | None = None  # bf16/fp16 autocast on CUDA
+
+    @property
+    def lower_better(self) -> bool:
+        """The training labels were DMOS (LIVE, CSIQ): :meth:`to_mos` gives DMOS, where lower is better."""
+        return bool(self.label_norm and self.label_norm.get("lower_better"))
 
     def to_mos(self, scores: np.ndarray | torch.Tensor) -> np.ndarray:
         """Normalised scores in the units of the training labels: lo + score * (hi - lo), or for DMOS labels
-        hi - score * (hi - lo) (then lower is better, as DMOS)."""
-        if self.mos_range is None:
+        hi - score * (hi - lo)."""
+        if self.label_norm is None:
             raise AHIQError(f"{self.checkpoint}: the checkpoint holds no training MOS range (official files do not); "
                             "give one with --mos_range LO HI / mos_range=(lo, hi)")
-        return to_raw(scores, {"mos_min": self.mos_range[0], "mos_max": self.mos_range[1],
-                               "lower_better": self.lower_better})
+        return to_raw(scores, self.label_norm)
 
     def score_files(self, pairs: Sequence[tuple[str, str]], batch_size: int = 10, num_workers: int = 0,
                     progress: bool = False) -> np.ndarray:
@@ -90,10 +93,12 @@ def load_scorer(ckpt: str | None = None, checkpoints_dir: str = "checkpoints", n
                                                                resnet_weights)
     model = build_checked(patch_size, pretrained, vit_weights, resnet_weights, deform_impl, **(arch or {}))
     meta = load_weights(model, ckpt).get("ahiq", {})
-    norm = meta.get("label_norm") or {}
-    lower_better = False
-    if mos_range is None and meta.get("mos_min") is not None:
-        mos_range = (float(meta["mos_min"]), float(meta["mos_max"]))
-        lower_better = bool(norm.get("lower_better", False))
-    return Scorer(model.to(device).eval(), mos_range=mos_range, checkpoint=ckpt, lower_better=lower_better,
-                  **settings)
+    if mos_range is not None:  # given by the user (official files hold no range): MOS, higher is better
+        norm = {"mos_min": float(mos_range[0]), "mos_max": float(mos_range[1]), "lower_better": False}
+    elif meta.get("label_norm"):
+        norm = dict(meta["label_norm"])
+    elif meta.get("mos_min") is not None:  # our files from before label_norm was stored
+        norm = {"mos_min": float(meta["mos_min"]), "mos_max": float(meta["mos_max"]), "lower_better": False}
+    else:
+        norm = None
+    return Scorer(model.to(device).eval(), label_norm=norm, checkpoint=ckpt, **settings)

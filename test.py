@@ -34,6 +34,11 @@ def format_predictions(names: list[str], preds: np.ndarray) -> str:
     return "".join(f"{name},{score:.9g}\n" for name, score in zip(names, preds))
 
 
+def metrics_file(run_dir: str, test_file_name: str) -> str:
+    """Where test.py writes the metrics of ``test_file_name`` (beside it, ``{stem}_metrics.json``)."""
+    return os.path.join(run_dir, os.path.splitext(test_file_name)[0] + "_metrics.json")
+
+
 def write_submission(folder: str, predictions: str, seconds_per_image: float, on_cpu: bool, n_ensemble: int) -> str:
     """The NTIRE 2022 FR package: output.txt, readme.txt and submission.zip holding just those two."""
     hardware = "CPU" if on_cpu else torch.cuda.get_device_name()
@@ -86,7 +91,7 @@ def run(opt) -> dict:
               "n_images": len(names)}
     if not np.isnan(labels).any() and len(labels) > 1:
         metrics = iqa_metrics(preds, labels)
-        metrics_path = os.path.splitext(out_path)[0] + "_metrics.json"
+        metrics_path = metrics_file(opt.run_dir, opt.test_file_name)
         atomic_write(metrics_path, json.dumps({**metrics, "n_images": len(names), "list": opt.test_list,
                                                "dataset": opt.dataset, "lower_better": opt.lower_better,
                                                "split": {"file": opt.split_file, "index": opt.split_index,

@@ -23,7 +23,7 @@ import torch
 from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import DataLoader, Subset
 
-from data.datasets import dataset_from_options, label_norm
+from data.datasets import dataset_from_options, has_split, label_norm
 from data.pipal import PairDataset
 from data.sampler import EpochSampler
 from models import AHIQ
@@ -84,11 +84,10 @@ def seed_everything(seed: int) -> None:
 
 
 def build_loaders(opt, info: DistInfo) -> tuple[PairDataset, DataLoader, EpochSampler, DataLoader]:
-    split = opt.split_file is not None or opt.split_column is not None
     train_set = dataset_from_options(opt, "train", "train", 1, create_split=True)
     if train_set.labels is None:
         raise AHIQError(f"{opt.train_list}: the training labels need a score on every row")
-    if split:  # a split divides one dataset: validation takes its 'val' part of the training labels and folders
+    if has_split(opt):  # a split divides one dataset: validation is the 'val' part of the training labels
         val_set = dataset_from_options(opt, "train", "val", opt.num_avg_val)
     else:
         if (opt.train_list, opt.train_ref_path, opt.train_dis_path) == (opt.val_list, opt.val_ref_path,
@@ -97,7 +96,7 @@ def build_loaders(opt, info: DistInfo) -> tuple[PairDataset, DataLoader, EpochSa
                             "--val_list, or split the data by reference with --split_file FILE (see README)")
         val_set = dataset_from_options(opt, "val", "val", opt.num_avg_val)
     if val_set.labels is None or len(val_set) < 2:
-        source = f"{opt.train_list} ({split_text(opt)}, part val)" if split else opt.val_list
+        source = f"{opt.train_list} ({split_text(opt)}, part val)" if has_split(opt) else opt.val_list
         raise AHIQError(f"{source}: validation needs two or more images with a score")
     workers = {"num_workers": opt.num_workers, "pin_memory": opt.device.startswith("cuda"),
                "persistent_workers": opt.num_workers > 0}

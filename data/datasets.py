@@ -263,13 +263,18 @@ def parse_ratios(text: str) -> tuple[float, float, float]:
     return ratios  # type: ignore[return-value]
 
 
+def has_split(opt: argparse.Namespace) -> bool:
+    """Whether the options choose a split (a split file or a split column)."""
+    return opt.split_file is not None or opt.split_column is not None
+
+
 def select_rows(labels: Labels, opt: argparse.Namespace, part: str, create_split: bool = False) -> Labels:
     """The rows of ``labels`` in ``part`` of the split the options choose (all rows when none is chosen).
 
     A missing ``--split_file`` is made only when ``create_split`` (training); elsewhere it is an error, so a mistyped
     path can never score a model on a fresh split that overlaps its training images.
     """
-    if part == "all" or (opt.split_file is None and opt.split_column is None):
+    if part == "all" or not has_split(opt):
         return labels
     if opt.split_column is not None:
         column = labels.columns.get(opt.split_column.lower())
