@@ -64,8 +64,8 @@ def parse_protocol_options(argv: list[str] | None = None) -> argparse.Namespace:
 
 
 # Options that may change between runs of one protocol folder (they do not change what is computed).
-FREE_OPTIONS = {"n_splits", "cross_dataset", "cross_data_root", "num_workers", "gpu_ids", "device", "val_batch_size",
-                "test_batch_size", "crops_per_forward"}
+FREE_OPTIONS = {"n_splits", "cross_dataset", "cross_data_root", "num_workers", "gpu_ids", "gpu_list", "device",
+                "val_batch_size", "test_batch_size", "crops_per_forward"}
 
 
 def check_same_protocol(opt: argparse.Namespace) -> None:
@@ -171,7 +171,8 @@ def write_results(opt: argparse.Namespace, rows: list[dict], summary: dict) -> N
 def main(argv: list[str] | None = None) -> dict:
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     opt = parse_protocol_options(argv)
-    info, opt.device = init_distributed(opt.device)
+    info = init_distributed(opt.device, opt.gpu_list)
+    opt.device = info.device
     if info.enabled:
         raise AHIQError("protocol.py runs in one process; start it with python, not torchrun")
     check_same_protocol(opt)

@@ -30,7 +30,7 @@ from models import AHIQ
 from options.base_options import build_from_options, configure_backends, resolve_amp, save_options
 from options.train_options import parse_train_options
 from utils.checkpoint import find_checkpoint, load_weights, save_weights
-from utils.distributed import DistInfo, any_rank, gather_arrays, init_distributed, shutdown
+from utils.distributed import DistInfo, barrier, gather_arrays, init_distributed, reduce_step, shutdown
 from utils.engine import predict, train_one_epoch
 from utils.errors import AHIQError, run_cli
 from utils.logger import setup_logging
@@ -136,31 +136,46 @@ def checkpoint_path(opt) -> str | None:
     return None
 
 
-def restore(path: str, model: AHIQ, optimizer, scheduler) -> TrainState:
+def make_scaler(opt) -> torch.amp.GradScaler | None:
+    """fp16 autocast needs loss scaling (its range is small); bf16 and fp32 do not."""
+    return torch.amp.GradScaler("cuda") if opt.autocast_dtype == torch.float16 else None
+
+
+def restore(path: str, model: AHIQ, optimizer, scheduler, scaler: torch.amp.GradScaler | None = None) -> TrainState:
     ckpt = load_weights(model, path)
     if "train_state" not in ckpt or "optimizer_state_dict" not in ckpt:
         raise AHIQError(f"{path}: has no training state to resume from (weights only)")
     optimizer.load_state_dict(ckpt["optimizer_state_dict"])
     scheduler.load_state_dict(ckpt["scheduler_state_dict"])
+    saved_scaler = ckpt.get("scaler_state_dict")
+    if scaler is not None and saved_scaler:
+        scaler.load_state_dict(saved_scaler)
+    elif scaler is not None:
+        log.warning("%s: saved without fp16 loss scaling; the loss scale starts afresh", path)
+    elif saved_scaler:
+        log.warning("%s: saved with fp16 loss scaling (--amp --amp_dtype fp16), resumed without it", path)
     state = dict(ckpt["train_state"])
     set_rng_state(state.pop("rng"))
     return TrainState(**state)
 
 
-def save(path: str, model: AHIQ, optimizer, scheduler, state: TrainState, opt, train_set, loss: float) -> None:
+def save(path: str, model: AHIQ, optimizer, scheduler, scaler: torch.amp.GradScaler | None, state: TrainState, opt,
+         train_set, loss: float) -> None:
     save_weights(path, model, meta={"mos_min": train_set.mos_min, "mos_max": train_set.mos_max,
                                     "label_norm": label_norm(train_set.raw_scores, train_set.lower_better),
                                     "dataset": opt.dataset, "train_list": opt.train_list,
                                     "split": {"file": opt.split_file, "index": opt.split_index,
                                               "column": opt.split_column}},
                  optimizer_state_dict=optimizer.state_dict(), scheduler_state_dict=scheduler.state_dict(),
+                 scaler_state_dict=scaler.state_dict() if scaler is not None else None,
                  epoch=state.epoch - 1, loss=float(loss), train_state={**asdict(state), "rng": rng_state()},
                  options={k: v for k, v in vars(opt).items() if k != "autocast_dtype"})
 
 
 def main(argv: list[str] | None = None) -> TrainState:
     opt = parse_train_options(argv)
-    info, opt.device = init_distributed(opt.device)
+    info = init_distributed(opt.device, opt.gpu_list)
+    opt.device = info.device
     try:
         return run(opt, info)
     finally:
@@ -178,8 +193,8 @@ def run(opt, info: DistInfo) -> TrainState:
     params = [p for part in model.trainable_parts().values() for p in part.parameters()]
     optimizer = torch.optim.Adam(params, lr=opt.learning_rate, weight_decay=opt.weight_decay)
     scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=opt.T_max, eta_min=opt.eta_min)
-    scaler = torch.amp.GradScaler("cuda") if opt.autocast_dtype == torch.float16 else None
-    state = restore(resume_from, model, optimizer, scheduler) if resume_from else TrainState()
+    scaler = make_scaler(opt)
+    state = restore(resume_from, model, optimizer, scheduler, scaler) if resume_from else TrainState()
     net = model
     if info.enabled:
         net = DistributedDataParallel(model, device_ids=[opt.device] if opt.device.startswith("cuda") else None,
@@ -204,15 +219,16 @@ def run(opt, info: DistInfo) -> TrainState:
     while state.epoch < opt.n_epoch:
         sampler.set_epoch(state.epoch, skip=state.step * opt.batch_size)
         result = train_one_epoch(net, train_loader, optimizer, scheduler, opt.device, opt.autocast_dtype, scaler,
-                                 lambda: any_rank(stop.signal is not None, info), on_step, info.is_main,
+                                 lambda loss: reduce_step(loss, stop.signal is not None, info), on_step, info.is_main,
                                  desc=f"epoch {state.epoch + 1}/{opt.n_epoch}")
         loss = float(np.mean(result.losses)) if result.losses else float("nan")
         if result.interrupted:
             state.step += len(result.losses)
             if info.is_main:
-                save(last, model, optimizer, scheduler, state, opt, train_set, loss)
+                save(last, model, optimizer, scheduler, scaler, state, opt, train_set, loss)
                 log.warning("stopped by %s after step %d of epoch %d; saved %s; continue with --resume",
                             stop.signal or "another rank", state.step, state.epoch + 1, last)
+            barrier(info)  # torchrun ends the other ranks once one exits: keep them until last.pth is written
             if writer:
                 writer.close()
             sys.exit(3)
@@ -231,12 +247,13 @@ def run(opt, info: DistInfo) -> TrainState:
                     writer.add_scalar(f"val/{key}", metrics[key], state.epoch)
                 writer.add_figure("val/scatter", scatter_figure(preds, labels, metrics), state.epoch)
             if improved and info.is_main:
-                save(os.path.join(opt.run_dir, "best.pth"), model, optimizer, scheduler, state, opt, train_set, loss)
+                save(os.path.join(opt.run_dir, "best.pth"), model, optimizer, scheduler, scaler, state, opt, train_set,
+                     loss)
         if info.is_main:
             if state.epoch % opt.save_interval == 0:
-                save(os.path.join(opt.run_dir, f"epoch_{state.epoch}.pth"), model, optimizer, scheduler, state,
+                save(os.path.join(opt.run_dir, f"epoch_{state.epoch}.pth"), model, optimizer, scheduler, scaler, state,
                      opt, train_set, loss)
-            save(last, model, optimizer, scheduler, state, opt, train_set, loss)
+            save(last, model, optimizer, scheduler, scaler, state, opt, train_set, loss)
     if writer:
         writer.close()
         log.info("done: best SRCC %.4f PLCC %.4f; checkpoints in %s", state.best_srcc, state.best_plcc, opt.run_dir)

@@ -151,6 +151,12 @@ def finalize(opt: argparse.Namespace) -> argparse.Namespace:
         raise AHIQError(f"--gpu_ids {opt.gpu_ids!r}: expected comma-separated integers, e.g. 0 or 0,1 or -1") from None
     if ids and not torch.cuda.is_available():
         raise AHIQError(f"--gpu_ids {opt.gpu_ids}: CUDA is not available here; pass --gpu_ids -1 to run on the CPU")
+    missing = [i for i in ids if i >= torch.cuda.device_count()] if ids else []
+    if missing:
+        count = torch.cuda.device_count()
+        raise AHIQError(f"--gpu_ids {opt.gpu_ids}: no GPU {missing[0]} here (this machine has {count}: "
+                        f"0-{count - 1}); pass ids below {count}, or -1 for the CPU")
+    opt.gpu_list = ids  # under torchrun each process takes its own GPU (utils.distributed.rank_device)
     opt.device = f"cuda:{ids[0]}" if ids else "cpu"
     if getattr(opt, "crops_per_forward", 1) < 1:
         raise AHIQError(f"--crops_per_forward must be at least 1, got {opt.crops_per_forward}")

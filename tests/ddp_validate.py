@@ -16,7 +16,8 @@ from utils.distributed import init_distributed, shutdown
 
 def main(out_file: str, ckpt: str, argv: list[str]) -> None:
     opt = parse_train_options(argv)
-    info, opt.device = init_distributed(opt.device)
+    info = init_distributed(opt.device, opt.gpu_list)
+    opt.device = info.device
     opt.autocast_dtype = None
     _, _, _, val_loader = train.build_loaders(opt, info)
     model = build_from_options(opt, pretrained=False)

@@ -1,7 +1,17 @@
-"""The benchmark script runs end to end on tiny inputs and compares like with like (fp32 scores agree)."""
+"""The benchmark script runs end to end on tiny inputs and compares like with like (fp32 scores agree); the GPU
+check refuses to run without CUDA."""
 from __future__ import annotations
 
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
 from benchmarks.benchmark import main
+
+REPO = Path(__file__).resolve().parents[1]
 
 
 def test_benchmark_smoke(tmp_path):
@@ -10,3 +20,12 @@ def test_benchmark_smoke(tmp_path):
     assert out["test"]["fp32_max_rel_dev"] < 1e-4  # the fast path scores what the official-style baseline scores
     assert out["test"]["baseline_images_per_s"] > 0 and out["train"]["fp32_pairs_per_s"] > 0
     assert (tmp_path / "bench.json").is_file()
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="checks the message given without CUDA")
+def test_gpu_check_without_cuda_says_so_in_one_line():
+    proc = subprocess.run([sys.executable, "-m", "benchmarks.gpu_check"], cwd=REPO, capture_output=True, text=True,
+                          timeout=120)
+    assert proc.returncode == 2 and proc.stdout == ""
+    assert proc.stderr.strip().splitlines() == ["gpu_check: no CUDA device here (torch.cuda.is_available() is False); "
+                                                "run it on a GPU machine"]

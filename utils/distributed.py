@@ -1,7 +1,15 @@
-"""torchrun-based data parallelism: process-group setup, the device of each rank, and gathering predictions.
+"""torchrun-based data parallelism: process-group setup, the device of each rank, and the two things ranks exchange.
 
-Launch with ``torchrun --nproc_per_node=K train.py ...`` (several nodes: torchrun's rendezvous options). Without
-torchrun everything runs in one process and these helpers are no-ops.
+Launch with ``torchrun --nproc_per_node=K train.py ...`` (or ``NPROC=K sh train.sh``; several nodes: ``NNODES``,
+``NODE_RANK``, ``MASTER_ADDR``). Without torchrun everything runs in one process and these helpers are no-ops.
+
+The process group gets a backend for each device type: ``cpu:gloo,cuda:nccl`` on GPUs, ``cpu:gloo`` on the CPU,
+so the same set-up code runs in production and in the CPU tests. NCCL has no CPU collectives, so every tensor this
+module hands to a collective is made on the rank's own device, and :func:`_check_device` refuses any other: a
+CPU tensor on a GPU rank would otherwise be routed through gloo (slow) or, in an NCCL-only group, fail at the first
+training step. Ranks exchange exactly two things: one (loss, stop) reduction per training step and the validation
+predictions (two all-gathers per validation); after a stop request they wait at one barrier for rank 0 to save.
+No other module calls ``torch.distributed`` (a test checks this).
 """
 from __future__ import annotations
 
@@ -12,12 +20,15 @@ import numpy as np
 import torch
 import torch.distributed as dist
 
+from utils.errors import AHIQError
+
 
 @dataclass
 class DistInfo:
     rank: int = 0
     world_size: int = 1
     local_rank: int = 0
+    device: str = "cpu"  # this rank's device: every collective tensor lives here
 
     @property
     def is_main(self) -> bool:
@@ -28,16 +39,36 @@ class DistInfo:
         return self.world_size > 1
 
 
-def init_distributed(device: str) -> tuple[DistInfo, str]:
-    """Join the torchrun process group (NCCL on GPUs, gloo on the CPU); returns the info and this rank's device."""
+def rank_device(device: str, gpu_ids: list[int], local_rank: int, local_world_size: int) -> str:
+    """The device of local rank ``local_rank``: its own GPU (``--gpu_ids`` lists them when it names several, e.g.
+    ``2,3``; otherwise GPUs 0..K-1), or the CPU. A GPU that is not there is a one-line error."""
+    if not device.startswith("cuda"):
+        return device
+    ids = gpu_ids if len(gpu_ids) > 1 else list(range(local_world_size))
+    if len(ids) < local_world_size:
+        raise AHIQError(f"--gpu_ids {','.join(map(str, gpu_ids))} names {len(ids)} GPUs for {local_world_size} "
+                        "processes per node; name one GPU per process, or lower NPROC / --nproc_per_node")
+    count = torch.cuda.device_count()
+    if ids[local_rank] >= count:
+        raise AHIQError(f"process {local_rank} of this node needs GPU {ids[local_rank]}, but this machine has "
+                        f"{count} GPU(s) (0-{count - 1}); lower NPROC / --nproc_per_node to at most {count} or fix "
+                        "--gpu_ids")
+    return f"cuda:{ids[local_rank]}"
+
+
+def init_distributed(device: str, gpu_ids: list[int] | None = None) -> DistInfo:
+    """Join the torchrun process group when there is one; returns this rank's info (with its device)."""
     if int(os.environ.get("WORLD_SIZE", "1")) <= 1:
-        return DistInfo(), device
-    info = DistInfo(int(os.environ["RANK"]), int(os.environ["WORLD_SIZE"]), int(os.environ["LOCAL_RANK"]))
+        return DistInfo(device=device)
+    rank, world, local = (int(os.environ[k]) for k in ("RANK", "WORLD_SIZE", "LOCAL_RANK"))
+    local_world = int(os.environ.get("LOCAL_WORLD_SIZE", world))
+    device = rank_device(device, gpu_ids or [0], local, local_world)
     if device.startswith("cuda"):
-        device = f"cuda:{info.local_rank}"
         torch.cuda.set_device(device)
-    dist.init_process_group("nccl" if device.startswith("cuda") else "gloo")
-    return info, device
+        dist.init_process_group("cpu:gloo,cuda:nccl", device_id=torch.device(device))
+    else:
+        dist.init_process_group("cpu:gloo")
+    return DistInfo(rank, world, local, device)
 
 
 def shutdown(info: DistInfo) -> None:
@@ -45,19 +76,45 @@ def shutdown(info: DistInfo) -> None:
         dist.destroy_process_group()
 
 
-def any_rank(flag: bool, info: DistInfo) -> bool:
-    """True on every rank when ``flag`` is true on any rank (so all ranks stop at the same step)."""
+def barrier(info: DistInfo) -> None:
+    """Wait for every rank (over gloo: no tensor of ours is involved)."""
+    if info.enabled:
+        dist.barrier()
+
+
+def _check_device(tensor: torch.Tensor, info: DistInfo) -> torch.Tensor:
+    if tensor.device != torch.device(info.device):
+        raise RuntimeError(f"collective on a {tensor.device} tensor from rank {info.rank}, whose device is "
+                           f"{info.device}: collective tensors must live on the rank's device (NCCL has no CPU ops)")
+    return tensor
+
+
+def reduce_step(loss: torch.Tensor, stop: bool, info: DistInfo) -> tuple[float, bool]:
+    """The one sync of a training step: the loss averaged over ranks, and whether any rank was asked to stop.
+
+    Every rank gets the same answer, so all stop at the same step and a non-finite loss on one rank stops all.
+    """
     if not info.enabled:
-        return flag
-    t = torch.tensor([int(flag)])
-    dist.all_reduce(t, op=dist.ReduceOp.MAX)
-    return bool(t.item())
+        return loss.item(), stop
+    t = torch.stack([loss.detach().float().reshape(()), torch.tensor(float(stop), device=loss.device)])
+    dist.all_reduce(_check_device(t, info), op=dist.ReduceOp.SUM)
+    total, stops = t.tolist()
+    return total / info.world_size, stops > 0
 
 
 def gather_arrays(info: DistInfo, *arrays: np.ndarray) -> list[np.ndarray]:
-    """Concatenate each array over all ranks (rank order); a no-op in one process."""
+    """Concatenate 1-D numeric arrays (same length on a rank, any length across ranks) over all ranks, in rank
+    order; float64 on the wire, so integer indices below 2**53 and NaN labels come back exactly."""
     if not info.enabled:
         return list(arrays)
-    gathered: list = [None] * info.world_size
-    dist.all_gather_object(gathered, arrays)
-    return [np.concatenate([part[i] for part in gathered]) for i in range(len(arrays))]
+    local = torch.from_numpy(np.stack([np.asarray(a, np.float64) for a in arrays], axis=1)).to(info.device)
+    count = torch.tensor([local.shape[0]], device=info.device)
+    counts = [torch.zeros_like(count) for _ in range(info.world_size)]
+    dist.all_gather(counts, _check_device(count, info))
+    longest = max(int(c.item()) for c in counts)
+    padded = torch.zeros(longest, len(arrays), dtype=torch.float64, device=info.device)
+    padded[: local.shape[0]] = local
+    parts = [torch.empty_like(padded) for _ in range(info.world_size)]
+    dist.all_gather(parts, _check_device(padded, info))
+    rows = torch.cat([p[: int(c.item())] for p, c in zip(parts, counts)]).cpu().numpy()
+    return [rows[:, i].astype(np.asarray(a).dtype) for i, a in enumerate(arrays)]

@@ -105,6 +105,8 @@ def predict(model: AHIQ, loader: DataLoader, crops_per_forward: int = 50, amp_dt
         labels.append(batch["label"].double())
         index.append(batch["index"])
     model.train(was_training)
+    if not names:  # an empty shard (more ranks than validation images)
+        return Predictions(np.zeros(0, np.int64), [], np.zeros(0), np.zeros(0))
     return Predictions(torch.cat(index).numpy(), names, torch.cat(preds).double().numpy(),
                        torch.cat(labels).numpy())
 
@@ -115,22 +117,31 @@ class StepResult:
     interrupted: bool
 
 
+StepSync = Callable[[torch.Tensor], tuple[float, bool]]  # loss -> (loss averaged over ranks, stop now)
+
+
 def train_one_epoch(model: torch.nn.Module, loader: DataLoader, optimizer: torch.optim.Optimizer,
                     scheduler: torch.optim.lr_scheduler.LRScheduler, device: str, amp_dtype: torch.dtype | None,
-                    scaler: torch.amp.GradScaler | None, should_stop: Callable[[], bool],
-                    on_step: Callable[[float, float], None], progress: bool = True, desc: str = "train") -> StepResult:
-    """One pass over ``loader``; the LR scheduler steps every iteration (official). Stops early when asked to."""
+                    scaler: torch.amp.GradScaler | None, sync: StepSync, on_step: Callable[[float, float], None],
+                    progress: bool = True, desc: str = "train") -> StepResult:
+    """One pass over ``loader``; the LR scheduler steps every iteration (official).
+
+    ``sync`` is the one exchange between ranks per step (:func:`utils.distributed.reduce_step`): it returns the loss
+    averaged over ranks and whether any rank was asked to stop, so every rank stops at the same step and a
+    non-finite loss stops all of them before the optimizer step.
+    """
     model.train()
     losses: list[float] = []
     bar = tqdm(loader, desc=desc, disable=not progress, dynamic_ncols=True, leave=False)
     for batch in bar:
         dis, ref = to_unit(batch["dis"][:, 0], device), to_unit(batch["ref"][:, 0], device)
-        label = batch["label"].to(device, torch.float32)
+        label = batch["label"].to(device, torch.float32, non_blocking=True)
         with autocast(device, amp_dtype):
             pred = model(dis, ref)
         loss = F.mse_loss(pred.float().view(-1), label)
-        if not math.isfinite(loss.item()):
-            raise FloatingPointError(f"training loss is {loss.item()}; lower --learning_rate or disable --amp")
+        mean_loss, stop = sync(loss)
+        if not math.isfinite(mean_loss):
+            raise FloatingPointError(f"training loss is {mean_loss}; lower --learning_rate or disable --amp")
         optimizer.zero_grad(set_to_none=True)
         if scaler is not None:
             scaler.scale(loss).backward()
@@ -141,9 +152,9 @@ def train_one_epoch(model: torch.nn.Module, loader: DataLoader, optimizer: torch
             optimizer.step()
         lr = optimizer.param_groups[0]["lr"]
         scheduler.step()
-        losses.append(loss.item())
-        on_step(losses[-1], lr)
-        bar.set_postfix(loss=f"{losses[-1]:.4f}")
-        if should_stop():
+        losses.append(mean_loss)
+        on_step(mean_loss, lr)
+        bar.set_postfix(loss=f"{mean_loss:.4f}")
+        if stop:
             return StepResult(losses, True)
     return StepResult(losses, False)
