@@ -8,9 +8,9 @@ cd "$(dirname "$0")"
 DATA=demo_data
 RUN=demo_$(date +%Y%m%d-%H%M%S)
 CKPTS=demo_runs
-$PY -m data.synthetic --out "$DATA" --n_refs 12 --size 64 --split 8 2 2
+$PY -m tools.make_synthetic --out "$DATA" --n_refs 12 --size 64 --split 8 2 2
 if $PY -c 'import torch, sys; sys.exit(0 if torch.cuda.is_available() else 1)'; then GPU=0; else GPU=-1; fi
-BACKBONES=$($PY -m utils.backbone_check --checkpoints_dir checkpoints)
+BACKBONES=$($PY -m tools.backbone_check --checkpoints_dir checkpoints)
 if [ "$BACKBONES" = "random" ]; then
     echo "NOTE: the pretrained backbone weights cannot be had here (no checkpoints/backbones/ files, no hub access)."
     echo "      The demo runs with RANDOM backbones: it shows the pipeline working, not AHIQ's real accuracy."

@@ -6,34 +6,17 @@ Uses the released checkpoint in checkpoints/ahiq_pipal (``sh download.sh``) unle
 """
 from __future__ import annotations
 
-import argparse
 import csv
 import io
 import os
 
-from options.base_options import arch_from_options, base_parser, configure_backends, finalize, resolve_amp
+from options.predict_options import parse_predict_options
+from runtime import configure_device
 from scoring import Scorer, load_scorer
 from utils.errors import AHIQError, run_cli
 from utils.files import atomic_write
 
 IMAGE_EXTS = (".bmp", ".png", ".jpg", ".jpeg", ".tif", ".tiff", ".webp")
-
-
-def predict_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], parents=[base_parser(with_lists=False)],
-                                formatter_class=argparse.ArgumentDefaultsHelpFormatter)
-    g = p.add_argument_group("pairs")
-    g.add_argument("--dis", help="a distorted image (with --ref)")
-    g.add_argument("--ref", help="its reference image")
-    g.add_argument("--dis_dir", help="a folder of distorted images (with --ref_dir; matched by file name)")
-    g.add_argument("--ref_dir", help="the folder of their references")
-    g.add_argument("--n_ensemble", type=int, default=20, help="crops per image, as in test.py")
-    g.add_argument("--batch_size", type=int, default=10, help="images per batch")
-    g.add_argument("--csv", help="also write 'dis,ref,score' rows to this CSV file")
-    g.add_argument("--mos_scale", action="store_true", help="report scores in MOS units of the training list")
-    g.add_argument("--mos_range", type=float, nargs=2, metavar=("LO", "HI"),
-                   help="training MOS range for --mos_scale when the checkpoint has none (official files)")
-    return p
 
 
 def match_folders(dis_dir: str, ref_dir: str) -> list[tuple[str, str]]:
@@ -63,16 +46,14 @@ def table(pairs: list[tuple[str, str]], scores, unit: str) -> str:
 
 
 def main(argv: list[str] | None = None) -> list[float]:
-    opt = finalize(predict_parser().parse_args(argv))
-    if bool(opt.dis) != bool(opt.ref) or bool(opt.dis_dir) != bool(opt.ref_dir) or bool(opt.dis) == bool(opt.dis_dir):
-        raise AHIQError("give either --dis FILE --ref FILE, or --dis_dir DIR --ref_dir DIR")
+    opt = parse_predict_options(argv)
     pairs = [(opt.dis, opt.ref)] if opt.dis else match_folders(opt.dis_dir, opt.ref_dir)
-    scorer: Scorer = load_scorer(opt.ckpt, opt.checkpoints_dir, opt.name, opt.patch_size, opt.device,
-                                 not opt.no_pretrained, opt.vit_weights, opt.resnet_weights, opt.deform_impl,
-                                 tuple(opt.mos_range) if opt.mos_range else None, arch_from_options(opt),
-                                 crop_size=opt.crop_size,
-                                 n_ensemble=opt.n_ensemble, seed=opt.seed, amp_dtype=resolve_amp(opt))
-    configure_backends(opt)
+    amp_dtype = configure_device(opt)
+    scorer: Scorer = load_scorer(opt.ckpt, opt.checkpoints_dir, opt.name, opt.device, not opt.no_pretrained,
+                                 opt.vit_weights, opt.resnet_weights, opt.deform_impl,
+                                 tuple(opt.mos_range) if opt.mos_range else None, opt.model_switches, opt.load_epoch,
+                                 n_ensemble=opt.n_ensemble, seed=opt.seed, amp_dtype=amp_dtype,
+                                 crops_per_forward=opt.crops_per_forward)
     scores = scorer.score_files(pairs, opt.batch_size, opt.num_workers, progress=len(pairs) > 1)
     unit = "normalised, higher is better"
     if opt.mos_scale:

@@ -22,13 +22,14 @@ import os
 
 import numpy as np
 
-import test as test_script
+import evaluate
 import train as train_script
-from data.datasets import PRESETS, apply_preset
 from data.splits import read_splits
-from options.base_options import PATH_DEFAULTS, finalize, save_options
+from options.base_options import finalize
+from options.data_options import PATH_DEFAULTS
+from options.protocol_options import parse_protocol_options
 from options.test_options import test_parser
-from options.train_options import check_train_options, train_parser
+from runtime import save_options
 from utils.distributed import init_distributed
 from utils.errors import AHIQError, run_cli
 from utils.files import atomic_write
@@ -36,31 +37,6 @@ from utils.files import atomic_write
 log = logging.getLogger("ahiq.protocol")
 METRICS = ("srcc", "plcc", "krcc")
 RESULTS_FILE = "test_results.txt"
-
-
-def protocol_parser() -> argparse.ArgumentParser:
-    p = train_parser()
-    p.description = "Train and test AHIQ on K content-disjoint splits and report median / mean +- std."
-    g = p.add_argument_group("protocol")
-    g.add_argument("--n_ensemble", type=int, default=20, help="crops per image when testing (as test.py)")
-    g.add_argument("--test_batch_size", type=int, default=10, help="images per batch when testing")
-    g.add_argument("--cross_dataset", nargs="*", default=[], choices=sorted(PRESETS),
-                   help="also test each split's model on these whole datasets")
-    g.add_argument("--cross_data_root", default=None, help="root of the --cross_dataset data; None: --data_root")
-    return p
-
-
-def parse_protocol_options(argv: list[str] | None = None) -> argparse.Namespace:
-    opt = finalize(protocol_parser().parse_args(argv))
-    check_train_options(opt)
-    if opt.split_column is None and opt.split_file is None:
-        opt.split_file = os.path.join(opt.run_dir, "splits.json")
-    if opt.split_column is not None and opt.n_splits != 1:
-        log.warning("--split_column gives one fixed split: running it once")
-        opt.n_splits = 1
-    if opt.resume or opt.load_epoch >= 0:
-        raise AHIQError("protocol.py resumes by itself: run the same command again (no --resume/--load_epoch)")
-    return opt
 
 
 # Options that may change between runs of one protocol folder (they do not change what is computed).
@@ -93,13 +69,12 @@ def split_options(opt: argparse.Namespace, k: int) -> argparse.Namespace:
 
 
 def test_options(train_opt: argparse.Namespace, opt: argparse.Namespace, cross: str | None) -> argparse.Namespace:
-    """test.py's options: the shared ones copied from training; the split's test part, or a whole other dataset."""
+    """test.py's options: every test.py option that training also has is copied (whatever options exist), then
+    the test set is set: the split's test part, or a whole other dataset; finalize() derives the rest again."""
     topt = test_parser().parse_args([])
-    derived = ("run_dir", "device", "lower_better", "ref_rule")  # set by finalize(), not by the parser
-    for key, value in vars(train_opt).items():
-        if (hasattr(topt, key) or key in derived) and key not in ("batch_size", "resume"):
-            setattr(topt, key, value)
-    topt.batch_size, topt.n_ensemble, topt.ckpt, topt.load_epoch = opt.test_batch_size, opt.n_ensemble, None, -1
+    for key in set(vars(topt)) & set(vars(train_opt)) - {"batch_size", "ckpt", "load_epoch"}:
+        setattr(topt, key, getattr(train_opt, key))
+    topt.batch_size, topt.n_ensemble = opt.test_batch_size, opt.n_ensemble
     if cross is None:
         topt.test_ref_path, topt.test_dis_path, topt.test_list = (train_opt.train_ref_path, train_opt.train_dis_path,
                                                                   train_opt.train_list)
@@ -111,19 +86,18 @@ def test_options(train_opt: argparse.Namespace, opt: argparse.Namespace, cross: 
         topt.dataset, topt.data_root, topt.list_format, topt.label_direction = cross, root, None, None
         for key in ("test_ref_path", "test_dis_path", "test_list"):
             setattr(topt, key, PATH_DEFAULTS[key])
-        apply_preset(topt, PATH_DEFAULTS)
         topt.split_file = topt.split_column = None
         topt.split_part, topt.test_file_name = "all", f"cross_{cross}_results.txt"
-    return topt
+    return finalize(topt)
 
 
 def test_once(topt: argparse.Namespace) -> dict:
     """test.py's metrics for these options; reused from an earlier run's metrics file when it is there."""
-    metrics_path = test_script.metrics_file(topt.run_dir, topt.test_file_name)
+    metrics_path = evaluate.metrics_file(topt.run_dir, topt.test_file_name)
     if os.path.isfile(metrics_path):
         with open(metrics_path) as f:
             return json.load(f)
-    result = test_script.run(topt)
+    result = evaluate.run(topt)
     if "srcc" not in result:
         raise AHIQError(f"{topt.test_list}: the test labels have no scores; the protocol needs them")
     return result
@@ -185,7 +159,7 @@ def main(argv: list[str] | None = None) -> dict:
     rows = []
     for k in range(opt.n_splits):
         sub = split_options(opt, k)
-        done = os.path.isfile(test_script.metrics_file(sub.run_dir, RESULTS_FILE))
+        done = os.path.isfile(evaluate.metrics_file(sub.run_dir, RESULTS_FILE))
         if not done:
             log.info("split %d/%d: training in %s%s", k + 1, opt.n_splits, sub.run_dir,
                      " (resuming)" if sub.resume else "")

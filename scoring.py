@@ -18,12 +18,11 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader
 
-from data.datasets import to_raw
+from data.label_norm import LabelNorm
 from data.pipal import PairDataset, crop_tensor_stack, crop_windows
-from models import AHIQ
-from options.base_options import build_checked, resolve_backbone_weights
-from utils.checkpoint import find_checkpoint, load_weights
-from utils.engine import predict, score_crops
+from engine import predict, score_crops
+from models import AHIQ, BackboneSource, backbone_dir, load_model
+from utils.checkpoint import find_checkpoint
 from utils.errors import AHIQError
 
 
@@ -34,14 +33,14 @@ class Scorer:
     n_ensemble: int = 20
     seed: int = 1919
     crops_per_forward: int = 50
-    label_norm: dict | None = None  # how the training labels were normalised (data.datasets.label_norm)
+    label_norm: LabelNorm | None = None  # how the training labels were normalised
     checkpoint: str | None = None
     amp_dtype: torch.dtype | None = None  # bf16/fp16 autocast on CUDA
 
     @property
     def lower_better(self) -> bool:
         """The training labels were DMOS (LIVE, CSIQ): :meth:`to_mos` gives DMOS, where lower is better."""
-        return bool(self.label_norm and self.label_norm.get("lower_better"))
+        return bool(self.label_norm and self.label_norm.lower_better)
 
     def to_mos(self, scores: np.ndarray | torch.Tensor) -> np.ndarray:
         """Normalised scores in the units of the training labels: lo + score * (hi - lo), or for DMOS labels
@@ -49,7 +48,7 @@ class Scorer:
         if self.label_norm is None:
             raise AHIQError(f"{self.checkpoint}: the checkpoint holds no training MOS range (official files do not); "
                             "give one with --mos_range LO HI / mos_range=(lo, hi)")
-        return to_raw(scores, self.label_norm)
+        return self.label_norm.invert(scores)
 
     def score_files(self, pairs: Sequence[tuple[str, str]], batch_size: int = 10, num_workers: int = 0,
                     progress: bool = False) -> np.ndarray:
@@ -78,27 +77,23 @@ class Scorer:
 
 
 def load_scorer(ckpt: str | None = None, checkpoints_dir: str = "checkpoints", name: str = "ahiq_pipal",
-                patch_size: int = 8, device: str = "cpu", pretrained: bool = True, vit_weights: str | None = None,
+                device: str = "cpu", pretrained: bool = True, vit_weights: str | None = None,
                 resnet_weights: str | None = None, deform_impl: str = "gemm",
-                mos_range: tuple[float, float] | None = None, arch: dict | None = None, **settings) -> Scorer:
+                mos_range: tuple[float, float] | None = None, model: dict | None = None, load_epoch: int = -1,
+                **settings) -> Scorer:
     """A :class:`Scorer` for a checkpoint (default: the one test.py would pick in ``checkpoints_dir/name``).
 
-    Backbone weights: the files download.sh put in ``checkpoints_dir/backbones`` when present, else the hub;
-    ``arch``: ablation switches for ``build_model``; ``settings`` go to :class:`Scorer` (``crop_size``,
-    ``n_ensemble``, ``seed``, ``crops_per_forward``, ``amp_dtype``).
+    The architecture and the trained crop size come from the checkpoint; ``model`` may give
+    :class:`models.ModelConfig` fields, which must agree with it (official files: the paper's model, e.g.
+    ``model={"patch_size": 16}``). Backbone weights: the files given, else those download.sh put in
+    ``checkpoints_dir/backbones``, else the hub. ``settings`` go to :class:`Scorer` (``crop_size``, ``n_ensemble``,
+    ``seed``, ``crops_per_forward``, ``amp_dtype``).
     """
-    ckpt = ckpt or find_checkpoint(os.path.join(checkpoints_dir, name))
-    if pretrained:
-        vit_weights, resnet_weights = resolve_backbone_weights(checkpoints_dir, patch_size, vit_weights,
-                                                               resnet_weights)
-    model = build_checked(patch_size, pretrained, vit_weights, resnet_weights, deform_impl, **(arch or {}))
-    meta = load_weights(model, ckpt).get("ahiq", {})
+    ckpt = ckpt or find_checkpoint(os.path.join(checkpoints_dir, name), load_epoch)
+    source = BackboneSource(pretrained, vit_weights, resnet_weights, backbone_dir(checkpoints_dir))
+    net, saved = load_model(ckpt, model, source, deform_impl)
+    norm = LabelNorm.from_meta(saved.get("ahiq") or {}, ckpt)
     if mos_range is not None:  # given by the user (official files hold no range): MOS, higher is better
-        norm = {"mos_min": float(mos_range[0]), "mos_max": float(mos_range[1]), "lower_better": False}
-    elif meta.get("label_norm"):
-        norm = dict(meta["label_norm"])
-    elif meta.get("mos_min") is not None:  # our files from before label_norm was stored
-        norm = {"mos_min": float(meta["mos_min"]), "mos_max": float(meta["mos_max"]), "lower_better": False}
-    else:
-        norm = None
-    return Scorer(model.to(device).eval(), label_norm=norm, checkpoint=ckpt, **settings)
+        norm = LabelNorm(float(mos_range[0]), float(mos_range[1]))
+    settings.setdefault("crop_size", net.config.crop_size)
+    return Scorer(net.to(device).eval(), label_norm=norm, checkpoint=ckpt, **settings)

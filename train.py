@@ -1,12 +1,14 @@
 """Train AHIQ with the official protocol (Lao et al., CVPRW 2022; defaults in options/train_options.py).
 
 Only ``deform_net`` and ``regressor`` train: Adam + CosineAnnealingLR stepped every iteration, MSE on the training
-MOS min-max normalised over the list, one random crop + horizontal flip per sample. Validation every ``--val_freq``
-epochs averages ``--num_avg_val`` fixed windows. Files in ``{checkpoints_dir}/{name}``: ``best.pth`` (SRCC or PLCC
-improved), ``epoch_N.pth`` (every ``--save_interval``), ``last.pth`` (every epoch and on SIGINT/SIGTERM), log.txt,
-opt_train.txt/.json and TensorBoard events. ``--resume`` continues exactly; ``torchrun --nproc_per_node=K`` runs DDP.
+MOS min-max normalised over the list (data/label_norm.py), one random crop + flip per sample. Validation every
+``--val_freq`` epochs averages ``--num_avg_val`` fixed windows. Files in ``{checkpoints_dir}/{name}``: ``best.pth``
+(SRCC or PLCC improved) and ``epoch_N.pth`` (every ``--save_interval``) with the weights, ``last.pth`` (every epoch
+and on SIGINT/SIGTERM) with everything an exact resume needs, log.txt, opt_train.txt/.json and TensorBoard events.
+``--resume`` continues exactly; ``torchrun --nproc_per_node=K`` runs DDP.
 Other datasets (``--dataset``, ``--data_root``, CSV labels) and content-disjoint splits (``--split_file``: train on
-the 'train' part, validate on the 'val' part of one label file) come from data/datasets.py and data/splits.py.
+the 'train' part, validate on the 'val' part of one label file) come from data/datasets.py and data/splits.py; the
+model's configuration (models/config.py) is saved in every checkpoint.
 """
 from __future__ import annotations
 
@@ -23,15 +25,16 @@ import torch
 from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import DataLoader, Subset
 
-from data.datasets import dataset_from_options, has_split, label_norm
 from data.pipal import PairDataset
 from data.sampler import EpochSampler
-from models import AHIQ
-from options.base_options import build_from_options, configure_backends, resolve_amp, save_options
+from engine import predict, train_one_epoch
+from models import AHIQ, ModelConfig, build_from_config, config_from_checkpoint, load_weights
+from models.config import merge_config
+from options.data_options import split_choice
 from options.train_options import parse_train_options
-from utils.checkpoint import find_checkpoint, load_weights, save_weights
+from runtime import backbone_source, configure_device, load_dataset, save_options
+from utils.checkpoint import find_checkpoint, load_checkpoint, save_weights
 from utils.distributed import DistInfo, barrier, gather_arrays, init_distributed, reduce_step, shutdown
-from utils.engine import predict, train_one_epoch
 from utils.errors import AHIQError, run_cli
 from utils.logger import setup_logging
 from utils.metrics import iqa_metrics
@@ -84,19 +87,20 @@ def seed_everything(seed: int) -> None:
 
 
 def build_loaders(opt, info: DistInfo) -> tuple[PairDataset, DataLoader, EpochSampler, DataLoader]:
-    train_set = dataset_from_options(opt, "train", "train", 1, create_split=True)
+    split = split_choice(opt, create=True)
+    train_set = load_dataset(opt, "train", "train", 1, create_split=True)
     if train_set.labels is None:
         raise AHIQError(f"{opt.train_list}: the training labels need a score on every row")
-    if has_split(opt):  # a split divides one dataset: validation is the 'val' part of the training labels
-        val_set = dataset_from_options(opt, "train", "val", opt.num_avg_val)
+    if split.active:  # a split divides one dataset: validation is the 'val' part of the training labels
+        val_set = load_dataset(opt, "train", "val", opt.num_avg_val)
     else:
         if (opt.train_list, opt.train_ref_path, opt.train_dis_path) == (opt.val_list, opt.val_ref_path,
                                                                         opt.val_dis_path):
             raise AHIQError(f"{opt.train_list}: training and validation would use the same images; pass a "
                             "--val_list, or split the data by reference with --split_file FILE (see README)")
-        val_set = dataset_from_options(opt, "val", "val", opt.num_avg_val)
+        val_set = load_dataset(opt, "val", "val", opt.num_avg_val)
     if val_set.labels is None or len(val_set) < 2:
-        source = f"{opt.train_list} ({split_text(opt)}, part val)" if has_split(opt) else opt.val_list
+        source = f"{opt.train_list} ({split.describe()}, part val)" if split.active else opt.val_list
         raise AHIQError(f"{source}: validation needs two or more images with a score")
     workers = {"num_workers": opt.num_workers, "pin_memory": opt.device.startswith("cuda"),
                "persistent_workers": opt.num_workers > 0}
@@ -105,12 +109,6 @@ def build_loaders(opt, info: DistInfo) -> tuple[PairDataset, DataLoader, EpochSa
     shard = Subset(val_set, range(info.rank, len(val_set), info.world_size))  # no image dropped or repeated
     val_loader = DataLoader(shard, batch_size=opt.val_batch_size, shuffle=False, **workers)
     return train_set, train_loader, sampler, val_loader
-
-
-def split_text(opt) -> str:
-    if opt.split_file:
-        return f"split {opt.split_index} of {opt.split_file}"
-    return f"split column {opt.split_column}" if opt.split_column else "separate lists"
 
 
 def validate(model: AHIQ, loader: DataLoader, info: DistInfo, opt) -> tuple[dict, np.ndarray, np.ndarray]:
@@ -141,8 +139,14 @@ def make_scaler(opt) -> torch.amp.GradScaler | None:
     return torch.amp.GradScaler("cuda") if opt.autocast_dtype == torch.float16 else None
 
 
-def restore(path: str, model: AHIQ, optimizer, scheduler, scaler: torch.amp.GradScaler | None = None) -> TrainState:
-    ckpt = load_weights(model, path)
+def restore(ckpt: dict, path: str, model: AHIQ, optimizer, scheduler, scaler: torch.amp.GradScaler | None,
+            exact: bool) -> TrainState:
+    """Weights and, for an exact resume (``last.pth``), the optimizer, scheduler, loss scale and RNG states."""
+    load_weights(model, path, ckpt)
+    if not exact:  # --load_epoch: epoch_N.pth holds weights only
+        log.warning("%s: starting from its weights at epoch %s; the optimizer and LR schedule start afresh (use "
+                    "--resume with last.pth to continue exactly)", path, int(ckpt.get("epoch", -1)) + 1)
+        return TrainState(epoch=int(ckpt.get("epoch", -1)) + 1)
     if "train_state" not in ckpt or "optimizer_state_dict" not in ckpt:
         raise AHIQError(f"{path}: has no training state to resume from (weights only)")
     optimizer.load_state_dict(ckpt["optimizer_state_dict"])
@@ -159,17 +163,35 @@ def restore(path: str, model: AHIQ, optimizer, scheduler, scaler: torch.amp.Grad
     return TrainState(**state)
 
 
-def save(path: str, model: AHIQ, optimizer, scheduler, scaler: torch.amp.GradScaler | None, state: TrainState, opt,
-         train_set, loss: float) -> None:
-    save_weights(path, model, meta={"mos_min": train_set.mos_min, "mos_max": train_set.mos_max,
-                                    "label_norm": label_norm(train_set.raw_scores, train_set.lower_better),
-                                    "dataset": opt.dataset, "train_list": opt.train_list,
-                                    "split": {"file": opt.split_file, "index": opt.split_index,
-                                              "column": opt.split_column}},
-                 optimizer_state_dict=optimizer.state_dict(), scheduler_state_dict=scheduler.state_dict(),
-                 scaler_state_dict=scaler.state_dict() if scaler is not None else None,
-                 epoch=state.epoch - 1, loss=float(loss), train_state={**asdict(state), "rng": rng_state()},
-                 options={k: v for k, v in vars(opt).items() if k != "autocast_dtype"})
+class Saver:
+    """Rank 0's checkpoint files: ``last.pth`` holds everything an exact resume needs; ``best.pth`` and
+    ``epoch_N.pth`` hold the weights and their metadata only (no optimizer state: a third of the size)."""
+
+    def __init__(self, opt, model: AHIQ, optimizer, scheduler, scaler, train_set: PairDataset) -> None:
+        self.opt, self.model, self.optimizer, self.scheduler, self.scaler = opt, model, optimizer, scheduler, scaler
+        self.meta = {"label_norm": train_set.norm.to_dict(), "dataset": opt.dataset, "train_list": opt.train_list,
+                     "split": {"file": opt.split_file, "index": opt.split_index, "column": opt.split_column}}
+
+    def __call__(self, name: str, state: TrainState, loss: float, full: bool = False) -> str:
+        path = os.path.join(self.opt.run_dir, name)
+        extra = {}
+        if full:
+            extra = {"optimizer_state_dict": self.optimizer.state_dict(),
+                     "scheduler_state_dict": self.scheduler.state_dict(),
+                     "scaler_state_dict": self.scaler.state_dict() if self.scaler is not None else None,
+                     "train_state": {**asdict(state), "rng": rng_state()},
+                     "options": {k: v for k, v in vars(self.opt).items() if k != "autocast_dtype"}}
+        save_weights(path, self.model, meta=self.meta, epoch=state.epoch - 1, loss=float(loss), **extra)
+        return path
+
+
+def run_config(opt, resume_from: str | None) -> tuple[ModelConfig, dict | None]:
+    """The architecture of this run: the checkpoint's when continuing one (switches given must agree), else the
+    switches given over the paper's defaults; and the checkpoint dict, read once."""
+    if resume_from is None:
+        return ModelConfig(**opt.model_switches), None
+    ckpt = load_checkpoint(resume_from)
+    return merge_config(config_from_checkpoint(ckpt, resume_from), opt.model_switches, resume_from), ckpt
 
 
 def main(argv: list[str] | None = None) -> TrainState:
@@ -185,16 +207,20 @@ def main(argv: list[str] | None = None) -> TrainState:
 def run(opt, info: DistInfo) -> TrainState:
     setup_logging(opt.run_dir, info.is_main)
     resume_from = checkpoint_path(opt)
+    config, ckpt = run_config(opt, resume_from)
+    opt.crop_size = config.crop_size
     seed_everything(opt.seed)
-    opt.autocast_dtype = resolve_amp(opt)
-    configure_backends(opt)
+    opt.autocast_dtype = configure_device(opt)
     train_set, train_loader, sampler, val_loader = build_loaders(opt, info)
-    model = build_from_options(opt).to(opt.device)
+    model = build_from_config(config, backbone_source(opt), opt.deform_impl).to(opt.device)
     params = [p for part in model.trainable_parts().values() for p in part.parameters()]
     optimizer = torch.optim.Adam(params, lr=opt.learning_rate, weight_decay=opt.weight_decay)
     scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=opt.T_max, eta_min=opt.eta_min)
     scaler = make_scaler(opt)
-    state = restore(resume_from, model, optimizer, scheduler, scaler) if resume_from else TrainState()
+    state = TrainState()
+    if resume_from:
+        state = restore(ckpt, resume_from, model, optimizer, scheduler, scaler, exact=opt.resume)
+    del ckpt
     net = model
     if info.enabled:
         net = DistributedDataParallel(model, device_ids=[opt.device] if opt.device.startswith("cuda") else None,
@@ -205,10 +231,10 @@ def run(opt, info: DistInfo) -> TrainState:
         save_options(opt, "train")
         writer = SummaryWriter(os.path.join(opt.run_dir, "tensorboard"))
         log.info("training on %d pairs, validating on %d (%s), %d process(es) on %s%s", len(train_set),
-                 len(val_loader.dataset.dataset), split_text(opt), info.world_size, opt.device,
-                 f"; resuming from {resume_from} at epoch {state.epoch + 1}" if resume_from else "")
+                 len(val_loader.dataset.dataset), split_choice(opt).describe(), info.world_size, opt.device,
+                 f"; continuing from {resume_from} at epoch {state.epoch + 1}" if resume_from else "")
+    save = Saver(opt, model, optimizer, scheduler, scaler, train_set)
     stop = StopRequest()
-    last = os.path.join(opt.run_dir, "last.pth")
 
     def on_step(loss: float, lr: float) -> None:
         state.global_step += 1
@@ -225,39 +251,42 @@ def run(opt, info: DistInfo) -> TrainState:
         if result.interrupted:
             state.step += len(result.losses)
             if info.is_main:
-                save(last, model, optimizer, scheduler, scaler, state, opt, train_set, loss)
+                path = save("last.pth", state, loss, full=True)
                 log.warning("stopped by %s after step %d of epoch %d; saved %s; continue with --resume",
-                            stop.signal or "another rank", state.step, state.epoch + 1, last)
+                            stop.signal or "another rank", state.step, state.epoch + 1, path)
             barrier(info)  # torchrun ends the other ranks once one exits: keep them until last.pth is written
             if writer:
                 writer.close()
             sys.exit(3)
         state.epoch, state.step = state.epoch + 1, 0
         log.info("epoch %d: train loss %.5f", state.epoch, loss)
-        if state.epoch % opt.val_freq == 0:
-            metrics, preds, labels = validate(model, val_loader, info, opt)
-            improved = metrics["srcc"] > state.best_srcc or metrics["plcc"] > state.best_plcc
-            if improved:  # as the official code: both bests move to the current values
-                state.best_srcc, state.best_plcc = metrics["srcc"], metrics["plcc"]
-            log.info("epoch %d: SRCC %.4f PLCC %.4f (raw; %.4f after logistic mapping) KRCC %.4f RMSE %.4f%s",
-                     state.epoch, metrics["srcc"], metrics["plcc"], metrics["plcc_logistic"], metrics["krcc"],
-                     metrics["rmse"], "  (best so far)" if improved else "")
-            if writer:
-                for key in ("srcc", "plcc", "plcc_logistic", "krcc", "rmse"):
-                    writer.add_scalar(f"val/{key}", metrics[key], state.epoch)
-                writer.add_figure("val/scatter", scatter_figure(preds, labels, metrics), state.epoch)
-            if improved and info.is_main:
-                save(os.path.join(opt.run_dir, "best.pth"), model, optimizer, scheduler, scaler, state, opt, train_set,
-                     loss)
+        improved = state.epoch % opt.val_freq == 0 and validate_epoch(model, val_loader, info, opt, state, writer)
         if info.is_main:
+            if improved:
+                save("best.pth", state, loss)
             if state.epoch % opt.save_interval == 0:
-                save(os.path.join(opt.run_dir, f"epoch_{state.epoch}.pth"), model, optimizer, scheduler, scaler, state,
-                     opt, train_set, loss)
-            save(last, model, optimizer, scheduler, scaler, state, opt, train_set, loss)
+                save(f"epoch_{state.epoch}.pth", state, loss)
+            save("last.pth", state, loss, full=True)
     if writer:
         writer.close()
         log.info("done: best SRCC %.4f PLCC %.4f; checkpoints in %s", state.best_srcc, state.best_plcc, opt.run_dir)
     return state
+
+
+def validate_epoch(model: AHIQ, loader: DataLoader, info: DistInfo, opt, state: TrainState, writer) -> bool:
+    """Validate, log, update the bests in ``state``; True when SRCC or PLCC improved (official: both move then)."""
+    metrics, preds, labels = validate(model, loader, info, opt)
+    improved = metrics["srcc"] > state.best_srcc or metrics["plcc"] > state.best_plcc
+    if improved:
+        state.best_srcc, state.best_plcc = metrics["srcc"], metrics["plcc"]
+    log.info("epoch %d: SRCC %.4f PLCC %.4f (raw; %.4f after logistic mapping) KRCC %.4f RMSE %.4f%s",
+             state.epoch, metrics["srcc"], metrics["plcc"], metrics["plcc_logistic"], metrics["krcc"],
+             metrics["rmse"], "  (best so far)" if improved else "")
+    if writer:
+        for key in ("srcc", "plcc", "plcc_logistic", "krcc", "rmse"):
+            writer.add_scalar(f"val/{key}", metrics[key], state.epoch)
+        writer.add_figure("val/scatter", scatter_figure(preds, labels, metrics), state.epoch)
+    return improved
 
 
 if __name__ == "__main__":

@@ -1,6 +1,6 @@
 #!/bin/sh
 # Train AHIQ on PIPAL with the official protocol (200 epochs, batch 4, Adam 1e-4, cosine T_max 50 iterations).
-#   PIPAL: the folder `python -m data.prepare_pipal --out` wrote (default datasets/PIPAL); or each folder:
+#   PIPAL: the folder `python -m tools.prepare_pipal --out` wrote (default datasets/PIPAL); or each folder:
 #   PIPAL_TRAIN_REF / PIPAL_TRAIN_DIS: training reference / distorted folders (all distorted images in one folder)
 #   PIPAL_VAL_REF / PIPAL_VAL_DIS:     NTIRE 2021 validation folders
 #   NPROC=K: K processes (GPUs) on this machine through torchrun; NNODES, NODE_RANK, MASTER_ADDR, MASTER_PORT for

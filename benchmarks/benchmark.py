@@ -26,8 +26,8 @@ from scipy import stats
 
 from benchmarks.official_style import OfficialStyleBackbones, official_forward, reference_scores
 from data.pipal import crop_tensor_stack, crop_windows
+from engine import score_crops
 from models import RESNET_TAG, VIT_TAGS, build_model
-from utils.engine import score_crops
 
 
 def timed(fn: Callable[[], object], device: str, repeats: int) -> tuple[float, object]:

@@ -41,8 +41,8 @@ def run_py(args: list[str], timeout: float, env: dict | None = None) -> subproce
 
 def make_data(folder: str, size: int) -> str:
     data = os.path.join(folder, "data")
-    proc = run_py(["-m", "data.synthetic", "--out", data, "--n_refs", "4", "--size", str(size), "--split", "2", "1",
-                   "1"], 300)
+    proc = run_py(["-m", "tools.make_synthetic", "--out", data, "--n_refs", "4", "--size", str(size),
+                   "--split", "2", "1", "1"], 300)
     if proc.returncode:
         raise RuntimeError(proc.stderr[-2000:])
     return data
@@ -52,9 +52,9 @@ def check_agreement(cfg: argparse.Namespace, data: str) -> dict:
     from torchvision.ops import deform_conv2d
 
     from data.datasets import pair_dataset, read_labels
+    from engine import score_crops
     from models import build_model
     from models.deform import deform_conv2d_gemm
-    from utils.engine import score_crops
 
     torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = False
     labels = read_labels(os.path.join(data, "train.txt"))

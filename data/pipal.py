@@ -16,6 +16,7 @@ import torch
 from PIL import Image, UnidentifiedImageError
 from torch.utils.data import Dataset
 
+from data.label_norm import LabelNorm
 from utils.errors import AHIQError
 
 Window = tuple[int, int]  # (top, left)
@@ -52,12 +53,6 @@ def read_list(path: str) -> tuple[list[str], np.ndarray | None]:
     if not names:
         raise AHIQError(f"{path}: the list is empty")
     return names, (np.asarray(scores, dtype=np.float64) if scores else None)
-
-
-def minmax_normalise(scores: np.ndarray) -> tuple[np.ndarray, float, float]:
-    """The official label normalisation: (s - min) / (max - min) over the list; returns the range too."""
-    lo, hi = float(scores.min()), float(scores.max())
-    return (scores - lo) / (hi - lo) if hi > lo else np.zeros_like(scores), lo, hi
 
 
 def pipal_reference_name(name: str) -> str:
@@ -126,7 +121,8 @@ def crop_tensor_stack(img: torch.Tensor, windows: Sequence[Window], crop: int) -
 class PairDataset(Dataset):
     """Distorted/reference pairs ``(name, dis_path, ref_path)``, as uint8 crop stacks (K, 3, crop, crop).
 
-    Labels are the raw scores min-max normalised to [0, 1], flipped first when ``lower_better`` (DMOS).
+    Labels are the raw scores normalised by ``norm`` (a :class:`LabelNorm`; fitted on these scores when not given,
+    flipped first when ``lower_better``, i.e. DMOS).
     Evaluation (``dataset[idx]``): the K = ``n_crops`` windows of :func:`crop_windows`, seeded with the pair's name.
     Training (``dataset[(epoch, idx)]``, keys made by :class:`data.sampler.EpochSampler`): one random window and a
     random horizontal flip, the same for both images, drawn from a generator seeded with (seed, epoch, idx); so a
@@ -137,15 +133,14 @@ class PairDataset(Dataset):
 
     def __init__(self, pairs: Sequence[tuple[str, str, str]], raw_scores: np.ndarray | None = None,
                  crop_size: int = 224, n_crops: int = 5, seed: int = 1919, resize: int | None = None,
-                 flip: bool = False, lower_better: bool = False) -> None:
+                 flip: bool = False, lower_better: bool = False, norm: LabelNorm | None = None) -> None:
         self.pairs = list(pairs)
         self.names = [name for name, _, _ in self.pairs]
         self.crop, self.n_crops, self.seed, self.resize, self.flip = crop_size, n_crops, seed, resize, flip
-        self.raw_scores, self.lower_better = raw_scores, lower_better
-        self.labels, self.mos_min, self.mos_max = None, None, None
-        if raw_scores is not None:  # lower-is-better labels (DMOS) are flipped first: higher is always better
-            self.labels = minmax_normalise(-raw_scores if lower_better else raw_scores)[0]
-            self.mos_min, self.mos_max = float(raw_scores.min()), float(raw_scores.max())
+        self.raw_scores, self.norm, self.labels = raw_scores, None, None
+        if raw_scores is not None:
+            self.norm = norm or LabelNorm.fit(raw_scores, lower_better)
+            self.labels = self.norm.apply(raw_scores)
         if resize is not None and resize < crop_size:
             raise AHIQError(f"--size {resize} is smaller than --crop_size {crop_size}")
         self._check_images()

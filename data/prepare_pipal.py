@@ -17,16 +17,15 @@ The image folders hold symbolic links (``--link hardlink`` for hard links) to th
 image and its reference is checked. Running it again is safe: links already right are kept; a file that is not a
 link to the same image is never replaced.
 
-    python -m data.prepare_pipal --pipal_root /data/PIPAL --out datasets/PIPAL
+    python -m tools.prepare_pipal --pipal_root /data/PIPAL --out datasets/PIPAL
 """
 from __future__ import annotations
 
-import argparse
 import glob
 import os
 
 from data.pipal import pipal_reference_name, read_list
-from utils.errors import AHIQError, run_cli
+from utils.errors import AHIQError
 from utils.files import atomic_write
 
 LISTS = os.path.join(os.path.dirname(os.path.abspath(__file__)), "lists")
@@ -136,24 +135,3 @@ def prepare(pipal_root: str, out: str, mode: str = "symlink", test_ref: str | No
         counts["test"] = link_set(test_ref, test_dis, out, "ntire22_fr_test_names.txt", os.path.join(out, "test.txt"),
                                   mode, names=("Test_Ref", "Test_Dis"))
     return counts
-
-
-def main(argv: list[str] | None = None) -> dict[str, int]:
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("--pipal_root", required=True, help="the folder holding training/ (and validation/)")
-    p.add_argument("--out", required=True, help="output folder (links and lists)")
-    p.add_argument("--link", default="symlink", choices=("symlink", "hardlink"), help="how images are linked")
-    p.add_argument("--test_ref", default=None, help="NTIRE 2022 FR test reference folder (optional)")
-    p.add_argument("--test_dis", default=None, help="NTIRE 2022 FR test distorted folder (optional)")
-    opt = p.parse_args(argv)
-    counts = prepare(opt.pipal_root, opt.out, opt.link, opt.test_ref, opt.test_dis)
-    for part, n in counts.items():
-        print(f"{part}: {n} pairs, all images present")
-    if "val" not in counts:
-        print(f"no validation/Reference_valid + Distortion_valid under {opt.pipal_root}: validation set skipped")
-    print(f"train with: python train.py --dataset pipal --data_root {opt.out}")
-    return counts
-
-
-if __name__ == "__main__":
-    run_cli(main)

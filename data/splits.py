@@ -6,18 +6,17 @@ reference names, the seed, ``k`` and the ratios: not on the order of the label f
 The file is written once and then reused as it is, so every run of a protocol sees the same splits even if NumPy's
 generators ever change.
 
-    python -m data.splits --dataset kadid10k --data_root datasets --out splits/kadid10k.json [--n_splits 10]
+    python -m tools.make_splits --dataset kadid10k --data_root datasets --out splits/kadid10k.json [--n_splits 10]
 """
 from __future__ import annotations
 
-import argparse
 import json
 import logging
 import os
 
 import numpy as np
 
-from utils.errors import AHIQError, run_cli
+from utils.errors import AHIQError
 from utils.files import atomic_write
 
 log = logging.getLogger("ahiq.splits")
@@ -94,32 +93,3 @@ def load_or_create_splits(path: str, labels, ratios: tuple[float, float, float],
         raise AHIQError(f"{path}: made for other data ({doc.get('source')}): references of {labels.path} are in no "
                         f"part, e.g. {unknown[:3]}; pass another --split_file (or delete this one to remake it)")
     return doc["splits"]
-
-
-def main(argv: list[str] | None = None) -> list[dict]:
-    from data.datasets import add_label_options, add_split_making_options, apply_preset, parse_ratios, read_labels
-    logging.basicConfig(level=logging.INFO, format="%(message)s")
-    p = argparse.ArgumentParser(description="Make (or check) a content-disjoint split file for a label file.")
-    g = add_label_options(p)
-    g.add_argument("--labels", default=None, help="label file; default: the preset's under --data_root")
-    g.add_argument("--out", required=True, help="the split file to write (an existing one is only checked)")
-    add_split_making_options(g)
-    g.add_argument("--seed", type=int, default=1919, help="seed, when --split_seed is not given")
-    opt = p.parse_args(argv)
-    opt.train_list = opt.labels
-    apply_preset(opt, {"train_list": None})
-    if opt.train_list is None:
-        raise AHIQError("give --labels FILE, or --dataset with --data_root")
-    labels = read_labels(opt.train_list, opt.list_format, opt.ref_rule)
-    splits = load_or_create_splits(opt.out, labels, parse_ratios(opt.split_ratios), opt.n_splits,
-                                   opt.seed if opt.split_seed is None else opt.split_seed)
-    for k, s in enumerate(splits):
-        parts = {p: set(s[p]) for p in PARTS}
-        rows = {p: sum(r in parts[p] for r in labels.refs) for p in PARTS}
-        print(f"split {k}: references " + " / ".join(f"{p} {len(s[p])}" for p in PARTS)
-              + "; images " + " / ".join(f"{p} {rows[p]}" for p in PARTS))
-    return splits
-
-
-if __name__ == "__main__":
-    run_cli(main)

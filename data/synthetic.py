@@ -9,11 +9,10 @@ luma channel) between it and its reference: a known full-reference quality funct
 stand-in for human opinion: the demo shows that the pipeline learns a quality function, not that it predicts
 people. Lists are split by reference image (content-disjoint): ``train.txt``, ``val.txt``, ``test.txt``.
 
-Usage: ``python -m data.synthetic --out demo_data [--n_refs 12 --size 64]``.
+Command line: ``python -m tools.make_synthetic --out demo_data [--n_refs 12 --size 64]``.
 """
 from __future__ import annotations
 
-import argparse
 import os
 
 import cv2
@@ -99,18 +98,3 @@ def generate(out: str, n_refs: int = 12, size: int = 64, split: tuple[int, int, 
         with open(paths[part], "w") as f:
             f.write("\n".join(part_lines) + "\n")
     return paths
-
-
-def main() -> None:
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("--out", default="demo_data")
-    p.add_argument("--n_refs", type=int, default=12)
-    p.add_argument("--size", type=int, default=64)
-    p.add_argument("--split", type=int, nargs=3, default=(8, 2, 2), help="references for train, val, test")
-    args = p.parse_args()
-    paths = generate(args.out, args.n_refs, args.size, tuple(args.split))
-    print(f"synthetic dataset in {args.out}: " + ", ".join(f"{k} {v}" for k, v in paths.items()))
-
-
-if __name__ == "__main__":
-    main()

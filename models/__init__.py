@@ -1,23 +1,28 @@
-"""AHIQ model: ``build_model`` assembles the frozen backbones and the trainable fusion + head."""
+"""AHIQ model: the architecture as data (:class:`ModelConfig`), building it, and loading it from a checkpoint."""
 from __future__ import annotations
 
 from models.ahiq import AHIQ, BRANCHES, DEFORM_IMPLS, FUSIONS, POOLINGS, DeformFusion, PixelPrediction
-from models.backbones import CNN_BLOCKS, RESNET_TAG, VIT_BLOCKS, VIT_TAGS, build_backbones
+from models.backbones import CNN_BLOCKS, RESNET_TAG, VIT_BLOCKS, VIT_TAGS
+from models.config import (
+    BackboneSource,
+    ModelConfig,
+    backbone_dir,
+    build_from_config,
+    config_from_checkpoint,
+    load_model,
+    load_weights,
+)
 
 __all__ = ["AHIQ", "BRANCHES", "CNN_BLOCKS", "DEFORM_IMPLS", "FUSIONS", "POOLINGS", "RESNET_TAG", "VIT_BLOCKS",
-           "VIT_TAGS", "DeformFusion", "PixelPrediction", "build_backbones", "build_model"]
+           "VIT_TAGS", "BackboneSource", "DeformFusion", "ModelConfig", "PixelPrediction", "backbone_dir",
+           "build_from_config", "build_model", "config_from_checkpoint", "load_model", "load_weights"]
 
 
 def build_model(patch_size: int = 8, pretrained: bool = True, vit_weights: str | None = None,
-                resnet_weights: str | None = None, deform_impl: str = "gemm", vit_name: str | None = None,
-                resnet_name: str | None = None, vit_blocks: tuple[int, ...] = VIT_BLOCKS,
-                cnn_blocks: tuple[str, ...] = CNN_BLOCKS, fusion: str = "deform", branches: str = "hybrid",
-                pooling: str = "weighted") -> AHIQ:
+                resnet_weights: str | None = None, deform_impl: str = "gemm", **switches) -> AHIQ:
     """AHIQ with backbones from timm (pinned tags), from local weight files, or random (``pretrained=False``).
 
-    The defaults are the paper's model; the other arguments are the ablation switches (see README, 'Ablations').
+    ``switches``: the other :class:`ModelConfig` fields (the ablations; see README, 'Ablations').
     """
-    vit, cnn = build_backbones(patch_size, pretrained, vit_weights, resnet_weights, vit_name, resnet_name,
-                               tuple(vit_blocks), tuple(cnn_blocks), use_vit=branches != "cnn",
-                               use_cnn=branches != "vit")
-    return AHIQ(vit, cnn, patch_size, deform_impl, fusion, branches, pooling)
+    config = ModelConfig(patch_size=patch_size, **switches)
+    return build_from_config(config, BackboneSource(pretrained, vit_weights, resnet_weights), deform_impl)

@@ -5,9 +5,10 @@ official parameter names (``deform_net.*``, ``regressor.*``) so checkpoints move
 the official code and pyiqa. The distorted and the reference crop go through each frozen backbone in ONE batched
 call, and the deformable fusion and the shared 1x1 down-projection also run once on the stacked pair.
 
-Ablation switches (defaults = the paper's model): ``fusion`` deform / conv (a plain 3x3 conv) / none;
-``branches`` hybrid / vit (ViT features only) / cnn (fused CNN features only); ``pooling`` weighted (sum(f*w)/sum(w))
-/ mean. Which backbone blocks feed the model is chosen in :mod:`models.backbones`.
+Ablation switches (defaults = the paper's model; all in :class:`models.config.ModelConfig`): ``fusion`` deform /
+conv (a plain 3x3 conv) / none; ``branches`` hybrid / vit (ViT features only) / cnn (fused CNN features only);
+``pooling`` weighted (sum(f*w)/sum(w)) / mean. Which backbone blocks feed the model is chosen in
+:mod:`models.backbones`.
 """
 from __future__ import annotations
 
@@ -101,28 +102,20 @@ class PixelPrediction(nn.Module):
 
 class AHIQ(nn.Module):
     """The full model. ``vit`` and ``cnn`` are the frozen extractors of :mod:`models.backbones` (one may be None
-    for a single-branch ablation)."""
+    for a single-branch ablation); ``config`` (a :class:`models.config.ModelConfig`) is the architecture they were
+    built from, saved with every checkpoint."""
 
-    def __init__(self, vit: nn.Module | None, cnn: nn.Module | None, patch_size: int = 8, deform_impl: str = "gemm",
-                 fusion: str = "deform", branches: str = "hybrid", pooling: str = "weighted") -> None:
+    def __init__(self, vit: nn.Module | None, cnn: nn.Module | None, config, deform_impl: str = "gemm") -> None:
         super().__init__()
-        if branches not in BRANCHES:
-            raise ValueError(f"unknown branches {branches!r}")
-        if branches == "cnn" and fusion == "deform":
-            raise ValueError("the CNN-only model cannot use the deformable fusion: its offsets come from the ViT")
-        self.patch_size, self.branches = patch_size, branches
+        self.config, self.patch_size, self.branches = config, config.patch_size, config.branches
         self.vit, self.cnn = vit, cnn
         self.deform_net = None
-        channels = vit.channels if branches != "cnn" else 0
-        if branches != "vit":
-            self.deform_net = DeformFusion(patch_size, vit.channels if vit is not None else 0, cnn.channels,
-                                           impl=deform_impl, fusion=fusion, cnn_reduction=cnn.reduction)
+        channels = vit.channels if config.branches != "cnn" else 0
+        if config.branches != "vit":
+            self.deform_net = DeformFusion(config.patch_size, vit.channels if vit is not None else 0, cnn.channels,
+                                           impl=deform_impl, fusion=config.fusion, cnn_reduction=cnn.reduction)
             channels += cnn.channels
-        self.regressor = PixelPrediction(channels, pooling=pooling)
-        self.arch = {"patch_size": patch_size, "fusion": fusion if branches != "vit" else "none",
-                     "branches": branches, "pooling": pooling,
-                     "vit_blocks": list(vit.blocks) if vit is not None else None,
-                     "cnn_blocks": cnn.block_names if cnn is not None else None}
+        self.regressor = PixelPrediction(channels, pooling=config.pooling)
 
     def train(self, mode: bool = True) -> AHIQ:
         """Only the head trains; the backbones stay in eval mode (their BatchNorm statistics are fixed)."""

@@ -3,13 +3,18 @@ from __future__ import annotations
 
 import argparse
 
-from options.base_options import base_parser, finalize
+from options.base_options import check_positive, finalize, model_parser, run_parser
+from options.data_options import image_parser, label_parser, split_parser, train_data_parser
 from utils.errors import AHIQError
 
 
-def train_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(description="Train AHIQ (deformable fusion + head; the backbones stay frozen).",
-                                parents=[base_parser()], formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+def train_parents() -> list[argparse.ArgumentParser]:
+    return [train_data_parser(), image_parser(), label_parser(), split_parser(), run_parser(), model_parser(),
+            training_parser()]
+
+
+def training_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(add_help=False)
     g = p.add_argument_group("train")
     g.add_argument("--n_epoch", type=int, default=200, help="epochs to train")
     g.add_argument("--save_interval", type=int, default=5, help="write epoch_N.pth every N epochs")
@@ -25,14 +30,23 @@ def train_parser() -> argparse.ArgumentParser:
     return p
 
 
+def train_parser() -> argparse.ArgumentParser:
+    return argparse.ArgumentParser(description="Train AHIQ (deformable fusion + head; the backbones stay frozen).",
+                                   parents=train_parents(), formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+
+
 def parse_train_options(argv: list[str] | None = None) -> argparse.Namespace:
     return check_train_options(finalize(train_parser().parse_args(argv)))
 
 
 def check_train_options(opt: argparse.Namespace) -> argparse.Namespace:
-    for name in ("n_epoch", "save_interval", "batch_size", "val_freq", "T_max", "num_avg_val"):
-        if getattr(opt, name) < 1:
-            raise AHIQError(f"--{name} must be at least 1, got {getattr(opt, name)}")
+    check_positive(opt, "n_epoch", "save_interval", "batch_size", "val_freq", "T_max", "num_avg_val")
+    if opt.learning_rate <= 0 or opt.weight_decay < 0 or opt.eta_min < 0:
+        raise AHIQError(f"--learning_rate {opt.learning_rate} must be positive, --weight_decay {opt.weight_decay} "
+                        f"and --eta_min {opt.eta_min} not negative")
+    if opt.num_crop != 1:
+        raise AHIQError(f"--num_crop {opt.num_crop}: only 1 is supported (one random crop per training sample, as "
+                        "the released model was trained)")
     if opt.resume and opt.load_epoch >= 0:
         raise AHIQError("pass either --resume (from last.pth) or --load_epoch N (from epoch_N.pth), not both")
     return opt

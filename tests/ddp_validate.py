@@ -8,9 +8,9 @@ import sys
 import torch
 
 import train
-from options.base_options import build_from_options
+from models import build_from_config, load_weights
 from options.train_options import parse_train_options
-from utils.checkpoint import load_weights
+from runtime import backbone_source
 from utils.distributed import init_distributed, shutdown
 
 
@@ -19,8 +19,10 @@ def main(out_file: str, ckpt: str, argv: list[str]) -> None:
     info = init_distributed(opt.device, opt.gpu_list)
     opt.device = info.device
     opt.autocast_dtype = None
+    config, _ = train.run_config(opt, None)
+    opt.crop_size = config.crop_size
     _, _, _, val_loader = train.build_loaders(opt, info)
-    model = build_from_options(opt, pretrained=False)
+    model = build_from_config(config, backbone_source(opt))
     load_weights(model, ckpt)
     metrics, preds, labels = train.validate(model, val_loader, info, opt)
     if info.is_main:

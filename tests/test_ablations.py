@@ -2,17 +2,20 @@
 refuse to load into a different model; train.py and test.py take the switches."""
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
 import pytest
 import torch
 
-import test as test_script
+import evaluate as test_script
+import predict
 import train
-from models import build_model
+from engine import score_crops
+from models import build_model, load_weights
 from tests.test_train import _args as train_args
 from tests.test_train import sets  # noqa: F401  (module fixture reused here)
-from utils.checkpoint import load_weights, save_weights
-from utils.engine import score_crops
+from utils.checkpoint import save_weights
 from utils.errors import AHIQError
 
 COMBOS = [
@@ -69,27 +72,45 @@ def test_derived_channels_and_block_choice():
         build_model(8, pretrained=False, vit_blocks=(0, 12))
     with pytest.raises(AHIQError, match="one stage"):
         build_model(8, pretrained=False, cnn_blocks=("layer1.0", "layer2.0"))
-    with pytest.raises(ValueError, match="offsets come from the ViT"):
+    with pytest.raises(AHIQError, match="offsets come from the ViT"):
         build_model(8, pretrained=False, branches="cnn")
+    with pytest.raises(AHIQError, match="--vit_blocks 4,0: give increasing block indices"):
+        build_model(8, pretrained=False, vit_blocks=(4, 0))  # concatenated in block order: refused, not reordered
+    with pytest.raises(AHIQError, match="--vit_blocks 1,1: give increasing"):
+        build_model(8, pretrained=False, vit_blocks=(1, 1))
 
 
 def test_checkpoint_refuses_a_model_with_other_switches(tmp_path):
     path = tmp_path / "mean.pth"
     save_weights(str(path), build_model(8, pretrained=False, pooling="mean"))
-    with pytest.raises(AHIQError, match=r"mean\.pth: built with other ablation switches \(pooling: checkpoint mean "
+    with pytest.raises(AHIQError, match=r"mean\.pth: built with other model options \(pooling: checkpoint mean "
                                         r"vs model weighted\)"):
         load_weights(build_model(8, pretrained=False), str(path))
 
 
-def test_train_and_test_with_switches(sets, backbone_files, tmp_path):  # noqa: F811
-    switches = ["--fusion", "conv", "--pooling", "mean"]
+def test_an_ablation_is_scored_without_its_switches(sets, backbone_files, tmp_path):  # noqa: F811
+    """The checkpoint carries the architecture: test.py and predict.py score an ablation with no switches, equal to
+    the scores with them; a switch that contradicts the checkpoint stops in one line naming both values."""
+    switches = ["--fusion", "conv", "--pooling", "mean", "--vit_blocks", "1,3"]
     train.main(train_args(sets, backbone_files, tmp_path, "ablation", "--n_epoch", "1", *switches))
     ckpt = str(tmp_path / "ablation" / "best.pth")
+    saved = torch.load(ckpt, weights_only=True)["ahiq"]["model"]
+    assert (saved["fusion"], saved["pooling"], saved["vit_blocks"], saved["crop_size"]) == ("conv", "mean", [1, 3], 32)
+    weights = ["--vit_weights", backbone_files[8], "--resnet_weights", backbone_files["resnet"]]
     common = ["--test_ref_path", sets["val"]["ref"], "--test_dis_path", sets["val"]["dis"],
-              "--test_list", sets["val"]["list"], "--ckpt", ckpt, "--crop_size", "32", "--n_ensemble", "1",
-              "--gpu_ids", "-1", "--num_workers", "0", "--checkpoints_dir", str(tmp_path),
-              "--vit_weights", backbone_files[8], "--resnet_weights", backbone_files["resnet"]]
-    result = test_script.main(common + switches)
-    assert np.isfinite(result["srcc"])
-    with pytest.raises(AHIQError, match="other ablation switches"):
-        test_script.main(common)
+              "--test_list", sets["val"]["list"], "--ckpt", ckpt, "--n_ensemble", "1",
+              "--gpu_ids", "-1", "--num_workers", "0", "--checkpoints_dir", str(tmp_path), *weights]
+    with_switches = test_script.main(common + switches + ["--test_file_name", "with.txt"])
+    without = test_script.main(common + ["--test_file_name", "without.txt"])  # crop size 32 from the file too
+    assert np.isfinite(with_switches["srcc"])
+    assert Path(with_switches["predictions"]).read_text() == Path(without["predictions"]).read_text()
+    pair = [str(Path(sets["val"]["dis"]) / "A0000_00_01.bmp"), str(Path(sets["val"]["ref"]) / "A0000.bmp")]
+    scored = predict.main(["--dis", pair[0], "--ref", pair[1], "--ckpt", ckpt, "--n_ensemble", "1", "--gpu_ids",
+                           "-1", "--num_workers", "0", *weights])
+    line = Path(without["predictions"]).read_text().splitlines()[1]
+    assert line.startswith("A0000_00_01.bmp,") and scored[0] == pytest.approx(float(line.split(",")[1]), rel=1e-6)
+    with pytest.raises(AHIQError, match=r"best\.pth: trained with --pooling mean, but --pooling weighted was given"):
+        test_script.main(common + ["--pooling", "weighted"])
+    with pytest.raises(AHIQError, match=r"trained with --vit_blocks 1,3, but --vit_blocks 0,1,2,3,4 was given"):
+        predict.main(["--dis", pair[0], "--ref", pair[1], "--ckpt", ckpt, "--gpu_ids", "-1",
+                      "--vit_blocks", "0,1,2,3,4", *weights])

@@ -11,7 +11,8 @@ import pytest
 import torch
 
 import utils.files as files_mod
-from utils.checkpoint import OFFICIAL_KEYS, find_checkpoint, load_checkpoint, load_weights, save_weights
+from models import load_weights
+from utils.checkpoint import OFFICIAL_KEYS, find_checkpoint, load_checkpoint, save_weights
 from utils.errors import AHIQError
 
 
@@ -99,7 +100,12 @@ def test_project_file_round_trip_keeps_official_keys(tmp_path, model_factory):
     save_weights(str(path), model, meta={"mos_min": 900.0, "mos_max": 1800.0}, epoch=4)
     raw = torch.load(path, weights_only=True)
     assert set(OFFICIAL_KEYS.values()) <= set(raw) and raw["epoch"] == 4
-    assert raw["ahiq"]["patch_size"] == 16 and raw["ahiq"]["mos_max"] == 1800.0
+    assert raw["ahiq"]["model"]["patch_size"] == 16 and raw["ahiq"]["mos_max"] == 1800.0
+    # pyiqa's key: the same tensors under whole-model names, stored once (they share storage after loading)
+    heads = {f"{part}.{k}" for part, key in OFFICIAL_KEYS.items() for k in raw[key]}
+    assert set(raw["params"]) == heads
+    w = raw["regressor_model_state_dict"]["conv.0.weight"]
+    assert raw["params"]["regressor.conv.0.weight"].untyped_storage().data_ptr() == w.untyped_storage().data_ptr()
     before = _snapshot(model)
     with torch.no_grad():
         for p in model.regressor.parameters():
@@ -120,7 +126,8 @@ def test_wrong_files_give_clear_errors(tmp_path, model_factory):
     with pytest.raises(AHIQError, match=r"changed\.pth: deform_net does not fit.*missing.*conv_offset\.bias"):
         load_weights(model, str(tmp_path / "changed.pth"))
     save_weights(str(tmp_path / "p16.pth"), model_factory(16))
-    with pytest.raises(AHIQError, match=r"p16\.pth: trained with --patch_size 16.*pass --patch_size 16"):
+    with pytest.raises(AHIQError, match=r"p16\.pth: built with other model options \(patch_size: checkpoint 16 vs "
+                                        r"model 8; vit_name: checkpoint vit_base_patch16_224"):
         load_weights(model, str(tmp_path / "p16.pth"))
     (tmp_path / "torn.pth").write_bytes((tmp_path / "p16.pth").read_bytes()[:1000])
     with pytest.raises(AHIQError, match=r"torn\.pth: cannot be read as a PyTorch checkpoint"):

@@ -9,7 +9,8 @@ import pytest
 import torch
 
 from benchmarks.official_style import official_five_point_window
-from data.pipal import crop_windows, fixed_windows, minmax_normalise, read_list, read_rgb
+from data.label_norm import LabelNorm
+from data.pipal import crop_windows, fixed_windows, read_list, read_rgb
 from tests.conftest import FIXTURES, list_dataset, needs_fixtures
 from utils.errors import AHIQError
 
@@ -61,9 +62,11 @@ def test_empty_and_missing_list(tmp_path):
 
 def test_minmax_normalise_is_the_official_one():
     s = np.array([1200.0, 1500.0, 1800.0, 1350.0])
-    norm, lo, hi = minmax_normalise(s)
-    assert (lo, hi) == (1200.0, 1800.0)
-    np.testing.assert_allclose(norm, [0.0, 0.5, 1.0, 0.25])
+    norm = LabelNorm.fit(s)
+    assert (norm.mos_min, norm.mos_max) == (1200.0, 1800.0)
+    np.testing.assert_allclose(norm.apply(s), (s - s.min()) / (s.max() - s.min()))
+    np.testing.assert_allclose(norm.apply(s), [0.0, 0.5, 1.0, 0.25])
+    np.testing.assert_allclose(norm.invert(norm.apply(s)), s)
 
 
 def test_images_are_read_as_8bit_rgb(tmp_path):

@@ -12,20 +12,14 @@ import cv2
 import numpy as np
 import pytest
 
-from data.datasets import (
-    PRESETS,
-    Labels,
-    dataset_from_options,
-    label_norm,
-    pair_dataset,
-    read_labels,
-    select_rows,
-    to_raw,
-)
+from data.datasets import PRESETS, Labels, pair_dataset, read_labels, select_rows
+from data.label_norm import LabelNorm
 from data.pipal import fixed_windows, read_rgb
 from data.prepare_pipal import prepare
 from data.splits import load_or_create_splits, make_splits, part_counts
+from options.data_options import split_choice
 from options.train_options import parse_train_options
+from runtime import load_dataset
 from tests.conftest import FIXTURES, make_fr_dataset, needs_fixtures
 from utils.errors import AHIQError
 
@@ -43,8 +37,8 @@ def test_preset_layouts_read_and_higher_is_always_better(tmp_path, preset):
     data = make_fr_dataset(tmp_path, preset, n_refs=3, n_dis=3)
     opt = _opt("--dataset", preset, "--data_root", str(tmp_path))
     assert opt.train_list == data["labels"]
-    ds = dataset_from_options(opt, "train", "all", 1)
-    assert len(ds) == 9 and ds.lower_better == PRESETS[preset].lower_better
+    ds = load_dataset(opt, "train", "all", 1)
+    assert len(ds) == 9 and ds.norm.lower_better == PRESETS[preset].lower_better
     np.testing.assert_allclose(ds.raw_scores, [data["scores"][n] for n in ds.names])
     # distortion strength grows with d inside each reference: the normalised label must fall (DMOS is flipped)
     for r in range(3):
@@ -61,12 +55,12 @@ def test_dmos_is_flipped_and_maps_back(tmp_path):
         cv2.imwrite(str(tmp_path / name), np.zeros((8, 8, 3), np.uint8))
     ds = pair_dataset(str(tmp_path), str(tmp_path), labels, lower_better=True, crop_size=8)
     np.testing.assert_allclose(ds.labels, [1.0, 0.5, 0.0, 0.75])
-    norm = label_norm(raw, lower_better=True)
-    assert norm == {"method": "minmax", "mos_min": 10.0, "mos_max": 90.0, "lower_better": True}
-    np.testing.assert_allclose(to_raw(ds.labels, norm), raw)
+    assert ds.norm.to_dict() == {"method": "minmax", "mos_min": 10.0, "mos_max": 90.0, "lower_better": True}
+    np.testing.assert_allclose(LabelNorm.from_meta({"label_norm": ds.norm.to_dict()}).invert(ds.labels), raw)
     mos = pair_dataset(str(tmp_path), str(tmp_path), labels, lower_better=False, crop_size=8)
     np.testing.assert_allclose(mos.labels, [0.0, 0.5, 1.0, 0.25])
-    np.testing.assert_allclose(to_raw(mos.labels, label_norm(raw, False)), raw)
+    np.testing.assert_allclose(LabelNorm.fit(raw, False).invert(mos.labels), raw)
+    assert mos.norm == LabelNorm(10.0, 90.0, False)
 
 
 def _labels(raw):
@@ -99,7 +93,7 @@ def test_real_kadid_list_joined_with_its_real_images(tmp_path):
     opt = _opt("--dataset", "kadid10k", "--list_format", "pipal", "--train_list", str(KADID / "kadid10k_mos.txt"),
                "--train_ref_path", str(KADID), "--train_dis_path", str(KADID))
     with pytest.raises(AHIQError, match=r"I01_01_01\.png: image not found"):
-        dataset_from_options(opt, "train", "all", 1)
+        load_dataset(opt, "train", "all", 1)
 
 
 def test_csv_columns_are_found_by_name_in_any_order(tmp_path):
@@ -135,12 +129,12 @@ def test_split_column_selects_rows(tmp_path):
     f.write_text("ref_name,dist_name,mos,split\nA.png,A_1.png,1,train\nB.png,B_1.png,2,test\nA.png,A_2.png,3,train\n")
     labels = read_labels(str(f), "csv")
     opt = _opt("--split_column", "split")
-    assert select_rows(labels, opt, "train").names == ["A_1.png", "A_2.png"]
-    assert select_rows(labels, opt, "test").names == ["B_1.png"]
+    assert select_rows(labels, "train", split_choice(opt)).names == ["A_1.png", "A_2.png"]
+    assert select_rows(labels, "test", split_choice(opt)).names == ["B_1.png"]
     with pytest.raises(AHIQError, match="no rows in column split = val"):
-        select_rows(labels, opt, "val")
+        select_rows(labels, "val", split_choice(opt))
     with pytest.raises(AHIQError, match="no column 'fold'"):
-        select_rows(labels, _opt("--split_column", "fold"), "train")
+        select_rows(labels, "train", split_choice(_opt("--split_column", "fold")))
 
 
 def test_split_counts_and_disjoint_parts():
@@ -159,7 +153,7 @@ def test_split_counts_and_disjoint_parts():
 
 def _split_in_subprocess(out: Path, labels: Path, hash_seed: str) -> dict:
     env = {**os.environ, "PYTHONHASHSEED": hash_seed}
-    subprocess.run([sys.executable, "-m", "data.splits", "--dataset", "kadid10k", "--list_format", "pipal",
+    subprocess.run([sys.executable, "-m", "tools.make_splits", "--dataset", "kadid10k", "--list_format", "pipal",
                     "--labels", str(labels), "--out", str(out), "--n_splits", "3", "--split_seed", "42"],
                    cwd=REPO, env=env, check=True, capture_output=True, text=True)
     return json.loads(out.read_text())
@@ -230,7 +224,7 @@ def test_prepare_pipal_links_lists_and_checks(tmp_path):
     labels = read_labels(str(out / "PIPAL.txt"))
     assert dict(zip(labels.names, labels.raw)) == scores
     opt = _opt("--dataset", "pipal", "--data_root", str(out), "--crop_size", "16")
-    assert len(dataset_from_options(opt, "train", "all", 1)) == 4  # the images behind the links pass the checks
+    assert len(load_dataset(opt, "train", "all", 1)) == 4  # the images behind the links pass the checks
     assert prepare(str(tmp_path / "PIPAL"), str(out)) == {"train": 4}  # again: links kept, nothing breaks
     os.unlink(out / "Train_Ref" / "A0001.bmp")
     (out / "Train_Ref" / "A0001.bmp").write_bytes(b"mine")

@@ -16,10 +16,11 @@ import pytest
 import torch
 
 import train
+from engine import train_one_epoch
 from options.train_options import parse_train_options
 from tests.conftest import list_dataset, make_pipal_set
+from utils.checkpoint import load_checkpoint
 from utils.distributed import DistInfo, rank_device, reduce_step
-from utils.engine import train_one_epoch
 from utils.errors import AHIQError
 
 REPO = Path(__file__).resolve().parents[1]
@@ -116,10 +117,11 @@ def test_the_fp16_loss_scale_is_saved_and_restored_exactly(model_factory, tmp_pa
     first = fresh()
     _scaled_steps(first[0], batches[:3], first[1], first[2], first[3])
     assert first[3].get_scale() == 2.0 ** 11  # grew once: the state to carry over is not the initial one
-    path = str(tmp_path / "last.pth")
-    train.save(path, first[0], first[1], first[2], first[3], train.TrainState(epoch=0, step=3), opt, samples, 0.0)
+    opt.crop_size = 32
+    path = train.Saver(opt, *first, samples)("last.pth", train.TrainState(epoch=0, step=3), 0.0, full=True)
+    assert path == str(tmp_path / "ahiq_pipal" / "last.pth")
     second = fresh()
-    train.restore(path, second[0], second[1], second[2], second[3])
+    train.restore(load_checkpoint(path), path, *second, exact=True)
     assert second[3].state_dict() == first[3].state_dict()
     losses_rest = _scaled_steps(second[0], batches[3:], second[1], second[2], second[3])
     assert losses_rest == losses_whole[3:]

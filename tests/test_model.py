@@ -6,8 +6,8 @@ import torch
 
 import models.backbones as backbones_mod
 from benchmarks.official_style import OfficialStyleBackbones, reference_scores
+from engine import ChunkSize, score_crops
 from models import VIT_TAGS, build_model
-from utils.engine import ChunkSize, score_crops
 from utils.errors import AHIQError
 
 

@@ -9,8 +9,8 @@ import numpy as np
 import pytest
 import torch
 
+import evaluate as test_script
 import predict
-import test as test_script
 from data.pipal import read_rgb
 from scoring import load_scorer
 from tests.conftest import FIXTURES, needs_fixtures

@@ -11,8 +11,8 @@ import numpy as np
 import pytest
 import torch
 
+import evaluate as test_script
 import protocol
-import test as test_script
 import train
 from scoring import load_scorer
 from tests.conftest import make_fr_dataset

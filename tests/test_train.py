@@ -18,8 +18,8 @@ from scipy import stats
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
 import train
+from engine import train_one_epoch
 from tests.conftest import list_dataset, make_pipal_set
-from utils.engine import train_one_epoch
 from utils.errors import AHIQError
 
 REPO = Path(__file__).resolve().parents[1]
@@ -71,8 +71,12 @@ def test_checkpoints_hold_the_official_keys_and_only_the_head_is_optimised(two_e
     n_trainable = sum(len(sd) for sd in head.values())
     assert len(ckpt["optimizer_state_dict"]["param_groups"][0]["params"]) == n_trainable
     assert ckpt["epoch"] == 1 and ckpt["train_state"]["epoch"] == 2
-    assert ckpt["ahiq"]["mos_min"] < ckpt["ahiq"]["mos_max"]
+    norm = ckpt["ahiq"]["label_norm"]
+    assert norm["mos_min"] < norm["mos_max"] and norm["lower_better"] is False
     assert sorted(p.name for p in two_epoch_run.glob("*.pth")) == ["best.pth", "last.pth"]
+    best = torch.load(two_epoch_run / "best.pth", weights_only=True)  # weights and metadata, no optimizer state
+    assert not {"optimizer_state_dict", "scheduler_state_dict", "train_state"} & set(best)
+    assert best["ahiq"]["model"] == ckpt["ahiq"]["model"] and best["ahiq"]["model"]["crop_size"] == 32
     assert (two_epoch_run / "opt_train.txt").is_file() and json.loads((two_epoch_run / "opt_train.json").read_text())
     assert "epoch 2: SRCC" in (two_epoch_run / "log.txt").read_text()
 

@@ -3,7 +3,8 @@
 The official format (the released ``AHIQ_vit_p8_epoch33.pth`` and the official train.py) is a dict with
 ``regressor_model_state_dict`` and ``deform_net_model_state_dict`` and possibly ``optimizer_state_dict``,
 ``scheduler_state_dict``, ``epoch`` and a numpy float64 ``loss``. Project files carry the same two keys (so the
-official code and pyiqa load them) plus an ``ahiq`` metadata dict and whatever resuming needs. Files are always
+official code loads them), pyiqa's ``params`` key (the same tensors, stored once), an ``ahiq`` metadata dict (the
+model configuration, label normalisation, dataset) and, in ``last.pth``, whatever resuming needs. Files are always
 read with ``torch.load(weights_only=True)``: only the numpy scalar types official files contain are allowed.
 """
 from __future__ import annotations
@@ -22,7 +23,7 @@ from utils.errors import AHIQError
 from utils.files import atomic_torch_save
 
 OFFICIAL_KEYS = {"deform_net": "deform_net_model_state_dict", "regressor": "regressor_model_state_dict"}
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2  # 2: the model configuration under ahiq.model (1: patch_size + arch switches)
 
 
 def _numpy_safe_globals() -> list:
@@ -74,20 +75,8 @@ def head_state_dicts(ckpt: Mapping[str, Any], path: str) -> dict[str, dict[str, 
     return parts
 
 
-def load_weights(model: nn.Module, path: str) -> dict[str, Any]:
-    """Load ``deform_net`` and ``regressor`` of ``model`` from ``path``; return the whole checkpoint dict."""
-    ckpt = load_checkpoint(path)
-    meta = ckpt.get("ahiq", {})
-    meta = meta if isinstance(meta, Mapping) else {}
-    patch = meta.get("patch_size")
-    if patch is not None and patch != model.patch_size:
-        raise AHIQError(f"{path}: trained with --patch_size {patch}, but the model has --patch_size "
-                        f"{model.patch_size}; pass --patch_size {patch}")
-    arch = meta.get("arch")
-    if arch is not None and dict(arch) != model.arch:
-        diff = ", ".join(f"{k}: checkpoint {arch.get(k)} vs model {model.arch.get(k)}"
-                         for k in sorted(set(arch) | set(model.arch)) if arch.get(k) != model.arch.get(k))
-        raise AHIQError(f"{path}: built with other ablation switches ({diff}); pass the checkpoint's options")
+def load_head_weights(model: nn.Module, ckpt: Mapping[str, Any], path: str) -> None:
+    """Load ``deform_net`` and ``regressor`` of ``model`` from a checkpoint dict; a mismatch names the keys."""
     for part, sd in head_state_dicts(ckpt, path).items():
         module = getattr(model, part)
         own = module.state_dict() if module is not None else {}
@@ -101,14 +90,15 @@ def load_weights(model: nn.Module, path: str) -> dict[str, Any]:
                             "of a different architecture or a modified model")
         if module is not None:
             module.load_state_dict(sd)
-    return ckpt
 
 
 def save_weights(path: str, model: nn.Module, meta: Mapping[str, Any] | None = None, **extra: Any) -> None:
-    """Save the trainable parts under the two official keys, the ``ahiq`` metadata and any extra entries."""
+    """Save the trainable parts under the two official keys and pyiqa's ``params`` key (the same tensors, stored
+    once), the ``ahiq`` metadata (the model's configuration first) and any extra entries."""
     parts = model.trainable_state_dict()
-    ckpt = {key: parts.get(part, {}) for part, key in OFFICIAL_KEYS.items()}  # both official keys, always
-    ckpt["ahiq"] = {"format": FORMAT_VERSION, "patch_size": model.patch_size, "arch": model.arch, **(meta or {})}
+    ckpt: dict[str, Any] = {key: parts.get(part, {}) for part, key in OFFICIAL_KEYS.items()}  # both, always
+    ckpt["params"] = {f"{part}.{k}": v for part, sd in parts.items() for k, v in sd.items()}
+    ckpt["ahiq"] = {"format": FORMAT_VERSION, "model": model.config.to_dict(), **(meta or {})}
     ckpt.update(extra)
     atomic_torch_save(ckpt, path)
 

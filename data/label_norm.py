@@ -1,0 +1,57 @@
+"""The one label normalisation: fitted on a label list, applied to train, inverted to report scores in its units.
+
+The official normalisation is min-max over the list: ``(s - min) / (max - min)``. Lower-is-better labels (DMOS:
+LIVE, CSIQ) are flipped first, ``(max - s) / (max - min)``, so a normalised score is always higher-is-better.
+Checkpoints store it (``ckpt["ahiq"]["label_norm"]``) so predictions map back to the training labels' units.
+"""
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+from utils.errors import AHIQError
+
+
+@dataclass(frozen=True)
+class LabelNorm:
+    mos_min: float
+    mos_max: float
+    lower_better: bool = False
+
+    @classmethod
+    def fit(cls, raw: np.ndarray, lower_better: bool = False) -> LabelNorm:
+        raw = np.asarray(raw, dtype=np.float64)
+        return cls(float(raw.min()), float(raw.max()), bool(lower_better))
+
+    @property
+    def span(self) -> float:
+        return self.mos_max - self.mos_min
+
+    def apply(self, raw: np.ndarray) -> np.ndarray:
+        """Raw labels -> [0, 1] over the fitted range, higher is better (all zeros when every label is equal)."""
+        raw = np.asarray(raw, dtype=np.float64)
+        if self.span <= 0:
+            return np.zeros_like(raw)
+        return (self.mos_max - raw) / self.span if self.lower_better else (raw - self.mos_min) / self.span
+
+    def invert(self, scores: np.ndarray) -> np.ndarray:
+        """Normalised scores in the raw units of the training labels (DMOS stays DMOS)."""
+        s = np.asarray(scores, dtype=np.float64)
+        return self.mos_max - s * self.span if self.lower_better else self.mos_min + s * self.span
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"method": "minmax", "mos_min": self.mos_min, "mos_max": self.mos_max,
+                "lower_better": self.lower_better}
+
+    @classmethod
+    def from_meta(cls, meta: Mapping[str, Any], source: str = "") -> LabelNorm | None:
+        """From a checkpoint's ``ahiq`` metadata (also the older ``mos_min``/``mos_max`` entries); None if absent."""
+        norm = meta.get("label_norm") or (meta if meta.get("mos_min") is not None else None)
+        if not norm:
+            return None
+        if norm.get("method", "minmax") != "minmax":
+            raise AHIQError(f"{source}: unknown label normalisation {norm.get('method')!r}")
+        return cls(float(norm["mos_min"]), float(norm["mos_max"]), bool(norm.get("lower_better", False)))

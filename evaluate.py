@@ -1,0 +1,106 @@
+"""What test.py does: score a list of image pairs with a trained AHIQ model; reproduce the NTIRE 2022 FR submission.
+
+Writes ``{checkpoints_dir}/{name}/{test_file_name}`` (one ``name,score`` line per listed image, in list order) and,
+when the list has MOS, prints SRCC/PLCC/KRCC/RMSE and the main score and saves them as JSON beside it.
+``--submission DIR`` also writes the NTIRE package. Other datasets: ``--dataset``/``--data_root``/CSV labels, and
+``--split_file`` + ``--split_part`` to score one part of a split. Example: ``sh test.sh`` or ``python test.py --help``.
+The model and its crop size come from the checkpoint (models/config.py); model switches given must agree with it.
+"""
+from __future__ import annotations
+
+import json
+import logging
+import os
+import time
+import zipfile
+
+import numpy as np
+import torch
+from torch.utils.data import DataLoader
+
+from engine import predict
+from options.test_options import parse_test_options
+from runtime import configure_device, load_dataset, save_options, scoring_model
+from utils.files import atomic_write
+from utils.metrics import iqa_metrics
+from utils.plots import scatter_png
+
+log = logging.getLogger("ahiq.test")
+
+
+def format_predictions(names: list[str], preds: np.ndarray) -> str:
+    return "".join(f"{name},{score:.9g}\n" for name, score in zip(names, preds))
+
+
+def metrics_file(run_dir: str, test_file_name: str) -> str:
+    """Where test.py writes the metrics of ``test_file_name`` (beside it, ``{stem}_metrics.json``)."""
+    return os.path.join(run_dir, os.path.splitext(test_file_name)[0] + "_metrics.json")
+
+
+def write_submission(folder: str, predictions: str, seconds_per_image: float, on_cpu: bool, n_ensemble: int) -> str:
+    """The NTIRE 2022 FR package: output.txt, readme.txt and submission.zip holding just those two."""
+    hardware = "CPU" if on_cpu else torch.cuda.get_device_name()
+    readme = (f"runtime per image [s] : {seconds_per_image:.4f}\n"
+              f"CPU[1] / GPU[0] : {int(on_cpu)}\n"
+              "Extra Data [1] / No Extra Data [0] : 1\n"
+              "Other description : AHIQ (Lao et al., CVPRW 2022): ViT-B and ResNet-50 features (ImageNet-pretrained, "
+              "frozen), deformable feature fusion and a patch-weighted quality head, trained on the PIPAL training "
+              f"set; {n_ensemble}-crop ensemble at test time. Runtime measured on {hardware}.\n"
+              "Full-Reference [1] / Non-Reference [0] : 1\n")
+    atomic_write(os.path.join(folder, "output.txt"), predictions)
+    atomic_write(os.path.join(folder, "readme.txt"), readme)
+    zip_path = os.path.join(folder, "submission.zip")
+    tmp = zip_path + ".tmp"
+    with zipfile.ZipFile(tmp, "w", zipfile.ZIP_DEFLATED) as zf:
+        zf.writestr("output.txt", predictions)
+        zf.writestr("readme.txt", readme)
+    os.replace(tmp, zip_path)
+    return zip_path
+
+
+def main(argv: list[str] | None = None) -> dict:
+    logging.basicConfig(level=logging.INFO, format="%(message)s")
+    return run(parse_test_options(argv))
+
+
+def run(opt) -> dict:
+    """Score the test set the (finalized) options describe; returns paths, timing and metrics."""
+    torch.manual_seed(opt.seed)
+    model, _, ckpt_path = scoring_model(opt)
+    dataset = load_dataset(opt, "test", opt.split_part, opt.n_ensemble, flip=opt.flip)
+    amp_dtype = configure_device(opt)
+    save_options(opt, "test")
+    log.info("scoring %d images of %s with %s (%d crops each, %s)", len(dataset), opt.test_list, ckpt_path,
+             opt.n_ensemble, opt.device)
+    loader = DataLoader(dataset, batch_size=opt.batch_size, shuffle=False, num_workers=opt.num_workers,
+                        pin_memory=opt.device.startswith("cuda"), drop_last=False)
+    start = time.perf_counter()
+    out = predict(model, loader, opt.crops_per_forward, amp_dtype)
+    names, preds, labels = out.names, out.preds, out.labels
+    seconds = time.perf_counter() - start
+    predictions = format_predictions(names, preds)
+    out_path = os.path.join(opt.run_dir, opt.test_file_name)
+    atomic_write(out_path, predictions)
+    log.info("wrote %s (%.3f s per image)", out_path, seconds / len(names))
+    result = {"predictions": out_path, "seconds_per_image": seconds / len(names), "checkpoint": ckpt_path,
+              "n_images": len(names)}
+    if not np.isnan(labels).any() and len(labels) > 1:
+        metrics = iqa_metrics(preds, labels)
+        metrics_path = metrics_file(opt.run_dir, opt.test_file_name)
+        atomic_write(metrics_path, json.dumps({**metrics, "n_images": len(names), "list": opt.test_list,
+                                               "dataset": opt.dataset, "lower_better": opt.lower_better,
+                                               "split": {"file": opt.split_file, "index": opt.split_index,
+                                                         "column": opt.split_column, "part": opt.split_part},
+                                               "checkpoint": ckpt_path, "n_ensemble": opt.n_ensemble}, indent=2))
+        plot_path = os.path.splitext(out_path)[0] + "_scatter.png"
+        atomic_write(plot_path, scatter_png(preds, labels, metrics, os.path.basename(opt.test_list)))
+        log.info("SRCC %.4f  PLCC %.4f (raw; %.4f after the 4-parameter logistic mapping)  KRCC %.4f  RMSE %.4f  "
+                 "main score (raw PLCC + SRCC) %.4f  -> %s, %s", metrics["srcc"], metrics["plcc"],
+                 metrics["plcc_logistic"], metrics["krcc"], metrics["rmse"], metrics["main_score"], metrics_path,
+                 plot_path)
+        result.update(metrics)
+    if opt.submission:
+        zip_path = write_submission(opt.submission, predictions, seconds / len(names), opt.device == "cpu",
+                                    opt.n_ensemble)
+        log.info("wrote the NTIRE submission package %s", zip_path)
+    return result

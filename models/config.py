@@ -1,0 +1,187 @@
+"""The architecture of one AHIQ model as data, and the one way from a checkpoint to a ready model.
+
+:class:`ModelConfig` holds everything that decides the architecture (patch size, pinned backbone tags, which blocks
+feed the model, fusion, branches, pooling) and the crop size it was trained at. Every checkpoint this project writes
+stores it (``ckpt["ahiq"]["model"]``), so an ablation's checkpoint is scored with no switches at all:
+:func:`load_model` rebuilds exactly what was trained. A switch that is given AND contradicts the checkpoint is an
+error naming both values. Official and pyiqa files carry no configuration: they are the paper's model, with the
+patch size given (default 8).
+"""
+from __future__ import annotations
+
+import dataclasses
+import os
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any
+
+from models.ahiq import AHIQ, BRANCHES, FUSIONS, POOLINGS
+from models.backbones import CNN_BLOCKS, RESNET_TAG, VIT_BLOCKS, VIT_TAGS, build_backbones
+from utils.checkpoint import load_checkpoint, load_head_weights
+from utils.errors import AHIQError
+
+
+@dataclass(frozen=True)
+class ModelConfig:
+    """Defaults: the paper's model (ViT-B/8 blocks 0-4 + ResNet-50 layer1, deformable fusion, weighted pooling)."""
+
+    patch_size: int = 8
+    vit_name: str | None = None  # timm name with pinned tag; None: the tag of VIT_TAGS[patch_size]
+    resnet_name: str = RESNET_TAG
+    vit_blocks: tuple[int, ...] = VIT_BLOCKS
+    cnn_blocks: tuple[str, ...] = CNN_BLOCKS
+    fusion: str = "deform"
+    branches: str = "hybrid"
+    pooling: str = "weighted"
+    crop_size: int = 224
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "vit_blocks", tuple(int(b) for b in self.vit_blocks))
+        object.__setattr__(self, "cnn_blocks", tuple(str(b) for b in self.cnn_blocks))
+        if self.vit_name is None:
+            if self.patch_size not in VIT_TAGS:
+                raise AHIQError(f"--patch_size {self.patch_size} is not supported; use 8 or 16")
+            object.__setattr__(self, "vit_name", VIT_TAGS[self.patch_size])
+        if self.branches == "vit" and self.fusion != "none":  # no CNN branch: nothing to fuse
+            object.__setattr__(self, "fusion", "none")
+        self.check()
+
+    def check(self) -> None:
+        blocks = self.vit_blocks
+        if not blocks or any(b >= a for b, a in zip(blocks, blocks[1:])) or min(blocks) < 0:
+            raise AHIQError(f"--vit_blocks {','.join(map(str, blocks))}: give increasing block indices without "
+                            "repeats, e.g. 0,1,2,3,4 (the features are concatenated in block order)")
+        for name, value, choices in (("fusion", self.fusion, FUSIONS), ("branches", self.branches, BRANCHES),
+                                     ("pooling", self.pooling, POOLINGS)):
+            if value not in choices:
+                raise AHIQError(f"--{name} {value!r}: expected one of {', '.join(choices)}")
+        if self.branches == "cnn" and self.fusion == "deform":
+            raise AHIQError("--branches cnn cannot use --fusion deform (its offsets come from the ViT); "
+                            "pass --fusion conv or none")
+        if self.crop_size <= 0 or self.crop_size % self.patch_size:
+            raise AHIQError(f"--crop_size {self.crop_size} must be a positive multiple of --patch_size "
+                            f"{self.patch_size}")
+
+    def to_dict(self) -> dict[str, Any]:
+        d = dataclasses.asdict(self)
+        return {**d, "vit_blocks": list(self.vit_blocks), "cnn_blocks": list(self.cnn_blocks)}
+
+    @classmethod
+    def from_dict(cls, d: Mapping[str, Any], source: str = "") -> ModelConfig:
+        names = {f.name for f in dataclasses.fields(cls)}
+        unknown = sorted(set(d) - names)
+        if unknown:
+            raise AHIQError(f"{source}: unknown model settings {unknown}; written by a newer AHIQ version?")
+        return cls(**{k: tuple(v) if isinstance(v, list) else v for k, v in d.items()})
+
+    def replace(self, **changes: Any) -> ModelConfig:
+        return dataclasses.replace(self, **changes)
+
+
+ARCH_FIELDS = tuple(f.name for f in dataclasses.fields(ModelConfig) if f.name != "crop_size")
+
+
+def config_from_checkpoint(ckpt: Mapping[str, Any], path: str) -> ModelConfig | None:
+    """The configuration a checkpoint was trained with; None for official and pyiqa files (they hold none)."""
+    meta = ckpt.get("ahiq")
+    if not isinstance(meta, Mapping):
+        return None
+    if isinstance(meta.get("model"), Mapping):
+        return ModelConfig.from_dict(meta["model"], path)
+    if isinstance(meta.get("arch"), Mapping):  # format 1: switches without backbone names (always the pinned ones)
+        arch = dict(meta["arch"])
+        keep = {k: v for k, v in arch.items() if k in ARCH_FIELDS and v is not None}
+        return ModelConfig(**{**keep, "patch_size": meta.get("patch_size", arch.get("patch_size", 8))})
+    return None
+
+
+def merge_config(saved: ModelConfig | None, given: Mapping[str, Any], path: str | None) -> ModelConfig:
+    """The checkpoint's configuration with the switches the user gave (``given`` holds only those).
+
+    A given switch that contradicts the checkpoint stops with one line naming both values; ``crop_size`` is not an
+    architecture switch (any multiple of the patch size can be scored) and simply replaces the trained one.
+    """
+    if saved is None:
+        return ModelConfig(**given)
+    for name, value in given.items():
+        ours = getattr(saved, name)
+        if name != "crop_size" and _normal(value) != _normal(ours):
+            raise AHIQError(f"{path}: trained with --{name} {_shown(ours)}, but --{name} {_shown(value)} was given; "
+                            "drop the option to use the checkpoint's (it is read from the file)")
+    return saved.replace(**{k: v for k, v in given.items() if k == "crop_size"})
+
+
+def _normal(value: Any) -> Any:
+    return tuple(value) if isinstance(value, (list, tuple)) else value
+
+
+def _shown(value: Any) -> str:
+    return ",".join(map(str, value)) if isinstance(value, (list, tuple)) else str(value)
+
+
+@dataclass(frozen=True)
+class BackboneSource:
+    """Where the frozen backbones' weights come from: an explicit file, else the files download.sh put in
+    ``search_dir`` (``{tag}.safetensors``), else the hub when ``pretrained``, else random (tests, offline demos)."""
+
+    pretrained: bool = True
+    vit_file: str | None = None
+    resnet_file: str | None = None
+    search_dir: str | None = None
+
+    def files(self, config: ModelConfig) -> tuple[str | None, str | None]:
+        found = [explicit or self._downloaded(tag) for explicit, tag in
+                 ((self.vit_file, config.vit_name), (self.resnet_file, config.resnet_name))]
+        return found[0], found[1]
+
+    def _downloaded(self, tag: str) -> str | None:
+        if not self.pretrained or self.search_dir is None:
+            return None
+        path = os.path.join(self.search_dir, tag + ".safetensors")
+        return path if os.path.isfile(path) else None
+
+
+def backbone_dir(checkpoints_dir: str) -> str:
+    """Where download.sh puts the pinned backbone weights."""
+    return os.path.join(checkpoints_dir, "backbones")
+
+
+def build_from_config(config: ModelConfig, source: BackboneSource = BackboneSource(),
+                      deform_impl: str = "gemm") -> AHIQ:
+    vit_file, resnet_file = source.files(config)
+    vit, cnn = build_backbones(config.patch_size, source.pretrained, vit_file, resnet_file, config.vit_name,
+                               config.resnet_name, config.vit_blocks, config.cnn_blocks,
+                               use_vit=config.branches != "cnn", use_cnn=config.branches != "vit")
+    try:
+        return AHIQ(vit, cnn, config, deform_impl)
+    except ValueError as err:  # e.g. CNN blocks of a stage coarser than the ViT grid
+        raise AHIQError(f"these model options do not fit together: {err}") from None
+
+
+def load_weights(model: AHIQ, path: str, ckpt: Mapping[str, Any] | None = None) -> dict[str, Any]:
+    """Load the trainable parts of ``model`` from ``path`` after checking that the file was trained with the same
+    architecture (its saved configuration, when it has one); returns the checkpoint dict."""
+    ckpt = dict(ckpt) if ckpt is not None else load_checkpoint(path)
+    saved = config_from_checkpoint(ckpt, path)
+    if saved is not None:
+        diff = [f"{k}: checkpoint {_shown(getattr(saved, k))} vs model {_shown(getattr(model.config, k))}"
+                for k in ARCH_FIELDS if _normal(getattr(saved, k)) != _normal(getattr(model.config, k))]
+        if diff:
+            raise AHIQError(f"{path}: built with other model options ({'; '.join(diff)}); load it with "
+                            "models.load_model (test.py, predict.py, the API), which reads them from the file")
+    load_head_weights(model, ckpt, path)
+    return ckpt
+
+
+def load_model(path: str, given: Mapping[str, Any] | None = None, source: BackboneSource = BackboneSource(),
+               deform_impl: str = "gemm") -> tuple[AHIQ, dict[str, Any]]:
+    """A checkpoint (ours, official or pyiqa) as a ready model in eval mode on the CPU, and the checkpoint dict.
+
+    ``given``: the model switches the user set explicitly (see :func:`merge_config`). Used by test.py, predict.py,
+    the Python API, protocol.py and train.py's resume: there is no other way from a file to a model.
+    """
+    ckpt = load_checkpoint(path)
+    config = merge_config(config_from_checkpoint(ckpt, path), dict(given or {}), path)
+    model = build_from_config(config, source, deform_impl)
+    load_head_weights(model, ckpt, path)
+    return model.eval(), ckpt

@@ -1,0 +1,131 @@
+"""Data options: image folders and label lists (the official names and defaults), dataset presets, label direction
+and content-disjoint splits. Parsers compose with ``parents=[...]``; :func:`apply_preset` and :func:`split_choice`
+turn the parsed values into what ``data/`` takes."""
+from __future__ import annotations
+
+import argparse
+import os
+
+from data.datasets import LIST_FORMATS, PRESETS, SplitChoice
+from utils.errors import AHIQError
+
+# The official defaults of the data paths; --data_root replaces the ones still at these values.
+PATH_DEFAULTS = {"train_ref_path": "Train_Ref/", "train_dis_path": "Train_Dis/", "val_ref_path": "NTIRE2021/Ref/",
+                 "val_dis_path": "NTIRE2021/Dis/", "train_list": "PIPAL.txt", "val_list": "PIPAL_NTIRE_Valid_MOS.txt",
+                 "test_ref_path": "Test_Ref/", "test_dis_path": "Test_Dis/", "test_list": "test.txt"}
+
+
+def train_data_parser() -> argparse.ArgumentParser:
+    """The official training/validation data options (train.py, protocol.py)."""
+    p = argparse.ArgumentParser(add_help=False)
+    g = p.add_argument_group("data")
+    for key, help_text in (("train_ref_path", "folder of the training reference images"),
+                           ("train_dis_path", "folder of the training distorted images"),
+                           ("val_ref_path", "folder of the validation reference images"),
+                           ("val_dis_path", "folder of the validation distorted images"),
+                           ("train_list", "training labels (see --list_format)"),
+                           ("val_list", "validation labels (see --list_format)")):
+        g.add_argument(f"--{key}", default=PATH_DEFAULTS[key], help=help_text)
+    g.add_argument("--num_crop", type=int, default=1,
+                   help="random crops per training sample (official option; only 1, the official value, is supported)")
+    g.add_argument("--num_avg_val", type=int, default=5, help="fixed windows averaged in validation")
+    return p
+
+
+def test_data_parser() -> argparse.ArgumentParser:
+    """The official test data options (test.py)."""
+    p = argparse.ArgumentParser(add_help=False)
+    g = p.add_argument_group("test data")
+    g.add_argument("--test_ref_path", default=PATH_DEFAULTS["test_ref_path"], help="folder of the reference images")
+    g.add_argument("--test_dis_path", default=PATH_DEFAULTS["test_dis_path"], help="folder of the distorted images")
+    g.add_argument("--test_list", default=PATH_DEFAULTS["test_list"],
+                   help="labels: 'name,MOS' or 'name' lines, or a CSV with --list_format csv")
+    g.add_argument("--split_part", default="test", choices=("train", "val", "test", "all"),
+                   help="with --split_file/--split_column: the part of the split to score")
+    return p
+
+
+def image_parser() -> argparse.ArgumentParser:
+    """How images become crops (train.py, test.py, protocol.py)."""
+    p = argparse.ArgumentParser(add_help=False)
+    g = p.add_argument_group("images")
+    g.add_argument("--resize", action="store_true",
+                   help="resize both images to --size x --size before cropping (needed for images smaller than "
+                        "--crop_size)")
+    g.add_argument("--size", type=int, default=224, help="side length used by --resize")
+    return p
+
+
+def label_parser() -> argparse.ArgumentParser:
+    """Dataset preset, label format and direction (train.py, test.py, protocol.py, tools/make_splits.py)."""
+    p = argparse.ArgumentParser(add_help=False)
+    g = p.add_argument_group("datasets (see README, 'Other datasets and evaluation protocols')")
+    g.add_argument("--dataset", default="pipal", choices=sorted(PRESETS),
+                   help="preset: label format, label direction, and (with --data_root) the folder layout")
+    g.add_argument("--data_root", default=None,
+                   help="dataset root: fills the image folders and label files the preset names, unless given")
+    g.add_argument("--list_format", default=None, choices=LIST_FORMATS,
+                   help="label files: 'pipal' (name,score lines) or 'csv' (pyiqa meta-info); None: the preset's")
+    g.add_argument("--label_direction", default=None, choices=("higher_better", "lower_better"),
+                   help="lower_better (DMOS) labels are flipped before normalising; None: the preset's")
+    return p
+
+
+def split_making_parser() -> argparse.ArgumentParser:
+    """How a new split file is made (train.py, protocol.py, tools/make_splits.py)."""
+    p = argparse.ArgumentParser(add_help=False)
+    g = p.add_argument_group("making split files")
+    g.add_argument("--split_ratios", default="6,2,2", help="train,val,test proportions of references (new files)")
+    g.add_argument("--n_splits", type=int, default=10, help="splits in a new --split_file")
+    g.add_argument("--split_seed", type=int, default=None, help="seed of a new --split_file; None: --seed")
+    return p
+
+
+def split_parser() -> argparse.ArgumentParser:
+    """Which split to use (train.py, test.py, protocol.py)."""
+    p = argparse.ArgumentParser(add_help=False, parents=[split_making_parser()])
+    g = p.add_argument_group("splits")
+    g.add_argument("--split_file", default=None,
+                   help="JSON file of content-disjoint splits (made with the --split_* settings if missing, reused if "
+                        "present); selects the rows of the label files by reference image")
+    g.add_argument("--split_index", type=int, default=0, help="which split of --split_file")
+    g.add_argument("--split_column", default=None,
+                   help="instead of --split_file: a CSV column whose values (train/val/test) select the rows")
+    return p
+
+
+def apply_preset(opt: argparse.Namespace) -> None:
+    """Fill format, direction and (with --data_root) folders and label files left at their official defaults."""
+    preset = PRESETS[opt.dataset]
+    opt.list_format = opt.list_format or preset.list_format
+    opt.lower_better = (opt.label_direction or ("lower_better" if preset.lower_better else "higher_better")) \
+        == "lower_better"
+    opt.ref_rule = preset.ref_rule
+    if opt.data_root is None:
+        return
+    if not os.path.isdir(opt.data_root):
+        raise AHIQError(f"--data_root {opt.data_root}: no such folder")
+    layout = {"train": (preset.ref_dir, preset.dis_dir, preset.labels)}
+    layout["val"] = preset.val or layout["train"]
+    layout["test"] = preset.test or layout["train"]
+    for phase, (ref, dis, labels) in layout.items():
+        for key, rel in ((f"{phase}_ref_path", ref), (f"{phase}_dis_path", dis), (f"{phase}_list", labels)):
+            if hasattr(opt, key) and getattr(opt, key) == PATH_DEFAULTS.get(key):
+                setattr(opt, key, os.path.join(opt.data_root, rel))
+
+
+def parse_ratios(text: str) -> tuple[float, float, float]:
+    try:
+        ratios = tuple(float(r) for r in text.split(","))
+    except ValueError:
+        ratios = ()
+    if len(ratios) != 3 or min(ratios) < 0 or ratios[0] <= 0:
+        raise AHIQError(f"--split_ratios {text!r}: expected three non-negative numbers train,val,test with "
+                        "train > 0, e.g. 6,2,2")
+    return ratios  # type: ignore[return-value]
+
+
+def split_choice(opt: argparse.Namespace, create: bool = False) -> SplitChoice:
+    """The split the options choose (``create``: a missing split file may be made, as train.py does)."""
+    return SplitChoice(opt.split_file, opt.split_index, opt.split_column, parse_ratios(opt.split_ratios),
+                       opt.n_splits, opt.seed if opt.split_seed is None else opt.split_seed, create)

@@ -1,0 +1,36 @@
+"""protocol.py options: every train.py option, plus how each split's model is tested."""
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+
+from data.datasets import PRESETS
+from options.base_options import finalize
+from options.train_options import check_train_options, train_parents
+from utils.errors import AHIQError
+
+
+def protocol_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(description="Train and test AHIQ on K content-disjoint splits and report median / "
+                                            "mean +- std.", parents=train_parents(),
+                                formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    g = p.add_argument_group("protocol")
+    g.add_argument("--n_ensemble", type=int, default=20, help="crops per image when testing (as test.py)")
+    g.add_argument("--test_batch_size", type=int, default=10, help="images per batch when testing")
+    g.add_argument("--cross_dataset", nargs="*", default=[], choices=sorted(PRESETS),
+                   help="also test each split's model on these whole datasets")
+    g.add_argument("--cross_data_root", default=None, help="root of the --cross_dataset data; None: --data_root")
+    return p
+
+
+def parse_protocol_options(argv: list[str] | None = None) -> argparse.Namespace:
+    opt = check_train_options(finalize(protocol_parser().parse_args(argv)))
+    if opt.split_column is None and opt.split_file is None:
+        opt.split_file = os.path.join(opt.run_dir, "splits.json")
+    if opt.split_column is not None and opt.n_splits != 1:
+        logging.getLogger("ahiq.protocol").warning("--split_column gives one fixed split: running it once")
+        opt.n_splits = 1
+    if opt.resume or opt.load_epoch >= 0:
+        raise AHIQError("protocol.py resumes by itself: run the same command again (no --resume/--load_epoch)")
+    return opt

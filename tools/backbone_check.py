@@ -1,0 +1,26 @@
+"""Print where the pinned backbone weights can come from: 'files', 'hub', or 'random' (used by demo.sh)."""
+from __future__ import annotations
+
+import socket
+
+from models import BackboneSource, ModelConfig, backbone_dir
+from options.tool_options import backbone_check_parser
+
+
+def main(argv: list[str] | None = None) -> str:
+    args = backbone_check_parser().parse_args(argv)
+    source = BackboneSource(True, search_dir=backbone_dir(args.checkpoints_dir))
+    if all(source.files(ModelConfig(patch_size=args.patch_size))):
+        answer = "files"
+    else:
+        try:
+            socket.create_connection(("huggingface.co", 443), timeout=3).close()
+            answer = "hub"
+        except OSError:
+            answer = "random"
+    print(answer)
+    return answer
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,55 @@
+"""Write a checkpoint as the file pyiqa's AHIQ reads with ``pyiqa.create_metric('ahiq', pretrained_model_path=F)``.
+
+pyiqa loads that file's ``params`` into its whole AHIQ module with ``strict=True``: the full timm ``resnet50`` and
+``vit_base_patch8_224`` (every block, norm and head) beside ``deform_net`` and ``regressor``. Our checkpoints keep
+only the trained parts (their ``params`` key holds those), so this adds the pinned backbone weights: from the files
+given, else from the hub. Only the paper's architecture (patch 8) exists in pyiqa.
+
+    python -m tools.export_pyiqa --ckpt checkpoints/ahiq_pipal/best.pth --out ahiq_pyiqa.pth
+"""
+from __future__ import annotations
+
+import timm
+import torch
+
+from models import ModelConfig, config_from_checkpoint
+from models.backbones import read_state_dict
+from options.tool_options import export_pyiqa_parser
+from utils.checkpoint import OFFICIAL_KEYS, head_state_dicts, load_checkpoint
+from utils.errors import AHIQError, run_cli
+from utils.files import atomic_torch_save
+
+
+def full_backbone(attr: str, tag: str, weights: str | None) -> dict[str, torch.Tensor]:
+    """The whole timm model's state dict under pyiqa's attribute name, from a file or the hub (pinned tag)."""
+    model = timm.create_model(tag, pretrained=weights is None)
+    if weights:
+        model.load_state_dict(read_state_dict(weights), strict=True)
+    return {f"{attr}.{k}": v for k, v in model.state_dict().items()}
+
+
+def export(ckpt_path: str, out: str, vit_weights: str | None = None, resnet_weights: str | None = None) -> int:
+    ckpt = load_checkpoint(ckpt_path)
+    config = config_from_checkpoint(ckpt, ckpt_path) or ModelConfig()
+    if config.replace(crop_size=224) != ModelConfig():
+        raise AHIQError(f"{ckpt_path}: pyiqa's AHIQ is the paper's model only (patch 8, pinned backbones, all "
+                        "blocks, deformable fusion, weighted pooling); this checkpoint is another architecture")
+    heads = head_state_dicts(ckpt, ckpt_path)
+    if not all(heads[part] for part in OFFICIAL_KEYS):
+        raise AHIQError(f"{ckpt_path}: lacks deform_net or regressor weights; pyiqa's AHIQ needs both trained parts")
+    params = {f"{part}.{k}": v for part, sd in heads.items() for k, v in sd.items()}
+    params.update(full_backbone("vit", config.vit_name, vit_weights))
+    params.update(full_backbone("resnet50", config.resnet_name, resnet_weights))
+    atomic_torch_save({"params": params}, out)
+    return len(params)
+
+
+def main(argv: list[str] | None = None) -> int:
+    opt = export_pyiqa_parser().parse_args(argv)
+    n = export(opt.ckpt, opt.out, opt.vit_weights, opt.resnet_weights)
+    print(f"wrote {opt.out}: {n} tensors; load with pyiqa.create_metric('ahiq', pretrained_model_path='{opt.out}')")
+    return n
+
+
+if __name__ == "__main__":
+    run_cli(main)

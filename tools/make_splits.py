@@ -1,0 +1,35 @@
+"""Make (or check) a content-disjoint split file (see data/splits.py).
+
+    python -m tools.make_splits --dataset kadid10k --data_root datasets --out splits/kadid10k.json [--n_splits 10]
+"""
+from __future__ import annotations
+
+import logging
+
+from data.datasets import read_labels
+from data.splits import PARTS, load_or_create_splits
+from options.data_options import PATH_DEFAULTS, apply_preset, parse_ratios
+from options.tool_options import make_splits_parser
+from utils.errors import AHIQError, run_cli
+
+
+def main(argv: list[str] | None = None) -> list[dict]:
+    logging.basicConfig(level=logging.INFO, format="%(message)s")
+    opt = make_splits_parser().parse_args(argv)
+    opt.train_list = opt.labels if opt.labels is not None else PATH_DEFAULTS["train_list"]
+    apply_preset(opt)
+    if opt.labels is None and opt.data_root is None:
+        raise AHIQError("give --labels FILE, or --dataset with --data_root")
+    labels = read_labels(opt.train_list, opt.list_format, opt.ref_rule)
+    splits = load_or_create_splits(opt.out, labels, parse_ratios(opt.split_ratios), opt.n_splits,
+                                   opt.seed if opt.split_seed is None else opt.split_seed)
+    for k, s in enumerate(splits):
+        parts = {p: set(s[p]) for p in PARTS}
+        rows = {p: sum(r in parts[p] for r in labels.refs) for p in PARTS}
+        print(f"split {k}: references " + " / ".join(f"{p} {len(s[p])}" for p in PARTS)
+              + "; images " + " / ".join(f"{p} {rows[p]}" for p in PARTS))
+    return splits
+
+
+if __name__ == "__main__":
+    run_cli(main)
