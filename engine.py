@@ -1,24 +1,29 @@
-"""The training step loop and the one scoring loop, shared by train.py (validation) and test.py.
+"""The training step loop and the one scoring loop (test.py, validation in train.py, predict.py, the API, protocol.py).
 
-A scoring batch holds B images with K ensemble crops each, as uint8. The B*K crop pairs go through the model in
-chunks of at most ``crops_per_forward`` pairs, and each image's score is the mean over its K crops (as in the
-official test). A training batch holds one crop per image; the loss is the MSE to the min-max normalised MOS.
+A scoring batch holds B images with K ensemble crops each, as uint8. Each distinct (reference image, window) goes
+through the reference side of the model once (:class:`models.ahiq.ReferenceFeatures`) and is kept while distorted
+images still need it; the B*K distorted crops go through the rest in chunks of at most ``crops_per_forward``, and
+each image's score is the mean over its K crops (as in the official test). A training batch holds one crop per
+image; the loss is the MSE to the min-max normalised MOS.
 """
 from __future__ import annotations
 
 import contextlib
 import logging
 import math
-from collections.abc import Callable
+from collections import Counter
+from collections.abc import Callable, Hashable
 from dataclasses import dataclass
 
 import numpy as np
 import torch
 import torch.nn.functional as F
-from torch.utils.data import DataLoader
+from torch.utils.data import DataLoader, Subset
 from tqdm import tqdm
 
+from data.pipal import PairDataset
 from models import AHIQ
+from models.ahiq import ReferenceFeatures
 
 log = logging.getLogger("ahiq.engine")
 
@@ -53,35 +58,89 @@ class ChunkSize:
         return True
 
 
-@torch.inference_mode()
-def score_crops(model: AHIQ, dis: torch.Tensor, ref: torch.Tensor, crops_per_forward: int | ChunkSize = 50,
-                amp_dtype: torch.dtype | None = None) -> torch.Tensor:
-    """(B,) scores of (B, K, 3, S, S) uint8 (or [0,1] float) crop stacks, averaged over the K crops.
+class ReferenceCache:
+    """Reference features by key (reference image, window), each kept while distorted crops still need it.
 
-    The B*K crop pairs go through the model in chunks; a chunk that runs out of memory is retried at half the size.
-    Every crop is scored on its own, so chunking does not change the scores (beyond float rounding).
-    """
-    chunk = crops_per_forward if isinstance(crops_per_forward, ChunkSize) else ChunkSize(crops_per_forward)
-    b, k = dis.shape[:2]
-    device = next(model.regressor.parameters()).device
-    dis, ref = dis.flatten(0, 1), ref.flatten(0, 1)
-    scores: list[torch.Tensor] = []
+    ``uses`` counts, per key, the distorted crops of the work ahead that need it; a key's features are freed when
+    its count reaches zero. Without counts every key is freed at the end of the batch (nothing is shared across
+    batches)."""
+
+    def __init__(self, uses: Counter | None = None) -> None:
+        self.features: dict[Hashable, ReferenceFeatures] = {}
+        self.uses = uses
+
+    def release(self, keys: list[Hashable]) -> None:
+        if self.uses is None:
+            self.features.clear()
+            return
+        for key in keys:
+            self.uses[key] -= 1
+            if self.uses[key] <= 0:
+                self.features.pop(key, None)
+
+
+def _in_chunks(n: int, chunk: ChunkSize, run: Callable[[slice], None], device: torch.device) -> None:
+    """``run`` over slices of at most ``chunk.size`` of range(n); a slice that runs out of CUDA memory is retried at
+    half the size (kept smaller for the rest of the run)."""
     start = 0
-    while start < b * k:
-        stop = start + chunk.size
+    while start < n:
+        stop = min(start + chunk.size, n)
         try:
-            d, r = to_unit(dis[start:stop], device), to_unit(ref[start:stop], device)
-            with autocast(device, amp_dtype):
-                scores.append(model(d, r).float().flatten())
+            run(slice(start, stop))
         except torch.OutOfMemoryError:
-            d = r = None
             if device.type == "cuda":
                 torch.cuda.empty_cache()
             if not chunk.shrink():
                 raise
             continue
         start = stop
-    return torch.cat(scores).view(b, k).mean(dim=1)
+
+
+@torch.inference_mode()
+def score_batch(model: AHIQ, dis: torch.Tensor, ref: torch.Tensor, keys: list[list[Hashable]], cache: ReferenceCache,
+                chunk: ChunkSize, amp_dtype: torch.dtype | None = None) -> torch.Tensor:
+    """(B,) scores of (B, K, 3, S, S) uint8 (or [0, 1] float) crop stacks, averaged over the K crops.
+
+    ``keys[b][k]`` names the reference crop of ``ref[b, k]`` (reference image and window). The reference features
+    of a key not in ``cache`` are computed once, in chunks, and every distorted crop with that key is scored against
+    them; the result equals scoring every pair on its own (beyond float rounding). The cache is then released for
+    this batch's keys.
+    """
+    b, k = dis.shape[:2]
+    device = next(model.regressor.parameters()).device
+    dis, ref = dis.flatten(0, 1), ref.flatten(0, 1)
+    flat = [key for row in keys for key in row]
+    first = {}
+    for i, key in enumerate(flat):
+        if key not in cache.features:
+            first.setdefault(key, i)
+    missing = list(first)
+
+    def references(rows: slice) -> None:
+        with autocast(device, amp_dtype):
+            feats = model.reference(to_unit(ref[[first[key] for key in missing[rows]]], device))
+        for j, key in enumerate(missing[rows]):
+            cache.features[key] = feats[j:j + 1]
+
+    scores = torch.empty(b * k)
+
+    def distorted(rows: slice) -> None:
+        feats = ReferenceFeatures.cat([cache.features[key] for key in flat[rows]])
+        with autocast(device, amp_dtype):
+            scores[rows] = model.score(to_unit(dis[rows], device), feats).float().flatten().cpu()
+
+    _in_chunks(len(missing), chunk, references, device)
+    _in_chunks(b * k, chunk, distorted, device)
+    cache.release(flat)
+    return scores.view(b, k).mean(dim=1)
+
+
+def score_crops(model: AHIQ, dis: torch.Tensor, ref: torch.Tensor, crops_per_forward: int | ChunkSize = 50,
+                amp_dtype: torch.dtype | None = None) -> torch.Tensor:
+    """(B,) scores of crop stacks whose references are all distinct (the Python API on tensors, benchmarks)."""
+    chunk = crops_per_forward if isinstance(crops_per_forward, ChunkSize) else ChunkSize(crops_per_forward)
+    keys = [[(i, j) for j in range(dis.shape[1])] for i in range(dis.shape[0])]
+    return score_batch(model, dis, ref, keys, ReferenceCache(), chunk, amp_dtype)
 
 
 @dataclass
@@ -92,23 +151,44 @@ class Predictions:
     labels: np.ndarray  # NaN where the list has no score
 
 
-def predict(model: AHIQ, loader: DataLoader, crops_per_forward: int = 50, amp_dtype: torch.dtype | None = None,
+def grouped_by_reference(indices: list[int], reference_of: Callable[[int], Hashable]) -> list[int]:
+    """``indices`` reordered so that the images of one reference follow each other (references in order of first
+    appearance, list order within one): each reference's features are then computed once and freed early."""
+    groups: dict[Hashable, list[int]] = {}
+    for i in indices:
+        groups.setdefault(reference_of(i), []).append(i)
+    return [i for group in groups.values() for i in group]
+
+
+def predict(model: AHIQ, dataset: PairDataset, indices: list[int] | None = None, batch_size: int = 10,
+            num_workers: int = 0, crops_per_forward: int = 50, amp_dtype: torch.dtype | None = None,
             progress: bool = True, desc: str = "scoring") -> Predictions:
-    """Predictions for every image the loader yields, in loader order."""
+    """Predictions for the images ``indices`` of ``dataset`` (default: all), returned in the order of ``indices``.
+
+    The images are loaded grouped by reference, so each (reference, window) is computed once for all its distorted
+    images (:func:`score_batch`) and freed after the last of them: a list that never repeats a reference costs what
+    scoring each pair on its own costs.
+    """
+    indices = list(range(len(dataset))) if indices is None else list(indices)
     was_training = model.training
     model.eval()
+    device = next(model.regressor.parameters()).device
+    order = grouped_by_reference(indices, dataset.reference_key)
+    cache = ReferenceCache(Counter(key for i in order for key in dataset.crop_keys(i)))
     chunk = ChunkSize(crops_per_forward)  # shrinks once for the whole loop if memory runs out
-    index, names, preds, labels = [], [], [], []
+    loader = DataLoader(Subset(dataset, order), batch_size=batch_size, shuffle=False, num_workers=num_workers,
+                        pin_memory=device.type == "cuda")
+    done: dict[int, tuple[str, float, float]] = {}
     for batch in tqdm(loader, desc=desc, disable=not progress, dynamic_ncols=True, leave=False):
-        preds.append(score_crops(model, batch["dis"], batch["ref"], chunk, amp_dtype).cpu())
-        names.extend(batch["name"])
-        labels.append(batch["label"].double())
-        index.append(batch["index"])
+        keys = [dataset.crop_keys(int(i)) for i in batch["index"]]
+        scores = score_batch(model, batch["dis"], batch["ref"], keys, cache, chunk, amp_dtype)
+        for i, name, score, label in zip(batch["index"].tolist(), batch["name"], scores.tolist(),
+                                         batch["label"].double().tolist()):
+            done[i] = (name, score, label)
     model.train(was_training)
-    if not names:  # an empty shard (more ranks than validation images)
-        return Predictions(np.zeros(0, np.int64), [], np.zeros(0), np.zeros(0))
-    return Predictions(torch.cat(index).numpy(), names, torch.cat(preds).double().numpy(),
-                       torch.cat(labels).numpy())
+    rows = [done[i] for i in indices]
+    return Predictions(np.asarray(indices, dtype=np.int64), [r[0] for r in rows],
+                       np.asarray([r[1] for r in rows], dtype=np.float64), np.asarray([r[2] for r in rows]))
 
 
 @dataclass

@@ -16,7 +16,6 @@ import zipfile
 
 import numpy as np
 import torch
-from torch.utils.data import DataLoader
 
 from engine import predict
 from options.test_options import parse_test_options
@@ -67,15 +66,13 @@ def run(opt) -> dict:
     """Score the test set the (finalized) options describe; returns paths, timing and metrics."""
     torch.manual_seed(opt.seed)
     model, _, ckpt_path = scoring_model(opt)
-    dataset = load_dataset(opt, "test", opt.split_part, opt.n_ensemble, flip=opt.flip)
+    dataset = load_dataset(opt, "test", opt.split_part, opt.n_ensemble, flip=opt.flip, batch_size=opt.batch_size)
     amp_dtype = configure_device(opt)
     save_options(opt, "test")
     log.info("scoring %d images of %s with %s (%d crops each, %s)", len(dataset), opt.test_list, ckpt_path,
              opt.n_ensemble, opt.device)
-    loader = DataLoader(dataset, batch_size=opt.batch_size, shuffle=False, num_workers=opt.num_workers,
-                        pin_memory=opt.device.startswith("cuda"), drop_last=False)
     start = time.perf_counter()
-    out = predict(model, loader, opt.crops_per_forward, amp_dtype)
+    out = predict(model, dataset, None, opt.batch_size, opt.num_workers, opt.crops_per_forward, amp_dtype)
     names, preds, labels = out.names, out.preds, out.labels
     seconds = time.perf_counter() - start
     predictions = format_predictions(names, preds)

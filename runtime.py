@@ -41,13 +41,16 @@ def configure_device(opt: argparse.Namespace) -> torch.dtype | None:
 
 
 def load_dataset(opt: argparse.Namespace, phase: str, part: str, n_crops: int, flip: bool = False,
-                 create_split: bool = False, norm: LabelNorm | None = None) -> PairDataset:
-    """The ``phase`` (train/val/test) folders and label file of the options, restricted to ``part`` of the split."""
+                 create_split: bool = False, norm: LabelNorm | None = None, batch_size: int = 10) -> PairDataset:
+    """The ``phase`` (train/val/test) folders and label file of the options, restricted to ``part`` of the split;
+    ``batch_size`` is the scoring batch the official random windows follow (--random_windows official)."""
     labels = read_labels(getattr(opt, f"{phase}_list"), opt.list_format, opt.ref_rule)
     labels = select_rows(labels, part, split_choice(opt, create_split))
     return pair_dataset(getattr(opt, f"{phase}_ref_path"), getattr(opt, f"{phase}_dis_path"), labels,
                         opt.lower_better, crop_size=opt.crop_size, n_crops=n_crops, seed=opt.seed,
-                        resize=opt.size if opt.resize else None, flip=flip, norm=norm)
+                        resize=opt.size if opt.resize else None, flip=flip, norm=norm,
+                        random_windows=opt.random_windows, window_batch=batch_size,
+                        flip_axis=getattr(opt, "flip_axis", "vertical"))
 
 
 def checkpoint_to_score(opt: argparse.Namespace) -> str:

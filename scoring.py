@@ -16,7 +16,6 @@ from dataclasses import dataclass
 
 import numpy as np
 import torch
-from torch.utils.data import DataLoader
 
 from data.label_norm import LabelNorm
 from data.pipal import PairDataset, crop_tensor_stack, crop_windows
@@ -36,6 +35,7 @@ class Scorer:
     label_norm: LabelNorm | None = None  # how the training labels were normalised
     checkpoint: str | None = None
     amp_dtype: torch.dtype | None = None  # bf16/fp16 autocast on CUDA
+    random_windows: str = "reference"  # more than 9 crops: windows per reference, or the released test.py's stream
 
     @property
     def lower_better(self) -> bool:
@@ -52,15 +52,17 @@ class Scorer:
 
     def score_files(self, pairs: Sequence[tuple[str, str]], batch_size: int = 10, num_workers: int = 0,
                     progress: bool = False) -> np.ndarray:
-        """Scores of (distorted, reference) file pairs. Random windows are seeded with the distorted file name, as
-        in test.py, so the same image scores the same here and there."""
+        """Scores of (distorted, reference) file pairs, in order. Random windows are seeded with the reference's file
+        name, as in test.py, so the same pair scores the same here and there; distorted images that share a reference
+        file share its features (computed once)."""
         dataset = PairDataset([(os.path.basename(d), d, r) for d, r in pairs], None, self.crop_size, self.n_ensemble,
-                              self.seed)
-        loader = DataLoader(dataset, batch_size=batch_size, num_workers=num_workers, shuffle=False)
-        return predict(self.model, loader, self.crops_per_forward, self.amp_dtype, progress=progress).preds
+                              self.seed, random_windows=self.random_windows, window_batch=batch_size)
+        return predict(self.model, dataset, None, batch_size, num_workers, self.crops_per_forward, self.amp_dtype,
+                       progress=progress).preds
 
     def score_tensors(self, dis: torch.Tensor, ref: torch.Tensor) -> torch.Tensor:
-        """Scores (B,) of (B, 3, H, W) image tensors in [0, 1]; random windows are seeded with the batch position."""
+        """Scores (B,) of (B, 3, H, W) image tensors in [0, 1]; random windows are seeded with the batch position
+        (each pair is scored on its own: nothing is shared between positions)."""
         if dis.shape != ref.shape or dis.dim() != 4 or dis.shape[1] != 3:
             raise AHIQError(f"expected two (B, 3, H, W) tensors of the same shape, got {tuple(dis.shape)} and "
                             f"{tuple(ref.shape)}")

@@ -14,6 +14,7 @@ exec $PY test.py \
     --patch_size 8 \
     --n_ensemble 20 \
     --batch_size 10 \
+    --random_windows official \
     --gpu_ids "${GPU_IDS:-0}" \
     --test_file_name ntire22_fr_test.txt \
     --submission results/ntire22_submission \

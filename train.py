@@ -1,14 +1,14 @@
 """Train AHIQ with the official protocol (Lao et al., CVPRW 2022; defaults in options/train_options.py).
 
 Only ``deform_net`` and ``regressor`` train: Adam + CosineAnnealingLR stepped every iteration, MSE on the training
-MOS min-max normalised over the list (data/label_norm.py), one random crop + flip per sample. Validation every
-``--val_freq`` epochs averages ``--num_avg_val`` fixed windows. Files in ``{checkpoints_dir}/{name}``: ``best.pth``
-(SRCC or PLCC improved) and ``epoch_N.pth`` (every ``--save_interval``) with the weights, ``last.pth`` (every epoch
-and on SIGINT/SIGTERM) with everything an exact resume needs, log.txt, opt_train.txt/.json and TensorBoard events.
-``--resume`` continues exactly; ``torchrun --nproc_per_node=K`` runs DDP.
-Other datasets (``--dataset``, ``--data_root``, CSV labels) and content-disjoint splits (``--split_file``: train on
-the 'train' part, validate on the 'val' part of one label file) come from data/datasets.py and data/splits.py; the
-model's configuration (models/config.py) is saved in every checkpoint.
+MOS min-max normalised over the list (data/label_norm.py), one random crop per sample, flipped up-down with p=0.5
+(official; ``--flip_axis``). Validation every ``--val_freq`` epochs averages ``--num_avg_val`` fixed windows.
+Files in ``{checkpoints_dir}/{name}``: ``best.pth`` (SRCC or PLCC improved) and ``epoch_N.pth`` (every
+``--save_interval``) with the weights, ``last.pth`` (every epoch and on SIGINT/SIGTERM) with everything an exact
+resume needs, log.txt, opt_train.txt/.json and TensorBoard events. ``--resume`` continues exactly; ``torchrun
+--nproc_per_node=K`` runs DDP. Other datasets (``--dataset``, ``--data_root``, CSV labels) and content-disjoint
+splits (``--split_file``: train on the 'train' part, validate on the 'val' part of one label file) come from
+data/datasets.py and data/splits.py; the model's configuration (models/config.py) is saved in every checkpoint.
 """
 from __future__ import annotations
 
@@ -23,7 +23,7 @@ from dataclasses import asdict, dataclass
 import numpy as np
 import torch
 from torch.nn.parallel import DistributedDataParallel
-from torch.utils.data import DataLoader, Subset
+from torch.utils.data import DataLoader
 
 from data.pipal import PairDataset
 from data.sampler import EpochSampler
@@ -86,19 +86,25 @@ def seed_everything(seed: int) -> None:
     torch.manual_seed(seed)
 
 
-def build_loaders(opt, info: DistInfo) -> tuple[PairDataset, DataLoader, EpochSampler, DataLoader]:
+@dataclass
+class Validation:
+    dataset: PairDataset
+    indices: list[int]  # this rank's shard
+
+
+def build_loaders(opt, info: DistInfo) -> tuple[PairDataset, DataLoader, EpochSampler, Validation]:
     split = split_choice(opt, create=True)
     train_set = load_dataset(opt, "train", "train", 1, create_split=True)
     if train_set.labels is None:
         raise AHIQError(f"{opt.train_list}: the training labels need a score on every row")
     if split.active:  # a split divides one dataset: validation is the 'val' part of the training labels
-        val_set = load_dataset(opt, "train", "val", opt.num_avg_val)
+        val_set = load_dataset(opt, "train", "val", opt.num_avg_val, batch_size=opt.val_batch_size)
     else:
         if (opt.train_list, opt.train_ref_path, opt.train_dis_path) == (opt.val_list, opt.val_ref_path,
                                                                         opt.val_dis_path):
             raise AHIQError(f"{opt.train_list}: training and validation would use the same images; pass a "
                             "--val_list, or split the data by reference with --split_file FILE (see README)")
-        val_set = load_dataset(opt, "val", "val", opt.num_avg_val)
+        val_set = load_dataset(opt, "val", "val", opt.num_avg_val, batch_size=opt.val_batch_size)
     if val_set.labels is None or len(val_set) < 2:
         source = f"{opt.train_list} ({split.describe()}, part val)" if split.active else opt.val_list
         raise AHIQError(f"{source}: validation needs two or more images with a score")
@@ -106,13 +112,13 @@ def build_loaders(opt, info: DistInfo) -> tuple[PairDataset, DataLoader, EpochSa
                "persistent_workers": opt.num_workers > 0}
     sampler = EpochSampler(len(train_set), opt.seed, info.rank, info.world_size)
     train_loader = DataLoader(train_set, batch_size=opt.batch_size, sampler=sampler, **workers)
-    shard = Subset(val_set, range(info.rank, len(val_set), info.world_size))  # no image dropped or repeated
-    val_loader = DataLoader(shard, batch_size=opt.val_batch_size, shuffle=False, **workers)
-    return train_set, train_loader, sampler, val_loader
+    shard = list(range(info.rank, len(val_set), info.world_size))  # no image dropped or repeated
+    return train_set, train_loader, sampler, Validation(val_set, shard)
 
 
-def validate(model: AHIQ, loader: DataLoader, info: DistInfo, opt) -> tuple[dict, np.ndarray, np.ndarray]:
-    out = predict(model, loader, opt.crops_per_forward, opt.autocast_dtype, progress=info.is_main, desc="validate")
+def validate(model: AHIQ, val: Validation, info: DistInfo, opt) -> tuple[dict, np.ndarray, np.ndarray]:
+    out = predict(model, val.dataset, val.indices, opt.val_batch_size, opt.num_workers, opt.crops_per_forward,
+                  opt.autocast_dtype, progress=info.is_main, desc="validate")
     index, preds, labels = gather_arrays(info, out.index, out.preds, out.labels)
     order = np.argsort(index, kind="stable")
     return iqa_metrics(preds[order], labels[order]), preds[order], labels[order]
@@ -211,7 +217,7 @@ def run(opt, info: DistInfo) -> TrainState:
     opt.crop_size = config.crop_size
     seed_everything(opt.seed)
     opt.autocast_dtype = configure_device(opt)
-    train_set, train_loader, sampler, val_loader = build_loaders(opt, info)
+    train_set, train_loader, sampler, val = build_loaders(opt, info)
     model = build_from_config(config, backbone_source(opt), opt.deform_impl).to(opt.device)
     params = [p for part in model.trainable_parts().values() for p in part.parameters()]
     optimizer = torch.optim.Adam(params, lr=opt.learning_rate, weight_decay=opt.weight_decay)
@@ -231,7 +237,7 @@ def run(opt, info: DistInfo) -> TrainState:
         save_options(opt, "train")
         writer = SummaryWriter(os.path.join(opt.run_dir, "tensorboard"))
         log.info("training on %d pairs, validating on %d (%s), %d process(es) on %s%s", len(train_set),
-                 len(val_loader.dataset.dataset), split_choice(opt).describe(), info.world_size, opt.device,
+                 len(val.dataset), split_choice(opt).describe(), info.world_size, opt.device,
                  f"; continuing from {resume_from} at epoch {state.epoch + 1}" if resume_from else "")
     save = Saver(opt, model, optimizer, scheduler, scaler, train_set)
     stop = StopRequest()
@@ -260,7 +266,7 @@ def run(opt, info: DistInfo) -> TrainState:
             sys.exit(3)
         state.epoch, state.step = state.epoch + 1, 0
         log.info("epoch %d: train loss %.5f", state.epoch, loss)
-        improved = state.epoch % opt.val_freq == 0 and validate_epoch(model, val_loader, info, opt, state, writer)
+        improved = state.epoch % opt.val_freq == 0 and validate_epoch(model, val, info, opt, state, writer)
         if info.is_main:
             if improved:
                 save("best.pth", state, loss)
@@ -273,9 +279,9 @@ def run(opt, info: DistInfo) -> TrainState:
     return state
 
 
-def validate_epoch(model: AHIQ, loader: DataLoader, info: DistInfo, opt, state: TrainState, writer) -> bool:
+def validate_epoch(model: AHIQ, val: Validation, info: DistInfo, opt, state: TrainState, writer) -> bool:
     """Validate, log, update the bests in ``state``; True when SRCC or PLCC improved (official: both move then)."""
-    metrics, preds, labels = validate(model, loader, info, opt)
+    metrics, preds, labels = validate(model, val, info, opt)
     improved = metrics["srcc"] > state.best_srcc or metrics["plcc"] > state.best_plcc
     if improved:
         state.best_srcc, state.best_plcc = metrics["srcc"], metrics["plcc"]

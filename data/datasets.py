@@ -233,4 +233,4 @@ def pair_dataset(ref_dir: str, dis_dir: str, labels: Labels, lower_better: bool 
     """A :class:`PairDataset` of labelled rows; images are checked when it is built."""
     pairs = [(name, os.path.join(dis_dir, name), os.path.join(ref_dir, ref))
              for name, ref in zip(labels.names, labels.refs)]
-    return PairDataset(pairs, labels.raw, lower_better=lower_better, **kwargs)
+    return PairDataset(pairs, labels.raw, lower_better=lower_better, ref_names=labels.refs, **kwargs)

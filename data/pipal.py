@@ -89,11 +89,12 @@ def fixed_windows(h: int, w: int, crop: int) -> list[Window]:
             (top_c, 0), (top_c, right), (0, left_c), (bottom, left_c)]
 
 
-def crop_windows(h: int, w: int, crop: int, n: int, seed: int, name: str) -> list[Window]:
+def crop_windows(h: int, w: int, crop: int, n: int, seed: int, reference: str) -> list[Window]:
     """Windows of an ``n``-crop ensemble on an h x w image.
 
     1: the centre; 2-9: the first ``n`` fixed windows; more: random windows drawn from a generator seeded with
-    ``seed`` and the image name, so a score never depends on batch size, worker count or order.
+    ``seed`` and the reference's name, so every distorted image of a reference gets the same windows (and shares
+    its reference features), and a score never depends on batch size, worker count or order.
     """
     if n < 1:
         raise AHIQError(f"--n_ensemble/--num_avg_val must be at least 1, got {n}")
@@ -101,10 +102,31 @@ def crop_windows(h: int, w: int, crop: int, n: int, seed: int, name: str) -> lis
         return [fixed_windows(h, w, crop)[4]]
     if n <= 9:
         return fixed_windows(h, w, crop)[:n]
-    rng = np.random.default_rng([seed, zlib.crc32(name.encode("utf-8"))])
+    rng = np.random.default_rng([seed, zlib.crc32(reference.encode("utf-8"))])
     tops = rng.integers(0, h - crop + 1, size=n)
     lefts = rng.integers(0, w - crop + 1, size=n)
     return [(int(t), int(left)) for t, left in zip(tops, lefts)]
+
+
+def official_windows(sizes: Sequence[tuple[int, int]], crop: int, n: int, batch_size: int, seed: int,
+                     paths: Sequence[str] | None = None) -> list[list[Window]]:
+    """The random windows of the released test.py, per image of a list: ``setup_seed(seed)`` seeds numpy's global
+    generator, then per batch of ``batch_size`` images, per crop index, ``top = randint(0, h - crop)`` and ``left =
+    randint(0, w - crop)`` (the last offset is never drawn), one window for the whole batch. The official loader
+    drops an incomplete last batch; here the stream simply continues into it."""
+    rng = np.random.RandomState(seed)
+    windows: list[list[Window]] = []
+    for start in range(0, len(sizes), batch_size):
+        batch = sizes[start:start + batch_size]
+        h, w = batch[0]
+        if any(size != (h, w) for size in batch) or min(h, w) <= crop:
+            where = paths[start] if paths else f"image {start}"
+            raise AHIQError(f"{where}: --random_windows official needs the {len(batch)} images of its batch (from list "
+                            f"position {start}) to have one size larger than the crop {crop}, as the released test.py "
+                            "stacks them; use --random_windows reference")
+        drawn = [(int(rng.randint(0, h - crop)), int(rng.randint(0, w - crop))) for _ in range(n)]
+        windows += [drawn] * len(batch)
+    return windows
 
 
 def crop_stack(img: np.ndarray, windows: Sequence[Window], crop: int) -> torch.Tensor:
@@ -118,38 +140,58 @@ def crop_tensor_stack(img: torch.Tensor, windows: Sequence[Window], crop: int) -
     return torch.stack([img[:, t:t + crop, left:left + crop] for t, left in windows])
 
 
+WINDOW_MODES = ("reference", "official")
+FLIP_AXES = ("vertical", "horizontal")
+
+
 class PairDataset(Dataset):
     """Distorted/reference pairs ``(name, dis_path, ref_path)``, as uint8 crop stacks (K, 3, crop, crop).
 
     Labels are the raw scores normalised by ``norm`` (a :class:`LabelNorm`; fitted on these scores when not given,
     flipped first when ``lower_better``, i.e. DMOS).
-    Evaluation (``dataset[idx]``): the K = ``n_crops`` windows of :func:`crop_windows`, seeded with the pair's name.
-    Training (``dataset[(epoch, idx)]``, keys made by :class:`data.sampler.EpochSampler`): one random window and a
-    random horizontal flip, the same for both images, drawn from a generator seeded with (seed, epoch, idx); so a
-    sample never depends on worker processes, ranks or where a run was resumed.
+    Evaluation (``dataset[idx]``): the K = ``n_crops`` windows of :meth:`windows`: fixed windows for K <= 9; random
+    ones seeded with the reference's name (``random_windows="reference"``) or the released test.py's stream over the
+    list in batches of ``window_batch`` (``"official"``, :func:`official_windows`).
+    Training (``dataset[(epoch, idx)]``, keys made by :class:`data.sampler.EpochSampler`): one random window, the
+    same for both images, and with probability 0.5 both crops flipped along ``flip_axis`` (official: vertical, as
+    ``np.fliplr`` on a C x H x W crop), drawn from a generator seeded with (seed, epoch, idx); so a sample never
+    depends on worker processes, ranks or where a run was resumed.
     Every image is checked when the dataset is built (exists, readable header, same size as its reference, at least
     the crop size unless ``resize``), so a bad file stops the run before any work, naming the file.
     """
 
     def __init__(self, pairs: Sequence[tuple[str, str, str]], raw_scores: np.ndarray | None = None,
                  crop_size: int = 224, n_crops: int = 5, seed: int = 1919, resize: int | None = None,
-                 flip: bool = False, lower_better: bool = False, norm: LabelNorm | None = None) -> None:
+                 flip: bool = False, lower_better: bool = False, norm: LabelNorm | None = None,
+                 ref_names: Sequence[str] | None = None, random_windows: str = "reference", window_batch: int = 10,
+                 flip_axis: str = "vertical") -> None:
         self.pairs = list(pairs)
         self.names = [name for name, _, _ in self.pairs]
+        self.ref_names = list(ref_names) if ref_names is not None else [os.path.basename(r) for _, _, r in self.pairs]
         self.crop, self.n_crops, self.seed, self.resize, self.flip = crop_size, n_crops, seed, resize, flip
+        if random_windows not in WINDOW_MODES or flip_axis not in FLIP_AXES:
+            raise AHIQError(f"random windows {random_windows!r} / flip axis {flip_axis!r}: expected one of "
+                            f"{WINDOW_MODES} / {FLIP_AXES}")
+        self.flip_dim = -2 if flip_axis == "vertical" else -1
         self.raw_scores, self.norm, self.labels = raw_scores, None, None
         if raw_scores is not None:
             self.norm = norm or LabelNorm.fit(raw_scores, lower_better)
             self.labels = self.norm.apply(raw_scores)
         if resize is not None and resize < crop_size:
             raise AHIQError(f"--size {resize} is smaller than --crop_size {crop_size}")
-        self._check_images()
+        self.sizes = self._check_images()
+        self._official = None
+        if random_windows == "official" and n_crops > 9:
+            self._official = official_windows(self.sizes, crop_size, n_crops, window_batch, seed,
+                                              [dis for _, dis, _ in self.pairs])
 
     def paths(self, idx: int) -> tuple[str, str]:
         return self.pairs[idx][1], self.pairs[idx][2]
 
-    def _check_images(self) -> None:
+    def _check_images(self) -> list[tuple[int, int]]:
+        """(height, width) of every pair as scored (after --resize), from the file headers."""
         ref_sizes: dict[str, tuple[int, int]] = {}
+        sizes = []
         for idx in range(len(self.names)):
             dis_path, ref_path = self.paths(idx)
             if ref_path not in ref_sizes:
@@ -161,6 +203,22 @@ class PairDataset(Dataset):
             if self.resize is None and min(dis_size) < self.crop:
                 raise AHIQError(f"{dis_path}: {dis_size[1]}x{dis_size[0]} is smaller than --crop_size {self.crop}; "
                                 "pass --resize --size N (N >= crop size) or a smaller --crop_size")
+            sizes.append(dis_size if self.resize is None else (self.resize, self.resize))
+        return sizes
+
+    def windows(self, idx: int) -> list[Window]:
+        """The evaluation windows of image ``idx`` (known from the file headers, before any image is decoded)."""
+        if self._official is not None:
+            return self._official[idx]
+        h, w = self.sizes[idx]
+        return crop_windows(h, w, self.crop, self.n_crops, self.seed, self.ref_names[idx])
+
+    def reference_key(self, idx: int) -> str:
+        return self.pairs[idx][2]
+
+    def crop_keys(self, idx: int) -> list[tuple[str, int, int]]:
+        """What identifies each reference crop of image ``idx``: (reference file, top, left)."""
+        return [(self.pairs[idx][2], top, left) for top, left in self.windows(idx)]
 
     def __len__(self) -> int:
         return len(self.names)
@@ -177,16 +235,19 @@ class PairDataset(Dataset):
         epoch, idx = key if isinstance(key, tuple) else (None, key)
         dis_path, ref_path = self.paths(idx)
         dis, ref = self.load(dis_path), self.load(ref_path)
-        if dis.shape != ref.shape:
-            raise AHIQError(f"{dis_path}: decoded size {dis.shape[:2]} differs from its reference {ref_path}")
-        h, w = dis.shape[:2]
+        if dis.shape != ref.shape or dis.shape[:2] != self.sizes[idx]:
+            raise AHIQError(f"{dis_path}: decoded size {dis.shape[:2]} differs from its reference {ref_path} or its "
+                            "header")
+        flip = False
         if epoch is None:
-            windows = crop_windows(h, w, self.crop, self.n_crops, self.seed, self.names[idx])
+            windows = self.windows(idx)
         else:
+            h, w = self.sizes[idx]
             rng = np.random.default_rng([self.seed, epoch, idx])
             windows = [(int(rng.integers(0, h - self.crop + 1)), int(rng.integers(0, w - self.crop + 1)))]
-            if rng.random() < 0.5:  # horizontal flip (the official code flips the wrong axis: vertically)
-                dis, ref = dis[:, ::-1], ref[:, ::-1]
+            flip = rng.random() < 0.5
+        dis, ref = crop_stack(dis, windows, self.crop), crop_stack(ref, windows, self.crop)
+        if flip:  # the crops, as the official transform (crop, then flip)
+            dis, ref = dis.flip(self.flip_dim), ref.flip(self.flip_dim)
         label = float("nan") if self.labels is None else float(self.labels[idx])
-        return {"dis": crop_stack(dis, windows, self.crop), "ref": crop_stack(ref, windows, self.crop),
-                "name": self.names[idx], "label": label, "index": idx}
+        return {"dis": dis, "ref": ref, "name": self.names[idx], "label": label, "index": idx}

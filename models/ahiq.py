@@ -2,8 +2,9 @@
 
 One ``nn.Module`` with ``forward(dis, ref)`` on [0, 1] RGB crops -> (B, 1) scores. Its trainable parts carry the
 official parameter names (``deform_net.*``, ``regressor.*``) so checkpoints move both ways between this project,
-the official code and pyiqa. The distorted and the reference crop go through each frozen backbone in ONE batched
-call, and the deformable fusion and the shared 1x1 down-projection also run once on the stacked pair.
+the official code and pyiqa. ``forward(dis, ref)`` is ``score(dis, reference(ref))``: everything that depends on
+the reference alone (its backbone features, the deformable offsets they predict, its fused and down-projected map)
+is :class:`ReferenceFeatures`, computed once and reusable for every distorted image of that reference and window.
 
 Ablation switches (defaults = the paper's model; all in :class:`models.config.ModelConfig`): ``fusion`` deform /
 conv (a plain 3x3 conv) / none; ``branches`` hybrid / vit (ViT features only) / cnn (fused CNN features only);
@@ -11,6 +12,8 @@ conv (a plain 3x3 conv) / none; ``branches`` hybrid / vit (ViT features only) / 
 :mod:`models.backbones`.
 """
 from __future__ import annotations
+
+from dataclasses import dataclass
 
 import torch
 import torch.nn as nn
@@ -50,16 +53,22 @@ class DeformFusion(nn.Module):
             nn.Conv2d(hidden, cnn_channels, 3, stride=factor // first, padding=1),
         )
 
-    def forward(self, cnn_feat: torch.Tensor, vit_ref: torch.Tensor | None) -> torch.Tensor:
-        """``cnn_feat``: the CNN maps of k images per reference, stacked as (k*B, ...); ``vit_ref``: (B, ...)."""
+    def offsets(self, vit_ref: torch.Tensor | None, cnn_size: tuple[int, int]) -> torch.Tensor | None:
+        """The deformable offsets predicted from the reference's ViT features (None without deformable fusion).
+
+        Official: conv_offset(nearest-resize of vit_ref to the CNN map size); the CNN map is always an integer
+        multiple of the ViT grid (crops are multiples of the patch), so the resized map is never built.
+        """
+        if self.fusion != "deform":
+            return None
+        (hc, wc), (hv, wv) = cnn_size, vit_ref.shape[-2:]
+        if hc % hv or wc % wv or hc // hv != wc // wv:
+            raise ValueError(f"CNN map {hc}x{wc} is not an integer multiple of the ViT grid {hv}x{wv}")
+        return conv3x3_nearest_upsampled(vit_ref, self.conv_offset.weight, self.conv_offset.bias, hc // hv)
+
+    def fuse(self, cnn_feat: torch.Tensor, offset: torch.Tensor | None) -> torch.Tensor:
+        """The fused CNN map on the ViT grid; ``offset`` holds one row per row of ``cnn_feat``."""
         if self.fusion == "deform":
-            # official: conv_offset(nearest-resize of vit_ref to the CNN map size); the CNN map is always an integer
-            # multiple of the ViT grid (crops are multiples of the patch), so the resized map is never built
-            (hc, wc), (hv, wv) = cnn_feat.shape[-2:], vit_ref.shape[-2:]
-            if hc % hv or wc % wv or hc // hv != wc // wv:
-                raise ValueError(f"CNN map {hc}x{wc} is not an integer multiple of the ViT grid {hv}x{wv}")
-            offset = conv3x3_nearest_upsampled(vit_ref, self.conv_offset.weight, self.conv_offset.bias, hc // hv)
-            offset = offset.repeat(cnn_feat.shape[0] // offset.shape[0], 1, 1, 1)
             if self.impl == "gemm":  # same result as torchvision's kernel (tested), faster, and autocast-friendly
                 cnn_feat = deform_conv2d_gemm(cnn_feat, offset, self.deform.weight, self.deform.bias, padding=1)
             else:
@@ -67,6 +76,10 @@ class DeformFusion(nn.Module):
         elif self.fusion == "conv":
             cnn_feat = self.conv(cnn_feat)
         return self.conv1(cnn_feat)
+
+    def forward(self, cnn_feat: torch.Tensor, vit_ref: torch.Tensor | None) -> torch.Tensor:
+        """The official call: CNN features fused with offsets from the reference's ViT features (same rows)."""
+        return self.fuse(cnn_feat, self.offsets(vit_ref, cnn_feat.shape[-2:]))
 
 
 class PixelPrediction(nn.Module):
@@ -89,15 +102,33 @@ class PixelPrediction(nn.Module):
             self.conv_attent = nn.Sequential(nn.Conv2d(256, 1, kernel_size=1), nn.Sigmoid())
         self.conv = nn.Sequential(nn.Conv2d(256, 1, kernel_size=1))
 
-    def forward(self, feat: torch.Tensor) -> torch.Tensor:
-        """``feat``: features of the distorted images stacked over those of the references, (2B, C, h, w)."""
-        f_dis, f_ref = self.down_channel(feat).chunk(2)
+    def forward(self, f_dis: torch.Tensor, f_ref: torch.Tensor) -> torch.Tensor:
+        """Scores (B, 1) from the down-projected features (``down_channel`` outputs) of distorted and reference."""
         feat = self.conv1(self.feat_smoothing(torch.cat((f_dis - f_ref, f_dis, f_ref), dim=1)))
         f = self.conv(feat)
         if self.pooling == "mean":
             return f.mean(dim=(2, 3))
         w = self.conv_attent(feat)
         return (f * w).sum(dim=(2, 3)) / w.sum(dim=(2, 3))
+
+
+@dataclass
+class ReferenceFeatures:
+    """Everything the model derives from reference crops alone, one row per crop: its down-projected features and
+    the deformable offsets its ViT features predict. Computed once per (reference, window) and reused for every
+    distorted image scored against it (:mod:`engine`)."""
+
+    projected: torch.Tensor
+    offset: torch.Tensor | None
+
+    def __getitem__(self, rows) -> ReferenceFeatures:
+        return ReferenceFeatures(self.projected[rows], None if self.offset is None else self.offset[rows])
+
+    @staticmethod
+    def cat(parts: list[ReferenceFeatures]) -> ReferenceFeatures:
+        offsets = [p.offset for p in parts]
+        return ReferenceFeatures(torch.cat([p.projected for p in parts]),
+                                 None if offsets[0] is None else torch.cat(offsets))
 
 
 class AHIQ(nn.Module):
@@ -132,20 +163,37 @@ class AHIQ(nn.Module):
     def trainable_state_dict(self) -> dict[str, dict[str, torch.Tensor]]:
         return {name: m.state_dict() for name, m in self.trainable_parts().items()}
 
+    def _check(self, x: torch.Tensor) -> None:
+        if x.dim() != 4 or x.shape[-1] != x.shape[-2] or x.shape[-1] % self.patch_size:
+            raise ValueError(f"expected square crops (B, 3, S, S) with S divisible by {self.patch_size}, "
+                             f"got {tuple(x.shape)}")
+
+    def _features(self, x: torch.Tensor) -> tuple[torch.Tensor | None, torch.Tensor | None]:
+        """The frozen backbones' features of crops in [0, 1] (the official normalisation, for both backbones)."""
+        self._check(x)
+        x = (x - 0.5) / 0.5
+        with torch.no_grad():
+            return self.vit(x) if self.vit is not None else None, self.cnn(x) if self.cnn is not None else None
+
+    def _project(self, vit: torch.Tensor | None, cnn: torch.Tensor | None, offset: torch.Tensor | None) -> torch.Tensor:
+        feats = [vit] if self.branches != "cnn" else []
+        if self.branches != "vit":
+            feats.append(self.deform_net.fuse(cnn, offset))
+        return self.regressor.down_channel(torch.cat(feats, dim=1))
+
+    def reference(self, ref: torch.Tensor) -> ReferenceFeatures:
+        """What the model needs of reference crops (B, 3, S, S) in [0, 1], to score distorted crops against them."""
+        vit, cnn = self._features(ref)
+        offset = self.deform_net.offsets(vit, cnn.shape[-2:]) if self.deform_net is not None else None
+        return ReferenceFeatures(self._project(vit, cnn, offset), offset)
+
+    def score(self, dis: torch.Tensor, ref: ReferenceFeatures) -> torch.Tensor:
+        """Scores (B, 1) of distorted crops (B, 3, S, S) against the features of their references (one row each)."""
+        vit, cnn = self._features(dis)
+        return self.regressor(self._project(vit, cnn, ref.offset), ref.projected)
+
     def forward(self, dis: torch.Tensor, ref: torch.Tensor) -> torch.Tensor:
         """Scores (B, 1) for distorted/reference crops (B, 3, S, S) in [0, 1]; S a multiple of the patch size."""
-        size = dis.shape[-1]
-        if dis.shape != ref.shape or dis.shape[-2] != size or size % self.patch_size:
-            raise ValueError(f"expected equal square crops with a side divisible by {self.patch_size}, "
-                             f"got {tuple(dis.shape)} and {tuple(ref.shape)}")
-        n = dis.shape[0]
-        x = (torch.cat((dis, ref)) - 0.5) / 0.5  # the official normalisation, for both backbones
-        with torch.no_grad():
-            vit = self.vit(x) if self.vit is not None else None
-            cnn = self.cnn(x) if self.cnn is not None else None
-        feats = []
-        if self.branches != "cnn":
-            feats.append(vit)
-        if self.branches != "vit":
-            feats.append(self.deform_net(cnn, vit[n:] if vit is not None else None))
-        return self.regressor(torch.cat(feats, dim=1))
+        if dis.shape != ref.shape:
+            raise ValueError(f"expected equal crops, got {tuple(dis.shape)} and {tuple(ref.shape)}")
+        return self.score(dis, self.reference(ref))

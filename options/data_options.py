@@ -7,6 +7,7 @@ import argparse
 import os
 
 from data.datasets import LIST_FORMATS, PRESETS, SplitChoice
+from data.pipal import WINDOW_MODES
 from utils.errors import AHIQError
 
 # The official defaults of the data paths; --data_root replaces the ones still at these values.
@@ -53,6 +54,17 @@ def image_parser() -> argparse.ArgumentParser:
                    help="resize both images to --size x --size before cropping (needed for images smaller than "
                         "--crop_size)")
     g.add_argument("--size", type=int, default=224, help="side length used by --resize")
+    return p
+
+
+def windows_parser() -> argparse.ArgumentParser:
+    """How random ensemble windows are drawn (train.py validation, test.py, predict.py, protocol.py)."""
+    p = argparse.ArgumentParser(add_help=False)
+    g = p.add_argument_group("windows")
+    g.add_argument("--random_windows", default="reference", choices=WINDOW_MODES,
+                   help="more than 9 crops per image: 'reference' draws them from --seed and the reference's name (all "
+                        "distorted images of a reference share windows and reference features); 'official' is the "
+                        "released test.py's stream (numpy seeded with --seed, one draw per batch of --batch_size)")
     return p
 
 

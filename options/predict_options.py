@@ -4,13 +4,14 @@ from __future__ import annotations
 import argparse
 
 from options.base_options import finalize, model_parser, run_parser
+from options.data_options import windows_parser
 from options.test_options import scoring_parser
 from utils.errors import AHIQError
 
 
 def predict_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(description="Score your own image pairs with AHIQ (higher is better).",
-                                parents=[run_parser(), model_parser(), scoring_parser()],
+                                parents=[run_parser(), model_parser(), scoring_parser(), windows_parser()],
                                 formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     g = p.add_argument_group("pairs")
     g.add_argument("--dis", help="a distorted image (with --ref)")

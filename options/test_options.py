@@ -4,7 +4,14 @@ from __future__ import annotations
 import argparse
 
 from options.base_options import finalize, model_parser, run_parser
-from options.data_options import image_parser, label_parser, split_parser, test_data_parser, train_data_parser
+from options.data_options import (
+    image_parser,
+    label_parser,
+    split_parser,
+    test_data_parser,
+    train_data_parser,
+    windows_parser,
+)
 
 
 def scoring_parser() -> argparse.ArgumentParser:
@@ -21,8 +28,9 @@ def scoring_parser() -> argparse.ArgumentParser:
 def test_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(description="Score a list of distorted/reference pairs with AHIQ.",
                                 # the official base options (training data included) are accepted, as officially
-                                parents=[test_data_parser(), train_data_parser(), image_parser(), label_parser(),
-                                         split_parser(), run_parser(), model_parser(), scoring_parser()],
+                                parents=[test_data_parser(), train_data_parser(), image_parser(), windows_parser(),
+                                         label_parser(), split_parser(), run_parser(), model_parser(),
+                                         scoring_parser()],
                                 formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     g = p.add_argument_group("test")
     g.add_argument("--test_file_name", default="results.txt", help="predictions file, written to checkpoints_dir/name/")

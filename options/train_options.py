@@ -3,14 +3,15 @@ from __future__ import annotations
 
 import argparse
 
+from data.pipal import FLIP_AXES
 from options.base_options import check_positive, finalize, model_parser, run_parser
-from options.data_options import image_parser, label_parser, split_parser, train_data_parser
+from options.data_options import image_parser, label_parser, split_parser, train_data_parser, windows_parser
 from utils.errors import AHIQError
 
 
 def train_parents() -> list[argparse.ArgumentParser]:
-    return [train_data_parser(), image_parser(), label_parser(), split_parser(), run_parser(), model_parser(),
-            training_parser()]
+    return [train_data_parser(), image_parser(), windows_parser(), label_parser(), split_parser(), run_parser(),
+            model_parser(), training_parser()]
 
 
 def training_parser() -> argparse.ArgumentParser:
@@ -23,6 +24,9 @@ def training_parser() -> argparse.ArgumentParser:
     g.add_argument("--batch_size", type=int, default=4, help="pairs per step (per process with torchrun)")
     g.add_argument("--val_freq", type=int, default=1, help="validate every N epochs")
     g.add_argument("--T_max", type=int, default=50, help="CosineAnnealingLR period, in iterations (official)")
+    g.add_argument("--flip_axis", default="vertical", choices=FLIP_AXES,
+                   help="axis of the random flip (p=0.5) of training crops; vertical is what the official code does "
+                        "(np.fliplr on C x H x W) and what the released checkpoint was trained with")
     g.add_argument("--eta_min", type=float, default=0, help="CosineAnnealingLR minimum learning rate")
     g.add_argument("--resume", action="store_true", help="continue from last.pth in checkpoints_dir/name")
     g.add_argument("--val_batch_size", type=int, default=10, help="images per validation batch")

@@ -21,12 +21,12 @@ def main(out_file: str, ckpt: str, argv: list[str]) -> None:
     opt.autocast_dtype = None
     config, _ = train.run_config(opt, None)
     opt.crop_size = config.crop_size
-    _, _, _, val_loader = train.build_loaders(opt, info)
+    _, _, _, val = train.build_loaders(opt, info)
     model = build_from_config(config, backbone_source(opt))
     load_weights(model, ckpt)
-    metrics, preds, labels = train.validate(model, val_loader, info, opt)
+    metrics, preds, labels = train.validate(model, val, info, opt)
     if info.is_main:
-        shard = [int(i) for i in val_loader.dataset.indices]
+        shard = val.indices
         with open(out_file, "w") as f:
             json.dump({"metrics": metrics, "preds": preds.tolist(), "labels": labels.tolist(),
                        "world_size": info.world_size, "rank0_shard": shard}, f)

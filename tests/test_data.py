@@ -181,26 +181,29 @@ def _windows_of(crop: np.ndarray, img: np.ndarray, size: int) -> list[tuple[int,
             if np.array_equal(crop, img[t:t + size, x:x + size])]
 
 
-def test_training_samples_are_seeded_and_share_one_window(pipal_set):
-    ds = _set_with(pipal_set, crop_size=32, n_crops=1)
+@pytest.mark.parametrize("axis", ["vertical", "horizontal"])
+def test_training_samples_are_seeded_share_one_window_and_flip_the_chosen_axis(pipal_set, axis):
+    """A training sample is one window of both images, then with p=0.5 both crops flipped: up-down by default, as
+    the official np.fliplr on a C x H x W crop; left-right with --flip_axis horizontal."""
+    ds = _set_with(pipal_set, crop_size=32, n_crops=1, flip_axis=axis)
     a = ds[(3, 4)]
     assert a["dis"].shape == (1, 3, 32, 32) and torch.equal(a["dis"], ds[(3, 4)]["dis"])
     assert not torch.equal(ds[(4, 4)]["dis"], a["dis"])  # a new epoch draws a new window
     dis, ref = (read_rgb(p) for p in ds.paths(4))
+    undo = (lambda c: c[::-1]) if axis == "vertical" else (lambda c: c[:, ::-1])
     n_flipped = 0
     for epoch in range(12):
         item = ds[(epoch, 4)]
         d_crop, r_crop = (item[k][0].numpy().transpose(1, 2, 0) for k in ("dis", "ref"))
         plain = _windows_of(d_crop, dis, 32)
-        mirrored = _windows_of(d_crop, dis[:, ::-1], 32)
-        assert plain or mirrored, "the training crop is not a window of the (possibly flipped) image"
-        if plain:
-            assert r_crop.tolist() == ref[plain[0][0]:plain[0][0] + 32, plain[0][1]:plain[0][1] + 32].tolist()
-        else:
+        flipped = _windows_of(undo(d_crop), dis, 32)
+        assert plain or flipped, f"the training crop is not a window of the image, {axis}ly flipped or not"
+        if not plain:
             n_flipped += 1
-            t, x = mirrored[0]
-            assert r_crop.tolist() == ref[:, ::-1][t:t + 32, x:x + 32].tolist()
-    assert 0 < n_flipped < 12  # random horizontal flips, both outcomes occur
+            r_crop = undo(r_crop)
+        t, x = (plain or flipped)[0]
+        assert r_crop.tolist() == ref[t:t + 32, x:x + 32].tolist()  # the same window and flip on the reference
+    assert 0 < n_flipped < 12  # random flips, both outcomes occur
 
 
 def test_sampler_shards_cover_every_image_and_resume_mid_epoch():

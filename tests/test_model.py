@@ -121,11 +121,17 @@ class _OomAbove(torch.nn.Module):
         self.model, self.limit, self.batches = model, limit, []
         self.regressor = model.regressor
 
-    def forward(self, dis, ref):
-        if dis.shape[0] > self.limit:
+    def _call(self, fn, x, *rest):
+        if x.shape[0] > self.limit:
             raise torch.OutOfMemoryError("CUDA out of memory (simulated)")
-        self.batches.append(dis.shape[0])
-        return self.model(dis, ref)
+        self.batches.append(x.shape[0])
+        return fn(x, *rest)
+
+    def reference(self, ref):
+        return self._call(self.model.reference, ref)
+
+    def score(self, dis, ref_features):
+        return self._call(self.model.score, dis, ref_features)
 
 
 def test_out_of_memory_halves_the_chunk_and_keeps_the_scores(model_factory, caplog):
@@ -137,10 +143,11 @@ def test_out_of_memory_halves_the_chunk_and_keeps_the_scores(model_factory, capl
     chunk = ChunkSize(50)
     got = score_crops(small, dis, ref, chunk)
     torch.testing.assert_close(got, expected, rtol=1e-5, atol=1e-6)
-    assert chunk.size == 3 and small.batches == [3] * 5  # 50 -> 25 -> 12 -> 6 -> 3; 15 crop pairs in 5 calls
+    # 50 -> 25 -> 12 -> 6 -> 3: 15 reference crops in 5 calls, then 15 distorted crops in 5 calls
+    assert chunk.size == 3 and small.batches == [3] * 10
     assert "continuing with 3 crop pairs per forward" in caplog.text
     small.batches.clear()
     score_crops(small, dis, ref, chunk)  # the smaller size is kept: no more failed attempts
-    assert small.batches == [3] * 5
+    assert small.batches == [3] * 10
     with pytest.raises(torch.OutOfMemoryError):  # nothing fits: the error is not swallowed
         score_crops(_OomAbove(model, limit=0), dis, ref, ChunkSize(2))

@@ -1,0 +1,114 @@
+"""Each reference computed once: the shared scoring loop equals scoring every pair on its own (lists with references
+interleaved, grouped, or appearing once), computes each (reference, window) once, frees it after its last distorted
+image, and keeps list order; the released test.py's random windows; windows drawn per reference."""
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+import evaluate
+from data.pipal import PairDataset, crop_stack, official_windows, read_rgb
+from engine import ReferenceCache, predict, score_crops
+from tests.conftest import make_pipal_set
+from utils.checkpoint import save_weights
+
+
+def _dataset(root: Path, order: str, n_crops: int, **kwargs) -> PairDataset:
+    data = make_pipal_set(root, n_refs=3, n_dis=4, size=(40, 44), seed=4)
+    rows = list(zip(data["names"], [f"A{int(n[1:5]):04d}.bmp" for n in data["names"]]))
+    if order == "interleaved":  # A0_0, A1_0, A2_0, A0_1, ...
+        rows = [rows[r * 4 + d] for d in range(4) for r in range(3)]
+    elif order == "once":  # one distorted image per reference
+        rows = [rows[0], rows[4], rows[8]]
+    pairs = [(n, f"{data['dis']}/{n}", f"{data['ref']}/{r}") for n, r in rows]
+    return PairDataset(pairs, None, crop_size=32, n_crops=n_crops, ref_names=[r for _, r in rows], **kwargs)
+
+
+class _CountingModel(torch.nn.Module):
+    """Counts the reference crops the model is asked to compute."""
+
+    def __init__(self, model) -> None:
+        super().__init__()
+        self.model, self.regressor, self.reference_rows = model, model.regressor, 0
+
+    def reference(self, ref):
+        self.reference_rows += ref.shape[0]
+        return self.model.reference(ref)
+
+    def score(self, dis, feats):
+        return self.model.score(dis, feats)
+
+
+@pytest.mark.parametrize("order", ["grouped", "interleaved", "once"])
+@pytest.mark.parametrize("n_crops", [5, 12])
+def test_shared_references_equal_scoring_every_pair_alone(model_factory, tmp_path, order, n_crops, monkeypatch):
+    ds = _dataset(tmp_path, order, n_crops)
+    model = _CountingModel(model_factory(8))
+    live = []
+    release = ReferenceCache.release
+
+    def watch(cache, keys):
+        release(cache, keys)
+        live.append(len(cache.features))
+
+    monkeypatch.setattr(ReferenceCache, "release", watch)
+    out = predict(model, ds, batch_size=2, crops_per_forward=7, progress=False)
+    alone = torch.cat([score_crops(model.model, ds[i]["dis"][None], ds[i]["ref"][None]) for i in range(len(ds))])
+    assert out.names == ds.names and out.index.tolist() == list(range(len(ds)))  # list order kept
+    np.testing.assert_allclose(out.preds, alone.double().numpy(), rtol=1e-5, atol=1e-7)
+    unique = {key for i in range(len(ds)) for key in ds.crop_keys(i)}  # (reference, window); 12 random may repeat
+    assert len(unique) <= 3 * n_crops and model.reference_rows == len(unique)  # each computed once
+    assert live[-1] == 0 and max(live) <= n_crops  # freed after the last distorted image of each reference
+
+
+def test_random_windows_follow_the_reference_not_the_distorted_image(tmp_path):
+    ds = _dataset(tmp_path, "grouped", 12)
+    assert ds.windows(0) == ds.windows(3) != ds.windows(4)  # A0000's images share windows; A0001's differ
+    again = _dataset(tmp_path / "again", "interleaved", 12)
+    assert again.windows(0) == ds.windows(0)  # seeded by (seed, reference name): not by position or order
+
+
+def _released_loop_windows(n_images: int, batch_size: int, n_ensemble: int, h: int, w: int, crop: int,
+                           seed: int) -> list[list[tuple[int, int]]]:
+    """The window draws of the released test.py, written as it is: setup_seed, then per batch, per crop index."""
+    np.random.seed(seed)
+    windows = []
+    for start in range(0, n_images, batch_size):
+        drawn = []
+        for _ in range(n_ensemble):
+            top = np.random.randint(0, h - crop)
+            left = np.random.randint(0, w - crop)
+            drawn.append((top, left))
+        windows += [drawn] * min(batch_size, n_images - start)
+    return windows
+
+
+def test_official_windows_are_the_released_stream():
+    expected = _released_loop_windows(1650, 10, 20, 288, 288, 224, 1919)  # the NTIRE 2022 test set
+    assert official_windows([(288, 288)] * 1650, 224, 20, 10, 1919) == expected
+    assert official_windows([(288, 288)] * 23, 224, 20, 10, 1919) == expected[:23]  # incomplete last batch scored
+    assert official_windows([(288, 288)] * 20, 224, 20, 4, 1919) != expected[:20]  # it depends on the batch size
+    assert all(0 <= t <= 63 and 0 <= x <= 63 for image in expected[:50] for t, x in image)  # last offset never drawn
+
+
+def test_test_py_with_official_windows_scores_them(tmp_path, backbone_files, model_factory):
+    data = make_pipal_set(tmp_path / "set", n_refs=2, n_dis=3, size=(40, 44), seed=6)
+    ckpt = tmp_path / "head.pth"
+    model = model_factory(8)
+    save_weights(str(ckpt), model)
+    result = evaluate.main(["--test_ref_path", data["ref"], "--test_dis_path", data["dis"], "--test_list",
+                            data["list"], "--ckpt", str(ckpt), "--crop_size", "32", "--n_ensemble", "12",
+                            "--batch_size", "4", "--random_windows", "official", "--gpu_ids", "-1", "--num_workers",
+                            "0", "--checkpoints_dir", str(tmp_path), "--vit_weights", backbone_files[8],
+                            "--resnet_weights", backbone_files["resnet"]])
+    lines = Path(result["predictions"]).read_text().splitlines()
+    windows = _released_loop_windows(6, 4, 12, 40, 44, 32, 1919)
+    assert [line.split(",")[0] for line in lines] == data["names"]
+    for i, line in enumerate(lines):
+        name = data["names"][i]
+        dis, ref = (crop_stack(read_rgb(p), windows[i], 32)[None] for p in (f"{data['dis']}/{name}",
+                                                                               f"{data['ref']}/{name[:5]}.bmp"))
+        assert float(line.split(",")[1]) == pytest.approx(score_crops(model, dis, ref).item(), rel=1e-5)
