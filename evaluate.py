@@ -20,6 +20,7 @@ import torch
 from engine import predict
 from options.test_options import parse_test_options
 from runtime import configure_device, load_dataset, save_options, scoring_model
+from utils.errors import AHIQError
 from utils.files import atomic_write
 from utils.metrics import iqa_metrics
 from utils.plots import scatter_png
@@ -81,7 +82,8 @@ def run(opt) -> dict:
     log.info("wrote %s (%.3f s per image)", out_path, seconds / len(names))
     result = {"predictions": out_path, "seconds_per_image": seconds / len(names), "checkpoint": ckpt_path,
               "n_images": len(names)}
-    if not np.isnan(labels).any() and len(labels) > 1:
+    labelled = dataset.norm is not None and len(labels) > 1
+    if labelled and dataset.norm.span > 0:
         metrics = iqa_metrics(preds, labels)
         metrics_path = metrics_file(opt.run_dir, opt.test_file_name)
         atomic_write(metrics_path, json.dumps({**metrics, "n_images": len(names), "list": opt.test_list,
@@ -100,4 +102,7 @@ def run(opt) -> dict:
         zip_path = write_submission(opt.submission, predictions, seconds / len(names), opt.device == "cpu",
                                     opt.n_ensemble)
         log.info("wrote the NTIRE submission package %s", zip_path)
+    if labelled and dataset.norm.span == 0:
+        raise AHIQError(f"{opt.test_list}: every listed score is {dataset.norm.mos_min:g}, so SRCC/PLCC are undefined "
+                        f"and no metrics were written; the predictions are in {out_path}")
     return result

@@ -53,7 +53,8 @@ def main(argv: list[str] | None = None) -> list[float]:
                                  opt.vit_weights, opt.resnet_weights, opt.deform_impl,
                                  tuple(opt.mos_range) if opt.mos_range else None, opt.model_switches, opt.load_epoch,
                                  n_ensemble=opt.n_ensemble, seed=opt.seed, amp_dtype=amp_dtype,
-                                 crops_per_forward=opt.crops_per_forward)
+                                 crops_per_forward=opt.crops_per_forward, random_windows=opt.random_windows,
+                                 max_pixels=opt.max_pixels)
     scores = scorer.score_files(pairs, opt.batch_size, opt.num_workers, progress=len(pairs) > 1)
     unit = "normalised, higher is better"
     if opt.mos_scale:

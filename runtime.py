@@ -50,7 +50,7 @@ def load_dataset(opt: argparse.Namespace, phase: str, part: str, n_crops: int, f
                         opt.lower_better, crop_size=opt.crop_size, n_crops=n_crops, seed=opt.seed,
                         resize=opt.size if opt.resize else None, flip=flip, norm=norm,
                         random_windows=opt.random_windows, window_batch=batch_size,
-                        flip_axis=getattr(opt, "flip_axis", "vertical"))
+                        flip_axis=getattr(opt, "flip_axis", "vertical"), max_pixels=opt.max_pixels)
 
 
 def checkpoint_to_score(opt: argparse.Namespace) -> str:

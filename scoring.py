@@ -18,7 +18,7 @@ import numpy as np
 import torch
 
 from data.label_norm import LabelNorm
-from data.pipal import PairDataset, crop_tensor_stack, crop_windows
+from data.pipal import MAX_PIXELS, PairDataset, crop_tensor_stack, crop_windows
 from engine import predict, score_crops
 from models import AHIQ, BackboneSource, backbone_dir, load_model
 from utils.checkpoint import find_checkpoint
@@ -36,6 +36,15 @@ class Scorer:
     checkpoint: str | None = None
     amp_dtype: torch.dtype | None = None  # bf16/fp16 autocast on CUDA
     random_windows: str = "reference"  # more than 9 crops: windows per reference, or the released test.py's stream
+    max_pixels: int = MAX_PIXELS  # larger images are refused from their header
+
+    def __post_init__(self) -> None:
+        patch = self.model.patch_size
+        if self.crop_size <= 0 or self.crop_size % patch:
+            raise AHIQError(f"crop_size {self.crop_size}: must be a positive multiple of the patch size {patch}")
+        for name in ("n_ensemble", "crops_per_forward", "max_pixels"):
+            if not isinstance(getattr(self, name), int) or getattr(self, name) < 1:
+                raise AHIQError(f"{name} {getattr(self, name)!r}: must be a positive integer")
 
     @property
     def lower_better(self) -> bool:
@@ -55,17 +64,27 @@ class Scorer:
         """Scores of (distorted, reference) file pairs, in order. Random windows are seeded with the reference's file
         name, as in test.py, so the same pair scores the same here and there; distorted images that share a reference
         file share its features (computed once)."""
+        pairs = list(pairs)
+        if not pairs:
+            raise AHIQError("score_files: no pairs given; pass a list of (distorted, reference) file paths")
+        bad = [p for p in pairs if not (isinstance(p, (tuple, list)) and len(p) == 2
+                                        and all(isinstance(f, (str, os.PathLike)) for f in p))]
+        if bad:
+            raise AHIQError(f"score_files: expected (distorted, reference) file path pairs, got {bad[0]!r}")
+        pairs = [(os.fspath(d), os.fspath(r)) for d, r in pairs]
         dataset = PairDataset([(os.path.basename(d), d, r) for d, r in pairs], None, self.crop_size, self.n_ensemble,
-                              self.seed, random_windows=self.random_windows, window_batch=batch_size)
+                              self.seed, random_windows=self.random_windows, window_batch=batch_size,
+                              max_pixels=self.max_pixels)
         return predict(self.model, dataset, None, batch_size, num_workers, self.crops_per_forward, self.amp_dtype,
                        progress=progress).preds
 
     def score_tensors(self, dis: torch.Tensor, ref: torch.Tensor) -> torch.Tensor:
         """Scores (B,) of (B, 3, H, W) image tensors in [0, 1]; random windows are seeded with the batch position
         (each pair is scored on its own: nothing is shared between positions)."""
-        if dis.shape != ref.shape or dis.dim() != 4 or dis.shape[1] != 3:
-            raise AHIQError(f"expected two (B, 3, H, W) tensors of the same shape, got {tuple(dis.shape)} and "
-                            f"{tuple(ref.shape)}")
+        for name, x in (("dis", dis), ("ref", ref)):
+            check_unit_images(x, name)
+        if dis.shape != ref.shape:
+            raise AHIQError(f"dis and ref must have the same shape, got {tuple(dis.shape)} and {tuple(ref.shape)}")
         h, w, c = dis.shape[2], dis.shape[3], self.crop_size
         if min(h, w) < c:
             raise AHIQError(f"images of {w}x{h} are smaller than the crop size {c}; resize them first")
@@ -76,6 +95,33 @@ class Scorer:
                 stack.append(crop_tensor_stack(img, windows, c))
         return score_crops(self.model, torch.stack(crops[0]), torch.stack(crops[1]), self.crops_per_forward,
                            self.amp_dtype)
+
+
+def check_unit_images(x: object, name: str) -> None:
+    """The documented input of :meth:`Scorer.score_tensors`: a non-empty (B, 3, H, W) float tensor in [0, 1]."""
+    if not isinstance(x, torch.Tensor):
+        raise AHIQError(f"{name}: expected a torch.Tensor, got {type(x).__name__}; convert numpy arrays with "
+                        "torch.from_numpy(a).permute(0, 3, 1, 2).float() / 255")
+    if x.dim() != 4 or x.shape[1] != 3 or x.shape[0] == 0:
+        raise AHIQError(f"{name}: expected a (B, 3, H, W) batch with B >= 1, got shape {tuple(x.shape)}")
+    if not x.is_floating_point():
+        raise AHIQError(f"{name}: expected floats in [0, 1], got {x.dtype}; divide uint8 images by 255")
+    if not torch.isfinite(x).all():
+        raise AHIQError(f"{name}: holds NaN or infinite values")
+    lo, hi = x.min().item(), x.max().item()
+    if lo < 0 or hi > 1:
+        raise AHIQError(f"{name}: values in [{lo:g}, {hi:g}], expected [0, 1] (RGB divided by 255; not "
+                        "ImageNet-normalised or [-1, 1])")
+
+
+def check_device(device: str) -> None:
+    if not str(device).startswith("cuda"):
+        return
+    if not torch.cuda.is_available():
+        raise AHIQError(f"device {device!r}: CUDA is not available here; use device='cpu'")
+    index = torch.device(device).index or 0
+    if index >= torch.cuda.device_count():
+        raise AHIQError(f"device {device!r}: this machine has {torch.cuda.device_count()} GPU(s)")
 
 
 def load_scorer(ckpt: str | None = None, checkpoints_dir: str = "checkpoints", name: str = "ahiq_pipal",
@@ -91,6 +137,7 @@ def load_scorer(ckpt: str | None = None, checkpoints_dir: str = "checkpoints", n
     ``checkpoints_dir/backbones``, else the hub. ``settings`` go to :class:`Scorer` (``crop_size``, ``n_ensemble``,
     ``seed``, ``crops_per_forward``, ``amp_dtype``).
     """
+    check_device(device)
     ckpt = ckpt or find_checkpoint(os.path.join(checkpoints_dir, name), load_epoch)
     source = BackboneSource(pretrained, vit_weights, resnet_weights, backbone_dir(checkpoints_dir))
     net, saved = load_model(ckpt, model, source, deform_impl)

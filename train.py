@@ -36,6 +36,7 @@ from runtime import backbone_source, configure_device, load_dataset, save_option
 from utils.checkpoint import find_checkpoint, load_checkpoint, save_weights
 from utils.distributed import DistInfo, barrier, gather_arrays, init_distributed, reduce_step, shutdown
 from utils.errors import AHIQError, run_cli
+from utils.files import FolderLock, remove_stale_temporaries
 from utils.logger import setup_logging
 from utils.metrics import iqa_metrics
 from utils.plots import scatter_figure
@@ -97,6 +98,9 @@ def build_loaders(opt, info: DistInfo) -> tuple[PairDataset, DataLoader, EpochSa
     train_set = load_dataset(opt, "train", "train", 1, create_split=True)
     if train_set.labels is None:
         raise AHIQError(f"{opt.train_list}: the training labels need a score on every row")
+    if train_set.norm.span == 0:
+        raise AHIQError(f"{opt.train_list}: every training score is {train_set.norm.mos_min:g}; there is nothing to "
+                        "learn (the labels are min-max normalised over the list)")
     if split.active:  # a split divides one dataset: validation is the 'val' part of the training labels
         val_set = load_dataset(opt, "train", "val", opt.num_avg_val, batch_size=opt.val_batch_size)
     else:
@@ -105,9 +109,12 @@ def build_loaders(opt, info: DistInfo) -> tuple[PairDataset, DataLoader, EpochSa
             raise AHIQError(f"{opt.train_list}: training and validation would use the same images; pass a "
                             "--val_list, or split the data by reference with --split_file FILE (see README)")
         val_set = load_dataset(opt, "val", "val", opt.num_avg_val, batch_size=opt.val_batch_size)
+    source = f"{opt.train_list} ({split.describe()}, part val)" if split.active else opt.val_list
     if val_set.labels is None or len(val_set) < 2:
-        source = f"{opt.train_list} ({split.describe()}, part val)" if split.active else opt.val_list
         raise AHIQError(f"{source}: validation needs two or more images with a score")
+    if val_set.norm.span == 0:
+        raise AHIQError(f"{source}: every validation score is {val_set.norm.mos_min:g}; SRCC/PLCC would be "
+                        "undefined: validate on images of different quality")
     workers = {"num_workers": opt.num_workers, "pin_memory": opt.device.startswith("cuda"),
                "persistent_workers": opt.num_workers > 0}
     sampler = EpochSampler(len(train_set), opt.seed, info.rank, info.world_size)
@@ -197,7 +204,25 @@ def run_config(opt, resume_from: str | None) -> tuple[ModelConfig, dict | None]:
     if resume_from is None:
         return ModelConfig(**opt.model_switches), None
     ckpt = load_checkpoint(resume_from)
+    if opt.resume:
+        check_resume_options(ckpt.get("options") or {}, opt, resume_from)
     return merge_config(config_from_checkpoint(ckpt, resume_from), opt.model_switches, resume_from), ckpt
+
+
+# Options whose change would make a resumed run differ from an uninterrupted one (the model switches are checked
+# against the saved configuration). --n_epoch may grow; paths of backbone files, workers, devices may change.
+RESUME_OPTIONS = ("train_list", "train_ref_path", "train_dis_path", "val_list", "dataset", "list_format",
+                  "label_direction", "split_file", "split_index", "split_column", "batch_size", "learning_rate",
+                  "weight_decay", "T_max", "eta_min", "seed", "flip_axis", "num_crop", "resize", "size", "amp",
+                  "amp_dtype", "num_avg_val", "random_windows")
+
+
+def check_resume_options(saved: dict, opt, path: str) -> None:
+    diff = [f"--{k} {saved[k]!r} then, {getattr(opt, k)!r} now" for k in RESUME_OPTIONS
+            if k in saved and saved[k] != getattr(opt, k, None)]
+    if diff:
+        raise AHIQError(f"{path}: was trained with other options ({'; '.join(diff)}); resume with the same ones "
+                        "(only --n_epoch may grow) or start a new run with another --name")
 
 
 def main(argv: list[str] | None = None) -> TrainState:
@@ -211,7 +236,20 @@ def main(argv: list[str] | None = None) -> TrainState:
 
 
 def run(opt, info: DistInfo) -> TrainState:
+    """Train in ``opt.run_dir``, which this process owns (a lock) while it runs."""
+    lock = FolderLock(opt.run_dir, "train.py") if info.is_main else None
+    try:
+        return train(opt, info)
+    finally:
+        if lock:
+            lock.release()
+
+
+def train(opt, info: DistInfo) -> TrainState:
+    stale = remove_stale_temporaries(opt.run_dir) if info.is_main else []
     setup_logging(opt.run_dir, info.is_main)
+    if stale:
+        log.warning("%s: removed %d temporary file(s) of an interrupted save", opt.run_dir, len(stale))
     resume_from = checkpoint_path(opt)
     config, ckpt = run_config(opt, resume_from)
     opt.crop_size = config.crop_size

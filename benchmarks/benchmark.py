@@ -16,6 +16,7 @@ import json
 import os
 import tempfile
 import time
+from collections import Counter
 from collections.abc import Callable
 
 import numpy as np
@@ -26,7 +27,7 @@ from scipy import stats
 
 from benchmarks.official_style import OfficialStyleBackbones, official_forward, reference_scores
 from data.pipal import crop_tensor_stack, crop_windows
-from engine import score_crops
+from engine import ChunkSize, ReferenceCache, score_batch, score_crops
 from models import RESNET_TAG, VIT_TAGS, build_model
 
 
@@ -104,6 +105,33 @@ def train_step_fn(forward: Callable, params: list, dis, ref, label) -> Callable[
     return step
 
 
+def per_reference(args: argparse.Namespace, model, baseline, heads, device: str, k: int, amp_dtype=None) -> dict:
+    """Scoring with k distorted images per reference: the shared path (each (reference, window) computed once, as
+    test.py does) against the baseline (which recomputes the reference for every pair), on the same crops."""
+    g = torch.Generator().manual_seed(2)
+    n = max(k, args.images // k * k)
+    shape = (3, args.size, args.size)
+    refs = torch.randint(0, 256, (n // k, *shape), generator=g, dtype=torch.uint8)
+    images = torch.randint(0, 256, (n, *shape), generator=g, dtype=torch.uint8)
+    windows = [crop_windows(args.size, args.size, args.crop, args.n_ensemble, 1919, f"ref{r}") for r in range(n // k)]
+    ref_crops = torch.stack([crop_tensor_stack(img, windows[r], args.crop) for r, img in enumerate(refs)])
+    dis = torch.stack([crop_tensor_stack(img, windows[i // k], args.crop) for i, img in enumerate(images)])
+    ref = ref_crops[[i // k for i in range(n)]]
+    keys = [[(i // k, j) for j in range(args.n_ensemble)] for i in range(n)]
+
+    def shared() -> np.ndarray:
+        cache, chunk = ReferenceCache(Counter(key for row in keys for key in row)), ChunkSize(args.crops_per_forward)
+        return torch.cat([score_batch(model, dis[s:s + args.batch], ref[s:s + args.batch], keys[s:s + args.batch],
+                                      cache, chunk, amp_dtype) for s in range(0, n, args.batch)]).double().numpy()
+
+    t_base, s_base = timed(lambda: baseline_scores(baseline, heads, dis, ref, args.batch, device), device,
+                           args.repeats)
+    t_shared, s_shared = timed(shared, device, args.repeats)
+    return {"per_reference": k, "images": n, "baseline_images_per_s": n / t_base, "shared_images_per_s": n / t_shared,
+            "speedup": t_base / t_shared, "max_rel_dev": float(np.max(np.abs(s_shared - s_base) / np.abs(s_base))),
+            "amp": str(amp_dtype) if amp_dtype else "fp32"}
+
+
 def run(args: argparse.Namespace) -> dict:
     device = args.device
     g = torch.Generator().manual_seed(1)
@@ -134,6 +162,11 @@ def run(args: argparse.Namespace) -> dict:
                             "bf16_max_abs_dev": float(np.max(np.abs(s_bf16 - s_base))),
                             "bf16_srcc_vs_fp32": float(stats.spearmanr(s_bf16, s_base)[0])})
 
+    out["per_reference"] = [per_reference(args, model, baseline, (frozen["d"], frozen["r"]), device, k)
+                            for k in args.per_reference]
+    if device.startswith("cuda"):
+        out["per_reference"] += [per_reference(args, model, baseline, (frozen["d"], frozen["r"]), device, k,
+                                               torch.bfloat16) for k in args.per_reference]
     b = args.train_batch
     if b > args.images * args.n_ensemble:
         raise SystemExit(f"--train_batch {b} needs at least {b} crops: raise --images or --n_ensemble")
@@ -171,6 +204,10 @@ def table(out: dict) -> str:
         rows.append(f"| peak memory (GiB) | test: baseline {t['baseline_peak_gib']:.2f}, project "
                     f"{t['fp32_peak_gib']:.2f}; train: baseline {tr['baseline_peak_gib']:.2f}, project "
                     f"{tr['fp32_peak_gib']:.2f} |")
+    for r in out.get("per_reference", []):
+        rows.append(f"| scoring, {r['per_reference']} distorted per reference, {r['amp']} (images/s) | baseline "
+                    f"{r['baseline_images_per_s']:.4g}, shared {r['shared_images_per_s']:.4g} ({r['speedup']:.2f}x), "
+                    f"max rel. deviation {r['max_rel_dev']:.1e} |")
     return "\n".join(rows)
 
 
@@ -186,6 +223,8 @@ def main(argv: list[str] | None = None) -> dict:
     p.add_argument("--crops_per_forward", type=int, default=50)
     p.add_argument("--train_batch", type=int, default=4)
     p.add_argument("--repeats", type=int, default=3)
+    p.add_argument("--per_reference", type=int, nargs="*", default=[],
+                   help="also score with k distorted images per reference, shared against the baseline, for each k")
     p.add_argument("--out", help="also write the results as JSON here")
     args = p.parse_args(argv)
     if args.device.startswith("cuda"):

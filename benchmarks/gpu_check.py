@@ -6,7 +6,8 @@
 2. train: ``train.py`` on CUDA for a few steps with ``--amp --amp_dtype bf16`` and ``fp16``; an fp16 run stopped by
    SIGTERM mid-epoch, then ``--resume``d to the end (its last.pth must hold the GradScaler state).
 3. test: ``test.py`` on CUDA with the fp16 run's checkpoint, writing the NTIRE package (output.txt, readme.txt, zip).
-4. benchmark: ``benchmarks.benchmark`` (20-crop ensemble on 288x288, baseline vs project, fp32 and bf16).
+4. benchmark: ``benchmarks.benchmark`` (20-crop ensemble on 288x288, baseline vs project, fp32 and bf16; shared
+   references at 1, 4 and 25 distorted images per reference).
 
 Backbones are random (``--no_pretrained``; the GPU machine has no hub access): this checks computation, not accuracy.
 Each check runs even when an earlier one failed; a one-screen summary is printed and everything is written as JSON
@@ -169,7 +170,8 @@ def check_test(cfg: argparse.Namespace, data: str, folder: str) -> dict:
 
 def check_benchmark(cfg: argparse.Namespace) -> dict:
     from benchmarks.benchmark import main as benchmark
-    args = ["--device", cfg.device, "--images", "10", "--n_ensemble", "20", "--repeats", "3"]
+    args = ["--device", cfg.device, "--images", "50", "--n_ensemble", "20", "--repeats", "3", "--per_reference", "1",
+            "4", "25"]
     if cfg.quick:
         args = ["--device", cfg.device, "--images", "2", "--size", str(cfg.size), "--crop", str(cfg.crop),
                 "--n_ensemble", "3", "--repeats", "1", "--train_batch", "2"]

@@ -18,6 +18,7 @@ checkpoints so predictions map back to the dataset's units.
 from __future__ import annotations
 
 import csv
+import io
 import os
 from dataclasses import dataclass, field
 
@@ -26,6 +27,7 @@ import numpy as np
 from data.pipal import PairDataset, pipal_reference_name, read_list
 from data.splits import load_or_create_splits
 from utils.errors import AHIQError
+from utils.files import read_text
 
 LIST_FORMATS = ("pipal", "csv")
 REF_RULES = ("pipal", "prefix")
@@ -123,8 +125,9 @@ def read_csv_labels(path: str) -> Labels:
     if not os.path.isfile(path):
         raise AHIQError(f"{path}: label file not found; pass an existing file (see README, 'Other datasets and "
                         "evaluation protocols')")
-    with open(path, newline="", encoding="utf-8-sig") as f:
-        rows = [row for row in csv.reader(f) if any(cell.strip() for cell in row)]
+    numbered = [(i, row) for i, row in enumerate(csv.reader(io.StringIO(read_text(path), newline="")), 1)]
+    rows = [row for _, row in numbered if any(cell.strip() for cell in row)]
+    linenos = [i for i, row in numbered if any(cell.strip() for cell in row)]
     if not rows:
         raise AHIQError(f"{path}: the label file is empty")
     header = [h.strip() for h in rows[0]]
@@ -137,12 +140,17 @@ def read_csv_labels(path: str) -> Labels:
     used = {i for i in (i_ref, i_dis, i_score) if i is not None}
     names, refs, scores = [], [], []
     extra: dict[str, list[str]] = {h.lower(): [] for i, h in enumerate(header) if i not in used}
-    for lineno, row in enumerate(rows[1:], 2):
+    first_line: dict[str, int] = {}
+    for lineno, row in zip(linenos[1:], rows[1:]):
         if len(row) != len(header):
             raise AHIQError(f"{path}:{lineno}: {len(row)} fields, the header has {len(header)}")
         row = [cell.strip() for cell in row]
         if not row[i_ref] or not row[i_dis]:
             raise AHIQError(f"{path}:{lineno}: empty image name")
+        if row[i_dis] in first_line:
+            raise AHIQError(f"{path}:{lineno}: {row[i_dis]} is listed again (first on line {first_line[row[i_dis]]}); "
+                            "remove the duplicate, it would be scored and counted twice")
+        first_line[row[i_dis]] = lineno
         refs.append(row[i_ref])
         names.append(row[i_dis])
         if i_score is not None:
@@ -167,8 +175,7 @@ def read_labels(path: str, list_format: str = "pipal", ref_rule: str = "pipal") 
     if list_format != "pipal":
         raise AHIQError(f"--list_format {list_format!r}: expected one of {', '.join(LIST_FORMATS)}")
     if os.path.isfile(path):
-        with open(path, encoding="utf-8-sig") as f:
-            first = f.readline().lower()
+        first = read_text(path).split("\n", 1)[0].lower()
         if any(column in first for column in REF_COLUMNS[:2] + DIS_COLUMNS[:2]):
             raise AHIQError(f"{path}: starts with a CSV header ({first.strip()!r}); pass --list_format csv")
     names, raw = read_list(path)

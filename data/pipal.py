@@ -6,6 +6,7 @@ Images are decoded once, as 8-bit RGB, and cropped while still uint8; the model 
 """
 from __future__ import annotations
 
+import io
 import os
 import zlib
 from collections.abc import Sequence
@@ -18,8 +19,10 @@ from torch.utils.data import Dataset
 
 from data.label_norm import LabelNorm
 from utils.errors import AHIQError
+from utils.files import read_text
 
 Window = tuple[int, int]  # (top, left)
+MAX_PIXELS = 100_000_000  # images above it are refused from their header (--max_pixels raises it)
 # A damaged file is reported by our own one-line error; OpenCV's log line would only duplicate it.
 cv2.utils.logging.setLogLevel(cv2.utils.logging.LOG_LEVEL_SILENT)
 
@@ -30,26 +33,30 @@ def read_list(path: str) -> tuple[list[str], np.ndarray | None]:
         raise AHIQError(f"{path}: list file not found; pass an existing file (see README, 'Data')")
     names: list[str] = []
     scores: list[float] = []
-    with open(path, encoding="utf-8-sig") as f:
-        for lineno, line in enumerate(f, 1):
-            line = line.strip()
-            if not line:
-                continue
-            fields = [field.strip() for field in line.split(",")]
-            if len(fields) > 2 or not fields[0] or (len(fields) == 2 and not fields[1]):
-                raise AHIQError(f"{path}:{lineno}: expected 'name,score' or 'name', got {line!r}")
-            has_score = len(fields) == 2
-            if names and has_score != bool(scores):
-                raise AHIQError(f"{path}:{lineno}: some lines have a score and others not; "
-                                "give every line a score or none")
-            if has_score:
-                try:
-                    scores.append(float(fields[1]))
-                except ValueError:
-                    raise AHIQError(f"{path}:{lineno}: score {fields[1]!r} is not a number") from None
-                if not np.isfinite(scores[-1]):
-                    raise AHIQError(f"{path}:{lineno}: score {fields[1]!r} is not finite")
-            names.append(fields[0])
+    first_line: dict[str, int] = {}
+    for lineno, line in enumerate(read_text(path).split("\n"), 1):
+        line = line.strip()
+        if not line:
+            continue
+        fields = [field.strip() for field in line.split(",")]
+        if len(fields) > 2 or not fields[0] or (len(fields) == 2 and not fields[1]):
+            raise AHIQError(f"{path}:{lineno}: expected 'name,score' or 'name', got {line!r}")
+        has_score = len(fields) == 2
+        if names and has_score != bool(scores):
+            raise AHIQError(f"{path}:{lineno}: some lines have a score and others not; "
+                            "give every line a score or none")
+        if has_score:
+            try:
+                scores.append(float(fields[1]))
+            except ValueError:
+                raise AHIQError(f"{path}:{lineno}: score {fields[1]!r} is not a number") from None
+            if not np.isfinite(scores[-1]):
+                raise AHIQError(f"{path}:{lineno}: score {fields[1]!r} is not finite")
+        if fields[0] in first_line:
+            raise AHIQError(f"{path}:{lineno}: {fields[0]} is listed again (first on line {first_line[fields[0]]}); "
+                            "remove the duplicate, it would be scored and counted twice")
+        first_line[fields[0]] = lineno
+        names.append(fields[0])
     if not names:
         raise AHIQError(f"{path}: the list is empty")
     return names, (np.asarray(scores, dtype=np.float64) if scores else None)
@@ -60,24 +67,47 @@ def pipal_reference_name(name: str) -> str:
     return name[:5] + ".bmp"
 
 
-def read_rgb(path: str) -> np.ndarray:
-    """An image as HxWx3 uint8 RGB: grayscale is expanded, alpha dropped, 16-bit scaled to 8-bit (OpenCV rules)."""
-    img = cv2.imread(path, cv2.IMREAD_COLOR)
+def read_rgb(path: str, max_pixels: int = MAX_PIXELS) -> np.ndarray:
+    """An image as HxWx3 uint8 RGB: grayscale is expanded, alpha dropped, 16-bit scaled to 8-bit (OpenCV rules).
+
+    Only complete files are accepted: OpenCV refuses truncated BMP, PNG, TIFF and WebP files but fills the missing
+    rows of a truncated JPEG with grey, so JPEGs are also decoded by Pillow, which refuses them. Images of more than
+    ``max_pixels`` pixels are refused from their header, before decoding.
+    """
+    image_size(path, max_pixels)
+    data = np.fromfile(path, dtype=np.uint8)
+    try:
+        img = cv2.imdecode(data, cv2.IMREAD_COLOR)
+    except cv2.error as err:  # e.g. larger than OpenCV's own pixel limit
+        raise AHIQError(f"{path}: cannot be decoded as an image ({str(err).strip().splitlines()[-1][:120]})") \
+            from None
     if img is None:
-        reason = "not found" if not os.path.isfile(path) else "cannot be decoded as an image"
-        raise AHIQError(f"{path}: {reason}")
+        raise AHIQError(f"{path}: cannot be decoded as an image (damaged, or not an image); replace the file")
+    if data[:2].tobytes() == b"\xff\xd8":  # JPEG
+        try:
+            with Image.open(io.BytesIO(data.tobytes())) as check:
+                check.load()
+        except OSError as err:
+            raise AHIQError(f"{path}: the JPEG does not decode completely ({err}); replace the file") from None
     return cv2.cvtColor(img, cv2.COLOR_BGR2RGB)
 
 
-def image_size(path: str) -> tuple[int, int]:
-    """(height, width) from the file header, without decoding the pixels."""
+def image_size(path: str, max_pixels: int = MAX_PIXELS) -> tuple[int, int]:
+    """(height, width) from the file header, without decoding the pixels; more than ``max_pixels`` is refused."""
     if not os.path.isfile(path):
         raise AHIQError(f"{path}: image not found; check the image folder options and the list file")
+    pillow_limit = Image.MAX_IMAGE_PIXELS
+    Image.MAX_IMAGE_PIXELS = None  # the limit is ours, checked below; Pillow's would decide first (or only warn)
     try:
         with Image.open(path) as img:
             width, height = img.size
     except (UnidentifiedImageError, OSError) as err:
         raise AHIQError(f"{path}: cannot be read as an image ({err.__class__.__name__}); replace the file") from err
+    finally:
+        Image.MAX_IMAGE_PIXELS = pillow_limit
+    if width * height > max_pixels:
+        raise AHIQError(f"{path}: {width}x{height} pixels, more than the limit of {max_pixels:,} (a damaged or "
+                        "hostile header?); pass --max_pixels N to raise it for real images this large")
     return height, width
 
 
@@ -164,11 +194,12 @@ class PairDataset(Dataset):
                  crop_size: int = 224, n_crops: int = 5, seed: int = 1919, resize: int | None = None,
                  flip: bool = False, lower_better: bool = False, norm: LabelNorm | None = None,
                  ref_names: Sequence[str] | None = None, random_windows: str = "reference", window_batch: int = 10,
-                 flip_axis: str = "vertical") -> None:
+                 flip_axis: str = "vertical", max_pixels: int = MAX_PIXELS) -> None:
         self.pairs = list(pairs)
         self.names = [name for name, _, _ in self.pairs]
         self.ref_names = list(ref_names) if ref_names is not None else [os.path.basename(r) for _, _, r in self.pairs]
         self.crop, self.n_crops, self.seed, self.resize, self.flip = crop_size, n_crops, seed, resize, flip
+        self.max_pixels = max_pixels
         if random_windows not in WINDOW_MODES or flip_axis not in FLIP_AXES:
             raise AHIQError(f"random windows {random_windows!r} / flip axis {flip_axis!r}: expected one of "
                             f"{WINDOW_MODES} / {FLIP_AXES}")
@@ -195,8 +226,8 @@ class PairDataset(Dataset):
         for idx in range(len(self.names)):
             dis_path, ref_path = self.paths(idx)
             if ref_path not in ref_sizes:
-                ref_sizes[ref_path] = image_size(ref_path)
-            dis_size = image_size(dis_path)
+                ref_sizes[ref_path] = image_size(ref_path, self.max_pixels)
+            dis_size = image_size(dis_path, self.max_pixels)
             if dis_size != ref_sizes[ref_path]:
                 raise AHIQError(f"{dis_path}: size {dis_size[1]}x{dis_size[0]} differs from its reference "
                                 f"{ref_path} ({ref_sizes[ref_path][1]}x{ref_sizes[ref_path][0]})")
@@ -224,7 +255,7 @@ class PairDataset(Dataset):
         return len(self.names)
 
     def load(self, path: str) -> np.ndarray:
-        img = read_rgb(path)
+        img = read_rgb(path, self.max_pixels)
         if self.flip:
             img = img[:, ::-1]
         if self.resize is not None:

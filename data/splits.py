@@ -17,7 +17,7 @@ import os
 import numpy as np
 
 from utils.errors import AHIQError
-from utils.files import atomic_write
+from utils.files import atomic_write, read_text
 
 log = logging.getLogger("ahiq.splits")
 FORMAT = "ahiq-splits/1"
@@ -60,8 +60,7 @@ def save_splits(path: str, splits: list[dict], seed: int, ratios, source: str) -
 
 def read_splits(path: str) -> dict:
     try:
-        with open(path, encoding="utf-8") as f:
-            doc = json.load(f)
+        doc = json.loads(read_text(path))
     except (OSError, json.JSONDecodeError) as err:
         raise AHIQError(f"{path}: cannot be read as a split file ({err}); delete it to make a new one") from None
     if not isinstance(doc, dict) or doc.get("format") != FORMAT or not isinstance(doc.get("splits"), list) \

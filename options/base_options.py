@@ -13,6 +13,7 @@ from typing import Any
 
 import torch
 
+from data.pipal import MAX_PIXELS
 from models import BRANCHES, DEFORM_IMPLS, FUSIONS, POOLINGS, ModelConfig
 from options.data_options import apply_preset
 from utils.errors import AHIQError
@@ -31,6 +32,8 @@ def run_parser() -> argparse.ArgumentParser:
     g.add_argument("--seed", type=int, default=1919, help="random seed")
     g.add_argument("--gpu_ids", default="0", help="GPU ids, e.g. '0' or '0,1'; '-1' runs on the CPU")
     g.add_argument("--num_workers", type=int, default=8, help="DataLoader worker processes")
+    g.add_argument("--max_pixels", type=int, default=MAX_PIXELS,
+                   help="images with more pixels are refused from their header (damaged or hostile files)")
     g.add_argument("--amp", action="store_true", help="mixed precision on CUDA (see --amp_dtype); fp32 otherwise")
     g.add_argument("--amp_dtype", default="bf16", choices=("bf16", "fp16"),
                    help="autocast dtype for --amp; in training fp16 adds a GradScaler")
@@ -116,6 +119,7 @@ def finalize(opt: argparse.Namespace) -> argparse.Namespace:
     opt.device = f"cuda:{ids[0]}" if ids else "cpu"
     check_positive(opt, "crops_per_forward", "batch_size", "val_batch_size", "n_ensemble", "num_avg_val")
     check_positive(opt, "num_workers", minimum=0)
+    check_positive(opt, "max_pixels")
     opt.run_dir = os.path.join(opt.checkpoints_dir, opt.name)
     if hasattr(opt, "dataset"):
         apply_preset(opt)

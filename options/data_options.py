@@ -41,8 +41,8 @@ def test_data_parser() -> argparse.ArgumentParser:
     g.add_argument("--test_dis_path", default=PATH_DEFAULTS["test_dis_path"], help="folder of the distorted images")
     g.add_argument("--test_list", default=PATH_DEFAULTS["test_list"],
                    help="labels: 'name,MOS' or 'name' lines, or a CSV with --list_format csv")
-    g.add_argument("--split_part", default="test", choices=("train", "val", "test", "all"),
-                   help="with --split_file/--split_column: the part of the split to score")
+    g.add_argument("--split_part", default=None, choices=("train", "val", "test", "all"),
+                   help="with --split_file/--split_column: the part of the split to score (default: test)")
     return p
 
 

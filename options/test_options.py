@@ -12,6 +12,7 @@ from options.data_options import (
     train_data_parser,
     windows_parser,
 )
+from utils.errors import AHIQError
 
 
 def scoring_parser() -> argparse.ArgumentParser:
@@ -41,4 +42,9 @@ def test_parser() -> argparse.ArgumentParser:
 
 
 def parse_test_options(argv: list[str] | None = None) -> argparse.Namespace:
-    return finalize(test_parser().parse_args(argv))
+    opt = finalize(test_parser().parse_args(argv))
+    if opt.split_part is not None and opt.split_file is None and opt.split_column is None:
+        raise AHIQError(f"--split_part {opt.split_part} has no effect without --split_file or --split_column; drop "
+                        "it to score the whole list, or name the split")
+    opt.split_part = opt.split_part or "test"
+    return opt

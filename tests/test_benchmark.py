@@ -16,8 +16,11 @@ REPO = Path(__file__).resolve().parents[1]
 
 def test_benchmark_smoke(tmp_path):
     out = main(["--device", "cpu", "--images", "2", "--size", "40", "--crop", "32", "--n_ensemble", "3",
-                "--repeats", "1", "--train_batch", "2", "--out", str(tmp_path / "bench.json")])
+                "--repeats", "1", "--train_batch", "2", "--per_reference", "1", "2",
+                "--out", str(tmp_path / "bench.json")])
     assert out["test"]["fp32_max_rel_dev"] < 1e-4  # the fast path scores what the official-style baseline scores
+    assert [r["per_reference"] for r in out["per_reference"]] == [1, 2]
+    assert all(r["max_rel_dev"] < 1e-4 and r["images"] == 2 for r in out["per_reference"])  # shared = baseline
     assert out["test"]["baseline_images_per_s"] > 0 and out["train"]["fp32_pairs_per_s"] > 0
     assert (tmp_path / "bench.json").is_file()
 

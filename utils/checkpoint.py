@@ -44,10 +44,17 @@ def load_checkpoint(path: str) -> dict[str, Any]:
     try:
         with torch.serialization.safe_globals(_numpy_safe_globals()):
             ckpt = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as err:  # corrupt, truncated or foreign files all end here with the file named
-        first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
-        raise AHIQError(f"{path}: cannot be read as a PyTorch checkpoint ({first[:200]}); "
-                        "is it a complete AHIQ .pth file?") from err
+    except Exception as err:  # corrupt, truncated, unsafe or foreign files all end here with the file named
+        text = str(err).strip()
+        if "Weights only load failed" in text:
+            found = re.search(r"(?:unsupported|Unsupported)[^\n.]*(?:GLOBAL|global)[^\n]*", text)
+            detail = found.group(0).strip().rstrip(".") if found else text.splitlines()[-1][:200]
+            raise AHIQError(f"{path}: refused: it holds Python objects that could run code ({detail}); AHIQ loads "
+                            "only tensors and plain values, so this is not a file written by AHIQ, the official "
+                            "code or pyiqa; if you trust it, re-save just its state dicts") from None
+        first = text.splitlines()[0] if text else type(err).__name__
+        raise AHIQError(f"{path}: cannot be read as a PyTorch checkpoint ({first[:200]}); the file may be torn or "
+                        "truncated: copy or download it again") from err
     if not isinstance(ckpt, Mapping):
         raise AHIQError(f"{path}: not an AHIQ checkpoint (holds a {type(ckpt).__name__}, expected a dict)")
     return dict(ckpt)

@@ -23,11 +23,17 @@ class AHIQError(Exception):
 
 
 def run_cli(main: Callable[[], object]) -> None:
-    """Run an entry point; an :class:`AHIQError` or Ctrl-C ends it with a one-line message and exit code 2/130."""
+    """Run an entry point; an :class:`AHIQError`, an OS error (a file or folder: permissions, full disk) or Ctrl-C
+    ends it with a one-line message and exit code 2/130."""
     try:
         main()
     except AHIQError as err:
         print(f"error: {err}", file=sys.stderr)
+        sys.exit(2)
+    except OSError as err:  # a file the user named or a folder they chose (read-only, full disk): no traceback
+        where = f"{err.filename}: " if err.filename else ""
+        print(f"error: {where}{err.strerror or err}; check the path, its permissions and the free space",
+              file=sys.stderr)
         sys.exit(2)
     except KeyboardInterrupt:
         print("error: interrupted", file=sys.stderr)

@@ -1,9 +1,14 @@
-"""Atomic file writes: a temporary file in the same folder, fsync, then ``os.replace``.
+"""Safe files: atomic writes (a temporary file in the same folder, fsync, then ``os.replace``), the cleanup of
+temporary files a killed process left behind, and the lock that gives a run folder one owner.
 
-A crash or a full disk never leaves a torn checkpoint or results file, and never destroys the previous one.
+A crash, a kill or a full disk never leaves a torn checkpoint or results file, and never destroys the previous one;
+a failed write says which file and why in one line.
 """
 from __future__ import annotations
 
+import errno
+import fcntl
+import glob
 import io
 import os
 import tempfile
@@ -11,27 +16,84 @@ from typing import Any
 
 import torch
 
+from utils.errors import AHIQError
+
+TMP_PREFIX = ".tmp-"
+
 
 def atomic_write(path: str, data: bytes | str) -> None:
-    """Replace ``path`` with ``data`` in one step."""
+    """Replace ``path`` with ``data`` in one step; on failure the old file is untouched and no temporary is left."""
     folder = os.path.dirname(os.path.abspath(path))
-    os.makedirs(folder, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=".tmp-", dir=folder)
-    umask = os.umask(0)
-    os.umask(umask)
+    tmp = None
     try:
+        os.makedirs(folder, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(prefix=TMP_PREFIX, dir=folder)
+        umask = os.umask(0)
+        os.umask(umask)
         os.chmod(tmp, 0o666 & ~umask)  # mkstemp makes it private; give it the permissions of a normal file
         with os.fdopen(fd, "wb") as f:
             f.write(data.encode("utf-8") if isinstance(data, str) else data)
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)
-    except BaseException:
-        os.unlink(tmp)
-        raise
+        tmp = None
+    except OSError as err:
+        what = "the disk is full" if err.errno == errno.ENOSPC else (err.strerror or type(err).__name__)
+        raise AHIQError(f"{path}: cannot be written ({what}); nothing was replaced: free space or choose a writable "
+                        "folder, then run the same command again") from err
+    finally:
+        if tmp is not None and os.path.exists(tmp):
+            os.unlink(tmp)
+
+
+def read_text(path: str) -> str:
+    """A text file as UTF-8 (a BOM is dropped); another encoding is a one-line error naming the file and line."""
+    with open(path, "rb") as f:
+        data = f.read()
+    try:
+        return data.decode("utf-8-sig")
+    except UnicodeDecodeError as err:
+        line = data[:err.start].count(b"\n") + 1
+        raise AHIQError(f"{path}:{line}: not UTF-8 text (byte 0x{data[err.start]:02x}); save the file as UTF-8") \
+            from None
 
 
 def atomic_torch_save(obj: Any, path: str) -> None:
     buf = io.BytesIO()
     torch.save(obj, buf)
     atomic_write(path, buf.getvalue())
+
+
+def remove_stale_temporaries(folder: str) -> list[str]:
+    """Delete the temporary files of interrupted atomic writes in ``folder`` (call it while owning the folder)."""
+    stale = glob.glob(os.path.join(glob.escape(folder), TMP_PREFIX + "*"))
+    for path in stale:
+        os.unlink(path)
+    return stale
+
+
+class FolderLock:
+    """An exclusive lock on a run folder (``.lock`` inside it), held for the life of the process.
+
+    It is a kernel lock (``flock``): a crashed or killed process releases it at once, so it never stays stuck. A
+    second process asking for it stops immediately with a message naming the folder.
+    """
+
+    def __init__(self, folder: str, what: str = "a run") -> None:
+        os.makedirs(folder, exist_ok=True)
+        self.path = os.path.join(folder, ".lock")
+        self.fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            fcntl.flock(self.fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            os.close(self.fd)
+            raise AHIQError(f"{folder}: another process is using this run folder ({what}); wait for it to end or "
+                            "choose another --name") from None
+        os.ftruncate(self.fd, 0)
+        os.write(self.fd, f"{os.getpid()}\n".encode())
+
+    def release(self) -> None:
+        if self.fd is not None:
+            fcntl.flock(self.fd, fcntl.LOCK_UN)
+            os.close(self.fd)
+            self.fd = None
