@@ -10,12 +10,13 @@
 set -eu
 cd "$(dirname "$0")"
 DEST=${AHIQ_CHECKPOINTS_DIR:-checkpoints}
-HF=https://huggingface.co/timm
-CKPT_URL=${AHIQ_CKPT_URL:-https://github.com/chaofengc/IQA-PyTorch/releases/download/v0.1-weights/AHIQ_vit_p8_epoch33-da3ea303.pth}
-CKPT_SHA256=${AHIQ_CKPT_SHA256:-da3ea303}
-VIT8_URL=${AHIQ_VIT8_URL:-$HF/vit_base_patch8_224.augreg_in21k_ft_in1k/resolve/main/model.safetensors}
-VIT16_URL=${AHIQ_VIT16_URL:-$HF/vit_base_patch16_224.augreg_in21k_ft_in1k/resolve/main/model.safetensors}
-RESNET_URL=${AHIQ_RESNET_URL:-$HF/resnet50.a1_in1k/resolve/main/model.safetensors}
+# The addresses and checksums live in models/weights.tsv (hubconf.py reads the same table).
+field() { awk -F '\t' -v n="$1" -v f="$2" '$1 == n { print $f }' models/weights.tsv; }
+CKPT_URL=${AHIQ_CKPT_URL:-$(field ahiq_pipal 2)}
+CKPT_SHA256=${AHIQ_CKPT_SHA256:-$(field ahiq_pipal 3)}
+VIT8_URL=${AHIQ_VIT8_URL:-$(field vit_base_patch8_224.augreg_in21k_ft_in1k 2)}
+VIT16_URL=${AHIQ_VIT16_URL:-$(field vit_base_patch16_224.augreg_in21k_ft_in1k 2)}
+RESNET_URL=${AHIQ_RESNET_URL:-$(field resnet50.a1_in1k 2)}
 
 fail() { echo "download.sh: error: $*" >&2; exit 1; }
 

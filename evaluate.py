@@ -67,7 +67,8 @@ def run(opt) -> dict:
     """Score the test set the (finalized) options describe; returns paths, timing and metrics."""
     torch.manual_seed(opt.seed)
     model, _, ckpt_path = scoring_model(opt)
-    dataset = load_dataset(opt, "test", opt.split_part, opt.n_ensemble, flip=opt.flip, batch_size=opt.batch_size)
+    dataset = load_dataset(opt, "test", opt.split_part or "test", opt.n_ensemble, flip=opt.flip,
+                           batch_size=opt.batch_size)
     amp_dtype = configure_device(opt)
     save_options(opt, "test")
     log.info("scoring %d images of %s with %s (%d crops each, %s)", len(dataset), opt.test_list, ckpt_path,
@@ -89,7 +90,7 @@ def run(opt) -> dict:
         atomic_write(metrics_path, json.dumps({**metrics, "n_images": len(names), "list": opt.test_list,
                                                "dataset": opt.dataset, "lower_better": opt.lower_better,
                                                "split": {"file": opt.split_file, "index": opt.split_index,
-                                                         "column": opt.split_column, "part": opt.split_part},
+                                                         "column": opt.split_column, "part": opt.split_part or "test"},
                                                "checkpoint": ckpt_path, "n_ensemble": opt.n_ensemble}, indent=2))
         plot_path = os.path.splitext(out_path)[0] + "_scatter.png"
         atomic_write(plot_path, scatter_png(preds, labels, metrics, os.path.basename(opt.test_list)))

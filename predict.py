@@ -59,7 +59,7 @@ def main(argv: list[str] | None = None) -> list[float]:
     unit = "normalised, higher is better"
     if opt.mos_scale:
         scores = scorer.to_mos(scores)
-        unit = "DMOS units, lower is better" if scorer.lower_better else "MOS units, higher is better"
+        unit = "DMOS units, lower is better" if scorer.labels_are_dmos else "MOS units, higher is better"
     print(table(pairs, scores, unit))
     if opt.csv:
         buf = io.StringIO()

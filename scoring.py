@@ -5,8 +5,12 @@
     scores = scorer.score_files([("dis.png", "ref.png")])
     scores = scorer.score_tensors(dis, ref)        # (B, 3, H, W) floats in [0, 1] -> (B,)
 
-Scores: higher is better. They are on the scale the model was trained on, the training MOS min-max normalised to
-[0, 1]; ``scorer.to_mos`` maps them back to MOS units with the range stored in the checkpoint (or given).
+    metric = torch.hub.load("path/to/AHIQ", "ahiq", source="local")   # or Metric(scorer): pyiqa's convention
+    scores = metric("dis.png", "ref.png")          # paths, PIL images, HxWx3 uint8 arrays or tensors
+
+Scores: higher is better (``Metric.lower_better`` is False). They are on the scale the model was trained on, the
+training MOS min-max normalised to [0, 1]; ``scorer.to_mos`` maps them back to the training labels' units with the
+range stored in the checkpoint (or given); ``labels_are_dmos`` says those units are DMOS (lower is better).
 """
 from __future__ import annotations
 
@@ -16,6 +20,8 @@ from dataclasses import dataclass
 
 import numpy as np
 import torch
+import torch.nn as nn
+from PIL import Image
 
 from data.label_norm import LabelNorm
 from data.pipal import MAX_PIXELS, PairDataset, crop_tensor_stack, crop_windows
@@ -47,8 +53,9 @@ class Scorer:
                 raise AHIQError(f"{name} {getattr(self, name)!r}: must be a positive integer")
 
     @property
-    def lower_better(self) -> bool:
-        """The training labels were DMOS (LIVE, CSIQ): :meth:`to_mos` gives DMOS, where lower is better."""
+    def labels_are_dmos(self) -> bool:
+        """The training labels were DMOS (LIVE, CSIQ): :meth:`to_mos` gives DMOS, where lower is better. Scores
+        themselves are always higher-is-better."""
         return bool(self.label_norm and self.label_norm.lower_better)
 
     def to_mos(self, scores: np.ndarray | torch.Tensor) -> np.ndarray:
@@ -146,3 +153,89 @@ def load_scorer(ckpt: str | None = None, checkpoints_dir: str = "checkpoints", n
         norm = LabelNorm(float(mos_range[0]), float(mos_range[1]))
     settings.setdefault("crop_size", net.config.crop_size)
     return Scorer(net.to(device).eval(), label_norm=norm, checkpoint=ckpt, **settings)
+
+
+ImageLike = str | os.PathLike | Image.Image | np.ndarray | torch.Tensor
+
+
+def to_batch(x: ImageLike | Sequence[ImageLike], name: str) -> torch.Tensor:
+    """PIL images, HxWx3 uint8 arrays or (3, H, W) / (B, 3, H, W) float tensors in [0, 1] (or lists of them) as one
+    (B, 3, H, W) float batch in [0, 1], converted as test.py converts files (uint8 RGB / 255)."""
+    items = list(x) if isinstance(x, (list, tuple)) else [x]
+    if not items:
+        raise AHIQError(f"{name}: empty list of images")
+    batch = []
+    for item in items:
+        if isinstance(item, Image.Image):
+            item = np.array(item.convert("RGB"))
+        if isinstance(item, np.ndarray):
+            if item.dtype != np.uint8 or item.ndim != 3 or item.shape[2] != 3:
+                raise AHIQError(f"{name}: numpy images must be HxWx3 uint8 RGB, got {item.dtype} {item.shape}")
+            item = torch.from_numpy(np.array(item)).permute(2, 0, 1).float().div_(255)
+        if not isinstance(item, torch.Tensor):
+            raise AHIQError(f"{name}: expected file paths, PIL images, HxWx3 uint8 arrays or tensors, got "
+                            f"{type(item).__name__}")
+        batch.append(item if item.dim() == 4 else item.unsqueeze(0))
+    if len({tuple(b.shape[1:]) for b in batch}) > 1:
+        raise AHIQError(f"{name}: images of different sizes in one call; score them in separate calls")
+    out = torch.cat(batch)
+    check_unit_images(out, name)
+    return out
+
+
+def _is_path(x: object) -> bool:
+    return isinstance(x, (str, os.PathLike))
+
+
+class Metric(nn.Module):
+    """AHIQ in pyiqa's calling convention: ``metric(dis, ref)`` -> (B,) scores, higher is better.
+
+    ``dis`` and ``ref``: file paths (or lists of them; scored exactly as test.py scores them), PIL images, HxWx3
+    uint8 RGB arrays, or (B, 3, H, W) tensors in [0, 1]. ``as_loss=True``: a differentiable function of ``dis``
+    (fixed windows, at most 9; no inference mode, no uint8 round trip) for use as a perceptual loss, e.g.
+    ``loss = -metric(output, target).mean()``.
+    """
+
+    lower_better = False  # higher scores mean better quality, whatever the training labels were
+
+    def __init__(self, scorer: Scorer, as_loss: bool = False) -> None:
+        super().__init__()
+        self.scorer, self.as_loss = scorer, as_loss
+        self.net = scorer.model
+        if as_loss:
+            self.net.requires_grad_(False)  # gradients flow to the images, never into the metric
+
+    @property
+    def labels_are_dmos(self) -> bool:
+        return self.scorer.labels_are_dmos
+
+    def forward(self, dis, ref) -> torch.Tensor:
+        if _is_path(dis) or (isinstance(dis, (list, tuple)) and dis and all(map(_is_path, dis))):
+            if self.as_loss:
+                raise AHIQError("as_loss=True needs tensors (a loss is differentiated with respect to them)")
+            dis, ref = ([dis], [ref]) if _is_path(dis) else (list(dis), list(ref))
+            if len(dis) != len(ref) or not all(map(_is_path, ref)):
+                raise AHIQError("give as many reference paths as distorted paths")
+            return torch.from_numpy(self.scorer.score_files(list(zip(dis, ref)))).float()
+        if self.as_loss:
+            return self.differentiable(dis, ref)
+        return self.scorer.score_tensors(to_batch(dis, "dis"), to_batch(ref, "ref"))
+
+    def differentiable(self, dis: torch.Tensor, ref: torch.Tensor) -> torch.Tensor:
+        """Scores (B,) that backpropagate to ``dis``: the mean over the fixed windows (at most 9) of each pair."""
+        for name, x in (("dis", dis), ("ref", ref)):
+            check_unit_images(x.detach() if isinstance(x, torch.Tensor) else x, name)
+        if dis.shape != ref.shape:
+            raise AHIQError(f"dis and ref must have the same shape, got {tuple(dis.shape)} and {tuple(ref.shape)}")
+        h, w, c = dis.shape[2], dis.shape[3], self.scorer.crop_size
+        if min(h, w) < c:
+            raise AHIQError(f"images of {w}x{h} are smaller than the crop size {c}; resize them first")
+        windows = crop_windows(h, w, c, min(self.scorer.n_ensemble, 9), self.scorer.seed, "")
+        device = next(self.net.parameters()).device
+        d = torch.stack([crop_tensor_stack(img, windows, c) for img in dis]).flatten(0, 1).to(device)
+        r = torch.stack([crop_tensor_stack(img, windows, c) for img in ref]).flatten(0, 1).to(device)
+        self.net.eval()
+        with torch.no_grad():
+            features = self.net.reference(r)
+        return self.net.score(d, features).view(dis.shape[0], len(windows)).mean(dim=1)
+

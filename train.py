@@ -18,6 +18,7 @@ import os
 import random
 import signal
 import sys
+import time
 from dataclasses import asdict, dataclass
 
 import numpy as np
@@ -37,7 +38,7 @@ from utils.checkpoint import find_checkpoint, load_checkpoint, save_weights
 from utils.distributed import DistInfo, barrier, gather_arrays, init_distributed, reduce_step, shutdown
 from utils.errors import AHIQError, run_cli
 from utils.files import FolderLock, remove_stale_temporaries
-from utils.logger import setup_logging
+from utils.logger import EpochLog, Scalars, setup_logging
 from utils.metrics import iqa_metrics
 from utils.plots import scatter_figure
 
@@ -269,56 +270,70 @@ def train(opt, info: DistInfo) -> TrainState:
     if info.enabled:
         net = DistributedDataParallel(model, device_ids=[opt.device] if opt.device.startswith("cuda") else None,
                                       broadcast_buffers=False)
-    writer = None
+    scalars = epochs = None
     if info.is_main:
-        from torch.utils.tensorboard import SummaryWriter
         save_options(opt, "train")
-        writer = SummaryWriter(os.path.join(opt.run_dir, "tensorboard"))
+        scalars = Scalars(opt.run_dir, opt.name, {k: v for k, v in vars(opt).items() if k != "autocast_dtype"},
+                          opt.wandb)
+        epochs = EpochLog(opt.run_dir, state.epoch)
         log.info("training on %d pairs, validating on %d (%s), %d process(es) on %s%s", len(train_set),
                  len(val.dataset), split_choice(opt).describe(), info.world_size, opt.device,
                  f"; continuing from {resume_from} at epoch {state.epoch + 1}" if resume_from else "")
     save = Saver(opt, model, optimizer, scheduler, scaler, train_set)
     stop = StopRequest()
+    lr = optimizer.param_groups[0]["lr"]
 
-    def on_step(loss: float, lr: float) -> None:
-        state.global_step += 1
-        if writer:
-            writer.add_scalar("train/loss", loss, state.global_step)
-            writer.add_scalar("train/lr", lr, state.global_step)
+    def on_step(loss: float, step_lr: float) -> None:
+        nonlocal lr
+        state.global_step, lr = state.global_step + 1, step_lr
+        if scalars:
+            scalars.add({"train/loss": loss, "train/lr": step_lr}, state.global_step)
 
-    while state.epoch < opt.n_epoch:
-        sampler.set_epoch(state.epoch, skip=state.step * opt.batch_size)
-        result = train_one_epoch(net, train_loader, optimizer, scheduler, opt.device, opt.autocast_dtype, scaler,
-                                 lambda loss: reduce_step(loss, stop.signal is not None, info), on_step, info.is_main,
-                                 desc=f"epoch {state.epoch + 1}/{opt.n_epoch}")
-        loss = float(np.mean(result.losses)) if result.losses else float("nan")
-        if result.interrupted:
-            state.step += len(result.losses)
+    try:
+        while state.epoch < opt.n_epoch:
+            start = time.perf_counter()
+            sampler.set_epoch(state.epoch, skip=state.step * opt.batch_size)
+            result = train_one_epoch(net, train_loader, optimizer, scheduler, opt.device, opt.autocast_dtype, scaler,
+                                     lambda loss: reduce_step(loss, stop.signal is not None, info), on_step,
+                                     info.is_main, desc=f"epoch {state.epoch + 1}/{opt.n_epoch}")
+            loss = float(np.mean(result.losses)) if result.losses else float("nan")
+            if result.interrupted:
+                state.step += len(result.losses)
+                if info.is_main:
+                    path = save("last.pth", state, loss, full=True)
+                    log.warning("stopped by %s after step %d of epoch %d; saved %s; continue with --resume",
+                                stop.signal or "another rank", state.step, state.epoch + 1, path)
+                barrier(info)  # torchrun ends the other ranks once one exits: keep them until last.pth is written
+                sys.exit(3)
+            state.epoch, state.step = state.epoch + 1, 0
+            log.info("epoch %d: train loss %.5f", state.epoch, loss)
+            metrics = validate_epoch(model, val, info, opt, state, scalars) if state.epoch % opt.val_freq == 0 \
+                else None
             if info.is_main:
-                path = save("last.pth", state, loss, full=True)
-                log.warning("stopped by %s after step %d of epoch %d; saved %s; continue with --resume",
-                            stop.signal or "another rank", state.step, state.epoch + 1, path)
-            barrier(info)  # torchrun ends the other ranks once one exits: keep them until last.pth is written
-            if writer:
-                writer.close()
-            sys.exit(3)
-        state.epoch, state.step = state.epoch + 1, 0
-        log.info("epoch %d: train loss %.5f", state.epoch, loss)
-        improved = state.epoch % opt.val_freq == 0 and validate_epoch(model, val, info, opt, state, writer)
-        if info.is_main:
-            if improved:
-                save("best.pth", state, loss)
-            if state.epoch % opt.save_interval == 0:
-                save(f"epoch_{state.epoch}.pth", state, loss)
-            save("last.pth", state, loss, full=True)
-    if writer:
-        writer.close()
-        log.info("done: best SRCC %.4f PLCC %.4f; checkpoints in %s", state.best_srcc, state.best_plcc, opt.run_dir)
+                finish_epoch(save, state, loss, metrics)
+                epochs.append({"epoch": state.epoch, "step": state.global_step, "train_loss": loss, "lr": lr,
+                               **{f"val_{k}": (metrics or {}).get(k) for k in ("srcc", "plcc", "krcc", "rmse")},
+                               "seconds": time.perf_counter() - start})
+    finally:
+        if scalars:
+            scalars.close()
+    log.info("done: best SRCC %.4f PLCC %.4f; checkpoints in %s", state.best_srcc, state.best_plcc, opt.run_dir)
     return state
 
 
-def validate_epoch(model: AHIQ, val: Validation, info: DistInfo, opt, state: TrainState, writer) -> bool:
-    """Validate, log, update the bests in ``state``; True when SRCC or PLCC improved (official: both move then)."""
+def finish_epoch(save: Saver, state: TrainState, loss: float, metrics: dict | None) -> None:
+    """Rank 0's files after an epoch: best.pth when validation improved, epoch_N.pth on schedule, last.pth."""
+    if metrics is not None and metrics["improved"]:
+        save("best.pth", state, loss)
+    if state.epoch % save.opt.save_interval == 0:
+        save(f"epoch_{state.epoch}.pth", state, loss)
+    save("last.pth", state, loss, full=True)
+
+
+def validate_epoch(model: AHIQ, val: Validation, info: DistInfo, opt, state: TrainState, scalars: Scalars | None
+                   ) -> dict:
+    """Validate, log, update the bests in ``state``; ``improved`` when SRCC or PLCC improved (official: both bests
+    move then). Scalars go per epoch (``val/srcc``) and per step with the dataset (``val/<dataset>/srcc``)."""
     metrics, preds, labels = validate(model, val, info, opt)
     improved = metrics["srcc"] > state.best_srcc or metrics["plcc"] > state.best_plcc
     if improved:
@@ -326,11 +341,12 @@ def validate_epoch(model: AHIQ, val: Validation, info: DistInfo, opt, state: Tra
     log.info("epoch %d: SRCC %.4f PLCC %.4f (raw; %.4f after logistic mapping) KRCC %.4f RMSE %.4f%s",
              state.epoch, metrics["srcc"], metrics["plcc"], metrics["plcc_logistic"], metrics["krcc"],
              metrics["rmse"], "  (best so far)" if improved else "")
-    if writer:
-        for key in ("srcc", "plcc", "plcc_logistic", "krcc", "rmse"):
-            writer.add_scalar(f"val/{key}", metrics[key], state.epoch)
-        writer.add_figure("val/scatter", scatter_figure(preds, labels, metrics), state.epoch)
-    return improved
+    if scalars:
+        keys = ("srcc", "plcc", "plcc_logistic", "krcc", "rmse")
+        scalars.add_by_epoch({f"val/{k}": metrics[k] for k in keys}, state.epoch)
+        scalars.add({f"val/{opt.dataset}/{k}": metrics[k] for k in keys}, state.global_step)
+        scalars.figure("val/scatter", scatter_figure(preds, labels, metrics), state.epoch)
+    return {**metrics, "improved": improved}
 
 
 if __name__ == "__main__":

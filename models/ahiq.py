@@ -169,11 +169,14 @@ class AHIQ(nn.Module):
                              f"got {tuple(x.shape)}")
 
     def _features(self, x: torch.Tensor) -> tuple[torch.Tensor | None, torch.Tensor | None]:
-        """The frozen backbones' features of crops in [0, 1] (the official normalisation, for both backbones)."""
+        """The frozen backbones' features of crops in [0, 1] (the official normalisation, for both backbones).
+
+        The backbones' parameters never require gradients, so no graph is recorded through them in training; one is
+        only when the input itself requires gradients (AHIQ as a perceptual loss, :class:`scoring.Metric`).
+        """
         self._check(x)
         x = (x - 0.5) / 0.5
-        with torch.no_grad():
-            return self.vit(x) if self.vit is not None else None, self.cnn(x) if self.cnn is not None else None
+        return self.vit(x) if self.vit is not None else None, self.cnn(x) if self.cnn is not None else None
 
     def _project(self, vit: torch.Tensor | None, cnn: torch.Tensor | None, offset: torch.Tensor | None) -> torch.Tensor:
         feats = [vit] if self.branches != "cnn" else []

@@ -8,6 +8,7 @@ else the paper's model (the defaults of :class:`models.ModelConfig`). :func:`fin
 from __future__ import annotations
 
 import argparse
+import json
 import os
 from typing import Any
 
@@ -17,6 +18,7 @@ from data.pipal import MAX_PIXELS
 from models import BRANCHES, DEFORM_IMPLS, FUSIONS, POOLINGS, ModelConfig
 from options.data_options import apply_preset
 from utils.errors import AHIQError
+from utils.files import read_text
 
 PAPER = ModelConfig()
 
@@ -24,6 +26,8 @@ PAPER = ModelConfig()
 def run_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(add_help=False)
     g = p.add_argument_group("run")
+    g.add_argument("--config", default=None, metavar="FILE",
+                   help="rerun from a saved opt_train.json / opt_test.json; options given on the command line win")
     g.add_argument("--checkpoints_dir", default="./checkpoints", help="runs are stored in checkpoints_dir/name")
     g.add_argument("--name", default="ahiq_pipal", help="experiment name: the run folder under --checkpoints_dir")
     g.add_argument("--load_epoch", type=int, default=-1,
@@ -71,6 +75,28 @@ def model_parser() -> argparse.ArgumentParser:
                    help="deformable conv: 'gemm' (bilinear sampling + GEMM; faster, autocast-friendly) or "
                         "torchvision's kernel; both compute the same function")
     return p
+
+
+NOT_RERUN = ("config", "resume", "help")  # never taken from a saved configuration
+
+
+def parse_with_config(parser: argparse.ArgumentParser, argv: list[str] | None) -> argparse.Namespace:
+    """Parse ``argv``; with ``--config FILE`` (a saved ``opt_*.json``) its values are the defaults, so every option
+    given on the command line overrides it. Saved values of options this parser lacks are ignored."""
+    pre = argparse.ArgumentParser(add_help=False)
+    pre.add_argument("--config", default=None)
+    config = pre.parse_known_args(argv)[0].config
+    if config:
+        try:
+            saved = json.loads(read_text(config))
+        except (OSError, ValueError) as err:
+            raise AHIQError(f"{config}: cannot be read as a saved configuration ({err}); pass an opt_train.json or "
+                            "opt_test.json from a run folder") from None
+        if not isinstance(saved, dict):
+            raise AHIQError(f"{config}: not a saved configuration (expected a JSON object of options)")
+        known = {action.dest for action in parser._actions}
+        parser.set_defaults(**{k: v for k, v in saved.items() if k in known and k not in NOT_RERUN})
+    return parser.parse_args(argv)
 
 
 SWITCHES = ("patch_size", "crop_size", "vit_name", "resnet_name", "vit_blocks", "cnn_blocks", "fusion", "branches",

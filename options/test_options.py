@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import argparse
 
-from options.base_options import finalize, model_parser, run_parser
+from options.base_options import finalize, model_parser, parse_with_config, run_parser
 from options.data_options import (
     image_parser,
     label_parser,
@@ -42,9 +42,8 @@ def test_parser() -> argparse.ArgumentParser:
 
 
 def parse_test_options(argv: list[str] | None = None) -> argparse.Namespace:
-    opt = finalize(test_parser().parse_args(argv))
+    opt = finalize(parse_with_config(test_parser(), argv))
     if opt.split_part is not None and opt.split_file is None and opt.split_column is None:
         raise AHIQError(f"--split_part {opt.split_part} has no effect without --split_file or --split_column; drop "
                         "it to score the whole list, or name the split")
-    opt.split_part = opt.split_part or "test"
     return opt

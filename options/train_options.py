@@ -4,7 +4,7 @@ from __future__ import annotations
 import argparse
 
 from data.pipal import FLIP_AXES
-from options.base_options import check_positive, finalize, model_parser, run_parser
+from options.base_options import check_positive, finalize, model_parser, parse_with_config, run_parser
 from options.data_options import image_parser, label_parser, split_parser, train_data_parser, windows_parser
 from utils.errors import AHIQError
 
@@ -31,6 +31,8 @@ def training_parser() -> argparse.ArgumentParser:
     g.add_argument("--resume", action="store_true", help="continue from last.pth in checkpoints_dir/name")
     g.add_argument("--val_batch_size", type=int, default=10, help="images per validation batch")
     g.add_argument("--crops_per_forward", type=int, default=50, help="crop pairs per forward in validation")
+    g.add_argument("--wandb", default=None, metavar="PROJECT",
+                   help="also log the scalars to this Weights & Biases project (needs `pip install wandb`)")
     return p
 
 
@@ -40,7 +42,7 @@ def train_parser() -> argparse.ArgumentParser:
 
 
 def parse_train_options(argv: list[str] | None = None) -> argparse.Namespace:
-    return check_train_options(finalize(train_parser().parse_args(argv)))
+    return check_train_options(finalize(parse_with_config(train_parser(), argv)))
 
 
 def check_train_options(opt: argparse.Namespace) -> argparse.Namespace:

@@ -65,7 +65,7 @@ def test_dmos_training_stores_its_label_normalisation(data_root, backbone_files,
     dmos = [float(r["dmos"]) for r in labels if r["ref_name"] in train_ref]
     assert meta["label_norm"] == {"method": "minmax", "mos_min": min(dmos), "mos_max": max(dmos), "lower_better": True}
     scorer = load_scorer(str(tmp_path / "dmos" / "last.pth"), pretrained=False)
-    assert scorer.lower_better
+    assert scorer.labels_are_dmos
     np.testing.assert_allclose(scorer.to_mos(np.array([0.0, 1.0])), [max(dmos), min(dmos)])  # best = lowest DMOS
 
 

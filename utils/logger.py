@@ -1,8 +1,16 @@
-"""Logging to the console and ``{run_dir}/log.txt`` (rank 0 only; other ranks show warnings)."""
+"""What a training run records: console and ``log.txt`` (rank 0; other ranks show warnings), TensorBoard scalars and
+figures mirrored to Weights & Biases when asked for, and the per-epoch metrics file ``metrics.jsonl`` with its curves
+``metrics.png`` (as MAE's JSON lines and timm's summary file: one object per epoch, easy to plot and compare)."""
 from __future__ import annotations
 
+import json
 import logging
+import math
 import os
+from typing import Any
+
+from utils.errors import AHIQError
+from utils.files import atomic_write, read_text
 
 
 def setup_logging(run_dir: str | None = None, is_main: bool = True) -> None:
@@ -17,3 +25,96 @@ def setup_logging(run_dir: str | None = None, is_main: bool = True) -> None:
         file = logging.FileHandler(os.path.join(run_dir, "log.txt"))
         file.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(message)s"))
         root.addHandler(file)
+
+
+class Scalars:
+    """TensorBoard (``{run_dir}/tensorboard``) and, with ``wandb_project``, a Weights & Biases run with the same
+    scalars (the package is optional: asking for it without it installed is a one-line error)."""
+
+    def __init__(self, run_dir: str, name: str, config: dict, wandb_project: str | None = None) -> None:
+        from torch.utils.tensorboard import SummaryWriter
+        self.wandb = None
+        if wandb_project:
+            try:
+                import wandb
+            except ImportError:
+                raise AHIQError("--wandb needs the wandb package: pip install wandb (or drop --wandb)") from None
+            self.wandb = wandb.init(project=wandb_project, name=name, dir=run_dir, config=config)
+        self.writer = SummaryWriter(os.path.join(run_dir, "tensorboard"))
+
+    def add(self, values: dict[str, float], step: int) -> None:
+        for key, value in values.items():
+            self.writer.add_scalar(key, value, step)
+        if self.wandb is not None:
+            self.wandb.log(values, step=step)
+
+    def add_by_epoch(self, values: dict[str, float], epoch: int) -> None:
+        """TensorBoard's per-epoch axis (W&B keeps one step axis: it gets the step-axis copies)."""
+        for key, value in values.items():
+            self.writer.add_scalar(key, value, epoch)
+
+    def figure(self, tag: str, figure, epoch: int) -> None:
+        self.writer.add_figure(tag, figure, epoch)
+
+    def close(self) -> None:
+        self.writer.close()
+        if self.wandb is not None:
+            self.wandb.finish()
+
+
+class EpochLog:
+    """``{run_dir}/metrics.jsonl``: one JSON object per finished epoch (epoch, step, train loss, learning rate,
+    validation SRCC/PLCC/KRCC/RMSE, seconds), appended and synced line by line, and ``metrics.png`` with the curves.
+
+    A new run starts the file afresh; a resumed run keeps the epochs its checkpoint has finished and drops any later
+    ones (an epoch logged after the checkpoint was written) and a line torn by a kill.
+    """
+
+    def __init__(self, run_dir: str, epochs_done: int) -> None:
+        self.path = os.path.join(run_dir, "metrics.jsonl")
+        self.png = os.path.join(run_dir, "metrics.png")
+        self.rows = [r for r in self.read(self.path) if r.get("epoch", math.inf) <= epochs_done] if epochs_done else []
+        atomic_write(self.path, "".join(json.dumps(r) + "\n" for r in self.rows))
+
+    @staticmethod
+    def read(path: str) -> list[dict[str, Any]]:
+        if not os.path.isfile(path):
+            return []
+        rows = []
+        for line in read_text(path).split("\n"):
+            try:
+                rows.append(json.loads(line))
+            except ValueError:  # an empty or torn line
+                continue
+        return [r for r in rows if isinstance(r, dict)]
+
+    def append(self, row: dict[str, Any]) -> None:
+        self.rows.append(row)
+        with open(self.path, "a", encoding="utf-8") as f:
+            f.write(json.dumps(row) + "\n")
+            f.flush()
+            os.fsync(f.fileno())
+        self.plot()
+
+    def plot(self) -> None:
+        import io
+
+        import matplotlib
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+        fig, (loss_ax, val_ax) = plt.subplots(1, 2, figsize=(10, 3.6))
+        epochs = [r["epoch"] for r in self.rows]
+        loss_ax.plot(epochs, [r["train_loss"] for r in self.rows], marker=".")
+        loss_ax.set(xlabel="epoch", ylabel="train loss (MSE)", yscale="log")
+        for key in ("val_srcc", "val_plcc"):
+            points = [(r["epoch"], r[key]) for r in self.rows if r.get(key) is not None]
+            if points:
+                val_ax.plot(*zip(*points), marker=".", label=key[4:].upper())
+        val_ax.set(xlabel="epoch", ylabel="validation")
+        if val_ax.get_legend_handles_labels()[0]:
+            val_ax.legend()
+        fig.tight_layout()
+        buf = io.BytesIO()
+        fig.savefig(buf, format="png", dpi=100)
+        plt.close(fig)
+        atomic_write(self.png, buf.getvalue())

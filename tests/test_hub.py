@@ -1,0 +1,130 @@
+"""AHIQ the way IQA researchers use it: torch.hub.load on a local checkout (random, or fetched with sha256 checks
+from a local server), the pyiqa-style metric on every input form against test.py, and as a differentiable loss."""
+from __future__ import annotations
+
+import functools
+import http.server
+import socket
+import threading
+from pathlib import Path
+
+import numpy as np
+import pytest
+import timm
+import torch
+from PIL import Image
+from safetensors.torch import save_file
+
+import evaluate
+from data.pipal import read_rgb
+from models import RESNET_TAG
+from scoring import Metric, load_scorer
+from tests.conftest import make_pipal_set
+from utils.checkpoint import save_weights
+from utils.errors import AHIQError
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def test_hub_load_on_a_local_checkout_gives_the_metric():
+    metric = torch.hub.load(str(REPO), "ahiq", source="local", pretrained=False, n_ensemble=1, crop_size=32)
+    assert isinstance(metric, Metric) and metric.lower_better is False and metric.labels_are_dmos is False
+    scores = metric(torch.rand(2, 3, 40, 40), torch.rand(2, 3, 40, 40))
+    assert scores.shape == (2,) and torch.isfinite(scores).all()
+
+
+@pytest.fixture(scope="module")
+def pair_and_ckpt(tmp_path_factory, model_factory):
+    root = tmp_path_factory.mktemp("metric")
+    data = make_pipal_set(root / "set", n_refs=1, n_dis=2, size=(40, 48), seed=8)
+    ckpt = root / "head.pth"
+    save_weights(str(ckpt), model_factory(8))
+    return data, str(ckpt)
+
+
+@pytest.mark.parametrize("n_ensemble", [5, 12])
+def test_every_input_form_scores_what_test_py_scores(pair_and_ckpt, backbone_files, tmp_path, n_ensemble):
+    data, ckpt = pair_and_ckpt
+    weights = {"vit_weights": backbone_files[8], "resnet_weights": backbone_files["resnet"]}
+    out = evaluate.main(["--test_ref_path", data["ref"], "--test_dis_path", data["dis"], "--test_list", data["list"],
+                         "--ckpt", ckpt, "--crop_size", "32", "--n_ensemble", str(n_ensemble), "--gpu_ids", "-1",
+                         "--num_workers", "0", "--checkpoints_dir", str(tmp_path), "--vit_weights",
+                         backbone_files[8], "--resnet_weights", backbone_files["resnet"]])
+    expected = float(Path(out["predictions"]).read_text().splitlines()[1].split(",")[1])
+    metric = Metric(load_scorer(ckpt, **weights, crop_size=32, n_ensemble=n_ensemble))
+    dis_path, ref_path = f"{data['dis']}/{data['names'][1]}", f"{data['ref']}/A0000.bmp"
+    assert metric(dis_path, ref_path).item() == pytest.approx(expected, rel=1e-6)
+    assert metric([dis_path], [ref_path]).tolist() == pytest.approx([expected], rel=1e-6)
+    if n_ensemble <= 9:  # fixed windows: every form crops the same pixels; random ones are seeded by the file name
+        dis, ref = read_rgb(dis_path), read_rgb(ref_path)
+        forms = [(dis, ref), (Image.fromarray(dis), Image.fromarray(ref)),
+                 (torch.from_numpy(dis).permute(2, 0, 1)[None].float() / 255,
+                  torch.from_numpy(ref).permute(2, 0, 1)[None].float() / 255)]
+        for d, r in forms:
+            assert metric(d, r).item() == pytest.approx(expected, rel=1e-5), type(d)
+    with pytest.raises(AHIQError, match="numpy images must be HxWx3 uint8"):
+        metric(np.zeros((40, 48, 3), np.float32), np.zeros((40, 48, 3), np.float32))
+
+
+def test_as_loss_is_differentiable_with_respect_to_the_distorted_image(model_factory):
+    metric = Metric(torch.hub.load(str(REPO), "ahiq", source="local", pretrained=False, n_ensemble=5,
+                                   crop_size=32).scorer, as_loss=True)
+    metric.net.double()
+    g = torch.Generator().manual_seed(0)
+    dis = torch.rand(2, 3, 40, 40, generator=g, dtype=torch.float64).requires_grad_(True)
+    ref = torch.rand(2, 3, 40, 40, generator=g, dtype=torch.float64)
+    scores = metric(dis, ref)
+    scores.sum().backward()
+    assert dis.grad is not None and torch.isfinite(dis.grad).all() and dis.grad.abs().sum() > 0
+    assert all(p.grad is None for p in metric.net.parameters())  # the metric itself is not trained
+    v = torch.randn(dis.shape, generator=g, dtype=torch.float64) * 0.1
+    eps = 1e-7  # small: ReLU, max-pool and bilinear sampling have kinks a larger step would cross
+    with torch.no_grad():
+        numeric = (metric(dis + eps * v, ref).sum() - metric(dis - eps * v, ref).sum()) / (2 * eps)
+    assert numeric.item() == pytest.approx((dis.grad * v).sum().item(), rel=1e-3, abs=1e-9)
+
+
+class _Quiet(http.server.SimpleHTTPRequestHandler):
+    def log_message(self, *args):
+        pass
+
+
+def test_pretrained_is_fetched_with_sha256_checks_and_offline_is_one_line(tmp_path, model_factory, backbone_files,
+                                                                          monkeypatch):
+    served = tmp_path / "served"
+    served.mkdir()
+    save_weights(str(served / "ckpt.pth"), model_factory(8))
+    vit = timm.create_model("vit_base_patch8_224", pretrained=False).state_dict()
+    save_file({k: v.contiguous() for k, v in vit.items()}, str(served / "vit.safetensors"))
+    torch.manual_seed(0)
+    save_file(timm.create_model(RESNET_TAG, pretrained=False).state_dict(), str(served / "resnet.safetensors"))
+    import hashlib
+    sha = hashlib.sha256((served / "ckpt.pth").read_bytes()).hexdigest()[:8]
+    httpd = http.server.ThreadingHTTPServer(("127.0.0.1", 0), functools.partial(_Quiet, directory=str(served)))
+    threading.Thread(target=httpd.serve_forever, daemon=True).start()
+    base = f"http://127.0.0.1:{httpd.server_address[1]}"
+    for var, name in (("AHIQ_CKPT_URL", "ckpt.pth"), ("AHIQ_VIT8_URL", "vit.safetensors"),
+                      ("AHIQ_RESNET_URL", "resnet.safetensors")):
+        monkeypatch.setenv(var, f"{base}/{name}")
+    cache = tmp_path / "cache"
+    try:
+        monkeypatch.setenv("AHIQ_CKPT_SHA256", "00000000")
+        with pytest.raises(AHIQError, match=r"ckpt\.pth: sha256 does not start with 00000000.*nothing was written"):
+            torch.hub.load(str(REPO), "ahiq", source="local", cache_dir=str(cache), n_ensemble=1, crop_size=32)
+        assert not list(cache.rglob("*.pth*"))
+        monkeypatch.setenv("AHIQ_CKPT_SHA256", sha)
+        metric = torch.hub.load(str(REPO), "ahiq", source="local", cache_dir=str(cache), n_ensemble=1, crop_size=32)
+    finally:
+        httpd.shutdown()
+        httpd.server_close()
+    assert (cache / "ahiq_pipal" / "AHIQ_vit_p8_epoch33.pth").read_bytes() == (served / "ckpt.pth").read_bytes()
+    x = torch.rand(1, 3, 40, 40)
+    first = metric(x, x)
+    again = torch.hub.load(str(REPO), "ahiq", source="local", cache_dir=str(cache), n_ensemble=1, crop_size=32)
+    assert again(x, x).item() == pytest.approx(first.item())  # from the cache: the server is gone
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        closed = s.getsockname()[1]
+    monkeypatch.setenv("AHIQ_CKPT_URL", f"http://127.0.0.1:{closed}/ckpt.pth")
+    with pytest.raises(AHIQError, match=r"cannot download http://127\.0\.0\.1:\d+/ckpt\.pth \(offline\?.*download\.sh"):
+        torch.hub.load(str(REPO), "ahiq", source="local", cache_dir=str(tmp_path / "empty"))
