@@ -19,7 +19,7 @@ import torch
 
 from engine import predict
 from options.test_options import parse_test_options
-from runtime import configure_device, load_dataset, save_options, scoring_model
+from runtime import configure_device, load_dataset, save_options, scoring_checkpoint, scoring_model
 from utils.errors import AHIQError
 from utils.files import atomic_write
 from utils.metrics import iqa_metrics
@@ -66,9 +66,11 @@ def main(argv: list[str] | None = None) -> dict:
 def run(opt) -> dict:
     """Score the test set the (finalized) options describe; returns paths, timing and metrics."""
     torch.manual_seed(opt.seed)
-    model, _, ckpt_path = scoring_model(opt)
+    ckpt, config, ckpt_path = scoring_checkpoint(opt)
     dataset = load_dataset(opt, "test", opt.split_part or "test", opt.n_ensemble, flip=opt.flip,
-                           batch_size=opt.batch_size)
+                           batch_size=opt.batch_size)  # every image checked before the backbones are built
+    model = scoring_model(opt, ckpt, config, ckpt_path)
+    del ckpt
     amp_dtype = configure_device(opt)
     save_options(opt, "test")
     log.info("scoring %d images of %s with %s (%d crops each, %s)", len(dataset), opt.test_list, ckpt_path,

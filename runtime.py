@@ -15,7 +15,8 @@ import torch
 from data.datasets import pair_dataset, read_labels, select_rows
 from data.label_norm import LabelNorm
 from data.pipal import PairDataset
-from models import AHIQ, BackboneSource, backbone_dir, load_model
+from models import AHIQ, BackboneSource, ModelConfig, backbone_dir
+from models.config import build_loaded, read_model_checkpoint
 from options.data_options import split_choice
 from utils.checkpoint import find_checkpoint
 from utils.files import atomic_write
@@ -58,13 +59,18 @@ def checkpoint_to_score(opt: argparse.Namespace) -> str:
     return opt.ckpt or find_checkpoint(opt.run_dir, opt.load_epoch)
 
 
-def scoring_model(opt: argparse.Namespace) -> tuple[AHIQ, dict, str]:
-    """The model to score with, as its checkpoint describes it (switches given on the command line are checked
-    against it); ``opt.crop_size`` becomes the trained crop size unless one was given."""
+def scoring_checkpoint(opt: argparse.Namespace) -> tuple[dict, ModelConfig, str]:
+    """The checkpoint to score with and the model it describes (switches given on the command line are checked
+    against it), read before anything slow; ``opt.crop_size`` becomes the trained crop size unless one was given."""
     path = checkpoint_to_score(opt)
-    model, ckpt = load_model(path, opt.model_switches, backbone_source(opt), opt.deform_impl)
-    opt.crop_size = model.config.crop_size
-    return model.to(opt.device), ckpt, path
+    ckpt, config = read_model_checkpoint(path, opt.model_switches)
+    opt.crop_size = config.crop_size
+    return ckpt, config, path
+
+
+def scoring_model(opt: argparse.Namespace, ckpt: dict, config: ModelConfig, path: str) -> AHIQ:
+    """The model of :func:`scoring_checkpoint`, built (backbones: files, hub or random) and on ``opt.device``."""
+    return build_loaded(ckpt, path, config, backbone_source(opt), opt.deform_impl).to(opt.device)
 
 
 def save_options(opt: argparse.Namespace, phase: str) -> None:

@@ -29,12 +29,12 @@ from torch.utils.data import DataLoader
 from data.pipal import PairDataset
 from data.sampler import EpochSampler
 from engine import predict, train_one_epoch
-from models import AHIQ, ModelConfig, build_from_config, config_from_checkpoint, load_weights
-from models.config import merge_config
+from models import AHIQ, ModelConfig, build_from_config, load_weights
+from models.config import read_model_checkpoint
 from options.data_options import split_choice
 from options.train_options import parse_train_options
 from runtime import backbone_source, configure_device, load_dataset, save_options
-from utils.checkpoint import find_checkpoint, load_checkpoint, save_weights
+from utils.checkpoint import find_checkpoint, save_weights
 from utils.distributed import DistInfo, barrier, gather_arrays, init_distributed, reduce_step, shutdown
 from utils.errors import AHIQError, run_cli
 from utils.files import FolderLock, remove_stale_temporaries
@@ -204,10 +204,10 @@ def run_config(opt, resume_from: str | None) -> tuple[ModelConfig, dict | None]:
     switches given over the paper's defaults; and the checkpoint dict, read once."""
     if resume_from is None:
         return ModelConfig(**opt.model_switches), None
-    ckpt = load_checkpoint(resume_from)
+    ckpt, config = read_model_checkpoint(resume_from, opt.model_switches)
     if opt.resume:
         check_resume_options(ckpt.get("options") or {}, opt, resume_from)
-    return merge_config(config_from_checkpoint(ckpt, resume_from), opt.model_switches, resume_from), ckpt
+    return config, ckpt
 
 
 # Options whose change would make a resumed run differ from an uninterrupted one (the model switches are checked

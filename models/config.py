@@ -180,8 +180,20 @@ def load_model(path: str, given: Mapping[str, Any] | None = None, source: Backbo
     ``given``: the model switches the user set explicitly (see :func:`merge_config`). Used by test.py, predict.py,
     the Python API, protocol.py and train.py's resume: there is no other way from a file to a model.
     """
+    ckpt, config = read_model_checkpoint(path, given)
+    return build_loaded(ckpt, path, config, source, deform_impl), ckpt
+
+
+def read_model_checkpoint(path: str, given: Mapping[str, Any] | None = None) -> tuple[dict[str, Any], ModelConfig]:
+    """The first, quick half of :func:`load_model`: the checkpoint dict and the configuration to build (so the
+    crop size is known and inputs can be checked before the backbones are built)."""
     ckpt = load_checkpoint(path)
-    config = merge_config(config_from_checkpoint(ckpt, path), dict(given or {}), path)
+    return ckpt, merge_config(config_from_checkpoint(ckpt, path), dict(given or {}), path)
+
+
+def build_loaded(ckpt: Mapping[str, Any], path: str, config: ModelConfig, source: BackboneSource = BackboneSource(),
+                 deform_impl: str = "gemm") -> AHIQ:
+    """The second half of :func:`load_model`: the model built and its trained parts loaded, in eval mode."""
     model = build_from_config(config, source, deform_impl)
     load_head_weights(model, ckpt, path)
-    return model.eval(), ckpt
+    return model.eval()

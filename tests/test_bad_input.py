@@ -245,3 +245,12 @@ def test_kills_at_random_moments_of_a_save_never_tear_last_pth(tmp_path, backbon
         assert load_checkpoint(str(run_dir / "last.pth"))["train_state"]["epoch"] == 1  # never torn
     state = train.main(args[:-2] + ["--n_epoch", "2", "--resume"])
     assert state.epoch == 2 and not list(run_dir.glob(".tmp-*"))
+
+
+def test_test_py_checks_the_list_and_images_before_building_the_model(tmp_path, head):
+    data = make_pipal_set(tmp_path / "set", n_refs=1, n_dis=2, size=(40, 40))
+    (Path(data["dis"]) / "A0000_00_01.bmp").unlink()
+    with pytest.raises(AHIQError, match=r"A0000_00_01\.bmp: image not found"):  # not the missing backbone file
+        evaluate.main(["--test_ref_path", data["ref"], "--test_dis_path", data["dis"], "--test_list", data["list"],
+                       "--ckpt", head, "--gpu_ids", "-1", "--checkpoints_dir", str(tmp_path), "--crop_size", "32",
+                       "--vit_weights", str(tmp_path / "absent_vit.safetensors")])
