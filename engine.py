@@ -174,14 +174,15 @@ def predict(model: AHIQ, dataset: PairDataset, indices: list[int] | None = None,
     model.eval()
     device = next(model.regressor.parameters()).device
     order = grouped_by_reference(indices, dataset.reference_key)
-    cache = ReferenceCache(Counter(key for i in order for key in dataset.crop_keys(i)))
+    keys = {i: dataset.crop_keys(i) for i in order}
+    cache = ReferenceCache(Counter(key for row in keys.values() for key in row))
     chunk = ChunkSize(crops_per_forward)  # shrinks once for the whole loop if memory runs out
     loader = DataLoader(Subset(dataset, order), batch_size=batch_size, shuffle=False, num_workers=num_workers,
                         pin_memory=device.type == "cuda")
     done: dict[int, tuple[str, float, float]] = {}
     for batch in tqdm(loader, desc=desc, disable=not progress, dynamic_ncols=True, leave=False):
-        keys = [dataset.crop_keys(int(i)) for i in batch["index"]]
-        scores = score_batch(model, batch["dis"], batch["ref"], keys, cache, chunk, amp_dtype)
+        batch_keys = [keys[i] for i in batch["index"].tolist()]
+        scores = score_batch(model, batch["dis"], batch["ref"], batch_keys, cache, chunk, amp_dtype)
         for i, name, score, label in zip(batch["index"].tolist(), batch["name"], scores.tolist(),
                                          batch["label"].double().tolist()):
             done[i] = (name, score, label)

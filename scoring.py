@@ -88,20 +88,22 @@ class Scorer:
     def score_tensors(self, dis: torch.Tensor, ref: torch.Tensor) -> torch.Tensor:
         """Scores (B,) of (B, 3, H, W) image tensors in [0, 1]; random windows are seeded with the batch position
         (each pair is scored on its own: nothing is shared between positions)."""
+        dis_crops, ref_crops = self.crop_pairs(dis, ref, self.n_ensemble)
+        return score_crops(self.model, dis_crops, ref_crops, self.crops_per_forward, self.amp_dtype)
+
+    def crop_pairs(self, dis: torch.Tensor, ref: torch.Tensor, n: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """(B, n, 3, S, S) crop stacks of the ``n``-crop ensemble of each checked pair of (B, 3, H, W) tensors in
+        [0, 1]; random windows (n > 9) are seeded with the batch position. Crops keep the tensors' autograd graph."""
         for name, x in (("dis", dis), ("ref", ref)):
-            check_unit_images(x, name)
+            check_unit_images(x.detach() if isinstance(x, torch.Tensor) else x, name)
         if dis.shape != ref.shape:
             raise AHIQError(f"dis and ref must have the same shape, got {tuple(dis.shape)} and {tuple(ref.shape)}")
         h, w, c = dis.shape[2], dis.shape[3], self.crop_size
         if min(h, w) < c:
             raise AHIQError(f"images of {w}x{h} are smaller than the crop size {c}; resize them first")
-        crops = [[], []]
-        for i in range(dis.shape[0]):
-            windows = crop_windows(h, w, c, self.n_ensemble, self.seed, str(i))
-            for stack, img in zip(crops, (dis[i], ref[i])):
-                stack.append(crop_tensor_stack(img, windows, c))
-        return score_crops(self.model, torch.stack(crops[0]), torch.stack(crops[1]), self.crops_per_forward,
-                           self.amp_dtype)
+        windows = [crop_windows(h, w, c, n, self.seed, str(i)) for i in range(dis.shape[0])]
+        return tuple(torch.stack([crop_tensor_stack(img, win, c) for img, win in zip(x, windows)])
+                     for x in (dis, ref))
 
 
 def check_unit_images(x: object, name: str) -> None:
@@ -167,11 +169,11 @@ def to_batch(x: ImageLike | Sequence[ImageLike], name: str) -> torch.Tensor:
     batch = []
     for item in items:
         if isinstance(item, Image.Image):
-            item = np.array(item.convert("RGB"))
+            item = np.asarray(item.convert("RGB"))
         if isinstance(item, np.ndarray):
             if item.dtype != np.uint8 or item.ndim != 3 or item.shape[2] != 3:
                 raise AHIQError(f"{name}: numpy images must be HxWx3 uint8 RGB, got {item.dtype} {item.shape}")
-            item = torch.from_numpy(np.array(item)).permute(2, 0, 1).float().div_(255)
+            item = torch.tensor(item).permute(2, 0, 1).float().div_(255)  # one copy (the array may be read-only)
         if not isinstance(item, torch.Tensor):
             raise AHIQError(f"{name}: expected file paths, PIL images, HxWx3 uint8 arrays or tensors, got "
                             f"{type(item).__name__}")
@@ -223,19 +225,10 @@ class Metric(nn.Module):
 
     def differentiable(self, dis: torch.Tensor, ref: torch.Tensor) -> torch.Tensor:
         """Scores (B,) that backpropagate to ``dis``: the mean over the fixed windows (at most 9) of each pair."""
-        for name, x in (("dis", dis), ("ref", ref)):
-            check_unit_images(x.detach() if isinstance(x, torch.Tensor) else x, name)
-        if dis.shape != ref.shape:
-            raise AHIQError(f"dis and ref must have the same shape, got {tuple(dis.shape)} and {tuple(ref.shape)}")
-        h, w, c = dis.shape[2], dis.shape[3], self.scorer.crop_size
-        if min(h, w) < c:
-            raise AHIQError(f"images of {w}x{h} are smaller than the crop size {c}; resize them first")
-        windows = crop_windows(h, w, c, min(self.scorer.n_ensemble, 9), self.scorer.seed, "")
+        d, r = self.scorer.crop_pairs(dis, ref, min(self.scorer.n_ensemble, 9))
         device = next(self.net.parameters()).device
-        d = torch.stack([crop_tensor_stack(img, windows, c) for img in dis]).flatten(0, 1).to(device)
-        r = torch.stack([crop_tensor_stack(img, windows, c) for img in ref]).flatten(0, 1).to(device)
         self.net.eval()
         with torch.no_grad():
-            features = self.net.reference(r)
-        return self.net.score(d, features).view(dis.shape[0], len(windows)).mean(dim=1)
+            features = self.net.reference(r.flatten(0, 1).to(device))
+        return self.net.score(d.flatten(0, 1).to(device), features).view(d.shape[:2]).mean(dim=1)
 

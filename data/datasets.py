@@ -24,7 +24,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from data.pipal import PairDataset, pipal_reference_name, read_list
+from data.pipal import PairDataset, pipal_reference_name, read_list, refuse_repeat
 from data.splits import load_or_create_splits
 from utils.errors import AHIQError
 from utils.files import read_text
@@ -125,9 +125,9 @@ def read_csv_labels(path: str) -> Labels:
     if not os.path.isfile(path):
         raise AHIQError(f"{path}: label file not found; pass an existing file (see README, 'Other datasets and "
                         "evaluation protocols')")
-    numbered = [(i, row) for i, row in enumerate(csv.reader(io.StringIO(read_text(path), newline="")), 1)]
-    rows = [row for _, row in numbered if any(cell.strip() for cell in row)]
-    linenos = [i for i, row in numbered if any(cell.strip() for cell in row)]
+    numbered = [(i, row) for i, row in enumerate(csv.reader(io.StringIO(read_text(path), newline="")), 1)
+                if any(cell.strip() for cell in row)]
+    linenos, rows = [i for i, _ in numbered], [row for _, row in numbered]
     if not rows:
         raise AHIQError(f"{path}: the label file is empty")
     header = [h.strip() for h in rows[0]]
@@ -147,10 +147,7 @@ def read_csv_labels(path: str) -> Labels:
         row = [cell.strip() for cell in row]
         if not row[i_ref] or not row[i_dis]:
             raise AHIQError(f"{path}:{lineno}: empty image name")
-        if row[i_dis] in first_line:
-            raise AHIQError(f"{path}:{lineno}: {row[i_dis]} is listed again (first on line {first_line[row[i_dis]]}); "
-                            "remove the duplicate, it would be scored and counted twice")
-        first_line[row[i_dis]] = lineno
+        refuse_repeat(first_line, row[i_dis], path, lineno)
         refs.append(row[i_ref])
         names.append(row[i_dis])
         if i_score is not None:

@@ -52,14 +52,19 @@ def read_list(path: str) -> tuple[list[str], np.ndarray | None]:
                 raise AHIQError(f"{path}:{lineno}: score {fields[1]!r} is not a number") from None
             if not np.isfinite(scores[-1]):
                 raise AHIQError(f"{path}:{lineno}: score {fields[1]!r} is not finite")
-        if fields[0] in first_line:
-            raise AHIQError(f"{path}:{lineno}: {fields[0]} is listed again (first on line {first_line[fields[0]]}); "
-                            "remove the duplicate, it would be scored and counted twice")
-        first_line[fields[0]] = lineno
+        refuse_repeat(first_line, fields[0], path, lineno)
         names.append(fields[0])
     if not names:
         raise AHIQError(f"{path}: the list is empty")
     return names, (np.asarray(scores, dtype=np.float64) if scores else None)
+
+
+def refuse_repeat(first_line: dict[str, int], name: str, path: str, lineno: int) -> None:
+    """Record where ``name`` is listed; a second listing of it is an error naming both lines."""
+    if name in first_line:
+        raise AHIQError(f"{path}:{lineno}: {name} is listed again (first on line {first_line[name]}); remove the "
+                        "duplicate, it would be scored and counted twice")
+    first_line[name] = lineno
 
 
 def pipal_reference_name(name: str) -> str:
@@ -75,7 +80,16 @@ def read_rgb(path: str, max_pixels: int = MAX_PIXELS) -> np.ndarray:
     ``max_pixels`` pixels are refused from their header, before decoding.
     """
     image_size(path, max_pixels)
-    data = np.fromfile(path, dtype=np.uint8)
+    return decode_rgb(path)
+
+
+def decode_rgb(path: str) -> np.ndarray:
+    """:func:`read_rgb` for a file whose header :func:`image_size` has already checked (the datasets check every
+    image when they are built, so loading does not read the header again)."""
+    try:
+        data = np.fromfile(path, dtype=np.uint8)
+    except OSError as err:  # removed or unreadable since the dataset was checked
+        raise AHIQError(f"{path}: cannot be read ({err.strerror or err}); check the file") from None
     try:
         img = cv2.imdecode(data, cv2.IMREAD_COLOR)
     except cv2.error as err:  # e.g. larger than OpenCV's own pixel limit
@@ -255,7 +269,7 @@ class PairDataset(Dataset):
         return len(self.names)
 
     def load(self, path: str) -> np.ndarray:
-        img = read_rgb(path, self.max_pixels)
+        img = decode_rgb(path)  # the header (size, pixel limit) was checked when the dataset was built
         if self.flip:
             img = img[:, ::-1]
         if self.resize is not None:
