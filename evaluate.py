@@ -17,9 +17,9 @@ import zipfile
 import numpy as np
 import torch
 
-from engine import predict
+from options.base_options import RunConfig
 from options.test_options import parse_test_options
-from runtime import configure_device, load_dataset, save_options, scoring_checkpoint, scoring_model
+from runtime import configure_device, device_of, load_dataset, save_options, scorer_for, scoring_checkpoint
 from utils.errors import AHIQError
 from utils.files import atomic_write
 from utils.metrics import iqa_metrics
@@ -37,9 +37,10 @@ def metrics_file(run_dir: str, test_file_name: str) -> str:
     return os.path.join(run_dir, os.path.splitext(test_file_name)[0] + "_metrics.json")
 
 
-def write_submission(folder: str, predictions: str, seconds_per_image: float, on_cpu: bool, n_ensemble: int) -> str:
+def write_submission(folder: str, predictions: str, seconds_per_image: float, device: str, n_ensemble: int) -> str:
     """The NTIRE 2022 FR package: output.txt, readme.txt and submission.zip holding just those two."""
-    hardware = "CPU" if on_cpu else torch.cuda.get_device_name()
+    on_cpu = not device.startswith("cuda")
+    hardware = "CPU" if on_cpu else torch.cuda.get_device_name(device)
     readme = (f"runtime per image [s] : {seconds_per_image:.4f}\n"
               f"CPU[1] / GPU[0] : {int(on_cpu)}\n"
               "Extra Data [1] / No Extra Data [0] : 1\n"
@@ -63,20 +64,21 @@ def main(argv: list[str] | None = None) -> dict:
     return run(parse_test_options(argv))
 
 
-def run(opt) -> dict:
-    """Score the test set the (finalized) options describe; returns paths, timing and metrics."""
-    torch.manual_seed(opt.seed)
-    ckpt, config, ckpt_path = scoring_checkpoint(opt)
-    dataset = load_dataset(opt, "test", opt.split_part or "test", opt.n_ensemble, flip=opt.flip,
-                           batch_size=opt.batch_size)  # every image checked before the backbones are built
-    model = scoring_model(opt, ckpt, config, ckpt_path)
-    del ckpt
-    amp_dtype = configure_device(opt)
+def run(opt: RunConfig) -> dict:
+    """Score the test set the configuration describes; returns paths, timing and metrics."""
+    checkpoint = scoring_checkpoint(opt)
+    dataset = load_dataset(opt, "test", opt.split_part or "test", opt.n_ensemble, checkpoint.config.crop_size,
+                           opt.split(), flip=opt.flip, batch_size=opt.batch_size)  # images checked before building
+    device = device_of(opt)
+    amp_dtype = configure_device(opt, device)
+    scorer = scorer_for(opt, checkpoint, device, amp_dtype)
+    ckpt_path = checkpoint.path
+    del checkpoint
     save_options(opt, "test")
     log.info("scoring %d images of %s with %s (%d crops each, %s)", len(dataset), opt.test_list, ckpt_path,
-             opt.n_ensemble, opt.device)
+             opt.n_ensemble, device)
     start = time.perf_counter()
-    out = predict(model, dataset, None, opt.batch_size, opt.num_workers, opt.crops_per_forward, amp_dtype)
+    out = scorer.score_dataset(dataset, opt.batch_size, opt.num_workers)
     names, preds, labels = out.names, out.preds, out.labels
     seconds = time.perf_counter() - start
     predictions = format_predictions(names, preds)
@@ -102,8 +104,7 @@ def run(opt) -> dict:
                  plot_path)
         result.update(metrics)
     if opt.submission:
-        zip_path = write_submission(opt.submission, predictions, seconds / len(names), opt.device == "cpu",
-                                    opt.n_ensemble)
+        zip_path = write_submission(opt.submission, predictions, seconds / len(names), device, opt.n_ensemble)
         log.info("wrote the NTIRE submission package %s", zip_path)
     if labelled and dataset.norm.span == 0:
         raise AHIQError(f"{opt.test_list}: every listed score is {dataset.norm.mos_min:g}, so SRCC/PLCC are undefined "

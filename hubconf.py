@@ -3,37 +3,71 @@ pyiqa's calling convention (:class:`scoring.Metric`): ``metric(dis, ref)`` -> sc
 
     metric = torch.hub.load("path/to/AHIQ", "ahiq", source="local", device="cuda", n_ensemble=20)
     scores = metric("dis.png", "ref.png")
+
+This checkout's top-level packages have common names (``models``, ``utils``, ``data``, ...). The caller's own modules
+of those names stay what they were: the project's modules are imported under a private view of ``sys.modules`` and
+refer to each other through the objects they hold, so neither side ever sees the other's.
 """
 from __future__ import annotations
 
+import importlib
 import os
+import sys
 
 import torch
 
-from models import RESNET_TAG, VIT_TAGS, build_model
-from models.weights import fetch, weight_files
-from scoring import Metric, Scorer, check_device, load_scorer
-
 dependencies = ["torch", "torchvision", "timm", "numpy", "cv2", "PIL", "scipy", "safetensors"]
 
+_HERE = os.path.dirname(os.path.abspath(__file__))
+_PACKAGES = ("models", "utils", "data", "options", "engine", "scoring", "runtime")
 
-def ahiq(pretrained: bool = True, device: str = "cpu", n_ensemble: int = 20, as_loss: bool = False,
-         cache_dir: str | None = None, **settings) -> Metric:
+
+def _ours(module: object) -> bool:
+    return os.path.abspath(getattr(module, "__file__", None) or "/").startswith(_HERE + os.sep)
+
+
+def _import(name: str):
+    """This checkout's module ``name``, imported without replacing or leaving behind any module of the caller's: a
+    module of ours already imported (the tests, a script in this folder) is shared, a foreign one of the same name
+    is set aside meanwhile and put back, and ours that were not there before are removed from ``sys.modules``."""
+    def project(key: str) -> bool:
+        return key.split(".")[0] in _PACKAGES
+
+    before = {key: module for key, module in sys.modules.items() if project(key)}
+    foreign = {key: module for key, module in before.items() if not _ours(module)}
+    for key in foreign:
+        del sys.modules[key]
+    sys.path.insert(0, _HERE)
+    try:
+        return importlib.import_module(name)
+    finally:
+        sys.path.remove(_HERE)
+        for key in [key for key in sys.modules if project(key) and key not in before]:
+            del sys.modules[key]
+        sys.modules.update(foreign)
+
+
+def ahiq(pretrained: bool = True, device: str = "cpu", n_ensemble: int | None = None, as_loss: bool = False,
+         cache_dir: str | None = None, ckpt: str | None = None, vit_weights: str | None = None,
+         resnet_weights: str | None = None, **settings):
     """AHIQ trained on PIPAL (the released NTIRE 2022 checkpoint) on the pinned ViT-B/8 and ResNet-50 backbones.
 
-    ``pretrained``: fetch the released checkpoint and the backbone weights (sha256 checked, as download.sh does)
-    into ``cache_dir`` (default: ``torch.hub.get_dir()/ahiq``); offline, a one-line error says what to do.
-    ``pretrained=False``: random backbones and head (tests). ``settings`` go to :class:`scoring.Scorer`
-    (``crops_per_forward``, ``seed``, ``random_windows``, ``amp_dtype``, ...).
+    ``pretrained``: files not given are fetched into ``cache_dir`` (default: ``torch.hub.get_dir()/ahiq``): the
+    released checkpoint with its sha256 checked, the backbone weights with no hash (none is published for them; their
+    keys and shapes are checked when loaded); offline, a one-line error says what to do. ``ckpt``, ``vit_weights``,
+    ``resnet_weights``: your own files instead. ``pretrained=False``: random backbones, and a random head unless
+    ``ckpt`` is given (tests). ``settings`` go to :class:`scoring.Scorer` (``crops_per_forward``, ``seed``,
+    ``random_windows``, ``amp_dtype``, ...).
     """
-    check_device(device)
-    if not pretrained:
-        scorer = Scorer(build_model(8, pretrained=False).to(device).eval(), n_ensemble=n_ensemble, **settings)
-        return Metric(scorer, as_loss)
-    folder = cache_dir or os.path.join(torch.hub.get_dir(), "ahiq")
-    files = weight_files()
-    ckpt = fetch(files["ahiq_pipal"], folder)
-    vit, resnet = fetch(files[VIT_TAGS[8]], folder), fetch(files[RESNET_TAG], folder)
-    scorer = load_scorer(ckpt, device=device, vit_weights=vit, resnet_weights=resnet, n_ensemble=n_ensemble,
-                         **settings)
-    return Metric(scorer, as_loss)
+    scoring, models, weights = _import("scoring"), _import("models"), _import("models.weights")
+    if n_ensemble is not None:
+        settings["n_ensemble"] = n_ensemble
+    if pretrained:
+        folder = cache_dir or os.path.join(torch.hub.get_dir(), "ahiq")
+        files = weights.weight_files()
+        ckpt = ckpt or weights.fetch(files["ahiq_pipal"], folder)
+        vit_weights = vit_weights or weights.fetch(files[models.VIT_TAGS[8]], folder)
+        resnet_weights = resnet_weights or weights.fetch(files[models.RESNET_TAG], folder)
+    source = models.BackboneSource(pretrained, vit_weights, resnet_weights)
+    scorer = scoring.build_scorer(scoring.read_checkpoint(ckpt), source, device, **settings)
+    return scoring.Metric(scorer, as_loss)

@@ -11,8 +11,7 @@ import io
 import os
 
 from options.predict_options import parse_predict_options
-from runtime import configure_device
-from scoring import Scorer, load_scorer
+from runtime import configure_device, device_of, scorer_for, scoring_checkpoint
 from utils.errors import AHIQError, run_cli
 from utils.files import atomic_write
 
@@ -48,13 +47,8 @@ def table(pairs: list[tuple[str, str]], scores, unit: str) -> str:
 def main(argv: list[str] | None = None) -> list[float]:
     opt = parse_predict_options(argv)
     pairs = [(opt.dis, opt.ref)] if opt.dis else match_folders(opt.dis_dir, opt.ref_dir)
-    amp_dtype = configure_device(opt)
-    scorer: Scorer = load_scorer(opt.ckpt, opt.checkpoints_dir, opt.name, opt.device, not opt.no_pretrained,
-                                 opt.vit_weights, opt.resnet_weights, opt.deform_impl,
-                                 tuple(opt.mos_range) if opt.mos_range else None, opt.model_switches, opt.load_epoch,
-                                 n_ensemble=opt.n_ensemble, seed=opt.seed, amp_dtype=amp_dtype,
-                                 crops_per_forward=opt.crops_per_forward, random_windows=opt.random_windows,
-                                 max_pixels=opt.max_pixels)
+    device = device_of(opt)
+    scorer = scorer_for(opt, scoring_checkpoint(opt), device, configure_device(opt, device), opt.mos_range)
     scores = scorer.score_files(pairs, opt.batch_size, opt.num_workers, progress=len(pairs) > 1)
     unit = "normalised, higher is better"
     if opt.mos_scale:

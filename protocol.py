@@ -11,8 +11,6 @@ resumes an interrupted one, and runs the missing ones: nothing is recomputed or 
 """
 from __future__ import annotations
 
-import argparse
-import copy
 import csv
 import io
 import json
@@ -25,11 +23,11 @@ import numpy as np
 import evaluate
 import train as train_script
 from data.splits import read_splits
-from options.base_options import finalize
-from options.data_options import PATH_DEFAULTS
+from options.base_options import RESULT, RESUMABLE, RunConfig, build
+from options.data_options import PATH_DEFAULTS, apply_preset
 from options.protocol_options import parse_protocol_options
 from options.test_options import test_parser
-from runtime import save_options
+from runtime import device_of, save_options
 from utils.distributed import init_distributed
 from utils.errors import AHIQError, run_cli
 from utils.files import atomic_write
@@ -39,59 +37,51 @@ METRICS = ("srcc", "plcc", "krcc")
 RESULTS_FILE = "test_results.txt"
 
 
-# Options that may change between runs of one protocol folder (they do not change what is computed).
-FREE_OPTIONS = {"n_splits", "cross_dataset", "cross_data_root", "num_workers", "gpu_ids", "gpu_list", "device",
-                "val_batch_size", "test_batch_size", "crops_per_forward"}
-
-
-def check_same_protocol(opt: argparse.Namespace) -> None:
-    """A protocol folder is continued only with the options it was started with (results are never mixed)."""
+def check_same_protocol(opt: RunConfig) -> None:
+    """A protocol folder is continued only with the options that change results (policies RESULT and RESUMABLE) it
+    was started with, so results are never mixed."""
     path = os.path.join(opt.run_dir, "opt_protocol.json")
     if not os.path.isfile(path):
         return
     with open(path) as f:
         before = json.load(f)
-    now = json.loads(json.dumps(vars(opt), default=str))
-    diff = [k for k in sorted(set(before) | set(now)) if k not in FREE_OPTIONS and before.get(k) != now.get(k)]
+    now = opt.to_dict()
+    diff = [k for k in opt.fields(RESULT, RESUMABLE) if k in before and before[k] != now[k]]
     if diff:
         shown = "; ".join(f"--{k} {before.get(k)!r} then, {now.get(k)!r} now" for k in diff[:4])
         raise AHIQError(f"{opt.run_dir}: holds a protocol run with other options ({shown}); choose another --name "
                         "to start a new one (nothing was changed)")
 
 
-def split_options(opt: argparse.Namespace, k: int) -> argparse.Namespace:
+def split_options(opt: RunConfig, k: int) -> RunConfig:
     """train.py's options for split ``k``: its own run folder; --resume when an earlier attempt left last.pth."""
-    sub = copy.copy(opt)
-    sub.name, sub.split_index = f"{opt.name}/split_{k}", k
-    sub.run_dir = os.path.join(opt.run_dir, f"split_{k}")
-    sub.resume = os.path.isfile(os.path.join(sub.run_dir, "last.pth"))
-    return sub
+    name = f"{opt.name}/split_{k}"
+    resume = os.path.isfile(os.path.join(opt.checkpoints_dir, name, "last.pth"))
+    return opt.replace(name=name, split_index=k, resume=resume)
 
 
-def test_options(train_opt: argparse.Namespace, opt: argparse.Namespace, cross: str | None) -> argparse.Namespace:
-    """test.py's options: every test.py option that training also has is copied (whatever options exist), then
-    the test set is set: the split's test part, or a whole other dataset; finalize() derives the rest again."""
-    topt = test_parser().parse_args([])
-    for key in set(vars(topt)) & set(vars(train_opt)) - {"batch_size", "ckpt", "load_epoch"}:
-        setattr(topt, key, getattr(train_opt, key))
-    topt.batch_size, topt.n_ensemble = opt.test_batch_size, opt.n_ensemble
+def test_options(train_opt: RunConfig, opt: RunConfig, cross: str | None) -> RunConfig:
+    """test.py's options: every test.py option that training also has is copied, then the test set is set: the
+    split's test part, or a whole other dataset (its preset resolved again)."""
+    parser = test_parser()
+    values = vars(parser.parse_args([]))
+    values.update({key: getattr(train_opt, key) for key in set(values) & set(train_opt.to_dict())
+                   if key not in ("batch_size", "ckpt", "load_epoch")})
+    values.update(batch_size=opt.test_batch_size, n_ensemble=opt.n_ensemble)
     if cross is None:
-        topt.test_ref_path, topt.test_dis_path, topt.test_list = (train_opt.train_ref_path, train_opt.train_dis_path,
-                                                                  train_opt.train_list)
-        topt.split_part, topt.test_file_name = "test", RESULTS_FILE
-    else:
-        root = opt.cross_data_root or opt.data_root
-        if root is None:
-            raise AHIQError("--cross_dataset needs --cross_data_root (or --data_root) to find its files")
-        topt.dataset, topt.data_root, topt.list_format, topt.label_direction = cross, root, None, None
-        for key in ("test_ref_path", "test_dis_path", "test_list"):
-            setattr(topt, key, PATH_DEFAULTS[key])
-        topt.split_file = topt.split_column = None
-        topt.split_part, topt.test_file_name = "all", f"cross_{cross}_results.txt"
-    return finalize(topt)
+        values.update(test_ref_path=train_opt.train_ref_path, test_dis_path=train_opt.train_dis_path,
+                      test_list=train_opt.train_list, split_part="test", test_file_name=RESULTS_FILE)
+        return build(parser, values)
+    root = opt.cross_data_root or opt.data_root
+    if root is None:
+        raise AHIQError("--cross_dataset needs --cross_data_root (or --data_root) to find its files")
+    values.update(dataset=cross, data_root=root, list_format=None, label_direction=None, split_file=None,
+                  split_column=None, split_part="all", test_file_name=f"cross_{cross}_results.txt",
+                  **{key: PATH_DEFAULTS[key] for key in ("test_ref_path", "test_dis_path", "test_list")})
+    return build(parser, values, (apply_preset,))
 
 
-def test_once(topt: argparse.Namespace) -> dict:
+def test_once(topt: RunConfig) -> dict:
     """test.py's metrics for these options; reused from an earlier run's metrics file when it is there."""
     metrics_path = evaluate.metrics_file(topt.run_dir, topt.test_file_name)
     if os.path.isfile(metrics_path):
@@ -129,7 +119,7 @@ def summary_table(summary: dict) -> str:
     return "\n".join(lines) + "\n"
 
 
-def write_results(opt: argparse.Namespace, rows: list[dict], summary: dict) -> None:
+def write_results(opt: RunConfig, rows: list[dict], summary: dict) -> None:
     buf = io.StringIO()
     writer = csv.DictWriter(buf, fieldnames=["split", "test_set", *METRICS, "rmse", "n_images", "checkpoint"],
                             extrasaction="ignore")
@@ -145,8 +135,7 @@ def write_results(opt: argparse.Namespace, rows: list[dict], summary: dict) -> N
 def main(argv: list[str] | None = None) -> dict:
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     opt = parse_protocol_options(argv)
-    info = init_distributed(opt.device, opt.gpu_list)
-    opt.device = info.device
+    info = init_distributed(device_of(opt), opt.gpu_list)
     if info.enabled:
         raise AHIQError("protocol.py runs in one process; start it with python, not torchrun")
     check_same_protocol(opt)

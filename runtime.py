@@ -1,82 +1,87 @@
-"""From parsed options to the objects a run needs: device settings, backbone weights, datasets, the model to score.
+"""From a frozen run configuration (options/) to what a run uses: its device settings, backbone weights, datasets and
+scorer; and the options file it leaves in its run folder.
 
-The one place where option values meet the library (``models/``, ``data/``, ``engine.py``), shared by train.py,
-test.py (evaluate.py), predict.py and protocol.py; the library itself takes plain arguments.
+The one place where option values meet the library (``models/``, ``data/``, ``scoring.py``), shared by train.py,
+test.py (evaluate.py), predict.py and protocol.py; the library itself takes plain arguments, and every scorer is
+assembled by :func:`scoring.build_scorer`, the function the Python API and the hub entry use too.
 """
 from __future__ import annotations
 
-import argparse
 import json
 import logging
 import os
 
 import torch
 
-from data.datasets import pair_dataset, read_labels, select_rows
+from data.datasets import SplitChoice, pair_dataset, read_labels, select_rows
 from data.label_norm import LabelNorm
 from data.pipal import PairDataset
-from models import AHIQ, BackboneSource, ModelConfig, backbone_dir
-from models.config import build_loaded, read_model_checkpoint
-from options.data_options import split_choice
-from utils.checkpoint import find_checkpoint
+from models import BackboneSource, backbone_dir
+from options.base_options import RunConfig
+from scoring import Checkpoint, Scorer, build_scorer, read_checkpoint
+from utils.checkpoint import choose_checkpoint
 from utils.files import atomic_write
 
 
-def backbone_source(opt: argparse.Namespace) -> BackboneSource:
-    return BackboneSource(not opt.no_pretrained, opt.vit_weights, opt.resnet_weights, backbone_dir(opt.checkpoints_dir))
+def device_of(cfg: RunConfig) -> str:
+    """The device of a single-process run: the first GPU of --gpu_ids, or the CPU (torchrun gives each rank its own:
+    :func:`utils.distributed.init_distributed`)."""
+    return f"cuda:{cfg.gpu_list[0]}" if cfg.gpu_list else "cpu"
 
 
-def configure_device(opt: argparse.Namespace) -> torch.dtype | None:
+def backbone_source(cfg: RunConfig) -> BackboneSource:
+    return BackboneSource(not cfg.no_pretrained, cfg.vit_weights, cfg.resnet_weights,
+                          backbone_dir(cfg.checkpoints_dir))
+
+
+def configure_device(cfg: RunConfig, device: str) -> torch.dtype | None:
     """cuDNN autotuning on CUDA (crop shapes are fixed, so it pays off), TF32 only with --tf32; returns the autocast
     dtype of --amp/--amp_dtype on CUDA, or None (fp32; --amp on the CPU warns and runs fp32)."""
-    cuda = opt.device.startswith("cuda")
+    cuda = device.startswith("cuda")
     if cuda:
         torch.backends.cudnn.benchmark = True
-        torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = bool(opt.tf32)
-    if not opt.amp:
+        torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = bool(cfg.tf32)
+    if not cfg.amp:
         return None
     if not cuda:
-        logging.getLogger("ahiq").warning("--amp applies on CUDA only; running in fp32 on %s", opt.device)
+        logging.getLogger("ahiq").warning("--amp applies on CUDA only; running in fp32 on %s", device)
         return None
-    return {"bf16": torch.bfloat16, "fp16": torch.float16}[opt.amp_dtype]
+    return {"bf16": torch.bfloat16, "fp16": torch.float16}[cfg.amp_dtype]
 
 
-def load_dataset(opt: argparse.Namespace, phase: str, part: str, n_crops: int, flip: bool = False,
-                 create_split: bool = False, norm: LabelNorm | None = None, batch_size: int = 10) -> PairDataset:
-    """The ``phase`` (train/val/test) folders and label file of the options, restricted to ``part`` of the split;
-    ``batch_size`` is the scoring batch the official random windows follow (--random_windows official)."""
-    labels = read_labels(getattr(opt, f"{phase}_list"), opt.list_format, opt.ref_rule)
-    labels = select_rows(labels, part, split_choice(opt, create_split))
-    return pair_dataset(getattr(opt, f"{phase}_ref_path"), getattr(opt, f"{phase}_dis_path"), labels,
-                        opt.lower_better, crop_size=opt.crop_size, n_crops=n_crops, seed=opt.seed,
-                        resize=opt.size if opt.resize else None, flip=flip, norm=norm,
-                        random_windows=opt.random_windows, window_batch=batch_size,
-                        flip_axis=getattr(opt, "flip_axis", "vertical"), max_pixels=opt.max_pixels)
+def load_dataset(cfg: RunConfig, phase: str, part: str, n_crops: int, crop_size: int,
+                 split: SplitChoice | None = None, flip: bool = False, norm: LabelNorm | None = None, batch_size: int = 10) -> PairDataset:
+    """The ``phase`` (train/val/test) folders and label file of the configuration, restricted to ``part`` of
+    ``split`` (default: the configuration's); ``batch_size`` is the scoring batch the official random windows follow (--random_windows official)."""
+    labels = read_labels(getattr(cfg, f"{phase}_list"), cfg.list_format, cfg.ref_rule)
+    labels = select_rows(labels, part, split or cfg.split())
+    return pair_dataset(getattr(cfg, f"{phase}_ref_path"), getattr(cfg, f"{phase}_dis_path"), labels,
+                        cfg.lower_better, crop_size=crop_size, n_crops=n_crops, seed=cfg.seed,
+                        resize=cfg.size if cfg.resize else None, flip=flip, norm=norm,
+                        random_windows=cfg.random_windows, window_batch=batch_size,
+                        flip_axis=getattr(cfg, "flip_axis", "vertical"), max_pixels=cfg.max_pixels)
 
 
-def checkpoint_to_score(opt: argparse.Namespace) -> str:
-    """--ckpt, else the file --load_epoch picks in the run folder (best.pth, the latest epoch, the only .pth)."""
-    return opt.ckpt or find_checkpoint(opt.run_dir, opt.load_epoch)
+def scoring_checkpoint(cfg: RunConfig) -> Checkpoint:
+    """The checkpoint to score with (--ckpt, else the file --load_epoch picks in the run folder), read and checked
+    against the switches given, before anything slow; its config holds the crop size to score at."""
+    return read_checkpoint(choose_checkpoint(cfg.ckpt, cfg.run_dir, cfg.load_epoch), cfg.model_switches)
 
 
-def scoring_checkpoint(opt: argparse.Namespace) -> tuple[dict, ModelConfig, str]:
-    """The checkpoint to score with and the model it describes (switches given on the command line are checked
-    against it), read before anything slow; ``opt.crop_size`` becomes the trained crop size unless one was given."""
-    path = checkpoint_to_score(opt)
-    ckpt, config = read_model_checkpoint(path, opt.model_switches)
-    opt.crop_size = config.crop_size
-    return ckpt, config, path
+def scorer_for(cfg: RunConfig, checkpoint: Checkpoint, device: str, amp_dtype: torch.dtype | None,
+           mos_range: tuple[float, float] | None = None) -> Scorer:
+    """The scorer of :func:`scoring_checkpoint`, built by the one assembly with the configuration's settings."""
+    return build_scorer(checkpoint, backbone_source(cfg), device, cfg.deform_impl, mos_range,
+                        n_ensemble=cfg.n_ensemble, seed=cfg.seed, crops_per_forward=cfg.crops_per_forward,
+                        random_windows=cfg.random_windows, max_pixels=cfg.max_pixels, amp_dtype=amp_dtype,
+                        crop_size=checkpoint.config.crop_size)
 
 
-def scoring_model(opt: argparse.Namespace, ckpt: dict, config: ModelConfig, path: str) -> AHIQ:
-    """The model of :func:`scoring_checkpoint`, built (backbones: files, hub or random) and on ``opt.device``."""
-    return build_loaded(ckpt, path, config, backbone_source(opt), opt.deform_impl).to(opt.device)
-
-
-def save_options(opt: argparse.Namespace, phase: str) -> None:
-    """The resolved options as the official ``opt_{phase}.txt`` and as JSON, in the run folder."""
-    args = dict(sorted((k, v) for k, v in vars(opt).items() if k != "autocast_dtype"))
+def save_options(cfg: RunConfig, phase: str, folder: str | None = None) -> None:
+    """The options as the official ``opt_{phase}.txt`` and as JSON (``--config`` reads it), in the run folder."""
+    folder = folder or cfg.run_dir
+    args = dict(sorted(cfg.to_dict().items()))
     text = "------------ Options -------------\n" + "".join(f"{k}: {v}\n" for k, v in args.items()) \
         + "-------------- End ----------------\n"
-    atomic_write(os.path.join(opt.run_dir, f"opt_{phase}.txt"), text)
-    atomic_write(os.path.join(opt.run_dir, f"opt_{phase}.json"), json.dumps(args, indent=2, default=str))
+    atomic_write(os.path.join(folder, f"opt_{phase}.txt"), text)
+    atomic_write(os.path.join(folder, f"opt_{phase}.json"), json.dumps(args, indent=2))

@@ -23,11 +23,13 @@ import torch
 import torch.nn as nn
 from PIL import Image
 
+from data.defaults import CROPS_PER_FORWARD, N_ENSEMBLE, SEED, TEST_BATCH
 from data.label_norm import LabelNorm
 from data.pipal import MAX_PIXELS, PairDataset, crop_tensor_stack, crop_windows
-from engine import predict, score_crops
-from models import AHIQ, BackboneSource, backbone_dir, load_model
-from utils.checkpoint import find_checkpoint
+from engine import Predictions, predict, score_crops
+from models import AHIQ, BackboneSource, ModelConfig, backbone_dir, build_from_config
+from models.config import build_loaded, check_crop, read_model_checkpoint
+from utils.checkpoint import choose_checkpoint
 from utils.errors import AHIQError
 
 
@@ -35,9 +37,9 @@ from utils.errors import AHIQError
 class Scorer:
     model: AHIQ
     crop_size: int = 224
-    n_ensemble: int = 20
-    seed: int = 1919
-    crops_per_forward: int = 50
+    n_ensemble: int = N_ENSEMBLE
+    seed: int = SEED
+    crops_per_forward: int = CROPS_PER_FORWARD
     label_norm: LabelNorm | None = None  # how the training labels were normalised
     checkpoint: str | None = None
     amp_dtype: torch.dtype | None = None  # bf16/fp16 autocast on CUDA
@@ -45,9 +47,7 @@ class Scorer:
     max_pixels: int = MAX_PIXELS  # larger images are refused from their header
 
     def __post_init__(self) -> None:
-        patch = self.model.patch_size
-        if self.crop_size <= 0 or self.crop_size % patch:
-            raise AHIQError(f"crop_size {self.crop_size}: must be a positive multiple of the patch size {patch}")
+        check_crop(self.crop_size, self.model.patch_size)
         for name in ("n_ensemble", "crops_per_forward", "max_pixels"):
             if not isinstance(getattr(self, name), int) or getattr(self, name) < 1:
                 raise AHIQError(f"{name} {getattr(self, name)!r}: must be a positive integer")
@@ -66,7 +66,13 @@ class Scorer:
                             "give one with --mos_range LO HI / mos_range=(lo, hi)")
         return self.label_norm.invert(scores)
 
-    def score_files(self, pairs: Sequence[tuple[str, str]], batch_size: int = 10, num_workers: int = 0,
+    def score_dataset(self, dataset: PairDataset, batch_size: int = TEST_BATCH, num_workers: int = 0,
+                      progress: bool = True) -> Predictions:
+        """Predictions for every image of ``dataset`` (test.py's loop: :func:`engine.predict`)."""
+        return predict(self.model, dataset, None, batch_size, num_workers, self.crops_per_forward, self.amp_dtype,
+                       progress=progress)
+
+    def score_files(self, pairs: Sequence[tuple[str, str]], batch_size: int = TEST_BATCH, num_workers: int = 0,
                     progress: bool = False) -> np.ndarray:
         """Scores of (distorted, reference) file pairs, in order. Random windows are seeded with the reference's file
         name, as in test.py, so the same pair scores the same here and there; distorted images that share a reference
@@ -82,8 +88,7 @@ class Scorer:
         dataset = PairDataset([(os.path.basename(d), d, r) for d, r in pairs], None, self.crop_size, self.n_ensemble,
                               self.seed, random_windows=self.random_windows, window_batch=batch_size,
                               max_pixels=self.max_pixels)
-        return predict(self.model, dataset, None, batch_size, num_workers, self.crops_per_forward, self.amp_dtype,
-                       progress=progress).preds
+        return self.score_dataset(dataset, batch_size, num_workers, progress).preds
 
     def score_tensors(self, dis: torch.Tensor, ref: torch.Tensor) -> torch.Tensor:
         """Scores (B,) of (B, 3, H, W) image tensors in [0, 1]; random windows are seeded with the batch position
@@ -133,6 +138,43 @@ def check_device(device: str) -> None:
         raise AHIQError(f"device {device!r}: this machine has {torch.cuda.device_count()} GPU(s)")
 
 
+@dataclass(frozen=True)
+class Checkpoint:
+    """A checkpoint read (its dict and the architecture it describes) before anything slow is built; ``state``
+    None: a random head (tests, ``pretrained=False``)."""
+
+    path: str | None
+    state: dict | None
+    config: ModelConfig
+
+
+def read_checkpoint(path: str | None, given: dict | None = None) -> Checkpoint:
+    """``path`` read and checked against the model switches ``given`` (see :func:`models.config.merge_config`)."""
+    if path is None:
+        return Checkpoint(None, None, ModelConfig(**(given or {})))
+    state, config = read_model_checkpoint(path, given)
+    return Checkpoint(path, state, config)
+
+
+def build_scorer(checkpoint: Checkpoint, source: BackboneSource, device: str = "cpu", deform_impl: str = "gemm",
+                 mos_range: tuple[float, float] | None = None, **settings) -> Scorer:
+    """The one assembly from a checkpoint to a ready :class:`Scorer` (test.py, predict.py, protocol.py,
+    :func:`load_scorer` and the hub entry all come here). Random weights (backbones without files, a head without
+    a checkpoint) are drawn from ``settings['seed']``, so two runs score alike; the global RNG is left as it was."""
+    check_device(device)
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(settings.get("seed", SEED))
+        if checkpoint.state is None:
+            model = build_from_config(checkpoint.config, source, deform_impl)
+        else:
+            model = build_loaded(checkpoint.state, checkpoint.path, checkpoint.config, source, deform_impl)
+    norm = LabelNorm.from_meta(checkpoint.state.get("ahiq") or {}, checkpoint.path) if checkpoint.state else None
+    if mos_range is not None:  # given by the user (official files hold no range): MOS, higher is better
+        norm = LabelNorm(float(mos_range[0]), float(mos_range[1]))
+    settings.setdefault("crop_size", checkpoint.config.crop_size)
+    return Scorer(model.to(device).eval(), label_norm=norm, checkpoint=checkpoint.path, **settings)
+
+
 def load_scorer(ckpt: str | None = None, checkpoints_dir: str = "checkpoints", name: str = "ahiq_pipal",
                 device: str = "cpu", pretrained: bool = True, vit_weights: str | None = None,
                 resnet_weights: str | None = None, deform_impl: str = "gemm",
@@ -144,17 +186,12 @@ def load_scorer(ckpt: str | None = None, checkpoints_dir: str = "checkpoints", n
     :class:`models.ModelConfig` fields, which must agree with it (official files: the paper's model, e.g.
     ``model={"patch_size": 16}``). Backbone weights: the files given, else those download.sh put in
     ``checkpoints_dir/backbones``, else the hub. ``settings`` go to :class:`Scorer` (``crop_size``, ``n_ensemble``,
-    ``seed``, ``crops_per_forward``, ``amp_dtype``).
+    ``seed``, ``crops_per_forward``, ``amp_dtype``, ``random_windows``, ``max_pixels``).
     """
     check_device(device)
-    ckpt = ckpt or find_checkpoint(os.path.join(checkpoints_dir, name), load_epoch)
+    path = choose_checkpoint(ckpt, os.path.join(checkpoints_dir, name), load_epoch)
     source = BackboneSource(pretrained, vit_weights, resnet_weights, backbone_dir(checkpoints_dir))
-    net, saved = load_model(ckpt, model, source, deform_impl)
-    norm = LabelNorm.from_meta(saved.get("ahiq") or {}, ckpt)
-    if mos_range is not None:  # given by the user (official files hold no range): MOS, higher is better
-        norm = LabelNorm(float(mos_range[0]), float(mos_range[1]))
-    settings.setdefault("crop_size", net.config.crop_size)
-    return Scorer(net.to(device).eval(), label_norm=norm, checkpoint=ckpt, **settings)
+    return build_scorer(read_checkpoint(path, model), source, device, deform_impl, mos_range, **settings)
 
 
 ImageLike = str | os.PathLike | Image.Image | np.ndarray | torch.Tensor

@@ -31,9 +31,9 @@ from data.sampler import EpochSampler
 from engine import predict, train_one_epoch
 from models import AHIQ, ModelConfig, build_from_config, load_weights
 from models.config import read_model_checkpoint
-from options.data_options import split_choice
+from options.base_options import RESULT, RunConfig
 from options.train_options import parse_train_options
-from runtime import backbone_source, configure_device, load_dataset, save_options
+from runtime import backbone_source, configure_device, device_of, load_dataset, save_options
 from utils.checkpoint import find_checkpoint, save_weights
 from utils.distributed import DistInfo, barrier, gather_arrays, init_distributed, reduce_step, shutdown
 from utils.errors import AHIQError, run_cli
@@ -55,12 +55,22 @@ class TrainState:
 
 
 class StopRequest:
-    """SIGINT/SIGTERM ask the loop to finish the current step, save last.pth and exit."""
+    """While in its ``with`` block, SIGINT/SIGTERM ask the loop to finish the current step, save last.pth and exit;
+    the handlers that were there before are put back when the block ends (protocol.py trains several runs)."""
+
+    SIGNALS = (signal.SIGINT, signal.SIGTERM)
 
     def __init__(self) -> None:
         self.signal: str | None = None
-        for sig in (signal.SIGINT, signal.SIGTERM):
-            signal.signal(sig, self._handle)
+        self._before: dict = {}
+
+    def __enter__(self) -> StopRequest:
+        self._before = {sig: signal.signal(sig, self._handle) for sig in self.SIGNALS}
+        return self
+
+    def __exit__(self, *exc) -> None:
+        for sig, handler in self._before.items():
+            signal.signal(sig, handler)
 
     def _handle(self, signum: int, _frame) -> None:
         self.signal = signal.Signals(signum).name
@@ -94,29 +104,30 @@ class Validation:
     indices: list[int]  # this rank's shard
 
 
-def build_loaders(opt, info: DistInfo) -> tuple[PairDataset, DataLoader, EpochSampler, Validation]:
-    split = split_choice(opt, create=True)
-    train_set = load_dataset(opt, "train", "train", 1, create_split=True)
+def build_loaders(opt: RunConfig, info: DistInfo, crop_size: int
+                  ) -> tuple[PairDataset, DataLoader, EpochSampler, Validation]:
+    split = opt.split(create=True)
+    train_set = load_dataset(opt, "train", "train", 1, crop_size, split)
     if train_set.labels is None:
         raise AHIQError(f"{opt.train_list}: the training labels need a score on every row")
     if train_set.norm.span == 0:
         raise AHIQError(f"{opt.train_list}: every training score is {train_set.norm.mos_min:g}; there is nothing to "
                         "learn (the labels are min-max normalised over the list)")
     if split.active:  # a split divides one dataset: validation is the 'val' part of the training labels
-        val_set = load_dataset(opt, "train", "val", opt.num_avg_val, batch_size=opt.val_batch_size)
+        val_set = load_dataset(opt, "train", "val", opt.num_avg_val, crop_size, split, batch_size=opt.val_batch_size)
     else:
         if (opt.train_list, opt.train_ref_path, opt.train_dis_path) == (opt.val_list, opt.val_ref_path,
                                                                         opt.val_dis_path):
             raise AHIQError(f"{opt.train_list}: training and validation would use the same images; pass a "
                             "--val_list, or split the data by reference with --split_file FILE (see README)")
-        val_set = load_dataset(opt, "val", "val", opt.num_avg_val, batch_size=opt.val_batch_size)
+        val_set = load_dataset(opt, "val", "val", opt.num_avg_val, crop_size, split, batch_size=opt.val_batch_size)
     source = f"{opt.train_list} ({split.describe()}, part val)" if split.active else opt.val_list
     if val_set.labels is None or len(val_set) < 2:
         raise AHIQError(f"{source}: validation needs two or more images with a score")
     if val_set.norm.span == 0:
         raise AHIQError(f"{source}: every validation score is {val_set.norm.mos_min:g}; SRCC/PLCC would be "
                         "undefined: validate on images of different quality")
-    workers = {"num_workers": opt.num_workers, "pin_memory": opt.device.startswith("cuda"),
+    workers = {"num_workers": opt.num_workers, "pin_memory": info.device.startswith("cuda"),
                "persistent_workers": opt.num_workers > 0}
     sampler = EpochSampler(len(train_set), opt.seed, info.rank, info.world_size)
     train_loader = DataLoader(train_set, batch_size=opt.batch_size, sampler=sampler, **workers)
@@ -124,9 +135,10 @@ def build_loaders(opt, info: DistInfo) -> tuple[PairDataset, DataLoader, EpochSa
     return train_set, train_loader, sampler, Validation(val_set, shard)
 
 
-def validate(model: AHIQ, val: Validation, info: DistInfo, opt) -> tuple[dict, np.ndarray, np.ndarray]:
+def validate(model: AHIQ, val: Validation, info: DistInfo, opt: RunConfig, amp_dtype: torch.dtype | None
+             ) -> tuple[dict, np.ndarray, np.ndarray]:
     out = predict(model, val.dataset, val.indices, opt.val_batch_size, opt.num_workers, opt.crops_per_forward,
-                  opt.autocast_dtype, progress=info.is_main, desc="validate")
+                  amp_dtype, progress=info.is_main, desc="validate")
     index, preds, labels = gather_arrays(info, out.index, out.preds, out.labels)
     order = np.argsort(index, kind="stable")
     return iqa_metrics(preds[order], labels[order]), preds[order], labels[order]
@@ -148,9 +160,9 @@ def checkpoint_path(opt) -> str | None:
     return None
 
 
-def make_scaler(opt) -> torch.amp.GradScaler | None:
+def make_scaler(amp_dtype: torch.dtype | None) -> torch.amp.GradScaler | None:
     """fp16 autocast needs loss scaling (its range is small); bf16 and fp32 do not."""
-    return torch.amp.GradScaler("cuda") if opt.autocast_dtype == torch.float16 else None
+    return torch.amp.GradScaler("cuda") if amp_dtype == torch.float16 else None
 
 
 def restore(ckpt: dict, path: str, model: AHIQ, optimizer, scheduler, scaler: torch.amp.GradScaler | None,
@@ -194,7 +206,7 @@ class Saver:
                      "scheduler_state_dict": self.scheduler.state_dict(),
                      "scaler_state_dict": self.scaler.state_dict() if self.scaler is not None else None,
                      "train_state": {**asdict(state), "rng": rng_state()},
-                     "options": {k: v for k, v in vars(self.opt).items() if k != "autocast_dtype"}}
+                     "options": self.opt.to_dict()}
         save_weights(path, self.model, meta=self.meta, epoch=state.epoch - 1, loss=float(loss), **extra)
         return path
 
@@ -210,17 +222,10 @@ def run_config(opt, resume_from: str | None) -> tuple[ModelConfig, dict | None]:
     return config, ckpt
 
 
-# Options whose change would make a resumed run differ from an uninterrupted one (the model switches are checked
-# against the saved configuration). --n_epoch may grow; paths of backbone files, workers, devices may change.
-RESUME_OPTIONS = ("train_list", "train_ref_path", "train_dis_path", "val_list", "dataset", "list_format",
-                  "label_direction", "split_file", "split_index", "split_column", "batch_size", "learning_rate",
-                  "weight_decay", "T_max", "eta_min", "seed", "flip_axis", "num_crop", "resize", "size", "amp",
-                  "amp_dtype", "num_avg_val", "random_windows")
-
-
-def check_resume_options(saved: dict, opt, path: str) -> None:
-    diff = [f"--{k} {saved[k]!r} then, {getattr(opt, k)!r} now" for k in RESUME_OPTIONS
-            if k in saved and saved[k] != getattr(opt, k, None)]
+def check_resume_options(saved: dict, opt: RunConfig, path: str) -> None:
+    """Every option that changes results (policy RESULT, options/) must be what the run was started with."""
+    now = opt.to_dict()
+    diff = [f"--{k} {saved[k]!r} then, {now[k]!r} now" for k in opt.fields(RESULT) if k in saved and saved[k] != now[k]]
     if diff:
         raise AHIQError(f"{path}: was trained with other options ({'; '.join(diff)}); resume with the same ones "
                         "(only --n_epoch may grow) or start a new run with another --name")
@@ -228,15 +233,14 @@ def check_resume_options(saved: dict, opt, path: str) -> None:
 
 def main(argv: list[str] | None = None) -> TrainState:
     opt = parse_train_options(argv)
-    info = init_distributed(opt.device, opt.gpu_list)
-    opt.device = info.device
+    info = init_distributed(device_of(opt), opt.gpu_list)
     try:
         return run(opt, info)
     finally:
         shutdown(info)
 
 
-def run(opt, info: DistInfo) -> TrainState:
+def run(opt: RunConfig, info: DistInfo) -> TrainState:
     """Train in ``opt.run_dir``, which this process owns (a lock) while it runs."""
     lock = FolderLock(opt.run_dir, "train.py") if info.is_main else None
     try:
@@ -246,41 +250,39 @@ def run(opt, info: DistInfo) -> TrainState:
             lock.release()
 
 
-def train(opt, info: DistInfo) -> TrainState:
+def train(opt: RunConfig, info: DistInfo) -> TrainState:
     stale = remove_stale_temporaries(opt.run_dir) if info.is_main else []
     setup_logging(opt.run_dir, info.is_main)
     if stale:
         log.warning("%s: removed %d temporary file(s) of an interrupted save", opt.run_dir, len(stale))
     resume_from = checkpoint_path(opt)
     config, ckpt = run_config(opt, resume_from)
-    opt.crop_size = config.crop_size
     seed_everything(opt.seed)
-    opt.autocast_dtype = configure_device(opt)
-    train_set, train_loader, sampler, val = build_loaders(opt, info)
-    model = build_from_config(config, backbone_source(opt), opt.deform_impl).to(opt.device)
+    device = info.device
+    amp_dtype = configure_device(opt, device)
+    train_set, train_loader, sampler, val = build_loaders(opt, info, config.crop_size)
+    model = build_from_config(config, backbone_source(opt), opt.deform_impl).to(device)
     params = [p for part in model.trainable_parts().values() for p in part.parameters()]
     optimizer = torch.optim.Adam(params, lr=opt.learning_rate, weight_decay=opt.weight_decay)
     scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=opt.T_max, eta_min=opt.eta_min)
-    scaler = make_scaler(opt)
+    scaler = make_scaler(amp_dtype)
     state = TrainState()
     if resume_from:
         state = restore(ckpt, resume_from, model, optimizer, scheduler, scaler, exact=opt.resume)
     del ckpt
     net = model
     if info.enabled:
-        net = DistributedDataParallel(model, device_ids=[opt.device] if opt.device.startswith("cuda") else None,
+        net = DistributedDataParallel(model, device_ids=[device] if device.startswith("cuda") else None,
                                       broadcast_buffers=False)
     scalars = epochs = None
     if info.is_main:
         save_options(opt, "train")
-        scalars = Scalars(opt.run_dir, opt.name, {k: v for k, v in vars(opt).items() if k != "autocast_dtype"},
-                          opt.wandb)
+        scalars = Scalars(opt.run_dir, opt.name, opt.to_dict(), opt.wandb)
         epochs = EpochLog(opt.run_dir, state.epoch)
         log.info("training on %d pairs, validating on %d (%s), %d process(es) on %s%s", len(train_set),
-                 len(val.dataset), split_choice(opt).describe(), info.world_size, opt.device,
+                 len(val.dataset), opt.split().describe(), info.world_size, device,
                  f"; continuing from {resume_from} at epoch {state.epoch + 1}" if resume_from else "")
     save = Saver(opt, model, optimizer, scheduler, scaler, train_set)
-    stop = StopRequest()
     lr = optimizer.param_groups[0]["lr"]
 
     def on_step(loss: float, step_lr: float) -> None:
@@ -290,30 +292,31 @@ def train(opt, info: DistInfo) -> TrainState:
             scalars.add({"train/loss": loss, "train/lr": step_lr}, state.global_step)
 
     try:
-        while state.epoch < opt.n_epoch:
-            start = time.perf_counter()
-            sampler.set_epoch(state.epoch, skip=state.step * opt.batch_size)
-            result = train_one_epoch(net, train_loader, optimizer, scheduler, opt.device, opt.autocast_dtype, scaler,
-                                     lambda loss: reduce_step(loss, stop.signal is not None, info), on_step,
-                                     info.is_main, desc=f"epoch {state.epoch + 1}/{opt.n_epoch}")
-            loss = float(np.mean(result.losses)) if result.losses else float("nan")
-            if result.interrupted:
-                state.step += len(result.losses)
+        with StopRequest() as stop:
+            while state.epoch < opt.n_epoch:
+                start = time.perf_counter()
+                sampler.set_epoch(state.epoch, skip=state.step * opt.batch_size)
+                result = train_one_epoch(net, train_loader, optimizer, scheduler, device, amp_dtype, scaler,
+                                         lambda loss: reduce_step(loss, stop.signal is not None, info), on_step,
+                                         info.is_main, desc=f"epoch {state.epoch + 1}/{opt.n_epoch}")
+                loss = float(np.mean(result.losses)) if result.losses else float("nan")
+                if result.interrupted:
+                    state.step += len(result.losses)
+                    if info.is_main:
+                        path = save("last.pth", state, loss, full=True)
+                        log.warning("stopped by %s after step %d of epoch %d; saved %s; continue with --resume",
+                                    stop.signal or "another rank", state.step, state.epoch + 1, path)
+                    barrier(info)  # torchrun ends the other ranks once one exits: keep them until last.pth is written
+                    sys.exit(3)
+                state.epoch, state.step = state.epoch + 1, 0
+                log.info("epoch %d: train loss %.5f", state.epoch, loss)
+                metrics = validate_epoch(model, val, info, opt, amp_dtype, state, scalars) \
+                    if state.epoch % opt.val_freq == 0 else None
                 if info.is_main:
-                    path = save("last.pth", state, loss, full=True)
-                    log.warning("stopped by %s after step %d of epoch %d; saved %s; continue with --resume",
-                                stop.signal or "another rank", state.step, state.epoch + 1, path)
-                barrier(info)  # torchrun ends the other ranks once one exits: keep them until last.pth is written
-                sys.exit(3)
-            state.epoch, state.step = state.epoch + 1, 0
-            log.info("epoch %d: train loss %.5f", state.epoch, loss)
-            metrics = validate_epoch(model, val, info, opt, state, scalars) if state.epoch % opt.val_freq == 0 \
-                else None
-            if info.is_main:
-                finish_epoch(save, state, loss, metrics)
-                epochs.append({"epoch": state.epoch, "step": state.global_step, "train_loss": loss, "lr": lr,
-                               **{f"val_{k}": (metrics or {}).get(k) for k in ("srcc", "plcc", "krcc", "rmse")},
-                               "seconds": time.perf_counter() - start})
+                    finish_epoch(save, state, loss, metrics)
+                    epochs.append({"epoch": state.epoch, "step": state.global_step, "train_loss": loss, "lr": lr,
+                                   **{f"val_{k}": (metrics or {}).get(k) for k in ("srcc", "plcc", "krcc", "rmse")},
+                                   "seconds": time.perf_counter() - start})
     finally:
         if scalars:
             scalars.close()
@@ -330,11 +333,11 @@ def finish_epoch(save: Saver, state: TrainState, loss: float, metrics: dict | No
     save("last.pth", state, loss, full=True)
 
 
-def validate_epoch(model: AHIQ, val: Validation, info: DistInfo, opt, state: TrainState, scalars: Scalars | None
-                   ) -> dict:
+def validate_epoch(model: AHIQ, val: Validation, info: DistInfo, opt: RunConfig, amp_dtype: torch.dtype | None,
+                   state: TrainState, scalars: Scalars | None) -> dict:
     """Validate, log, update the bests in ``state``; ``improved`` when SRCC or PLCC improved (official: both bests
     move then). Scalars go per epoch (``val/srcc``) and per step with the dataset (``val/<dataset>/srcc``)."""
-    metrics, preds, labels = validate(model, val, info, opt)
+    metrics, preds, labels = validate(model, val, info, opt, amp_dtype)
     improved = metrics["srcc"] > state.best_srcc or metrics["plcc"] > state.best_plcc
     if improved:
         state.best_srcc, state.best_plcc = metrics["srcc"], metrics["plcc"]

@@ -24,6 +24,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from data.defaults import SEED
 from data.pipal import PairDataset, pipal_reference_name, read_list, refuse_repeat
 from data.splits import load_or_create_splits
 from utils.errors import AHIQError
@@ -31,7 +32,6 @@ from utils.files import read_text
 
 LIST_FORMATS = ("pipal", "csv")
 REF_RULES = ("pipal", "prefix")
-SPLIT_PARTS = ("train", "val", "test")
 
 
 @dataclass(frozen=True)
@@ -179,6 +179,18 @@ def read_labels(path: str, list_format: str = "pipal", ref_rule: str = "pipal") 
     return Labels(path, names, [reference_name(n, ref_rule) for n in names], raw)
 
 
+def parse_ratios(text: str) -> tuple[float, float, float]:
+    """``--split_ratios`` 'train,val,test' as three numbers (train > 0, none negative)."""
+    try:
+        ratios = tuple(float(r) for r in text.split(","))
+    except ValueError:
+        ratios = ()
+    if len(ratios) != 3 or min(ratios) < 0 or ratios[0] <= 0:
+        raise AHIQError(f"--split_ratios {text!r}: expected three non-negative numbers train,val,test with "
+                        "train > 0, e.g. 6,2,2")
+    return ratios  # type: ignore[return-value]
+
+
 @dataclass(frozen=True)
 class SplitChoice:
     """Which rows of a label file to use: part of split ``index`` of ``file`` (made with ``ratios``, ``n_splits`` and
@@ -189,7 +201,7 @@ class SplitChoice:
     column: str | None = None
     ratios: tuple[float, float, float] = (6, 2, 2)
     n_splits: int = 10
-    seed: int = 1919
+    seed: int = SEED
     create: bool = False
 
     @property

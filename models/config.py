@@ -21,6 +21,12 @@ from utils.checkpoint import load_checkpoint, load_head_weights
 from utils.errors import AHIQError
 
 
+def check_crop(crop_size: int, patch_size: int) -> None:
+    """Crops are square and tile the ViT's patch grid exactly."""
+    if not isinstance(crop_size, int) or crop_size <= 0 or crop_size % patch_size:
+        raise AHIQError(f"--crop_size {crop_size!r} must be a positive multiple of --patch_size {patch_size}")
+
+
 @dataclass(frozen=True)
 class ModelConfig:
     """Defaults: the paper's model (ViT-B/8 blocks 0-4 + ResNet-50 layer1, deformable fusion, weighted pooling)."""
@@ -58,9 +64,7 @@ class ModelConfig:
         if self.branches == "cnn" and self.fusion == "deform":
             raise AHIQError("--branches cnn cannot use --fusion deform (its offsets come from the ViT); "
                             "pass --fusion conv or none")
-        if self.crop_size <= 0 or self.crop_size % self.patch_size:
-            raise AHIQError(f"--crop_size {self.crop_size} must be a positive multiple of --patch_size "
-                            f"{self.patch_size}")
+        check_crop(self.crop_size, self.patch_size)
 
     def to_dict(self) -> dict[str, Any]:
         d = dataclasses.asdict(self)

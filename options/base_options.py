@@ -1,43 +1,81 @@
-"""Options every entry point shares: the run (folder, checkpoint, seed, device, precision) and the model.
+"""Options every entry point shares (the run, the model) and how options become a frozen run configuration.
 
 Parsers are built from small parents (``parents=[run_parser(), model_parser(), ...]``), so each option is defined
-once. Model switches default to None: "the checkpoint's" when one is loaded (test.py, predict.py, the API, resume),
-else the paper's model (the defaults of :class:`models.ModelConfig`). :func:`finalize` checks and resolves the values
-(device, run folder, preset paths); it builds nothing and touches no file.
+once, with its default and its policy beside it:
+
+- ``RESULT`` (the default): changes what is computed; a resumed run or a continued protocol must keep it.
+- ``RESUMABLE`` (``resumable(...)``): changes what is computed, but a resumed run may change it (``--n_epoch``:
+  train on); a continued protocol must keep it.
+- ``FREE`` (``free(...)``): where and how fast it runs (devices, workers, paths of weight files); may change on
+  ``--resume``, and is still taken from a saved configuration by ``--config``.
+- ``ONCE`` (``once(...)``): an action of this invocation (``--config``, ``--resume``); never taken from a saved
+  configuration.
+
+:func:`parse` turns the command line (and ``--config FILE``) into a frozen dataclass made from the parser's options:
+checked and resolved once (dataset preset paths), never written afterwards. What is derived from it (run folder,
+GPU ids, the model switches given) are properties computed from its fields; what depends on the machine (the
+device of a rank, the autocast dtype) is computed by runtime.py and passed as values.
 """
 from __future__ import annotations
 
 import argparse
+import dataclasses
+import functools
 import json
 import os
+from collections.abc import Mapping
 from typing import Any
 
 import torch
 
+from data.datasets import PRESETS, SplitChoice, parse_ratios
+from data.defaults import SEED
 from data.pipal import MAX_PIXELS
 from models import BRANCHES, DEFORM_IMPLS, FUSIONS, POOLINGS, ModelConfig
-from options.data_options import apply_preset
+from models.config import check_crop
 from utils.errors import AHIQError
 from utils.files import read_text
 
 PAPER = ModelConfig()
+RESULT, RESUMABLE, FREE, ONCE = "result", "resumable", "free", "once"
+
+
+def free(action: argparse.Action) -> argparse.Action:
+    action.policy = FREE
+    return action
+
+
+def resumable(action: argparse.Action) -> argparse.Action:
+    action.policy = RESUMABLE
+    return action
+
+
+def once(action: argparse.Action) -> argparse.Action:
+    action.policy = ONCE
+    return action
+
+
+def policy(action: argparse.Action) -> str:
+    return getattr(action, "policy", RESULT)
 
 
 def run_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(add_help=False)
     g = p.add_argument_group("run")
-    g.add_argument("--config", default=None, metavar="FILE",
-                   help="rerun from a saved opt_train.json / opt_test.json; options given on the command line win")
-    g.add_argument("--checkpoints_dir", default="./checkpoints", help="runs are stored in checkpoints_dir/name")
-    g.add_argument("--name", default="ahiq_pipal", help="experiment name: the run folder under --checkpoints_dir")
-    g.add_argument("--load_epoch", type=int, default=-1,
-                   help="load epoch_N.pth from the run folder; -1: best.pth, else the latest epoch, else the only .pth")
-    g.add_argument("--ckpt", default=None, help="checkpoint file to load (official or ours), instead of the run folder")
-    g.add_argument("--seed", type=int, default=1919, help="random seed")
-    g.add_argument("--gpu_ids", default="0", help="GPU ids, e.g. '0' or '0,1'; '-1' runs on the CPU")
-    g.add_argument("--num_workers", type=int, default=8, help="DataLoader worker processes")
-    g.add_argument("--max_pixels", type=int, default=MAX_PIXELS,
-                   help="images with more pixels are refused from their header (damaged or hostile files)")
+    once(g.add_argument("--config", default=None, metavar="FILE",
+                        help="rerun from a saved opt_*.json of a run folder; options given on the command line win"))
+    free(g.add_argument("--checkpoints_dir", default="./checkpoints", help="runs are stored in checkpoints_dir/name"))
+    free(g.add_argument("--name", default="ahiq_pipal", help="experiment name: the run folder under --checkpoints_dir"))
+    free(g.add_argument("--load_epoch", type=int, default=-1,
+                        help="load epoch_N.pth of the run folder; -1: best.pth, else the latest epoch, else the "
+                             "only .pth"))
+    free(g.add_argument("--ckpt", default=None, help="checkpoint file to load (official or ours), instead of the run "
+                                                     "folder"))
+    g.add_argument("--seed", type=int, default=SEED, help="random seed")
+    free(g.add_argument("--gpu_ids", default="0", help="GPU ids, e.g. '0' or '0,1'; '-1' runs on the CPU"))
+    free(g.add_argument("--num_workers", type=int, default=8, help="DataLoader worker processes"))
+    free(g.add_argument("--max_pixels", type=int, default=MAX_PIXELS,
+                        help="images with more pixels are refused from their header (damaged or hostile files)"))
     g.add_argument("--amp", action="store_true", help="mixed precision on CUDA (see --amp_dtype); fp32 otherwise")
     g.add_argument("--amp_dtype", default="bf16", choices=("bf16", "fp16"),
                    help="autocast dtype for --amp; in training fp16 adds a GradScaler")
@@ -46,43 +84,113 @@ def run_parser() -> argparse.ArgumentParser:
     return p
 
 
+# The model switches: every ModelConfig field is an option of the same name (None: the checkpoint's when one is
+# loaded, else the paper's model); how each is typed and described on the command line.
+_SWITCH_HELP = {
+    "patch_size": dict(type=int, choices=(8, 16), help=f"ViT patch size ({PAPER.patch_size})"),
+    "crop_size": dict(type=int, help=f"crop side, a multiple of --patch_size ({PAPER.crop_size}; scoring: the "
+                                     "trained one)"),
+    "vit_name": dict(help="timm ViT name with its tag (the pinned tag for --patch_size)"),
+    "resnet_name": dict(help=f"timm ResNet name with its tag ({PAPER.resnet_name})"),
+    "vit_blocks": dict(help=f"increasing ViT blocks whose outputs are used "
+                            f"({','.join(map(str, PAPER.vit_blocks))})"),
+    "cnn_blocks": dict(help=f"ResNet blocks used, all of one stage ({','.join(PAPER.cnn_blocks)})"),
+    "fusion": dict(choices=FUSIONS, help=f"how CNN features are fused ({PAPER.fusion})"),
+    "branches": dict(choices=BRANCHES, help=f"feature branches feeding the head ({PAPER.branches})"),
+    "pooling": dict(choices=POOLINGS, help=f"weighted: sum(f*w)/sum(w) over patches (paper); mean: the plain mean "
+                                           f"of f ({PAPER.pooling})"),
+}
+SWITCHES = tuple(f.name for f in dataclasses.fields(ModelConfig))
+assert set(SWITCHES) == set(_SWITCH_HELP), "every ModelConfig field needs its command-line option"
+
+
 def model_parser() -> argparse.ArgumentParser:
     """The model switches (all recorded in checkpoints) and where the backbone weights come from."""
     p = argparse.ArgumentParser(add_help=False)
     g = p.add_argument_group("model (None: the checkpoint's when one is loaded, else the paper's model)")
-    g.add_argument("--patch_size", type=int, default=None, choices=(8, 16), help=f"ViT patch size ({PAPER.patch_size})")
-    g.add_argument("--crop_size", type=int, default=None,
-                   help=f"crop side, a multiple of --patch_size ({PAPER.crop_size}; scoring: the trained one)")
-    g.add_argument("--vit_name", default=None, help="timm ViT name with its tag (the pinned tag for --patch_size)")
-    g.add_argument("--resnet_name", default=None, help=f"timm ResNet name with its tag ({PAPER.resnet_name})")
-    g.add_argument("--vit_blocks", default=None,
-                   help=f"increasing ViT blocks whose outputs are used ({','.join(map(str, PAPER.vit_blocks))})")
-    g.add_argument("--cnn_blocks", default=None,
-                   help=f"ResNet blocks used, all of one stage ({','.join(PAPER.cnn_blocks)})")
-    g.add_argument("--fusion", default=None, choices=FUSIONS, help=f"how CNN features are fused ({PAPER.fusion})")
-    g.add_argument("--branches", default=None, choices=BRANCHES,
-                   help=f"feature branches feeding the head ({PAPER.branches})")
-    g.add_argument("--pooling", default=None, choices=POOLINGS,
-                   help=f"weighted: sum(f*w)/sum(w) over patches (paper); mean: the plain mean of f ({PAPER.pooling})")
+    for name in SWITCHES:
+        g.add_argument(f"--{name}", default=None, **_SWITCH_HELP[name])
     g = p.add_argument_group("backbone weights and kernels")
-    g.add_argument("--vit_weights", default=None,
-                   help="ViT weights from a local timm state dict (.pth/.safetensors) instead of the hub")
-    g.add_argument("--resnet_weights", default=None,
-                   help="ResNet weights from a local timm state dict (.pth/.safetensors) instead of the hub")
+    free(g.add_argument("--vit_weights", default=None,
+                        help="ViT weights from a local timm state dict (.pth/.safetensors) instead of the hub"))
+    free(g.add_argument("--resnet_weights", default=None,
+                        help="ResNet weights from a local timm state dict (.pth/.safetensors) instead of the hub"))
     g.add_argument("--no_pretrained", action="store_true",
                    help="random backbones (tests, offline demos): scores are meaningless")
-    g.add_argument("--deform_impl", default="gemm", choices=DEFORM_IMPLS,
-                   help="deformable conv: 'gemm' (bilinear sampling + GEMM; faster, autocast-friendly) or "
-                        "torchvision's kernel; both compute the same function")
+    free(g.add_argument("--deform_impl", default="gemm", choices=DEFORM_IMPLS,
+                        help="deformable conv: 'gemm' (bilinear sampling + GEMM; faster, autocast-friendly) or "
+                             "torchvision's kernel; both compute the same function"))
     return p
 
 
-NOT_RERUN = ("config", "resume", "help")  # never taken from a saved configuration
+class RunConfig:
+    """Base of the frozen configurations :func:`parse` makes; the derived values are properties of the fields."""
+
+    @property
+    def run_dir(self) -> str:
+        return os.path.join(self.checkpoints_dir, self.name)
+
+    @property
+    def gpu_list(self) -> tuple[int, ...]:
+        try:
+            return tuple(int(i) for i in str(self.gpu_ids).split(",") if i.strip() and int(i) >= 0)
+        except ValueError:
+            raise AHIQError(f"--gpu_ids {self.gpu_ids!r}: expected comma-separated integers, e.g. 0 or 0,1 or "
+                            "-1") from None
+
+    @property
+    def model_switches(self) -> dict[str, Any]:
+        """The model switches given (not None), as :class:`models.ModelConfig` values."""
+        return {k: getattr(self, k) for k in SWITCHES if getattr(self, k) is not None}
+
+    @property
+    def lower_better(self) -> bool:
+        """The labels are DMOS (flipped before normalising); resolved from the preset when not given."""
+        return self.label_direction == "lower_better"
+
+    @property
+    def ref_rule(self) -> str:
+        return PRESETS[self.dataset].ref_rule
+
+    def split(self, create: bool = False) -> SplitChoice:
+        """The split the options choose (``create``: a missing split file may be made, as train.py does)."""
+        return SplitChoice(self.split_file, self.split_index, self.split_column, parse_ratios(self.split_ratios),
+                           self.n_splits, self.seed if self.split_seed is None else self.split_seed, create)
+
+    def policy(self, name: str) -> str:
+        return type(self).__dataclass_fields__[name].metadata["policy"]
+
+    def fields(self, *policies: str) -> list[str]:
+        return [f.name for f in dataclasses.fields(self) if f.metadata["policy"] in policies]
+
+    def to_dict(self) -> dict[str, Any]:
+        """The options as JSON values (what opt_*.json and checkpoints hold)."""
+        return json.loads(json.dumps(dataclasses.asdict(self)))
+
+    def replace(self, **changes: Any) -> RunConfig:
+        return dataclasses.replace(self, **changes)
+
+
+@functools.cache
+def _config_class(name: str, spec: tuple[tuple[str, str], ...]) -> type:
+    fields = [(dest, Any, dataclasses.field(metadata={"policy": pol})) for dest, pol in spec]
+    return dataclasses.make_dataclass(name, fields, bases=(RunConfig,), frozen=True)
+
+
+def options_of(parser: argparse.ArgumentParser) -> list[argparse.Action]:
+    return [a for a in parser._actions if a.dest not in ("help", argparse.SUPPRESS)]
+
+
+def freeze(parser: argparse.ArgumentParser, values: Mapping[str, Any]) -> RunConfig:
+    """The frozen configuration of ``parser``'s options (lists become tuples)."""
+    spec = tuple((a.dest, policy(a)) for a in options_of(parser))
+    cls = _config_class(f"{(parser.prog or 'ahiq').split('.')[0].title()}Config", spec)
+    return cls(**{dest: tuple(values[dest]) if isinstance(values[dest], list) else values[dest] for dest, _ in spec})
 
 
 def parse_with_config(parser: argparse.ArgumentParser, argv: list[str] | None) -> argparse.Namespace:
     """Parse ``argv``; with ``--config FILE`` (a saved ``opt_*.json``) its values are the defaults, so every option
-    given on the command line overrides it. Saved values of options this parser lacks are ignored."""
+    given on the command line overrides it. ``ONCE`` options and saved options this parser lacks are ignored."""
     pre = argparse.ArgumentParser(add_help=False)
     pre.add_argument("--config", default=None)
     config = pre.parse_known_args(argv)[0].config
@@ -90,31 +198,13 @@ def parse_with_config(parser: argparse.ArgumentParser, argv: list[str] | None) -
         try:
             saved = json.loads(read_text(config))
         except (OSError, ValueError) as err:
-            raise AHIQError(f"{config}: cannot be read as a saved configuration ({err}); pass an opt_train.json or "
-                            "opt_test.json from a run folder") from None
+            raise AHIQError(f"{config}: cannot be read as a saved configuration ({err}); pass an opt_*.json from "
+                            "a run folder") from None
         if not isinstance(saved, dict):
             raise AHIQError(f"{config}: not a saved configuration (expected a JSON object of options)")
-        known = {action.dest for action in parser._actions}
-        parser.set_defaults(**{k: v for k, v in saved.items() if k in known and k not in NOT_RERUN})
+        rerun = {a.dest for a in options_of(parser) if policy(a) != ONCE}
+        parser.set_defaults(**{k: v for k, v in saved.items() if k in rerun})
     return parser.parse_args(argv)
-
-
-SWITCHES = ("patch_size", "crop_size", "vit_name", "resnet_name", "vit_blocks", "cnn_blocks", "fusion", "branches",
-            "pooling")
-
-
-def given_switches(opt: argparse.Namespace) -> dict[str, Any]:
-    """The model switches given on the command line, as :class:`models.ModelConfig` values."""
-    given = {k: getattr(opt, k) for k in SWITCHES if getattr(opt, k, None) is not None}
-    if isinstance(given.get("vit_blocks"), str):
-        try:
-            given["vit_blocks"] = tuple(int(b) for b in given["vit_blocks"].split(","))
-        except ValueError:
-            raise AHIQError(f"--vit_blocks {opt.vit_blocks!r}: expected comma-separated block indices, e.g. "
-                            "0,1,2,3,4") from None
-    if isinstance(given.get("cnn_blocks"), str):
-        given["cnn_blocks"] = tuple(b.strip() for b in given["cnn_blocks"].split(","))
-    return given
 
 
 def check_positive(opt: argparse.Namespace, *names: str, minimum: int = 1) -> None:
@@ -124,29 +214,45 @@ def check_positive(opt: argparse.Namespace, *names: str, minimum: int = 1) -> No
             raise AHIQError(f"--{name} must be at least {minimum}, got {value}")
 
 
-def finalize(opt: argparse.Namespace) -> argparse.Namespace:
-    """Check and resolve options: model switches, device, run folder, dataset preset. Nothing is built or loaded."""
-    if opt.crop_size is not None and (opt.crop_size <= 0 or opt.crop_size % (opt.patch_size or PAPER.patch_size)):
-        raise AHIQError(f"--crop_size {opt.crop_size} must be a positive multiple of --patch_size "
-                        f"{opt.patch_size or PAPER.patch_size}")
-    opt.model_switches = given_switches(opt)
-    try:
-        ids = [int(i) for i in str(opt.gpu_ids).split(",") if i.strip() and int(i) >= 0]
-    except ValueError:
-        raise AHIQError(f"--gpu_ids {opt.gpu_ids!r}: expected comma-separated integers, e.g. 0 or 0,1 or -1") from None
+def check_gpus(ids: tuple[int, ...], gpu_ids: str) -> None:
     if ids and not torch.cuda.is_available():
-        raise AHIQError(f"--gpu_ids {opt.gpu_ids}: CUDA is not available here; pass --gpu_ids -1 to run on the CPU")
+        raise AHIQError(f"--gpu_ids {gpu_ids}: CUDA is not available here; pass --gpu_ids -1 to run on the CPU")
     missing = [i for i in ids if i >= torch.cuda.device_count()] if ids else []
     if missing:
         count = torch.cuda.device_count()
-        raise AHIQError(f"--gpu_ids {opt.gpu_ids}: no GPU {missing[0]} here (this machine has {count}: "
+        raise AHIQError(f"--gpu_ids {gpu_ids}: no GPU {missing[0]} here (this machine has {count}: "
                         f"0-{count - 1}); pass ids below {count}, or -1 for the CPU")
-    opt.gpu_list = ids  # under torchrun each process takes its own GPU (utils.distributed.rank_device)
-    opt.device = f"cuda:{ids[0]}" if ids else "cpu"
+
+
+def parse(parser: argparse.ArgumentParser, argv: list[str] | None, resolve: tuple = ()) -> RunConfig:
+    """The frozen configuration of ``argv`` (with ``--config``); see :func:`build`."""
+    return build(parser, vars(parse_with_config(parser, argv)), resolve)
+
+
+def build(parser: argparse.ArgumentParser, values: Mapping[str, Any], resolve: tuple = ()) -> RunConfig:
+    """The frozen configuration of ``parser`` holding ``values``: checked, then the ``resolve`` functions applied
+    (each takes and changes the namespace, e.g. the dataset preset), then frozen. Nothing is built or loaded."""
+    opt = argparse.Namespace(**values)
+    if opt.crop_size is not None:
+        check_crop(opt.crop_size, opt.patch_size or PAPER.patch_size)
     check_positive(opt, "crops_per_forward", "batch_size", "val_batch_size", "n_ensemble", "num_avg_val")
     check_positive(opt, "num_workers", minimum=0)
     check_positive(opt, "max_pixels")
-    opt.run_dir = os.path.join(opt.checkpoints_dir, opt.name)
-    if hasattr(opt, "dataset"):
-        apply_preset(opt)
-    return opt
+    _switch_lists(opt)
+    for step in resolve:
+        step(opt)
+    cfg = freeze(parser, vars(opt))
+    check_gpus(cfg.gpu_list, cfg.gpu_ids)
+    return cfg
+
+
+def _switch_lists(opt: argparse.Namespace) -> None:
+    """--vit_blocks and --cnn_blocks as tuples ('0,1,2' on the command line; a list in a saved configuration)."""
+    if isinstance(opt.vit_blocks, str):
+        try:
+            opt.vit_blocks = tuple(int(b) for b in opt.vit_blocks.split(","))
+        except ValueError:
+            raise AHIQError(f"--vit_blocks {opt.vit_blocks!r}: expected comma-separated block indices, e.g. "
+                            "0,1,2,3,4") from None
+    if isinstance(opt.cnn_blocks, str):
+        opt.cnn_blocks = tuple(b.strip() for b in opt.cnn_blocks.split(","))

@@ -1,19 +1,24 @@
 """Data options: image folders and label lists (the official names and defaults), dataset presets, label direction
-and content-disjoint splits. Parsers compose with ``parents=[...]``; :func:`apply_preset` and :func:`split_choice`
-turn the parsed values into what ``data/`` takes."""
+and content-disjoint splits. Parsers compose with ``parents=[...]``; :func:`apply_preset` resolves the preset
+before the configuration is frozen."""
 from __future__ import annotations
 
 import argparse
 import os
 
-from data.datasets import LIST_FORMATS, PRESETS, SplitChoice
+from data.datasets import LIST_FORMATS, PRESETS
+from data.defaults import NUM_AVG_VAL
 from data.pipal import WINDOW_MODES
+from options.base_options import free
 from utils.errors import AHIQError
 
-# The official defaults of the data paths; --data_root replaces the ones still at these values.
-PATH_DEFAULTS = {"train_ref_path": "Train_Ref/", "train_dis_path": "Train_Dis/", "val_ref_path": "NTIRE2021/Ref/",
-                 "val_dis_path": "NTIRE2021/Dis/", "train_list": "PIPAL.txt", "val_list": "PIPAL_NTIRE_Valid_MOS.txt",
-                 "test_ref_path": "Test_Ref/", "test_dis_path": "Test_Dis/", "test_list": "test.txt"}
+# The official defaults of the data paths: the PIPAL layout of the preset (data/prepare_pipal.py writes it), relative
+# to the working folder; --data_root replaces the ones still at these values.
+_PIPAL = PRESETS["pipal"]
+PATH_DEFAULTS = {f"{phase}_{key}": value + ("/" if key.endswith("path") else "")
+                 for phase, folders in (("train", (_PIPAL.ref_dir, _PIPAL.dis_dir, _PIPAL.labels)), ("val", _PIPAL.val),
+                                        ("test", _PIPAL.test))
+                 for key, value in zip(("ref_path", "dis_path", "list"), folders)}
 
 
 def train_data_parser() -> argparse.ArgumentParser:
@@ -29,7 +34,7 @@ def train_data_parser() -> argparse.ArgumentParser:
         g.add_argument(f"--{key}", default=PATH_DEFAULTS[key], help=help_text)
     g.add_argument("--num_crop", type=int, default=1,
                    help="random crops per training sample (official option; only 1, the official value, is supported)")
-    g.add_argument("--num_avg_val", type=int, default=5, help="fixed windows averaged in validation")
+    g.add_argument("--num_avg_val", type=int, default=NUM_AVG_VAL, help="fixed windows averaged in validation")
     return p
 
 
@@ -74,8 +79,8 @@ def label_parser() -> argparse.ArgumentParser:
     g = p.add_argument_group("datasets (see README, 'Other datasets and evaluation protocols')")
     g.add_argument("--dataset", default="pipal", choices=sorted(PRESETS),
                    help="preset: label format, label direction, and (with --data_root) the folder layout")
-    g.add_argument("--data_root", default=None,
-                   help="dataset root: fills the image folders and label files the preset names, unless given")
+    free(g.add_argument("--data_root", default=None,
+                        help="dataset root: fills the image folders and label files the preset names, unless given"))
     g.add_argument("--list_format", default=None, choices=LIST_FORMATS,
                    help="label files: 'pipal' (name,score lines) or 'csv' (pyiqa meta-info); None: the preset's")
     g.add_argument("--label_direction", default=None, choices=("higher_better", "lower_better"),
@@ -88,7 +93,7 @@ def split_making_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(add_help=False)
     g = p.add_argument_group("making split files")
     g.add_argument("--split_ratios", default="6,2,2", help="train,val,test proportions of references (new files)")
-    g.add_argument("--n_splits", type=int, default=10, help="splits in a new --split_file")
+    free(g.add_argument("--n_splits", type=int, default=10, help="splits in a new --split_file"))
     g.add_argument("--split_seed", type=int, default=None, help="seed of a new --split_file; None: --seed")
     return p
 
@@ -106,38 +111,26 @@ def split_parser() -> argparse.ArgumentParser:
     return p
 
 
-def apply_preset(opt: argparse.Namespace) -> None:
-    """Fill format, direction and (with --data_root) folders and label files left at their official defaults."""
-    preset = PRESETS[opt.dataset]
-    opt.list_format = opt.list_format or preset.list_format
-    opt.lower_better = (opt.label_direction or ("lower_better" if preset.lower_better else "higher_better")) \
-        == "lower_better"
-    opt.ref_rule = preset.ref_rule
-    if opt.data_root is None:
-        return
-    if not os.path.isdir(opt.data_root):
-        raise AHIQError(f"--data_root {opt.data_root}: no such folder")
+def preset_paths(dataset: str, data_root: str) -> dict[str, str]:
+    """The image folders and label files of a preset under ``data_root``, by option name."""
+    if not os.path.isdir(data_root):
+        raise AHIQError(f"--data_root {data_root}: no such folder")
+    preset = PRESETS[dataset]
     layout = {"train": (preset.ref_dir, preset.dis_dir, preset.labels)}
     layout["val"] = preset.val or layout["train"]
     layout["test"] = preset.test or layout["train"]
-    for phase, (ref, dis, labels) in layout.items():
-        for key, rel in ((f"{phase}_ref_path", ref), (f"{phase}_dis_path", dis), (f"{phase}_list", labels)):
-            if hasattr(opt, key) and getattr(opt, key) == PATH_DEFAULTS.get(key):
-                setattr(opt, key, os.path.join(opt.data_root, rel))
+    return {f"{phase}_{key}": os.path.join(data_root, rel) for phase, folders in layout.items()
+            for key, rel in zip(("ref_path", "dis_path", "list"), folders)}
 
 
-def parse_ratios(text: str) -> tuple[float, float, float]:
-    try:
-        ratios = tuple(float(r) for r in text.split(","))
-    except ValueError:
-        ratios = ()
-    if len(ratios) != 3 or min(ratios) < 0 or ratios[0] <= 0:
-        raise AHIQError(f"--split_ratios {text!r}: expected three non-negative numbers train,val,test with "
-                        "train > 0, e.g. 6,2,2")
-    return ratios  # type: ignore[return-value]
-
-
-def split_choice(opt: argparse.Namespace, create: bool = False) -> SplitChoice:
-    """The split the options choose (``create``: a missing split file may be made, as train.py does)."""
-    return SplitChoice(opt.split_file, opt.split_index, opt.split_column, parse_ratios(opt.split_ratios),
-                       opt.n_splits, opt.seed if opt.split_seed is None else opt.split_seed, create)
+def apply_preset(opt: argparse.Namespace) -> None:
+    """Resolve the preset: the label format and direction when not given, and (with --data_root) the folders and
+    label files still at their official defaults."""
+    preset = PRESETS[opt.dataset]
+    opt.list_format = opt.list_format or preset.list_format
+    opt.label_direction = opt.label_direction or ("lower_better" if preset.lower_better else "higher_better")
+    if opt.data_root is None:
+        return
+    for key, path in preset_paths(opt.dataset, opt.data_root).items():
+        if hasattr(opt, key) and getattr(opt, key) == PATH_DEFAULTS[key]:
+            setattr(opt, key, path)

@@ -6,7 +6,9 @@ import logging
 import os
 
 from data.datasets import PRESETS
-from options.base_options import finalize
+from data.defaults import N_ENSEMBLE, TEST_BATCH
+from options.base_options import RunConfig, free, parse
+from options.data_options import apply_preset
 from options.train_options import check_train_options, train_parents
 from utils.errors import AHIQError
 
@@ -16,21 +18,25 @@ def protocol_parser() -> argparse.ArgumentParser:
                                             "mean +- std.", parents=train_parents(),
                                 formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     g = p.add_argument_group("protocol")
-    g.add_argument("--n_ensemble", type=int, default=20, help="crops per image when testing (as test.py)")
-    g.add_argument("--test_batch_size", type=int, default=10, help="images per batch when testing")
-    g.add_argument("--cross_dataset", nargs="*", default=[], choices=sorted(PRESETS),
-                   help="also test each split's model on these whole datasets")
-    g.add_argument("--cross_data_root", default=None, help="root of the --cross_dataset data; None: --data_root")
+    g.add_argument("--n_ensemble", type=int, default=N_ENSEMBLE, help="crops per image when testing (as test.py)")
+    free(g.add_argument("--test_batch_size", type=int, default=TEST_BATCH, help="images per batch when testing"))
+    free(g.add_argument("--cross_dataset", nargs="*", default=[], choices=sorted(PRESETS),
+                        help="also test each split's model on these whole datasets"))
+    free(g.add_argument("--cross_data_root", default=None, help="root of the --cross_dataset data; None: --data_root"))
     return p
 
 
-def parse_protocol_options(argv: list[str] | None = None) -> argparse.Namespace:
-    opt = check_train_options(finalize(protocol_parser().parse_args(argv)))
+def protocol_splits(opt: argparse.Namespace) -> None:
+    """The protocol's split file (``splits.json`` in its run folder unless given); one run for a split column."""
     if opt.split_column is None and opt.split_file is None:
-        opt.split_file = os.path.join(opt.run_dir, "splits.json")
+        opt.split_file = os.path.join(opt.checkpoints_dir, opt.name, "splits.json")
     if opt.split_column is not None and opt.n_splits != 1:
         logging.getLogger("ahiq.protocol").warning("--split_column gives one fixed split: running it once")
         opt.n_splits = 1
+
+
+def parse_protocol_options(argv: list[str] | None = None) -> RunConfig:
+    opt = check_train_options(parse(protocol_parser(), argv, (apply_preset, protocol_splits)))
     if opt.resume or opt.load_epoch >= 0:
         raise AHIQError("protocol.py resumes by itself: run the same command again (no --resume/--load_epoch)")
     return opt

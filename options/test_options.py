@@ -3,8 +3,10 @@ from __future__ import annotations
 
 import argparse
 
-from options.base_options import finalize, model_parser, parse_with_config, run_parser
+from data.defaults import CROPS_PER_FORWARD, N_ENSEMBLE, TEST_BATCH
+from options.base_options import RunConfig, free, model_parser, parse, run_parser
 from options.data_options import (
+    apply_preset,
     image_parser,
     label_parser,
     split_parser,
@@ -19,10 +21,11 @@ def scoring_parser() -> argparse.ArgumentParser:
     """How images are scored (test.py and predict.py)."""
     p = argparse.ArgumentParser(add_help=False)
     g = p.add_argument_group("scoring")
-    g.add_argument("--batch_size", type=int, default=10, help="images per batch")
-    g.add_argument("--n_ensemble", type=int, default=20,
+    g.add_argument("--batch_size", type=int, default=TEST_BATCH, help="images per batch")
+    g.add_argument("--n_ensemble", type=int, default=N_ENSEMBLE,
                    help="crops averaged per image: 1 centre, 2-9 fixed windows, more: seeded random windows")
-    g.add_argument("--crops_per_forward", type=int, default=50, help="crop pairs per model forward (memory bound)")
+    free(g.add_argument("--crops_per_forward", type=int, default=CROPS_PER_FORWARD,
+                        help="crop pairs per model forward (memory bound)"))
     return p
 
 
@@ -36,13 +39,13 @@ def test_parser() -> argparse.ArgumentParser:
     g = p.add_argument_group("test")
     g.add_argument("--test_file_name", default="results.txt", help="predictions file, written to checkpoints_dir/name/")
     g.add_argument("--flip", action="store_true", help="flip both images horizontally before cropping")
-    g.add_argument("--submission", default=None, metavar="DIR",
-                   help="also write the NTIRE 2022 package (output.txt, readme.txt, submission.zip) to DIR")
+    free(g.add_argument("--submission", default=None, metavar="DIR",
+                        help="also write the NTIRE 2022 package (output.txt, readme.txt, submission.zip) to DIR"))
     return p
 
 
-def parse_test_options(argv: list[str] | None = None) -> argparse.Namespace:
-    opt = finalize(parse_with_config(test_parser(), argv))
+def parse_test_options(argv: list[str] | None = None) -> RunConfig:
+    opt = parse(test_parser(), argv, (apply_preset,))
     if opt.split_part is not None and opt.split_file is None and opt.split_column is None:
         raise AHIQError(f"--split_part {opt.split_part} has no effect without --split_file or --split_column; drop "
                         "it to score the whole list, or name the split")

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import argparse
 
+from data.defaults import SEED
 from options.data_options import label_parser, split_making_parser
 
 
@@ -30,7 +31,7 @@ def make_splits_parser() -> argparse.ArgumentParser:
                                 parents=[label_parser(), split_making_parser()])
     p.add_argument("--labels", default=None, help="label file; default: the preset's under --data_root")
     p.add_argument("--out", required=True, help="the split file to write (an existing one is only checked)")
-    p.add_argument("--seed", type=int, default=1919, help="seed, when --split_seed is not given")
+    p.add_argument("--seed", type=int, default=SEED, help="seed, when --split_seed is not given")
     return p
 
 

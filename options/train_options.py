@@ -3,9 +3,17 @@ from __future__ import annotations
 
 import argparse
 
+from data.defaults import CROPS_PER_FORWARD, TEST_BATCH
 from data.pipal import FLIP_AXES
-from options.base_options import check_positive, finalize, model_parser, parse_with_config, run_parser
-from options.data_options import image_parser, label_parser, split_parser, train_data_parser, windows_parser
+from options.base_options import RunConfig, check_positive, free, model_parser, once, parse, resumable, run_parser
+from options.data_options import (
+    apply_preset,
+    image_parser,
+    label_parser,
+    split_parser,
+    train_data_parser,
+    windows_parser,
+)
 from utils.errors import AHIQError
 
 
@@ -17,8 +25,8 @@ def train_parents() -> list[argparse.ArgumentParser]:
 def training_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(add_help=False)
     g = p.add_argument_group("train")
-    g.add_argument("--n_epoch", type=int, default=200, help="epochs to train")
-    g.add_argument("--save_interval", type=int, default=5, help="write epoch_N.pth every N epochs")
+    resumable(g.add_argument("--n_epoch", type=int, default=200, help="epochs to train"))
+    free(g.add_argument("--save_interval", type=int, default=5, help="write epoch_N.pth every N epochs"))
     g.add_argument("--learning_rate", type=float, default=1e-4, help="Adam learning rate")
     g.add_argument("--weight_decay", type=float, default=1e-5, help="Adam weight decay")
     g.add_argument("--batch_size", type=int, default=4, help="pairs per step (per process with torchrun)")
@@ -28,11 +36,12 @@ def training_parser() -> argparse.ArgumentParser:
                    help="axis of the random flip (p=0.5) of training crops; vertical is what the official code does "
                         "(np.fliplr on C x H x W) and what the released checkpoint was trained with")
     g.add_argument("--eta_min", type=float, default=0, help="CosineAnnealingLR minimum learning rate")
-    g.add_argument("--resume", action="store_true", help="continue from last.pth in checkpoints_dir/name")
-    g.add_argument("--val_batch_size", type=int, default=10, help="images per validation batch")
-    g.add_argument("--crops_per_forward", type=int, default=50, help="crop pairs per forward in validation")
-    g.add_argument("--wandb", default=None, metavar="PROJECT",
-                   help="also log the scalars to this Weights & Biases project (needs `pip install wandb`)")
+    once(g.add_argument("--resume", action="store_true", help="continue from last.pth in checkpoints_dir/name"))
+    free(g.add_argument("--val_batch_size", type=int, default=TEST_BATCH, help="images per validation batch"))
+    free(g.add_argument("--crops_per_forward", type=int, default=CROPS_PER_FORWARD,
+                        help="crop pairs per forward in validation"))
+    free(g.add_argument("--wandb", default=None, metavar="PROJECT",
+                        help="also log the scalars to this Weights & Biases project (needs `pip install wandb`)"))
     return p
 
 
@@ -41,11 +50,11 @@ def train_parser() -> argparse.ArgumentParser:
                                    parents=train_parents(), formatter_class=argparse.ArgumentDefaultsHelpFormatter)
 
 
-def parse_train_options(argv: list[str] | None = None) -> argparse.Namespace:
-    return check_train_options(finalize(parse_with_config(train_parser(), argv)))
+def parse_train_options(argv: list[str] | None = None) -> RunConfig:
+    return check_train_options(parse(train_parser(), argv, (apply_preset,)))
 
 
-def check_train_options(opt: argparse.Namespace) -> argparse.Namespace:
+def check_train_options(opt: RunConfig) -> RunConfig:
     check_positive(opt, "n_epoch", "save_interval", "batch_size", "val_freq", "T_max", "num_avg_val")
     if opt.learning_rate <= 0 or opt.weight_decay < 0 or opt.eta_min < 0:
         raise AHIQError(f"--learning_rate {opt.learning_rate} must be positive, --weight_decay {opt.weight_decay} "

@@ -10,21 +10,18 @@ import torch
 import train
 from models import build_from_config, load_weights
 from options.train_options import parse_train_options
-from runtime import backbone_source
+from runtime import backbone_source, device_of
 from utils.distributed import init_distributed, shutdown
 
 
 def main(out_file: str, ckpt: str, argv: list[str]) -> None:
     opt = parse_train_options(argv)
-    info = init_distributed(opt.device, opt.gpu_list)
-    opt.device = info.device
-    opt.autocast_dtype = None
+    info = init_distributed(device_of(opt), opt.gpu_list)
     config, _ = train.run_config(opt, None)
-    opt.crop_size = config.crop_size
-    _, _, _, val = train.build_loaders(opt, info)
+    _, _, _, val = train.build_loaders(opt, info, config.crop_size)
     model = build_from_config(config, backbone_source(opt))
     load_weights(model, ckpt)
-    metrics, preds, labels = train.validate(model, val, info, opt)
+    metrics, preds, labels = train.validate(model, val, info, opt, None)
     if info.is_main:
         shard = val.indices
         with open(out_file, "w") as f:

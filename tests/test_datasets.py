@@ -17,7 +17,6 @@ from data.label_norm import LabelNorm
 from data.pipal import fixed_windows, read_rgb
 from data.prepare_pipal import prepare
 from data.splits import load_or_create_splits, make_splits, part_counts
-from options.data_options import split_choice
 from options.train_options import parse_train_options
 from runtime import load_dataset
 from tests.conftest import FIXTURES, make_fr_dataset, needs_fixtures
@@ -37,7 +36,7 @@ def test_preset_layouts_read_and_higher_is_always_better(tmp_path, preset):
     data = make_fr_dataset(tmp_path, preset, n_refs=3, n_dis=3)
     opt = _opt("--dataset", preset, "--data_root", str(tmp_path))
     assert opt.train_list == data["labels"]
-    ds = load_dataset(opt, "train", "all", 1)
+    ds = load_dataset(opt, "train", "all", 1, 32)
     assert len(ds) == 9 and ds.norm.lower_better == PRESETS[preset].lower_better
     np.testing.assert_allclose(ds.raw_scores, [data["scores"][n] for n in ds.names])
     # distortion strength grows with d inside each reference: the normalised label must fall (DMOS is flipped)
@@ -93,7 +92,7 @@ def test_real_kadid_list_joined_with_its_real_images(tmp_path):
     opt = _opt("--dataset", "kadid10k", "--list_format", "pipal", "--train_list", str(KADID / "kadid10k_mos.txt"),
                "--train_ref_path", str(KADID), "--train_dis_path", str(KADID))
     with pytest.raises(AHIQError, match=r"I01_01_01\.png: image not found"):
-        load_dataset(opt, "train", "all", 1)
+        load_dataset(opt, "train", "all", 1, 32)
 
 
 def test_csv_columns_are_found_by_name_in_any_order(tmp_path):
@@ -129,12 +128,12 @@ def test_split_column_selects_rows(tmp_path):
     f.write_text("ref_name,dist_name,mos,split\nA.png,A_1.png,1,train\nB.png,B_1.png,2,test\nA.png,A_2.png,3,train\n")
     labels = read_labels(str(f), "csv")
     opt = _opt("--split_column", "split")
-    assert select_rows(labels, "train", split_choice(opt)).names == ["A_1.png", "A_2.png"]
-    assert select_rows(labels, "test", split_choice(opt)).names == ["B_1.png"]
+    assert select_rows(labels, "train", opt.split()).names == ["A_1.png", "A_2.png"]
+    assert select_rows(labels, "test", opt.split()).names == ["B_1.png"]
     with pytest.raises(AHIQError, match="no rows in column split = val"):
-        select_rows(labels, "val", split_choice(opt))
+        select_rows(labels, "val", opt.split())
     with pytest.raises(AHIQError, match="no column 'fold'"):
-        select_rows(labels, "train", split_choice(_opt("--split_column", "fold")))
+        select_rows(labels, "train", _opt("--split_column", "fold").split())
 
 
 def test_split_counts_and_disjoint_parts():
@@ -224,7 +223,7 @@ def test_prepare_pipal_links_lists_and_checks(tmp_path):
     labels = read_labels(str(out / "PIPAL.txt"))
     assert dict(zip(labels.names, labels.raw)) == scores
     opt = _opt("--dataset", "pipal", "--data_root", str(out), "--crop_size", "16")
-    assert len(load_dataset(opt, "train", "all", 1)) == 4  # the images behind the links pass the checks
+    assert len(load_dataset(opt, "train", "all", 1, 16)) == 4  # the images behind the links pass the checks
     assert prepare(str(tmp_path / "PIPAL"), str(out)) == {"train": 4}  # again: links kept, nothing breaks
     os.unlink(out / "Train_Ref" / "A0001.bmp")
     (out / "Train_Ref" / "A0001.bmp").write_bytes(b"mine")

@@ -103,7 +103,6 @@ def test_the_fp16_loss_scale_is_saved_and_restored_exactly(model_factory, tmp_pa
     opt = parse_train_options(["--train_list", data["list"], "--train_ref_path", data["ref"], "--train_dis_path",
                                data["dis"], "--checkpoints_dir", str(tmp_path), "--gpu_ids", "-1",
                                "--no_pretrained", "--crop_size", "32"])
-    opt.autocast_dtype = None
 
     def fresh():
         model = copy.deepcopy(model_factory(8))
@@ -117,7 +116,6 @@ def test_the_fp16_loss_scale_is_saved_and_restored_exactly(model_factory, tmp_pa
     first = fresh()
     _scaled_steps(first[0], batches[:3], first[1], first[2], first[3])
     assert first[3].get_scale() == 2.0 ** 11  # grew once: the state to carry over is not the initial one
-    opt.crop_size = 32
     path = train.Saver(opt, *first, samples)("last.pth", train.TrainState(epoch=0, step=3), 0.0, full=True)
     assert path == str(tmp_path / "ahiq_pipal" / "last.pth")
     second = fresh()

@@ -6,9 +6,9 @@ from __future__ import annotations
 
 import logging
 
-from data.datasets import read_labels
+from data.datasets import PRESETS, parse_ratios, read_labels
 from data.splits import PARTS, load_or_create_splits
-from options.data_options import PATH_DEFAULTS, apply_preset, parse_ratios
+from options.data_options import preset_paths
 from options.tool_options import make_splits_parser
 from utils.errors import AHIQError, run_cli
 
@@ -16,11 +16,11 @@ from utils.errors import AHIQError, run_cli
 def main(argv: list[str] | None = None) -> list[dict]:
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     opt = make_splits_parser().parse_args(argv)
-    opt.train_list = opt.labels if opt.labels is not None else PATH_DEFAULTS["train_list"]
-    apply_preset(opt)
     if opt.labels is None and opt.data_root is None:
         raise AHIQError("give --labels FILE, or --dataset with --data_root")
-    labels = read_labels(opt.train_list, opt.list_format, opt.ref_rule)
+    preset = PRESETS[opt.dataset]
+    path = opt.labels or preset_paths(opt.dataset, opt.data_root)["train_list"]
+    labels = read_labels(path, opt.list_format or preset.list_format, preset.ref_rule)
     splits = load_or_create_splits(opt.out, labels, parse_ratios(opt.split_ratios), opt.n_splits,
                                    opt.seed if opt.split_seed is None else opt.split_seed)
     for k, s in enumerate(splits):

@@ -23,7 +23,6 @@ from utils.errors import AHIQError
 from utils.files import atomic_torch_save
 
 OFFICIAL_KEYS = {"deform_net": "deform_net_model_state_dict", "regressor": "regressor_model_state_dict"}
-FORMAT_VERSION = 2  # 2: the model configuration under ahiq.model (1: patch_size + arch switches)
 
 
 def _numpy_safe_globals() -> list:
@@ -105,9 +104,14 @@ def save_weights(path: str, model: nn.Module, meta: Mapping[str, Any] | None = N
     parts = model.trainable_state_dict()
     ckpt: dict[str, Any] = {key: parts.get(part, {}) for part, key in OFFICIAL_KEYS.items()}  # both, always
     ckpt["params"] = {f"{part}.{k}": v for part, sd in parts.items() for k, v in sd.items()}
-    ckpt["ahiq"] = {"format": FORMAT_VERSION, "model": model.config.to_dict(), **(meta or {})}
+    ckpt["ahiq"] = {"model": model.config.to_dict(), **(meta or {})}
     ckpt.update(extra)
     atomic_torch_save(ckpt, path)
+
+
+def choose_checkpoint(ckpt: str | None, run_dir: str, load_epoch: int = -1) -> str:
+    """The file to score with: ``ckpt`` when given, else the one :func:`find_checkpoint` picks in ``run_dir``."""
+    return ckpt or find_checkpoint(run_dir, load_epoch)
 
 
 _EPOCH_RE = re.compile(r"^epoch_?(\d+)\.pth$")
