@@ -24,6 +24,7 @@ from tqdm import tqdm
 from data.pipal import PairDataset
 from models import AHIQ
 from models.ahiq import ReferenceFeatures
+from utils.errors import AHIQError
 
 log = logging.getLogger("ahiq.engine")
 
@@ -222,7 +223,9 @@ def train_one_epoch(model: torch.nn.Module, loader: DataLoader, optimizer: torch
         loss = F.mse_loss(pred.float().view(-1), label)
         mean_loss, stop = sync(loss)
         if not math.isfinite(mean_loss):
-            raise FloatingPointError(f"training loss is {mean_loss}; lower --learning_rate or disable --amp")
+            raise AHIQError(f"the training loss became {mean_loss} at step {len(losses) + 1} of this epoch (no weight "
+                            "was changed by it); lower --learning_rate, or drop --amp / use --amp_dtype bf16, then "
+                            "continue with --resume from last.pth")
         optimizer.zero_grad(set_to_none=True)
         if scaler is not None:
             scaler.scale(loss).backward()

@@ -14,9 +14,10 @@ import os
 import torch
 
 from data.datasets import SplitChoice, pair_dataset, read_labels, select_rows
+from data.defaults import TEST_BATCH
 from data.label_norm import LabelNorm
 from data.pipal import PairDataset
-from models import BackboneSource, backbone_dir
+from models import BackboneSource
 from options.base_options import RunConfig
 from scoring import Checkpoint, Scorer, build_scorer, read_checkpoint
 from utils.checkpoint import choose_checkpoint
@@ -31,7 +32,7 @@ def device_of(cfg: RunConfig) -> str:
 
 def backbone_source(cfg: RunConfig) -> BackboneSource:
     return BackboneSource(not cfg.no_pretrained, cfg.vit_weights, cfg.resnet_weights,
-                          backbone_dir(cfg.checkpoints_dir))
+                          cfg.checkpoints_dir)
 
 
 def configure_device(cfg: RunConfig, device: str) -> torch.dtype | None:
@@ -50,9 +51,11 @@ def configure_device(cfg: RunConfig, device: str) -> torch.dtype | None:
 
 
 def load_dataset(cfg: RunConfig, phase: str, part: str, n_crops: int, crop_size: int,
-                 split: SplitChoice | None = None, flip: bool = False, norm: LabelNorm | None = None, batch_size: int = 10) -> PairDataset:
+                 split: SplitChoice | None = None, flip: bool = False, norm: LabelNorm | None = None,
+                 batch_size: int = TEST_BATCH) -> PairDataset:
     """The ``phase`` (train/val/test) folders and label file of the configuration, restricted to ``part`` of
-    ``split`` (default: the configuration's); ``batch_size`` is the scoring batch the official random windows follow (--random_windows official)."""
+    ``split`` (default: the configuration's); ``batch_size`` is the scoring batch the official random windows follow
+    (--random_windows official)."""
     labels = read_labels(getattr(cfg, f"{phase}_list"), cfg.list_format, cfg.ref_rule)
     labels = select_rows(labels, part, split or cfg.split())
     return pair_dataset(getattr(cfg, f"{phase}_ref_path"), getattr(cfg, f"{phase}_dis_path"), labels,

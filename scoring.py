@@ -27,7 +27,7 @@ from data.defaults import CROPS_PER_FORWARD, N_ENSEMBLE, SEED, TEST_BATCH
 from data.label_norm import LabelNorm
 from data.pipal import MAX_PIXELS, PairDataset, crop_tensor_stack, crop_windows
 from engine import Predictions, predict, score_crops
-from models import AHIQ, BackboneSource, ModelConfig, backbone_dir, build_from_config
+from models import AHIQ, BackboneSource, ModelConfig, build_from_config
 from models.config import build_loaded, check_crop, read_model_checkpoint
 from utils.checkpoint import choose_checkpoint
 from utils.errors import AHIQError
@@ -190,7 +190,7 @@ def load_scorer(ckpt: str | None = None, checkpoints_dir: str = "checkpoints", n
     """
     check_device(device)
     path = choose_checkpoint(ckpt, os.path.join(checkpoints_dir, name), load_epoch)
-    source = BackboneSource(pretrained, vit_weights, resnet_weights, backbone_dir(checkpoints_dir))
+    source = BackboneSource(pretrained, vit_weights, resnet_weights, checkpoints_dir)
     return build_scorer(read_checkpoint(path, model), source, device, deform_impl, mos_range, **settings)
 
 

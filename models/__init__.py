@@ -6,7 +6,6 @@ from models.backbones import CNN_BLOCKS, RESNET_TAG, VIT_BLOCKS, VIT_TAGS
 from models.config import (
     BackboneSource,
     ModelConfig,
-    backbone_dir,
     build_from_config,
     config_from_checkpoint,
     load_model,
@@ -14,7 +13,7 @@ from models.config import (
 )
 
 __all__ = ["AHIQ", "BRANCHES", "CNN_BLOCKS", "DEFORM_IMPLS", "FUSIONS", "POOLINGS", "RESNET_TAG", "VIT_BLOCKS",
-           "VIT_TAGS", "BackboneSource", "DeformFusion", "ModelConfig", "PixelPrediction", "backbone_dir",
+           "VIT_TAGS", "BackboneSource", "DeformFusion", "ModelConfig", "PixelPrediction",
            "build_from_config", "build_model", "config_from_checkpoint", "load_model", "load_weights"]
 
 

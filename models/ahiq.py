@@ -77,10 +77,6 @@ class DeformFusion(nn.Module):
             cnn_feat = self.conv(cnn_feat)
         return self.conv1(cnn_feat)
 
-    def forward(self, cnn_feat: torch.Tensor, vit_ref: torch.Tensor | None) -> torch.Tensor:
-        """The official call: CNN features fused with offsets from the reference's ViT features (same rows)."""
-        return self.fuse(cnn_feat, self.offsets(vit_ref, cnn_feat.shape[-2:]))
-
 
 class PixelPrediction(nn.Module):
     """Sec. 3.3: patch-wise scores ``f`` and weights ``w``; the image score is sum(f * w) / sum(w)."""

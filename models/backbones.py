@@ -14,13 +14,11 @@ import timm
 import torch
 import torch.nn as nn
 
+from models.weights import pinned
 from utils.errors import AHIQError
 
-VIT_TAGS = {
-    8: "vit_base_patch8_224.augreg_in21k_ft_in1k",
-    16: "vit_base_patch16_224.augreg_in21k_ft_in1k",
-}
-RESNET_TAG = "resnet50.a1_in1k"
+VIT_TAGS = {8: pinned("vit8"), 16: pinned("vit16")}  # the tags are written once, in models/weights.tsv
+RESNET_TAG = pinned("resnet")
 VIT_BLOCKS = (0, 1, 2, 3, 4)
 CNN_BLOCKS = ("layer1.0", "layer1.1", "layer1.2")
 VIT_CHANNELS = 768 * len(VIT_BLOCKS)
@@ -59,7 +57,6 @@ class ResNetFeatures(nn.Module):
         self.stage = int(stages.pop()[len("layer"):])
         # Same attribute names as timm's ResNet, so timm state-dict keys load unchanged.
         self.conv1, self.bn1, self.act1, self.maxpool = resnet.conv1, resnet.bn1, resnet.act1, resnet.maxpool
-        self.block_names = list(blocks)
         self.keep = {int(name.split(".")[1]) for name in blocks}
         for s in range(1, self.stage):
             setattr(self, f"layer{s}", getattr(resnet, f"layer{s}"))
@@ -117,7 +114,8 @@ def read_state_dict(path: str) -> dict[str, torch.Tensor]:
 
 
 def load_used_weights(module: nn.Module, path: str, tag: str) -> None:
-    """Load the keys ``module`` uses from ``path``; extra keys (head, later blocks) are ignored, missing ones fail."""
+    """Load the keys ``module`` uses from ``path``; extra keys (head, later blocks) are ignored, missing ones fail.
+    ``module`` may be on the meta device (built without initialising): it gets the file's tensors themselves."""
     sd = read_state_dict(path)
     needed = module.state_dict()
     missing = [k for k in needed if k not in sd]
@@ -129,17 +127,28 @@ def load_used_weights(module: nn.Module, path: str, tag: str) -> None:
         k = wrong[0]
         raise AHIQError(f"{path}: not {tag} weights: {k} has shape {tuple(sd[k].shape)}, "
                         f"expected {tuple(needed[k].shape)}")
-    module.load_state_dict({k: sd[k] for k in needed}, strict=True)
+    module.load_state_dict({k: sd[k].float() if sd[k].is_floating_point() else sd[k] for k in needed}, strict=True,
+                           assign=True)
+    left = [n for n, t in [*module.named_parameters(), *module.named_buffers()] if t.is_meta]
+    if left:  # a tensor that is not in the state dict (a non-persistent buffer): never silently uninitialised
+        raise AHIQError(f"{path}: {tag} has tensors no state dict holds ({left[:3]}); load it without a file")
 
 
-def _create(tag: str, pretrained: bool, **kwargs) -> nn.Module:
+def _create(tag: str, pretrained: bool, option: str, **kwargs) -> nn.Module:
+    arch, _, weights = tag.partition(".")
+    if not timm.is_model(arch):
+        raise AHIQError(f"{option} {tag}: timm {timm.__version__} has no model {arch!r}; pass a timm name with its "
+                        f"pinned tag, e.g. {VIT_TAGS[8] if option == '--vit_name' else RESNET_TAG}")
+    if weights and pretrained and tag not in timm.list_pretrained(arch + ".*"):
+        raise AHIQError(f"{option} {tag}: timm has no weights tagged {weights!r} for {arch} (it has: "
+                        f"{', '.join(t.partition('.')[2] for t in timm.list_pretrained(arch + '.*')) or 'none'})")
     try:
         return timm.create_model(tag, pretrained=pretrained, **kwargs)
     except (OSError, RuntimeError, ValueError) as err:
         raise AHIQError(
-            f"cannot download the pretrained weights of {tag} ({type(err).__name__}); run `sh download.sh` on a "
-            "connected machine and pass the files with --vit_weights/--resnet_weights, or copy the timm/Hugging "
-            "Face cache; --no_pretrained runs with random backbones (meaningless scores)") from err
+            f"cannot download the pretrained weights of {tag} ({type(err).__name__}: {str(err)[:120]}); run "
+            "`sh download.sh` on a connected machine and pass the files with --vit_weights/--resnet_weights, or copy "
+            "the timm/Hugging Face cache; --no_pretrained runs with random backbones (meaningless scores)") from err
 
 
 def build_backbones(patch_size: int = 8, pretrained: bool = True, vit_weights: str | None = None,
@@ -149,6 +158,8 @@ def build_backbones(patch_size: int = 8, pretrained: bool = True, vit_weights: s
     """Build the frozen ViT and ResNet feature extractors (None for a branch that is not used).
 
     Names default to the pinned tags. A weights file wins over ``pretrained``; with neither, the backbones are random.
+    A backbone whose weights come from a file is built on the meta device and then filled from the file: its random
+    initialisation (seconds for a ViT-B on a CPU) is never computed.
     """
     if vit_name is None and patch_size not in VIT_TAGS:
         raise AHIQError(f"--patch_size {patch_size} is not supported; use 8 or 16")
@@ -156,13 +167,17 @@ def build_backbones(patch_size: int = 8, pretrained: bool = True, vit_weights: s
     vit = cnn = None
     if use_vit:
         # dynamic_img_size: any crop that is a multiple of the patch size (224 uses the position embedding as is).
-        vit = ViTFeatures(_create(vit_tag, pretrained and vit_weights is None, dynamic_img_size=True), vit_blocks)
+        with torch.device("meta" if vit_weights else "cpu"):
+            vit = ViTFeatures(_create(vit_tag, pretrained and vit_weights is None, "--vit_name",
+                                      dynamic_img_size=True), vit_blocks)
         if vit.patch_size != patch_size:
             raise AHIQError(f"--vit_name {vit_tag} has patch size {vit.patch_size}; pass --patch_size {vit.patch_size}")
         if vit_weights:
             load_used_weights(vit.vit, vit_weights, vit_tag)
     if use_cnn:
-        cnn = ResNetFeatures(_create(resnet_tag, pretrained and resnet_weights is None), cnn_blocks)
+        with torch.device("meta" if resnet_weights else "cpu"):
+            cnn = ResNetFeatures(_create(resnet_tag, pretrained and resnet_weights is None, "--resnet_name"),
+                                 cnn_blocks)
         if resnet_weights:
             load_used_weights(cnn, resnet_weights, resnet_tag)
     for net in (vit, cnn):

@@ -17,6 +17,7 @@ from typing import Any
 
 from models.ahiq import AHIQ, BRANCHES, FUSIONS, POOLINGS
 from models.backbones import CNN_BLOCKS, RESNET_TAG, VIT_BLOCKS, VIT_TAGS, build_backbones
+from models.weights import weight_files
 from utils.checkpoint import load_checkpoint, load_head_weights
 from utils.errors import AHIQError
 
@@ -125,13 +126,14 @@ def _shown(value: Any) -> str:
 
 @dataclass(frozen=True)
 class BackboneSource:
-    """Where the frozen backbones' weights come from: an explicit file, else the files download.sh put in
-    ``search_dir`` (``{tag}.safetensors``), else the hub when ``pretrained``, else random (tests, offline demos)."""
+    """Where the frozen backbones' weights come from: an explicit file, else the file download.sh put in
+    ``checkpoints_dir`` for a pinned tag (models/weights.tsv), else the hub when ``pretrained``, else random (tests,
+    offline demos)."""
 
     pretrained: bool = True
     vit_file: str | None = None
     resnet_file: str | None = None
-    search_dir: str | None = None
+    checkpoints_dir: str | None = None
 
     def files(self, config: ModelConfig) -> tuple[str | None, str | None]:
         found = [explicit or self._downloaded(tag) for explicit, tag in
@@ -139,15 +141,11 @@ class BackboneSource:
         return found[0], found[1]
 
     def _downloaded(self, tag: str) -> str | None:
-        if not self.pretrained or self.search_dir is None:
+        row = weight_files().get(tag)
+        if not self.pretrained or self.checkpoints_dir is None or row is None:
             return None
-        path = os.path.join(self.search_dir, tag + ".safetensors")
+        path = os.path.join(self.checkpoints_dir, row.path)
         return path if os.path.isfile(path) else None
-
-
-def backbone_dir(checkpoints_dir: str) -> str:
-    """Where download.sh puts the pinned backbone weights."""
-    return os.path.join(checkpoints_dir, "backbones")
 
 
 def build_from_config(config: ModelConfig, source: BackboneSource = BackboneSource(),
@@ -181,8 +179,8 @@ def load_model(path: str, given: Mapping[str, Any] | None = None, source: Backbo
                deform_impl: str = "gemm") -> tuple[AHIQ, dict[str, Any]]:
     """A checkpoint (ours, official or pyiqa) as a ready model in eval mode on the CPU, and the checkpoint dict.
 
-    ``given``: the model switches the user set explicitly (see :func:`merge_config`). Used by test.py, predict.py,
-    the Python API, protocol.py and train.py's resume: there is no other way from a file to a model.
+    ``given``: the model switches the user set explicitly (see :func:`merge_config`). The entry points and the API
+    go through :func:`scoring.build_scorer`, which builds with the same two halves.
     """
     ckpt, config = read_model_checkpoint(path, given)
     return build_loaded(ckpt, path, config, source, deform_impl), ckpt

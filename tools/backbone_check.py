@@ -3,13 +3,13 @@ from __future__ import annotations
 
 import socket
 
-from models import BackboneSource, ModelConfig, backbone_dir
+from models import BackboneSource, ModelConfig
 from options.tool_options import backbone_check_parser
 
 
 def main(argv: list[str] | None = None) -> str:
     args = backbone_check_parser().parse_args(argv)
-    source = BackboneSource(True, search_dir=backbone_dir(args.checkpoints_dir))
+    source = BackboneSource(True, checkpoints_dir=args.checkpoints_dir)
     if all(source.files(ModelConfig(patch_size=args.patch_size))):
         answer = "files"
     else:

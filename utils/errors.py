@@ -6,7 +6,9 @@ line and exits non-zero, without a traceback. Programming errors keep their trac
 """
 from __future__ import annotations
 
+import os
 import sys
+import traceback
 from collections.abc import Callable
 
 _WORKER_PREFIX = "Caught AHIQError"
@@ -23,18 +25,35 @@ class AHIQError(Exception):
 
 
 def run_cli(main: Callable[[], object]) -> None:
-    """Run an entry point; an :class:`AHIQError`, an OS error (a file or folder: permissions, full disk) or Ctrl-C
-    ends it with a one-line message and exit code 2/130."""
+    """Run an entry point. An :class:`AHIQError` (the project's own checks and file operations name the file) or
+    Ctrl-C ends it with a one-line message and exit code 2/130; any other OS error (from a library: CUDA, shared
+    memory, a codec) is printed with its cause and where it was raised, exit code 1. ``AHIQ_DEBUG=1`` shows the
+    full traceback of any of them."""
+    debug = os.environ.get("AHIQ_DEBUG", "") not in ("", "0")
     try:
         main()
     except AHIQError as err:
+        if debug:
+            raise
         print(f"error: {err}", file=sys.stderr)
         sys.exit(2)
-    except OSError as err:  # a file the user named or a folder they chose (read-only, full disk): no traceback
-        where = f"{err.filename}: " if err.filename else ""
-        print(f"error: {where}{err.strerror or err}; check the path, its permissions and the free space",
-              file=sys.stderr)
-        sys.exit(2)
+    except OSError as err:
+        if debug:
+            raise
+        print(f"error: {describe(err)}; rerun with AHIQ_DEBUG=1 for the full traceback", file=sys.stderr)
+        sys.exit(1)
     except KeyboardInterrupt:
         print("error: interrupted", file=sys.stderr)
         sys.exit(130)
+
+
+def describe(err: BaseException) -> str:
+    """An exception, its cause and where it was raised, on one line."""
+    where = traceback.extract_tb(err.__traceback__)[-1] if err.__traceback__ else None
+    text = f"{type(err).__name__}: {err}"
+    if where is not None:
+        text += f" (raised in {where.filename}:{where.lineno}, {where.name})"
+    cause = err.__cause__ or err.__context__
+    if cause is not None:
+        text += f", caused by {type(cause).__name__}: {cause}"
+    return text

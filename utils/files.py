@@ -40,16 +40,25 @@ def atomic_write(path: str, data: bytes | str) -> None:
     except OSError as err:
         what = "the disk is full" if err.errno == errno.ENOSPC else (err.strerror or type(err).__name__)
         raise AHIQError(f"{path}: cannot be written ({what}); nothing was replaced: free space or choose a writable "
-                        "folder, then run the same command again") from err
+                        "folder, then run the same command again") from None
     finally:
         if tmp is not None and os.path.exists(tmp):
             os.unlink(tmp)
 
 
+def file_error(path: str, err: OSError, doing: str) -> AHIQError:
+    """A failed operation on a file the project itself reads or writes, as a one-line error naming it."""
+    what = "the disk is full" if err.errno == errno.ENOSPC else (err.strerror or type(err).__name__)
+    return AHIQError(f"{path}: cannot be {doing} ({what}); check the path, its permissions and the free space")
+
+
 def read_text(path: str) -> str:
     """A text file as UTF-8 (a BOM is dropped); another encoding is a one-line error naming the file and line."""
-    with open(path, "rb") as f:
-        data = f.read()
+    try:
+        with open(path, "rb") as f:
+            data = f.read()
+    except OSError as err:
+        raise file_error(path, err, "read") from None
     try:
         return data.decode("utf-8-sig")
     except UnicodeDecodeError as err:
@@ -80,9 +89,12 @@ class FolderLock:
     """
 
     def __init__(self, folder: str, what: str = "a run") -> None:
-        os.makedirs(folder, exist_ok=True)
         self.path = os.path.join(folder, ".lock")
-        self.fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            os.makedirs(folder, exist_ok=True)
+            self.fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
+        except OSError as err:
+            raise file_error(self.path, err, "created") from None
         try:
             fcntl.flock(self.fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:

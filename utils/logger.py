@@ -10,7 +10,7 @@ import os
 from typing import Any
 
 from utils.errors import AHIQError
-from utils.files import atomic_write, read_text
+from utils.files import atomic_write, file_error, read_text
 
 
 def setup_logging(run_dir: str | None = None, is_main: bool = True) -> None:
@@ -21,8 +21,12 @@ def setup_logging(run_dir: str | None = None, is_main: bool = True) -> None:
     console.setFormatter(logging.Formatter("%(message)s"))
     root.addHandler(console)
     if run_dir and is_main:
-        os.makedirs(run_dir, exist_ok=True)
-        file = logging.FileHandler(os.path.join(run_dir, "log.txt"))
+        path = os.path.join(run_dir, "log.txt")
+        try:
+            os.makedirs(run_dir, exist_ok=True)
+            file = logging.FileHandler(path)
+        except OSError as err:
+            raise file_error(path, err, "written") from None
         file.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(message)s"))
         root.addHandler(file)
 
@@ -78,22 +82,34 @@ class EpochLog:
 
     @staticmethod
     def read(path: str) -> list[dict[str, Any]]:
+        """The rows of ``path``; only a last line torn by a kill is dropped, any other bad line is an error."""
         if not os.path.isfile(path):
             return []
+        lines = read_text(path).split("\n")
         rows = []
-        for line in read_text(path).split("\n"):
-            try:
-                rows.append(json.loads(line))
-            except ValueError:  # an empty or torn line
+        for lineno, line in enumerate(lines, 1):
+            if not line.strip():
                 continue
-        return [r for r in rows if isinstance(r, dict)]
+            try:
+                row = json.loads(line)
+            except ValueError:
+                row = None
+            if isinstance(row, dict):
+                rows.append(row)
+            elif any(rest.strip() for rest in lines[lineno:]):
+                raise AHIQError(f"{path}:{lineno}: not a JSON object of epoch metrics; repair or remove that line "
+                                "(only a torn last line is dropped by itself)")
+        return rows
 
     def append(self, row: dict[str, Any]) -> None:
         self.rows.append(row)
-        with open(self.path, "a", encoding="utf-8") as f:
-            f.write(json.dumps(row) + "\n")
-            f.flush()
-            os.fsync(f.fileno())
+        try:
+            with open(self.path, "a", encoding="utf-8") as f:
+                f.write(json.dumps(row) + "\n")
+                f.flush()
+                os.fsync(f.fileno())
+        except OSError as err:
+            raise file_error(self.path, err, "written") from None
         self.plot()
 
     def plot(self) -> None:
