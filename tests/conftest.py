@@ -12,6 +12,12 @@ import torch
 from safetensors.torch import save_file
 
 from models import RESNET_TAG, VIT_TAGS, build_model
+from models.tiny import TINY_RESNET, TINY_VIT
+from utils.checkpoint import save_weights
+
+# The tiny AHIQ (models/tiny.py): the same code on small backbones, for tests that need the computation's shape and
+# not the real sizes; fidelity and interop tests use the real architectures (model_factory, backbone_files).
+TINY_ARGS = ["--vit_name", TINY_VIT[8], "--resnet_name", TINY_RESNET, "--no_pretrained"]
 
 FIXTURES = Path(__file__).resolve().parents[2] / "shared" / "fixtures"
 if not FIXTURES.is_dir():  # a clone laid out elsewhere: the fixtures may sit beside the repository
@@ -57,6 +63,47 @@ def model_factory(backbone_files):
         return cache[patch]
 
     return make
+
+
+@pytest.fixture(scope="session")
+def tiny_factory():
+    """Build (and cache) a tiny AHIQ with random backbones and a seeded random head."""
+    cache: dict = {}
+
+    def make(patch: int = 8, **switches) -> torch.nn.Module:
+        key = (patch, tuple(sorted(switches.items())))
+        if key not in cache:
+            torch.manual_seed(11 + patch)
+            cache[key] = build_model(patch, pretrained=False, vit_name=TINY_VIT[patch], resnet_name=TINY_RESNET,
+                                     **switches).eval()
+        return cache[key]
+
+    return make
+
+
+@pytest.fixture(scope="session")
+def tiny_ckpt(tmp_path_factory, tiny_factory) -> str:
+    """A checkpoint of the tiny AHIQ at crop size 32 (its configuration inside: load it with no switches)."""
+    path = tmp_path_factory.mktemp("tiny") / "tiny.pth"
+    save_weights(str(path), tiny_factory(8))
+    return str(path)
+
+
+@pytest.fixture(scope="session")
+def train_sets(tmp_path_factory) -> dict:
+    """Two tiny PIPAL-layout sets: training (3 references x 3) and validation (2 x 3)."""
+    root = tmp_path_factory.mktemp("train_sets")
+    return {"train": make_pipal_set(root / "train", n_refs=3, n_dis=3, size=(40, 44), seed=1),
+            "val": make_pipal_set(root / "val", n_refs=2, n_dis=3, size=(40, 40), seed=2)}
+
+
+def train_args(sets: dict, ckpts: Path, name: str, *extra: str) -> list[str]:
+    """train.py's command line for ``train_sets`` on the tiny AHIQ at crop 32, on the CPU."""
+    t, v = sets["train"], sets["val"]
+    return ["--train_ref_path", t["ref"], "--train_dis_path", t["dis"], "--train_list", t["list"],
+            "--val_ref_path", v["ref"], "--val_dis_path", v["dis"], "--val_list", v["list"], *TINY_ARGS,
+            "--checkpoints_dir", str(ckpts), "--name", name, "--crop_size", "32", "--gpu_ids", "-1",
+            "--num_workers", "0", "--num_avg_val", "2", "--batch_size", "2", "--save_interval", "100", *extra]
 
 
 def make_pipal_set(root: Path, n_refs: int = 2, n_dis: int = 3, size: tuple[int, int] = (48, 56),

@@ -13,8 +13,7 @@ import predict
 import train
 from engine import score_crops
 from models import build_model, load_weights
-from tests.test_train import _args as train_args
-from tests.test_train import sets  # noqa: F401  (module fixture reused here)
+from tests.conftest import train_args
 from utils.checkpoint import save_weights
 from utils.errors import AHIQError
 
@@ -88,23 +87,23 @@ def test_checkpoint_refuses_a_model_with_other_switches(tmp_path):
         load_weights(build_model(8, pretrained=False), str(path))
 
 
-def test_an_ablation_is_scored_without_its_switches(sets, backbone_files, tmp_path):  # noqa: F811
+def test_an_ablation_is_scored_without_its_switches(train_sets, tmp_path):
     """The checkpoint carries the architecture: test.py and predict.py score an ablation with no switches, equal to
     the scores with them; a switch that contradicts the checkpoint stops in one line naming both values."""
     switches = ["--fusion", "conv", "--pooling", "mean", "--vit_blocks", "1,3"]
-    train.main(train_args(sets, backbone_files, tmp_path, "ablation", "--n_epoch", "1", *switches))
+    train.main(train_args(train_sets, tmp_path, "ablation", "--n_epoch", "1", *switches))
     ckpt = str(tmp_path / "ablation" / "best.pth")
     saved = torch.load(ckpt, weights_only=True)["ahiq"]["model"]
     assert (saved["fusion"], saved["pooling"], saved["vit_blocks"], saved["crop_size"]) == ("conv", "mean", [1, 3], 32)
-    weights = ["--vit_weights", backbone_files[8], "--resnet_weights", backbone_files["resnet"]]
-    common = ["--test_ref_path", sets["val"]["ref"], "--test_dis_path", sets["val"]["dis"],
-              "--test_list", sets["val"]["list"], "--ckpt", ckpt, "--n_ensemble", "1",
+    weights = ["--no_pretrained"]  # the tiny backbones' names come from the checkpoint
+    common = ["--test_ref_path", train_sets["val"]["ref"], "--test_dis_path", train_sets["val"]["dis"],
+              "--test_list", train_sets["val"]["list"], "--ckpt", ckpt, "--n_ensemble", "1",
               "--gpu_ids", "-1", "--num_workers", "0", "--checkpoints_dir", str(tmp_path), *weights]
     with_switches = test_script.main(common + switches + ["--test_file_name", "with.txt"])
     without = test_script.main(common + ["--test_file_name", "without.txt"])  # crop size 32 from the file too
     assert np.isfinite(with_switches["srcc"])
     assert Path(with_switches["predictions"]).read_text() == Path(without["predictions"]).read_text()
-    pair = [str(Path(sets["val"]["dis"]) / "A0000_00_01.bmp"), str(Path(sets["val"]["ref"]) / "A0000.bmp")]
+    pair = [str(Path(train_sets["val"]["dis"]) / "A0000_00_01.bmp"), str(Path(train_sets["val"]["ref"]) / "A0000.bmp")]
     scored = predict.main(["--dis", pair[0], "--ref", pair[1], "--ckpt", ckpt, "--n_ensemble", "1", "--gpu_ids",
                            "-1", "--num_workers", "0", *weights])
     line = Path(without["predictions"]).read_text().splitlines()[1]

@@ -5,6 +5,8 @@ from __future__ import annotations
 import functools
 import http.server
 import socket
+import subprocess
+import sys
 import threading
 from pathlib import Path
 
@@ -26,11 +28,46 @@ from utils.errors import AHIQError
 REPO = Path(__file__).resolve().parents[1]
 
 
-def test_hub_load_on_a_local_checkout_gives_the_metric():
-    metric = torch.hub.load(str(REPO), "ahiq", source="local", pretrained=False, n_ensemble=1, crop_size=32)
+def test_hub_metric_scores_what_test_py_scores(tmp_path, tiny_ckpt):
+    data = make_pipal_set(tmp_path / "set", n_refs=2, n_dis=2, size=(40, 48), seed=3)
+    out = evaluate.main(["--test_ref_path", data["ref"], "--test_dis_path", data["dis"], "--test_list", data["list"],
+                         "--ckpt", tiny_ckpt, "--crop_size", "32", "--n_ensemble", "12", "--gpu_ids", "-1",
+                         "--num_workers", "0", "--checkpoints_dir", str(tmp_path), "--no_pretrained"])
+    expected = [float(line.split(",")[1]) for line in Path(out["predictions"]).read_text().splitlines()]
+    metric = torch.hub.load(str(REPO), "ahiq", source="local", pretrained=False, ckpt=tiny_ckpt, n_ensemble=12,
+                            crop_size=32)
     assert isinstance(metric, Metric) and metric.lower_better is False and metric.labels_are_dmos is False
-    scores = metric(torch.rand(2, 3, 40, 40), torch.rand(2, 3, 40, 40))
-    assert scores.shape == (2,) and torch.isfinite(scores).all()
+    pairs = [(f"{data['dis']}/{n}", f"{data['ref']}/{n[:5]}.bmp") for n in data["names"]]
+    scores = metric([d for d, _ in pairs], [r for _, r in pairs])
+    assert scores.tolist() == pytest.approx(expected, rel=1e-6)
+    assert len(set(expected)) == len(expected)  # the pairs differ: equal lists would not be a coincidence
+
+
+USER_SCRIPT = """
+import sys
+import torch
+import models, utils                      # the user's own modules, imported before
+metric = torch.hub.load(sys.argv[1], "ahiq", source="local", pretrained=False, ckpt=sys.argv[2], n_ensemble=2,
+                        crop_size=32)
+import models.extra                       # and used after
+assert models.WHO == "user" and models.extra.VALUE == 7 and utils.helper() == 42, (models, utils)
+assert "data" not in sys.modules and "scoring" not in sys.modules, "the checkout's modules leaked"
+x = torch.rand(1, 3, 40, 40)
+print(float(metric(x, x * 0.5)))
+"""
+
+
+def test_hub_load_leaves_the_callers_own_models_and_utils_alone(tmp_path, tiny_ckpt):
+    user = tmp_path / "user"
+    (user / "models").mkdir(parents=True)
+    (user / "models" / "__init__.py").write_text("WHO = 'user'\n")
+    (user / "models" / "extra.py").write_text("VALUE = 7\n")
+    (user / "utils.py").write_text("def helper():\n    return 42\n")
+    (user / "script.py").write_text(USER_SCRIPT)
+    proc = subprocess.run([sys.executable, "script.py", str(REPO), tiny_ckpt], cwd=user, capture_output=True,
+                          text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert np.isfinite(float(proc.stdout.strip().splitlines()[-1]))
 
 
 @pytest.fixture(scope="module")

@@ -13,15 +13,12 @@ from tensorboard.backend.event_processing.event_accumulator import EventAccumula
 
 import evaluate
 import train
-from tests.test_train import (
-    _args,
-    _heads,
-    sets,  # noqa: F401  (module fixture reused here)
-)
+from tests.conftest import TINY_ARGS, train_args
+from tests.test_train import _heads
 
 
-def test_a_rerun_from_the_saved_configuration_gives_the_same_weights(sets, backbone_files, tmp_path):  # noqa: F811
-    first = train.main(_args(sets, backbone_files, tmp_path, "first", "--n_epoch", "1", "--learning_rate", "3e-4"))
+def test_a_rerun_from_the_saved_configuration_gives_the_same_weights(train_sets, tmp_path):
+    first = train.main(train_args(train_sets, tmp_path, "first", "--n_epoch", "1", "--learning_rate", "3e-4"))
     config = tmp_path / "first" / "opt_train.json"
     assert json.loads(config.read_text())["learning_rate"] == 3e-4
     again = train.main(["--config", str(config), "--name", "again"])  # the command line wins over the file
@@ -29,18 +26,18 @@ def test_a_rerun_from_the_saved_configuration_gives_the_same_weights(sets, backb
     a, b = _heads(tmp_path / "first" / "last.pth"), _heads(tmp_path / "again" / "last.pth")
     for key in a:
         torch.testing.assert_close(a[key], b[key], rtol=0, atol=0)
-    v = sets["val"]
+    v = train_sets["val"]
     out = evaluate.main(["--test_ref_path", v["ref"], "--test_dis_path", v["dis"], "--test_list", v["list"],
                          "--ckpt", str(tmp_path / "first" / "best.pth"), "--n_ensemble", "2", "--gpu_ids", "-1",
                          "--num_workers", "0", "--checkpoints_dir", str(tmp_path), "--name", "scored",
-                         "--vit_weights", backbone_files[8], "--resnet_weights", backbone_files["resnet"]])
+                         *TINY_ARGS])
     rerun = evaluate.main(["--config", str(tmp_path / "scored" / "opt_test.json"), "--test_file_name", "again.txt"])
     assert Path(rerun["predictions"]).name == "again.txt"
     assert Path(rerun["predictions"]).read_text() == Path(out["predictions"]).read_text()
 
 
-def test_the_metrics_file_survives_a_resume_and_tensorboard_names_the_dataset(sets, backbone_files, tmp_path):  # noqa: F811, E501
-    args = _args(sets, backbone_files, tmp_path, "logged")
+def test_the_metrics_file_survives_a_resume_and_tensorboard_names_the_dataset(train_sets, tmp_path):
+    args = train_args(train_sets, tmp_path, "logged")
     train.main(args + ["--n_epoch", "1"])
     run = tmp_path / "logged"
     with open(run / "metrics.jsonl", "a") as f:  # an epoch logged after the last checkpoint, then a torn line
@@ -57,7 +54,7 @@ def test_the_metrics_file_survives_a_resume_and_tensorboard_names_the_dataset(se
     assert [e.step for e in events.Scalars("val/pipal/srcc")] == [5, 10]  # the step axis, named with the dataset
 
 
-def test_wandb_mirrors_the_scalars_when_asked(sets, backbone_files, tmp_path, monkeypatch):  # noqa: F811
+def test_wandb_mirrors_the_scalars_when_asked(train_sets, tmp_path, monkeypatch):
     logged, init = [], {}
 
     class Run:
@@ -69,11 +66,11 @@ def test_wandb_mirrors_the_scalars_when_asked(sets, backbone_files, tmp_path, mo
 
     fake = types.SimpleNamespace(init=lambda **kw: init.update(kw) or Run())
     monkeypatch.setitem(sys.modules, "wandb", fake)
-    train.main(_args(sets, backbone_files, tmp_path, "wandb", "--n_epoch", "1", "--wandb", "ahiq-tests"))
+    train.main(train_args(train_sets, tmp_path, "wandb", "--n_epoch", "1", "--wandb", "ahiq-tests"))
     assert init["project"] == "ahiq-tests" and init["name"] == "wandb" and init["config"]["n_epoch"] == 1
     steps = [step for step, values in logged if "train/loss" in values]
     assert steps == [1, 2, 3, 4, 5] and any("val/pipal/srcc" in values for _, values in logged)
     assert logged[-1][0] == "finished"
     monkeypatch.setitem(sys.modules, "wandb", None)  # not installed
     with pytest.raises(Exception, match="--wandb needs the wandb package: pip install wandb"):
-        train.main(_args(sets, backbone_files, tmp_path, "nowandb", "--n_epoch", "1", "--wandb", "x"))
+        train.main(train_args(train_sets, tmp_path, "nowandb", "--n_epoch", "1", "--wandb", "x"))

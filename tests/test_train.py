@@ -19,26 +19,10 @@ from tensorboard.backend.event_processing.event_accumulator import EventAccumula
 
 import train
 from engine import train_one_epoch
-from tests.conftest import list_dataset, make_pipal_set
+from tests.conftest import list_dataset, make_pipal_set, train_args
 from utils.errors import AHIQError
 
 REPO = Path(__file__).resolve().parents[1]
-
-
-@pytest.fixture(scope="module")
-def sets(tmp_path_factory) -> dict:
-    root = tmp_path_factory.mktemp("train_sets")
-    return {"train": make_pipal_set(root / "train", n_refs=3, n_dis=3, size=(40, 44), seed=1),
-            "val": make_pipal_set(root / "val", n_refs=2, n_dis=3, size=(40, 40), seed=2)}
-
-
-def _args(sets, backbone_files, ckpts: Path, name: str, *extra) -> list[str]:
-    t, v = sets["train"], sets["val"]
-    return ["--train_ref_path", t["ref"], "--train_dis_path", t["dis"], "--train_list", t["list"],
-            "--val_ref_path", v["ref"], "--val_dis_path", v["dis"], "--val_list", v["list"],
-            "--vit_weights", backbone_files[8], "--resnet_weights", backbone_files["resnet"],
-            "--checkpoints_dir", str(ckpts), "--name", name, "--crop_size", "32", "--gpu_ids", "-1",
-            "--num_workers", "0", "--num_avg_val", "2", "--batch_size", "2", "--save_interval", "100", *extra]
 
 
 def _heads(path: Path) -> dict:
@@ -47,17 +31,17 @@ def _heads(path: Path) -> dict:
 
 
 @pytest.fixture(scope="module")
-def two_epoch_run(sets, backbone_files, tmp_path_factory) -> Path:
+def two_epoch_run(train_sets, tmp_path_factory) -> Path:
     ckpts = tmp_path_factory.mktemp("ckpts")
-    state = train.main(_args(sets, backbone_files, ckpts, "full", "--n_epoch", "2"))
+    state = train.main(train_args(train_sets, ckpts, "full", "--n_epoch", "2"))
     assert state.epoch == 2 and state.global_step == 10  # 9 pairs, batch 2: 5 steps an epoch, none dropped
     return ckpts / "full"
 
 
-def test_resume_at_epoch_boundary_gives_identical_weights(sets, backbone_files, tmp_path, two_epoch_run):
-    train.main(_args(sets, backbone_files, tmp_path, "split", "--n_epoch", "1"))
+def test_resume_at_epoch_boundary_gives_identical_weights(train_sets, tmp_path, two_epoch_run):
+    train.main(train_args(train_sets, tmp_path, "split", "--n_epoch", "1"))
     after_one = _heads(tmp_path / "split" / "last.pth")
-    train.main(_args(sets, backbone_files, tmp_path, "split", "--n_epoch", "2", "--resume"))
+    train.main(train_args(train_sets, tmp_path, "split", "--n_epoch", "2", "--resume"))
     a, b = _heads(two_epoch_run / "last.pth"), _heads(tmp_path / "split" / "last.pth")
     for key in a:
         torch.testing.assert_close(a[key], b[key], rtol=0, atol=0)
@@ -93,15 +77,15 @@ def test_tensorboard_has_the_scalars_and_the_scatter_figure(two_epoch_run):
     assert "val/scatter" in tags["images"]
 
 
-def test_existing_run_is_never_overwritten(sets, backbone_files, two_epoch_run):
+def test_existing_run_is_never_overwritten(train_sets, two_epoch_run):
     before = (two_epoch_run / "last.pth").stat().st_mtime_ns
     with pytest.raises(AHIQError, match="already holds checkpoints.*--resume"):
-        train.main(_args(sets, backbone_files, two_epoch_run.parent, "full", "--n_epoch", "3"))
+        train.main(train_args(train_sets, two_epoch_run.parent, "full", "--n_epoch", "3"))
     assert (two_epoch_run / "last.pth").stat().st_mtime_ns == before
 
 
-def test_sigterm_saves_last_and_the_run_resumes_exactly(sets, backbone_files, tmp_path, two_epoch_run):
-    args = _args(sets, backbone_files, tmp_path, "stopped", "--n_epoch", "2")
+def test_sigterm_saves_last_and_the_run_resumes_exactly(train_sets, tmp_path, two_epoch_run):
+    args = train_args(train_sets, tmp_path, "stopped", "--n_epoch", "2")
     err = tmp_path / "stderr.txt"
     with open(err, "w") as f:
         proc = subprocess.Popen([sys.executable, "train.py", *args], cwd=REPO, stderr=f, stdout=f)
@@ -120,11 +104,11 @@ def test_sigterm_saves_last_and_the_run_resumes_exactly(sets, backbone_files, tm
         torch.testing.assert_close(a[key], b[key], rtol=0, atol=0)
 
 
-def test_training_fits_a_few_pairs(model_factory, sets):
+def test_training_fits_a_few_pairs(model_factory, train_sets):
     """A learning sanity check: on a fixed batch the loss falls far below the label variance (so the model learns
     the differences between pairs, not just their mean) and the predictions rank the pairs correctly."""
     model = copy.deepcopy(model_factory(8))
-    data = list_dataset(sets["train"], 32, 1)
+    data = list_dataset(train_sets["train"], 32, 1)
     batch = torch.utils.data.default_collate([data[(0, i)] for i in range(6)])
     params = list(model.deform_net.parameters()) + list(model.regressor.parameters())
     optimizer = torch.optim.Adam(params, lr=1e-4)
@@ -138,9 +122,9 @@ def test_training_fits_a_few_pairs(model_factory, sets):
     assert stats.spearmanr(pred.numpy(), batch["label"].numpy())[0] > 0.8
 
 
-def test_torchrun_validation_equals_one_process(sets, backbone_files, tmp_path, two_epoch_run):
+def test_torchrun_validation_equals_one_process(train_sets, tmp_path, two_epoch_run):
     make_pipal_set(tmp_path / "val5", n_refs=1, n_dis=5, size=(40, 40), seed=3)  # 5 images: uneven shards
-    args = _args(sets, backbone_files, tmp_path, "ddp")
+    args = train_args(train_sets, tmp_path, "ddp")
     args[args.index("--val_list") + 1] = str(tmp_path / "val5" / "list.txt")
     args[args.index("--val_ref_path") + 1] = str(tmp_path / "val5" / "ref")
     args[args.index("--val_dis_path") + 1] = str(tmp_path / "val5" / "dis")
