@@ -1,14 +1,16 @@
 #!/bin/sh
-# Reproduce the NTIRE 2022 FR test predictions with the released PIPAL checkpoint (run `sh download.sh` first).
-# Set PIPAL_TEST_REF / PIPAL_TEST_DIS to the NTIRE 2022 FR test folders; GPU_IDS=-1 runs on the CPU.
+# Reproduce the NTIRE 2022 FR test predictions with the released PIPAL checkpoint and the released test.py's windows.
+#   First: `sh download.sh`, and `python -m tools.prepare_pipal --pipal_root ... --out DIR --test_ref ... --test_dis
+#   ...` (PIPAL=DIR, default datasets/PIPAL): the test folders and list are found through the pipal preset.
+#   GPU_IDS=-1 runs on the CPU. Extra arguments go to test.py (e.g. --ckpt FILE, --amp).
 # Writes checkpoints/ahiq_pipal/ntire22_fr_test.txt and the submission package in results/ntire22_submission/.
 set -e
 cd "$(dirname "$0")"
 . scripts/setup_env.sh
+echo "test.sh: the released test.py's protocol: 20-crop ensemble, batches of 10, its random windows (--random_windows official)"
 exec $PY test.py \
-    --test_ref_path "${PIPAL_TEST_REF:-PIPAL/NTIRE2022_FR_Testing_Ref/}" \
-    --test_dis_path "${PIPAL_TEST_DIS:-PIPAL/NTIRE2022_FR_Testing_Dis/}" \
-    --test_list "${TEST_LIST:-data/lists/ntire22_fr_test_names.txt}" \
+    --dataset pipal \
+    --data_root "${PIPAL:-datasets/PIPAL}" \
     --checkpoints_dir ./checkpoints \
     --name ahiq_pipal \
     --patch_size 8 \

@@ -1,23 +1,18 @@
 #!/bin/sh
 # Train AHIQ on PIPAL with the official protocol (200 epochs, batch 4, Adam 1e-4, cosine T_max 50 iterations).
-#   PIPAL: the folder `python -m tools.prepare_pipal --out` wrote (default datasets/PIPAL); or each folder:
-#   PIPAL_TRAIN_REF / PIPAL_TRAIN_DIS: training reference / distorted folders (all distorted images in one folder)
-#   PIPAL_VAL_REF / PIPAL_VAL_DIS:     NTIRE 2021 validation folders
+#   PIPAL=DIR: the folder `python -m tools.prepare_pipal --out DIR` wrote (default datasets/PIPAL); train.py finds
+#   its folders and lists through the pipal preset (--dataset pipal --data_root DIR). Folders or lists given as
+#   arguments (--train_ref_path ..., --val_list ...) win.
 #   NPROC=K: K processes (GPUs) on this machine through torchrun; NNODES, NODE_RANK, MASTER_ADDR, MASTER_PORT for
-#   several machines. GPU_IDS=-1 trains on the CPU. Extra arguments go to train.py (e.g. --resume, --amp).
+#   several machines. GPU_IDS=-1 trains on the CPU; NAME=run folder name. Extra arguments go to train.py.
 set -e
 cd "$(dirname "$0")"
 . scripts/setup_env.sh
 NPROC=${NPROC:-1}
 NNODES=${NNODES:-1}
-PIPAL=${PIPAL:-datasets/PIPAL}
 set -- \
-    --train_ref_path "${PIPAL_TRAIN_REF:-$PIPAL/Train_Ref/}" \
-    --train_dis_path "${PIPAL_TRAIN_DIS:-$PIPAL/Train_Dis/}" \
-    --train_list "${TRAIN_LIST:-data/lists/pipal22_train_mos.txt}" \
-    --val_ref_path "${PIPAL_VAL_REF:-$PIPAL/NTIRE2021/Ref/}" \
-    --val_dis_path "${PIPAL_VAL_DIS:-$PIPAL/NTIRE2021/Dis/}" \
-    --val_list "${VAL_LIST:-data/lists/ntire21_val_mos.txt}" \
+    --dataset pipal \
+    --data_root "${PIPAL:-datasets/PIPAL}" \
     --checkpoints_dir ./checkpoints \
     --name "${NAME:-ahiq_pipal_train}" \
     --patch_size 8 \

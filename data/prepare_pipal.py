@@ -7,7 +7,7 @@ Input (``--pipal_root``; the official layout)::
     training/MOS_Scores_train/A0001.txt ...                ('A0001_00_00.bmp,1520.0648' lines)
     validation/Reference_valid/, validation/Distortion_valid/   (optional: the NTIRE 2021 validation set)
 
-Output (``--out``; the official option defaults relative to it, so ``--dataset pipal --data_root OUT`` finds them)::
+Output (``--out``; the layout of the ``pipal`` preset, so ``--dataset pipal --data_root OUT`` finds it)::
 
     Train_Ref/  Train_Dis/  PIPAL.txt                           (23,200 training pairs)
     NTIRE2021/Ref/  NTIRE2021/Dis/  PIPAL_NTIRE_Valid_MOS.txt   (1,000 validation pairs with the published MOS)
@@ -24,9 +24,12 @@ from __future__ import annotations
 import glob
 import os
 
+from data.datasets import PRESETS
 from data.pipal import pipal_reference_name, read_list
 from utils.errors import AHIQError
-from utils.files import atomic_write
+from utils.files import atomic_write, read_text
+
+PIPAL = PRESETS["pipal"]  # the folder and list names are the preset's (written once, in data/datasets.py)
 
 LISTS = os.path.join(os.path.dirname(os.path.abspath(__file__)), "lists")
 
@@ -78,23 +81,22 @@ def check_list(list_path: str, ref_dir: str, dis_dir: str) -> int:
     return len(names)
 
 
-def link_set(ref_src: str, dis_src: str, dest: str, shipped_list: str, list_path: str, mode: str,
-             names: tuple[str, str] = ("Ref", "Dis")) -> int:
-    """Link a reference and a distorted folder into ``dest``, write the shipped list, check it; returns its length."""
+def link_set(ref_src: str, dis_src: str, out: str, layout: tuple[str, str, str], shipped_list: str, mode: str) -> int:
+    """Link a reference and a distorted folder to ``layout`` (reference folder, distorted folder, list; relative to
+    ``out``), write the shipped list there, check it; returns its length."""
     for folder in (ref_src, dis_src):
         if not os.path.isdir(folder):
             raise AHIQError(f"{folder}: no such folder")
-    ref_dir, dis_dir = os.path.join(dest, names[0]), os.path.join(dest, names[1])
+    ref_dir, dis_dir, list_path = (os.path.join(out, rel) for rel in layout)
     link_images(_images(ref_src), ref_dir, mode)
     link_images(_images(dis_src), dis_dir, mode)
-    with open(os.path.join(LISTS, shipped_list)) as f:
-        atomic_write(list_path, f.read())
+    atomic_write(list_path, read_text(os.path.join(LISTS, shipped_list)))
     return check_list(list_path, ref_dir, dis_dir)
 
 
 def prepare(pipal_root: str, out: str, mode: str = "symlink", test_ref: str | None = None,
             test_dis: str | None = None) -> dict[str, int]:
-    """Write the output layout (see the module docstring); returns the number of pairs of each list written."""
+    """Write the layout of the pipal preset (see the module docstring); returns the number of pairs of each list."""
     train = find_dir(pipal_root, "training", ".") if os.path.isdir(pipal_root) else None
     ref_dir = train and find_dir(train, "Reference_train")
     mos_dir = train and find_dir(train, "MOS_Scores_train")
@@ -103,6 +105,8 @@ def prepare(pipal_root: str, out: str, mode: str = "symlink", test_ref: str | No
         raise AHIQError(f"{pipal_root}: not the official PIPAL layout (training/Reference_train, "
                         "training/Distortion/Distortion_1..4, training/MOS_Scores_train); pass the folder that holds "
                         "training/")
+    if bool(test_ref) != bool(test_dis):
+        raise AHIQError("give both --test_ref and --test_dis (the NTIRE 2022 FR test folders)")
     counts = {}
     lines = []
     for mos_file in sorted(glob.glob(os.path.join(mos_dir, "*.txt"))):
@@ -118,20 +122,16 @@ def prepare(pipal_root: str, out: str, mode: str = "symlink", test_ref: str | No
             if name in distorted:
                 raise AHIQError(f"{path}: the same name is also in {os.path.dirname(distorted[name])}")
             distorted[name] = path
-    link_images(_images(ref_dir), os.path.join(out, "Train_Ref"), mode)
-    link_images(distorted, os.path.join(out, "Train_Dis"), mode)
-    train_list = os.path.join(out, "PIPAL.txt")
+    train_ref, train_dis, train_list = (os.path.join(out, rel) for rel in (PIPAL.ref_dir, PIPAL.dis_dir, PIPAL.labels))
+    link_images(_images(ref_dir), train_ref, mode)
+    link_images(distorted, train_dis, mode)
     atomic_write(train_list, "\n".join(lines) + "\n")
-    counts["train"] = check_list(train_list, os.path.join(out, "Train_Ref"), os.path.join(out, "Train_Dis"))
+    counts["train"] = check_list(train_list, train_ref, train_dis)
 
     valid = find_dir(pipal_root, "validation", "Validation")
     if valid and find_dir(valid, "Reference_valid") and find_dir(valid, "Distortion_valid"):
         counts["val"] = link_set(os.path.join(valid, "Reference_valid"), os.path.join(valid, "Distortion_valid"),
-                                 os.path.join(out, "NTIRE2021"), "ntire21_val_mos.txt",
-                                 os.path.join(out, "PIPAL_NTIRE_Valid_MOS.txt"), mode)
-    if bool(test_ref) != bool(test_dis):
-        raise AHIQError("give both --test_ref and --test_dis (the NTIRE 2022 FR test folders)")
+                                 out, PIPAL.val, "ntire21_val_mos.txt", mode)
     if test_ref:
-        counts["test"] = link_set(test_ref, test_dis, out, "ntire22_fr_test_names.txt", os.path.join(out, "test.txt"),
-                                  mode, names=("Test_Ref", "Test_Dis"))
+        counts["test"] = link_set(test_ref, test_dis, out, PIPAL.test, "ntire22_fr_test_names.txt", mode)
     return counts

@@ -40,4 +40,4 @@ def ahiq_tiny_vit_p16(pretrained: bool = False, **kwargs) -> nn.Module:
 
 @register_model
 def ahiq_tiny_resnet(pretrained: bool = False, **kwargs) -> nn.Module:
-    return ResNet(Bottleneck, [3, 1, 1, 1], channels=(8, 16, 32, 64), stem_width=8, **_own(kwargs))
+    return ResNet(Bottleneck, [3, 2, 1, 1], channels=(8, 16, 32, 64), stem_width=8, **_own(kwargs))

@@ -113,8 +113,6 @@ def split_parser() -> argparse.ArgumentParser:
 
 def preset_paths(dataset: str, data_root: str) -> dict[str, str]:
     """The image folders and label files of a preset under ``data_root``, by option name."""
-    if not os.path.isdir(data_root):
-        raise AHIQError(f"--data_root {data_root}: no such folder")
     preset = PRESETS[dataset]
     layout = {"train": (preset.ref_dir, preset.dis_dir, preset.labels)}
     layout["val"] = preset.val or layout["train"]
@@ -131,6 +129,11 @@ def apply_preset(opt: argparse.Namespace) -> None:
     opt.label_direction = opt.label_direction or ("lower_better" if preset.lower_better else "higher_better")
     if opt.data_root is None:
         return
-    for key, path in preset_paths(opt.dataset, opt.data_root).items():
-        if hasattr(opt, key) and getattr(opt, key) == PATH_DEFAULTS[key]:
-            setattr(opt, key, path)
+    fill = {key: path for key, path in preset_paths(opt.dataset, opt.data_root).items()
+            if hasattr(opt, key) and getattr(opt, key) == PATH_DEFAULTS[key]}
+    if fill and not os.path.isdir(opt.data_root):
+        raise AHIQError(f"--data_root {opt.data_root}: no such folder (it would give --{next(iter(fill))} and "
+                        f"{len(fill) - 1} more); for PIPAL run `python -m tools.prepare_pipal --out "
+                        f"{opt.data_root}` first")
+    for key, path in fill.items():
+        setattr(opt, key, path)

@@ -62,6 +62,11 @@ def check_train_options(opt: RunConfig) -> RunConfig:
     if opt.num_crop != 1:
         raise AHIQError(f"--num_crop {opt.num_crop}: only 1 is supported (one random crop per training sample, as "
                         "the released model was trained)")
+    if opt.wandb:
+        try:
+            import wandb  # noqa: F401 - optional; asked for, it must be there before any work starts
+        except ImportError:
+            raise AHIQError("--wandb needs the wandb package: pip install wandb (or drop --wandb)") from None
     if opt.resume and opt.load_epoch >= 0:
         raise AHIQError("pass either --resume (from last.pth) or --load_epoch N (from epoch_N.pth), not both")
     return opt

@@ -1,8 +1,15 @@
-# Sourced by run_tests.sh and demo.sh: selects the Python to use and installs what the project needs.
-# An active virtualenv or conda environment is used as it is; otherwise a local .venv is created and kept in sync
-# with requirements.txt (re-installed when that file changes).
+# Sourced by run_tests.sh, demo.sh, train.sh and test.sh: sets PY to the Python to use, installing only what is
+# missing. In this order: an active virtualenv or conda environment (what requirements.txt names and it lacks is
+# installed into it); else a python3 that already satisfies requirements.txt (an NGC container, a cluster module:
+# used as it is, nothing installed); else .venv, created on the first run, with PyTorch and the requirements.
+# AHIQ_DEV=1 (run_tests.sh) adds requirements-dev.txt.
+REQS="requirements.txt"
+[ "${AHIQ_DEV:-0}" = 1 ] && REQS="$REQS requirements-dev.txt"
+_ahiq_ready() { "$1" scripts/check_requirements.py $REQS >/dev/null 2>&1; }
 if [ -n "${VIRTUAL_ENV:-}" ] || [ -n "${CONDA_PREFIX:-}" ]; then
     PY=python
+elif [ ! -x .venv/bin/python ] && command -v python3 >/dev/null 2>&1 && _ahiq_ready python3; then
+    PY=python3
 else
     if [ ! -x .venv/bin/python ]; then
         echo "setting up .venv (first run: installs PyTorch and the requirements, a few minutes)"
@@ -10,16 +17,14 @@ else
     fi
     PY=.venv/bin/python
 fi
-stamp_dir=$($PY -c 'import sys; print(sys.prefix)')
-want=$(cat requirements.txt requirements-dev.txt | sha256sum | cut -c1-16)
-if [ "$(cat "$stamp_dir/.ahiq-requirements" 2>/dev/null)" != "$want" ]; then
+if ! _ahiq_ready "$PY"; then
     log=$(mktemp)
     $PY -m pip install --upgrade pip >"$log" 2>&1 || true
-    if ! $PY -m pip install -r requirements.txt -r requirements-dev.txt >"$log" 2>&1; then
+    # shellcheck disable=SC2086
+    if ! $PY -m pip install $(printf -- '-r %s ' $REQS) >"$log" 2>&1; then
         tail -n 30 "$log" >&2
-        echo "error: installing requirements.txt failed (pip output above); fix the environment and rerun" >&2
+        echo "error: installing $REQS failed (pip output above); fix the environment and rerun" >&2
         exit 1
     fi
     rm -f "$log"
-    echo "$want" > "$stamp_dir/.ahiq-requirements"
 fi

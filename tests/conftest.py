@@ -19,7 +19,8 @@ from utils.checkpoint import save_weights
 # not the real sizes; fidelity and interop tests use the real architectures (model_factory, backbone_files).
 TINY_ARGS = ["--vit_name", TINY_VIT[8], "--resnet_name", TINY_RESNET, "--no_pretrained"]
 
-FIXTURES = Path(__file__).resolve().parents[2] / "shared" / "fixtures"
+LISTS = Path(__file__).resolve().parents[1] / "data" / "lists"  # the published PIPAL lists, shipped
+FIXTURES = Path(__file__).resolve().parents[2] / "shared" / "fixtures"  # real KADID-10k images (not shipped)
 if not FIXTURES.is_dir():  # a clone laid out elsewhere: the fixtures may sit beside the repository
     FIXTURES = Path(os.environ.get("AHIQ_FIXTURES", FIXTURES))
 

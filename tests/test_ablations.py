@@ -13,10 +13,12 @@ import predict
 import train
 from engine import score_crops
 from models import build_model, load_weights
+from models.tiny import TINY_RESNET, TINY_VIT
 from tests.conftest import train_args
 from utils.checkpoint import save_weights
 from utils.errors import AHIQError
 
+TINY = {"vit_name": TINY_VIT[8], "resnet_name": TINY_RESNET}  # the switches' code on small backbones
 COMBOS = [
     {"fusion": "conv"},
     {"fusion": "none"},
@@ -33,6 +35,7 @@ COMBOS = [
 
 @pytest.mark.parametrize("arch", COMBOS, ids=lambda a: "-".join(f"{k}={v}" for k, v in a.items()))
 def test_every_switch_builds_trains_and_scores(arch, tmp_path):
+    arch = {**TINY, **arch}
     torch.manual_seed(0)
     model = build_model(8, pretrained=False, **arch)
     params = [p for part in model.trainable_parts().values() for p in part.parameters()]
@@ -65,14 +68,14 @@ def test_derived_channels_and_block_choice():
     with pytest.raises(AHIQError, match="existing blocks of one stage"):
         build_model(8, pretrained=False, resnet_name="resnet18")  # its layer1 has two blocks
     assert len(small.vit.vit.blocks) == 4  # blocks after the last chosen one are not kept
-    stage2 = build_model(8, pretrained=False, cnn_blocks=("layer2.0", "layer2.1"), fusion="conv")
+    stage2 = build_model(8, pretrained=False, cnn_blocks=("layer2.0", "layer2.1"), fusion="conv", **TINY)
     assert len(stage2.cnn.layer2) == 2 and not hasattr(stage2.cnn, "layer3") and stage2.cnn.reduction == 8
-    with pytest.raises(AHIQError, match="blocks 0-11"):
-        build_model(8, pretrained=False, vit_blocks=(0, 12))
+    with pytest.raises(AHIQError, match="blocks 0-5"):
+        build_model(8, pretrained=False, vit_blocks=(0, 6), **TINY)
     with pytest.raises(AHIQError, match="one stage"):
-        build_model(8, pretrained=False, cnn_blocks=("layer1.0", "layer2.0"))
+        build_model(8, pretrained=False, cnn_blocks=("layer1.0", "layer2.0"), **TINY)
     with pytest.raises(AHIQError, match="offsets come from the ViT"):
-        build_model(8, pretrained=False, branches="cnn")
+        build_model(8, pretrained=False, branches="cnn", **TINY)
     with pytest.raises(AHIQError, match="--vit_blocks 4,0: give increasing block indices"):
         build_model(8, pretrained=False, vit_blocks=(4, 0))  # concatenated in block order: refused, not reordered
     with pytest.raises(AHIQError, match="--vit_blocks 1,1: give increasing"):

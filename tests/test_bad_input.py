@@ -59,7 +59,7 @@ def test_the_api_refuses_other_misuse(scorer, model_factory):
         scorer.score_files([])
     with pytest.raises(AHIQError, match="expected \\(distorted, reference\\) file path pairs"):
         scorer.score_files(["a.png"])
-    with pytest.raises(AHIQError, match="crop_size 30: must be a positive multiple of the patch size 8"):
+    with pytest.raises(AHIQError, match="--crop_size 30 must be a positive multiple of --patch_size 8"):
         Scorer(model_factory(8), crop_size=30)
     with pytest.raises(AHIQError, match="n_ensemble 0"):
         Scorer(model_factory(8), n_ensemble=0)

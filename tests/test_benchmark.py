@@ -21,7 +21,6 @@ def test_benchmark_smoke(tmp_path):
     assert out["test"]["fp32_max_rel_dev"] < 1e-4  # the fast path scores what the official-style baseline scores
     assert [r["per_reference"] for r in out["per_reference"]] == [1, 2]
     assert all(r["max_rel_dev"] < 1e-4 and r["images"] == 2 for r in out["per_reference"])  # shared = baseline
-    assert out["test"]["baseline_images_per_s"] > 0 and out["train"]["fp32_pairs_per_s"] > 0
     assert (tmp_path / "bench.json").is_file()
 
 

@@ -2,6 +2,7 @@
 the project's own files, clear errors for files that do not fit, atomic saving, and which file test.py picks."""
 from __future__ import annotations
 
+import copy
 import errno
 import io
 import os
@@ -25,11 +26,6 @@ def _perturbed_heads(model, seed: int) -> dict:
 
 def _snapshot(model) -> dict:
     return {part: {k: v.clone() for k, v in sd.items()} for part, sd in model.trainable_state_dict().items()}
-
-
-def _restore(model, snapshot) -> None:
-    for part, sd in snapshot.items():
-        getattr(model, part).load_state_dict(sd)
 
 
 def _official_file(path, heads, model) -> None:
@@ -63,8 +59,7 @@ def _assert_heads(model, heads) -> None:
 
 @pytest.mark.parametrize("numpy1", [False, True])
 def test_official_format_with_numpy_loss_loads_safely(tmp_path, model_factory, numpy1):
-    model = model_factory(8)
-    original = _snapshot(model)
+    model = copy.deepcopy(model_factory(8))  # loading changes it: the session's cached model stays as it was
     heads = _perturbed_heads(model, 1)
     path = tmp_path / "epoch33.pth"
     _official_file(path, heads, model)
@@ -75,12 +70,10 @@ def test_official_format_with_numpy_loss_loads_safely(tmp_path, model_factory, n
     assert isinstance(ckpt["loss"], np.floating) and ckpt["loss"] == pytest.approx(0.012)
     assert ckpt["epoch"] == 33
     _assert_heads(model, heads)
-    _restore(model, original)
 
 
 def test_module_prefix_and_whole_model_state_dict(tmp_path, model_factory):
-    model = model_factory(8)
-    original = _snapshot(model)
+    model = copy.deepcopy(model_factory(8))
     heads = _perturbed_heads(model, 2)
     prefixed = {key: {"module." + k: v for k, v in heads[part].items()} for part, key in OFFICIAL_KEYS.items()}
     torch.save(prefixed, tmp_path / "ddp.pth")
@@ -92,11 +85,10 @@ def test_module_prefix_and_whole_model_state_dict(tmp_path, model_factory):
     torch.save({"params": flat}, tmp_path / "pyiqa_style.pth")
     load_weights(model, str(tmp_path / "pyiqa_style.pth"))
     _assert_heads(model, heads)
-    _restore(model, original)
 
 
 def test_project_file_round_trip_keeps_official_keys(tmp_path, model_factory):
-    model = model_factory(16)
+    model = copy.deepcopy(model_factory(16))
     path = tmp_path / "ours.pth"
     save_weights(str(path), model, meta={"mos_min": 900.0, "mos_max": 1800.0}, epoch=4)
     raw = torch.load(path, weights_only=True)
@@ -116,7 +108,7 @@ def test_project_file_round_trip_keeps_official_keys(tmp_path, model_factory):
 
 
 def test_wrong_files_give_clear_errors(tmp_path, model_factory):
-    model = model_factory(8)
+    model = copy.deepcopy(model_factory(8))
     torch.save({"foo": torch.zeros(1)}, tmp_path / "other.pth")
     with pytest.raises(AHIQError, match=r"other\.pth: not an AHIQ checkpoint.*regressor_model_state_dict.*foo"):
         load_weights(model, str(tmp_path / "other.pth"))

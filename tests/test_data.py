@@ -11,20 +11,20 @@ import torch
 from benchmarks.official_style import official_five_point_window
 from data.label_norm import LabelNorm
 from data.pipal import crop_windows, fixed_windows, read_list, read_rgb
-from tests.conftest import FIXTURES, list_dataset, needs_fixtures
+from tests.conftest import FIXTURES, LISTS, list_dataset, needs_fixtures
 from utils.errors import AHIQError
 
 
-@needs_fixtures()
 def test_real_pipal_lists():
-    names, scores = read_list(str(FIXTURES / "pipal" / "pipal22_train_mos.txt"))  # ', ' and no final newline
+    """The published lists as shipped in data/lists (the same files as ../shared/fixtures/pipal)."""
+    names, scores = read_list(str(LISTS / "pipal22_train_mos.txt"))  # ', ' and no final newline
     assert len(names) == 23200 and scores.shape == (23200,)
     assert names[0] == "A0001_00_00.bmp" and scores[0] == pytest.approx(1520.0648)
     assert names[-1] == "A0248_06_26.bmp" and scores[-1] == pytest.approx(1257.0600)
     assert len({n[:5] for n in names}) == 200
-    names, scores = read_list(str(FIXTURES / "pipal" / "ntire21_val_mos.txt"))
+    names, scores = read_list(str(LISTS / "ntire21_val_mos.txt"))
     assert len(names) == 1000 and scores[0] == pytest.approx(1238.7325)
-    names, scores = read_list(str(FIXTURES / "pipal" / "ntire22_fr_test_names.txt"))
+    names, scores = read_list(str(LISTS / "ntire22_fr_test_names.txt"))
     assert len(names) == 1650 and scores is None and names[0] == "A0000_10_00.bmp"
 
 

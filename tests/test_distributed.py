@@ -18,7 +18,7 @@ import torch
 import train
 from engine import train_one_epoch
 from options.train_options import parse_train_options
-from tests.conftest import list_dataset, make_pipal_set
+from tests.conftest import TINY_ARGS, list_dataset, make_pipal_set
 from utils.checkpoint import load_checkpoint
 from utils.distributed import DistInfo, rank_device, reduce_step
 from utils.errors import AHIQError
@@ -135,15 +135,14 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
-def test_two_nodes_through_train_sh_write_one_run_folder(tmp_path, backbone_files):
+def test_two_nodes_through_train_sh_write_one_run_folder(tmp_path):
     train_set = make_pipal_set(tmp_path / "train", n_refs=2, n_dis=3, size=(32, 32), seed=1)
     val_set = make_pipal_set(tmp_path / "val", n_refs=1, n_dis=3, size=(32, 32), seed=2)
     ckpts = tmp_path / "ckpts"
     args = ["--train_ref_path", train_set["ref"], "--train_dis_path", train_set["dis"], "--train_list",
             train_set["list"], "--val_ref_path", val_set["ref"], "--val_dis_path", val_set["dis"], "--val_list",
-            val_set["list"], "--vit_weights", backbone_files[8], "--resnet_weights", backbone_files["resnet"],
-            "--checkpoints_dir", str(ckpts), "--name", "two_nodes", "--crop_size", "32", "--num_workers", "0",
-            "--num_avg_val", "1", "--batch_size", "1", "--n_epoch", "1"]
+            val_set["list"], *TINY_ARGS, "--checkpoints_dir", str(ckpts), "--name", "two_nodes", "--crop_size", "32",
+            "--num_workers", "0", "--num_avg_val", "1", "--batch_size", "1", "--n_epoch", "1"]
     env = {**_shell_env(), "NNODES": "2", "NPROC": "1", "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(_free_port()),
            "GPU_IDS": "-1", "OMP_NUM_THREADS": "1"}
     nodes = [subprocess.Popen(["sh", "train.sh", *args], cwd=REPO, env={**env, "NODE_RANK": str(rank)},

@@ -94,9 +94,19 @@ def test_official_checkpoint_needs_a_mos_range(tmp_path, pipal_set, backbone_fil
 
 
 @needs_fixtures()
-def test_predict_on_real_kadid_images(backbone_files, ckpt, capsys):
+def test_predict_on_real_kadid_images_equals_test_py(backbone_files, ckpt, tmp_path, capsys):
     k = FIXTURES / "kadid10k"
-    scores = predict.main(["--dis", str(k / "I01_01_05.png"), "--ref", str(k / "I01.png"), "--ckpt", ckpt,
-                           "--crop_size", "64", "--n_ensemble", "5", *_weights(backbone_files)])
-    assert len(scores) == 1 and np.isfinite(scores[0])
-    assert "I01_01_05.png" in capsys.readouterr().out
+    names = ["I01_01_05.png", "I01_15_05.png"]
+    (tmp_path / "list.txt").write_text("".join(f"{n}\n" for n in names))
+    tested = test_script.main(["--dataset", "kadid10k", "--list_format", "pipal", "--test_list",
+                               str(tmp_path / "list.txt"), "--test_ref_path", str(k), "--test_dis_path", str(k),
+                               "--ckpt", ckpt, "--crop_size", "64", "--n_ensemble", "12", "--checkpoints_dir",
+                               str(tmp_path), *_weights(backbone_files)])
+    expected = [float(line.split(",")[1]) for line in Path(tested["predictions"]).read_text().splitlines()]
+    capsys.readouterr()
+    for name, score in zip(names, expected):  # a real 512x384 photograph pair, 12 random windows of 64
+        scores = predict.main(["--dis", str(k / name), "--ref", str(k / "I01.png"), "--ckpt", ckpt,
+                               "--crop_size", "64", "--n_ensemble", "12", *_weights(backbone_files)])
+        assert scores[0] == pytest.approx(score, rel=1e-6)
+        assert name in capsys.readouterr().out
+    assert expected[0] != pytest.approx(expected[1], rel=1e-6)

@@ -13,8 +13,10 @@ from tensorboard.backend.event_processing.event_accumulator import EventAccumula
 
 import evaluate
 import train
+from options.train_options import parse_train_options
 from tests.conftest import TINY_ARGS, train_args
 from tests.test_train import _heads
+from utils.errors import AHIQError
 
 
 def test_a_rerun_from_the_saved_configuration_gives_the_same_weights(train_sets, tmp_path):
@@ -71,6 +73,7 @@ def test_wandb_mirrors_the_scalars_when_asked(train_sets, tmp_path, monkeypatch)
     steps = [step for step, values in logged if "train/loss" in values]
     assert steps == [1, 2, 3, 4, 5] and any("val/pipal/srcc" in values for _, values in logged)
     assert logged[-1][0] == "finished"
-    monkeypatch.setitem(sys.modules, "wandb", None)  # not installed
-    with pytest.raises(Exception, match="--wandb needs the wandb package: pip install wandb"):
-        train.main(train_args(train_sets, tmp_path, "nowandb", "--n_epoch", "1", "--wandb", "x"))
+    monkeypatch.setitem(sys.modules, "wandb", None)  # not installed: refused with the options, before any work
+    with pytest.raises(AHIQError, match="--wandb needs the wandb package: pip install wandb"):
+        parse_train_options(train_args(train_sets, tmp_path, "nowandb", "--n_epoch", "1", "--wandb", "x"))
+    assert not (tmp_path / "nowandb").exists()

@@ -19,7 +19,7 @@ def main(argv: list[str] | None = None) -> list[dict]:
     if opt.labels is None and opt.data_root is None:
         raise AHIQError("give --labels FILE, or --dataset with --data_root")
     preset = PRESETS[opt.dataset]
-    path = opt.labels or preset_paths(opt.dataset, opt.data_root)["train_list"]
+    path = opt.labels or preset_paths(opt.dataset, opt.data_root)["train_list"]  # a missing file is named below
     labels = read_labels(path, opt.list_format or preset.list_format, preset.ref_rule)
     splits = load_or_create_splits(opt.out, labels, parse_ratios(opt.split_ratios), opt.n_splits,
                                    opt.seed if opt.split_seed is None else opt.split_seed)

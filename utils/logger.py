@@ -39,10 +39,7 @@ class Scalars:
         from torch.utils.tensorboard import SummaryWriter
         self.wandb = None
         if wandb_project:
-            try:
-                import wandb
-            except ImportError:
-                raise AHIQError("--wandb needs the wandb package: pip install wandb (or drop --wandb)") from None
+            import wandb  # checked with the options (options/train_options.py)
             self.wandb = wandb.init(project=wandb_project, name=name, dir=run_dir, config=config)
         self.writer = SummaryWriter(os.path.join(run_dir, "tensorboard"))
 
