@@ -1,7 +1,7 @@
 #!/bin/sh
 # The main job on an embedded demo dataset: generate a small synthetic full-reference dataset (PIPAL layout),
 # train AHIQ briefly, test on held-out reference images, and print SRCC/PLCC and where everything is.
-# Runs on the CPU in a few minutes; uses a GPU when one is there. See README, "Demo".
+# Runs on the CPU in a few minutes; uses a GPU when one is there. See README, "Quick start".
 set -e
 cd "$(dirname "$0")"
 . scripts/setup_env.sh
@@ -31,5 +31,5 @@ echo "  predictions   $CKPTS/$RUN/test_predictions.txt (metrics in test_predicti
 echo "  checkpoints   $CKPTS/$RUN/best.pth, last.pth"
 echo "  TensorBoard   tensorboard --logdir $CKPTS/$RUN/tensorboard"
 if [ "$BACKBONES" = "random" ]; then
-    echo "With random backbones the held-out correlations are expected near chance: see README, 'Demo'."
+    echo "With random backbones the held-out correlations are expected near chance (README, 'Quick start')."
 fi

@@ -160,14 +160,13 @@ def build_scorer(checkpoint: Checkpoint, source: BackboneSource, device: str = "
                  mos_range: tuple[float, float] | None = None, **settings) -> Scorer:
     """The one assembly from a checkpoint to a ready :class:`Scorer` (test.py, predict.py, protocol.py,
     :func:`load_scorer` and the hub entry all come here). Random weights (backbones without files, a head without
-    a checkpoint) are drawn from ``settings['seed']``, so two runs score alike; the global RNG is left as it was."""
+    a checkpoint) are drawn from ``settings['seed']`` as train.py draws them, so two runs score alike."""
     check_device(device)
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(settings.get("seed", SEED))
-        if checkpoint.state is None:
-            model = build_from_config(checkpoint.config, source, deform_impl)
-        else:
-            model = build_loaded(checkpoint.state, checkpoint.path, checkpoint.config, source, deform_impl)
+    seed = settings.get("seed", SEED)
+    if checkpoint.state is None:
+        model = build_from_config(checkpoint.config, source, deform_impl, seed)
+    else:
+        model = build_loaded(checkpoint.state, checkpoint.path, checkpoint.config, source, deform_impl, seed)
     norm = LabelNorm.from_meta(checkpoint.state.get("ahiq") or {}, checkpoint.path) if checkpoint.state else None
     if mos_range is not None:  # given by the user (official files hold no range): MOS, higher is better
         norm = LabelNorm(float(mos_range[0]), float(mos_range[1]))

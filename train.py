@@ -119,7 +119,7 @@ def build_loaders(opt: RunConfig, info: DistInfo, crop_size: int
         if (opt.train_list, opt.train_ref_path, opt.train_dis_path) == (opt.val_list, opt.val_ref_path,
                                                                         opt.val_dis_path):
             raise AHIQError(f"{opt.train_list}: training and validation would use the same images; pass a "
-                            "--val_list, or split the data by reference with --split_file FILE (see README)")
+                            "--val_list, or split the data by reference with --split_file FILE (docs/datasets.md)")
         val_set = load_dataset(opt, "val", "val", opt.num_avg_val, crop_size, split, batch_size=opt.val_batch_size)
     source = f"{opt.train_list} ({split.describe()}, part val)" if split.active else opt.val_list
     if val_set.labels is None or len(val_set) < 2:
@@ -225,7 +225,8 @@ def run_config(opt, resume_from: str | None) -> tuple[ModelConfig, dict | None]:
 def check_resume_options(saved: dict, opt: RunConfig, path: str) -> None:
     """Every option that changes results (policy RESULT, options/) must be what the run was started with."""
     now = opt.to_dict()
-    diff = [f"--{k} {saved[k]!r} then, {now[k]!r} now" for k in opt.fields(RESULT) if k in saved and saved[k] != now[k]]
+    diff = [f"--{k} {saved[k]!r} then, {now[k]!r} now" for k in sorted(opt.fields(RESULT))
+            if k in saved and saved[k] != now[k]]
     if diff:
         raise AHIQError(f"{path}: was trained with other options ({'; '.join(diff)}); resume with the same ones "
                         "(only --n_epoch may grow) or start a new run with another --name")
@@ -261,7 +262,7 @@ def train(opt: RunConfig, info: DistInfo) -> TrainState:
     device = info.device
     amp_dtype = configure_device(opt, device)
     train_set, train_loader, sampler, val = build_loaders(opt, info, config.crop_size)
-    model = build_from_config(config, backbone_source(opt), opt.deform_impl).to(device)
+    model = build_from_config(config, backbone_source(opt), opt.deform_impl, opt.seed).to(device)
     params = [p for part in model.trainable_parts().values() for p in part.parameters()]
     optimizer = torch.optim.Adam(params, lr=opt.learning_rate, weight_decay=opt.weight_decay)
     scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=opt.T_max, eta_min=opt.eta_min)

@@ -123,8 +123,7 @@ def _is_number(text: str) -> bool:
 def read_csv_labels(path: str) -> Labels:
     """A pyiqa-style meta-info CSV (header row; columns found by name)."""
     if not os.path.isfile(path):
-        raise AHIQError(f"{path}: label file not found; pass an existing file (see README, 'Other datasets and "
-                        "evaluation protocols')")
+        raise AHIQError(f"{path}: label file not found; pass an existing file (see docs/datasets.md)")
     numbered = [(i, row) for i, row in enumerate(csv.reader(io.StringIO(read_text(path), newline="")), 1)
                 if any(cell.strip() for cell in row)]
     linenos, rows = [i for i, _ in numbered], [row for _, row in numbered]

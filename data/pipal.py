@@ -30,7 +30,7 @@ cv2.utils.logging.setLogLevel(cv2.utils.logging.LOG_LEVEL_SILENT)
 def read_list(path: str) -> tuple[list[str], np.ndarray | None]:
     """Image names and raw scores (None for a names-only list) of a PIPAL list file."""
     if not os.path.isfile(path):
-        raise AHIQError(f"{path}: list file not found; pass an existing file (see README, 'Data')")
+        raise AHIQError(f"{path}: list file not found; pass an existing file (see docs/datasets.md)")
     names: list[str] = []
     scores: list[float] = []
     first_line: dict[str, int] = {}

@@ -21,7 +21,7 @@ def build_model(patch_size: int = 8, pretrained: bool = True, vit_weights: str |
                 resnet_weights: str | None = None, deform_impl: str = "gemm", **switches) -> AHIQ:
     """AHIQ with backbones from timm (pinned tags), from local weight files, or random (``pretrained=False``).
 
-    ``switches``: the other :class:`ModelConfig` fields (the ablations; see README, 'Ablations').
+    ``switches``: the other :class:`ModelConfig` fields (the ablations; see docs/ablations.md).
     """
     config = ModelConfig(patch_size=patch_size, **switches)
     return build_from_config(config, BackboneSource(pretrained, vit_weights, resnet_weights), deform_impl)

@@ -14,7 +14,7 @@ import timm
 import torch
 import torch.nn as nn
 
-from models import tiny  # noqa: F401 - registers the ahiq_tiny_* test backbones with timm
+import models.tiny  # noqa: F401 - registers the ahiq_tiny_* test backbones with timm
 from models.weights import pinned
 from utils.errors import AHIQError
 

@@ -15,6 +15,8 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
+import torch
+
 from models.ahiq import AHIQ, BRANCHES, FUSIONS, POOLINGS
 from models.backbones import CNN_BLOCKS, RESNET_TAG, VIT_BLOCKS, VIT_TAGS, build_backbones
 from models.weights import weight_files
@@ -148,8 +150,14 @@ class BackboneSource:
         return path if os.path.isfile(path) else None
 
 
-def build_from_config(config: ModelConfig, source: BackboneSource = BackboneSource(),
-                      deform_impl: str = "gemm") -> AHIQ:
+def build_from_config(config: ModelConfig, source: BackboneSource = BackboneSource(), deform_impl: str = "gemm",
+                      seed: int | None = None) -> AHIQ:
+    """The model ``config`` describes. ``seed``: random weights (backbones without files, the head) drawn from it,
+    the global RNG left as it was: train.py and every scorer then build the same random backbones."""
+    if seed is not None:
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(seed)
+            return build_from_config(config, source, deform_impl)
     vit_file, resnet_file = source.files(config)
     vit, cnn = build_backbones(config.patch_size, source.pretrained, vit_file, resnet_file, config.vit_name,
                                config.resnet_name, config.vit_blocks, config.cnn_blocks,
@@ -194,8 +202,8 @@ def read_model_checkpoint(path: str, given: Mapping[str, Any] | None = None) -> 
 
 
 def build_loaded(ckpt: Mapping[str, Any], path: str, config: ModelConfig, source: BackboneSource = BackboneSource(),
-                 deform_impl: str = "gemm") -> AHIQ:
+                 deform_impl: str = "gemm", seed: int | None = None) -> AHIQ:
     """The second half of :func:`load_model`: the model built and its trained parts loaded, in eval mode."""
-    model = build_from_config(config, source, deform_impl)
+    model = build_from_config(config, source, deform_impl, seed)
     load_head_weights(model, ckpt, path)
     return model.eval()

@@ -76,7 +76,7 @@ def windows_parser() -> argparse.ArgumentParser:
 def label_parser() -> argparse.ArgumentParser:
     """Dataset preset, label format and direction (train.py, test.py, protocol.py, tools/make_splits.py)."""
     p = argparse.ArgumentParser(add_help=False)
-    g = p.add_argument_group("datasets (see README, 'Other datasets and evaluation protocols')")
+    g = p.add_argument_group("datasets (see docs/datasets.md)")
     g.add_argument("--dataset", default="pipal", choices=sorted(PRESETS),
                    help="preset: label format, label direction, and (with --data_root) the folder layout")
     free(g.add_argument("--data_root", default=None,

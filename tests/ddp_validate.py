@@ -19,7 +19,7 @@ def main(out_file: str, ckpt: str, argv: list[str]) -> None:
     info = init_distributed(device_of(opt), opt.gpu_list)
     config, _ = train.run_config(opt, None)
     _, _, _, val = train.build_loaders(opt, info, config.crop_size)
-    model = build_from_config(config, backbone_source(opt))
+    model = build_from_config(config, backbone_source(opt), seed=opt.seed)  # random backbones: as train.py's
     load_weights(model, ckpt)
     metrics, preds, labels = train.validate(model, val, info, opt, None)
     if info.is_main:

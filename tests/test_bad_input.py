@@ -24,8 +24,8 @@ import train
 from data.datasets import read_labels
 from data.pipal import image_size, read_list, read_rgb
 from scoring import Scorer
-from tests.conftest import make_pipal_set
-from utils.checkpoint import load_checkpoint, save_weights
+from tests.conftest import TINY_ARGS, make_pipal_set
+from utils.checkpoint import load_checkpoint
 from utils.errors import AHIQError
 from utils.files import FolderLock
 
@@ -33,8 +33,8 @@ REPO = Path(__file__).resolve().parents[1]
 
 
 @pytest.fixture(scope="module")
-def scorer(model_factory) -> Scorer:
-    return Scorer(model_factory(8), crop_size=32, n_ensemble=1)
+def scorer(tiny_factory) -> Scorer:
+    return Scorer(tiny_factory(8), crop_size=32, n_ensemble=1)
 
 
 @pytest.mark.parametrize("bad, message", [
@@ -54,15 +54,15 @@ def test_the_api_refuses_tensors_outside_the_documented_form(scorer, bad, messag
         scorer.score_tensors(bad, good)
 
 
-def test_the_api_refuses_other_misuse(scorer, model_factory):
+def test_the_api_refuses_other_misuse(scorer, tiny_factory):
     with pytest.raises(AHIQError, match="no pairs given"):
         scorer.score_files([])
     with pytest.raises(AHIQError, match="expected \\(distorted, reference\\) file path pairs"):
         scorer.score_files(["a.png"])
     with pytest.raises(AHIQError, match="--crop_size 30 must be a positive multiple of --patch_size 8"):
-        Scorer(model_factory(8), crop_size=30)
+        Scorer(tiny_factory(8), crop_size=30)
     with pytest.raises(AHIQError, match="n_ensemble 0"):
-        Scorer(model_factory(8), n_ensemble=0)
+        Scorer(tiny_factory(8), n_ensemble=0)
     assert scorer.score_tensors(torch.rand(2, 3, 40, 40), torch.rand(2, 3, 40, 40)).shape == (2,)  # valid input
 
 
@@ -132,26 +132,23 @@ def test_duplicate_lines_are_refused(tmp_path):
         read_labels(str(meta), "csv")
 
 
-def _test_args(data: dict, ckpt: str, tmp_path: Path, backbone_files, *extra) -> list[str]:
+def _test_args(data: dict, ckpt: str, tmp_path: Path, *extra) -> list[str]:
     return ["--test_ref_path", data["ref"], "--test_dis_path", data["dis"], "--test_list", data["list"], "--ckpt",
             ckpt, "--checkpoints_dir", str(tmp_path / "ckpts"), "--crop_size", "32", "--n_ensemble", "1",
-            "--gpu_ids", "-1", "--num_workers", "0", "--vit_weights", backbone_files[8], "--resnet_weights",
-            backbone_files["resnet"], *extra]
+            "--gpu_ids", "-1", "--num_workers", "0", "--no_pretrained", *extra]
 
 
 @pytest.fixture
-def head(tmp_path, model_factory) -> str:
-    path = tmp_path / "head.pth"
-    save_weights(str(path), model_factory(8))
-    return str(path)
+def head(tiny_ckpt) -> str:
+    return tiny_ckpt
 
 
-def test_equal_labels_keep_the_predictions_and_stop(tmp_path, backbone_files, head):
+def test_equal_labels_keep_the_predictions_and_stop(tmp_path, head):
     data = make_pipal_set(tmp_path / "set", n_refs=1, n_dis=3, size=(40, 40))
     Path(data["list"]).write_text("".join(f"{n},1500\n" for n in data["names"]))
     with pytest.raises(AHIQError, match=r"list\.txt: every listed score is 1500, so SRCC/PLCC are undefined.*"
                                         r"predictions are in"):
-        evaluate.main(_test_args(data, head, tmp_path, backbone_files))
+        evaluate.main(_test_args(data, head, tmp_path))
     assert len((tmp_path / "ckpts" / "ahiq_pipal" / "results.txt").read_text().splitlines()) == 3
     assert not (tmp_path / "ckpts" / "ahiq_pipal" / "results_metrics.json").exists()
     with pytest.raises(AHIQError, match=r"every training score is 1500; there is nothing to learn"):
@@ -179,33 +176,33 @@ def test_bad_option_values_stop_before_anything_loads(tmp_path, entry, extra, me
         run(common + extra)
 
 
-def test_an_unwritable_output_is_one_line(tmp_path, backbone_files, head):
+def test_an_unwritable_output_is_one_line(tmp_path, head):
     data = make_pipal_set(tmp_path / "set", n_refs=1, n_dis=3, size=(40, 40))
     (tmp_path / "a_file").write_text("not a folder")
-    args = _test_args(data, head, tmp_path, backbone_files)
+    args = _test_args(data, head, tmp_path)
     args[args.index("--checkpoints_dir") + 1] = str(tmp_path / "a_file" / "ckpts")
     proc = subprocess.run([sys.executable, "test.py", *args], cwd=REPO, capture_output=True, text=True, timeout=300)
     assert proc.returncode == 2 and "Traceback" not in proc.stderr, proc.stderr[-2000:]
     assert proc.stderr.strip().splitlines()[-1].startswith(f"error: {tmp_path / 'a_file'}")
 
 
-def _train_args(tmp_path: Path, backbone_files, name: str, *extra) -> list[str]:
+def _train_args(tmp_path: Path, name: str, *extra) -> list[str]:
     t = make_pipal_set(tmp_path / "train", n_refs=2, n_dis=3, size=(40, 40), seed=1)
     v = make_pipal_set(tmp_path / "val", n_refs=1, n_dis=3, size=(40, 40), seed=2)
     return ["--train_ref_path", t["ref"], "--train_dis_path", t["dis"], "--train_list", t["list"], "--val_ref_path",
-            v["ref"], "--val_dis_path", v["dis"], "--val_list", v["list"], "--vit_weights", backbone_files[8],
-            "--resnet_weights", backbone_files["resnet"], "--checkpoints_dir", str(tmp_path / "ckpts"), "--name",
+            v["ref"], "--val_dis_path", v["dis"], "--val_list", v["list"], *TINY_ARGS,
+            "--checkpoints_dir", str(tmp_path / "ckpts"), "--name",
             name, "--crop_size", "32", "--gpu_ids", "-1", "--num_workers", "0", "--num_avg_val", "1",
             "--batch_size", "2", *extra]
 
 
-def test_a_run_folder_has_one_owner_and_a_crash_frees_it(tmp_path, backbone_files):
+def test_a_run_folder_has_one_owner_and_a_crash_frees_it(tmp_path):
     run_dir = tmp_path / "ckpts" / "owned"
     holder = subprocess.Popen([sys.executable, "-c", "import sys, time; from utils.files import FolderLock; "
                                f"FolderLock({str(run_dir)!r}); print('held', flush=True); time.sleep(600)"],
                               cwd=REPO, stdout=subprocess.PIPE, text=True)
     assert holder.stdout.readline().strip() == "held"
-    args = _train_args(tmp_path, backbone_files, "owned", "--n_epoch", "1")
+    args = _train_args(tmp_path, "owned", "--n_epoch", "1")
     start = time.perf_counter()
     with pytest.raises(AHIQError, match=r"owned: another process is using this run folder \(train\.py\)"):
         train.main(args)
@@ -215,8 +212,8 @@ def test_a_run_folder_has_one_owner_and_a_crash_frees_it(tmp_path, backbone_file
     FolderLock(str(run_dir)).release()
 
 
-def test_stale_temporaries_are_removed_and_resume_checks_the_options(tmp_path, backbone_files):
-    args = _train_args(tmp_path, backbone_files, "resumed", "--n_epoch", "1")
+def test_stale_temporaries_are_removed_and_resume_checks_the_options(tmp_path):
+    args = _train_args(tmp_path, "resumed", "--n_epoch", "1")
     train.main(args)
     run_dir = tmp_path / "ckpts" / "resumed"
     (run_dir / ".tmp-killedsave").write_bytes(b"x" * 1000)  # what a kill during a save leaves
@@ -227,8 +224,8 @@ def test_stale_temporaries_are_removed_and_resume_checks_the_options(tmp_path, b
     assert state.epoch == 2 and not list(run_dir.glob(".tmp-*"))
 
 
-def test_kills_at_random_moments_of_a_save_never_tear_last_pth(tmp_path, backbone_files):
-    args = _train_args(tmp_path, backbone_files, "killed", "--n_epoch", "1")
+def test_kills_at_random_moments_of_a_save_never_tear_last_pth(tmp_path):
+    args = _train_args(tmp_path, "killed", "--n_epoch", "1")
     train.main(args)
     run_dir = tmp_path / "ckpts" / "killed"
     saver = ("import sys, torch; from utils.checkpoint import load_checkpoint; from utils.files import "

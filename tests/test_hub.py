@@ -12,14 +12,12 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-import timm
 import torch
 from PIL import Image
 from safetensors.torch import save_file
 
 import evaluate
 from data.pipal import read_rgb
-from models import RESNET_TAG
 from scoring import Metric, load_scorer
 from tests.conftest import make_pipal_set
 from utils.checkpoint import save_weights
@@ -71,24 +69,20 @@ def test_hub_load_leaves_the_callers_own_models_and_utils_alone(tmp_path, tiny_c
 
 
 @pytest.fixture(scope="module")
-def pair_and_ckpt(tmp_path_factory, model_factory):
+def pair_and_ckpt(tmp_path_factory, tiny_ckpt):
     root = tmp_path_factory.mktemp("metric")
     data = make_pipal_set(root / "set", n_refs=1, n_dis=2, size=(40, 48), seed=8)
-    ckpt = root / "head.pth"
-    save_weights(str(ckpt), model_factory(8))
-    return data, str(ckpt)
+    return data, tiny_ckpt
 
 
 @pytest.mark.parametrize("n_ensemble", [5, 12])
-def test_every_input_form_scores_what_test_py_scores(pair_and_ckpt, backbone_files, tmp_path, n_ensemble):
+def test_every_input_form_scores_what_test_py_scores(pair_and_ckpt, tmp_path, n_ensemble):
     data, ckpt = pair_and_ckpt
-    weights = {"vit_weights": backbone_files[8], "resnet_weights": backbone_files["resnet"]}
     out = evaluate.main(["--test_ref_path", data["ref"], "--test_dis_path", data["dis"], "--test_list", data["list"],
                          "--ckpt", ckpt, "--crop_size", "32", "--n_ensemble", str(n_ensemble), "--gpu_ids", "-1",
-                         "--num_workers", "0", "--checkpoints_dir", str(tmp_path), "--vit_weights",
-                         backbone_files[8], "--resnet_weights", backbone_files["resnet"]])
+                         "--num_workers", "0", "--checkpoints_dir", str(tmp_path), "--no_pretrained"])
     expected = float(Path(out["predictions"]).read_text().splitlines()[1].split(",")[1])
-    metric = Metric(load_scorer(ckpt, **weights, crop_size=32, n_ensemble=n_ensemble))
+    metric = Metric(load_scorer(ckpt, pretrained=False, crop_size=32, n_ensemble=n_ensemble))
     dis_path, ref_path = f"{data['dis']}/{data['names'][1]}", f"{data['ref']}/A0000.bmp"
     assert metric(dis_path, ref_path).item() == pytest.approx(expected, rel=1e-6)
     assert metric([dis_path], [ref_path]).tolist() == pytest.approx([expected], rel=1e-6)
@@ -103,8 +97,8 @@ def test_every_input_form_scores_what_test_py_scores(pair_and_ckpt, backbone_fil
         metric(np.zeros((40, 48, 3), np.float32), np.zeros((40, 48, 3), np.float32))
 
 
-def test_as_loss_is_differentiable_with_respect_to_the_distorted_image(model_factory):
-    metric = Metric(torch.hub.load(str(REPO), "ahiq", source="local", pretrained=False, n_ensemble=5,
+def test_as_loss_is_differentiable_with_respect_to_the_distorted_image(tiny_ckpt):
+    metric = Metric(torch.hub.load(str(REPO), "ahiq", source="local", pretrained=False, ckpt=tiny_ckpt, n_ensemble=5,
                                    crop_size=32).scorer, as_loss=True)
     metric.net.double()
     g = torch.Generator().manual_seed(0)
@@ -130,11 +124,9 @@ def test_pretrained_is_fetched_with_sha256_checks_and_offline_is_one_line(tmp_pa
                                                                           monkeypatch):
     served = tmp_path / "served"
     served.mkdir()
-    save_weights(str(served / "ckpt.pth"), model_factory(8))
-    vit = timm.create_model("vit_base_patch8_224", pretrained=False).state_dict()
-    save_file({k: v.contiguous() for k, v in vit.items()}, str(served / "vit.safetensors"))
-    torch.manual_seed(0)
-    save_file(timm.create_model(RESNET_TAG, pretrained=False).state_dict(), str(served / "resnet.safetensors"))
+    save_weights(str(served / "ckpt.pth"), model_factory(8))  # the paper's model: the pinned backbones are fetched
+    (served / "vit.safetensors").symlink_to(backbone_files[8])
+    save_file(torch.load(backbone_files["resnet"], weights_only=True), str(served / "resnet.safetensors"))
     import hashlib
     sha = hashlib.sha256((served / "ckpt.pth").read_bytes()).hexdigest()[:8]
     httpd = http.server.ThreadingHTTPServer(("127.0.0.1", 0), functools.partial(_Quiet, directory=str(served)))

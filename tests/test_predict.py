@@ -19,33 +19,34 @@ from utils.errors import AHIQError
 
 
 @pytest.fixture(scope="module")
-def ckpt(tmp_path_factory, model_factory) -> str:
+def ckpt(tmp_path_factory, tiny_factory) -> str:
+    """A tiny AHIQ's checkpoint with a MOS range (its backbones are random: named in the file, built from the seed)."""
     path = tmp_path_factory.mktemp("predict") / "ours.pth"
-    save_weights(str(path), model_factory(8), meta={"mos_min": 1000.0, "mos_max": 1600.0})
+    save_weights(str(path), tiny_factory(8), meta={"mos_min": 1000.0, "mos_max": 1600.0})
     return str(path)
 
 
-def _weights(backbone_files) -> list[str]:
-    return ["--vit_weights", backbone_files[8], "--resnet_weights", backbone_files["resnet"], "--gpu_ids", "-1",
-            "--num_workers", "0"]
+def _weights(backbone_files=None) -> list[str]:
+    """Backbones: the real architectures' weight files when given, else random (the tiny checkpoint's)."""
+    files = ["--vit_weights", backbone_files[8], "--resnet_weights", backbone_files["resnet"]] if backbone_files \
+        else ["--no_pretrained"]
+    return [*files, "--gpu_ids", "-1", "--num_workers", "0"]
 
 
-def test_api_scores_equal_test_py(tmp_path, pipal_set, backbone_files, ckpt):
+def test_api_scores_equal_test_py(tmp_path, pipal_set, ckpt):
     result = test_script.main(["--test_ref_path", pipal_set["ref"], "--test_dis_path", pipal_set["dis"],
                                "--test_list", pipal_set["list"], "--ckpt", ckpt, "--crop_size", "32",
-                               "--n_ensemble", "12", "--checkpoints_dir", str(tmp_path), *_weights(backbone_files)])
+                               "--n_ensemble", "12", "--checkpoints_dir", str(tmp_path), *_weights()])
     expected = [float(line.split(",")[1]) for line in Path(result["predictions"]).read_text().splitlines()]
-    scorer = load_scorer(ckpt, str(tmp_path), vit_weights=backbone_files[8], resnet_weights=backbone_files["resnet"],
-                         crop_size=32, n_ensemble=12)
+    scorer = load_scorer(ckpt, str(tmp_path), pretrained=False, crop_size=32, n_ensemble=12)
     pairs = [(os.path.join(pipal_set["dis"], n), os.path.join(pipal_set["ref"], n[:5] + ".bmp"))
              for n in pipal_set["names"]]
     np.testing.assert_allclose(scorer.score_files(pairs), expected, rtol=1e-6)
     np.testing.assert_allclose(scorer.score_files(pairs), expected, rtol=1e-6)  # deterministic
 
 
-def test_score_tensors_equals_score_files_for_fixed_windows(pipal_set, backbone_files, ckpt, tmp_path):
-    scorer = load_scorer(ckpt, str(tmp_path), vit_weights=backbone_files[8], resnet_weights=backbone_files["resnet"],
-                         crop_size=32, n_ensemble=5)
+def test_score_tensors_equals_score_files_for_fixed_windows(pipal_set, ckpt, tmp_path):
+    scorer = load_scorer(ckpt, str(tmp_path), pretrained=False, crop_size=32, n_ensemble=5)
     names = pipal_set["names"][:3]
     pairs = [(os.path.join(pipal_set["dis"], n), os.path.join(pipal_set["ref"], n[:5] + ".bmp")) for n in names]
     dis, ref = (torch.stack([torch.from_numpy(read_rgb(p[k]).transpose(2, 0, 1).copy()).float() / 255
@@ -55,7 +56,7 @@ def test_score_tensors_equals_score_files_for_fixed_windows(pipal_set, backbone_
         scorer.score_tensors(dis[:, :, :16], ref[:, :, :16])
 
 
-def test_predict_folders_csv_and_mos_units(tmp_path, pipal_set, backbone_files, ckpt, capsys):
+def test_predict_folders_csv_and_mos_units(tmp_path, pipal_set, ckpt, capsys):
     dis_dir, ref_dir = tmp_path / "d", tmp_path / "r"
     dis_dir.mkdir()
     ref_dir.mkdir()
@@ -63,7 +64,7 @@ def test_predict_folders_csv_and_mos_units(tmp_path, pipal_set, backbone_files, 
         os.symlink(os.path.join(pipal_set["dis"], name), dis_dir / name)
         os.symlink(os.path.join(pipal_set["ref"], name[:5] + ".bmp"), ref_dir / name)
     args = ["--dis_dir", str(dis_dir), "--ref_dir", str(ref_dir), "--ckpt", ckpt, "--crop_size", "32",
-            "--n_ensemble", "5", *_weights(backbone_files)]
+            "--n_ensemble", "5", *_weights()]
     scores = predict.main(args + ["--csv", str(tmp_path / "out.csv")])
     rows = list(csv.DictReader(open(tmp_path / "out.csv")))
     assert [Path(r["dis"]).name for r in rows] == sorted(pipal_set["names"][:3])
@@ -94,19 +95,19 @@ def test_official_checkpoint_needs_a_mos_range(tmp_path, pipal_set, backbone_fil
 
 
 @needs_fixtures()
-def test_predict_on_real_kadid_images_equals_test_py(backbone_files, ckpt, tmp_path, capsys):
+def test_predict_on_real_kadid_images_equals_test_py(ckpt, tmp_path, capsys):
     k = FIXTURES / "kadid10k"
     names = ["I01_01_05.png", "I01_15_05.png"]
     (tmp_path / "list.txt").write_text("".join(f"{n}\n" for n in names))
     tested = test_script.main(["--dataset", "kadid10k", "--list_format", "pipal", "--test_list",
                                str(tmp_path / "list.txt"), "--test_ref_path", str(k), "--test_dis_path", str(k),
                                "--ckpt", ckpt, "--crop_size", "64", "--n_ensemble", "12", "--checkpoints_dir",
-                               str(tmp_path), *_weights(backbone_files)])
+                               str(tmp_path), *_weights()])
     expected = [float(line.split(",")[1]) for line in Path(tested["predictions"]).read_text().splitlines()]
     capsys.readouterr()
     for name, score in zip(names, expected):  # a real 512x384 photograph pair, 12 random windows of 64
         scores = predict.main(["--dis", str(k / name), "--ref", str(k / "I01.png"), "--ckpt", ckpt,
-                               "--crop_size", "64", "--n_ensemble", "12", *_weights(backbone_files)])
+                               "--crop_size", "64", "--n_ensemble", "12", *_weights()])
         assert scores[0] == pytest.approx(score, rel=1e-6)
         assert name in capsys.readouterr().out
     assert expected[0] != pytest.approx(expected[1], rel=1e-6)

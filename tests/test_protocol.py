@@ -15,7 +15,7 @@ import evaluate as test_script
 import protocol
 import train
 from scoring import load_scorer
-from tests.conftest import make_fr_dataset
+from tests.conftest import TINY_ARGS, make_fr_dataset
 from utils.errors import AHIQError
 
 
@@ -27,19 +27,19 @@ def data_root(tmp_path_factory):
     return root
 
 
-def _common(backbone_files, ckpts, *extra) -> list[str]:
-    return ["--vit_weights", backbone_files[8], "--resnet_weights", backbone_files["resnet"],
+def _common(ckpts, *extra) -> list[str]:
+    return [*TINY_ARGS,
             "--checkpoints_dir", str(ckpts), "--crop_size", "32", "--gpu_ids", "-1", "--num_workers", "0",
             "--num_avg_val", "2", *extra]
 
 
-def test_csv_dataset_of_non_square_images_trains_and_tests_on_its_split(data_root, backbone_files, tmp_path):
+def test_csv_dataset_of_non_square_images_trains_and_tests_on_its_split(data_root, tmp_path):
     split_file = tmp_path / "kadid_splits.json"
     data = ["--dataset", "kadid10k", "--data_root", str(data_root), "--split_file", str(split_file)]
-    train.main(_common(backbone_files, tmp_path, "--name", "csv", "--n_epoch", "1", "--batch_size", "3", *data))
+    train.main(_common(tmp_path, "--name", "csv", "--n_epoch", "1", "--batch_size", "3", *data))
     splits = json.loads(split_file.read_text())["splits"]
     assert [len(splits[0][p]) for p in ("train", "val", "test")] == [3, 1, 1]
-    result = test_script.main(_common(backbone_files, tmp_path, "--name", "csv", "--n_ensemble", "3", *data))
+    result = test_script.main(_common(tmp_path, "--name", "csv", "--n_ensemble", "3", *data))
     lines = (tmp_path / "csv" / "results.txt").read_text().splitlines()
     test_ref = splits[0]["test"][0]  # 'I0r.png': its three distorted images, in label-file order
     assert [line.split(",")[0] for line in lines] == [f"{test_ref[:-4]}_01_{d:02d}.png" for d in (1, 2, 3)]
@@ -51,14 +51,14 @@ def test_csv_dataset_of_non_square_images_trains_and_tests_on_its_split(data_roo
     # test.py never makes a split file: a mistyped path would test on a split the model may have trained on
     wrong = [*data[:-1], str(tmp_path / "typo.json")]
     with pytest.raises(AHIQError, match=r"typo\.json: no such split file"):
-        test_script.main(_common(backbone_files, tmp_path, "--name", "csv", *wrong))
+        test_script.main(_common(tmp_path, "--name", "csv", *wrong))
     assert not (tmp_path / "typo.json").exists()
 
 
-def test_dmos_training_stores_its_label_normalisation(data_root, backbone_files, tmp_path):
+def test_dmos_training_stores_its_label_normalisation(data_root, tmp_path):
     data = ["--dataset", "csiq", "--data_root", str(data_root), "--split_file", str(tmp_path / "s.json"),
             "--split_ratios", "1,1,0"]
-    train.main(_common(backbone_files, tmp_path, "--name", "dmos", "--n_epoch", "1", "--batch_size", "3", *data))
+    train.main(_common(tmp_path, "--name", "dmos", "--n_epoch", "1", "--batch_size", "3", *data))
     meta = torch.load(tmp_path / "dmos" / "last.pth", weights_only=True)["ahiq"]
     labels = list(csv.DictReader(open(data_root / "meta_info" / "meta_info_CSIQDataset.csv")))
     train_ref = json.loads((tmp_path / "s.json").read_text())["splits"][0]["train"]
@@ -69,9 +69,9 @@ def test_dmos_training_stores_its_label_normalisation(data_root, backbone_files,
     np.testing.assert_allclose(scorer.to_mos(np.array([0.0, 1.0])), [max(dmos), min(dmos)])  # best = lowest DMOS
 
 
-def test_images_smaller_than_the_crop_need_resize(data_root, backbone_files, tmp_path):
+def test_images_smaller_than_the_crop_need_resize(data_root, tmp_path):
     data = ["--dataset", "kadid10k", "--data_root", str(data_root), "--split_file", str(tmp_path / "s.json")]
-    args = _common(backbone_files, tmp_path, "--name", "small", "--n_epoch", "1", *data)
+    args = _common(tmp_path, "--name", "small", "--n_epoch", "1", *data)
     with pytest.raises(AHIQError, match=r"I0\d_01_0\d\.png: 56x40 is smaller than --crop_size 48; pass --resize"):
         train.main([*args, "--crop_size", "48"])
     assert not (tmp_path / "small" / "last.pth").exists()
@@ -79,14 +79,14 @@ def test_images_smaller_than_the_crop_need_resize(data_root, backbone_files, tmp
     assert state.epoch == 1
 
 
-def test_same_list_for_training_and_validation_without_a_split_is_refused(data_root, backbone_files, tmp_path):
+def test_same_list_for_training_and_validation_without_a_split_is_refused(data_root, tmp_path):
     with pytest.raises(AHIQError, match="training and validation would use the same images"):
-        train.main(_common(backbone_files, tmp_path, "--name", "x", "--dataset", "kadid10k", "--data_root",
+        train.main(_common(tmp_path, "--name", "x", "--dataset", "kadid10k", "--data_root",
                            str(data_root)))
 
 
-def test_protocol_runner_two_splits_with_a_cross_dataset_test(data_root, backbone_files, tmp_path, capsys):
-    args = _common(backbone_files, tmp_path, "--name", "proto", "--dataset", "kadid10k", "--data_root",
+def test_protocol_runner_two_splits_with_a_cross_dataset_test(data_root, tmp_path, capsys):
+    args = _common(tmp_path, "--name", "proto", "--dataset", "kadid10k", "--data_root",
                    str(data_root), "--n_splits", "2", "--n_epoch", "1", "--batch_size", "3", "--n_ensemble", "2",
                    "--cross_dataset", "csiq")
     summary = protocol.main(args)

@@ -12,8 +12,8 @@ import torch
 import evaluate
 from data.pipal import PairDataset, crop_stack, official_windows, read_rgb
 from engine import ReferenceCache, predict, score_crops
+from scoring import load_scorer
 from tests.conftest import make_pipal_set
-from utils.checkpoint import save_weights
 
 
 def _dataset(root: Path, order: str, n_crops: int, **kwargs) -> PairDataset:
@@ -44,9 +44,9 @@ class _CountingModel(torch.nn.Module):
 
 @pytest.mark.parametrize("order", ["grouped", "interleaved", "once"])
 @pytest.mark.parametrize("n_crops", [5, 12])
-def test_shared_references_equal_scoring_every_pair_alone(model_factory, tmp_path, order, n_crops, monkeypatch):
+def test_shared_references_equal_scoring_every_pair_alone(tiny_factory, tmp_path, order, n_crops, monkeypatch):
     ds = _dataset(tmp_path, order, n_crops)
-    model = _CountingModel(model_factory(8))
+    model = _CountingModel(tiny_factory(8))
     live = []
     release = ReferenceCache.release
 
@@ -94,16 +94,13 @@ def test_official_windows_are_the_released_stream():
     assert all(0 <= t <= 63 and 0 <= x <= 63 for image in expected[:50] for t, x in image)  # last offset never drawn
 
 
-def test_test_py_with_official_windows_scores_them(tmp_path, backbone_files, model_factory):
+def test_test_py_with_official_windows_scores_them(tmp_path, tiny_ckpt):
     data = make_pipal_set(tmp_path / "set", n_refs=2, n_dis=3, size=(40, 44), seed=6)
-    ckpt = tmp_path / "head.pth"
-    model = model_factory(8)
-    save_weights(str(ckpt), model)
+    model = load_scorer(tiny_ckpt, pretrained=False).model  # built as test.py builds it (random backbones, seeded)
     result = evaluate.main(["--test_ref_path", data["ref"], "--test_dis_path", data["dis"], "--test_list",
-                            data["list"], "--ckpt", str(ckpt), "--crop_size", "32", "--n_ensemble", "12",
+                            data["list"], "--ckpt", tiny_ckpt, "--crop_size", "32", "--n_ensemble", "12",
                             "--batch_size", "4", "--random_windows", "official", "--gpu_ids", "-1", "--num_workers",
-                            "0", "--checkpoints_dir", str(tmp_path), "--vit_weights", backbone_files[8],
-                            "--resnet_weights", backbone_files["resnet"]])
+                            "0", "--checkpoints_dir", str(tmp_path), "--no_pretrained"])
     lines = Path(result["predictions"]).read_text().splitlines()
     windows = _released_loop_windows(6, 4, 12, 40, 44, 32, 1919)
     assert [line.split(",")[0] for line in lines] == data["names"]

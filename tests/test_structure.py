@@ -18,8 +18,8 @@ from utils.checkpoint import save_weights
 
 REPO = Path(__file__).resolve().parents[1]
 # Lower layers never import higher ones; a module may import its own package and anything below.
-LAYERS = {"utils": 0, "models": 1, "data": 2, "engine": 3, "options": 3, "scoring": 4, "runtime": 4, "evaluate": 5,
-          "train": 5, "test": 6, "predict": 6, "protocol": 6, "tools": 6, "benchmarks": 6}
+LAYERS = {"utils": 0, "models": 1, "data": 2, "engine": 3, "options": 3, "scoring": 4, "runtime": 5, "evaluate": 6,
+          "train": 6, "test": 7, "predict": 7, "protocol": 7, "tools": 7, "benchmarks": 7}
 LIBRARY = ("utils", "models", "data", "engine", "scoring", "runtime", "evaluate")
 
 

@@ -41,6 +41,14 @@ def _args(pipal_set, tmp_path, backbone_files, ckpt, *extra) -> list[str]:
             "--num_workers", "0", *extra]
 
 
+def _tiny_args(pipal_set, tmp_path, ckpt, *extra) -> list[str]:
+    """test.py on the tiny AHIQ (its backbones named in the checkpoint, random): for what does not need the real
+    sizes."""
+    return ["--test_ref_path", pipal_set["ref"], "--test_dis_path", pipal_set["dis"], "--test_list", pipal_set["list"],
+            "--ckpt", ckpt, "--no_pretrained", "--checkpoints_dir", str(tmp_path / "ckpts"), "--name", "run",
+            "--crop_size", "32", "--gpu_ids", "-1", "--num_workers", "0", *extra]
+
+
 def _read_results(path) -> tuple[list[str], np.ndarray]:
     lines = Path(path).read_text().splitlines()
     return [ln.split(",")[0] for ln in lines], np.array([float(ln.split(",")[1]) for ln in lines])
@@ -78,27 +86,27 @@ def test_scores_equal_the_official_computation(tmp_path, pipal_set, backbone_fil
     assert (tmp_path / "ckpts" / "run" / "opt_test.txt").is_file()
 
 
-def test_random_ensemble_independent_of_batching_and_workers(tmp_path, pipal_set, backbone_files, official_ckpt):
-    ckpt, _ = official_ckpt
-    a = test_script.main(_args(pipal_set, tmp_path, backbone_files, ckpt, "--n_ensemble", "12", "--batch_size", "1",
+def test_random_ensemble_independent_of_batching_and_workers(tmp_path, pipal_set, tiny_ckpt):
+    ckpt = tiny_ckpt
+    a = test_script.main(_tiny_args(pipal_set, tmp_path, ckpt, "--n_ensemble", "12", "--batch_size", "1",
                                "--test_file_name", "a.txt", "--crops_per_forward", "5"))
-    b = test_script.main(_args(pipal_set, tmp_path, backbone_files, ckpt, "--n_ensemble", "12", "--batch_size", "4",
+    b = test_script.main(_tiny_args(pipal_set, tmp_path, ckpt, "--n_ensemble", "12", "--batch_size", "4",
                                "--test_file_name", "b.txt") + ["--num_workers", "2"])
     names_a, scores_a = _read_results(a["predictions"])
     names_b, scores_b = _read_results(b["predictions"])
     assert names_a == names_b
     np.testing.assert_allclose(scores_a, scores_b, rtol=1e-5)
-    c = test_script.main(_args(pipal_set, tmp_path, backbone_files, ckpt, "--n_ensemble", "12", "--seed", "5",
+    c = test_script.main(_tiny_args(pipal_set, tmp_path, ckpt, "--n_ensemble", "12", "--seed", "5",
                                "--test_file_name", "c.txt"))
     assert not np.allclose(_read_results(c["predictions"])[1], scores_a, rtol=1e-6)  # the seed matters
 
 
-def test_names_only_list_and_submission_package(tmp_path, pipal_set, backbone_files, official_ckpt):
+def test_names_only_list_and_submission_package(tmp_path, pipal_set, tiny_ckpt):
     names_only = tmp_path / "names.txt"
     names_only.write_text("\n".join(pipal_set["names"]))
     pipal_set = {**pipal_set, "list": str(names_only)}
     sub = tmp_path / "submission"
-    result = test_script.main(_args(pipal_set, tmp_path, backbone_files, official_ckpt[0], "--n_ensemble", "1",
+    result = test_script.main(_tiny_args(pipal_set, tmp_path, tiny_ckpt, "--n_ensemble", "1",
                                     "--submission", str(sub)))
     assert "srcc" not in result and not Path(result["predictions"]).with_name("results_metrics.json").exists()
     assert not Path(result["predictions"]).with_name("results_scatter.png").exists()
@@ -129,12 +137,12 @@ def _assert_one_line_error(proc, *fragments) -> None:
         assert fragment in errors[0]
 
 
-def test_cli_errors_are_one_line_without_traceback(tmp_path, pipal_set, backbone_files, official_ckpt):
-    base = _args(pipal_set, tmp_path, backbone_files, official_ckpt[0])
+def test_cli_errors_are_one_line_without_traceback(tmp_path, pipal_set, tiny_ckpt):
+    base = _tiny_args(pipal_set, tmp_path, tiny_ckpt)
     missing_list = [a if a != pipal_set["list"] else str(tmp_path / "nolist.txt") for a in base]
     _assert_one_line_error(_run_cli(*missing_list), "nolist.txt", "list file not found")
     torch.save({"something": torch.zeros(2)}, tmp_path / "not_ahiq.pth")
-    bad_ckpt = [a if a != official_ckpt[0] else str(tmp_path / "not_ahiq.pth") for a in base]
+    bad_ckpt = [a if a != tiny_ckpt else str(tmp_path / "not_ahiq.pth") for a in base]
     _assert_one_line_error(_run_cli(*bad_ckpt), "not_ahiq.pth", "not an AHIQ checkpoint")
     damaged = Path(pipal_set["dis"]) / "A0001_00_01.bmp"
     damaged.write_bytes(damaged.read_bytes()[:200])  # header fine, pixels gone: found while decoding in a worker
@@ -143,7 +151,7 @@ def test_cli_errors_are_one_line_without_traceback(tmp_path, pipal_set, backbone
 
 
 @pytest.mark.skipif(torch.cuda.is_available(), reason="checks the message shown on machines without CUDA")
-def test_cli_gpu_request_without_cuda(tmp_path, pipal_set, backbone_files, official_ckpt):
-    args = _args(pipal_set, tmp_path, backbone_files, official_ckpt[0])
+def test_cli_gpu_request_without_cuda(tmp_path, pipal_set, tiny_ckpt):
+    args = _tiny_args(pipal_set, tmp_path, tiny_ckpt)
     args[args.index("--gpu_ids") + 1] = "0"
     _assert_one_line_error(_run_cli(*args), "--gpu_ids 0", "--gpu_ids -1")

@@ -49,9 +49,9 @@ def test_resume_at_epoch_boundary_gives_identical_weights(train_sets, tmp_path, 
     assert any(not torch.equal(after_one[k][n], a[k][n]) for k in a for n in a[k])
 
 
-def test_checkpoints_hold_the_official_keys_and_only_the_head_is_optimised(two_epoch_run, model_factory):
+def test_checkpoints_hold_the_official_keys_and_only_the_head_is_optimised(two_epoch_run, tiny_factory):
     ckpt = torch.load(two_epoch_run / "last.pth", weights_only=True)
-    head = model_factory(8).trainable_state_dict()
+    head = tiny_factory(8).trainable_state_dict()
     n_trainable = sum(len(sd) for sd in head.values())
     assert len(ckpt["optimizer_state_dict"]["param_groups"][0]["params"]) == n_trainable
     assert ckpt["epoch"] == 1 and ckpt["train_state"]["epoch"] == 2
@@ -104,10 +104,10 @@ def test_sigterm_saves_last_and_the_run_resumes_exactly(train_sets, tmp_path, tw
         torch.testing.assert_close(a[key], b[key], rtol=0, atol=0)
 
 
-def test_training_fits_a_few_pairs(model_factory, train_sets):
+def test_training_fits_a_few_pairs(tiny_factory, train_sets):
     """A learning sanity check: on a fixed batch the loss falls far below the label variance (so the model learns
     the differences between pairs, not just their mean) and the predictions rank the pairs correctly."""
-    model = copy.deepcopy(model_factory(8))
+    model = copy.deepcopy(tiny_factory(8))
     data = list_dataset(train_sets["train"], 32, 1)
     batch = torch.utils.data.default_collate([data[(0, i)] for i in range(6)])
     params = list(model.deform_net.parameters()) + list(model.regressor.parameters())

@@ -9,7 +9,7 @@ from utils.metrics import fit_logistic4, logistic4
 
 
 def scatter_figure(preds: np.ndarray, labels: np.ndarray, metrics: dict, title: str = ""):
-    """A matplotlib figure: labels (x) against predictions (y), the fitted logistic curve, metrics in the title."""
+    """A matplotlib figure: predictions (x) against labels (y), the fitted logistic curve, metrics in the title."""
     import matplotlib
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
