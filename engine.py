@@ -21,6 +21,7 @@ import torch.nn.functional as F
 from torch.utils.data import DataLoader, Subset
 from tqdm import tqdm
 
+from data.defaults import CROPS_PER_FORWARD
 from data.pipal import PairDataset
 from models import AHIQ
 from models.ahiq import ReferenceFeatures
@@ -136,9 +137,28 @@ def score_batch(model: AHIQ, dis: torch.Tensor, ref: torch.Tensor, keys: list[li
     return scores.view(b, k).mean(dim=1)
 
 
-def score_crops(model: AHIQ, dis: torch.Tensor, ref: torch.Tensor, crops_per_forward: int | ChunkSize = 50,
-                amp_dtype: torch.dtype | None = None) -> torch.Tensor:
+@torch.inference_mode()
+def score_batch_per_call(model: AHIQ, dis: torch.Tensor, ref: torch.Tensor, amp_dtype: torch.dtype | None = None
+                         ) -> torch.Tensor:
+    """(B,) scores of (B, K, 3, S, S) crop stacks the way the released test.py computes them with ``bn_stats``
+    batch: per crop index, the B reference crops in one model call and the B distorted crops in another, the
+    ResNet's BatchNorm normalising with the statistics of each call (:meth:`models.AHIQ.batch_statistics`). Nothing
+    is shared or chunked: the calls are the statistics."""
+    device = next(model.regressor.parameters()).device
+    total = torch.zeros(dis.shape[0], dtype=torch.float64)
+    with model.batch_statistics(), autocast(device, amp_dtype):
+        for k in range(dis.shape[1]):
+            feats = model.reference(to_unit(ref[:, k], device))
+            total += model.score(to_unit(dis[:, k], device), feats).double().flatten().cpu()
+    return (total / dis.shape[1]).float()
+
+
+def score_crops(model: AHIQ, dis: torch.Tensor, ref: torch.Tensor,
+                crops_per_forward: int | ChunkSize = CROPS_PER_FORWARD, amp_dtype: torch.dtype | None = None,
+                bn_stats: str = "running") -> torch.Tensor:
     """(B,) scores of crop stacks whose references are all distinct (the Python API on tensors, benchmarks)."""
+    if bn_stats == "batch":
+        return score_batch_per_call(model, dis, ref, amp_dtype)
     chunk = crops_per_forward if isinstance(crops_per_forward, ChunkSize) else ChunkSize(crops_per_forward)
     keys = [[(i, j) for j in range(dis.shape[1])] for i in range(dis.shape[0])]
     return score_batch(model, dis, ref, keys, ReferenceCache(), chunk, amp_dtype)
@@ -162,28 +182,35 @@ def grouped_by_reference(indices: list[int], reference_of: Callable[[int], Hasha
 
 
 def predict(model: AHIQ, dataset: PairDataset, indices: list[int] | None = None, batch_size: int = 10,
-            num_workers: int = 0, crops_per_forward: int = 50, amp_dtype: torch.dtype | None = None,
-            progress: bool = True, desc: str = "scoring") -> Predictions:
+            num_workers: int = 0, crops_per_forward: int = CROPS_PER_FORWARD, amp_dtype: torch.dtype | None = None,
+            progress: bool = True, desc: str = "scoring", bn_stats: str = "running") -> Predictions:
     """Predictions for the images ``indices`` of ``dataset`` (default: all), returned in the order of ``indices``.
 
-    The images are loaded grouped by reference, so each (reference, window) is computed once for all its distorted
-    images (:func:`score_batch`) and freed after the last of them: a list that never repeats a reference costs what
-    scoring each pair on its own costs.
+    ``bn_stats`` running (default): the images are loaded grouped by reference, so each (reference, window) is
+    computed once for all its distorted images (:func:`score_batch`) and freed after the last of them: a list that
+    never repeats a reference costs what scoring each pair on its own costs. ``batch``: the released test.py's
+    computation, batches of ``batch_size`` in list order, two model calls per batch and crop index
+    (:func:`score_batch_per_call`); an incomplete last batch (which the released loader drops) is scored the same
+    way, with the statistics of its own crops.
     """
     indices = list(range(len(dataset))) if indices is None else list(indices)
     was_training = model.training
     model.eval()
     device = next(model.regressor.parameters()).device
-    order = grouped_by_reference(indices, dataset.reference_key)
-    keys = {i: dataset.crop_keys(i) for i in order}
+    released = bn_stats == "batch"
+    order = indices if released else grouped_by_reference(indices, dataset.reference_key)
+    keys = {} if released else {i: dataset.crop_keys(i) for i in order}
     cache = ReferenceCache(Counter(key for row in keys.values() for key in row))
     chunk = ChunkSize(crops_per_forward)  # shrinks once for the whole loop if memory runs out
     loader = DataLoader(Subset(dataset, order), batch_size=batch_size, shuffle=False, num_workers=num_workers,
                         pin_memory=device.type == "cuda")
     done: dict[int, tuple[str, float, float]] = {}
     for batch in tqdm(loader, desc=desc, disable=not progress, dynamic_ncols=True, leave=False):
-        batch_keys = [keys[i] for i in batch["index"].tolist()]
-        scores = score_batch(model, batch["dis"], batch["ref"], batch_keys, cache, chunk, amp_dtype)
+        if released:
+            scores = score_batch_per_call(model, batch["dis"], batch["ref"], amp_dtype)
+        else:
+            batch_keys = [keys[i] for i in batch["index"].tolist()]
+            scores = score_batch(model, batch["dis"], batch["ref"], batch_keys, cache, chunk, amp_dtype)
         for i, name, score, label in zip(batch["index"].tolist(), batch["name"], scores.tolist(),
                                          batch["label"].double().tolist()):
             done[i] = (name, score, label)

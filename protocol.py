@@ -23,8 +23,9 @@ import numpy as np
 import evaluate
 import train as train_script
 from data.splits import read_splits
-from options.base_options import RESULT, RESUMABLE, RunConfig, build
+from options.base_options import RunConfig, build
 from options.data_options import PATH_DEFAULTS, apply_preset
+from options.policy import RESULT, RESUMABLE
 from options.protocol_options import parse_protocol_options
 from options.test_options import test_parser
 from runtime import device_of, save_options

@@ -77,7 +77,7 @@ def scorer_for(cfg: RunConfig, checkpoint: Checkpoint, device: str, amp_dtype: t
     return build_scorer(checkpoint, backbone_source(cfg), device, cfg.deform_impl, mos_range,
                         n_ensemble=cfg.n_ensemble, seed=cfg.seed, crops_per_forward=cfg.crops_per_forward,
                         random_windows=cfg.random_windows, max_pixels=cfg.max_pixels, amp_dtype=amp_dtype,
-                        crop_size=checkpoint.config.crop_size)
+                        crop_size=checkpoint.config.crop_size, bn_stats=cfg.bn_stats)
 
 
 def save_options(cfg: RunConfig, phase: str, folder: str | None = None) -> None:

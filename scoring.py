@@ -27,7 +27,7 @@ from data.defaults import CROPS_PER_FORWARD, N_ENSEMBLE, SEED, TEST_BATCH
 from data.label_norm import LabelNorm
 from data.pipal import MAX_PIXELS, PairDataset, crop_tensor_stack, crop_windows
 from engine import Predictions, predict, score_crops
-from models import AHIQ, BackboneSource, ModelConfig, build_from_config
+from models import AHIQ, BN_STATS, BackboneSource, ModelConfig, build_from_config
 from models.config import build_loaded, check_crop, read_model_checkpoint
 from utils.checkpoint import choose_checkpoint
 from utils.errors import AHIQError
@@ -45,9 +45,12 @@ class Scorer:
     amp_dtype: torch.dtype | None = None  # bf16/fp16 autocast on CUDA
     random_windows: str = "reference"  # more than 9 crops: windows per reference, or the released test.py's stream
     max_pixels: int = MAX_PIXELS  # larger images are refused from their header
+    bn_stats: str = "running"  # ResNet BatchNorm: running statistics, or each call's as the released test.py ("batch")
 
     def __post_init__(self) -> None:
         check_crop(self.crop_size, self.model.patch_size)
+        if self.bn_stats not in BN_STATS:
+            raise AHIQError(f"bn_stats {self.bn_stats!r}: expected one of {', '.join(BN_STATS)}")
         for name in ("n_ensemble", "crops_per_forward", "max_pixels"):
             if not isinstance(getattr(self, name), int) or getattr(self, name) < 1:
                 raise AHIQError(f"{name} {getattr(self, name)!r}: must be a positive integer")
@@ -70,7 +73,7 @@ class Scorer:
                       progress: bool = True) -> Predictions:
         """Predictions for every image of ``dataset`` (test.py's loop: :func:`engine.predict`)."""
         return predict(self.model, dataset, None, batch_size, num_workers, self.crops_per_forward, self.amp_dtype,
-                       progress=progress)
+                       progress=progress, bn_stats=self.bn_stats)
 
     def score_files(self, pairs: Sequence[tuple[str, str]], batch_size: int = TEST_BATCH, num_workers: int = 0,
                     progress: bool = False) -> np.ndarray:
@@ -94,7 +97,7 @@ class Scorer:
         """Scores (B,) of (B, 3, H, W) image tensors in [0, 1]; random windows are seeded with the batch position
         (each pair is scored on its own: nothing is shared between positions)."""
         dis_crops, ref_crops = self.crop_pairs(dis, ref, self.n_ensemble)
-        return score_crops(self.model, dis_crops, ref_crops, self.crops_per_forward, self.amp_dtype)
+        return score_crops(self.model, dis_crops, ref_crops, self.crops_per_forward, self.amp_dtype, self.bn_stats)
 
     def crop_pairs(self, dis: torch.Tensor, ref: torch.Tensor, n: int) -> tuple[torch.Tensor, torch.Tensor]:
         """(B, n, 3, S, S) crop stacks of the ``n``-crop ensemble of each checked pair of (B, 3, H, W) tensors in
@@ -185,7 +188,7 @@ def load_scorer(ckpt: str | None = None, checkpoints_dir: str = "checkpoints", n
     :class:`models.ModelConfig` fields, which must agree with it (official files: the paper's model, e.g.
     ``model={"patch_size": 16}``). Backbone weights: the files given, else those download.sh put in
     ``checkpoints_dir/backbones``, else the hub. ``settings`` go to :class:`Scorer` (``crop_size``, ``n_ensemble``,
-    ``seed``, ``crops_per_forward``, ``amp_dtype``, ``random_windows``, ``max_pixels``).
+    ``seed``, ``crops_per_forward``, ``amp_dtype``, ``random_windows``, ``max_pixels``, ``bn_stats``).
     """
     check_device(device)
     path = choose_checkpoint(ckpt, os.path.join(checkpoints_dir, name), load_epoch)

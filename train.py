@@ -31,7 +31,8 @@ from data.sampler import EpochSampler
 from engine import predict, train_one_epoch
 from models import AHIQ, ModelConfig, build_from_config, load_weights
 from models.config import read_model_checkpoint
-from options.base_options import RESULT, RunConfig
+from options.base_options import RunConfig
+from options.policy import RESULT
 from options.train_options import parse_train_options
 from runtime import backbone_source, configure_device, device_of, load_dataset, save_options
 from utils.checkpoint import find_checkpoint, save_weights

@@ -26,6 +26,7 @@ from safetensors.torch import save_file
 from scipy import stats
 
 from benchmarks.official_style import OfficialStyleBackbones, official_forward, reference_scores
+from data.defaults import CROPS_PER_FORWARD, N_ENSEMBLE, SEED
 from data.pipal import crop_tensor_stack, crop_windows
 from engine import ChunkSize, ReferenceCache, score_batch, score_crops
 from models import RESNET_TAG, VIT_TAGS, build_model
@@ -113,7 +114,7 @@ def per_reference(args: argparse.Namespace, model, baseline, heads, device: str,
     shape = (3, args.size, args.size)
     refs = torch.randint(0, 256, (n // k, *shape), generator=g, dtype=torch.uint8)
     images = torch.randint(0, 256, (n, *shape), generator=g, dtype=torch.uint8)
-    windows = [crop_windows(args.size, args.size, args.crop, args.n_ensemble, 1919, f"ref{r}") for r in range(n // k)]
+    windows = [crop_windows(args.size, args.size, args.crop, args.n_ensemble, SEED, f"ref{r}") for r in range(n // k)]
     ref_crops = torch.stack([crop_tensor_stack(img, windows[r], args.crop) for r, img in enumerate(refs)])
     dis = torch.stack([crop_tensor_stack(img, windows[i // k], args.crop) for i, img in enumerate(images)])
     ref = ref_crops[[i // k for i in range(n)]]
@@ -137,7 +138,7 @@ def run(args: argparse.Namespace) -> dict:
     g = torch.Generator().manual_seed(1)
     images_dis = torch.randint(0, 256, (args.images, 3, args.size, args.size), generator=g, dtype=torch.uint8)
     images_ref = torch.randint(0, 256, (args.images, 3, args.size, args.size), generator=g, dtype=torch.uint8)
-    dis, ref = crops(images_dis, args.n_ensemble, args.crop, 1919), crops(images_ref, args.n_ensemble, args.crop, 1919)
+    dis, ref = crops(images_dis, args.n_ensemble, args.crop, SEED), crops(images_ref, args.n_ensemble, args.crop, SEED)
     with tempfile.TemporaryDirectory() as folder:
         model, baseline = make_models(args.patch_size, device, folder)
     heads = (dict(model.deform_net.named_parameters()), dict(model.regressor.named_parameters()))
@@ -218,9 +219,9 @@ def main(argv: list[str] | None = None) -> dict:
     p.add_argument("--images", type=int, default=10)
     p.add_argument("--size", type=int, default=288)
     p.add_argument("--crop", type=int, default=224)
-    p.add_argument("--n_ensemble", type=int, default=20)
+    p.add_argument("--n_ensemble", type=int, default=N_ENSEMBLE)
     p.add_argument("--batch", type=int, default=10, help="baseline images per batch (official test batch)")
-    p.add_argument("--crops_per_forward", type=int, default=50)
+    p.add_argument("--crops_per_forward", type=int, default=CROPS_PER_FORWARD)
     p.add_argument("--train_batch", type=int, default=4)
     p.add_argument("--repeats", type=int, default=3)
     p.add_argument("--per_reference", type=int, nargs="*", default=[],

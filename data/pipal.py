@@ -17,6 +17,7 @@ import torch
 from PIL import Image, UnidentifiedImageError
 from torch.utils.data import Dataset
 
+from data.defaults import NUM_AVG_VAL, SEED
 from data.label_norm import LabelNorm
 from utils.errors import AHIQError
 from utils.files import read_text
@@ -173,6 +174,12 @@ def official_windows(sizes: Sequence[tuple[int, int]], crop: int, n: int, batch_
     return windows
 
 
+def train_window(rng: np.random.Generator, h: int, w: int, crop: int) -> Window:
+    """A training crop's window as the official ``RandCrop`` draws it: ``randint(0, h - crop)``, so the last offset
+    is never drawn (an image of exactly the crop size gives offset 0)."""
+    return int(rng.integers(0, max(h - crop, 1))), int(rng.integers(0, max(w - crop, 1)))
+
+
 def crop_stack(img: np.ndarray, windows: Sequence[Window], crop: int) -> torch.Tensor:
     """(K, 3, crop, crop) uint8 tensor of the windows of an HxWx3 image."""
     crops = np.stack([img[t:t + crop, left:left + crop] for t, left in windows])
@@ -196,16 +203,17 @@ class PairDataset(Dataset):
     Evaluation (``dataset[idx]``): the K = ``n_crops`` windows of :meth:`windows`: fixed windows for K <= 9; random
     ones seeded with the reference's name (``random_windows="reference"``) or the released test.py's stream over the
     list in batches of ``window_batch`` (``"official"``, :func:`official_windows`).
-    Training (``dataset[(epoch, idx)]``, keys made by :class:`data.sampler.EpochSampler`): one random window, the
-    same for both images, and with probability 0.5 both crops flipped along ``flip_axis`` (official: vertical, as
-    ``np.fliplr`` on a C x H x W crop), drawn from a generator seeded with (seed, epoch, idx); so a sample never
-    depends on worker processes, ranks or where a run was resumed.
+    Training (``dataset[(epoch, idx)]``, keys made by :class:`data.sampler.EpochSampler`): one random window drawn as
+    the official ``RandCrop`` draws it (:func:`train_window`), the same for both images, and with probability 0.5
+    both crops flipped along ``flip_axis`` (official: vertical, as ``np.fliplr`` on a C x H x W crop), drawn from a
+    generator seeded with (seed, epoch, idx); so a sample never depends on worker processes, ranks or where a run
+    was resumed.
     Every image is checked when the dataset is built (exists, readable header, same size as its reference, at least
     the crop size unless ``resize``), so a bad file stops the run before any work, naming the file.
     """
 
     def __init__(self, pairs: Sequence[tuple[str, str, str]], raw_scores: np.ndarray | None = None,
-                 crop_size: int = 224, n_crops: int = 5, seed: int = 1919, resize: int | None = None,
+                 crop_size: int = 224, n_crops: int = NUM_AVG_VAL, seed: int = SEED, resize: int | None = None,
                  flip: bool = False, lower_better: bool = False, norm: LabelNorm | None = None,
                  ref_names: Sequence[str] | None = None, random_windows: str = "reference", window_batch: int = 10,
                  flip_axis: str = "vertical", max_pixels: int = MAX_PIXELS) -> None:
@@ -289,7 +297,7 @@ class PairDataset(Dataset):
         else:
             h, w = self.sizes[idx]
             rng = np.random.default_rng([self.seed, epoch, idx])
-            windows = [(int(rng.integers(0, h - self.crop + 1)), int(rng.integers(0, w - self.crop + 1)))]
+            windows = [train_window(rng, h, w, self.crop)]
             flip = rng.random() < 0.5
         dis, ref = crop_stack(dis, windows, self.crop), crop_stack(ref, windows, self.crop)
         if flip:  # the crops, as the official transform (crop, then flip)

@@ -1,7 +1,7 @@
 """AHIQ model: the architecture as data (:class:`ModelConfig`), building it, and loading it from a checkpoint."""
 from __future__ import annotations
 
-from models.ahiq import AHIQ, BRANCHES, DEFORM_IMPLS, FUSIONS, POOLINGS, DeformFusion, PixelPrediction
+from models.ahiq import AHIQ, BN_STATS, BRANCHES, DEFORM_IMPLS, FUSIONS, POOLINGS, DeformFusion, PixelPrediction
 from models.backbones import CNN_BLOCKS, RESNET_TAG, VIT_BLOCKS, VIT_TAGS
 from models.config import (
     BackboneSource,
@@ -12,8 +12,8 @@ from models.config import (
     load_weights,
 )
 
-__all__ = ["AHIQ", "BRANCHES", "CNN_BLOCKS", "DEFORM_IMPLS", "FUSIONS", "POOLINGS", "RESNET_TAG", "VIT_BLOCKS",
-           "VIT_TAGS", "BackboneSource", "DeformFusion", "ModelConfig", "PixelPrediction",
+__all__ = ["AHIQ", "BN_STATS", "BRANCHES", "CNN_BLOCKS", "DEFORM_IMPLS", "FUSIONS", "POOLINGS", "RESNET_TAG",
+           "VIT_BLOCKS", "VIT_TAGS", "BackboneSource", "DeformFusion", "ModelConfig", "PixelPrediction",
            "build_from_config", "build_model", "config_from_checkpoint", "load_model", "load_weights"]
 
 

@@ -13,6 +13,8 @@ conv (a plain 3x3 conv) / none; ``branches`` hybrid / vit (ViT features only) / 
 """
 from __future__ import annotations
 
+import contextlib
+from collections.abc import Iterator
 from dataclasses import dataclass
 
 import torch
@@ -23,6 +25,7 @@ from models.backbones import CNN_CHANNELS, VIT_CHANNELS
 from models.deform import conv3x3_nearest_upsampled, deform_conv2d_gemm
 
 DEFORM_IMPLS = ("gemm", "torchvision")
+BN_STATS = ("running", "batch")  # ResNet BatchNorm when scoring: running statistics, or each call's (released test.py)
 FUSIONS = ("deform", "conv", "none")
 BRANCHES = ("hybrid", "vit", "cnn")
 POOLINGS = ("weighted", "mean")
@@ -151,6 +154,21 @@ class AHIQ(nn.Module):
             if net is not None:
                 net.eval()
         return self
+
+    @contextlib.contextmanager
+    def batch_statistics(self) -> Iterator[None]:
+        """Within the block, the ResNet's BatchNorm layers normalise with the statistics of each call, as in the
+        released test.py (which never calls ``.eval()``); their running statistics are neither used nor changed."""
+        layers = [m for m in (self.cnn.modules() if self.cnn is not None else [])
+                  if isinstance(m, nn.modules.batchnorm._BatchNorm)]
+        before = [(m.training, m.track_running_stats) for m in layers]
+        for m in layers:
+            m.training, m.track_running_stats = True, False
+        try:
+            yield
+        finally:
+            for m, (training, track) in zip(layers, before):
+                m.training, m.track_running_stats = training, track
 
     def trainable_parts(self) -> dict[str, nn.Module]:
         return {name: m for name, m in (("deform_net", self.deform_net), ("regressor", self.regressor))

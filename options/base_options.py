@@ -1,15 +1,7 @@
 """Options every entry point shares (the run, the model) and how options become a frozen run configuration.
 
 Parsers are built from small parents (``parents=[run_parser(), model_parser(), ...]``), so each option is defined
-once, with its default and its policy beside it:
-
-- ``RESULT`` (the default): changes what is computed; a resumed run or a continued protocol must keep it.
-- ``RESUMABLE`` (``resumable(...)``): changes what is computed, but a resumed run may change it (``--n_epoch``:
-  train on); a continued protocol must keep it.
-- ``FREE`` (``free(...)``): where and how fast it runs (devices, workers, paths of weight files); may change on
-  ``--resume``, and is still taken from a saved configuration by ``--config``.
-- ``ONCE`` (``once(...)``): an action of this invocation (``--config``, ``--resume``); never taken from a saved
-  configuration.
+once, with its default and its policy beside it (options/policy.py: RESULT, RESUMABLE, FREE or ONCE).
 
 :func:`parse` turns the command line (and ``--config FILE``) into a frozen dataclass made from the parser's options:
 checked and resolved once (dataset preset paths), never written afterwards. What is derived from it (run folder,
@@ -33,30 +25,11 @@ from data.defaults import SEED
 from data.pipal import MAX_PIXELS
 from models import BRANCHES, DEFORM_IMPLS, FUSIONS, POOLINGS, ModelConfig
 from models.config import check_crop
+from options.policy import ONCE, free, once, policy
 from utils.errors import AHIQError
 from utils.files import read_text
 
 PAPER = ModelConfig()
-RESULT, RESUMABLE, FREE, ONCE = "result", "resumable", "free", "once"
-
-
-def free(action: argparse.Action) -> argparse.Action:
-    action.policy = FREE
-    return action
-
-
-def resumable(action: argparse.Action) -> argparse.Action:
-    action.policy = RESUMABLE
-    return action
-
-
-def once(action: argparse.Action) -> argparse.Action:
-    action.policy = ONCE
-    return action
-
-
-def policy(action: argparse.Action) -> str:
-    return getattr(action, "policy", RESULT)
 
 
 def run_parser() -> argparse.ArgumentParser:

@@ -9,7 +9,7 @@ import os
 from data.datasets import LIST_FORMATS, PRESETS
 from data.defaults import NUM_AVG_VAL
 from data.pipal import WINDOW_MODES
-from options.base_options import free
+from options.policy import free
 from utils.errors import AHIQError
 
 # The official defaults of the data paths: the PIPAL layout of the preset (data/prepare_pipal.py writes it), relative

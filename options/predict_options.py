@@ -3,8 +3,9 @@ from __future__ import annotations
 
 import argparse
 
-from options.base_options import RunConfig, free, model_parser, parse, run_parser
+from options.base_options import RunConfig, model_parser, parse, run_parser
 from options.data_options import windows_parser
+from options.policy import free
 from options.test_options import scoring_parser
 from utils.errors import AHIQError
 

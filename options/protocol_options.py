@@ -7,8 +7,9 @@ import os
 
 from data.datasets import PRESETS
 from data.defaults import N_ENSEMBLE, TEST_BATCH
-from options.base_options import RunConfig, free, parse
+from options.base_options import RunConfig, parse
 from options.data_options import apply_preset
+from options.policy import free
 from options.train_options import check_train_options, train_parents
 from utils.errors import AHIQError
 

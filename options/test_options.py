@@ -4,7 +4,8 @@ from __future__ import annotations
 import argparse
 
 from data.defaults import CROPS_PER_FORWARD, N_ENSEMBLE, TEST_BATCH
-from options.base_options import RunConfig, free, model_parser, parse, run_parser
+from models import BN_STATS
+from options.base_options import RunConfig, model_parser, parse, run_parser
 from options.data_options import (
     apply_preset,
     image_parser,
@@ -14,6 +15,7 @@ from options.data_options import (
     train_data_parser,
     windows_parser,
 )
+from options.policy import free
 from utils.errors import AHIQError
 
 
@@ -26,6 +28,10 @@ def scoring_parser() -> argparse.ArgumentParser:
                    help="crops averaged per image: 1 centre, 2-9 fixed windows, more: seeded random windows")
     free(g.add_argument("--crops_per_forward", type=int, default=CROPS_PER_FORWARD,
                         help="crop pairs per model forward (memory bound)"))
+    g.add_argument("--bn_stats", default="running", choices=BN_STATS,
+                   help="ResNet BatchNorm: 'running' statistics (as trained, pyiqa), or 'batch': the statistics of "
+                        "each model call, as the released test.py computed them (batches of --batch_size in list "
+                        "order, per crop index; see docs/fidelity.md)")
     return p
 
 

@@ -5,7 +5,7 @@ import argparse
 
 from data.defaults import CROPS_PER_FORWARD, TEST_BATCH
 from data.pipal import FLIP_AXES
-from options.base_options import RunConfig, check_positive, free, model_parser, once, parse, resumable, run_parser
+from options.base_options import RunConfig, check_positive, model_parser, parse, run_parser
 from options.data_options import (
     apply_preset,
     image_parser,
@@ -14,6 +14,7 @@ from options.data_options import (
     train_data_parser,
     windows_parser,
 )
+from options.policy import free, once, resumable
 from utils.errors import AHIQError
 
 

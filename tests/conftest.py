@@ -2,6 +2,9 @@
 from __future__ import annotations
 
 import os
+import runpy
+import sys
+from dataclasses import dataclass
 from pathlib import Path
 
 import cv2
@@ -105,6 +108,37 @@ def train_args(sets: dict, ckpts: Path, name: str, *extra: str) -> list[str]:
             "--val_ref_path", v["ref"], "--val_dis_path", v["dis"], "--val_list", v["list"], *TINY_ARGS,
             "--checkpoints_dir", str(ckpts), "--name", name, "--crop_size", "32", "--gpu_ids", "-1",
             "--num_workers", "0", "--num_avg_val", "2", "--batch_size", "2", "--save_interval", "100", *extra]
+
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+@dataclass
+class CliResult:
+    returncode: int
+    stdout: str
+    stderr: str
+
+
+def run_entry(capsys, entry: str, *args: str) -> CliResult:
+    """``python ENTRY ARGS`` (a script, or ``-m module``) run in this process, through its own ``__main__`` block
+    (its ``run_cli`` included), without an interpreter start-up; stdout and stderr as the user would see them."""
+    argv = sys.argv
+    code = 0
+    capsys.readouterr()
+    try:
+        if entry.startswith("-m "):
+            sys.argv = [entry[3:], *args]
+            runpy.run_module(entry[3:], run_name="__main__", alter_sys=True)
+        else:
+            sys.argv = [entry, *args]
+            runpy.run_path(str(REPO / entry), run_name="__main__")
+    except SystemExit as end:
+        code = end.code if isinstance(end.code, int) else 1
+    finally:
+        sys.argv = argv
+    out = capsys.readouterr()
+    return CliResult(code, out.out, out.err)
 
 
 def make_pipal_set(root: Path, n_refs: int = 2, n_dis: int = 3, size: tuple[int, int] = (48, 56),

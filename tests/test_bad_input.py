@@ -24,7 +24,7 @@ import train
 from data.datasets import read_labels
 from data.pipal import image_size, read_list, read_rgb
 from scoring import Scorer
-from tests.conftest import TINY_ARGS, make_pipal_set
+from tests.conftest import TINY_ARGS, make_pipal_set, run_entry
 from utils.checkpoint import load_checkpoint
 from utils.errors import AHIQError
 from utils.files import FolderLock
@@ -176,12 +176,12 @@ def test_bad_option_values_stop_before_anything_loads(tmp_path, entry, extra, me
         run(common + extra)
 
 
-def test_an_unwritable_output_is_one_line(tmp_path, head):
+def test_an_unwritable_output_is_one_line(tmp_path, head, capsys):
     data = make_pipal_set(tmp_path / "set", n_refs=1, n_dis=3, size=(40, 40))
     (tmp_path / "a_file").write_text("not a folder")
     args = _test_args(data, head, tmp_path)
     args[args.index("--checkpoints_dir") + 1] = str(tmp_path / "a_file" / "ckpts")
-    proc = subprocess.run([sys.executable, "test.py", *args], cwd=REPO, capture_output=True, text=True, timeout=300)
+    proc = run_entry(capsys, "test.py", *args)
     assert proc.returncode == 2 and "Traceback" not in proc.stderr, proc.stderr[-2000:]
     assert proc.stderr.strip().splitlines()[-1].startswith(f"error: {tmp_path / 'a_file'}")
 

@@ -2,14 +2,13 @@
 check refuses to run without CUDA."""
 from __future__ import annotations
 
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 import torch
 
 from benchmarks.benchmark import main
+from tests.conftest import run_entry
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -25,9 +24,8 @@ def test_benchmark_smoke(tmp_path):
 
 
 @pytest.mark.skipif(torch.cuda.is_available(), reason="checks the message given without CUDA")
-def test_gpu_check_without_cuda_says_so_in_one_line():
-    proc = subprocess.run([sys.executable, "-m", "benchmarks.gpu_check"], cwd=REPO, capture_output=True, text=True,
-                          timeout=120)
+def test_gpu_check_without_cuda_says_so_in_one_line(capsys):
+    proc = run_entry(capsys, "-m benchmarks.gpu_check")
     assert proc.returncode == 2 and proc.stdout == ""
     assert proc.stderr.strip().splitlines() == ["gpu_check: no CUDA device here (torch.cuda.is_available() is False); "
                                                 "run it on a GPU machine"]

@@ -10,7 +10,7 @@ import torch
 
 from benchmarks.official_style import official_five_point_window
 from data.label_norm import LabelNorm
-from data.pipal import crop_windows, fixed_windows, read_list, read_rgb
+from data.pipal import crop_windows, fixed_windows, read_list, read_rgb, train_window
 from tests.conftest import FIXTURES, LISTS, list_dataset, needs_fixtures
 from utils.errors import AHIQError
 
@@ -204,6 +204,15 @@ def test_training_samples_are_seeded_share_one_window_and_flip_the_chosen_axis(p
         t, x = (plain or flipped)[0]
         assert r_crop.tolist() == ref[t:t + 32, x:x + 32].tolist()  # the same window and flip on the reference
     assert 0 < n_flipped < 12  # random flips, both outcomes occur
+
+
+def test_training_windows_follow_the_official_randcrop_range():
+    """RandCrop's np.random.randint(0, h - 224): offsets 0 .. h - crop - 1, the last one never drawn; an image of the
+    crop size itself is taken whole."""
+    rng = np.random.default_rng(0)
+    drawn = [train_window(rng, 40, 36, 32) for _ in range(4000)]
+    assert {t for t, _ in drawn} == set(range(8)) and {x for _, x in drawn} == set(range(4))
+    assert {train_window(rng, 32, 32, 32) for _ in range(20)} == {(0, 0)}
 
 
 def test_sampler_shards_cover_every_image_and_resume_mid_epoch():

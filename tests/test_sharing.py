@@ -1,6 +1,7 @@
 """Each reference computed once: the shared scoring loop equals scoring every pair on its own (lists with references
 interleaved, grouped, or appearing once), computes each (reference, window) once, frees it after its last distorted
-image, and keeps list order; the released test.py's random windows; windows drawn per reference."""
+image, and keeps list order; the released test.py's random windows and its BatchNorm statistics (--bn_stats batch)
+against an independent replay of its loop; windows drawn per reference."""
 from __future__ import annotations
 
 from pathlib import Path
@@ -10,10 +11,11 @@ import pytest
 import torch
 
 import evaluate
+from benchmarks.official_style import OfficialStyleBackbones, reference_scores
 from data.pipal import PairDataset, crop_stack, official_windows, read_rgb
 from engine import ReferenceCache, predict, score_crops
-from scoring import load_scorer
-from tests.conftest import make_pipal_set
+from scoring import Scorer, load_scorer
+from tests.conftest import list_dataset, make_pipal_set
 
 
 def _dataset(root: Path, order: str, n_crops: int, **kwargs) -> PairDataset:
@@ -109,3 +111,68 @@ def test_test_py_with_official_windows_scores_them(tmp_path, tiny_ckpt):
         dis, ref = (crop_stack(read_rgb(p), windows[i], 32)[None] for p in (f"{data['dis']}/{name}",
                                                                                f"{data['ref']}/{name[:5]}.bmp"))
         assert float(line.split(",")[1]) == pytest.approx(score_crops(model, dis, ref).item(), rel=1e-5)
+
+
+def _released_test_loop(backbones: OfficialStyleBackbones, heads: dict, data: dict, batch_size: int,
+                        n_ensemble: int, crop: int, seed: int) -> list[float]:
+    """The released test.py's loop, written as it is and independently of the project: modules left in training
+    mode (it never calls .eval()), numpy seeded, then per batch of the list (in order; the last, incomplete one
+    too), per crop index one window for the whole batch, the distorted crops through the backbones in one call and
+    the reference crops in another (forward hooks), the prediction averaged over the crop indices."""
+    backbones.vit.train()
+    backbones.resnet.train()
+    names = data["names"]
+    images = [[torch.from_numpy(read_rgb(f"{folder}/{name}").transpose(2, 0, 1).copy()).float() / 255
+               for folder, name in ((data["dis"], n), (data["ref"], n[:5] + ".bmp"))] for n in names]
+    h, w = images[0][0].shape[1:]
+    windows = _released_loop_windows(len(names), batch_size, n_ensemble, h, w, crop, seed)
+    scores: list[float] = []
+    for start in range(0, len(names), batch_size):
+        d_img = torch.stack([dis for dis, _ in images[start:start + batch_size]])
+        r_img = torch.stack([ref for _, ref in images[start:start + batch_size]])
+        pred = 0
+        for i in range(n_ensemble):
+            top, left = windows[start][i]
+            window = (slice(None), slice(None), slice(top, top + crop), slice(left, left + crop))
+            pred = pred + reference_scores(backbones, heads["deform_net"], heads["regressor"], d_img[window],
+                                           r_img[window])
+        scores += (pred / n_ensemble).flatten().tolist()
+    return scores
+
+
+def test_bn_stats_batch_replays_the_released_test_loop(tmp_path, model_factory, backbone_files):
+    """--bn_stats batch against the released loop on the real architectures, random weights with real BatchNorm
+    statistics: 10 images of 2 references in batches of 4, so the first batch shares one reference, the second mixes
+    both, and the last is incomplete (2 images: the full ResNet of the replay needs 2 values per channel)."""
+    batch_size = 4
+    data = make_pipal_set(tmp_path / "set", n_refs=2, n_dis=5, size=(40, 44), seed=7)
+    g = torch.Generator().manual_seed(5)
+    heads = {part: {k: v + torch.randn(v.shape, generator=g) * 0.02 for k, v in sd.items()}
+             for part, sd in model_factory(8).trainable_state_dict().items()}
+    ckpt = tmp_path / "official.pth"
+    torch.save({f"{part}_model_state_dict": sd for part, sd in heads.items()}, ckpt)
+    args = ["--test_ref_path", data["ref"], "--test_dis_path", data["dis"], "--test_list", data["list"], "--ckpt",
+            str(ckpt), "--crop_size", "32", "--n_ensemble", "10", "--batch_size", str(batch_size),
+            "--random_windows", "official", "--gpu_ids", "-1", "--num_workers", "0", "--checkpoints_dir",
+            str(tmp_path), "--vit_weights", backbone_files[8], "--resnet_weights", backbone_files["resnet"]]
+    batch = evaluate.main([*args, "--bn_stats", "batch", "--test_file_name", "batch.txt"])
+    running = evaluate.main([*args, "--test_file_name", "running.txt"])
+    scores = {k: [float(line.split(",")[1]) for line in Path(r["predictions"]).read_text().splitlines()]
+              for k, r in (("batch", batch), ("running", running))}
+    expected = _released_test_loop(OfficialStyleBackbones(8, backbone_files[8], backbone_files["resnet"]), heads,
+                                   data, batch_size, 10, 32, 1919)
+    np.testing.assert_allclose(scores["batch"], expected, rtol=1e-5)
+    assert np.max(np.abs(np.subtract(scores["batch"], scores["running"]))) > 1e-3  # the switch changes the scores
+
+
+def test_batch_statistics_neither_use_nor_change_the_running_ones(model_factory, pipal_set):
+    model = model_factory(8)
+    buffers = {k: v.clone() for k, v in model.cnn.state_dict().items()}
+    ds = list_dataset(pipal_set, 32, 5)
+    running = Scorer(model, crop_size=32, n_ensemble=5)
+    before = running.score_dataset(ds, 4, progress=False).preds
+    batch = Scorer(model, crop_size=32, n_ensemble=5, bn_stats="batch").score_dataset(ds, 4, progress=False).preds
+    assert not np.allclose(batch, before, rtol=1e-3)
+    assert all(torch.equal(v, model.cnn.state_dict()[k]) for k, v in buffers.items())  # num_batches_tracked too
+    assert not any(m.training for m in model.cnn.modules())
+    np.testing.assert_array_equal(running.score_dataset(ds, 4, progress=False).preds, before)

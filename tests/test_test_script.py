@@ -3,8 +3,6 @@ metrics, the NTIRE submission package, order-independent random ensembles, and o
 from __future__ import annotations
 
 import json
-import subprocess
-import sys
 import zipfile
 from pathlib import Path
 
@@ -16,7 +14,7 @@ import torch
 import evaluate as test_script
 from benchmarks.official_style import OfficialStyleBackbones, official_five_point_window, reference_scores
 from data.pipal import read_list
-from tests.conftest import FIXTURES
+from tests.conftest import FIXTURES, run_entry
 from utils.metrics import iqa_metrics
 
 REPO = Path(__file__).resolve().parents[1]
@@ -124,10 +122,6 @@ def test_names_only_list_and_submission_package(tmp_path, pipal_set, tiny_ckpt):
         assert list(fields) == [line.split(" : ", 1)[0] for line in example if line.strip()]
 
 
-def _run_cli(*args) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "test.py", *args], cwd=REPO, capture_output=True, text=True, timeout=300)
-
-
 def _assert_one_line_error(proc, *fragments) -> None:
     assert proc.returncode == 2, proc.stderr
     assert "Traceback" not in proc.stderr
@@ -137,21 +131,21 @@ def _assert_one_line_error(proc, *fragments) -> None:
         assert fragment in errors[0]
 
 
-def test_cli_errors_are_one_line_without_traceback(tmp_path, pipal_set, tiny_ckpt):
+def test_cli_errors_are_one_line_without_traceback(tmp_path, pipal_set, tiny_ckpt, capsys):
     base = _tiny_args(pipal_set, tmp_path, tiny_ckpt)
     missing_list = [a if a != pipal_set["list"] else str(tmp_path / "nolist.txt") for a in base]
-    _assert_one_line_error(_run_cli(*missing_list), "nolist.txt", "list file not found")
+    _assert_one_line_error(run_entry(capsys, "test.py", *missing_list), "nolist.txt", "list file not found")
     torch.save({"something": torch.zeros(2)}, tmp_path / "not_ahiq.pth")
     bad_ckpt = [a if a != tiny_ckpt else str(tmp_path / "not_ahiq.pth") for a in base]
-    _assert_one_line_error(_run_cli(*bad_ckpt), "not_ahiq.pth", "not an AHIQ checkpoint")
+    _assert_one_line_error(run_entry(capsys, "test.py", *bad_ckpt), "not_ahiq.pth", "not an AHIQ checkpoint")
     damaged = Path(pipal_set["dis"]) / "A0001_00_01.bmp"
     damaged.write_bytes(damaged.read_bytes()[:200])  # header fine, pixels gone: found while decoding in a worker
-    _assert_one_line_error(_run_cli(*base, "--num_workers", "2", "--n_ensemble", "1"),
+    _assert_one_line_error(run_entry(capsys, "test.py", *base, "--num_workers", "2", "--n_ensemble", "1"),
                            "A0001_00_01.bmp", "cannot be decoded")
 
 
 @pytest.mark.skipif(torch.cuda.is_available(), reason="checks the message shown on machines without CUDA")
-def test_cli_gpu_request_without_cuda(tmp_path, pipal_set, tiny_ckpt):
+def test_cli_gpu_request_without_cuda(tmp_path, pipal_set, tiny_ckpt, capsys):
     args = _tiny_args(pipal_set, tmp_path, tiny_ckpt)
     args[args.index("--gpu_ids") + 1] = "0"
-    _assert_one_line_error(_run_cli(*args), "--gpu_ids 0", "--gpu_ids -1")
+    _assert_one_line_error(run_entry(capsys, "test.py", *args), "--gpu_ids 0", "--gpu_ids -1")
