@@ -23,10 +23,11 @@ class OfficialStyleBackbones:
 
     def __init__(self, patch: int, vit_file: str, resnet_file: str) -> None:
         self.patch = patch
-        self.vit = timm.create_model(VIT_TAGS[patch], pretrained=False, dynamic_img_size=True).eval()
-        self.vit.load_state_dict(load_file(vit_file))
-        self.resnet = timm.create_model(RESNET_TAG, pretrained=False).eval()
-        self.resnet.load_state_dict(torch.load(resnet_file, weights_only=True))
+        with torch.device("meta"):  # every tensor comes from the files (strict loads): no random initialisation
+            self.vit = timm.create_model(VIT_TAGS[patch], pretrained=False, dynamic_img_size=True).eval()
+            self.resnet = timm.create_model(RESNET_TAG, pretrained=False).eval()
+        self.vit.load_state_dict(load_file(vit_file), assign=True)
+        self.resnet.load_state_dict(torch.load(resnet_file, weights_only=True), assign=True)
         self.outputs: list[torch.Tensor] = []
         for net, kind in ((self.vit, Block), (self.resnet, Bottleneck)):
             for layer in net.modules():

@@ -24,6 +24,9 @@ TINY_ARGS = ["--vit_name", TINY_VIT[8], "--resnet_name", TINY_RESNET, "--no_pret
 
 LISTS = Path(__file__).resolve().parents[1] / "data" / "lists"  # the published PIPAL lists, shipped
 FIXTURES = Path(__file__).resolve().parents[2] / "shared" / "fixtures"  # real KADID-10k images (not shipped)
+if os.environ.get("PYTEST_XDIST_WORKER"):  # run_tests.sh runs one worker per core: one thread each, subprocesses too
+    os.environ["OMP_NUM_THREADS"] = "1"
+    torch.set_num_threads(1)
 if not FIXTURES.is_dir():  # a clone laid out elsewhere: the fixtures may sit beside the repository
     FIXTURES = Path(os.environ.get("AHIQ_FIXTURES", FIXTURES))
 
@@ -139,6 +142,12 @@ def run_entry(capsys, entry: str, *args: str) -> CliResult:
         sys.argv = argv
     out = capsys.readouterr()
     return CliResult(code, out.out, out.err)
+
+
+def heads_of(path: Path) -> dict:
+    """The two official head state dicts of a checkpoint file."""
+    ckpt = torch.load(path, weights_only=True)
+    return {k: ckpt[k] for k in ("deform_net_model_state_dict", "regressor_model_state_dict")}
 
 
 def make_pipal_set(root: Path, n_refs: int = 2, n_dis: int = 3, size: tuple[int, int] = (48, 56),

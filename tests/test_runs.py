@@ -14,8 +14,7 @@ from tensorboard.backend.event_processing.event_accumulator import EventAccumula
 import evaluate
 import train
 from options.train_options import parse_train_options
-from tests.conftest import TINY_ARGS, train_args
-from tests.test_train import _heads
+from tests.conftest import TINY_ARGS, heads_of, train_args
 from utils.errors import AHIQError
 
 
@@ -25,7 +24,7 @@ def test_a_rerun_from_the_saved_configuration_gives_the_same_weights(train_sets,
     assert json.loads(config.read_text())["learning_rate"] == 3e-4
     again = train.main(["--config", str(config), "--name", "again"])  # the command line wins over the file
     assert again.global_step == first.global_step
-    a, b = _heads(tmp_path / "first" / "last.pth"), _heads(tmp_path / "again" / "last.pth")
+    a, b = heads_of(tmp_path / "first" / "last.pth"), heads_of(tmp_path / "again" / "last.pth")
     for key in a:
         torch.testing.assert_close(a[key], b[key], rtol=0, atol=0)
     v = train_sets["val"]

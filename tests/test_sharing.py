@@ -142,10 +142,10 @@ def _released_test_loop(backbones: OfficialStyleBackbones, heads: dict, data: di
 
 def test_bn_stats_batch_replays_the_released_test_loop(tmp_path, model_factory, backbone_files):
     """--bn_stats batch against the released loop on the real architectures, random weights with real BatchNorm
-    statistics: 10 images of 2 references in batches of 4, so the first batch shares one reference, the second mixes
-    both, and the last is incomplete (2 images: the full ResNet of the replay needs 2 values per channel)."""
+    statistics: 6 images of 2 references in batches of 4, so the first batch mixes both references and the second
+    shares one and is incomplete (2 images: the full ResNet of the replay needs 2 values per channel)."""
     batch_size = 4
-    data = make_pipal_set(tmp_path / "set", n_refs=2, n_dis=5, size=(40, 44), seed=7)
+    data = make_pipal_set(tmp_path / "set", n_refs=2, n_dis=3, size=(40, 44), seed=7)
     g = torch.Generator().manual_seed(5)
     heads = {part: {k: v + torch.randn(v.shape, generator=g) * 0.02 for k, v in sd.items()}
              for part, sd in model_factory(8).trainable_state_dict().items()}
@@ -156,13 +156,10 @@ def test_bn_stats_batch_replays_the_released_test_loop(tmp_path, model_factory, 
             "--random_windows", "official", "--gpu_ids", "-1", "--num_workers", "0", "--checkpoints_dir",
             str(tmp_path), "--vit_weights", backbone_files[8], "--resnet_weights", backbone_files["resnet"]]
     batch = evaluate.main([*args, "--bn_stats", "batch", "--test_file_name", "batch.txt"])
-    running = evaluate.main([*args, "--test_file_name", "running.txt"])
-    scores = {k: [float(line.split(",")[1]) for line in Path(r["predictions"]).read_text().splitlines()]
-              for k, r in (("batch", batch), ("running", running))}
+    scores = [float(line.split(",")[1]) for line in Path(batch["predictions"]).read_text().splitlines()]
     expected = _released_test_loop(OfficialStyleBackbones(8, backbone_files[8], backbone_files["resnet"]), heads,
                                    data, batch_size, 10, 32, 1919)
-    np.testing.assert_allclose(scores["batch"], expected, rtol=1e-5)
-    assert np.max(np.abs(np.subtract(scores["batch"], scores["running"]))) > 1e-3  # the switch changes the scores
+    np.testing.assert_allclose(scores, expected, rtol=1e-5)  # (that batch differs from running: the next test)
 
 
 def test_batch_statistics_neither_use_nor_change_the_running_ones(model_factory, pipal_set):

@@ -19,15 +19,10 @@ from tensorboard.backend.event_processing.event_accumulator import EventAccumula
 
 import train
 from engine import train_one_epoch
-from tests.conftest import list_dataset, make_pipal_set, train_args
+from tests.conftest import heads_of, list_dataset, make_pipal_set, train_args
 from utils.errors import AHIQError
 
 REPO = Path(__file__).resolve().parents[1]
-
-
-def _heads(path: Path) -> dict:
-    ckpt = torch.load(path, weights_only=False)
-    return {k: ckpt[k] for k in ("deform_net_model_state_dict", "regressor_model_state_dict")}
 
 
 @pytest.fixture(scope="module")
@@ -40,9 +35,9 @@ def two_epoch_run(train_sets, tmp_path_factory) -> Path:
 
 def test_resume_at_epoch_boundary_gives_identical_weights(train_sets, tmp_path, two_epoch_run):
     train.main(train_args(train_sets, tmp_path, "split", "--n_epoch", "1"))
-    after_one = _heads(tmp_path / "split" / "last.pth")
+    after_one = heads_of(tmp_path / "split" / "last.pth")
     train.main(train_args(train_sets, tmp_path, "split", "--n_epoch", "2", "--resume"))
-    a, b = _heads(two_epoch_run / "last.pth"), _heads(tmp_path / "split" / "last.pth")
+    a, b = heads_of(two_epoch_run / "last.pth"), heads_of(tmp_path / "split" / "last.pth")
     for key in a:
         torch.testing.assert_close(a[key], b[key], rtol=0, atol=0)
     # the second epoch really changed the weights, so the equality above is not vacuous
@@ -99,7 +94,7 @@ def test_sigterm_saves_last_and_the_run_resumes_exactly(train_sets, tmp_path, tw
     ckpt = torch.load(tmp_path / "stopped" / "last.pth", weights_only=True)
     assert ckpt["train_state"]["epoch"] == 0 and 1 <= ckpt["train_state"]["step"] < 5
     train.main(args + ["--resume"])
-    a, b = _heads(two_epoch_run / "last.pth"), _heads(tmp_path / "stopped" / "last.pth")
+    a, b = heads_of(two_epoch_run / "last.pth"), heads_of(tmp_path / "stopped" / "last.pth")
     for key in a:
         torch.testing.assert_close(a[key], b[key], rtol=0, atol=0)
 
