@@ -19,7 +19,7 @@ from data.label_norm import LabelNorm
 from data.pipal import PairDataset
 from models import BackboneSource
 from options.base_options import RunConfig
-from scoring import Checkpoint, Scorer, build_scorer, read_checkpoint
+from scoring import Checkpoint, Scorer, build_scorer, configure_cuda, read_checkpoint
 from utils.checkpoint import choose_checkpoint
 from utils.files import atomic_write
 
@@ -36,15 +36,12 @@ def backbone_source(cfg: RunConfig) -> BackboneSource:
 
 
 def configure_device(cfg: RunConfig, device: str) -> torch.dtype | None:
-    """cuDNN autotuning on CUDA (crop shapes are fixed, so it pays off), TF32 only with --tf32; returns the autocast
-    dtype of --amp/--amp_dtype on CUDA, or None (fp32; --amp on the CPU warns and runs fp32)."""
-    cuda = device.startswith("cuda")
-    if cuda:
-        torch.backends.cudnn.benchmark = True
-        torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = bool(cfg.tf32)
+    """The CUDA settings of :func:`scoring.configure_cuda` (TF32 unless --no_tf32); returns the autocast dtype of
+    --amp/--amp_dtype on CUDA, or None (fp32; --amp on the CPU warns and runs fp32)."""
+    configure_cuda(device, cfg.tf32)
     if not cfg.amp:
         return None
-    if not cuda:
+    if not device.startswith("cuda"):
         logging.getLogger("ahiq").warning("--amp applies on CUDA only; running in fp32 on %s", device)
         return None
     return {"bf16": torch.bfloat16, "fp16": torch.float16}[cfg.amp_dtype]

@@ -131,6 +131,15 @@ def check_unit_images(x: object, name: str) -> None:
                         "ImageNet-normalised or [-1, 1])")
 
 
+def configure_cuda(device: str, tf32: bool = True) -> None:
+    """On CUDA: cuDNN autotuning (crop shapes are fixed, so it pays off) and TF32 matrix products and convolutions
+    (``tf32``: on by default, as in the official environment; off for strict fp32). The same flags for test.py,
+    predict.py, train.py and the API, so their scores match. Nothing on the CPU."""
+    if str(device).startswith("cuda"):
+        torch.backends.cudnn.benchmark = True
+        torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = bool(tf32)
+
+
 def check_device(device: str) -> None:
     if not str(device).startswith("cuda"):
         return
@@ -181,16 +190,18 @@ def load_scorer(ckpt: str | None = None, checkpoints_dir: str = "checkpoints", n
                 device: str = "cpu", pretrained: bool = True, vit_weights: str | None = None,
                 resnet_weights: str | None = None, deform_impl: str = "gemm",
                 mos_range: tuple[float, float] | None = None, model: dict | None = None, load_epoch: int = -1,
-                **settings) -> Scorer:
+                tf32: bool = True, **settings) -> Scorer:
     """A :class:`Scorer` for a checkpoint (default: the one test.py would pick in ``checkpoints_dir/name``).
 
     The architecture and the trained crop size come from the checkpoint; ``model`` may give
     :class:`models.ModelConfig` fields, which must agree with it (official files: the paper's model, e.g.
     ``model={"patch_size": 16}``). Backbone weights: the files given, else those download.sh put in
-    ``checkpoints_dir/backbones``, else the hub. ``settings`` go to :class:`Scorer` (``crop_size``, ``n_ensemble``,
+    ``checkpoints_dir/backbones``, else the hub. On CUDA, ``tf32`` as test.py's ``--tf32``/``--no_tf32``
+    (:func:`configure_cuda`). ``settings`` go to :class:`Scorer` (``crop_size``, ``n_ensemble``,
     ``seed``, ``crops_per_forward``, ``amp_dtype``, ``random_windows``, ``max_pixels``, ``bn_stats``).
     """
     check_device(device)
+    configure_cuda(device, tf32)
     path = choose_checkpoint(ckpt, os.path.join(checkpoints_dir, name), load_epoch)
     source = BackboneSource(pretrained, vit_weights, resnet_weights, checkpoints_dir)
     return build_scorer(read_checkpoint(path, model), source, device, deform_impl, mos_range, **settings)

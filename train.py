@@ -78,19 +78,20 @@ class StopRequest:
 
 
 def rng_state() -> dict:
+    """The host generators. No CUDA generator state: nothing in training draws from it (crops and flips come from
+    seeded numpy generators, no layer has dropout), and it would tie a checkpoint to the GPUs visible when saved."""
     np_state = np.random.get_state()
     return {"torch": torch.get_rng_state(), "python": random.getstate(),
-            "numpy": [np_state[0], torch.from_numpy(np_state[1].astype(np.int64)), *np_state[2:]],
-            "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else []}
+            "numpy": [np_state[0], torch.from_numpy(np_state[1].astype(np.int64)), *np_state[2:]]}
 
 
 def set_rng_state(state: dict) -> None:
+    """Restore :func:`rng_state`; the CUDA states older checkpoints hold (one per GPU then visible) are ignored, so a
+    run resumes on a node with fewer or more GPUs."""
     torch.set_rng_state(state["torch"])
     random.setstate(state["python"])
     kind, keys, *rest = state["numpy"]
     np.random.set_state((kind, keys.numpy().astype(np.uint32), *rest))
-    if state["cuda"] and torch.cuda.is_available():
-        torch.cuda.set_rng_state_all(state["cuda"])
 
 
 def seed_everything(seed: int) -> None:

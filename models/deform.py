@@ -19,8 +19,12 @@ def deform_conv2d_gemm(x: torch.Tensor, offset: torch.Tensor, weight: torch.Tens
     """Stride 1, dilation 1, one offset group; ``offset`` (B, 2*kh*kw, H, W); output (B, C_out, H, W)."""
     b, c, h, w = x.shape
     c_out, _, kh, kw = weight.shape
-    ys = torch.arange(h, device=x.device, dtype=offset.dtype).view(1, h, 1)
-    xs = torch.arange(w, device=x.device, dtype=offset.dtype).view(1, 1, w)
+    # Sampling positions and their bilinear weights in fp32 whatever the autocast dtype: in bf16 a position near
+    # row 40 is stored to 0.25 px and an offset under 0.125 px vanishes (~10% error); the samples go back to x's dtype.
+    exact = torch.promote_types(offset.dtype, torch.float32)  # fp32, or fp64 for fp64 inputs
+    offset = offset.to(exact)
+    ys = torch.arange(h, device=x.device, dtype=exact).view(1, h, 1)
+    xs = torch.arange(w, device=x.device, dtype=exact).view(1, 1, w)
     # align_corners=True maps pixel centre i to -1 + 2i/(n-1): the pixel coordinates torchvision samples at.
     scale_y, scale_x = 2.0 / max(h - 1, 1), 2.0 / max(w - 1, 1)
     # measured on the CPU: batched GEMMs win at 56x56 (224 crops), one flat GEMM wins at 12x12 (48 crops), also in
@@ -32,8 +36,9 @@ def deform_conv2d_gemm(x: torch.Tensor, offset: torch.Tensor, weight: torch.Tens
             k = i * kw + j
             py = ys + (i - padding) + offset[:, 2 * k]
             px = xs + (j - padding) + offset[:, 2 * k + 1]
-            grid = torch.stack((px * scale_x - 1, py * scale_y - 1), dim=-1).to(x.dtype)
-            sampled = F.grid_sample(x, grid, mode="bilinear", padding_mode="zeros", align_corners=True)
+            grid = torch.stack((px * scale_x - 1, py * scale_y - 1), dim=-1)
+            sampled = F.grid_sample(x.to(exact), grid, mode="bilinear", padding_mode="zeros", align_corners=True)
+            sampled = sampled.to(x.dtype)
             w_k = weight[:, :, i, j]
             if batched:  # (C_out, C) times (B, C, H*W): GEMMs on the samples as laid out, no permuted copy
                 sampled = sampled.flatten(2)

@@ -52,8 +52,10 @@ def run_parser() -> argparse.ArgumentParser:
     g.add_argument("--amp", action="store_true", help="mixed precision on CUDA (see --amp_dtype); fp32 otherwise")
     g.add_argument("--amp_dtype", default="bf16", choices=("bf16", "fp16"),
                    help="autocast dtype for --amp; in training fp16 adds a GradScaler")
-    g.add_argument("--tf32", action="store_true",
-                   help="allow TF32 matrix products and convolutions on CUDA (faster fp32, slightly less exact)")
+    g.add_argument("--tf32", action="store_true", default=True,
+                   help="TF32 matrix products and convolutions on CUDA (the default), as the official code's PyTorch "
+                        "1.10 ran them: faster fp32")
+    g.add_argument("--no_tf32", dest="tf32", action="store_false", help="strict fp32 on CUDA (no TF32)")
     return p
 
 
@@ -151,7 +153,12 @@ def _config_class(name: str, spec: tuple[tuple[str, str], ...]) -> type:
 
 
 def options_of(parser: argparse.ArgumentParser) -> list[argparse.Action]:
-    return [a for a in parser._actions if a.dest not in ("help", argparse.SUPPRESS)]
+    """The parser's options, one per destination (``--no_tf32`` sets the field of ``--tf32``)."""
+    first = {}
+    for a in parser._actions:
+        if a.dest not in ("help", argparse.SUPPRESS):
+            first.setdefault(a.dest, a)
+    return list(first.values())
 
 
 def freeze(parser: argparse.ArgumentParser, values: Mapping[str, Any]) -> RunConfig:

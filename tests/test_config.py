@@ -55,8 +55,9 @@ def test_each_option_carries_its_policy():
 
 def test_resume_refuses_every_option_that_changes_results_and_takes_n_epoch(train_sets, tmp_path):
     train.main(train_args(train_sets, tmp_path, "run", "--n_epoch", "1"))
-    for changed in (["--crop_size", "40"], ["--val_freq", "2"], ["--seed", "3"], ["--tf32"]):
-        with pytest.raises(AHIQError, match=f"was trained with other options \\(--{changed[0][2:]} "):
+    for changed, name in ((["--crop_size", "40"], "crop_size"), (["--val_freq", "2"], "val_freq"),
+                          (["--seed", "3"], "seed"), (["--no_tf32"], "tf32")):
+        with pytest.raises(AHIQError, match=f"was trained with other options \\(--{name} "):
             train.main(train_args(train_sets, tmp_path, "run", "--n_epoch", "2", "--resume", *changed))
     state = train.main(train_args(train_sets, tmp_path, "run", "--n_epoch", "2", "--resume", "--num_workers", "0"))
     assert state.epoch == 2
@@ -169,3 +170,17 @@ def test_only_a_torn_last_line_of_the_metrics_file_is_dropped(tmp_path):
     path.write_text('{"epoch": 1}\ngarbage\n{"epoch": 3}\n')
     with pytest.raises(AHIQError, match=r"metrics\.jsonl:2: not a JSON object of epoch metrics"):
         EpochLog.read(str(path))
+
+
+def test_tf32_is_on_by_default_on_cuda_and_off_with_no_tf32(monkeypatch):
+    """The flags test.py, predict.py, train.py and the API set on CUDA (set here without a GPU: they are flags)."""
+    from runtime import configure_device
+    monkeypatch.setattr(torch.backends.cuda.matmul, "allow_tf32", False)
+    monkeypatch.setattr(torch.backends.cudnn, "allow_tf32", False)
+    monkeypatch.setattr(torch.backends.cudnn, "benchmark", False)
+    configure_device(parse_test_options(["--gpu_ids", "-1"]), "cuda:0")
+    assert torch.backends.cuda.matmul.allow_tf32 and torch.backends.cudnn.allow_tf32
+    configure_device(parse_test_options(["--gpu_ids", "-1", "--no_tf32"]), "cuda:0")
+    assert not torch.backends.cuda.matmul.allow_tf32 and not torch.backends.cudnn.allow_tf32
+    configure_device(parse_test_options(["--gpu_ids", "-1"]), "cpu")  # nothing changes on the CPU
+    assert not torch.backends.cuda.matmul.allow_tf32

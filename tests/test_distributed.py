@@ -20,7 +20,7 @@ from engine import train_one_epoch
 from options.train_options import parse_train_options
 from tests.conftest import TINY_ARGS, list_dataset, make_pipal_set
 from utils.checkpoint import load_checkpoint
-from utils.distributed import DistInfo, rank_device, reduce_step
+from utils.distributed import DistInfo, backend_for, rank_device, reduce_step
 from utils.errors import AHIQError
 
 REPO = Path(__file__).resolve().parents[1]
@@ -80,12 +80,13 @@ def test_gpu_ids_naming_a_missing_gpu_is_one_line(monkeypatch, tmp_path):
 
 
 def test_nproc_larger_than_the_gpus_present_stops_in_one_line(tmp_path):
+    nproc = max(2, torch.cuda.device_count() + 1)  # one more than this machine has, whatever it has
     proc = subprocess.run(["sh", "train.sh", "--checkpoints_dir", str(tmp_path)], cwd=REPO, env={
-        **_shell_env(), "NPROC": "2", "GPU_IDS": "0"}, capture_output=True, text=True, timeout=120)
+        **_shell_env(), "NPROC": str(nproc), "GPU_IDS": "0"}, capture_output=True, text=True, timeout=120)
     assert proc.returncode == 2
     assert proc.stderr.strip().splitlines() == [
-        f"error: NPROC=2 processes need one GPU each, but this machine has {torch.cuda.device_count()}; set NPROC "
-        f"to at most {torch.cuda.device_count()}, or GPU_IDS=-1 to train on the CPU"]
+        f"error: NPROC={nproc} processes need one GPU each, but this machine has {torch.cuda.device_count()}; set "
+        f"NPROC to at most {torch.cuda.device_count()}, or GPU_IDS=-1 to train on the CPU"]
     assert not any(tmp_path.iterdir())
 
 
@@ -158,3 +159,24 @@ def test_two_nodes_through_train_sh_write_one_run_folder(tmp_path):
     # 6 pairs over 2 ranks at batch 1: 3 steps an epoch, the loss averaged over both ranks at each
     ckpt = torch.load(run / "last.pth", weights_only=True)
     assert ckpt["train_state"]["global_step"] == 3 and np.isfinite(ckpt["loss"])
+
+
+def test_gpu_runs_use_nccl_alone_and_cpu_runs_gloo():
+    assert backend_for("cuda:3") == "nccl" and backend_for("cpu") == "gloo"
+
+
+def test_a_checkpoint_saved_with_more_gpus_visible_resumes(monkeypatch):
+    """Older checkpoints hold one CUDA generator state per GPU then visible; resuming on a node with fewer GPUs (or
+    a SLURM requeue with another CUDA_VISIBLE_DEVICES) must not touch the CUDA generators at all."""
+    def refuse(*_a, **_k):
+        raise AssertionError("a CUDA generator state was restored")
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 2)
+    monkeypatch.setattr(torch.cuda, "set_rng_state", refuse)
+    monkeypatch.setattr(torch.cuda, "set_rng_state_all", refuse)
+    state = train.rng_state()
+    assert "cuda" not in state
+    expected = torch.rand(3)
+    train.set_rng_state({**state, "cuda": [torch.zeros(16, dtype=torch.uint8)] * 8})  # saved on an 8-GPU node
+    assert torch.equal(torch.rand(3), expected)

@@ -19,6 +19,7 @@ from tensorboard.backend.event_processing.event_accumulator import EventAccumula
 
 import train
 from engine import train_one_epoch
+from tests import ddp_validate
 from tests.conftest import heads_of, list_dataset, make_pipal_set, train_args
 from utils.errors import AHIQError
 
@@ -125,14 +126,13 @@ def test_torchrun_validation_equals_one_process(train_sets, tmp_path, two_epoch_
     args[args.index("--val_dis_path") + 1] = str(tmp_path / "val5" / "dis")
     ckpt = str(two_epoch_run / "last.pth")
     runs = {}
-    for procs in (1, 2):
-        out = tmp_path / f"val_{procs}.json"
-        launcher = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2"] \
-            if procs == 2 else [sys.executable]
-        proc = subprocess.run([*launcher, "tests/ddp_validate.py", str(out), ckpt, *args], cwd=REPO,
-                              capture_output=True, text=True, timeout=300, env={**os.environ, "PYTHONPATH": str(REPO)})
-        assert proc.returncode == 0, proc.stderr[-3000:]
-        runs[procs] = json.loads(out.read_text())
+    ddp_validate.main(str(tmp_path / "val_1.json"), ckpt, args)  # one process: no process group, in this one
+    runs[1] = json.loads((tmp_path / "val_1.json").read_text())
+    proc = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
+                           "tests/ddp_validate.py", str(tmp_path / "val_2.json"), ckpt, *args], cwd=REPO,
+                          capture_output=True, text=True, timeout=300, env={**os.environ, "PYTHONPATH": str(REPO)})
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    runs[2] = json.loads((tmp_path / "val_2.json").read_text())
     one, two = runs[1], runs[2]
     assert two["world_size"] == 2 and two["rank0_shard"] == [0, 2, 4]
     assert len(two["preds"]) == len(one["preds"]) == 5

@@ -3,12 +3,12 @@
 Launch with ``torchrun --nproc_per_node=K train.py ...`` (or ``NPROC=K sh train.sh``; several nodes: ``NNODES``,
 ``NODE_RANK``, ``MASTER_ADDR``). Without torchrun everything runs in one process and these helpers are no-ops.
 
-The process group gets a backend for each device type: ``cpu:gloo,cuda:nccl`` on GPUs, ``cpu:gloo`` on the CPU,
-so the same set-up code runs in production and in the CPU tests. NCCL has no CPU collectives, so every tensor this
-module hands to a collective is made on the rank's own device, and :func:`_check_device` refuses any other: a
-CPU tensor on a GPU rank would otherwise be routed through gloo (slow) or, in an NCCL-only group, fail at the first
-training step. Ranks exchange exactly two things: one (loss, stop) reduction per training step and the validation
-predictions (two all-gathers per validation); after a stop request they wait at one barrier for rank 0 to save.
+The process group is NCCL on GPUs and gloo on the CPU (:func:`backend_for`), with the same set-up code in
+production and in the CPU tests. NCCL has no CPU collectives, so every tensor this module hands to a collective is
+made on the rank's own device, and :func:`_check_device` refuses any other, on the CPU too: a CPU tensor on a GPU
+rank would fail at the first training step. Ranks exchange exactly two things: one (loss, stop) reduction per
+training step and the validation predictions (two all-gathers per validation); after a stop request they wait at
+one barrier for rank 0 to save.
 No other module calls ``torch.distributed`` (a test checks this).
 """
 from __future__ import annotations
@@ -65,10 +65,16 @@ def init_distributed(device: str, gpu_ids: list[int] | None = None) -> DistInfo:
     device = rank_device(device, gpu_ids or [0], local, local_world)
     if device.startswith("cuda"):
         torch.cuda.set_device(device)
-        dist.init_process_group("cpu:gloo,cuda:nccl", device_id=torch.device(device))
+        dist.init_process_group(backend_for(device), device_id=torch.device(device))
     else:
-        dist.init_process_group("cpu:gloo")
+        dist.init_process_group(backend_for(device))
     return DistInfo(rank, world, local, device)
+
+
+def backend_for(device: str) -> str:
+    """NCCL alone on GPUs (every collective tensor is on the rank's GPU; a gloo group would also connect every rank
+    by hostname at start-up, which fails where the hostname resolves to loopback), gloo on the CPU."""
+    return "nccl" if device.startswith("cuda") else "gloo"
 
 
 def shutdown(info: DistInfo) -> None:
@@ -77,7 +83,7 @@ def shutdown(info: DistInfo) -> None:
 
 
 def barrier(info: DistInfo) -> None:
-    """Wait for every rank (over gloo: no tensor of ours is involved)."""
+    """Wait for every rank."""
     if info.enabled:
         dist.barrier()
 
