@@ -1,6 +1,7 @@
 """Shared test helpers: tiny random-backbone models, weight files written on the fly, tiny PIPAL-style datasets."""
 from __future__ import annotations
 
+import logging
 import os
 import runpy
 import sys
@@ -126,7 +127,8 @@ class CliResult:
 def run_entry(capsys, entry: str, *args: str) -> CliResult:
     """``python ENTRY ARGS`` (a script, or ``-m module``) run in this process, through its own ``__main__`` block
     (its ``run_cli`` included), without an interpreter start-up; stdout and stderr as the user would see them."""
-    argv = sys.argv
+    argv, handlers = sys.argv, logging.root.handlers[:]
+    logging.root.handlers.clear()  # as in a fresh interpreter (no handler bound to an earlier test's stream)
     code = 0
     capsys.readouterr()
     try:
@@ -140,6 +142,7 @@ def run_entry(capsys, entry: str, *args: str) -> CliResult:
         code = end.code if isinstance(end.code, int) else 1
     finally:
         sys.argv = argv
+        logging.root.handlers[:] = handlers
     out = capsys.readouterr()
     return CliResult(code, out.out, out.err)
 

@@ -22,7 +22,7 @@ from options.predict_options import parse_predict_options
 from options.protocol_options import parse_protocol_options
 from options.test_options import parse_test_options
 from options.train_options import parse_train_options
-from runtime import save_options
+from runtime import configure_device, save_options
 from tests.conftest import TINY_ARGS, train_args
 from utils.errors import AHIQError
 from utils.files import FolderLock
@@ -172,15 +172,16 @@ def test_only_a_torn_last_line_of_the_metrics_file_is_dropped(tmp_path):
         EpochLog.read(str(path))
 
 
-def test_tf32_is_on_by_default_on_cuda_and_off_with_no_tf32(monkeypatch):
+def test_tf32_is_on_by_default_on_cuda_and_off_with_no_tf32():
     """The flags test.py, predict.py, train.py and the API set on CUDA (set here without a GPU: they are flags)."""
-    from runtime import configure_device
-    monkeypatch.setattr(torch.backends.cuda.matmul, "allow_tf32", False)
-    monkeypatch.setattr(torch.backends.cudnn, "allow_tf32", False)
-    monkeypatch.setattr(torch.backends.cudnn, "benchmark", False)
-    configure_device(parse_test_options(["--gpu_ids", "-1"]), "cuda:0")
-    assert torch.backends.cuda.matmul.allow_tf32 and torch.backends.cudnn.allow_tf32
-    configure_device(parse_test_options(["--gpu_ids", "-1", "--no_tf32"]), "cuda:0")
-    assert not torch.backends.cuda.matmul.allow_tf32 and not torch.backends.cudnn.allow_tf32
-    configure_device(parse_test_options(["--gpu_ids", "-1"]), "cpu")  # nothing changes on the CPU
-    assert not torch.backends.cuda.matmul.allow_tf32
+    flags = (torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32, torch.backends.cudnn.benchmark)
+    try:
+        torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = False
+        configure_device(parse_test_options(["--gpu_ids", "-1"]), "cuda:0")
+        assert torch.backends.cuda.matmul.allow_tf32 and torch.backends.cudnn.allow_tf32
+        configure_device(parse_test_options(["--gpu_ids", "-1", "--no_tf32"]), "cuda:0")
+        assert not torch.backends.cuda.matmul.allow_tf32 and not torch.backends.cudnn.allow_tf32
+        configure_device(parse_test_options(["--gpu_ids", "-1"]), "cpu")  # nothing changes on the CPU
+        assert not torch.backends.cuda.matmul.allow_tf32
+    finally:
+        torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32, torch.backends.cudnn.benchmark = flags
