@@ -90,12 +90,13 @@ def _in_chunks(n: int, chunk: ChunkSize, run: Callable[[slice], None], device: t
         try:
             run(slice(start, stop))
         except torch.OutOfMemoryError:
-            if device.type == "cuda":
-                torch.cuda.empty_cache()
             if not chunk.shrink():
                 raise
+        else:
+            start = stop
             continue
-        start = stop
+        if device.type == "cuda":  # here, out of the except block, the failed chunk's tensors are released
+            torch.cuda.empty_cache()
 
 
 @torch.inference_mode()

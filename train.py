@@ -53,6 +53,7 @@ class TrainState:
     global_step: int = 0
     best_srcc: float = -1.0
     best_plcc: float = -1.0
+    world_size: int = 1  # processes the run had when saved: the rest of an epoch is sharded over them
 
 
 class StopRequest:
@@ -272,6 +273,11 @@ def train(opt: RunConfig, info: DistInfo) -> TrainState:
     state = TrainState()
     if resume_from:
         state = restore(ckpt, resume_from, model, optimizer, scheduler, scaler, exact=opt.resume)
+        if state.step and state.world_size != info.world_size:
+            raise AHIQError(f"{resume_from}: stopped after step {state.step} of epoch {state.epoch + 1} with "
+                            f"{state.world_size} process(es), and the rest of that epoch is sharded over them; "
+                            f"resume with {state.world_size} process(es) (NPROC x NNODES), or from an epoch boundary")
+    state.world_size = info.world_size
     del ckpt
     net = model
     if info.enabled:

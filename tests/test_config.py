@@ -185,3 +185,17 @@ def test_tf32_is_on_by_default_on_cuda_and_off_with_no_tf32():
         assert not torch.backends.cuda.matmul.allow_tf32
     finally:
         torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32, torch.backends.cudnn.benchmark = flags
+
+
+def test_a_mid_epoch_resume_keeps_the_number_of_processes(train_sets, tmp_path):
+    """The rest of a stopped epoch is sharded over the processes the run had: a mid-epoch resume with another count
+    would train on other samples, so it is refused; the count is saved with the training state."""
+    train.main(train_args(train_sets, tmp_path, "procs", "--n_epoch", "1"))
+    path = tmp_path / "procs" / "last.pth"
+    ckpt = torch.load(path, weights_only=True)
+    assert ckpt["train_state"]["world_size"] == 1
+    ckpt["train_state"].update(step=2, world_size=2)  # as if two processes were stopped after step 2 of epoch 1
+    torch.save(ckpt, path)
+    with pytest.raises(AHIQError, match=r"last\.pth: stopped after step 2 of epoch 2 with 2 process\(es\).*resume "
+                                        r"with 2 process\(es\)"):
+        train.main(train_args(train_sets, tmp_path, "procs", "--n_epoch", "2", "--resume"))

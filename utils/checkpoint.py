@@ -101,12 +101,23 @@ def load_head_weights(model: nn.Module, ckpt: Mapping[str, Any], path: str) -> N
 def save_weights(path: str, model: nn.Module, meta: Mapping[str, Any] | None = None, **extra: Any) -> None:
     """Save the trainable parts under the two official keys and pyiqa's ``params`` key (the same tensors, stored
     once), the ``ahiq`` metadata (the model's configuration first) and any extra entries."""
-    parts = model.trainable_state_dict()
+    parts = _on_cpu(model.trainable_state_dict())
     ckpt: dict[str, Any] = {key: parts.get(part, {}) for part, key in OFFICIAL_KEYS.items()}  # both, always
     ckpt["params"] = {f"{part}.{k}": v for part, sd in parts.items() for k, v in sd.items()}
     ckpt["ahiq"] = {"model": model.config.to_dict(), **(meta or {})}
-    ckpt.update(extra)
+    ckpt.update(_on_cpu(extra))
     atomic_torch_save(ckpt, path)
+
+
+def _on_cpu(obj: Any) -> Any:
+    """Tensors (in dicts, lists, tuples) on the CPU: a file written on a GPU loads anywhere without device maps."""
+    if isinstance(obj, torch.Tensor):
+        return obj.detach().cpu()
+    if isinstance(obj, Mapping):
+        return {k: _on_cpu(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return type(obj)(_on_cpu(v) for v in obj)
+    return obj
 
 
 def choose_checkpoint(ckpt: str | None, run_dir: str, load_epoch: int = -1) -> str:
