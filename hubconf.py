@@ -60,6 +60,8 @@ def ahiq(pretrained: bool = True, device: str = "cpu", n_ensemble: int | None = 
     ``random_windows``, ``amp_dtype``, ``bn_stats``, ...). On CUDA, ``tf32`` as test.py's ``--tf32``/``--no_tf32``.
     """
     scoring, models, weights = _import("scoring"), _import("models"), _import("models.weights")
+    scoring.check_device(device)  # before anything is downloaded
+    scoring.configure_cuda(device, tf32)
     if n_ensemble is not None:
         settings["n_ensemble"] = n_ensemble
     if pretrained:
@@ -69,7 +71,5 @@ def ahiq(pretrained: bool = True, device: str = "cpu", n_ensemble: int | None = 
         vit_weights = vit_weights or weights.fetch(files[models.VIT_TAGS[8]], folder)
         resnet_weights = resnet_weights or weights.fetch(files[models.RESNET_TAG], folder)
     source = models.BackboneSource(pretrained, vit_weights, resnet_weights)
-    scoring.check_device(device)
-    scoring.configure_cuda(device, tf32)
     scorer = scoring.build_scorer(scoring.read_checkpoint(ckpt), source, device, **settings)
     return scoring.Metric(scorer, as_loss)

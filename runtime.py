@@ -74,14 +74,13 @@ def scorer_for(cfg: RunConfig, checkpoint: Checkpoint, device: str, amp_dtype: t
     return build_scorer(checkpoint, backbone_source(cfg), device, cfg.deform_impl, mos_range,
                         n_ensemble=cfg.n_ensemble, seed=cfg.seed, crops_per_forward=cfg.crops_per_forward,
                         random_windows=cfg.random_windows, max_pixels=cfg.max_pixels, amp_dtype=amp_dtype,
-                        crop_size=checkpoint.config.crop_size, bn_stats=cfg.bn_stats)
+                        bn_stats=cfg.bn_stats)
 
 
-def save_options(cfg: RunConfig, phase: str, folder: str | None = None) -> None:
+def save_options(cfg: RunConfig, phase: str) -> None:
     """The options as the official ``opt_{phase}.txt`` and as JSON (``--config`` reads it), in the run folder."""
-    folder = folder or cfg.run_dir
     args = dict(sorted(cfg.to_dict().items()))
     text = "------------ Options -------------\n" + "".join(f"{k}: {v}\n" for k, v in args.items()) \
         + "-------------- End ----------------\n"
-    atomic_write(os.path.join(folder, f"opt_{phase}.txt"), text)
-    atomic_write(os.path.join(folder, f"opt_{phase}.json"), json.dumps(args, indent=2))
+    atomic_write(os.path.join(cfg.run_dir, f"opt_{phase}.txt"), text)
+    atomic_write(os.path.join(cfg.run_dir, f"opt_{phase}.json"), json.dumps(args, indent=2))
