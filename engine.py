@@ -23,7 +23,6 @@ from tqdm import tqdm
 
 from data.defaults import CROPS_PER_FORWARD
 from data.pipal import PairDataset
-from data.sampler import ignore_stop_signals
 from models import AHIQ
 from models.ahiq import ReferenceFeatures
 from utils.errors import AHIQError
@@ -205,7 +204,6 @@ def predict(model: AHIQ, dataset: PairDataset, indices: list[int] | None = None,
     cache = ReferenceCache(Counter(key for row in keys.values() for key in row))
     chunk = ChunkSize(crops_per_forward)  # shrinks once for the whole loop if memory runs out
     loader = DataLoader(Subset(dataset, order), batch_size=batch_size, shuffle=False, num_workers=num_workers,
-                        worker_init_fn=ignore_stop_signals,
                         pin_memory=device.type == "cuda")
     done: dict[int, tuple[str, float, float]] = {}
     for batch in tqdm(loader, desc=desc, disable=not progress, dynamic_ncols=True, leave=False):

@@ -27,7 +27,7 @@ from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import DataLoader
 
 from data.pipal import PairDataset
-from data.sampler import EpochSampler, ignore_stop_signals
+from data.sampler import EpochSampler
 from engine import predict, train_one_epoch
 from models import AHIQ, ModelConfig, build_from_config, load_weights
 from models.config import read_model_checkpoint
@@ -131,7 +131,7 @@ def build_loaders(opt: RunConfig, info: DistInfo, crop_size: int
         raise AHIQError(f"{source}: every validation score is {val_set.norm.mos_min:g}; SRCC/PLCC would be "
                         "undefined: validate on images of different quality")
     workers = {"num_workers": opt.num_workers, "pin_memory": info.device.startswith("cuda"),
-               "persistent_workers": opt.num_workers > 0, "worker_init_fn": ignore_stop_signals}
+               "persistent_workers": opt.num_workers > 0}
     sampler = EpochSampler(len(train_set), opt.seed, info.rank, info.world_size)
     train_loader = DataLoader(train_set, batch_size=opt.batch_size, sampler=sampler, **workers)
     shard = list(range(info.rank, len(val_set), info.world_size))  # no image dropped or repeated

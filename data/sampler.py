@@ -1,12 +1,10 @@
-"""The training sampler: a seeded shuffle per epoch, sharded over ranks, that can start in the middle of an epoch;
-and how DataLoader workers treat stop signals.
+"""The training sampler: a seeded shuffle per epoch, sharded over ranks, that can start in the middle of an epoch.
 
 It yields ``(epoch, index)`` keys, so the dataset draws each sample's crop from (seed, epoch, index) even in
 persistent worker processes, and resuming after ``step`` batches replays exactly the rest of the epoch.
 """
 from __future__ import annotations
 
-import signal
 from collections.abc import Iterator
 
 import torch
@@ -34,11 +32,3 @@ class EpochSampler(Sampler):
 
     def __len__(self) -> int:
         return self.per_rank - self.skip
-
-
-def ignore_stop_signals(_worker_id: int) -> None:
-    """``worker_init_fn`` of every DataLoader: workers ignore SIGINT and SIGTERM. torchrun and SLURM signal a job's
-    whole process group, workers included; the main process owns the stop (train.py finishes the step and saves
-    last.pth), which a killed worker would break. Workers still end with their main process."""
-    signal.signal(signal.SIGINT, signal.SIG_IGN)
-    signal.signal(signal.SIGTERM, signal.SIG_IGN)
