@@ -22,7 +22,7 @@ for arg in "$@"; do
         *) echo "download.sh: unknown argument $arg" >&2; usage >&2; exit 2 ;;
     esac
 done
-DEST=${AHIQ_CHECKPOINTS_DIR:-checkpoints}
+DEST=${AHIQ_CHECKPOINTS_DIR:-${AHIQ_HOME:-.}/checkpoints}
 
 sha_ok() {  # sha_ok FILE EXPECTED_PREFIX
     [ -z "$2" ] && return 0

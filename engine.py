@@ -1,10 +1,11 @@
 """The training step loop and the one scoring loop (test.py, validation in train.py, predict.py, the API, protocol.py).
 
-A scoring batch holds B images with K ensemble crops each, as uint8. Each distinct (reference image, window) goes
-through the reference side of the model once (:class:`models.ahiq.ReferenceFeatures`) and is kept while distorted
-images still need it; the B*K distorted crops go through the rest in chunks of at most ``crops_per_forward``, and
-each image's score is the mean over its K crops (as in the official test). A training batch holds one crop per
-image; the loss is the MSE to the min-max normalised MOS.
+A scoring batch holds B images with their crops (K each for an ensemble, one per window of the image for the grid),
+as uint8. Each distinct (reference image, window) goes through the reference side of the model once
+(:class:`models.ahiq.ReferenceFeatures`) and is kept while distorted images still need it; each distinct distorted
+(image, window) goes through the rest, in chunks of at most ``crops_per_forward``, and each image's score is the mean
+over its crops (as in the official test). The same forward gives the patch maps (``keep_maps``). A training batch
+holds one crop per image; the loss is the MSE to the min-max normalised MOS.
 """
 from __future__ import annotations
 
@@ -99,43 +100,79 @@ def _in_chunks(n: int, chunk: ChunkSize, run: Callable[[slice], None], device: t
             torch.cuda.empty_cache()
 
 
-@torch.inference_mode()
-def score_batch(model: AHIQ, dis: torch.Tensor, ref: torch.Tensor, keys: list[list[Hashable]], cache: ReferenceCache,
-                chunk: ChunkSize, amp_dtype: torch.dtype | None = None) -> torch.Tensor:
-    """(B,) scores of (B, K, 3, S, S) uint8 (or [0, 1] float) crop stacks, averaged over the K crops.
+@dataclass
+class BatchScores:
+    """Scores of a batch: (B,) per image, and with ``keep_maps`` the patch maps of every crop, (N, h, w) in crop
+    order (``w`` None with mean pooling)."""
 
-    ``keys[b][k]`` names the reference crop of ``ref[b, k]`` (reference image and window). The reference features
-    of a key not in ``cache`` are computed once, in chunks, and every distorted crop with that key is scored against
-    them; the result equals scoring every pair on its own (beyond float rounding). The cache is then released for
-    this batch's keys.
+    scores: torch.Tensor
+    f: torch.Tensor | None = None
+    w: torch.Tensor | None = None
+
+
+def _first_rows(keys: list[Hashable]) -> tuple[list[int], list[int]]:
+    """The first row of each distinct key, and for every row the position of its key among them."""
+    first: dict[Hashable, int] = {}
+    rows: list[int] = []
+    inverse = []
+    for i, key in enumerate(keys):
+        if key not in first:
+            first[key] = len(rows)
+            rows.append(i)
+        inverse.append(first[key])
+    return rows, inverse
+
+
+@torch.inference_mode()
+def score_batch(model: AHIQ, dis: torch.Tensor, ref: torch.Tensor, counts: list[int], keys: list[Hashable],
+                cache: ReferenceCache, chunk: ChunkSize, amp_dtype: torch.dtype | None = None,
+                dis_keys: list[Hashable] | None = None, keep_maps: bool = False) -> BatchScores:
+    """Scores of B images from their N crops (N, 3, S, S), uint8 or [0, 1] float: ``counts[b]`` consecutive crops
+    per image, each image's score the mean over its crops (as in the official test).
+
+    ``keys[n]`` names the reference crop of ``ref[n]`` (reference image and window): the reference features of a
+    key not in ``cache`` are computed once, in chunks, and every distorted crop with that key is scored against
+    them. ``dis_keys[n]`` names the distorted crop (image and window): a window drawn twice for one image is scored
+    once and counted twice. The result equals scoring every pair on its own (beyond float rounding). The cache is
+    then released for this batch's keys.
     """
-    b, k = dis.shape[:2]
     device = next(model.regressor.parameters()).device
-    dis, ref = dis.flatten(0, 1), ref.flatten(0, 1)
-    flat = [key for row in keys for key in row]
-    first = {}
-    for i, key in enumerate(flat):
-        if key not in cache.features:
-            first.setdefault(key, i)
-    missing = list(first)
+    missing = list(dict.fromkeys(key for key in keys if key not in cache.features))
+    first_ref = {}
+    for i, key in enumerate(keys):
+        first_ref.setdefault(key, i)
 
     def references(rows: slice) -> None:
         with autocast(device, amp_dtype):
-            feats = model.reference(to_unit(ref[[first[key] for key in missing[rows]]], device))
+            feats = model.reference(to_unit(ref[[first_ref[key] for key in missing[rows]]], device))
         for j, key in enumerate(missing[rows]):
             cache.features[key] = feats[j:j + 1]
 
-    scores = torch.empty(b * k)
+    unique, inverse = _first_rows(dis_keys if dis_keys is not None else list(range(len(keys))))
+    scores = torch.empty(len(unique))
+    f_maps: list[torch.Tensor] = []
+    w_maps: list[torch.Tensor] = []
 
     def distorted(rows: slice) -> None:
-        feats = ReferenceFeatures.cat([cache.features[key] for key in flat[rows]])
+        picked = unique[rows]
+        feats = ReferenceFeatures.cat([cache.features[keys[i]] for i in picked])
         with autocast(device, amp_dtype):
-            scores[rows] = model.score(to_unit(dis[rows], device), feats).float().flatten().cpu()
+            f, w = model.score_maps(to_unit(dis[picked], device), feats)
+            scores[rows] = model.regressor.pool(f, w).float().flatten().cpu()
+        if keep_maps:
+            f_maps.append(f.float()[:, 0].cpu())
+            if w is not None:
+                w_maps.append(w.float()[:, 0].cpu())
 
     _in_chunks(len(missing), chunk, references, device)
-    _in_chunks(b * k, chunk, distorted, device)
-    cache.release(flat)
-    return scores.view(b, k).mean(dim=1)
+    _in_chunks(len(unique), chunk, distorted, device)
+    cache.release(keys)
+    per_crop = scores[inverse]
+    out = BatchScores(torch.stack([part.mean() for part in per_crop.split(list(counts))]))
+    if keep_maps:
+        out.f = torch.cat(f_maps)[inverse]
+        out.w = torch.cat(w_maps)[inverse] if w_maps else None
+    return out
 
 
 @torch.inference_mode()
@@ -156,13 +193,27 @@ def score_batch_per_call(model: AHIQ, dis: torch.Tensor, ref: torch.Tensor, amp_
 
 def score_crops(model: AHIQ, dis: torch.Tensor, ref: torch.Tensor,
                 crops_per_forward: int | ChunkSize = CROPS_PER_FORWARD, amp_dtype: torch.dtype | None = None,
-                bn_stats: str = "running") -> torch.Tensor:
-    """(B,) scores of crop stacks whose references are all distinct (the Python API on tensors, benchmarks)."""
+                bn_stats: str = "running", keep_maps: bool = False) -> BatchScores:
+    """Scores of (B, K, 3, S, S) crop stacks whose references are all distinct (the Python API on tensors,
+    benchmarks); ``keep_maps``: with every crop's patch maps (not with ``bn_stats`` batch)."""
     if bn_stats == "batch":
-        return score_batch_per_call(model, dis, ref, amp_dtype)
+        if keep_maps:
+            raise AHIQError("patch maps are computed with bn_stats 'running' only")
+        return BatchScores(score_batch_per_call(model, dis, ref, amp_dtype))
     chunk = crops_per_forward if isinstance(crops_per_forward, ChunkSize) else ChunkSize(crops_per_forward)
-    keys = [[(i, j) for j in range(dis.shape[1])] for i in range(dis.shape[0])]
-    return score_batch(model, dis, ref, keys, ReferenceCache(), chunk, amp_dtype)
+    b, k = dis.shape[:2]
+    keys = [(i, j) for i in range(b) for j in range(k)]
+    return score_batch(model, dis.flatten(0, 1), ref.flatten(0, 1), [k] * b, keys, ReferenceCache(), chunk,
+                       amp_dtype, keep_maps=keep_maps)
+
+
+def collate_crops(items: list[dict]) -> dict:
+    """A scoring batch whose images may have different numbers of crops: the crops of all images in one (N, 3, S, S)
+    stack, ``counts`` crops per image."""
+    return {"dis": torch.cat([it["dis"] for it in items]), "ref": torch.cat([it["ref"] for it in items]),
+            "counts": [len(it["dis"]) for it in items], "name": [it["name"] for it in items],
+            "label": torch.tensor([it["label"] for it in items], dtype=torch.float64),
+            "index": torch.tensor([it["index"] for it in items])}
 
 
 @dataclass
@@ -171,6 +222,7 @@ class Predictions:
     names: list[str]
     preds: np.ndarray
     labels: np.ndarray  # NaN where the list has no score
+    maps: dict[int, BatchScores] | None = None  # with keep_maps: per image, the patch maps of its crops (f, w)
 
 
 def grouped_by_reference(indices: list[int], reference_of: Callable[[int], Hashable]) -> list[int]:
@@ -184,7 +236,8 @@ def grouped_by_reference(indices: list[int], reference_of: Callable[[int], Hasha
 
 def predict(model: AHIQ, dataset: PairDataset, indices: list[int] | None = None, batch_size: int = 10,
             num_workers: int = 0, crops_per_forward: int = CROPS_PER_FORWARD, amp_dtype: torch.dtype | None = None,
-            progress: bool = True, desc: str = "scoring", bn_stats: str = "running") -> Predictions:
+            progress: bool = True, desc: str = "scoring", bn_stats: str = "running", keep_maps: bool = False
+            ) -> Predictions:
     """Predictions for the images ``indices`` of ``dataset`` (default: all), returned in the order of ``indices``.
 
     ``bn_stats`` running (default): the images are loaded grouped by reference, so each (reference, window) is
@@ -192,33 +245,45 @@ def predict(model: AHIQ, dataset: PairDataset, indices: list[int] | None = None,
     never repeats a reference costs what scoring each pair on its own costs. ``batch``: the released test.py's
     computation, batches of ``batch_size`` in list order, two model calls per batch and crop index
     (:func:`score_batch_per_call`); an incomplete last batch (which the released loader drops) is scored the same
-    way, with the statistics of its own crops.
+    way, with the statistics of its own crops. ``keep_maps``: also the patch maps of every crop (running only).
     """
     indices = list(range(len(dataset))) if indices is None else list(indices)
     was_training = model.training
     model.eval()
     device = next(model.regressor.parameters()).device
     released = bn_stats == "batch"
+    if released and keep_maps:
+        raise AHIQError("patch maps are computed with --bn_stats running only")
     order = indices if released else grouped_by_reference(indices, dataset.reference_key)
     keys = {} if released else {i: dataset.crop_keys(i) for i in order}
     cache = ReferenceCache(Counter(key for row in keys.values() for key in row))
     chunk = ChunkSize(crops_per_forward)  # shrinks once for the whole loop if memory runs out
     loader = DataLoader(Subset(dataset, order), batch_size=batch_size, shuffle=False, num_workers=num_workers,
-                        pin_memory=device.type == "cuda")
+                        pin_memory=device.type == "cuda", collate_fn=collate_crops)
     done: dict[int, tuple[str, float, float]] = {}
+    maps: dict[int, BatchScores] = {}
     for batch in tqdm(loader, desc=desc, disable=not progress, dynamic_ncols=True, leave=False):
-        if released:
-            scores = score_batch_per_call(model, batch["dis"], batch["ref"], amp_dtype)
+        index, counts = batch["index"].tolist(), batch["counts"]
+        if released:  # fixed ensembles: every image has the same number of crops
+            stack = (len(counts), counts[0], *batch["dis"].shape[1:])
+            scores = score_batch_per_call(model, batch["dis"].view(stack), batch["ref"].view(stack), amp_dtype)
         else:
-            batch_keys = [keys[i] for i in batch["index"].tolist()]
-            scores = score_batch(model, batch["dis"], batch["ref"], batch_keys, cache, chunk, amp_dtype)
-        for i, name, score, label in zip(batch["index"].tolist(), batch["name"], scores.tolist(),
-                                         batch["label"].double().tolist()):
+            windows = [(i, top, left) for i in index for _, top, left in keys[i]]
+            out = score_batch(model, batch["dis"], batch["ref"], counts, [key for i in index for key in keys[i]],
+                              cache, chunk, amp_dtype, dis_keys=windows, keep_maps=keep_maps)
+            scores = out.scores
+            if keep_maps:
+                bounds = np.cumsum([0, *counts])
+                for i, lo, hi in zip(index, bounds[:-1], bounds[1:]):
+                    maps[i] = BatchScores(out.scores[index.index(i)], out.f[lo:hi],
+                                          None if out.w is None else out.w[lo:hi])
+        for i, name, score, label in zip(index, batch["name"], scores.tolist(), batch["label"].tolist()):
             done[i] = (name, score, label)
     model.train(was_training)
     rows = [done[i] for i in indices]
     return Predictions(np.asarray(indices, dtype=np.int64), [r[0] for r in rows],
-                       np.asarray([r[1] for r in rows], dtype=np.float64), np.asarray([r[2] for r in rows]))
+                       np.asarray([r[1] for r in rows], dtype=np.float64), np.asarray([r[2] for r in rows]),
+                       maps if keep_maps else None)
 
 
 @dataclass

@@ -22,8 +22,8 @@ from options.test_options import parse_test_options
 from runtime import configure_device, device_of, load_dataset, save_options, scorer_for, scoring_checkpoint
 from utils.errors import AHIQError
 from utils.files import atomic_write
-from utils.metrics import iqa_metrics
-from utils.plots import scatter_png
+from utils.metrics import MIN_FIT_IMAGES, fit_logistic4, fmt, iqa_metrics, logistic4, logistic_fit_problem
+from utils.plots import scatter_png, worst_png
 
 log = logging.getLogger("ahiq.test")
 
@@ -57,6 +57,27 @@ def write_submission(folder: str, predictions: str, seconds_per_image: float, de
         zf.writestr("readme.txt", readme)
     os.replace(tmp, zip_path)
     return zip_path
+
+
+def write_worst(scorer, dataset, index: np.ndarray, preds: np.ndarray, labels: np.ndarray, opt: RunConfig) -> str:
+    """``{stem}_worst.png``: the ``--worst`` images furthest from their MOS after the 4-parameter logistic fit (a
+    straight line when the logistic does not fit), each with its patch maps."""
+    params = fit_logistic4(preds, labels) if len(preds) >= MIN_FIT_IMAGES else None
+    if logistic_fit_problem(preds, labels, params):
+        params = None
+    fitted = logistic4(preds, *params) if params is not None else np.polyval(np.polyfit(preds, labels, 1), preds)
+    worst = np.argsort(-np.abs(fitted - labels), kind="stable")[:opt.worst]
+    chosen = [int(index[i]) for i in worst]
+    maps = scorer.dataset_maps(dataset, chosen, opt.batch_size, opt.num_workers)
+    rows = [(dataset.names[i], dataset.load(dataset.paths(i)[0]), dataset.load(dataset.paths(i)[1]), m,
+             float(fitted[j]), float(labels[j])) for i, j, m in zip(chosen, worst, maps)]
+    fit = "the logistic fit" if params is not None else "a linear fit (the logistic fit is not sound)"
+    title = (f"{len(rows)} images furthest from their MOS after {fit}: {os.path.basename(opt.test_list)}, "
+             f"{opt.name} (MOS min-max normalised)")
+    path = os.path.splitext(os.path.join(opt.run_dir, opt.test_file_name))[0] + "_worst.png"
+    atomic_write(path, worst_png(rows, title))
+    log.info("wrote %s", path)
+    return path
 
 
 def main(argv: list[str] | None = None) -> dict:
@@ -95,14 +116,18 @@ def run(opt: RunConfig) -> dict:
                                                "dataset": opt.dataset, "lower_better": opt.lower_better,
                                                "split": {"file": opt.split_file, "index": opt.split_index,
                                                          "column": opt.split_column, "part": opt.split_part or "test"},
-                                               "checkpoint": ckpt_path, "n_ensemble": opt.n_ensemble}, indent=2))
+                                               "checkpoint": ckpt_path, "n_ensemble": opt.n_ensemble},
+                                              indent=2, allow_nan=False))
         plot_path = os.path.splitext(out_path)[0] + "_scatter.png"
         atomic_write(plot_path, scatter_png(preds, labels, metrics, os.path.basename(opt.test_list)))
-        log.info("SRCC %.4f  PLCC %.4f (raw; %.4f after the 4-parameter logistic mapping)  KRCC %.4f  RMSE %.4f  "
-                 "main score (raw PLCC + SRCC) %.4f  -> %s, %s", metrics["srcc"], metrics["plcc"],
-                 metrics["plcc_logistic"], metrics["krcc"], metrics["rmse"], metrics["main_score"], metrics_path,
-                 plot_path)
+        log.info("SRCC %s  PLCC %s (raw; %s after the 4-parameter logistic mapping)  KRCC %s  RMSE %s  "
+                 "main score (raw PLCC + SRCC) %s  -> %s, %s", *(fmt(metrics[k]) for k in (
+                     "srcc", "plcc", "plcc_logistic", "krcc", "rmse", "main_score")), metrics_path, plot_path)
+        if metrics["plcc_logistic_note"]:
+            log.info("no logistic-mapped PLCC: %s", metrics["plcc_logistic_note"])
         result.update(metrics)
+        if opt.worst:
+            result["worst"] = write_worst(scorer, dataset, out.index, preds, labels, opt)
     if opt.submission:
         zip_path = write_submission(opt.submission, predictions, seconds / len(names), device, opt.n_ensemble)
         log.info("wrote the NTIRE submission package %s", zip_path)

@@ -1,41 +1,31 @@
-"""Score your own image pairs: one pair (``--dis a.png --ref b.png``) or two folders matched by file name.
+"""Score your own image pairs: one pair (``--dis a.png --ref b.png``), a folder against a folder of references
+(matched by file name, PIPAL's or KADID/TID's naming rule: ``--pair_rule``), a folder against one reference
+(``--dis_dir D --ref FILE``), or a pairs file (``--pairs FILE``, a CSV with ``dis,ref`` columns): data/pairs.py.
 
 Prints a table (and writes ``--csv``): higher scores are better; by default on the normalised [0, 1] training
 scale, ``--mos_scale`` maps them to MOS units with the range stored in the checkpoint (or ``--mos_range LO HI``).
+``--maps DIR`` also writes, per pair, a PNG panel of the patch score, weight and contribution maps and the maps as
+``.npz``; ``--windows grid`` scores every pixel of images larger than the crop.
 Uses the released checkpoint in checkpoints/ahiq_pipal (``sh download.sh``) unless ``--ckpt`` says otherwise.
 """
 from __future__ import annotations
 
 import csv
 import io
+import logging
 import os
 
+import numpy as np
+
+from data.pairs import match_folders, pairs_file, with_reference
 from options.predict_options import parse_predict_options
 from runtime import configure_device, device_of, scorer_for, scoring_checkpoint
-from utils.errors import AHIQError, run_cli
+from scoring import Scorer
+from utils.errors import run_cli
 from utils.files import atomic_write
+from utils.plots import maps_panel_png
 
-IMAGE_EXTS = (".bmp", ".png", ".jpg", ".jpeg", ".tif", ".tiff", ".webp")
-
-
-def match_folders(dis_dir: str, ref_dir: str) -> list[tuple[str, str]]:
-    """(dis, ref) pairs of images with the same file name in both folders; any unmatched name is an error."""
-    for folder in (dis_dir, ref_dir):
-        if not os.path.isdir(folder):
-            raise AHIQError(f"{folder}: no such folder")
-
-    def images(folder: str) -> set[str]:
-        return {f for f in os.listdir(folder) if f.lower().endswith(IMAGE_EXTS)}
-
-    dis, ref = images(dis_dir), images(ref_dir)
-    only_dis, only_ref = sorted(dis - ref), sorted(ref - dis)
-    if only_dis or only_ref:
-        raise AHIQError(f"{dis_dir} and {ref_dir} do not match by file name: only in {dis_dir}: {only_dis[:5]}, "
-                        f"only in {ref_dir}: {only_ref[:5]}; every distorted image needs a reference of the same name")
-    if not dis:
-        raise AHIQError(f"{dis_dir}: no images ({', '.join(IMAGE_EXTS)})")
-    return [(os.path.join(dis_dir, n), os.path.join(ref_dir, n)) for n in sorted(dis)]
-
+log = logging.getLogger("ahiq.predict")
 
 def table(pairs: list[tuple[str, str]], scores, unit: str) -> str:
     width = max(len(d) for d, _ in pairs)
@@ -44,12 +34,54 @@ def table(pairs: list[tuple[str, str]], scores, unit: str) -> str:
     return "\n".join(lines)
 
 
+def pairs_of(opt) -> list[tuple[str, str]]:
+    """The pairs the options name (the layouts of :mod:`data.pairs`)."""
+    if opt.pairs:
+        return pairs_file(opt.pairs, opt.dis_dir, opt.ref_dir)
+    if opt.dis:
+        return [(opt.dis, opt.ref)]
+    if opt.ref:
+        return with_reference(opt.dis_dir, opt.ref)
+    return match_folders(opt.dis_dir, opt.ref_dir, opt.pair_rule)
+
+
+def map_stems(pairs: list[tuple[str, str]]) -> list[str]:
+    """File stems for the maps of each pair: the distorted image's name, numbered when two would clash."""
+    stems = [os.path.splitext(os.path.basename(d))[0] for d, _ in pairs]
+    if len(set(stems)) < len(stems):
+        stems = [f"{i:05d}_{stem}" for i, stem in enumerate(stems)]
+    return stems
+
+
+def write_maps(scorer: Scorer, pairs: list[tuple[str, str]], folder: str, batch_size: int, num_workers: int
+               ) -> list[float]:
+    """Scores of ``pairs`` and, per pair, ``STEM_maps.png`` (the panel) and ``STEM_maps.npz`` (f, w, contribution,
+    covered, windows, score) in ``folder``; pairs are scored ``batch_size`` at a time, so memory stays bounded."""
+    scores, stems = [], map_stems(pairs)
+    for start in range(0, len(pairs), batch_size):
+        chunk = pairs[start:start + batch_size]
+        done = scorer.score_maps(chunk, batch_size, num_workers, images=True)
+        for (dis, _), stem, maps in zip(chunk, stems[start:], done):
+            buf = io.BytesIO()
+            np.savez(buf, **maps.arrays())
+            atomic_write(os.path.join(folder, stem + "_maps.npz"), buf.getvalue())
+            atomic_write(os.path.join(folder, stem + "_maps.png"),
+                         maps_panel_png(*maps.images, maps, os.path.basename(dis)))
+            scores.append(maps.score)
+    log.info("wrote the maps of %d pairs to %s (*_maps.png, *_maps.npz)", len(pairs), folder)
+    return scores
+
+
 def main(argv: list[str] | None = None) -> list[float]:
+    logging.basicConfig(level=logging.INFO, format="%(message)s")
     opt = parse_predict_options(argv)
-    pairs = [(opt.dis, opt.ref)] if opt.dis else match_folders(opt.dis_dir, opt.ref_dir)
+    pairs = pairs_of(opt)
     device = device_of(opt)
     scorer = scorer_for(opt, scoring_checkpoint(opt), device, configure_device(opt, device), opt.mos_range)
-    scores = scorer.score_files(pairs, opt.batch_size, opt.num_workers, progress=len(pairs) > 1)
+    if opt.maps:
+        scores = np.asarray(write_maps(scorer, pairs, opt.maps, opt.batch_size, opt.num_workers))
+    else:
+        scores = scorer.score_files(pairs, opt.batch_size, opt.num_workers, progress=len(pairs) > 1)
     unit = "normalised, higher is better"
     if opt.mos_scale:
         scores = scorer.to_mos(scores)

@@ -58,7 +58,7 @@ def load_dataset(cfg: RunConfig, phase: str, part: str, n_crops: int, crop_size:
     return pair_dataset(getattr(cfg, f"{phase}_ref_path"), getattr(cfg, f"{phase}_dis_path"), labels,
                         cfg.lower_better, crop_size=crop_size, n_crops=n_crops, seed=cfg.seed,
                         resize=cfg.size if cfg.resize else None, flip=flip, norm=norm,
-                        random_windows=cfg.random_windows, window_batch=batch_size,
+                        random_windows=cfg.random_windows, window_batch=batch_size, windows=cfg.windows,
                         flip_axis=getattr(cfg, "flip_axis", "vertical"), max_pixels=cfg.max_pixels)
 
 
@@ -73,8 +73,8 @@ def scorer_for(cfg: RunConfig, checkpoint: Checkpoint, device: str, amp_dtype: t
     """The scorer of :func:`scoring_checkpoint`, built by the one assembly with the configuration's settings."""
     return build_scorer(checkpoint, backbone_source(cfg), device, cfg.deform_impl, mos_range,
                         n_ensemble=cfg.n_ensemble, seed=cfg.seed, crops_per_forward=cfg.crops_per_forward,
-                        random_windows=cfg.random_windows, max_pixels=cfg.max_pixels, amp_dtype=amp_dtype,
-                        bn_stats=cfg.bn_stats)
+                        random_windows=cfg.random_windows, windows=cfg.windows, max_pixels=cfg.max_pixels,
+                        amp_dtype=amp_dtype, bn_stats=cfg.bn_stats, resize=cfg.size if cfg.resize else None)
 
 
 def save_options(cfg: RunConfig, phase: str) -> None:

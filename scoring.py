@@ -4,6 +4,7 @@
     scorer = load_scorer()                         # checkpoints/ahiq_pipal (download.sh), CPU, 20-crop ensemble
     scores = scorer.score_files([("dis.png", "ref.png")])
     scores = scorer.score_tensors(dis, ref)        # (B, 3, H, W) floats in [0, 1] -> (B,)
+    maps = scorer.score_maps([("dis.png", "ref.png")])  # per pair: score, f, w, contribution maps (utils/quality_maps)
 
     metric = torch.hub.load("path/to/AHIQ", "ahiq", source="local")   # or Metric(scorer): pyiqa's convention
     scores = metric("dis.png", "ref.png")          # paths, PIL images, HxWx3 uint8 arrays or tensors
@@ -23,14 +24,15 @@ import torch
 import torch.nn as nn
 from PIL import Image
 
-from data.defaults import CROPS_PER_FORWARD, N_ENSEMBLE, SEED, TEST_BATCH
+from data.defaults import CHECKPOINTS, CROPS_PER_FORWARD, N_ENSEMBLE, SEED, TEST_BATCH
 from data.label_norm import LabelNorm
-from data.pipal import MAX_PIXELS, PairDataset, crop_tensor_stack, crop_windows
+from data.pipal import MAX_PIXELS, WINDOW_LAYOUTS, PairDataset, crop_tensor_stack, crop_windows, grid_windows
 from engine import Predictions, predict, score_crops
 from models import AHIQ, BN_STATS, BackboneSource, ModelConfig, build_from_config
 from models.config import build_loaded, check_crop, read_model_checkpoint
 from utils.checkpoint import choose_checkpoint
 from utils.errors import AHIQError
+from utils.quality_maps import ImageMaps, image_maps
 
 
 @dataclass
@@ -46,11 +48,18 @@ class Scorer:
     random_windows: str = "reference"  # more than 9 crops: windows per reference, or the released test.py's stream
     max_pixels: int = MAX_PIXELS  # larger images are refused from their header
     bn_stats: str = "running"  # ResNet BatchNorm: running statistics, or each call's as the released test.py ("batch")
+    windows: str = "ensemble"  # n_ensemble crops per image, or "grid": the crops that cover every pixel
+    resize: int | None = None  # file pairs: both images resized to resize x resize first (images below the crop)
 
     def __post_init__(self) -> None:
         check_crop(self.crop_size, self.model.patch_size)
         if self.bn_stats not in BN_STATS:
             raise AHIQError(f"bn_stats {self.bn_stats!r}: expected one of {', '.join(BN_STATS)}")
+        if self.windows not in WINDOW_LAYOUTS:
+            raise AHIQError(f"windows {self.windows!r}: expected one of {', '.join(WINDOW_LAYOUTS)}")
+        if self.windows == "grid" and self.bn_stats == "batch":
+            raise AHIQError("--windows grid gives images different numbers of crops, which the released test.py's "
+                            "per-call BatchNorm (--bn_stats batch) cannot stack; use --bn_stats running")
         for name in ("n_ensemble", "crops_per_forward", "max_pixels"):
             if not isinstance(getattr(self, name), int) or getattr(self, name) < 1:
                 raise AHIQError(f"{name} {getattr(self, name)!r}: must be a positive integer")
@@ -70,48 +79,99 @@ class Scorer:
         return self.label_norm.invert(scores)
 
     def score_dataset(self, dataset: PairDataset, batch_size: int = TEST_BATCH, num_workers: int = 0,
-                      progress: bool = True) -> Predictions:
-        """Predictions for every image of ``dataset`` (test.py's loop: :func:`engine.predict`)."""
-        return predict(self.model, dataset, None, batch_size, num_workers, self.crops_per_forward, self.amp_dtype,
-                       progress=progress, bn_stats=self.bn_stats)
+                      progress: bool = True, indices: list[int] | None = None, keep_maps: bool = False
+                      ) -> Predictions:
+        """Predictions for the images ``indices`` of ``dataset`` (default: all; test.py's loop:
+        :func:`engine.predict`); ``keep_maps``: with their crops' patch maps (see :meth:`dataset_maps`)."""
+        return predict(self.model, dataset, indices, batch_size, num_workers, self.crops_per_forward, self.amp_dtype,
+                       progress=progress, bn_stats=self.bn_stats, keep_maps=keep_maps)
+
+    def dataset_maps(self, dataset: PairDataset, indices: list[int], batch_size: int = TEST_BATCH,
+                     num_workers: int = 0, progress: bool = False) -> list[ImageMaps]:
+        """The maps of images ``indices`` of ``dataset`` on their own pixel grids (as scored: after --resize or
+        --flip), from the forward that scores them (ResNet BatchNorm with running statistics)."""
+        if self.bn_stats == "batch":  # per-call statistics depend on the batch; maps are the running-stats forward
+            self = Scorer(**{**self.__dict__, "bn_stats": "running"})
+        out = self.score_dataset(dataset, batch_size, num_workers, progress, indices, keep_maps=True)
+        return [image_maps(out.maps[i].scores.item(), out.maps[i].f.numpy(),
+                           None if out.maps[i].w is None else out.maps[i].w.numpy(), dataset.windows(i),
+                           self.crop_size, dataset.sizes[i]) for i in indices]
+
+    def _file_pairs(self, pairs: Sequence[tuple[str, str]], batch_size: int) -> PairDataset:
+        pairs = list(pairs)
+        if not pairs:
+            raise AHIQError("no pairs given; pass a list of (distorted, reference) file paths")
+        bad = [p for p in pairs if not (isinstance(p, (tuple, list)) and len(p) == 2
+                                        and all(isinstance(f, (str, os.PathLike)) for f in p))]
+        if bad:
+            raise AHIQError(f"expected (distorted, reference) file path pairs, got {bad[0]!r}")
+        pairs = [(os.fspath(d), os.fspath(r)) for d, r in pairs]
+        return PairDataset([(os.path.basename(d), d, r) for d, r in pairs], None, self.crop_size, self.n_ensemble,
+                           self.seed, random_windows=self.random_windows, window_batch=batch_size,
+                           max_pixels=self.max_pixels, windows=self.windows, resize=self.resize)
 
     def score_files(self, pairs: Sequence[tuple[str, str]], batch_size: int = TEST_BATCH, num_workers: int = 0,
                     progress: bool = False) -> np.ndarray:
         """Scores of (distorted, reference) file pairs, in order. Random windows are seeded with the reference's file
         name, as in test.py, so the same pair scores the same here and there; distorted images that share a reference
         file share its features (computed once)."""
-        pairs = list(pairs)
-        if not pairs:
-            raise AHIQError("score_files: no pairs given; pass a list of (distorted, reference) file paths")
-        bad = [p for p in pairs if not (isinstance(p, (tuple, list)) and len(p) == 2
-                                        and all(isinstance(f, (str, os.PathLike)) for f in p))]
-        if bad:
-            raise AHIQError(f"score_files: expected (distorted, reference) file path pairs, got {bad[0]!r}")
-        pairs = [(os.fspath(d), os.fspath(r)) for d, r in pairs]
-        dataset = PairDataset([(os.path.basename(d), d, r) for d, r in pairs], None, self.crop_size, self.n_ensemble,
-                              self.seed, random_windows=self.random_windows, window_batch=batch_size,
-                              max_pixels=self.max_pixels)
-        return self.score_dataset(dataset, batch_size, num_workers, progress).preds
+        return self.score_dataset(self._file_pairs(pairs, batch_size), batch_size, num_workers, progress).preds
 
-    def score_tensors(self, dis: torch.Tensor, ref: torch.Tensor) -> torch.Tensor:
+    def score_maps(self, pairs: Sequence[tuple[str, str]], batch_size: int = TEST_BATCH, num_workers: int = 0,
+                   progress: bool = False, images: bool = False) -> list[ImageMaps]:
+        """Per (distorted, reference) file pair, its score and patch maps on the image's pixel grid
+        (:class:`utils.quality_maps.ImageMaps`), from the windows and forward :meth:`score_files` uses;
+        ``images``: with the two images as scored (``ImageMaps.images``, HxWx3 uint8)."""
+        dataset = self._file_pairs(pairs, batch_size)
+        maps = self.dataset_maps(dataset, list(range(len(dataset))), batch_size, num_workers, progress)
+        if images:
+            for i, m in enumerate(maps):
+                m.images = tuple(dataset.load(path) for path in dataset.paths(i))
+        return maps
+
+    def score_tensors(self, dis: torch.Tensor, ref: torch.Tensor, return_maps: bool = False
+                      ) -> torch.Tensor | tuple[torch.Tensor, list[ImageMaps]]:
         """Scores (B,) of (B, 3, H, W) image tensors in [0, 1]; random windows are seeded with the batch position
-        (each pair is scored on its own: nothing is shared between positions)."""
-        dis_crops, ref_crops = self.crop_pairs(dis, ref, self.n_ensemble)
-        return score_crops(self.model, dis_crops, ref_crops, self.crops_per_forward, self.amp_dtype, self.bn_stats)
+        (each pair is scored on its own: nothing is shared between positions). ``return_maps``: also each image's
+        maps (:class:`utils.quality_maps.ImageMaps`)."""
+        check_pair(dis, ref)
+        windows = self.windows_of(dis.shape[-2:], len(dis), self.n_ensemble)
+        dis_crops, ref_crops = self.crop_pairs(dis, ref, windows)
+        bn_stats = "running" if return_maps else self.bn_stats
+        out = score_crops(self.model, dis_crops, ref_crops, self.crops_per_forward, self.amp_dtype, bn_stats,
+                          keep_maps=return_maps)
+        if not return_maps:
+            return out.scores
+        k = dis_crops.shape[1]
+        maps = [image_maps(out.scores[i].item(), out.f[i * k:(i + 1) * k].numpy(),
+                           None if out.w is None else out.w[i * k:(i + 1) * k].numpy(), windows[i], self.crop_size,
+                           tuple(dis.shape[-2:])) for i in range(len(windows))]
+        return out.scores, maps
 
-    def crop_pairs(self, dis: torch.Tensor, ref: torch.Tensor, n: int) -> tuple[torch.Tensor, torch.Tensor]:
-        """(B, n, 3, S, S) crop stacks of the ``n``-crop ensemble of each checked pair of (B, 3, H, W) tensors in
-        [0, 1]; random windows (n > 9) are seeded with the batch position. Crops keep the tensors' autograd graph."""
-        for name, x in (("dis", dis), ("ref", ref)):
-            check_unit_images(x.detach() if isinstance(x, torch.Tensor) else x, name)
-        if dis.shape != ref.shape:
-            raise AHIQError(f"dis and ref must have the same shape, got {tuple(dis.shape)} and {tuple(ref.shape)}")
-        h, w, c = dis.shape[2], dis.shape[3], self.crop_size
+    def windows_of(self, size: tuple[int, int], batch: int, n: int) -> list[list[tuple[int, int]]]:
+        """The windows of each image of a batch of ``size`` (H, W) tensors: the grid, or the ``n``-crop ensemble
+        with random windows (n > 9) seeded with the batch position."""
+        h, w, c = int(size[0]), int(size[1]), self.crop_size
         if min(h, w) < c:
             raise AHIQError(f"images of {w}x{h} are smaller than the crop size {c}; resize them first")
-        windows = [crop_windows(h, w, c, n, self.seed, str(i)) for i in range(dis.shape[0])]
-        return tuple(torch.stack([crop_tensor_stack(img, win, c) for img, win in zip(x, windows)])
+        if self.windows == "grid":
+            return [grid_windows(h, w, c)] * batch
+        return [crop_windows(h, w, c, n, self.seed, str(i)) for i in range(batch)]
+
+    def crop_pairs(self, dis: torch.Tensor, ref: torch.Tensor, windows: list[list[tuple[int, int]]]
+                   ) -> tuple[torch.Tensor, torch.Tensor]:
+        """(B, K, 3, S, S) crop stacks at ``windows`` (:meth:`windows_of`) of each pair of (B, 3, H, W) tensors
+        (:func:`check_pair`). Crops keep the tensors' autograd graph."""
+        return tuple(torch.stack([crop_tensor_stack(img, win, self.crop_size) for img, win in zip(x, windows)])
                      for x in (dis, ref))
+
+
+def check_pair(dis: object, ref: object) -> None:
+    """Two batches of :func:`check_unit_images` of the same shape."""
+    for name, x in (("dis", dis), ("ref", ref)):
+        check_unit_images(x.detach() if isinstance(x, torch.Tensor) else x, name)
+    if dis.shape != ref.shape:
+        raise AHIQError(f"dis and ref must have the same shape, got {tuple(dis.shape)} and {tuple(ref.shape)}")
 
 
 def check_unit_images(x: object, name: str) -> None:
@@ -186,7 +246,7 @@ def build_scorer(checkpoint: Checkpoint, source: BackboneSource, device: str = "
     return Scorer(model.to(device).eval(), label_norm=norm, checkpoint=checkpoint.path, **settings)
 
 
-def load_scorer(ckpt: str | None = None, checkpoints_dir: str = "checkpoints", name: str = "ahiq_pipal",
+def load_scorer(ckpt: str | None = None, checkpoints_dir: str = CHECKPOINTS, name: str = "ahiq_pipal",
                 device: str = "cpu", pretrained: bool = True, vit_weights: str | None = None,
                 resnet_weights: str | None = None, deform_impl: str = "gemm",
                 mos_range: tuple[float, float] | None = None, model: dict | None = None, load_epoch: int = -1,
@@ -245,7 +305,8 @@ class Metric(nn.Module):
     ``dis`` and ``ref``: file paths (or lists of them; scored exactly as test.py scores them), PIL images, HxWx3
     uint8 RGB arrays, or (B, 3, H, W) tensors in [0, 1]. ``as_loss=True``: a differentiable function of ``dis``
     (fixed windows, at most 9; no inference mode, no uint8 round trip) for use as a perceptual loss, e.g.
-    ``loss = -metric(output, target).mean()``.
+    ``loss = -metric(output, target).mean()``. ``return_maps=True``: (scores, list of
+    :class:`utils.quality_maps.ImageMaps`), each image's patch score, weight and contribution maps.
     """
 
     lower_better = False  # higher scores mean better quality, whatever the training labels were
@@ -261,21 +322,30 @@ class Metric(nn.Module):
     def labels_are_dmos(self) -> bool:
         return self.scorer.labels_are_dmos
 
-    def forward(self, dis, ref) -> torch.Tensor:
+    def forward(self, dis, ref, return_maps: bool = False) -> torch.Tensor | tuple[torch.Tensor, list[ImageMaps]]:
+        if self.as_loss and return_maps:
+            raise AHIQError("return_maps=True scores without gradients; use a Metric without as_loss")
         if _is_path(dis) or (isinstance(dis, (list, tuple)) and dis and all(map(_is_path, dis))):
             if self.as_loss:
                 raise AHIQError("as_loss=True needs tensors (a loss is differentiated with respect to them)")
             dis, ref = ([dis], [ref]) if _is_path(dis) else (list(dis), list(ref))
             if len(dis) != len(ref) or not all(map(_is_path, ref)):
                 raise AHIQError("give as many reference paths as distorted paths")
-            return torch.from_numpy(self.scorer.score_files(list(zip(dis, ref)))).float()
+            pairs = list(zip(dis, ref))
+            if return_maps:
+                maps = self.scorer.score_maps(pairs)
+                return torch.tensor([m.score for m in maps], dtype=torch.float32), maps
+            return torch.from_numpy(self.scorer.score_files(pairs)).float()
         if self.as_loss:
             return self.differentiable(dis, ref)
-        return self.scorer.score_tensors(to_batch(dis, "dis"), to_batch(ref, "ref"))
+        return self.scorer.score_tensors(to_batch(dis, "dis"), to_batch(ref, "ref"), return_maps)
 
     def differentiable(self, dis: torch.Tensor, ref: torch.Tensor) -> torch.Tensor:
-        """Scores (B,) that backpropagate to ``dis``: the mean over the fixed windows (at most 9) of each pair."""
-        d, r = self.scorer.crop_pairs(dis, ref, min(self.scorer.n_ensemble, 9))
+        """Scores (B,) that backpropagate to ``dis``: the mean over the fixed windows (at most 9, or the grid) of each
+        pair."""
+        check_pair(dis, ref)
+        windows = self.scorer.windows_of(dis.shape[-2:], len(dis), min(self.scorer.n_ensemble, 9))  # or the grid
+        d, r = self.scorer.crop_pairs(dis, ref, windows)
         device = next(self.net.parameters()).device
         self.net.eval()
         with torch.no_grad():

@@ -19,7 +19,7 @@ exec $PY test.py \
     --batch_size 10 \
     --random_windows official \
     --bn_stats batch \
-    --gpu_ids "${GPU_IDS:-0}" \
+    ${GPU_IDS:+--gpu_ids "$GPU_IDS"} \
     --test_file_name ntire22_fr_test.txt \
     --submission results/ntire22_submission \
     "$@"

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import glob
 import logging
+import math
 import os
 import random
 import signal
@@ -40,7 +41,7 @@ from utils.distributed import DistInfo, barrier, gather_arrays, init_distributed
 from utils.errors import AHIQError, run_cli
 from utils.files import FolderLock, remove_stale_temporaries
 from utils.logger import EpochLog, Scalars, setup_logging
-from utils.metrics import iqa_metrics
+from utils.metrics import fmt, iqa_metrics
 from utils.plots import scatter_figure
 
 log = logging.getLogger("ahiq.train")
@@ -105,6 +106,10 @@ def seed_everything(seed: int) -> None:
 class Validation:
     dataset: PairDataset
     indices: list[int]  # this rank's shard
+    name: str  # what the validation data is called in TensorBoard: the preset with --data_root, else the list's name
+
+
+VAL_METRICS = ("srcc", "plcc", "plcc_logistic", "krcc", "rmse", "main_score")  # in metrics.jsonl and TensorBoard
 
 
 def build_loaders(opt: RunConfig, info: DistInfo, crop_size: int
@@ -135,7 +140,9 @@ def build_loaders(opt: RunConfig, info: DistInfo, crop_size: int
     sampler = EpochSampler(len(train_set), opt.seed, info.rank, info.world_size)
     train_loader = DataLoader(train_set, batch_size=opt.batch_size, sampler=sampler, **workers)
     shard = list(range(info.rank, len(val_set), info.world_size))  # no image dropped or repeated
-    return train_set, train_loader, sampler, Validation(val_set, shard)
+    listed = opt.train_list if split.active else opt.val_list
+    name = opt.dataset if opt.data_root else os.path.splitext(os.path.basename(listed))[0]
+    return train_set, train_loader, sampler, Validation(val_set, shard, name)
 
 
 def validate(model: AHIQ, val: Validation, info: DistInfo, opt: RunConfig, amp_dtype: torch.dtype | None
@@ -324,7 +331,7 @@ def train(opt: RunConfig, info: DistInfo) -> TrainState:
                 if info.is_main:
                     finish_epoch(save, state, loss, metrics)
                     epochs.append({"epoch": state.epoch, "step": state.global_step, "train_loss": loss, "lr": lr,
-                                   **{f"val_{k}": (metrics or {}).get(k) for k in ("srcc", "plcc", "krcc", "rmse")},
+                                   **{f"val_{k}": (metrics or {}).get(k) for k in VAL_METRICS},
                                    "seconds": time.perf_counter() - start})
     finally:
         if scalars:
@@ -347,17 +354,18 @@ def validate_epoch(model: AHIQ, val: Validation, info: DistInfo, opt: RunConfig,
     """Validate, log, update the bests in ``state``; ``improved`` when SRCC or PLCC improved (official: both bests
     move then). Scalars go per epoch (``val/srcc``) and per step with the dataset (``val/<dataset>/srcc``)."""
     metrics, preds, labels = validate(model, val, info, opt, amp_dtype)
-    improved = metrics["srcc"] > state.best_srcc or metrics["plcc"] > state.best_plcc
+    srcc, plcc = (-math.inf if metrics[k] is None else metrics[k] for k in ("srcc", "plcc"))  # None: undefined
+    improved = srcc > state.best_srcc or plcc > state.best_plcc
     if improved:
-        state.best_srcc, state.best_plcc = metrics["srcc"], metrics["plcc"]
-    log.info("epoch %d: SRCC %.4f PLCC %.4f (raw; %.4f after logistic mapping) KRCC %.4f RMSE %.4f%s",
-             state.epoch, metrics["srcc"], metrics["plcc"], metrics["plcc_logistic"], metrics["krcc"],
-             metrics["rmse"], "  (best so far)" if improved else "")
-    if scalars:
-        keys = ("srcc", "plcc", "plcc_logistic", "krcc", "rmse")
-        scalars.add_by_epoch({f"val/{k}": metrics[k] for k in keys}, state.epoch)
-        scalars.add({f"val/{opt.dataset}/{k}": metrics[k] for k in keys}, state.global_step)
-        scalars.figure("val/scatter", scatter_figure(preds, labels, metrics), state.epoch)
+        state.best_srcc = srcc if metrics["srcc"] is not None else state.best_srcc  # official: both move
+        state.best_plcc = plcc if metrics["plcc"] is not None else state.best_plcc
+    log.info("epoch %d: SRCC %s PLCC %s (raw; %s after logistic mapping) KRCC %s RMSE %s%s", state.epoch,
+             *(fmt(metrics[k]) for k in ("srcc", "plcc", "plcc_logistic", "krcc", "rmse")),
+             "  (best so far)" if improved else "")
+    if scalars:  # one step axis for training and validation, named for the validation data actually used
+        scalars.add({f"val/{val.name}/{k}": v for k, v in metrics.items() if k in VAL_METRICS and v is not None},
+                    state.global_step)
+        scalars.figure(f"val/{val.name}/scatter", scatter_figure(preds, labels, metrics), state.global_step)
     return {**metrics, "improved": improved}
 
 

@@ -16,7 +16,7 @@ set -- \
     --checkpoints_dir ./checkpoints \
     --name "${NAME:-ahiq_pipal_train}" \
     --patch_size 8 \
-    --gpu_ids "${GPU_IDS:-0}" \
+    ${GPU_IDS:+--gpu_ids "$GPU_IDS"} \
     "$@"
 GPU=""; prev=""
 for arg in "$@"; do  # the --gpu_ids that train.py will see (the last one given)

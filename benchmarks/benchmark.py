@@ -90,7 +90,7 @@ def baseline_scores(baseline, heads, dis: torch.Tensor, ref: torch.Tensor, batch
 
 
 def project_scores(model, dis, ref, crops_per_forward: int, amp_dtype=None) -> np.ndarray:
-    return score_crops(model, dis, ref, crops_per_forward, amp_dtype).cpu().double().numpy()
+    return score_crops(model, dis, ref, crops_per_forward, amp_dtype).scores.cpu().double().numpy()
 
 
 def train_step_fn(forward: Callable, params: list, dis, ref, label) -> Callable[[], float]:
@@ -120,10 +120,15 @@ def per_reference(args: argparse.Namespace, model, baseline, heads, device: str,
     ref = ref_crops[[i // k for i in range(n)]]
     keys = [[(i // k, j) for j in range(args.n_ensemble)] for i in range(n)]
 
+    def batch_scores(s: int, cache: ReferenceCache, chunk: ChunkSize) -> torch.Tensor:
+        rows = slice(s, s + args.batch)
+        counts = [args.n_ensemble] * len(keys[rows])
+        return score_batch(model, dis[rows].flatten(0, 1), ref[rows].flatten(0, 1), counts,
+                           [key for row in keys[rows] for key in row], cache, chunk, amp_dtype).scores
+
     def shared() -> np.ndarray:
         cache, chunk = ReferenceCache(Counter(key for row in keys for key in row)), ChunkSize(args.crops_per_forward)
-        return torch.cat([score_batch(model, dis[s:s + args.batch], ref[s:s + args.batch], keys[s:s + args.batch],
-                                      cache, chunk, amp_dtype) for s in range(0, n, args.batch)]).double().numpy()
+        return torch.cat([batch_scores(s, cache, chunk) for s in range(0, n, args.batch)]).double().numpy()
 
     t_base, s_base = timed(lambda: baseline_scores(baseline, heads, dis, ref, args.batch, device), device,
                            args.repeats)

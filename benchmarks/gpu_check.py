@@ -71,13 +71,13 @@ def check_agreement(cfg: argparse.Namespace, data: str) -> dict:
     torch.manual_seed(0)
     model = build_model(8, pretrained=False).eval()
     n_cpu = min(4, len(items))
-    cpu = score_crops(model, dis[:n_cpu], ref[:n_cpu], 20)
+    cpu = score_crops(model, dis[:n_cpu], ref[:n_cpu], 20).scores
     model.to(cfg.device)
-    fp32 = score_crops(model, dis, ref, 50).cpu()
+    fp32 = score_crops(model, dis, ref, 50).scores.cpu()
     out = {"images": len(items), "crops": 5, "cuda_fp32_vs_cpu_max_rel_dev":
            float(((fp32[:n_cpu] - cpu).abs() / cpu.abs()).max())}
     for name, dtype in (("bf16", torch.bfloat16), ("fp16", torch.float16)):
-        amp = score_crops(model, dis, ref, 50, dtype).cpu()
+        amp = score_crops(model, dis, ref, 50, dtype).scores.cpu()
         out[f"{name}_max_abs_dev"] = float((amp - fp32).abs().max())
         out[f"{name}_srcc_vs_fp32"] = float(stats.spearmanr(amp.numpy(), fp32.numpy())[0])
     g = torch.Generator().manual_seed(3)

@@ -66,7 +66,7 @@ PRESETS: dict[str, Preset] = {
 }
 
 REF_COLUMNS = ("ref_name", "hq_name", "ref_img", "ref", "reference")
-DIS_COLUMNS = ("dist_name", "dis_name", "dist_img", "dis_img", "distorted")
+DIS_COLUMNS = ("dist_name", "dis_name", "dist_img", "dis_img", "distorted", "dis")
 SCORE_COLUMNS = ("mos", "dmos", "score", "elo_score", "mos_mean")
 
 

@@ -153,6 +153,18 @@ def crop_windows(h: int, w: int, crop: int, n: int, seed: int, reference: str) -
     return [(int(t), int(left)) for t, left in zip(tops, lefts)]
 
 
+def grid_windows(h: int, w: int, crop: int) -> list[Window]:
+    """Windows that cover every pixel of an h x w image: per axis ceil((n - crop) / crop) + 1 offsets spread evenly
+    from 0 to n - crop (the last flush with the border, steps of at most ``crop``), rows then columns."""
+    def starts(n: int) -> list[int]:
+        if n < crop:
+            raise AHIQError(f"an image side of {n} is smaller than the crop size {crop}")
+        k = -(-(n - crop) // crop) + 1
+        return [0] if k == 1 else [round(i * (n - crop) / (k - 1)) for i in range(k)]
+
+    return [(top, left) for top in starts(h) for left in starts(w)]
+
+
 def official_windows(sizes: Sequence[tuple[int, int]], crop: int, n: int, batch_size: int, seed: int,
                      paths: Sequence[str] | None = None) -> list[list[Window]]:
     """The random windows of the released test.py, per image of a list: ``setup_seed(seed)`` seeds numpy's global
@@ -191,7 +203,8 @@ def crop_tensor_stack(img: torch.Tensor, windows: Sequence[Window], crop: int) -
     return torch.stack([img[:, t:t + crop, left:left + crop] for t, left in windows])
 
 
-WINDOW_MODES = ("reference", "official")
+WINDOW_MODES = ("reference", "official")  # how random ensemble windows are drawn
+WINDOW_LAYOUTS = ("ensemble", "grid")  # n crops per image, or the windows that cover every pixel
 FLIP_AXES = ("vertical", "horizontal")
 
 
@@ -200,9 +213,10 @@ class PairDataset(Dataset):
 
     Labels are the raw scores normalised by ``norm`` (a :class:`LabelNorm`; fitted on these scores when not given,
     flipped first when ``lower_better``, i.e. DMOS).
-    Evaluation (``dataset[idx]``): the K = ``n_crops`` windows of :meth:`windows`: fixed windows for K <= 9; random
-    ones seeded with the reference's name (``random_windows="reference"``) or the released test.py's stream over the
-    list in batches of ``window_batch`` (``"official"``, :func:`official_windows`).
+    Evaluation (``dataset[idx]``): the windows of :meth:`windows`: with ``windows="ensemble"`` K = ``n_crops``, fixed
+    windows for K <= 9, random ones seeded with the reference's name (``random_windows="reference"``) or the released
+    test.py's stream over the list in batches of ``window_batch`` (``"official"``, :func:`official_windows`); with
+    ``windows="grid"`` the windows that cover every pixel (:func:`grid_windows`), as many as the image needs.
     Training (``dataset[(epoch, idx)]``, keys made by :class:`data.sampler.EpochSampler`): one random window drawn as
     the official ``RandCrop`` draws it (:func:`train_window`), the same for both images, and with probability 0.5
     both crops flipped along ``flip_axis`` (official: vertical, as ``np.fliplr`` on a C x H x W crop), drawn from a
@@ -216,15 +230,18 @@ class PairDataset(Dataset):
                  crop_size: int = 224, n_crops: int = NUM_AVG_VAL, seed: int = SEED, resize: int | None = None,
                  flip: bool = False, lower_better: bool = False, norm: LabelNorm | None = None,
                  ref_names: Sequence[str] | None = None, random_windows: str = "reference", window_batch: int = 10,
-                 flip_axis: str = "vertical", max_pixels: int = MAX_PIXELS) -> None:
+                 flip_axis: str = "vertical", max_pixels: int = MAX_PIXELS, windows: str = "ensemble") -> None:
         self.pairs = list(pairs)
         self.names = [name for name, _, _ in self.pairs]
         self.ref_names = list(ref_names) if ref_names is not None else [os.path.basename(r) for _, _, r in self.pairs]
         self.crop, self.n_crops, self.seed, self.resize, self.flip = crop_size, n_crops, seed, resize, flip
         self.max_pixels = max_pixels
-        if random_windows not in WINDOW_MODES or flip_axis not in FLIP_AXES:
-            raise AHIQError(f"random windows {random_windows!r} / flip axis {flip_axis!r}: expected one of "
-                            f"{WINDOW_MODES} / {FLIP_AXES}")
+        if random_windows not in WINDOW_MODES or flip_axis not in FLIP_AXES or windows not in WINDOW_LAYOUTS:
+            raise AHIQError(f"random windows {random_windows!r} / flip axis {flip_axis!r} / windows {windows!r}: "
+                            f"expected one of {WINDOW_MODES} / {FLIP_AXES} / {WINDOW_LAYOUTS}")
+        self.grid = windows == "grid"
+        if self.grid and random_windows == "official":
+            raise AHIQError("--windows grid has no random windows; drop --random_windows official")
         self.flip_dim = -2 if flip_axis == "vertical" else -1
         self.raw_scores, self.norm, self.labels = raw_scores, None, None
         if raw_scores is not None:
@@ -234,7 +251,7 @@ class PairDataset(Dataset):
             raise AHIQError(f"--size {resize} is smaller than --crop_size {crop_size}")
         self.sizes = self._check_images()
         self._official = None
-        if random_windows == "official" and n_crops > 9:
+        if random_windows == "official" and n_crops > 9 and not self.grid:
             self._official = official_windows(self.sizes, crop_size, n_crops, window_batch, seed,
                                               [dis for _, dis, _ in self.pairs])
 
@@ -264,6 +281,8 @@ class PairDataset(Dataset):
         if self._official is not None:
             return self._official[idx]
         h, w = self.sizes[idx]
+        if self.grid:
+            return grid_windows(h, w, self.crop)
         return crop_windows(h, w, self.crop, self.n_crops, self.seed, self.ref_names[idx])
 
     def reference_key(self, idx: int) -> str:
@@ -277,6 +296,7 @@ class PairDataset(Dataset):
         return len(self.names)
 
     def load(self, path: str) -> np.ndarray:
+        """An image as scored: decoded, flipped (``flip``), resized (``resize``)."""
         img = decode_rgb(path)  # the header (size, pixel limit) was checked when the dataset was built
         if self.flip:
             img = img[:, ::-1]

@@ -101,14 +101,22 @@ class PixelPrediction(nn.Module):
             self.conv_attent = nn.Sequential(nn.Conv2d(256, 1, kernel_size=1), nn.Sigmoid())
         self.conv = nn.Sequential(nn.Conv2d(256, 1, kernel_size=1))
 
-    def forward(self, f_dis: torch.Tensor, f_ref: torch.Tensor) -> torch.Tensor:
-        """Scores (B, 1) from the down-projected features (``down_channel`` outputs) of distorted and reference."""
+    def maps(self, f_dis: torch.Tensor, f_ref: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """Patch scores ``f`` and weights ``w`` (B, 1, h, w) from the down-projected features (``down_channel``
+        outputs) of distorted and reference; ``w`` is None with ``mean`` pooling (every patch counts alike)."""
         feat = self.conv1(self.feat_smoothing(torch.cat((f_dis - f_ref, f_dis, f_ref), dim=1)))
-        f = self.conv(feat)
-        if self.pooling == "mean":
+        return self.conv(feat), self.conv_attent(feat) if self.pooling == "weighted" else None
+
+    @staticmethod
+    def pool(f: torch.Tensor, w: torch.Tensor | None) -> torch.Tensor:
+        """Scores (B, 1): sum(f * w) / sum(w) over the patches, or their mean without weights."""
+        if w is None:
             return f.mean(dim=(2, 3))
-        w = self.conv_attent(feat)
         return (f * w).sum(dim=(2, 3)) / w.sum(dim=(2, 3))
+
+    def forward(self, f_dis: torch.Tensor, f_ref: torch.Tensor) -> torch.Tensor:
+        """Scores (B, 1) from the down-projected features of distorted and reference."""
+        return self.pool(*self.maps(f_dis, f_ref))
 
 
 @dataclass
@@ -206,8 +214,13 @@ class AHIQ(nn.Module):
 
     def score(self, dis: torch.Tensor, ref: ReferenceFeatures) -> torch.Tensor:
         """Scores (B, 1) of distorted crops (B, 3, S, S) against the features of their references (one row each)."""
+        return self.regressor.pool(*self.score_maps(dis, ref))
+
+    def score_maps(self, dis: torch.Tensor, ref: ReferenceFeatures) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """The patch scores ``f`` and weights ``w`` (B, 1, S/p, S/p) that :meth:`score` pools (``w`` None with mean
+        pooling): one patch per ViT token, p = ``patch_size`` pixels a side."""
         vit, cnn = self._features(dis)
-        return self.regressor(self._project(vit, cnn, ref.offset), ref.projected)
+        return self.regressor.maps(self._project(vit, cnn, ref.offset), ref.projected)
 
     def forward(self, dis: torch.Tensor, ref: torch.Tensor) -> torch.Tensor:
         """Scores (B, 1) for distorted/reference crops (B, 3, S, S) in [0, 1]; S a multiple of the patch size."""

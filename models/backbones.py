@@ -8,6 +8,7 @@ to random weights silently.
 from __future__ import annotations
 
 import os
+import socket
 from collections.abc import Mapping
 
 import timm
@@ -143,6 +144,8 @@ def _create(tag: str, pretrained: bool, option: str, **kwargs) -> nn.Module:
     if weights and pretrained and tag not in timm.list_pretrained(arch + ".*"):
         raise AHIQError(f"{option} {tag}: timm has no weights tagged {weights!r} for {arch} (it has: "
                         f"{', '.join(t.partition('.')[2] for t in timm.list_pretrained(arch + '.*')) or 'none'})")
+    if pretrained:
+        _check_reachable(tag)
     try:
         return timm.create_model(tag, pretrained=pretrained, **kwargs)
     except (OSError, RuntimeError, ValueError) as err:
@@ -150,6 +153,35 @@ def _create(tag: str, pretrained: bool, option: str, **kwargs) -> nn.Module:
             f"cannot download the pretrained weights of {tag} ({type(err).__name__}: {str(err)[:120]}); run "
             "`sh download.sh` on a connected machine and pass the files with --vit_weights/--resnet_weights, or copy "
             "the timm/Hugging Face cache; --no_pretrained runs with random backbones (meaningless scores)") from err
+
+
+def _cached(tag: str) -> bool:
+    """Whether the Hugging Face cache already holds the weights timm would download for ``tag``."""
+    cfg = timm.models.get_pretrained_cfg(tag)
+    if cfg is None or not cfg.hf_hub_id:
+        return False
+    from huggingface_hub import try_to_load_from_cache
+
+    return any(isinstance(try_to_load_from_cache(cfg.hf_hub_id.split("@")[0], name), str)
+               for name in (cfg.hf_hub_filename or "model.safetensors", "pytorch_model.bin") if name)
+
+
+def _check_reachable(tag: str, host: str = "huggingface.co", timeout: float = 3.0) -> None:
+    """Offline (``HF_HUB_OFFLINE=1``, or the hub not reachable within ``timeout`` s) and not in the local cache: one
+    line at once, instead of the hub client's retries (tens of seconds, dozens of lines)."""
+    if _cached(tag):
+        return
+    offline = os.environ.get("HF_HUB_OFFLINE", "").lower() in ("1", "true", "yes", "on")
+    if not offline:
+        try:
+            socket.create_connection((host, 443), timeout=timeout).close()
+            return
+        except OSError:
+            pass
+    why = "HF_HUB_OFFLINE is set" if offline else f"{host} cannot be reached"
+    raise AHIQError(f"the pretrained weights of {tag} are not on this machine and {why}; run `sh download.sh` on a "
+                    "connected machine (it writes checkpoints/backbones/, found from there) or pass the files with "
+                    "--vit_weights/--resnet_weights; --no_pretrained runs with random backbones (meaningless scores)")
 
 
 def build_backbones(patch_size: int = 8, pretrained: bool = True, vit_weights: str | None = None,

@@ -21,7 +21,7 @@ from typing import Any
 import torch
 
 from data.datasets import PRESETS, SplitChoice, parse_ratios
-from data.defaults import SEED
+from data.defaults import CHECKPOINTS, SEED
 from data.pipal import MAX_PIXELS
 from models import BRANCHES, DEFORM_IMPLS, FUSIONS, POOLINGS, ModelConfig
 from models.config import check_crop
@@ -32,12 +32,24 @@ from utils.files import read_text
 PAPER = ModelConfig()
 
 
+def default_gpu_ids() -> str:
+    """The first GPU when this machine has one, else the CPU."""
+    return "0" if torch.cuda.is_available() else "-1"
+
+
+def default_workers() -> int:
+    """DataLoader workers: the CPU cores this process may use, at most 8."""
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    return max(1, min(8, cores))
+
+
 def run_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(add_help=False)
     g = p.add_argument_group("run")
     once(g.add_argument("--config", default=None, metavar="FILE",
                         help="rerun from a saved opt_*.json of a run folder; options given on the command line win"))
-    free(g.add_argument("--checkpoints_dir", default="./checkpoints", help="runs are stored in checkpoints_dir/name"))
+    free(g.add_argument("--checkpoints_dir", default=CHECKPOINTS,
+                        help="runs are stored in checkpoints_dir/name (default: the checkout's, or $AHIQ_HOME's)"))
     free(g.add_argument("--name", default="ahiq_pipal", help="experiment name: the run folder under --checkpoints_dir"))
     free(g.add_argument("--load_epoch", type=int, default=-1,
                         help="load epoch_N.pth of the run folder; -1: best.pth, else the latest epoch, else the "
@@ -45,8 +57,10 @@ def run_parser() -> argparse.ArgumentParser:
     free(g.add_argument("--ckpt", default=None, help="checkpoint file to load (official or ours), instead of the run "
                                                      "folder"))
     g.add_argument("--seed", type=int, default=SEED, help="random seed")
-    free(g.add_argument("--gpu_ids", default="0", help="GPU ids, e.g. '0' or '0,1'; '-1' runs on the CPU"))
-    free(g.add_argument("--num_workers", type=int, default=8, help="DataLoader worker processes"))
+    free(g.add_argument("--gpu_ids", default=default_gpu_ids(),
+                        help="GPU ids, e.g. '0' or '0,1'; '-1' runs on the CPU (default: GPU 0 if there is one)"))
+    free(g.add_argument("--num_workers", type=int, default=default_workers(),
+                        help="DataLoader worker processes (default: this machine's cores, at most 8)"))
     free(g.add_argument("--max_pixels", type=int, default=MAX_PIXELS,
                         help="images with more pixels are refused from their header (damaged or hostile files)"))
     g.add_argument("--amp", action="store_true", help="mixed precision on CUDA (see --amp_dtype); fp32 otherwise")

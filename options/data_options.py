@@ -8,7 +8,7 @@ import os
 
 from data.datasets import LIST_FORMATS, PRESETS
 from data.defaults import NUM_AVG_VAL
-from data.pipal import WINDOW_MODES
+from data.pipal import WINDOW_LAYOUTS, WINDOW_MODES
 from options.policy import free
 from utils.errors import AHIQError
 
@@ -63,9 +63,13 @@ def image_parser() -> argparse.ArgumentParser:
 
 
 def windows_parser() -> argparse.ArgumentParser:
-    """How random ensemble windows are drawn (train.py validation, test.py, predict.py, protocol.py)."""
+    """Which windows an image is scored on (train.py validation, test.py, predict.py, protocol.py)."""
     p = argparse.ArgumentParser(add_help=False)
     g = p.add_argument_group("windows")
+    g.add_argument("--windows", default="ensemble", choices=WINDOW_LAYOUTS,
+                   help="'ensemble': --n_ensemble (or --num_avg_val) crops per image; 'grid': the crops that cover "
+                        "every pixel of the image (stride at most the crop size, as many as its size needs), for "
+                        "images much larger than the crop")
     g.add_argument("--random_windows", default="reference", choices=WINDOW_MODES,
                    help="more than 9 crops per image: 'reference' draws them from --seed and the reference's name (all "
                         "distorted images of a reference share windows and reference features); 'official' is the "

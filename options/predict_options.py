@@ -3,8 +3,9 @@ from __future__ import annotations
 
 import argparse
 
+from data.pairs import PAIR_RULES
 from options.base_options import RunConfig, model_parser, parse, run_parser
-from options.data_options import windows_parser
+from options.data_options import image_parser, windows_parser
 from options.policy import free
 from options.test_options import scoring_parser
 from utils.errors import AHIQError
@@ -12,14 +13,22 @@ from utils.errors import AHIQError
 
 def predict_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(description="Score your own image pairs with AHIQ (higher is better).",
-                                parents=[run_parser(), model_parser(), scoring_parser(), windows_parser()],
+                                parents=[run_parser(), model_parser(), scoring_parser(), windows_parser(),
+                                         image_parser()],
                                 formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     g = p.add_argument_group("pairs")
     g.add_argument("--dis", help="a distorted image (with --ref)")
-    g.add_argument("--ref", help="its reference image")
-    g.add_argument("--dis_dir", help="a folder of distorted images (with --ref_dir; matched by file name)")
-    g.add_argument("--ref_dir", help="the folder of their references")
+    g.add_argument("--ref", help="its reference image; with --dis_dir: the one reference of every image there")
+    g.add_argument("--dis_dir", help="a folder of distorted images (with --ref_dir or --ref)")
+    g.add_argument("--ref_dir", help="the folder of their references (may be --dis_dir itself, as in KADID-10k)")
+    g.add_argument("--pair_rule", default="auto", choices=("auto", *PAIR_RULES),
+                   help="how --dis_dir images find their reference in --ref_dir: " + "; ".join(
+                       f"'{k}': {v}" for k, v in PAIR_RULES.items()) + "; 'auto': the first that pairs every image")
+    g.add_argument("--pairs", metavar="FILE", help="a CSV with a header naming the distorted and reference columns "
+                   "(dis,ref[,mos]); relative paths from the file's folder, or from --dis_dir/--ref_dir")
     free(g.add_argument("--csv", help="also write 'dis,ref,score' rows to this CSV file"))
+    free(g.add_argument("--maps", metavar="DIR", help="also write per pair a PNG panel of the patch score, weight and "
+                        "contribution maps over the image, and the maps as .npz, to DIR"))
     g.add_argument("--mos_scale", action="store_true", help="report scores in MOS units of the training list")
     g.add_argument("--mos_range", type=float, nargs=2, metavar=("LO", "HI"),
                    help="training MOS range for --mos_scale when the checkpoint has none (official files)")
@@ -28,8 +37,15 @@ def predict_parser() -> argparse.ArgumentParser:
 
 def parse_predict_options(argv: list[str] | None = None) -> RunConfig:
     opt = parse(predict_parser(), argv)
-    if bool(opt.dis) != bool(opt.ref) or bool(opt.dis_dir) != bool(opt.ref_dir) or bool(opt.dis) == bool(opt.dis_dir):
-        raise AHIQError("give either --dis FILE --ref FILE, or --dis_dir DIR --ref_dir DIR")
+    layouts = {"--pairs FILE": opt.pairs and not (opt.dis or opt.ref),
+               "--dis FILE --ref FILE": opt.dis and opt.ref and not (opt.dis_dir or opt.ref_dir or opt.pairs),
+               "--dis_dir DIR --ref_dir DIR": opt.dis_dir and opt.ref_dir and not (opt.dis or opt.ref or opt.pairs),
+               "--dis_dir DIR --ref FILE": opt.dis_dir and opt.ref and not (opt.dis or opt.ref_dir or opt.pairs)}
+    if sum(map(bool, layouts.values())) != 1:
+        raise AHIQError(f"give one of: {'; '.join(layouts)} (see python predict.py --help)")
+    if opt.maps and opt.bn_stats == "batch":
+        raise AHIQError("--maps computes the maps with --bn_stats running (per-call statistics depend on the batch); "
+                        "drop --bn_stats batch")
     if opt.load_epoch >= 0 and opt.ckpt:
         raise AHIQError("pass either --ckpt FILE or --load_epoch N (a file of the run folder), not both")
     return opt

@@ -45,6 +45,9 @@ def test_parser() -> argparse.ArgumentParser:
     g = p.add_argument_group("test")
     g.add_argument("--test_file_name", default="results.txt", help="predictions file, written to checkpoints_dir/name/")
     g.add_argument("--flip", action="store_true", help="flip both images horizontally before cropping")
+    free(g.add_argument("--worst", type=int, default=0, metavar="N",
+                        help="lists with MOS: also draw the N images furthest from their MOS after the logistic fit, "
+                             "with their patch maps ({stem}_worst.png beside the predictions)"))
     free(g.add_argument("--submission", default=None, metavar="DIR",
                         help="also write the NTIRE 2022 package (output.txt, readme.txt, submission.zip) to DIR"))
     return p
@@ -52,6 +55,8 @@ def test_parser() -> argparse.ArgumentParser:
 
 def parse_test_options(argv: list[str] | None = None) -> RunConfig:
     opt = parse(test_parser(), argv, (apply_preset,))
+    if opt.worst < 0:
+        raise AHIQError(f"--worst {opt.worst}: give a number of images (0: no figure)")
     if opt.split_part is not None and opt.split_file is None and opt.split_column is None:
         raise AHIQError(f"--split_part {opt.split_part} has no effect without --split_file or --split_column; drop "
                         "it to score the whole list, or name the split")

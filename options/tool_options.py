@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import argparse
 
-from data.defaults import SEED
+from data.defaults import CHECKPOINTS, SEED
 from options.data_options import label_parser, split_making_parser
 
 
@@ -38,7 +38,7 @@ def make_splits_parser() -> argparse.ArgumentParser:
 def backbone_check_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(description="Print where the pinned backbone weights can come from: files, hub or "
                                             "random.")
-    p.add_argument("--checkpoints_dir", default="checkpoints", help="where download.sh put backbones/")
+    p.add_argument("--checkpoints_dir", default=CHECKPOINTS, help="where download.sh put backbones/")
     p.add_argument("--patch_size", type=int, default=8, choices=(8, 16), help="ViT patch size")
     return p
 

@@ -48,7 +48,7 @@ def test_every_switch_builds_trains_and_scores(arch, tmp_path):
     loss.backward()
     optimizer.step()
     assert all(not torch.equal(a, p) for a, p in zip(before, params))
-    scores = score_crops(model, dis[:, None], ref[:, None])
+    scores = score_crops(model, dis[:, None], ref[:, None]).scores
     assert scores.shape == (2,) and torch.isfinite(scores).all()
     path = tmp_path / "ablation.pth"
     save_weights(str(path), model)
@@ -57,7 +57,7 @@ def test_every_switch_builds_trains_and_scores(arch, tmp_path):
     torch.manual_seed(0)  # the same random backbones; the head comes from the file
     twin = build_model(8, pretrained=False, **arch)
     load_weights(twin, str(path))
-    torch.testing.assert_close(score_crops(twin, dis[:, None], ref[:, None]), scores)
+    torch.testing.assert_close(score_crops(twin, dis[:, None], ref[:, None]).scores, scores)
 
 
 def test_derived_channels_and_block_choice():

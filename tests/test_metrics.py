@@ -43,4 +43,23 @@ def test_logistic_mapping_recovers_a_known_curve():
     np.testing.assert_allclose(logistic4(pred, *params), label, atol=1e-6)
     m = iqa_metrics(pred, label)
     assert m["plcc_logistic"] == pytest.approx(1.0, abs=1e-9) and m["plcc"] < 0.99  # raw PLCC sees the bend
-    assert np.isnan(iqa_metrics(np.arange(3.0), np.arange(3.0))["plcc_logistic"])  # too few points to fit
+    assert m["plcc_logistic_note"] is None
+    few = iqa_metrics(np.arange(3.0), np.arange(3.0))
+    assert few["plcc_logistic"] is None and few["plcc_logistic_note"] == "fewer than 5 images"
+
+
+def test_a_logistic_fit_that_is_a_step_gives_no_logistic_plcc():
+    """Six images whose labels fall in two groups: the least-squares logistic is a step between the groups, and its
+    PLCC (1.0 here) would say the model is perfect whatever the order within the groups."""
+    pred = np.array([0.1, 0.3, 0.2, 0.5, 0.4, 0.6])
+    label = np.array([0.0, 0.0, 0.0, 1.0, 1.0, 1.0])
+    m = iqa_metrics(pred, label)
+    assert m["plcc_logistic"] is None and m["plcc_logistic_note"].startswith("the fitted logistic is a step")
+    assert m["plcc"] == pytest.approx(np.corrcoef(pred, label)[0, 1])
+
+
+def test_metrics_are_strict_json_when_a_correlation_is_undefined():
+    import json
+    m = iqa_metrics(np.ones(6), np.arange(6.0))  # constant predictions: no correlation is defined
+    assert m["srcc"] is None and m["plcc"] is None and m["main_score"] is None
+    json.dumps(m, allow_nan=False)

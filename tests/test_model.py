@@ -108,9 +108,32 @@ def test_failed_download_names_the_weights_and_never_falls_back(monkeypatch):
 
     real = backbones_mod.timm.create_model
     monkeypatch.setattr(backbones_mod.timm, "create_model", offline)
+    monkeypatch.setattr(backbones_mod, "_check_reachable", lambda tag: None)  # the hub answers, the download fails
     with pytest.raises(AHIQError, match=VIT_TAGS[8].replace(".", r"\.") + ".*download.sh.*--vit_weights"):
         build_model(8, pretrained=True)
     assert calls == [(VIT_TAGS[8], True)]
+
+
+def test_offline_without_local_weights_is_one_line_at_once(monkeypatch):
+    """HF_HUB_OFFLINE=1 (or no route to the hub) and the weights not cached: the hub client is never started (it
+    would retry for tens of seconds)."""
+    calls = []
+    monkeypatch.setattr(backbones_mod.timm, "create_model", lambda *a, **k: calls.append(a))
+    monkeypatch.setattr(backbones_mod, "_cached", lambda tag: False)
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    with pytest.raises(AHIQError, match=VIT_TAGS[8].replace(".", r"\.") + r" are not on this machine and "
+                                        r"HF_HUB_OFFLINE is set; run `sh download.sh`"):
+        build_model(8, pretrained=True)
+    assert calls == []
+    monkeypatch.delenv("HF_HUB_OFFLINE")
+    monkeypatch.setattr(backbones_mod.socket, "create_connection", _unreachable)
+    with pytest.raises(AHIQError, match="huggingface.co cannot be reached"):
+        build_model(8, pretrained=True)
+    assert calls == []
+
+
+def _unreachable(*args, **kwargs):
+    raise OSError("Network is unreachable")
 
 
 class _OomAbove(torch.nn.Module):
@@ -130,18 +153,18 @@ class _OomAbove(torch.nn.Module):
     def reference(self, ref):
         return self._call(self.model.reference, ref)
 
-    def score(self, dis, ref_features):
-        return self._call(self.model.score, dis, ref_features)
+    def score_maps(self, dis, ref_features):
+        return self._call(self.model.score_maps, dis, ref_features)
 
 
 def test_out_of_memory_halves_the_chunk_and_keeps_the_scores(model_factory, caplog):
     model = model_factory(8)
     torch.manual_seed(3)
     dis, ref = (torch.randint(0, 256, (3, 5, 3, 32, 32), dtype=torch.uint8) for _ in range(2))
-    expected = score_crops(model, dis, ref, crops_per_forward=50)
+    expected = score_crops(model, dis, ref, crops_per_forward=50).scores
     small = _OomAbove(model, limit=4)
     chunk = ChunkSize(50)
-    got = score_crops(small, dis, ref, chunk)
+    got = score_crops(small, dis, ref, chunk).scores
     torch.testing.assert_close(got, expected, rtol=1e-5, atol=1e-6)
     # 50 -> 25 -> 12 -> 6 -> 3: 15 reference crops in 5 calls, then 15 distorted crops in 5 calls
     assert chunk.size == 3 and small.batches == [3] * 10

@@ -8,6 +8,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from PIL import Image
 
 import evaluate as test_script
 import predict
@@ -73,8 +74,44 @@ def test_predict_folders_csv_and_mos_units(tmp_path, pipal_set, ckpt, capsys):
     mos = predict.main(args + ["--mos_scale"])
     np.testing.assert_allclose(mos, 1000 + np.array(scores) * 600, rtol=1e-6)
     os.remove(ref_dir / pipal_set["names"][0])
-    with pytest.raises(AHIQError, match=rf"only in {dis_dir}: \['{pipal_set['names'][0]}'\]"):
+    with pytest.raises(AHIQError, match=rf"the same file name: 1 of 3 without a reference \(e.g. "
+                                        rf"{pipal_set['names'][0]} ->.*Give --ref FILE"):
         predict.main(args)
+
+
+def test_predict_takes_the_layouts_researchers_have(tmp_path, ckpt, capsys):
+    """KADID-style names in one folder, PIPAL-style names in two, one reference for a folder, a pairs CSV: the same
+    pairs score the same whichever way they are given."""
+    rng = np.random.default_rng(0)
+    kadid, pipal = tmp_path / "kadid", tmp_path / "pipal"
+    for folder in (kadid, pipal / "dis", pipal / "ref"):
+        folder.mkdir(parents=True)
+    ref = rng.integers(0, 256, (40, 40, 3), dtype=np.uint8)
+    dis = [np.clip(ref.astype(int) + rng.integers(-30 * k, 30 * k + 1, ref.shape), 0, 255).astype(np.uint8)
+           for k in (1, 2)]
+    write = lambda path, img: Image.fromarray(img).save(path)  # noqa: E731
+    write(kadid / "I01.png", ref)
+    write(pipal / "ref" / "A0001.bmp", ref)
+    for k, img in enumerate(dis):
+        write(kadid / f"I01_01_0{k + 1}.png", img)
+        write(pipal / "dis" / f"A0001_00_0{k}.bmp", img)
+    (tmp_path / "pairs.csv").write_text("dis,ref,mos\nkadid/I01_01_01.png,kadid/I01.png,4.1\n"
+                                        "kadid/I01_01_02.png,kadid/I01.png,3.0\n")
+    common = ["--ckpt", ckpt, "--crop_size", "32", "--n_ensemble", "5", *_weights()]
+    runs = {"kadid one folder": ["--dis_dir", str(kadid), "--ref_dir", str(kadid)],
+            "pipal two folders": ["--dis_dir", str(pipal / "dis"), "--ref_dir", str(pipal / "ref")],
+            "one reference": ["--dis_dir", str(pipal / "dis"), "--ref", str(pipal / "ref" / "A0001.bmp")],
+            "pairs file": ["--pairs", str(tmp_path / "pairs.csv")]}
+    scores = {what: predict.main(args + common) for what, args in runs.items()}
+    for what, got in scores.items():
+        assert len(got) == 2, what  # the reference itself is not scored in the one-folder layout
+        np.testing.assert_allclose(got, scores["pairs file"], rtol=1e-6, err_msg=what)
+    assert scores["pairs file"][0] != scores["pairs file"][1]
+    with pytest.raises(AHIQError, match="the first line must be a header"):
+        (tmp_path / "bad.csv").write_text("kadid/I01_01_01.png,kadid/I01.png\n")
+        predict.main(["--pairs", str(tmp_path / "bad.csv"), *common])
+    with pytest.raises(AHIQError, match="give one of: --pairs FILE; --dis FILE --ref FILE"):
+        predict.main(["--dis", str(kadid / "I01_01_01.png"), "--ref_dir", str(kadid), *common])
 
 
 def test_official_checkpoint_needs_a_mos_range(tmp_path, pipal_set, backbone_files, model_factory):
@@ -90,7 +127,7 @@ def test_official_checkpoint_needs_a_mos_range(tmp_path, pipal_set, backbone_fil
     plain = predict.main(args)
     scaled = predict.main(args + ["--mos_scale", "--mos_range", "10", "20"])
     assert scaled[0] == pytest.approx(10 + 10 * plain[0])
-    with pytest.raises(AHIQError, match="either --dis FILE --ref FILE, or --dis_dir"):
+    with pytest.raises(AHIQError, match="give one of: --pairs FILE; --dis FILE --ref FILE"):
         predict.main(args[2:])
 
 

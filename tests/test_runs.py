@@ -46,13 +46,16 @@ def test_the_metrics_file_survives_a_resume_and_tensorboard_names_the_dataset(tr
     train.main(args + ["--n_epoch", "2", "--resume"])
     rows = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
     assert [r["epoch"] for r in rows] == [1, 2] and rows[1]["train_loss"] != 9.0
-    assert set(rows[0]) == {"epoch", "step", "train_loss", "lr", "val_srcc", "val_plcc", "val_krcc", "val_rmse",
-                            "seconds"}
+    assert set(rows[0]) == {"epoch", "step", "train_loss", "lr", "val_srcc", "val_plcc", "val_plcc_logistic",
+                            "val_krcc", "val_rmse", "val_main_score", "seconds"}  # every metric TensorBoard has
     assert rows[0]["step"] == 5 and rows[1]["step"] == 10 and rows[1]["val_srcc"] is not None
     assert (run / "metrics.png").read_bytes()[:4] == b"\x89PNG"
     events = EventAccumulator(str(run / "tensorboard"), size_guidance={"scalars": 0})
     events.Reload()
-    assert [e.step for e in events.Scalars("val/pipal/srcc")] == [5, 10]  # the step axis, named with the dataset
+    # one step axis for training and validation; the data named as given (the validation list list.txt), not "pipal"
+    assert [e.step for e in events.Scalars("val/list/srcc")] == [5, 10]
+    assert [e.step for e in events.Scalars("val/list/main_score")] == [5, 10]
+    assert not any(tag.startswith("val/pipal") for tag in events.Tags()["scalars"])
 
 
 def test_wandb_mirrors_the_scalars_when_asked(train_sets, tmp_path, monkeypatch):
@@ -70,7 +73,7 @@ def test_wandb_mirrors_the_scalars_when_asked(train_sets, tmp_path, monkeypatch)
     train.main(train_args(train_sets, tmp_path, "wandb", "--n_epoch", "1", "--wandb", "ahiq-tests"))
     assert init["project"] == "ahiq-tests" and init["name"] == "wandb" and init["config"]["n_epoch"] == 1
     steps = [step for step, values in logged if "train/loss" in values]
-    assert steps == [1, 2, 3, 4, 5] and any("val/pipal/srcc" in values for _, values in logged)
+    assert steps == [1, 2, 3, 4, 5] and any("val/list/srcc" in values for _, values in logged)
     assert logged[-1][0] == "finished"
     monkeypatch.setitem(sys.modules, "wandb", None)  # not installed: refused with the options, before any work
     with pytest.raises(AHIQError, match="--wandb needs the wandb package: pip install wandb"):

@@ -30,18 +30,19 @@ def _dataset(root: Path, order: str, n_crops: int, **kwargs) -> PairDataset:
 
 
 class _CountingModel(torch.nn.Module):
-    """Counts the reference crops the model is asked to compute."""
+    """Counts the reference and distorted crops the model is asked to compute."""
 
     def __init__(self, model) -> None:
         super().__init__()
-        self.model, self.regressor, self.reference_rows = model, model.regressor, 0
+        self.model, self.regressor, self.reference_rows, self.distorted_rows = model, model.regressor, 0, 0
 
     def reference(self, ref):
         self.reference_rows += ref.shape[0]
         return self.model.reference(ref)
 
-    def score(self, dis, feats):
-        return self.model.score(dis, feats)
+    def score_maps(self, dis, feats):
+        self.distorted_rows += dis.shape[0]
+        return self.model.score_maps(dis, feats)
 
 
 @pytest.mark.parametrize("order", ["grouped", "interleaved", "once"])
@@ -58,12 +59,25 @@ def test_shared_references_equal_scoring_every_pair_alone(tiny_factory, tmp_path
 
     monkeypatch.setattr(ReferenceCache, "release", watch)
     out = predict(model, ds, batch_size=2, crops_per_forward=7, progress=False)
-    alone = torch.cat([score_crops(model.model, ds[i]["dis"][None], ds[i]["ref"][None]) for i in range(len(ds))])
+    alone = torch.cat([score_crops(model.model, ds[i]["dis"][None], ds[i]["ref"][None]).scores
+                       for i in range(len(ds))])
     assert out.names == ds.names and out.index.tolist() == list(range(len(ds)))  # list order kept
     np.testing.assert_allclose(out.preds, alone.double().numpy(), rtol=1e-5, atol=1e-7)
     unique = {key for i in range(len(ds)) for key in ds.crop_keys(i)}  # (reference, window); 12 random may repeat
     assert len(unique) <= 3 * n_crops and model.reference_rows == len(unique)  # each computed once
+    windows = sum(len(set(ds.windows(i))) for i in range(len(ds)))  # a window drawn twice is scored once
+    assert model.distorted_rows == windows
     assert live[-1] == 0 and max(live) <= n_crops  # freed after the last distorted image of each reference
+
+
+def test_an_image_of_the_crop_size_is_computed_once_whatever_the_ensemble(tiny_factory, tmp_path):
+    data = make_pipal_set(tmp_path, n_refs=2, n_dis=2, size=(32, 32), seed=5)
+    pairs = [(n, f"{data['dis']}/{n}", f"{data['ref']}/{n[:5]}.bmp") for n in data["names"]]
+    model = _CountingModel(tiny_factory(8))
+    twenty = predict(model, PairDataset(pairs, None, crop_size=32, n_crops=20), progress=False)
+    assert (model.reference_rows, model.distorted_rows) == (2, 4)  # 20 identical windows: one crop each
+    one = predict(model, PairDataset(pairs, None, crop_size=32, n_crops=1), progress=False)
+    np.testing.assert_allclose(twenty.preds, one.preds, rtol=1e-6)
 
 
 def test_random_windows_follow_the_reference_not_the_distorted_image(tmp_path):
@@ -110,7 +124,7 @@ def test_test_py_with_official_windows_scores_them(tmp_path, tiny_ckpt):
         name = data["names"][i]
         dis, ref = (crop_stack(read_rgb(p), windows[i], 32)[None] for p in (f"{data['dis']}/{name}",
                                                                                f"{data['ref']}/{name[:5]}.bmp"))
-        assert float(line.split(",")[1]) == pytest.approx(score_crops(model, dis, ref).item(), rel=1e-5)
+        assert float(line.split(",")[1]) == pytest.approx(score_crops(model, dis, ref).scores.item(), rel=1e-5)
 
 
 def _released_test_loop(backbones: OfficialStyleBackbones, heads: dict, data: dict, batch_size: int,

@@ -65,12 +65,12 @@ def test_tensorboard_has_the_scalars_and_the_scatter_figure(two_epoch_run):
     events = EventAccumulator(str(two_epoch_run / "tensorboard"), size_guidance={"scalars": 0, "images": 0})
     events.Reload()
     tags = events.Tags()
-    for tag in ("train/loss", "train/lr", "val/srcc", "val/plcc", "val/krcc", "val/rmse"):
+    for tag in ("train/loss", "train/lr", "val/list/srcc", "val/list/plcc", "val/list/krcc", "val/list/rmse"):
         assert tag in tags["scalars"], tag
-    assert len(events.Scalars("train/loss")) == 10 and len(events.Scalars("val/srcc")) == 2
+    assert len(events.Scalars("train/loss")) == 10 and len(events.Scalars("val/list/srcc")) == 2
     lrs = [e.value for e in events.Scalars("train/lr")]
     assert lrs[0] == pytest.approx(1e-4) and lrs[1] < lrs[0]  # cosine schedule stepped every iteration
-    assert "val/scatter" in tags["images"]
+    assert "val/list/scatter" in tags["images"]
 
 
 def test_existing_run_is_never_overwritten(train_sets, two_epoch_run):
@@ -139,7 +139,8 @@ def test_torchrun_validation_equals_one_process(train_sets, tmp_path, two_epoch_
     np.testing.assert_allclose(two["preds"], one["preds"], rtol=1e-5)
     np.testing.assert_allclose(two["labels"], one["labels"], rtol=0)
     for key, value in one["metrics"].items():
-        assert two["metrics"][key] == pytest.approx(value, rel=1e-5)
+        assert two["metrics"][key] == (value if value is None or isinstance(value, str) else
+                                       pytest.approx(value, rel=1e-5)), key
 
 
 def test_saved_heads_use_exactly_the_official_parameter_names(two_epoch_run):

@@ -110,22 +110,38 @@ class EpochLog:
         self.plot()
 
     def plot(self) -> None:
+        """``metrics.png``: training loss and validation curves by epoch, the run's name, the best epoch marked."""
         import io
 
         import matplotlib
         matplotlib.use("Agg")
         import matplotlib.pyplot as plt
-        fig, (loss_ax, val_ax) = plt.subplots(1, 2, figsize=(10, 3.6))
+        from matplotlib.ticker import LogLocator, MaxNLocator, ScalarFormatter
+        fig, (loss_ax, val_ax) = plt.subplots(1, 2, figsize=(10, 3.8))
         epochs = [r["epoch"] for r in self.rows]
-        loss_ax.plot(epochs, [r["train_loss"] for r in self.rows], marker=".")
-        loss_ax.set(xlabel="epoch", ylabel="train loss (MSE)", yscale="log")
+        losses = [r["train_loss"] for r in self.rows]
+        loss_ax.plot(epochs, losses, marker=".")
+        loss_ax.set(xlabel="epoch", ylabel="train loss (MSE)")
+        if min(losses) > 0 and max(losses) / min(losses) > 20:  # a log axis only where it helps, with labels
+            loss_ax.set_yscale("log")
+            loss_ax.yaxis.set_major_locator(LogLocator(subs=(1.0, 2.0, 5.0)))
+            loss_ax.yaxis.set_major_formatter(ScalarFormatter())
+        scored = [r for r in self.rows if r.get("val_srcc") is not None]
         for key in ("val_srcc", "val_plcc"):
             points = [(r["epoch"], r[key]) for r in self.rows if r.get(key) is not None]
             if points:
                 val_ax.plot(*zip(*points), marker=".", label=key[4:].upper())
+        if scored:
+            best = max(scored, key=lambda r: r["val_srcc"])
+            val_ax.axvline(best["epoch"], color="0.6", linestyle="--", linewidth=1)
+            val_ax.annotate(f"best SRCC {best['val_srcc']:.3f}\nepoch {best['epoch']}",
+                            (best["epoch"], best["val_srcc"]), textcoords="offset points", xytext=(4, -24), fontsize=8)
         val_ax.set(xlabel="epoch", ylabel="validation")
         if val_ax.get_legend_handles_labels()[0]:
-            val_ax.legend()
+            val_ax.legend(loc="lower right", fontsize=8)
+        for ax in (loss_ax, val_ax):
+            ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+        fig.suptitle(os.path.basename(os.path.dirname(os.path.abspath(self.path))), fontsize=10)
         fig.tight_layout()
         buf = io.BytesIO()
         fig.savefig(buf, format="png", dpi=100)

@@ -35,20 +35,48 @@ def fit_logistic4(pred: np.ndarray, label: np.ndarray) -> np.ndarray | None:
     return best
 
 
-def iqa_metrics(pred: np.ndarray, label: np.ndarray) -> dict[str, float]:
+MIN_FIT_IMAGES = 5  # below this the 4-parameter logistic is not fitted
+ON_SLOPE = 3.0  # |x - b3| / |b4| below this: a prediction on the logistic's slope (between ~5% and ~95%)
+
+
+def logistic_fit_problem(pred: np.ndarray, label: np.ndarray, params: np.ndarray | None) -> str | None:
+    """Why the logistic-mapped PLCC of this fit says nothing (None: it is sound): too few images, no fit, or a fit
+    that is a step (fewer than 3 predictions, or under a fifth of them, on its slope: every other one is mapped to
+    one of two values, and the PLCC measures how the step splits the images, not the model)."""
+    if pred.size < MIN_FIT_IMAGES:
+        return f"fewer than {MIN_FIT_IMAGES} images"
+    if params is None:
+        return "the 4-parameter logistic did not converge"
+    on_slope = int(np.sum(np.abs(pred - params[2]) / (np.abs(params[3]) + 1e-12) < ON_SLOPE))
+    if on_slope < max(3, pred.size / 5):
+        return f"the fitted logistic is a step ({on_slope} of {pred.size} predictions on its slope)"
+    return None
+
+
+def iqa_metrics(pred: np.ndarray, label: np.ndarray) -> dict[str, float | str | None]:
     """Metrics of predictions against labels (same scale; here the min-max normalised MOS).
 
-    ``plcc`` is the raw PLCC (what NTIRE 2022 scored); ``plcc_logistic`` is the PLCC after the logistic mapping
-    (NaN when the fit fails).
+    ``plcc`` is the raw PLCC (what NTIRE 2022 scored); ``plcc_logistic`` is the PLCC after the logistic mapping, None
+    when the fit is not sound, with the reason in ``plcc_logistic_note`` (:func:`logistic_fit_problem`). Every value
+    is a finite float or None, so the dict is strict JSON.
     """
     pred, label = np.asarray(pred, dtype=np.float64).ravel(), np.asarray(label, dtype=np.float64).ravel()
     if pred.shape != label.shape or pred.size < 2:
         raise ValueError(f"need two or more prediction/label pairs, got {pred.shape} and {label.shape}")
-    srcc = float(stats.spearmanr(pred, label)[0])
-    plcc = float(stats.pearsonr(pred, label)[0])
-    krcc = float(stats.kendalltau(pred, label)[0])
-    rmse = float(np.sqrt(np.mean((pred - label) ** 2)))
-    params = fit_logistic4(pred, label) if pred.size >= 5 else None
-    plcc_logistic = float(stats.pearsonr(logistic4(pred, *params), label)[0]) if params is not None else float("nan")
-    return {"srcc": srcc, "plcc": plcc, "krcc": krcc, "rmse": rmse, "main_score": plcc + srcc,
-            "plcc_logistic": plcc_logistic}
+    with warnings.catch_warnings():  # a constant input: the correlation is NaN, reported below as None
+        warnings.simplefilter("ignore")
+        srcc = float(stats.spearmanr(pred, label)[0])
+        plcc = float(stats.pearsonr(pred, label)[0])
+        krcc = float(stats.kendalltau(pred, label)[0])
+        rmse = float(np.sqrt(np.mean((pred - label) ** 2)))
+        params = fit_logistic4(pred, label) if pred.size >= MIN_FIT_IMAGES else None
+        problem = logistic_fit_problem(pred, label, params)
+        plcc_logistic = None if problem else float(stats.pearsonr(logistic4(pred, *params), label)[0])
+    metrics = {"srcc": srcc, "plcc": plcc, "krcc": krcc, "rmse": rmse, "main_score": plcc + srcc,
+               "plcc_logistic": plcc_logistic, "plcc_logistic_note": problem}
+    return {k: (None if isinstance(v, float) and not np.isfinite(v) else v) for k, v in metrics.items()}
+
+
+def fmt(value: float | None, digits: int = 4) -> str:
+    """A metric for a log line: its value, or n/a when it could not be computed."""
+    return "n/a" if value is None else f"{value:.{digits}f}"

@@ -1,7 +1,9 @@
-"""The prediction-vs-MOS scatter plot with the 4-parameter logistic fit (test.py PNG, TensorBoard figure)."""
+"""Figures: the prediction-vs-MOS scatter plot with the 4-parameter logistic fit (test.py PNG, TensorBoard), the
+patch-map panel of a pair (predict.py --maps) and the worst predictions with their maps (test.py --worst)."""
 from __future__ import annotations
 
 import io
+import textwrap
 
 import numpy as np
 
@@ -9,31 +11,109 @@ from utils.metrics import fit_logistic4, logistic4
 
 
 def scatter_figure(preds: np.ndarray, labels: np.ndarray, metrics: dict, title: str = ""):
-    """A matplotlib figure: predictions (x) against labels (y), the fitted logistic curve, metrics in the title."""
-    import matplotlib
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    """A matplotlib figure: predictions (x) against labels (y), the fitted logistic curve when the fit is sound,
+    metrics in the title (wrapped to fit), the legend outside the axes (it never hides a point)."""
+    from matplotlib.ticker import MaxNLocator
+    plt = _pyplot()
 
-    fig, ax = plt.subplots(figsize=(5, 4.5))
+    fig, ax = plt.subplots(figsize=(6.2, 4.5))
     ax.scatter(preds, labels, s=8, alpha=0.6, label="images")
-    params = fit_logistic4(np.asarray(preds, float), np.asarray(labels, float)) if len(preds) >= 5 else None
-    if params is not None:
+    if metrics.get("plcc_logistic") is not None:
+        params = fit_logistic4(np.asarray(preds, float), np.asarray(labels, float))
         xs = np.linspace(np.min(preds), np.max(preds), 200)
-        ax.plot(xs, logistic4(xs, *params), color="C3", label="4-parameter logistic fit")
+        ax.plot(xs, logistic4(xs, *params), color="C3", label="4-parameter\nlogistic fit")
     ax.set_xlabel("prediction")
     ax.set_ylabel("MOS (min-max normalised)")
-    ax.set_title(f"{title + ': ' if title else ''}SRCC {metrics['srcc']:.3f}  PLCC {metrics['plcc']:.3f} "
-                 f"(logistic {metrics['plcc_logistic']:.3f})", fontsize=9)
-    ax.legend(loc="lower right", fontsize=8)
+    ax.xaxis.set_major_locator(MaxNLocator(nbins=5))  # readable ticks, also on a narrow range
+    ax.ticklabel_format(axis="x", useOffset=True, style="plain")
+    ax.tick_params(axis="x", labelrotation=30)
+    logistic = "n/a" if metrics.get("plcc_logistic") is None else f"{metrics['plcc_logistic']:.3f}"
+    line = (f"SRCC {_num(metrics.get('srcc'))}  PLCC {_num(metrics.get('plcc'))} (logistic {logistic})  "
+            f"n={len(preds)}")
+    ax.set_title("\n".join(textwrap.wrap(title, 60) + [line]), fontsize=9)
+    ax.legend(loc="upper left", bbox_to_anchor=(1.02, 1.0), fontsize=8, frameon=False)
     fig.tight_layout()
     return fig
 
 
-def scatter_png(preds: np.ndarray, labels: np.ndarray, metrics: dict, title: str = "") -> bytes:
-    import matplotlib.pyplot as plt
+def _num(value: float | None) -> str:
+    return "n/a" if value is None else f"{value:.3f}"
 
-    fig = scatter_figure(preds, labels, metrics, title)
+
+def scatter_png(preds: np.ndarray, labels: np.ndarray, metrics: dict, title: str = "") -> bytes:
+    return _png(scatter_figure(preds, labels, metrics, title), dpi=120)
+
+
+def _pyplot():
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    return plt
+
+
+def _maps_row(fig, axes, dis: np.ndarray, ref: np.ndarray, maps, titles: tuple[str, str]) -> None:
+    """One row of five panels: distorted, reference, then the score, weight and contribution maps laid over the
+    distorted image (grey where no window covered it), each map with its colour bar."""
+    import matplotlib
+
+    axes[0].imshow(dis)
+    axes[0].set_title(titles[0], fontsize=9)
+    axes[1].imshow(ref)
+    axes[1].set_title(titles[1], fontsize=9)
+    grey = dis.astype(np.float32).mean(axis=2)
+    panels = (("patch score f", maps.f, "viridis"), ("patch weight w", maps.w, "magma"),
+              ("contribution f*w/sum(w)", maps.contribution, "coolwarm"))
+    for ax, (name, values, cmap) in zip(axes[2:], panels):
+        ax.imshow(grey, cmap="gray", vmin=0, vmax=255)
+        if values is None:
+            ax.set_title(f"{name}: none (mean pooling)", fontsize=9)
+        else:
+            colours = matplotlib.colormaps[cmap].with_extremes(bad="0.6")
+            shown = ax.imshow(np.ma.masked_invalid(values), cmap=colours, alpha=0.7)
+            fig.colorbar(shown, ax=ax, fraction=0.046, pad=0.03)
+            uncovered = "" if maps.covered.all() else f" (grey: {100 * (1 - maps.covered.mean()):.0f}% not covered)"
+            ax.set_title(name + uncovered, fontsize=9)
+    for ax in axes:
+        ax.set_xticks([])
+        ax.set_yticks([])
+
+
+def _shorten(text: str, limit: int = 60) -> str:
+    return text if len(text) <= limit else "..." + text[-(limit - 3):]
+
+
+def maps_panel_png(dis: np.ndarray, ref: np.ndarray, maps, name: str) -> bytes:
+    """A PNG of one pair: the images and its maps (:class:`utils.quality_maps.ImageMaps`), the score in the title."""
+    plt = _pyplot()
+    h, w = dis.shape[:2]
+    panel_w = 3.2
+    fig, axes = plt.subplots(1, 5, figsize=(5 * panel_w, panel_w * h / w + 0.9), squeeze=False)
+    _maps_row(fig, axes[0], dis, ref, maps, ("distorted", "reference"))
+    fig.suptitle(f"{_shorten(name)}: score {maps.score:.4f} (higher is better; {len(maps.windows)} windows of "
+                 f"{maps.crop} px)", fontsize=11)
+    fig.tight_layout()
+    return _png(fig)
+
+
+def worst_png(rows: list[tuple[str, np.ndarray, np.ndarray, object, float, float]], title: str) -> bytes:
+    """A PNG with one row per image (name, distorted, reference, maps, prediction mapped to the MOS scale, MOS):
+    the images furthest from their MOS, worst first."""
+    plt = _pyplot()
+    h, w = rows[0][1].shape[:2]
+    panel_w = 3.0
+    fig, axes = plt.subplots(len(rows), 5, figsize=(5 * panel_w, len(rows) * (panel_w * h / w + 0.5) + 0.6),
+                             squeeze=False)
+    for ax_row, (name, dis, ref, maps, fitted, mos) in zip(axes, rows):
+        _maps_row(fig, ax_row, dis, ref, maps, (f"{_shorten(name, 34)}: score {maps.score:.3f}\n"
+                                                f"fitted {fitted:.3f}, MOS {mos:.3f}", "reference"))
+    fig.suptitle("\n".join(textwrap.wrap(title, 110)), fontsize=11)
+    fig.tight_layout()
+    return _png(fig)
+
+
+def _png(fig, dpi: int = 100) -> bytes:
+    plt = _pyplot()
     buf = io.BytesIO()
-    fig.savefig(buf, format="png", dpi=120)
+    fig.savefig(buf, format="png", dpi=dpi)
     plt.close(fig)
     return buf.getvalue()

@@ -1,0 +1,83 @@
+"""Distorted/reference pairs from the layouts researchers have (predict.py and the Python API):
+
+- a pairs file: a CSV with a header naming the distorted and reference columns (``dis,ref[,mos]``, or pyiqa's
+  ``dist_name,ref_name,mos``), paths relative to the file's folder (or to ``dis_dir``/``ref_dir`` when given);
+- a folder of distorted images against a folder of references, each reference found by the first rule under which
+  every distorted image has one (or the rule given): the same file name, PIPAL's (``A0001_00_00.bmp`` ->
+  ``A0001.bmp``), or the prefix before the first ``_`` with the same extension (KADID-10k / TID2013:
+  ``I01_01_02.png`` -> ``I01.png``); the two folders may be one, whose references are then not scored;
+- a folder of distorted images against one reference file.
+"""
+from __future__ import annotations
+
+import os
+
+from data.datasets import DIS_COLUMNS, REF_COLUMNS, read_csv_labels, reference_name
+from utils.errors import AHIQError
+
+IMAGE_EXTS = (".bmp", ".png", ".jpg", ".jpeg", ".tif", ".tiff", ".webp")
+PAIR_RULES = {"same": "the same file name", "pipal": "PIPAL's first five characters + .bmp",
+              "prefix": "the name before the first '_', same extension (KADID-10k, TID2013)"}
+
+Pair = tuple[str, str]
+
+
+def images_in(folder: str) -> list[str]:
+    if not os.path.isdir(folder):
+        raise AHIQError(f"{folder}: no such folder")
+    names = sorted(f for f in os.listdir(folder) if f.lower().endswith(IMAGE_EXTS))
+    if not names:
+        raise AHIQError(f"{folder}: no images ({', '.join(IMAGE_EXTS)})")
+    return names
+
+
+def _reference(name: str, rule: str) -> str:
+    return name if rule == "same" else reference_name(name, rule)
+
+
+def match_folders(dis_dir: str, ref_dir: str, rule: str = "auto") -> list[Pair]:
+    """(distorted, reference) pairs of two folders (see the module docstring); ``rule``: auto, or one of
+    :data:`PAIR_RULES`. In one folder, an image a rule maps to itself is a reference and is not scored."""
+    if rule != "auto" and rule not in PAIR_RULES:
+        raise AHIQError(f"--pair_rule {rule!r}: expected auto or one of {', '.join(PAIR_RULES)}")
+    dis, refs = images_in(dis_dir), set(images_in(ref_dir))
+    one_folder = os.path.realpath(dis_dir) == os.path.realpath(ref_dir)
+    tried = []
+    for name in ([rule] if rule != "auto" else [r for r in PAIR_RULES if not (one_folder and r == "same")]):
+        scored = [d for d in dis if not (one_folder and _reference(d, name) == d)]
+        missing = [d for d in scored if _reference(d, name) not in refs]
+        if scored and not missing:
+            return [(os.path.join(dis_dir, d), os.path.join(ref_dir, _reference(d, name))) for d in scored]
+        example = missing[0] if missing else dis[0]
+        tried.append(f"{PAIR_RULES[name]}: {len(missing) if scored else len(dis)} of {len(dis)} without a reference "
+                     f"(e.g. {example} -> {_reference(example, name)})")
+    raise AHIQError(f"{dis_dir} against {ref_dir}: no rule pairs every image with a reference; tried "
+                    f"{'; '.join(tried)}. Give --ref FILE for one reference for all, or --pairs FILE (a CSV with "
+                    "dis,ref columns)")
+
+
+def with_reference(dis_dir: str, ref: str) -> list[Pair]:
+    """Every image of ``dis_dir`` (but ``ref`` itself) against the one reference file ``ref``."""
+    if not os.path.isfile(ref):
+        raise AHIQError(f"{ref}: reference image not found")
+    pairs = [(os.path.join(dis_dir, d), ref) for d in images_in(dis_dir)]
+    pairs = [p for p in pairs if os.path.realpath(p[0]) != os.path.realpath(ref)]
+    if not pairs:
+        raise AHIQError(f"{dis_dir}: no images besides the reference {ref}")
+    return pairs
+
+
+def pairs_file(path: str, dis_dir: str | None = None, ref_dir: str | None = None) -> list[Pair]:
+    """The pairs a CSV lists (header with a distorted and a reference column, e.g. ``dis,ref[,mos]``); relative
+    paths are taken from ``dis_dir``/``ref_dir`` when given, else from the file's folder."""
+    if os.path.isfile(path):
+        with open(path, encoding="utf-8", errors="replace") as f:
+            header = [h.strip().lower() for h in f.readline().split(",")]
+        if not any(h in REF_COLUMNS for h in header) or not any(h in DIS_COLUMNS for h in header):
+            raise AHIQError(f"{path}: the first line must be a header naming the distorted and the reference column "
+                            f"(e.g. 'dis,ref' or 'dis,ref,mos'; also {', '.join(DIS_COLUMNS)} / "
+                            f"{', '.join(REF_COLUMNS)}), got {','.join(header)!r}")
+    labels = read_csv_labels(path)
+    base = os.path.dirname(os.path.abspath(path))
+    return [(os.path.join(dis_dir or base, d), os.path.join(ref_dir or base, r))
+            for d, r in zip(labels.names, labels.refs)]
