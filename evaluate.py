@@ -21,7 +21,7 @@ from options.base_options import RunConfig
 from options.test_options import parse_test_options
 from runtime import configure_device, device_of, load_dataset, save_options, scorer_for, scoring_checkpoint
 from utils.errors import AHIQError
-from utils.files import atomic_write
+from utils.files import atomic_write, read_text
 from utils.metrics import MIN_FIT_IMAGES, fit_logistic4, fmt, iqa_metrics, logistic4, logistic_fit_problem
 from utils.plots import scatter_png, worst_png
 
@@ -85,11 +85,41 @@ def main(argv: list[str] | None = None) -> dict:
     return run(parse_test_options(argv))
 
 
+def source_file(results: str) -> str:
+    """Where test.py records what ``results`` holds the predictions of (``{stem}_source.json`` beside it)."""
+    return os.path.splitext(results)[0] + "_source.json"
+
+
+def claim(results: str, source: dict, overwrite: bool) -> None:
+    """Refuse to replace ``results`` (and the files named after it) when they hold the predictions of another
+    checkpoint, list or split, or of something test.py has no record of; ``overwrite`` replaces them anyway."""
+    if overwrite or not os.path.exists(results):
+        return
+    try:
+        before = json.loads(read_text(source_file(results)))
+    except (AHIQError, ValueError):
+        before = None
+    if not isinstance(before, dict):
+        raise AHIQError(f"{results}: exists, and test.py has no record of what it holds; pass another "
+                        "--test_file_name (or --submission folder), or --overwrite to replace it")
+    changed = [f"{key} {before.get(key)} then, {source[key]} now" for key in source if before.get(key) != source[key]]
+    if changed:
+        raise AHIQError(f"{results}: holds the predictions of another run ({'; '.join(changed)}); pass another "
+                        "--test_file_name (or --submission folder), or --overwrite to replace it")
+
+
 def run(opt: RunConfig) -> dict:
     """Score the test set the configuration describes; returns paths, timing and metrics."""
     checkpoint = scoring_checkpoint(opt)
     dataset = load_dataset(opt, "test", opt.split_part or "test", opt.n_ensemble, checkpoint.config.crop_size,
                            opt.split(), flip=opt.flip, batch_size=opt.batch_size)  # images checked before building
+    out_path = os.path.join(opt.run_dir, opt.test_file_name)
+    source = {"checkpoint": os.path.abspath(checkpoint.path) if checkpoint.path else None,
+              "list": os.path.abspath(opt.test_list), "split": [opt.split_file and os.path.abspath(opt.split_file),
+                                                                 opt.split_index, opt.split_column, opt.split_part]}
+    package = os.path.join(opt.submission, "output.txt") if opt.submission else None
+    for path in filter(None, (out_path, package)):
+        claim(path, source, opt.overwrite)
     device = device_of(opt)
     amp_dtype = configure_device(opt, device)
     scorer = scorer_for(opt, checkpoint, device, amp_dtype)
@@ -103,8 +133,8 @@ def run(opt: RunConfig) -> dict:
     names, preds, labels = out.names, out.preds, out.labels
     seconds = time.perf_counter() - start
     predictions = format_predictions(names, preds)
-    out_path = os.path.join(opt.run_dir, opt.test_file_name)
     atomic_write(out_path, predictions)
+    atomic_write(source_file(out_path), json.dumps(source, indent=2))
     log.info("wrote %s (%.3f s per image)", out_path, seconds / len(names))
     result = {"predictions": out_path, "seconds_per_image": seconds / len(names), "checkpoint": ckpt_path,
               "n_images": len(names)}
@@ -130,6 +160,7 @@ def run(opt: RunConfig) -> dict:
             result["worst"] = write_worst(scorer, dataset, out.index, preds, labels, opt)
     if opt.submission:
         zip_path = write_submission(opt.submission, predictions, seconds / len(names), device, opt.n_ensemble)
+        atomic_write(source_file(package), json.dumps(source, indent=2))
         log.info("wrote the NTIRE submission package %s", zip_path)
     if labelled and dataset.norm.span == 0:
         raise AHIQError(f"{opt.test_list}: every listed score is {dataset.norm.mos_min:g}, so SRCC/PLCC are undefined "

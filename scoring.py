@@ -24,7 +24,7 @@ import torch
 import torch.nn as nn
 from PIL import Image
 
-from data.defaults import CHECKPOINTS, CROPS_PER_FORWARD, N_ENSEMBLE, SEED, TEST_BATCH
+from data.defaults import CHECKPOINTS, CROPS_PER_FORWARD, N_ENSEMBLE, RELEASED_NAME, SEED, TEST_BATCH
 from data.label_norm import LabelNorm
 from data.pipal import MAX_PIXELS, WINDOW_LAYOUTS, PairDataset, crop_tensor_stack, crop_windows, grid_windows
 from engine import Predictions, predict, score_crops
@@ -246,7 +246,7 @@ def build_scorer(checkpoint: Checkpoint, source: BackboneSource, device: str = "
     return Scorer(model.to(device).eval(), label_norm=norm, checkpoint=checkpoint.path, **settings)
 
 
-def load_scorer(ckpt: str | None = None, checkpoints_dir: str = CHECKPOINTS, name: str = "ahiq_pipal",
+def load_scorer(ckpt: str | None = None, checkpoints_dir: str = CHECKPOINTS, name: str = RELEASED_NAME,
                 device: str = "cpu", pretrained: bool = True, vit_weights: str | None = None,
                 resnet_weights: str | None = None, deform_impl: str = "gemm",
                 mos_range: tuple[float, float] | None = None, model: dict | None = None, load_epoch: int = -1,

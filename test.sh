@@ -13,7 +13,6 @@ exec $PY test.py \
     --dataset pipal \
     --data_root "${PIPAL:-datasets/PIPAL}" \
     --checkpoints_dir ./checkpoints \
-    --name ahiq_pipal \
     --patch_size 8 \
     --n_ensemble 20 \
     --batch_size 10 \

@@ -17,6 +17,7 @@ import logging
 import math
 import os
 import random
+import shutil
 import signal
 import sys
 import time
@@ -40,7 +41,7 @@ from utils.checkpoint import find_checkpoint, save_weights
 from utils.distributed import DistInfo, barrier, gather_arrays, init_distributed, reduce_step, shutdown
 from utils.errors import AHIQError, run_cli
 from utils.files import FolderLock, remove_stale_temporaries
-from utils.logger import EpochLog, Scalars, setup_logging
+from utils.logger import EpochLog, Scalars, close_file_logs, setup_logging
 from utils.metrics import fmt, iqa_metrics
 from utils.plots import scatter_figure
 
@@ -159,7 +160,11 @@ def checkpoint_path(opt) -> str | None:
     if opt.resume:
         path = os.path.join(opt.run_dir, "last.pth")
         if not os.path.isfile(path):
-            raise AHIQError(f"{path}: nothing to resume from; start without --resume")
+            epochs = sorted(glob.glob(os.path.join(opt.run_dir, "epoch_*.pth")), key=os.path.getmtime)
+            hint = (f"; continue from the weights of {os.path.basename(epochs[-1])} with --load_epoch "
+                    f"{os.path.basename(epochs[-1])[6:-4]} (no optimizer state)" if epochs else
+                    "; start without --resume")
+            raise AHIQError(f"{path}: nothing to resume from{hint}")
         return path
     if opt.load_epoch >= 0:
         return find_checkpoint(opt.run_dir, opt.load_epoch)
@@ -252,13 +257,18 @@ def main(argv: list[str] | None = None) -> TrainState:
 
 
 def run(opt: RunConfig, info: DistInfo) -> TrainState:
-    """Train in ``opt.run_dir``, which this process owns (a lock) while it runs."""
+    """Train in ``opt.run_dir``, which this process owns (a lock) while it runs. A run folder this call made is
+    removed again when the run fails before it starts training (bad data or options): no half-made folder is left."""
+    new = info.is_main and not os.path.exists(opt.run_dir)
     lock = FolderLock(opt.run_dir, "train.py") if info.is_main else None
     try:
         return train(opt, info)
     finally:
         if lock:
             lock.release()
+        if new and not os.path.exists(os.path.join(opt.run_dir, "opt_train.json")):  # written once training starts
+            close_file_logs(opt.run_dir)
+            shutil.rmtree(opt.run_dir, ignore_errors=True)
 
 
 def train(opt: RunConfig, info: DistInfo) -> TrainState:

@@ -13,3 +13,5 @@ CROPS_PER_FORWARD = 50  # crop pairs per model forward when scoring: memory, nev
 # Paths nobody gives are found from the checkout (or $AHIQ_HOME), not from the working folder.
 HOME = os.environ.get("AHIQ_HOME") or os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 CHECKPOINTS = os.path.join(HOME, "checkpoints")  # run folders; download.sh's released checkpoint and backbones/
+RELEASED_NAME = "ahiq_pipal"  # the released checkpoint's folder (download.sh): scored from, never trained into
+TRAIN_NAME, PROTOCOL_NAME = "ahiq_train", "ahiq_protocol"  # train.py's and protocol.py's default run folders

@@ -21,7 +21,7 @@ from typing import Any
 import torch
 
 from data.datasets import PRESETS, SplitChoice, parse_ratios
-from data.defaults import CHECKPOINTS, SEED
+from data.defaults import CHECKPOINTS, PROTOCOL_NAME, RELEASED_NAME, SEED, TRAIN_NAME
 from data.pipal import MAX_PIXELS
 from models import BRANCHES, DEFORM_IMPLS, FUSIONS, POOLINGS, ModelConfig
 from models.config import check_crop
@@ -50,7 +50,10 @@ def run_parser() -> argparse.ArgumentParser:
                         help="rerun from a saved opt_*.json of a run folder; options given on the command line win"))
     free(g.add_argument("--checkpoints_dir", default=CHECKPOINTS,
                         help="runs are stored in checkpoints_dir/name (default: the checkout's, or $AHIQ_HOME's)"))
-    free(g.add_argument("--name", default="ahiq_pipal", help="experiment name: the run folder under --checkpoints_dir"))
+    free(g.add_argument("--name", default=None,
+                        help=f"the run folder under --checkpoints_dir (train.py: {TRAIN_NAME}, protocol.py: "
+                             f"{PROTOCOL_NAME}; test.py, predict.py: the folder of --ckpt, else {RELEASED_NAME}, the "
+                             "released model's)"))
     free(g.add_argument("--load_epoch", type=int, default=-1,
                         help="load epoch_N.pth of the run folder; -1: best.pth, else the latest epoch, else the "
                              "only .pth"))
@@ -117,6 +120,12 @@ class RunConfig:
 
     @property
     def run_dir(self) -> str:
+        """checkpoints_dir/name; without a name (test.py, predict.py): the folder of --ckpt, whose outputs go beside
+        it, else the released model's."""
+        if self.name is None:
+            if getattr(self, "ckpt", None):
+                return os.path.dirname(os.path.abspath(self.ckpt))
+            return os.path.join(self.checkpoints_dir, RELEASED_NAME)
         return os.path.join(self.checkpoints_dir, self.name)
 
     @property

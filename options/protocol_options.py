@@ -6,7 +6,7 @@ import logging
 import os
 
 from data.datasets import PRESETS
-from data.defaults import N_ENSEMBLE, TEST_BATCH
+from data.defaults import N_ENSEMBLE, PROTOCOL_NAME, TEST_BATCH
 from options.base_options import RunConfig, parse
 from options.data_options import apply_preset
 from options.policy import free
@@ -18,6 +18,7 @@ def protocol_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(description="Train and test AHIQ on K content-disjoint splits and report median / "
                                             "mean +- std.", parents=train_parents(),
                                 formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    p.set_defaults(name=PROTOCOL_NAME)  # never the released model's folder
     g = p.add_argument_group("protocol")
     g.add_argument("--n_ensemble", type=int, default=N_ENSEMBLE, help="crops per image when testing (as test.py)")
     free(g.add_argument("--test_batch_size", type=int, default=TEST_BATCH, help="images per batch when testing"))

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import argparse
+import os
 
 from data.defaults import CROPS_PER_FORWARD, N_ENSEMBLE, TEST_BATCH
 from models import BN_STATS
@@ -43,7 +44,11 @@ def test_parser() -> argparse.ArgumentParser:
                                          scoring_parser()],
                                 formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     g = p.add_argument_group("test")
-    g.add_argument("--test_file_name", default="results.txt", help="predictions file, written to checkpoints_dir/name/")
+    g.add_argument("--test_file_name", default="results.txt",
+                   help="predictions file, a plain file name, written to the run folder (checkpoints_dir/name, or "
+                        "beside --ckpt); {stem}_metrics.json, _scatter.png, _source.json go beside it")
+    free(g.add_argument("--overwrite", action="store_true",
+                        help="replace results of another checkpoint, list or split (refused otherwise)"))
     g.add_argument("--flip", action="store_true", help="flip both images horizontally before cropping")
     free(g.add_argument("--worst", type=int, default=0, metavar="N",
                         help="lists with MOS: also draw the N images furthest from their MOS after the logistic fit, "
@@ -53,8 +58,21 @@ def test_parser() -> argparse.ArgumentParser:
     return p
 
 
+RESERVED = (".pth", ".pt", ".json", ".jsonl", ".png", ".lock")  # checkpoints, options, logs, figures
+
+
+def check_output_name(name: str) -> None:
+    """--test_file_name: a plain file name that cannot replace a checkpoint, an options file, a log or a figure."""
+    stem, ext = os.path.splitext(name)
+    if (not name or os.path.basename(name) != name or name in (".", "..") or name.startswith(".")
+            or "\\" in name or ext.lower() in RESERVED or name in ("log.txt",) or stem.startswith("opt_")):
+        raise AHIQError(f"--test_file_name {name!r}: give a plain file name such as results.txt (no folder, not a "
+                        f"{'/'.join(RESERVED)} file, log.txt or opt_*: those are the run's own files)")
+
+
 def parse_test_options(argv: list[str] | None = None) -> RunConfig:
     opt = parse(test_parser(), argv, (apply_preset,))
+    check_output_name(opt.test_file_name)
     if opt.worst < 0:
         raise AHIQError(f"--worst {opt.worst}: give a number of images (0: no figure)")
     if opt.split_part is not None and opt.split_file is None and opt.split_column is None:

@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import argparse
 
-from data.defaults import CROPS_PER_FORWARD, TEST_BATCH
+from data.defaults import CROPS_PER_FORWARD, TEST_BATCH, TRAIN_NAME
 from data.pipal import FLIP_AXES
 from options.base_options import RunConfig, check_positive, model_parser, parse, run_parser
 from options.data_options import (
@@ -47,8 +47,10 @@ def training_parser() -> argparse.ArgumentParser:
 
 
 def train_parser() -> argparse.ArgumentParser:
-    return argparse.ArgumentParser(description="Train AHIQ (deformable fusion + head; the backbones stay frozen).",
-                                   parents=train_parents(), formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    p = argparse.ArgumentParser(description="Train AHIQ (deformable fusion + head; the backbones stay frozen).",
+                                parents=train_parents(), formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    p.set_defaults(name=TRAIN_NAME)  # never the released model's folder
+    return p
 
 
 def parse_train_options(argv: list[str] | None = None) -> RunConfig:

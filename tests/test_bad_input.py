@@ -135,7 +135,7 @@ def test_duplicate_lines_are_refused(tmp_path):
 def _test_args(data: dict, ckpt: str, tmp_path: Path, *extra) -> list[str]:
     return ["--test_ref_path", data["ref"], "--test_dis_path", data["dis"], "--test_list", data["list"], "--ckpt",
             ckpt, "--checkpoints_dir", str(tmp_path / "ckpts"), "--crop_size", "32", "--n_ensemble", "1",
-            "--gpu_ids", "-1", "--num_workers", "0", "--no_pretrained", *extra]
+            "--gpu_ids", "-1", "--num_workers", "0", "--no_pretrained", "--name", "ahiq_pipal", *extra]
 
 
 @pytest.fixture

@@ -118,7 +118,7 @@ def test_the_fp16_loss_scale_is_saved_and_restored_exactly(model_factory, tmp_pa
     _scaled_steps(first[0], batches[:3], first[1], first[2], first[3])
     assert first[3].get_scale() == 2.0 ** 11  # grew once: the state to carry over is not the initial one
     path = train.Saver(opt, *first, samples)("last.pth", train.TrainState(epoch=0, step=3), 0.0, full=True)
-    assert path == str(tmp_path / "ahiq_pipal" / "last.pth")
+    assert path == str(tmp_path / "ahiq_train" / "last.pth")
     second = fresh()
     train.restore(load_checkpoint(path), path, *second, exact=True)
     assert second[3].state_dict() == first[3].state_dict()

@@ -30,7 +30,8 @@ def test_hub_metric_scores_what_test_py_scores(tmp_path, tiny_ckpt):
     data = make_pipal_set(tmp_path / "set", n_refs=2, n_dis=2, size=(40, 48), seed=3)
     out = evaluate.main(["--test_ref_path", data["ref"], "--test_dis_path", data["dis"], "--test_list", data["list"],
                          "--ckpt", tiny_ckpt, "--crop_size", "32", "--n_ensemble", "12", "--gpu_ids", "-1",
-                         "--num_workers", "0", "--checkpoints_dir", str(tmp_path), "--no_pretrained"])
+                         "--num_workers", "0", "--checkpoints_dir", str(tmp_path), "--name", "scored",
+                         "--no_pretrained"])
     expected = [float(line.split(",")[1]) for line in Path(out["predictions"]).read_text().splitlines()]
     metric = torch.hub.load(str(REPO), "ahiq", source="local", pretrained=False, ckpt=tiny_ckpt, n_ensemble=12,
                             crop_size=32)
@@ -80,7 +81,8 @@ def test_every_input_form_scores_what_test_py_scores(pair_and_ckpt, tmp_path, n_
     data, ckpt = pair_and_ckpt
     out = evaluate.main(["--test_ref_path", data["ref"], "--test_dis_path", data["dis"], "--test_list", data["list"],
                          "--ckpt", ckpt, "--crop_size", "32", "--n_ensemble", str(n_ensemble), "--gpu_ids", "-1",
-                         "--num_workers", "0", "--checkpoints_dir", str(tmp_path), "--no_pretrained"])
+                         "--num_workers", "0", "--checkpoints_dir", str(tmp_path), "--name", "scored",
+                         "--no_pretrained"])
     expected = float(Path(out["predictions"]).read_text().splitlines()[1].split(",")[1])
     metric = Metric(load_scorer(ckpt, pretrained=False, crop_size=32, n_ensemble=n_ensemble))
     dis_path, ref_path = f"{data['dis']}/{data['names'][1]}", f"{data['ref']}/A0000.bmp"

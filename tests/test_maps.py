@@ -128,7 +128,7 @@ def test_test_py_draws_the_worst_predictions(tmp_path, pipal_set, tiny_ckpt):
     result = test_script.main(["--test_ref_path", pipal_set["ref"], "--test_dis_path", pipal_set["dis"],
                                "--test_list", pipal_set["list"], "--ckpt", tiny_ckpt, "--n_ensemble", "3",
                                "--checkpoints_dir", str(tmp_path), "--no_pretrained", "--gpu_ids", "-1",
-                               "--num_workers", "0", "--crop_size", "32", "--worst", "2"])
-    assert result["worst"] == os.path.join(str(tmp_path), "ahiq_pipal", "results_worst.png")
+                               "--num_workers", "0", "--crop_size", "32", "--worst", "2", "--name", "scored"])
+    assert result["worst"] == os.path.join(str(tmp_path), "scored", "results_worst.png")
     width, height = _png_size(open(result["worst"], "rb").read())
     assert width == 1500 and height > 2 * 200  # two rows of five 3-inch panels at 100 dpi

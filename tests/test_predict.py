@@ -37,7 +37,7 @@ def _weights(backbone_files=None) -> list[str]:
 def test_api_scores_equal_test_py(tmp_path, pipal_set, ckpt):
     result = test_script.main(["--test_ref_path", pipal_set["ref"], "--test_dis_path", pipal_set["dis"],
                                "--test_list", pipal_set["list"], "--ckpt", ckpt, "--crop_size", "32",
-                               "--n_ensemble", "12", "--checkpoints_dir", str(tmp_path), *_weights()])
+                               "--n_ensemble", "12", "--checkpoints_dir", str(tmp_path), "--name", "scored", *_weights()])
     expected = [float(line.split(",")[1]) for line in Path(result["predictions"]).read_text().splitlines()]
     scorer = load_scorer(ckpt, str(tmp_path), pretrained=False, crop_size=32, n_ensemble=12)
     pairs = [(os.path.join(pipal_set["dis"], n), os.path.join(pipal_set["ref"], n[:5] + ".bmp"))
@@ -139,7 +139,7 @@ def test_predict_on_real_kadid_images_equals_test_py(ckpt, tmp_path, capsys):
     tested = test_script.main(["--dataset", "kadid10k", "--list_format", "pipal", "--test_list",
                                str(tmp_path / "list.txt"), "--test_ref_path", str(k), "--test_dis_path", str(k),
                                "--ckpt", ckpt, "--crop_size", "64", "--n_ensemble", "12", "--checkpoints_dir",
-                               str(tmp_path), *_weights()])
+                               str(tmp_path), "--name", "scored", *_weights()])
     expected = [float(line.split(",")[1]) for line in Path(tested["predictions"]).read_text().splitlines()]
     capsys.readouterr()
     for name, score in zip(names, expected):  # a real 512x384 photograph pair, 12 random windows of 64

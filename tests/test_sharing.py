@@ -116,7 +116,7 @@ def test_test_py_with_official_windows_scores_them(tmp_path, tiny_ckpt):
     result = evaluate.main(["--test_ref_path", data["ref"], "--test_dis_path", data["dis"], "--test_list",
                             data["list"], "--ckpt", tiny_ckpt, "--crop_size", "32", "--n_ensemble", "12",
                             "--batch_size", "4", "--random_windows", "official", "--gpu_ids", "-1", "--num_workers",
-                            "0", "--checkpoints_dir", str(tmp_path), "--no_pretrained"])
+                            "0", "--checkpoints_dir", str(tmp_path), "--name", "scored", "--no_pretrained"])
     lines = Path(result["predictions"]).read_text().splitlines()
     windows = _released_loop_windows(6, 4, 12, 40, 44, 32, 1919)
     assert [line.split(",")[0] for line in lines] == data["names"]

@@ -31,6 +31,16 @@ def setup_logging(run_dir: str | None = None, is_main: bool = True) -> None:
         root.addHandler(file)
 
 
+def close_file_logs(folder: str) -> None:
+    """Close and detach the log files written in ``folder`` (before the folder is removed)."""
+    root = logging.getLogger()
+    for handler in root.handlers[:]:
+        if isinstance(handler, logging.FileHandler) and os.path.dirname(handler.baseFilename) == os.path.abspath(
+                folder):
+            root.removeHandler(handler)
+            handler.close()
+
+
 class Scalars:
     """TensorBoard (``{run_dir}/tensorboard``) and, with ``wandb_project``, a Weights & Biases run with the same
     scalars (the package is optional: asking for it without it installed is a one-line error)."""
