@@ -94,6 +94,13 @@ def test_once(topt: RunConfig) -> dict:
     return result
 
 
+def drop_resume_files(run_dir: str) -> None:
+    """A finished split's last.pth and epoch_N.pth (needed only to continue its training; best.pth stays)."""
+    for name in os.listdir(run_dir):
+        if name == "last.pth" or (name.startswith("epoch_") and name.endswith(".pth")):
+            os.remove(os.path.join(run_dir, name))
+
+
 def summarise(rows: list[dict]) -> dict:
     """Per test set: n, and median / mean / std (sample, n-1) of each metric over the splits."""
     summary: dict[str, dict] = {}
@@ -161,6 +168,8 @@ def main(argv: list[str] | None = None) -> dict:
             rows.append({"split": k, "test_set": test_set, **{m: metrics[m] for m in (*METRICS, "rmse")},
                          "n_images": metrics.get("n_images"), "checkpoint": metrics.get("checkpoint")})
         write_results(opt, rows, summarise(rows))  # after every split, so an interrupted protocol keeps its results
+        if opt.keep == "best":
+            drop_resume_files(sub.run_dir)
     summary = summarise(rows)
     table = summary_table(summary)
     print(f"\n{opt.dataset}: {opt.n_splits} split(s) of {opt.split_file or 'column ' + opt.split_column}\n{table}")

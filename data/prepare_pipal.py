@@ -15,13 +15,15 @@ Output (``--out``; the layout of the ``pipal`` preset, so ``--dataset pipal --da
 
 The image folders hold symbolic links (``--link hardlink`` for hard links) to the downloaded files. Every listed
 image and its reference is checked. Running it again is safe: links already right are kept; a file that is not a
-link to the same image is never replaced.
+link to the same image is never replaced; a validation or test set an earlier run linked and this one does not (no
+longer in the download, or no --test_ref) is unlinked, so no stale set is read.
 
     python -m tools.prepare_pipal --pipal_root /data/PIPAL --out datasets/PIPAL
 """
 from __future__ import annotations
 
 import glob
+import json
 import os
 
 from data.datasets import PRESETS
@@ -72,13 +74,46 @@ def find_dir(root: str, *candidates: str) -> str | None:
 def check_list(list_path: str, ref_dir: str, dis_dir: str) -> int:
     """Every listed image and its reference exist; returns the number of listed images."""
     names, _ = read_list(list_path)
-    missing = [n for n in names if not os.path.isfile(os.path.join(dis_dir, n))]
-    missing += [r for r in dict.fromkeys(pipal_reference_name(n) for n in names)
-                if not os.path.isfile(os.path.join(ref_dir, r))]
-    if missing:
-        raise AHIQError(f"{list_path}: {len(missing)} listed images are not in {dis_dir} / {ref_dir}, e.g. "
-                        f"{missing[:3]}; is the download complete?")
+    refs = list(dict.fromkeys(pipal_reference_name(n) for n in names))
+    missing_dis = [n for n in names if not os.path.isfile(os.path.join(dis_dir, n))]
+    missing_ref = [r for r in refs if not os.path.isfile(os.path.join(ref_dir, r))]
+    if missing_dis or missing_ref:
+        raise AHIQError(f"{list_path}: {len(missing_dis)} of {len(names)} listed distorted images are not in "
+                        f"{dis_dir} (e.g. {missing_dis[:2]}) and {len(missing_ref)} of {len(refs)} references are not "
+                        f"in {ref_dir} (e.g. {missing_ref[:2]}); is the download complete?")
     return len(names)
+
+
+MANIFEST = ".prepare_pipal.json"  # the parts (train, val, test) an earlier run made in --out
+
+
+def remove_stale(out: str, made: set[str]) -> list[str]:
+    """The parts an earlier run made in ``out`` and this one did not: their link folders and lists are removed (so a
+    validation or test set that is no longer there is not read by mistake); returns what was removed."""
+    path = os.path.join(out, MANIFEST)
+    try:
+        before = set(json.loads(read_text(path))) if os.path.isfile(path) else set()
+    except (AHIQError, ValueError, TypeError):
+        before = set()
+    layouts = {"val": PIPAL.val, "test": PIPAL.test}
+    removed = []
+    for part in sorted(before - made):
+        if part not in layouts:
+            continue
+        ref_dir, dis_dir, labels = (os.path.join(out, rel) for rel in layouts[part])
+        for folder in (ref_dir, dis_dir):
+            if os.path.isdir(folder):
+                for name in os.listdir(folder):  # links only: a file of the user's stays, and so does its folder
+                    if os.path.islink(os.path.join(folder, name)):
+                        os.unlink(os.path.join(folder, name))
+                for stale in (folder, os.path.dirname(folder)):
+                    if stale != out and os.path.isdir(stale) and not os.listdir(stale):
+                        os.rmdir(stale)
+        if os.path.isfile(labels):
+            os.remove(labels)
+        removed.append(part)
+    atomic_write(path, json.dumps(sorted(made)))
+    return removed
 
 
 def link_set(ref_src: str, dis_src: str, out: str, layout: tuple[str, str, str], shipped_list: str, mode: str) -> int:
@@ -95,8 +130,9 @@ def link_set(ref_src: str, dis_src: str, out: str, layout: tuple[str, str, str],
 
 
 def prepare(pipal_root: str, out: str, mode: str = "symlink", test_ref: str | None = None,
-            test_dis: str | None = None) -> dict[str, int]:
-    """Write the layout of the pipal preset (see the module docstring); returns the number of pairs of each list."""
+            test_dis: str | None = None) -> dict:
+    """Write the layout of the pipal preset (see the module docstring); returns the number of pairs of each list,
+    and under ``removed`` the parts an earlier run made that this one did not (their links and lists removed)."""
     train = find_dir(pipal_root, "training", ".") if os.path.isdir(pipal_root) else None
     ref_dir = train and find_dir(train, "Reference_train")
     mos_dir = train and find_dir(train, "MOS_Scores_train")
@@ -134,4 +170,5 @@ def prepare(pipal_root: str, out: str, mode: str = "symlink", test_ref: str | No
                                  out, PIPAL.val, "ntire21_val_mos.txt", mode)
     if test_ref:
         counts["test"] = link_set(test_ref, test_dis, out, PIPAL.test, "ntire22_fr_test_names.txt", mode)
+    counts["removed"] = remove_stale(out, set(counts))
     return counts

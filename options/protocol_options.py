@@ -24,6 +24,10 @@ def protocol_parser() -> argparse.ArgumentParser:
     free(g.add_argument("--test_batch_size", type=int, default=TEST_BATCH, help="images per batch when testing"))
     free(g.add_argument("--cross_dataset", nargs="*", default=[], choices=sorted(PRESETS),
                         help="also test each split's model on these whole datasets"))
+    free(g.add_argument("--keep", default="best", choices=("best", "all"),
+                        help="checkpoints kept of a finished split: 'best' (best.pth, what its tests and later cross "
+                             "tests use; last.pth and epoch_N.pth, ~3x larger and needed only to resume its training, "
+                             "are removed) or 'all'"))
     free(g.add_argument("--cross_data_root", default=None, help="root of the --cross_dataset data; None: --data_root"))
     return p
 

@@ -11,6 +11,7 @@ from options.data_options import (
     apply_preset,
     image_parser,
     label_parser,
+    split_making_parser,
     split_parser,
     test_data_parser,
     train_data_parser,
@@ -55,6 +56,11 @@ def test_parser() -> argparse.ArgumentParser:
                              "with their patch maps ({stem}_worst.png beside the predictions)"))
     free(g.add_argument("--submission", default=None, metavar="DIR",
                         help="also write the NTIRE 2022 package (output.txt, readme.txt, submission.zip) to DIR"))
+    # accepted as the official test options accept them (training data, how split files are made), not shown
+    hidden = {a.dest for parent in (train_data_parser(), split_making_parser()) for a in parent._actions}
+    for action in p._actions:
+        if action.dest in hidden:
+            action.help = argparse.SUPPRESS
     return p
 
 

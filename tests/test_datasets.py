@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import json
 import os
+import shlex
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -218,13 +220,13 @@ def _official_pipal(root: Path, with_val_images: bool = False) -> dict:
 def test_prepare_pipal_links_lists_and_checks(tmp_path):
     scores = _official_pipal(tmp_path / "PIPAL")
     out = tmp_path / "prepared"
-    assert prepare(str(tmp_path / "PIPAL"), str(out)) == {"train": 4}
+    assert prepare(str(tmp_path / "PIPAL"), str(out)) == {"train": 4, "removed": []}
     assert os.path.islink(out / "Train_Dis" / "A0001_01_00.bmp") and os.path.islink(out / "Train_Ref" / "A0002.bmp")
     labels = read_labels(str(out / "PIPAL.txt"))
     assert dict(zip(labels.names, labels.raw)) == scores
     opt = _opt("--dataset", "pipal", "--data_root", str(out), "--crop_size", "16")
     assert len(load_dataset(opt, "train", "all", 1, 16)) == 4  # the images behind the links pass the checks
-    assert prepare(str(tmp_path / "PIPAL"), str(out)) == {"train": 4}  # again: links kept, nothing breaks
+    assert prepare(str(tmp_path / "PIPAL"), str(out))["train"] == 4  # again: links kept, nothing breaks
     os.unlink(out / "Train_Ref" / "A0001.bmp")
     (out / "Train_Ref" / "A0001.bmp").write_bytes(b"mine")
     with pytest.raises(AHIQError, match="A0001.bmp: exists and is not a link"):
@@ -233,7 +235,37 @@ def test_prepare_pipal_links_lists_and_checks(tmp_path):
     # a validation folder without the listed images: named, with the count of missing ones
     (tmp_path / "PIPAL" / "validation" / "Reference_valid").mkdir(parents=True)
     (tmp_path / "PIPAL" / "validation" / "Distortion_valid").mkdir()
-    with pytest.raises(AHIQError, match=r"PIPAL_NTIRE_Valid_MOS\.txt: \d+ listed images are not in"):
+    with pytest.raises(AHIQError, match=r"PIPAL_NTIRE_Valid_MOS\.txt: 1000 of 1000 listed distorted images are not in "
+                                        r".*and 25 of 25 references are not in"):
         prepare(str(tmp_path / "PIPAL"), str(tmp_path / "prepared2"))
     with pytest.raises(AHIQError, match="not the official PIPAL layout"):
         prepare(str(tmp_path / "prepared"), str(tmp_path / "x"))
+
+
+def test_prepare_pipal_removes_a_set_it_made_before_and_its_hint_works(tmp_path, monkeypatch, capsys):
+    import data.prepare_pipal as prep
+    from tools.prepare_pipal import main as prepare_main
+
+    _official_pipal(tmp_path / "PIPAL")
+    valid = tmp_path / "PIPAL" / "validation"
+    for folder in ("Reference_valid", "Distortion_valid"):
+        (valid / folder).mkdir(parents=True)
+    cv2.imwrite(str(valid / "Reference_valid" / "A0009.bmp"), np.zeros((16, 16, 3), np.uint8))
+    cv2.imwrite(str(valid / "Distortion_valid" / "A0009_00_00.bmp"), np.ones((16, 16, 3), np.uint8))
+    lists = tmp_path / "lists"
+    lists.mkdir()
+    (lists / "ntire21_val_mos.txt").write_text("A0009_00_00.bmp,1400.5\n")
+    monkeypatch.setattr(prep, "LISTS", str(lists))
+    out = tmp_path / "out"
+    assert prepare(str(tmp_path / "PIPAL"), str(out)) == {"train": 4, "val": 1, "removed": []}
+    (out / "NTIRE2021" / "Dis" / "mine.txt").write_text("a user's file")
+    shutil.rmtree(valid)  # a new download without the validation set
+    counts = prepare_main(["--pipal_root", str(tmp_path / "PIPAL"), "--out", str(out)])
+    assert counts["removed"] == ["val"] and "val" not in counts
+    assert not (out / "PIPAL_NTIRE_Valid_MOS.txt").exists() and not (out / "NTIRE2021" / "Ref").exists()
+    assert (out / "NTIRE2021" / "Dis" / "mine.txt").read_text() == "a user's file"  # never a file of the user's
+    printed = capsys.readouterr().out
+    assert "val: made by an earlier run, not by this one: its links and list were removed" in printed
+    hint = printed.split("training set instead: ")[1].splitlines()[0]
+    opt = parse_train_options(shlex.split(hint)[2:] + ["--crop_size", "16", "--gpu_ids", "-1"])  # as printed
+    assert len(load_dataset(opt, "train", "val", 1, 16, opt.split(create=True))) >= 1

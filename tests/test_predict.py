@@ -37,7 +37,8 @@ def _weights(backbone_files=None) -> list[str]:
 def test_api_scores_equal_test_py(tmp_path, pipal_set, ckpt):
     result = test_script.main(["--test_ref_path", pipal_set["ref"], "--test_dis_path", pipal_set["dis"],
                                "--test_list", pipal_set["list"], "--ckpt", ckpt, "--crop_size", "32",
-                               "--n_ensemble", "12", "--checkpoints_dir", str(tmp_path), "--name", "scored", *_weights()])
+                               "--n_ensemble", "12", "--checkpoints_dir", str(tmp_path), "--name", "scored",
+                               *_weights()])
     expected = [float(line.split(",")[1]) for line in Path(result["predictions"]).read_text().splitlines()]
     scorer = load_scorer(ckpt, str(tmp_path), pretrained=False, crop_size=32, n_ensemble=12)
     pairs = [(os.path.join(pipal_set["dis"], n), os.path.join(pipal_set["ref"], n[:5] + ".bmp"))

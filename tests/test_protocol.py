@@ -109,6 +109,8 @@ def test_protocol_runner_two_splits_with_a_cross_dataset_test(data_root, tmp_pat
     saved = json.loads((run / "protocol_summary.json").read_text())["summary"]
     assert saved["csiq (all)"]["plcc"]["values"] == summary["csiq (all)"]["plcc"]["values"]
     assert "kadid10k (test part)" in capsys.readouterr().out
+    # a finished split keeps best.pth only (--keep best): last.pth and epoch_N.pth serve only to resume its training
+    assert sorted(p.name for p in (run / "split_0").glob("*.pth")) == ["best.pth"]
     # running it again reuses every finished split: nothing is trained or rewritten
     stamps = {p: os.stat(p).st_mtime_ns for p in run.glob("split_*/*.pth")}
     assert protocol.main(args) == summary
