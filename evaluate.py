@@ -8,6 +8,10 @@ The model and its crop size come from the checkpoint (models/config.py); model s
 """
 from __future__ import annotations
 
+import utils.interrupt  # noqa: F401 - first: Ctrl-C while the libraries import is one line
+
+# isort: split
+
 import json
 import logging
 import os

@@ -10,6 +10,10 @@ Uses the released checkpoint in checkpoints/ahiq_pipal (``sh download.sh``) unle
 """
 from __future__ import annotations
 
+import utils.interrupt  # noqa: F401 - first: Ctrl-C while the libraries import is one line
+
+# isort: split
+
 import csv
 import io
 import logging

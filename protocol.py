@@ -11,6 +11,10 @@ resumes an interrupted one, and runs the missing ones: nothing is recomputed or 
 """
 from __future__ import annotations
 
+import utils.interrupt  # noqa: F401 - first: Ctrl-C while the libraries import is one line
+
+# isort: split
+
 import csv
 import io
 import json
@@ -31,7 +35,7 @@ from options.test_options import test_parser
 from runtime import device_of, save_options
 from utils.distributed import init_distributed
 from utils.errors import AHIQError, run_cli
-from utils.files import atomic_write
+from utils.files import atomic_write, read_text
 
 log = logging.getLogger("ahiq.protocol")
 METRICS = ("srcc", "plcc", "krcc")
@@ -44,8 +48,12 @@ def check_same_protocol(opt: RunConfig) -> None:
     path = os.path.join(opt.run_dir, "opt_protocol.json")
     if not os.path.isfile(path):
         return
-    with open(path) as f:
-        before = json.load(f)
+    try:
+        before = json.loads(read_text(path))
+    except ValueError as err:
+        raise AHIQError(f"{path}: cannot be read as JSON ({err}); restore it, or choose another --name") from None
+    if not isinstance(before, dict):
+        raise AHIQError(f"{path}: not the options of a protocol run (a JSON object); choose another --name")
     now = opt.to_dict()
     diff = [k for k in opt.fields(RESULT, RESUMABLE) if k in before and before[k] != now[k]]
     if diff:

@@ -228,6 +228,18 @@ def read_checkpoint(path: str | None, given: dict | None = None) -> Checkpoint:
     return Checkpoint(path, state, config)
 
 
+def mos_range_norm(mos_range: Sequence[float]) -> LabelNorm:
+    """The training MOS range a user gives (--mos_range LO HI, ``mos_range=(lo, hi)``): finite, LO below HI."""
+    try:
+        lo, hi = (float(v) for v in mos_range)
+    except (TypeError, ValueError):
+        raise AHIQError(f"mos_range {mos_range!r}: expected two numbers LO HI") from None
+    if not (np.isfinite(lo) and np.isfinite(hi) and lo < hi):
+        raise AHIQError(f"--mos_range / mos_range {lo:g} {hi:g}: give finite LO < HI, the lowest and highest MOS of "
+                        "the training labels (higher is better)")
+    return LabelNorm(lo, hi)
+
+
 def build_scorer(checkpoint: Checkpoint, source: BackboneSource, device: str = "cpu", deform_impl: str = "gemm",
                  mos_range: tuple[float, float] | None = None, **settings) -> Scorer:
     """The one assembly from a checkpoint to a ready :class:`Scorer` (test.py, predict.py, protocol.py,
@@ -241,7 +253,7 @@ def build_scorer(checkpoint: Checkpoint, source: BackboneSource, device: str = "
         model = build_loaded(checkpoint.state, checkpoint.path, checkpoint.config, source, deform_impl, seed)
     norm = LabelNorm.from_meta(checkpoint.state.get("ahiq") or {}, checkpoint.path) if checkpoint.state else None
     if mos_range is not None:  # given by the user (official files hold no range): MOS, higher is better
-        norm = LabelNorm(float(mos_range[0]), float(mos_range[1]))
+        norm = mos_range_norm(mos_range)
     settings.setdefault("crop_size", checkpoint.config.crop_size)
     return Scorer(model.to(device).eval(), label_norm=norm, checkpoint=checkpoint.path, **settings)
 

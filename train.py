@@ -12,6 +12,10 @@ data/datasets.py and data/splits.py; the model's configuration (models/config.py
 """
 from __future__ import annotations
 
+import utils.interrupt  # noqa: F401 - first: Ctrl-C while the libraries import is one line
+
+# isort: split
+
 import glob
 import logging
 import math
@@ -125,8 +129,8 @@ def build_loaders(opt: RunConfig, info: DistInfo, crop_size: int
     if split.active:  # a split divides one dataset: validation is the 'val' part of the training labels
         val_set = load_dataset(opt, "train", "val", opt.num_avg_val, crop_size, split, batch_size=opt.val_batch_size)
     else:
-        if (opt.train_list, opt.train_ref_path, opt.train_dis_path) == (opt.val_list, opt.val_ref_path,
-                                                                        opt.val_dis_path):
+        same = [os.path.realpath(p) for p in (opt.train_list, opt.train_ref_path, opt.train_dis_path)]
+        if same == [os.path.realpath(p) for p in (opt.val_list, opt.val_ref_path, opt.val_dis_path)]:
             raise AHIQError(f"{opt.train_list}: training and validation would use the same images; pass a "
                             "--val_list, or split the data by reference with --split_file FILE (docs/datasets.md)")
         val_set = load_dataset(opt, "val", "val", opt.num_avg_val, crop_size, split, batch_size=opt.val_batch_size)
@@ -336,8 +340,15 @@ def train(opt: RunConfig, info: DistInfo) -> TrainState:
                     sys.exit(3)
                 state.epoch, state.step = state.epoch + 1, 0
                 log.info("epoch %d: train loss %.5f", state.epoch, loss)
-                metrics = validate_epoch(model, val, info, opt, amp_dtype, state, scalars) \
-                    if state.epoch % opt.val_freq == 0 else None
+                try:
+                    metrics = validate_epoch(model, val, info, opt, amp_dtype, state, scalars) \
+                        if state.epoch % opt.val_freq == 0 else None
+                except AHIQError as err:  # e.g. a validation image damaged after its header: keep the epoch
+                    if not info.is_main:
+                        raise
+                    path = save("last.pth", state, loss, full=True)
+                    raise AHIQError(f"{err} (validation of epoch {state.epoch}; the epoch's weights are saved in "
+                                    f"{path}: fix the file and continue with --resume)") from None
                 if info.is_main:
                     finish_epoch(save, state, loss, metrics)
                     epochs.append({"epoch": state.epoch, "step": state.global_step, "train_loss": loss, "lr": lr,

@@ -146,6 +146,10 @@ def read_csv_labels(path: str) -> Labels:
         row = [cell.strip() for cell in row]
         if not row[i_ref] or not row[i_dis]:
             raise AHIQError(f"{path}:{lineno}: empty image name")
+        odd = next((n for n in (row[i_dis], row[i_ref]) if any(c in n for c in ",\n\r")), None)
+        if odd is not None:
+            raise AHIQError(f"{path}:{lineno}: image name {odd!r} holds a comma or a line break, which the "
+                            "'name,score' results files cannot hold; rename the file")
         refuse_repeat(first_line, row[i_dis], path, lineno)
         refs.append(row[i_ref])
         names.append(row[i_dis])
@@ -248,4 +252,9 @@ def pair_dataset(ref_dir: str, dis_dir: str, labels: Labels, lower_better: bool 
     """A :class:`PairDataset` of labelled rows; images are checked when it is built."""
     pairs = [(name, os.path.join(dis_dir, name), os.path.join(ref_dir, ref))
              for name, ref in zip(labels.names, labels.refs)]
-    return PairDataset(pairs, labels.raw, lower_better=lower_better, ref_names=labels.refs, **kwargs)
+    try:
+        return PairDataset(pairs, labels.raw, lower_better=lower_better, ref_names=labels.refs, **kwargs)
+    except AHIQError as err:
+        if str(err).startswith("label range"):
+            raise AHIQError(f"{labels.path}: {err}") from None
+        raise

@@ -21,6 +21,14 @@ class LabelNorm:
     mos_max: float
     lower_better: bool = False
 
+    def __post_init__(self) -> None:
+        if not (np.isfinite(self.mos_min) and np.isfinite(self.mos_max) and np.isfinite(self.mos_max - self.mos_min)):
+            raise AHIQError(f"label range {self.mos_min:g} to {self.mos_max:g}: not finite (labels beyond +-1e308 "
+                            "overflow the range); rescale the labels")
+        if self.mos_min > self.mos_max:
+            raise AHIQError(f"label range {self.mos_min:g} to {self.mos_max:g}: the lowest label is above the "
+                            "highest; give it as LO HI (for DMOS, lower is better: use the label direction)")
+
     @classmethod
     def fit(cls, raw: np.ndarray, lower_better: bool = False) -> LabelNorm:
         raw = np.asarray(raw, dtype=np.float64)
@@ -52,6 +60,14 @@ class LabelNorm:
         norm = meta.get("label_norm") or (meta if meta.get("mos_min") is not None else None)
         if not norm:
             return None
-        if norm.get("method", "minmax") != "minmax":
-            raise AHIQError(f"{source}: unknown label normalisation {norm.get('method')!r}")
-        return cls(float(norm["mos_min"]), float(norm["mos_max"]), bool(norm.get("lower_better", False)))
+        if not isinstance(norm, Mapping) or norm.get("method", "minmax") != "minmax":
+            raise AHIQError(f"{source}: unknown label normalisation {norm!r}")
+        values = [norm.get("mos_min"), norm.get("mos_max"), norm.get("lower_better", False)]
+        if not all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in values[:2]) \
+                or not isinstance(values[2], bool):
+            raise AHIQError(f"{source}: label_norm {dict(norm)!r}: expected numbers mos_min, mos_max and true/false "
+                            "lower_better")
+        try:
+            return cls(float(values[0]), float(values[1]), values[2])
+        except AHIQError as err:
+            raise AHIQError(f"{source}: {err}") from None

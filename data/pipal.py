@@ -74,7 +74,8 @@ def pipal_reference_name(name: str) -> str:
 
 
 def read_rgb(path: str, max_pixels: int = MAX_PIXELS) -> np.ndarray:
-    """An image as HxWx3 uint8 RGB: grayscale is expanded, alpha dropped, 16-bit scaled to 8-bit (OpenCV rules).
+    """An image as HxWx3 uint8 RGB: grayscale is expanded, alpha dropped, 16-bit scaled to 8-bit (OpenCV rules); EXIF
+    orientation is ignored (the pixels as stored, as the header's size and PIL's ``Image.open`` give them).
 
     Only complete files are accepted: OpenCV refuses truncated BMP, PNG, TIFF and WebP files but fills the missing
     rows of a truncated JPEG with grey, so JPEGs are also decoded by Pillow, which refuses them. Images of more than
@@ -92,7 +93,7 @@ def decode_rgb(path: str) -> np.ndarray:
     except OSError as err:  # removed or unreadable since the dataset was checked
         raise AHIQError(f"{path}: cannot be read ({err.strerror or err}); check the file") from None
     try:
-        img = cv2.imdecode(data, cv2.IMREAD_COLOR)
+        img = cv2.imdecode(data, cv2.IMREAD_COLOR | cv2.IMREAD_IGNORE_ORIENTATION)  # pixels as stored (as PIL)
     except cv2.error as err:  # e.g. larger than OpenCV's own pixel limit
         raise AHIQError(f"{path}: cannot be decoded as an image ({str(err).strip().splitlines()[-1][:120]})") \
             from None

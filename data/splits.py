@@ -65,9 +65,21 @@ def read_splits(path: str) -> dict:
     except (OSError, json.JSONDecodeError) as err:
         raise AHIQError(f"{path}: cannot be read as a split file ({err}); delete it to make a new one") from None
     if not isinstance(doc, dict) or doc.get("format") != FORMAT or not isinstance(doc.get("splits"), list) \
-            or not all(isinstance(s, dict) and all(isinstance(s.get(p), list) for p in PARTS) for s in doc["splits"]):
-        raise AHIQError(f"{path}: not an AHIQ split file (expected format {FORMAT!r} with train/val/test lists); "
-                        "pass another --split_file or move this one away")
+            or not doc["splits"] or not all(isinstance(s, dict) and all(
+                isinstance(s.get(p), list) and all(isinstance(r, str) for r in s[p]) for p in PARTS)
+                for s in doc["splits"]):
+        raise AHIQError(f"{path}: not an AHIQ split file (expected format {FORMAT!r} with train/val/test lists of "
+                        "reference names); pass another --split_file or move this one away")
+    ratios = doc.get("ratios", [])
+    if not isinstance(ratios, list) or not all(isinstance(r, (int, float)) and not isinstance(r, bool)
+                                               for r in ratios):
+        raise AHIQError(f"{path}: 'ratios' is {json.dumps(ratios)}, expected a list of numbers (train, val, test)")
+    for k, split in enumerate(doc["splits"]):
+        for a, b in (("train", "val"), ("train", "test"), ("val", "test")):
+            both = sorted(set(split[a]) & set(split[b]))
+            if both:
+                raise AHIQError(f"{path}: split {k} has {len(both)} reference(s) in both {a} and {b} (e.g. "
+                                f"{both[0]}); the parts must not share content: fix the file or make a new one")
     return doc
 
 

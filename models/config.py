@@ -45,8 +45,9 @@ class ModelConfig:
     crop_size: int = 224
 
     def __post_init__(self) -> None:
-        object.__setattr__(self, "vit_blocks", tuple(int(b) for b in self.vit_blocks))
-        object.__setattr__(self, "cnn_blocks", tuple(str(b) for b in self.cnn_blocks))
+        self._check_types()
+        object.__setattr__(self, "vit_blocks", tuple(self.vit_blocks))
+        object.__setattr__(self, "cnn_blocks", tuple(self.cnn_blocks))
         if self.vit_name is None:
             if self.patch_size not in VIT_TAGS:
                 raise AHIQError(f"--patch_size {self.patch_size} is not supported; use 8 or 16")
@@ -54,6 +55,27 @@ class ModelConfig:
         if self.branches == "vit" and self.fusion != "none":  # no CNN branch: nothing to fuse
             object.__setattr__(self, "fusion", "none")
         self.check()
+
+    def _check_types(self) -> None:
+        """Every field has its type (a checkpoint's metadata or a saved configuration may say "8" or 32.0), and the
+        backbone names are timm model names (never a hub location a file could choose: "hf-hub:...")."""
+        def is_int(v: Any) -> bool:
+            return isinstance(v, int) and not isinstance(v, bool)
+
+        wrong = [(k, v, "an integer") for k, v in (("patch_size", self.patch_size), ("crop_size", self.crop_size))
+                 if not is_int(v)]
+        wrong += [(k, v, "a timm model name") for k, v in (("vit_name", self.vit_name),
+                                                           ("resnet_name", self.resnet_name))
+                  if v is not None and (not isinstance(v, str) or ":" in v or "/" in v)]
+        wrong += [(k, v, "a string") for k, v in (("fusion", self.fusion), ("branches", self.branches),
+                                                  ("pooling", self.pooling)) if not isinstance(v, str)]
+        if not isinstance(self.vit_blocks, (list, tuple)) or not all(map(is_int, self.vit_blocks)):
+            wrong.append(("vit_blocks", self.vit_blocks, "a list of block indices"))
+        if not isinstance(self.cnn_blocks, (list, tuple)) or not all(isinstance(b, str) for b in self.cnn_blocks):
+            wrong.append(("cnn_blocks", self.cnn_blocks, "a list of block names"))
+        if wrong:
+            key, value, expected = wrong[0]
+            raise AHIQError(f"model setting {key} {value!r}: expected {expected}")
 
     def check(self) -> None:
         blocks = self.vit_blocks
@@ -93,12 +115,20 @@ def config_from_checkpoint(ckpt: Mapping[str, Any], path: str) -> ModelConfig | 
     meta = ckpt.get("ahiq")
     if not isinstance(meta, Mapping):
         return None
-    if isinstance(meta.get("model"), Mapping):
-        return ModelConfig.from_dict(meta["model"], path)
-    if isinstance(meta.get("arch"), Mapping):  # format 1: switches without backbone names (always the pinned ones)
-        arch = dict(meta["arch"])
-        keep = {k: v for k, v in arch.items() if k in ARCH_FIELDS and v is not None}
-        return ModelConfig(**{**keep, "patch_size": meta.get("patch_size", arch.get("patch_size", 8))})
+    try:
+        if isinstance(meta.get("model"), Mapping):
+            return ModelConfig.from_dict(meta["model"], path)
+        if isinstance(meta.get("arch"), Mapping):  # format 1: switches without backbone names (the pinned ones)
+            arch = dict(meta["arch"])
+            keep = {k: v for k, v in arch.items() if k in ARCH_FIELDS and v is not None}
+            return ModelConfig(**{**keep, "patch_size": meta.get("patch_size", arch.get("patch_size", 8))})
+    except AHIQError as err:
+        if str(err).startswith(f"{path}:"):
+            raise
+        raise AHIQError(f"{path}: its metadata is not what AHIQ writes: {err}") from None
+    if "model" in meta or "arch" in meta:
+        raise AHIQError(f"{path}: its metadata 'model' is {type(meta.get('model', meta.get('arch'))).__name__}, not "
+                        "the settings AHIQ writes; not a checkpoint of this project")
     return None
 
 

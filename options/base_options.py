@@ -14,6 +14,7 @@ import argparse
 import dataclasses
 import functools
 import json
+import math
 import os
 from collections.abc import Mapping
 from typing import Any
@@ -205,9 +206,51 @@ def parse_with_config(parser: argparse.ArgumentParser, argv: list[str] | None) -
                             "a run folder") from None
         if not isinstance(saved, dict):
             raise AHIQError(f"{config}: not a saved configuration (expected a JSON object of options)")
-        rerun = {a.dest for a in options_of(parser) if policy(a) != ONCE}
-        parser.set_defaults(**{k: v for k, v in saved.items() if k in rerun})
+        rerun = {a.dest: a for a in options_of(parser) if policy(a) != ONCE}
+        values = {k: v for k, v in saved.items() if k in rerun}
+        for key, value in values.items():
+            check_saved_value(rerun[key], value, f"{config}: {key!r}")
+        parser.set_defaults(**values)
     return parser.parse_args(argv)
+
+
+def _json_type(value: Any) -> str:
+    return {bool: "true/false", int: "an integer", float: "a number", str: "a string", list: "a list",
+            dict: "an object", type(None): "null"}.get(type(value), type(value).__name__)
+
+
+def check_saved_value(action: argparse.Action, value: Any, where: str) -> None:
+    """A value read from a saved configuration has the type and choices its option takes on the command line (JSON
+    says 32.0, "false" or null where the command line could not); an error names the file, the key and the value."""
+    def fail(expected: str) -> None:
+        raise AHIQError(f"{where} is {json.dumps(value)} ({_json_type(value)}), expected {expected}; fix the file or "
+                        f"give --{action.dest} on the command line")
+
+    if action.nargs == 0:  # store_true / store_false
+        if not isinstance(value, bool):
+            fail("true or false")
+        return
+    if value is None:
+        if action.default is not None or action.required:
+            fail(f"a value (its default is {action.default!r})")
+        return
+    items = value if action.nargs not in (None, "?") else [value]
+    if action.nargs not in (None, "?"):
+        if not isinstance(value, list):
+            fail("a list")
+        if isinstance(action.nargs, int) and len(value) != action.nargs:
+            fail(f"a list of {action.nargs}")
+    for item in items:
+        if action.type is int and (isinstance(item, bool) or not isinstance(item, int)):
+            fail("an integer")
+        if action.type is float and (isinstance(item, bool) or not isinstance(item, (int, float))
+                                     or not math.isfinite(item)):
+            fail("a finite number")
+        if action.type is None and not isinstance(item, str) and not (
+                action.dest in ("vit_blocks", "cnn_blocks") and isinstance(item, list)):  # saved as lists
+            fail("a string")
+        if action.choices is not None and item not in action.choices:
+            fail(f"one of {', '.join(map(str, action.choices))}")
 
 
 def check_positive(opt: argparse.Namespace, *names: str, minimum: int = 1) -> None:
@@ -241,6 +284,8 @@ def build(parser: argparse.ArgumentParser, values: Mapping[str, Any], resolve: t
     check_positive(opt, "crops_per_forward", "batch_size", "val_batch_size", "n_ensemble", "num_avg_val")
     check_positive(opt, "num_workers", minimum=0)
     check_positive(opt, "max_pixels")
+    if not 0 <= opt.seed < 2 ** 32:
+        raise AHIQError(f"--seed {opt.seed}: give an integer from 0 to {2 ** 32 - 1} (numpy's seed range)")
     _switch_lists(opt)
     for step in resolve:
         step(opt)
@@ -257,5 +302,10 @@ def _switch_lists(opt: argparse.Namespace) -> None:
         except ValueError:
             raise AHIQError(f"--vit_blocks {opt.vit_blocks!r}: expected comma-separated block indices, e.g. "
                             "0,1,2,3,4") from None
+    for name, kind in (("vit_blocks", int), ("cnn_blocks", str)):
+        value = getattr(opt, name)
+        if isinstance(value, (list, tuple)) and not all(isinstance(b, kind) and not isinstance(b, bool)
+                                                        for b in value):
+            raise AHIQError(f"--{name} {value!r}: expected a list of block {'indices' if kind is int else 'names'}")
     if isinstance(opt.cnn_blocks, str):
         opt.cnn_blocks = tuple(b.strip() for b in opt.cnn_blocks.split(","))

@@ -1,6 +1,10 @@
 """Print where the pinned backbone weights can come from: 'files', 'hub', or 'random' (used by demo.sh)."""
 from __future__ import annotations
 
+import utils.interrupt  # noqa: F401 - first: Ctrl-C while the libraries import is one line
+
+# isort: split
+
 import socket
 
 from models import BackboneSource, ModelConfig

@@ -9,6 +9,10 @@ given, else from the hub. Only the paper's architecture (patch 8) exists in pyiq
 """
 from __future__ import annotations
 
+import utils.interrupt  # noqa: F401 - first: Ctrl-C while the libraries import is one line
+
+# isort: split
+
 import timm
 import torch
 

@@ -4,6 +4,10 @@
 """
 from __future__ import annotations
 
+import utils.interrupt  # noqa: F401 - first: Ctrl-C while the libraries import is one line
+
+# isort: split
+
 import logging
 
 from data.datasets import PRESETS, parse_ratios, read_labels

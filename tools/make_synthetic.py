@@ -4,6 +4,10 @@
 """
 from __future__ import annotations
 
+import utils.interrupt  # noqa: F401 - first: Ctrl-C while the libraries import is one line
+
+# isort: split
+
 from data.synthetic import generate
 from options.tool_options import synthetic_parser
 from utils.errors import run_cli

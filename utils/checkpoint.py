@@ -40,6 +40,9 @@ def load_checkpoint(path: str) -> dict[str, Any]:
     if not os.path.isfile(path):
         raise AHIQError(f"{path}: checkpoint not found; run `sh download.sh` for the released PIPAL checkpoint "
                         "or pass an existing file with --ckpt")
+    what = _not_a_checkpoint(path)
+    if what:
+        raise AHIQError(f"{path}: not a PyTorch checkpoint: {what}")
     try:
         with torch.serialization.safe_globals(_numpy_safe_globals()):
             ckpt = torch.load(path, map_location="cpu", weights_only=True)
@@ -57,6 +60,25 @@ def load_checkpoint(path: str) -> dict[str, Any]:
     if not isinstance(ckpt, Mapping):
         raise AHIQError(f"{path}: not an AHIQ checkpoint (holds a {type(ckpt).__name__}, expected a dict)")
     return dict(ckpt)
+
+
+def _not_a_checkpoint(path: str) -> str | None:
+    """What a file that cannot be a PyTorch checkpoint is (from its first bytes), or None: torch.save writes a zip
+    archive (``PK``), older versions a pickle (``0x80``)."""
+    try:
+        with open(path, "rb") as f:
+            head = f.read(256)
+    except OSError:
+        return None  # torch.load reports it
+    if not head:
+        return "the file is empty (an interrupted copy or download?); copy or download it again"
+    if head.startswith(b"version https://git-lfs"):
+        return "a Git LFS pointer, not the file itself; run `git lfs pull` or download the file"
+    if head.lstrip()[:1] == b"<":
+        return "an HTML or XML page (a failed download or a login page?); download the file again"
+    if not head.startswith((b"PK\x03\x04", b"\x80")):
+        return f"it starts with {head[:16]!r}, not a zip archive or a pickle; pass the .pth file itself"
+    return None
 
 
 def _strip_module(sd: Mapping[str, Any]) -> dict[str, Any]:
@@ -94,6 +116,14 @@ def load_head_weights(model: nn.Module, ckpt: Mapping[str, Any], path: str) -> N
                                 (("missing", missing), ("unexpected", unexpected), ("wrong shape", shape)) if keys)
             raise AHIQError(f"{path}: {part} does not fit this AHIQ model ({details}); likely cause: a checkpoint "
                             "of a different architecture or a modified model")
+        bad = [k for k, v in sd.items() if not (isinstance(v, torch.Tensor) and v.is_floating_point())]
+        if bad:
+            raise AHIQError(f"{path}: {part}.{bad[0]} is not a floating-point tensor ({type(sd[bad[0]]).__name__} "
+                            f"{getattr(sd[bad[0]], 'dtype', '')}); not weights AHIQ wrote")
+        bad = [k for k, v in sd.items() if not torch.isfinite(v).all()]
+        if bad:
+            raise AHIQError(f"{path}: {part}.{bad[0]} holds NaN or infinite values (a diverged training run?); "
+                            "use an earlier checkpoint")
         if module is not None:
             module.load_state_dict(sd)
 

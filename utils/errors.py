@@ -7,7 +7,9 @@ line and exits non-zero, without a traceback. Programming errors keep their trac
 from __future__ import annotations
 
 import os
+import signal
 import sys
+import threading
 import traceback
 from collections.abc import Callable
 
@@ -30,6 +32,8 @@ def run_cli(main: Callable[[], object]) -> None:
     memory, a codec) is printed with its cause and where it was raised, exit code 1. ``AHIQ_DEBUG=1`` shows the
     full traceback of any of them."""
     debug = os.environ.get("AHIQ_DEBUG", "") not in ("", "0")
+    if threading.current_thread() is threading.main_thread():
+        signal.signal(signal.SIGINT, signal.default_int_handler)  # Ctrl-C raises again (utils/interrupt.py)
     try:
         main()
     except AHIQError as err:

@@ -90,9 +90,13 @@ class FolderLock:
 
     def __init__(self, folder: str, what: str = "a run") -> None:
         self.path = os.path.join(folder, ".lock")
+        for own in (self.path, os.path.join(folder, "log.txt")):  # never written through a link to elsewhere
+            if os.path.islink(own):
+                raise AHIQError(f"{own}: is a symbolic link; the run folder's own files are not written through "
+                                "links: remove it (it is recreated)")
         try:
             os.makedirs(folder, exist_ok=True)
-            self.fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
+            self.fd = os.open(self.path, os.O_RDWR | os.O_CREAT | getattr(os, "O_NOFOLLOW", 0), 0o644)
         except OSError as err:
             raise file_error(self.path, err, "created") from None
         try:
