@@ -17,6 +17,7 @@ import utils.interrupt  # noqa: F401 - first: Ctrl-C while the libraries import 
 # isort: split
 
 import glob
+import hashlib
 import logging
 import math
 import os
@@ -215,7 +216,8 @@ class Saver:
     def __init__(self, opt, model: AHIQ, optimizer, scheduler, scaler, train_set: PairDataset) -> None:
         self.opt, self.model, self.optimizer, self.scheduler, self.scaler = opt, model, optimizer, scheduler, scaler
         self.meta = {"label_norm": train_set.norm.to_dict(), "dataset": opt.dataset, "train_list": opt.train_list,
-                     "split": {"file": opt.split_file, "index": opt.split_index, "column": opt.split_column}}
+                     "split": {"file": opt.split_file, "index": opt.split_index, "column": opt.split_column},
+                     "inputs": input_digests(opt)}
 
     def __call__(self, name: str, state: TrainState, loss: float, full: bool = False) -> str:
         path = os.path.join(self.opt.run_dir, name)
@@ -238,7 +240,32 @@ def run_config(opt, resume_from: str | None) -> tuple[ModelConfig, dict | None]:
     ckpt, config = read_model_checkpoint(resume_from, opt.model_switches)
     if opt.resume:
         check_resume_options(ckpt.get("options") or {}, opt, resume_from)
+        check_resume_inputs(ckpt, opt, resume_from)
     return config, ckpt
+
+
+def input_digests(opt: RunConfig) -> dict[str, str]:
+    """sha256 of the files whose contents decide the result under the same paths: the label lists and the split
+    file (a list edited in place would move the label range and the samples under a resumed run)."""
+    files = {"train_list": opt.train_list, "val_list": None if opt.split().active else opt.val_list,
+             "split_file": opt.split_file}
+    out = {}
+    for key, path in files.items():
+        if path and os.path.isfile(path):
+            with open(path, "rb") as f:
+                out[key] = hashlib.sha256(f.read()).hexdigest()
+    return out
+
+
+def check_resume_inputs(ckpt: dict, opt: RunConfig, path: str) -> None:
+    """A resumed run reads the same label lists and split file it started with (same contents, not just paths)."""
+    saved = (ckpt.get("ahiq") or {}).get("inputs") or {}
+    now = input_digests(opt)
+    changed = [key for key in saved if key in now and saved[key] != now[key]]
+    if changed:
+        shown = ", ".join(f"--{k} {getattr(opt, k)}" for k in changed)
+        raise AHIQError(f"{path}: the contents of {shown} changed since this run started (the labels it trains on "
+                        "would change under it); restore the file, or start a new run with another --name")
 
 
 def check_resume_options(saved: dict, opt: RunConfig, path: str) -> None:

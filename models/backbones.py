@@ -17,6 +17,7 @@ import torch.nn as nn
 
 import models.tiny  # noqa: F401 - registers the ahiq_tiny_* test backbones with timm
 from models.weights import pinned
+from utils.checkpoint import load_checkpoint
 from utils.errors import AHIQError
 
 VIT_TAGS = {8: pinned("vit8"), 16: pinned("vit16")}  # the tags are written once, in models/weights.tsv
@@ -98,15 +99,16 @@ def read_state_dict(path: str) -> dict[str, torch.Tensor]:
     """Read a timm state dict from a .safetensors or .pth file (unwrapping a ``state_dict``/``model`` entry)."""
     if not os.path.isfile(path):
         raise AHIQError(f"{path}: backbone weights file not found; run download.sh or pass an existing file")
-    try:
-        if path.endswith(".safetensors"):
+    if not path.endswith(".safetensors"):
+        sd = load_checkpoint(path)  # safe unpickling; files that are not checkpoints named for what they are
+    else:
+        try:
             from safetensors.torch import load_file
             sd = load_file(path, device="cpu")
-        else:
-            sd = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as err:  # any decoding failure becomes a one-line message naming the file
-        raise AHIQError(f"{path}: cannot read backbone weights ({type(err).__name__}: {err}); "
-                        "expected a timm state dict in .pth or .safetensors format") from err
+        except Exception as err:  # any decoding failure becomes a one-line message naming the file
+            first = (str(err).strip().splitlines() or [type(err).__name__])[0][:200]
+            raise AHIQError(f"{path}: cannot read backbone weights ({type(err).__name__}: {first}); "
+                            "expected a timm state dict in .pth or .safetensors format") from err
     for key in ("state_dict", "model"):
         if isinstance(sd, Mapping) and key in sd and isinstance(sd[key], Mapping):
             sd = sd[key]

@@ -220,6 +220,12 @@ def test_stale_temporaries_are_removed_and_resume_checks_the_options(tmp_path):
     with pytest.raises(AHIQError, match=r"last\.pth: was trained with other options \(--batch_size 2 then, 3 now; "
                                         r"--learning_rate 0\.0001 then, 0\.0002 now\)"):
         train.main(args[:-2] + ["--n_epoch", "2", "--resume", "--batch_size", "3", "--learning_rate", "2e-4"])
+    train_list = Path(args[args.index("--train_list") + 1])
+    original = train_list.read_text()
+    train_list.write_text(original.replace(",", ",1", 1))  # one label edited in place, same path
+    with pytest.raises(AHIQError, match=r"last\.pth: the contents of --train_list .* changed since this run started"):
+        train.main(args[:-2] + ["--n_epoch", "2", "--resume"])
+    train_list.write_text(original)
     state = train.main(args[:-2] + ["--n_epoch", "2", "--resume"])  # a longer run is allowed
     assert state.epoch == 2 and not list(run_dir.glob(".tmp-*"))
 

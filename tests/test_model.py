@@ -1,6 +1,8 @@
 """The fast batched model against the official-style computation, frozen backbones, and backbone weight files."""
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 import torch
 
@@ -95,6 +97,11 @@ def test_missing_weight_file_and_garbage_file(tmp_path, backbone_files):
     garbage.write_bytes(b"not a tensor file")
     with pytest.raises(AHIQError, match=r"garbage\.safetensors: cannot read backbone weights"):
         build_model(8, pretrained=False, vit_weights=str(garbage))
+    hostile = tmp_path / "hostile.pth"
+    torch.save({"x": Path}, hostile)  # a pickled class: refused, in one line, before any code could run
+    with pytest.raises(AHIQError, match=r"hostile\.pth: refused: it holds Python objects") as caught:
+        build_model(8, pretrained=False, resnet_weights=str(hostile))
+    assert "\n" not in str(caught.value)
 
 
 def test_failed_download_names_the_weights_and_never_falls_back(monkeypatch):

@@ -144,8 +144,10 @@ class EpochLog:
         if scored:
             best = max(scored, key=lambda r: r["val_srcc"])
             val_ax.axvline(best["epoch"], color="0.6", linestyle="--", linewidth=1)
+            right = best["epoch"] > (epochs[0] + epochs[-1]) / 2  # the label on the side with room
             val_ax.annotate(f"best SRCC {best['val_srcc']:.3f}\nepoch {best['epoch']}",
-                            (best["epoch"], best["val_srcc"]), textcoords="offset points", xytext=(4, -24), fontsize=8)
+                            (best["epoch"], best["val_srcc"]), textcoords="offset points",
+                            xytext=(-6 if right else 6, -26), ha="right" if right else "left", fontsize=8)
         val_ax.set(xlabel="epoch", ylabel="validation")
         if val_ax.get_legend_handles_labels()[0]:
             val_ax.legend(loc="lower right", fontsize=8)
