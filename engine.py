@@ -24,6 +24,7 @@ from tqdm import tqdm
 
 from data.defaults import CROPS_PER_FORWARD
 from data.pipal import PairDataset
+from data.sampler import own_process_group
 from models import AHIQ
 from models.ahiq import ReferenceFeatures
 from utils.errors import AHIQError
@@ -216,6 +217,10 @@ def collate_crops(items: list[dict]) -> dict:
             "index": torch.tensor([it["index"] for it in items])}
 
 
+class ScoringStopped(Exception):
+    """Raised by :func:`predict` between batches when its ``stop`` callable says so (a stop signal in training)."""
+
+
 @dataclass
 class Predictions:
     index: np.ndarray  # position of each image in the dataset's list
@@ -236,8 +241,8 @@ def grouped_by_reference(indices: list[int], reference_of: Callable[[int], Hasha
 
 def predict(model: AHIQ, dataset: PairDataset, indices: list[int] | None = None, batch_size: int = 10,
             num_workers: int = 0, crops_per_forward: int = CROPS_PER_FORWARD, amp_dtype: torch.dtype | None = None,
-            progress: bool = True, desc: str = "scoring", bn_stats: str = "running", keep_maps: bool = False
-            ) -> Predictions:
+            progress: bool = True, desc: str = "scoring", bn_stats: str = "running", keep_maps: bool = False,
+            stop: Callable[[], bool] | None = None) -> Predictions:
     """Predictions for the images ``indices`` of ``dataset`` (default: all), returned in the order of ``indices``.
 
     ``bn_stats`` running (default): the images are loaded grouped by reference, so each (reference, window) is
@@ -246,6 +251,7 @@ def predict(model: AHIQ, dataset: PairDataset, indices: list[int] | None = None,
     computation, batches of ``batch_size`` in list order, two model calls per batch and crop index
     (:func:`score_batch_per_call`); an incomplete last batch (which the released loader drops) is scored the same
     way, with the statistics of its own crops. ``keep_maps``: also the patch maps of every crop (running only).
+    ``stop``: checked after every batch; when it returns True, :class:`ScoringStopped` is raised.
     """
     indices = list(range(len(dataset))) if indices is None else list(indices)
     was_training = model.training
@@ -259,7 +265,7 @@ def predict(model: AHIQ, dataset: PairDataset, indices: list[int] | None = None,
     cache = ReferenceCache(Counter(key for row in keys.values() for key in row))
     chunk = ChunkSize(crops_per_forward)  # shrinks once for the whole loop if memory runs out
     loader = DataLoader(Subset(dataset, order), batch_size=batch_size, shuffle=False, num_workers=num_workers,
-                        pin_memory=device.type == "cuda", collate_fn=collate_crops)
+                        pin_memory=device.type == "cuda", collate_fn=collate_crops, worker_init_fn=own_process_group)
     done: dict[int, tuple[str, float, float]] = {}
     maps: dict[int, BatchScores] = {}
     for batch in tqdm(loader, desc=desc, disable=not progress, dynamic_ncols=True, leave=False):
@@ -279,6 +285,9 @@ def predict(model: AHIQ, dataset: PairDataset, indices: list[int] | None = None,
                                           None if out.w is None else out.w[lo:hi])
         for i, name, score, label in zip(index, batch["name"], scores.tolist(), batch["label"].tolist()):
             done[i] = (name, score, label)
+        if stop is not None and stop():
+            model.train(was_training)
+            raise ScoringStopped()
     model.train(was_training)
     rows = [done[i] for i in indices]
     return Predictions(np.asarray(indices, dtype=np.int64), [r[0] for r in rows],

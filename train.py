@@ -26,7 +26,9 @@ import shutil
 import signal
 import sys
 import time
+from collections.abc import Callable
 from dataclasses import asdict, dataclass
+from typing import NoReturn
 
 import numpy as np
 import torch
@@ -34,8 +36,8 @@ from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import DataLoader
 
 from data.pipal import PairDataset
-from data.sampler import EpochSampler
-from engine import predict, train_one_epoch
+from data.sampler import EpochSampler, own_process_group
+from engine import ScoringStopped, predict, train_one_epoch
 from models import AHIQ, ModelConfig, build_from_config, load_weights
 from models.config import read_model_checkpoint
 from options.base_options import RunConfig
@@ -142,7 +144,7 @@ def build_loaders(opt: RunConfig, info: DistInfo, crop_size: int
         raise AHIQError(f"{source}: every validation score is {val_set.norm.mos_min:g}; SRCC/PLCC would be "
                         "undefined: validate on images of different quality")
     workers = {"num_workers": opt.num_workers, "pin_memory": info.device.startswith("cuda"),
-               "persistent_workers": opt.num_workers > 0}
+               "persistent_workers": opt.num_workers > 0, "worker_init_fn": own_process_group}
     sampler = EpochSampler(len(train_set), opt.seed, info.rank, info.world_size)
     train_loader = DataLoader(train_set, batch_size=opt.batch_size, sampler=sampler, **workers)
     shard = list(range(info.rank, len(val_set), info.world_size))  # no image dropped or repeated
@@ -151,10 +153,10 @@ def build_loaders(opt: RunConfig, info: DistInfo, crop_size: int
     return train_set, train_loader, sampler, Validation(val_set, shard, name)
 
 
-def validate(model: AHIQ, val: Validation, info: DistInfo, opt: RunConfig, amp_dtype: torch.dtype | None
-             ) -> tuple[dict, np.ndarray, np.ndarray]:
+def validate(model: AHIQ, val: Validation, info: DistInfo, opt: RunConfig, amp_dtype: torch.dtype | None,
+             stop: Callable[[], bool] | None = None) -> tuple[dict, np.ndarray, np.ndarray]:
     out = predict(model, val.dataset, val.indices, opt.val_batch_size, opt.num_workers, opt.crops_per_forward,
-                  amp_dtype, progress=info.is_main, desc="validate")
+                  amp_dtype, progress=info.is_main, desc="validate", stop=stop)
     index, preds, labels = gather_arrays(info, out.index, out.preds, out.labels)
     order = np.argsort(index, kind="stable")
     return iqa_metrics(preds[order], labels[order]), preds[order], labels[order]
@@ -359,17 +361,17 @@ def train(opt: RunConfig, info: DistInfo) -> TrainState:
                 loss = float(np.mean(result.losses)) if result.losses else float("nan")
                 if result.interrupted:
                     state.step += len(result.losses)
-                    if info.is_main:
-                        path = save("last.pth", state, loss, full=True)
-                        log.warning("stopped by %s after step %d of epoch %d; saved %s; continue with --resume",
-                                    stop.signal or "another rank", state.step, state.epoch + 1, path)
-                    barrier(info)  # torchrun ends the other ranks once one exits: keep them until last.pth is written
-                    sys.exit(3)
+                    stop_run(save, state, loss, info, f"{stop.signal or 'another rank'} after step {state.step} of "
+                                                      f"epoch {state.epoch + 1}")
                 state.epoch, state.step = state.epoch + 1, 0
                 log.info("epoch %d: train loss %.5f", state.epoch, loss)
                 try:
-                    metrics = validate_epoch(model, val, info, opt, amp_dtype, state, scalars) \
+                    metrics = validate_epoch(model, val, info, opt, amp_dtype, state, scalars,
+                                             lambda: stop.signal is not None) \
                         if state.epoch % opt.val_freq == 0 else None
+                except ScoringStopped:  # acted on at the next validation batch, not after the next training step
+                    stop_run(save, state, loss, info, f"{stop.signal} during the validation of epoch {state.epoch} "
+                                                      "(its weights are saved; its validation is skipped)")
                 except AHIQError as err:  # e.g. a validation image damaged after its header: keep the epoch
                     if not info.is_main:
                         raise
@@ -388,6 +390,15 @@ def train(opt: RunConfig, info: DistInfo) -> TrainState:
     return state
 
 
+def stop_run(save: Saver, state: TrainState, loss: float, info: DistInfo, what: str) -> NoReturn:
+    """Rank 0 saves last.pth and says so; every rank waits for it, then exits with code 3."""
+    if info.is_main:
+        path = save("last.pth", state, loss, full=True)
+        log.warning("stopped by %s; saved %s; continue with --resume", what, path)
+    barrier(info)  # torchrun ends the other ranks once one exits: keep them until last.pth is written
+    sys.exit(3)
+
+
 def finish_epoch(save: Saver, state: TrainState, loss: float, metrics: dict | None) -> None:
     """Rank 0's files after an epoch: best.pth when validation improved, epoch_N.pth on schedule, last.pth."""
     if metrics is not None and metrics["improved"]:
@@ -398,10 +409,10 @@ def finish_epoch(save: Saver, state: TrainState, loss: float, metrics: dict | No
 
 
 def validate_epoch(model: AHIQ, val: Validation, info: DistInfo, opt: RunConfig, amp_dtype: torch.dtype | None,
-                   state: TrainState, scalars: Scalars | None) -> dict:
+                   state: TrainState, scalars: Scalars | None, stop: Callable[[], bool] | None = None) -> dict:
     """Validate, log, update the bests in ``state``; ``improved`` when SRCC or PLCC improved (official: both bests
     move then). Scalars go per epoch (``val/srcc``) and per step with the dataset (``val/<dataset>/srcc``)."""
-    metrics, preds, labels = validate(model, val, info, opt, amp_dtype)
+    metrics, preds, labels = validate(model, val, info, opt, amp_dtype, stop)
     srcc, plcc = (-math.inf if metrics[k] is None else metrics[k] for k in ("srcc", "plcc"))  # None: undefined
     improved = srcc > state.best_srcc or plcc > state.best_plcc
     if improved:

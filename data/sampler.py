@@ -1,10 +1,12 @@
-"""The training sampler: a seeded shuffle per epoch, sharded over ranks, that can start in the middle of an epoch.
+"""The training sampler: a seeded shuffle per epoch, sharded over ranks, that can start in the middle of an epoch;
+and the process group of DataLoader workers.
 
 It yields ``(epoch, index)`` keys, so the dataset draws each sample's crop from (seed, epoch, index) even in
 persistent worker processes, and resuming after ``step`` batches replays exactly the rest of the epoch.
 """
 from __future__ import annotations
 
+import os
 from collections.abc import Iterator
 
 import torch
@@ -32,3 +34,11 @@ class EpochSampler(Sampler):
 
     def __len__(self) -> int:
         return self.per_rank - self.skip
+
+
+def own_process_group(_worker_id: int) -> None:
+    """``worker_init_fn`` of every DataLoader: each worker leaves its parent's process group. torchrun, SLURM and a
+    terminal's Ctrl-C signal a whole process group; the main process owns the stop (train.py finishes the step and
+    saves last.pth), which a worker killed under it would break. The workers still end with their DataLoader (it
+    signals them by pid) or when their main process dies (PyTorch's worker watchdog)."""
+    os.setpgid(0, 0)

@@ -6,9 +6,11 @@ from __future__ import annotations
 import ast
 import copy
 import os
+import signal
 import socket
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import numpy as np
@@ -180,3 +182,45 @@ def test_a_checkpoint_saved_with_more_gpus_visible_resumes(monkeypatch):
     expected = torch.rand(3)
     train.set_rng_state({**state, "cuda": [torch.zeros(16, dtype=torch.uint8)] * 8})  # saved on an 8-GPU node
     assert torch.equal(torch.rand(3), expected)
+
+
+def test_sigterm_from_torchrun_saves_last_and_resumes_exactly(tmp_path):
+    """NPROC=2 GPU_IDS=-1 sh train.sh with two DataLoader workers per rank. SIGTERM to torchrun, which sends it to
+    each rank's whole process group as it does on a real stop (and as SLURM does): the workers, in their own groups,
+    survive it; both ranks finish the step, rank 0 saves last.pth and names it; --resume then ends with the weights
+    of an uninterrupted run."""
+    train_set = make_pipal_set(tmp_path / "train", n_refs=2, n_dis=6, size=(32, 32), seed=1)
+    val_set = make_pipal_set(tmp_path / "val", n_refs=1, n_dis=2, size=(32, 32), seed=2)
+    ckpts = tmp_path / "ckpts"
+    common = ["--train_ref_path", train_set["ref"], "--train_dis_path", train_set["dis"], "--train_list",
+              train_set["list"], "--val_ref_path", val_set["ref"], "--val_dis_path", val_set["dis"], "--val_list",
+              val_set["list"], *TINY_ARGS, "--checkpoints_dir", str(ckpts), "--crop_size", "32", "--num_workers",
+              "2", "--num_avg_val", "1", "--batch_size", "1", "--n_epoch", "2", "--save_interval", "100"]
+    env = {**_shell_env(), "NPROC": "2", "GPU_IDS": "-1", "OMP_NUM_THREADS": "1"}
+
+    def launch(name: str, *extra: str) -> tuple[subprocess.Popen, Path]:
+        log = tmp_path / f"{name}{len(extra)}.log"
+        with open(log, "w") as f:  # torchrun (train.sh execs it) in its own session, as a job scheduler starts it
+            return subprocess.Popen(["sh", "train.sh", *common, "--name", name, *extra], cwd=REPO, env=env,
+                                    stdout=f, stderr=subprocess.STDOUT, start_new_session=True), log
+
+    full, full_log = launch("full")
+    assert full.wait(timeout=600) == 0, full_log.read_text()[-3000:]
+    stopped, log = launch("stopped")
+    deadline = time.time() + 300
+    while "loss=" not in log.read_text() and time.time() < deadline and stopped.poll() is None:
+        time.sleep(0.1)
+    stopped.send_signal(signal.SIGTERM)
+    stopped.wait(timeout=300)
+    text = log.read_text()
+    assert "stopped by SIGTERM" in text and "continue with --resume" in text, text[-3000:]
+    assert "DataLoader worker" not in text and "killed by signal" not in text, text[-3000:]
+    state = torch.load(ckpts / "stopped" / "last.pth", weights_only=True)["train_state"]
+    assert (state["epoch"], state["step"]) < (2, 0)  # stopped before the end
+    resumed, resumed_log = launch("stopped", "--resume")
+    assert resumed.wait(timeout=600) == 0, resumed_log.read_text()[-3000:]
+    a = load_checkpoint(str(ckpts / "full" / "last.pth"))
+    b = load_checkpoint(str(ckpts / "stopped" / "last.pth"))
+    for part in ("regressor_model_state_dict", "deform_net_model_state_dict"):
+        for key in a[part]:
+            torch.testing.assert_close(a[part][key], b[part][key], rtol=0, atol=0)

@@ -100,6 +100,27 @@ def test_sigterm_saves_last_and_the_run_resumes_exactly(train_sets, tmp_path, tw
         torch.testing.assert_close(a[key], b[key], rtol=0, atol=0)
 
 
+def test_sigterm_during_validation_is_acted_on_at_the_next_validation_batch(train_sets, tmp_path):
+    """The stop comes while epoch 1 validates (60 images, batches of 2): last.pth holds epoch 1 complete (not a step
+    of epoch 2, as when the stop waited for the next training step), and the message says where it stopped."""
+    val = make_pipal_set(tmp_path / "val", n_refs=6, n_dis=10, size=(40, 40), seed=9)
+    args = train_args(train_sets, tmp_path, "val_stop", "--n_epoch", "2", "--val_ref_path", val["ref"],
+                      "--val_dis_path", val["dis"], "--val_list", val["list"], "--val_batch_size", "2",
+                      "--num_avg_val", "5")
+    err = tmp_path / "stderr.txt"
+    with open(err, "w") as f:
+        proc = subprocess.Popen([sys.executable, "train.py", *args], cwd=REPO, stderr=f, stdout=f)
+    deadline = time.time() + 240
+    while "validate:" not in err.read_text() and time.time() < deadline and proc.poll() is None:
+        time.sleep(0.05)
+    proc.send_signal(signal.SIGTERM)
+    assert proc.wait(timeout=240) == 3, err.read_text()
+    text = err.read_text()
+    assert "stopped by SIGTERM during the validation of epoch 1" in text and "Traceback" not in text, text[-2000:]
+    state = torch.load(tmp_path / "val_stop" / "last.pth", weights_only=True)["train_state"]
+    assert (state["epoch"], state["step"]) == (1, 0)
+
+
 def test_training_fits_a_few_pairs(tiny_factory, train_sets):
     """A learning sanity check: on a fixed batch the loss falls far below the label variance (so the model learns
     the differences between pairs, not just their mean) and the predictions rank the pairs correctly."""
