@@ -239,6 +239,19 @@ def grouped_by_reference(indices: list[int], reference_of: Callable[[int], Hasha
     return [i for group in groups.values() for i in group]
 
 
+def reference_shards(indices: list[int], reference_of: Callable[[int], Hashable], world: int) -> list[list[int]]:
+    """``indices`` split over ``world`` ranks by whole reference groups (largest first, each to the rank with the
+    fewest images so far; deterministic), so no rank recomputes another's reference windows; each shard in index
+    order. Shard sizes differ by at most the largest group."""
+    groups: dict[Hashable, list[int]] = {}
+    for i in indices:
+        groups.setdefault(reference_of(i), []).append(i)
+    shards: list[list[int]] = [[] for _ in range(world)]
+    for group in sorted(groups.values(), key=len, reverse=True):
+        min(shards, key=len).extend(group)
+    return [sorted(s) for s in shards]
+
+
 def predict(model: AHIQ, dataset: PairDataset, indices: list[int] | None = None, batch_size: int = 10,
             num_workers: int = 0, crops_per_forward: int = CROPS_PER_FORWARD, amp_dtype: torch.dtype | None = None,
             progress: bool = True, desc: str = "scoring", bn_stats: str = "running", keep_maps: bool = False,
@@ -301,7 +314,8 @@ class StepResult:
     interrupted: bool
 
 
-StepSync = Callable[[torch.Tensor], tuple[float, bool]]  # loss -> (loss averaged over ranks, stop now)
+# loss -> a function giving (loss averaged over ranks, stop now), read once the backward pass is queued
+StepSync = Callable[[torch.Tensor], Callable[[], tuple[float, bool]]]
 
 
 def train_one_epoch(model: torch.nn.Module, loader: DataLoader, optimizer: torch.optim.Optimizer,
@@ -310,9 +324,9 @@ def train_one_epoch(model: torch.nn.Module, loader: DataLoader, optimizer: torch
                     progress: bool = True, desc: str = "train") -> StepResult:
     """One pass over ``loader``; the LR scheduler steps every iteration (official).
 
-    ``sync`` is the one exchange between ranks per step (:func:`utils.distributed.reduce_step`): it returns the loss
-    averaged over ranks and whether any rank was asked to stop, so every rank stops at the same step and a
-    non-finite loss stops all of them before the optimizer step.
+    ``sync`` is the one exchange between ranks per step (:func:`utils.distributed.reduce_step`), started before
+    backward and read after it: the loss averaged over ranks and whether any rank was asked to stop, so every rank
+    stops at the same step and a non-finite loss stops all of them before the optimizer step.
     """
     model.train()
     losses: list[float] = []
@@ -323,18 +337,18 @@ def train_one_epoch(model: torch.nn.Module, loader: DataLoader, optimizer: torch
         with autocast(device, amp_dtype):
             pred = model(dis, ref)
         loss = F.mse_loss(pred.float().view(-1), label)
-        mean_loss, stop = sync(loss)
+        pending = sync(loss)
+        optimizer.zero_grad(set_to_none=True)
+        (scaler.scale(loss) if scaler is not None else loss).backward()
+        mean_loss, stop = pending()
         if not math.isfinite(mean_loss):
             raise AHIQError(f"the training loss became {mean_loss} at step {len(losses) + 1} of this epoch (no weight "
                             "was changed by it); lower --learning_rate, or drop --amp / use --amp_dtype bf16, then "
                             "continue with --resume from last.pth")
-        optimizer.zero_grad(set_to_none=True)
         if scaler is not None:
-            scaler.scale(loss).backward()
             scaler.step(optimizer)
             scaler.update()
         else:
-            loss.backward()
             optimizer.step()
         lr = optimizer.param_groups[0]["lr"]
         scheduler.step()

@@ -37,7 +37,7 @@ from torch.utils.data import DataLoader
 
 from data.pipal import PairDataset
 from data.sampler import EpochSampler, own_process_group
-from engine import ScoringStopped, predict, train_one_epoch
+from engine import ScoringStopped, predict, reference_shards, train_one_epoch
 from models import AHIQ, ModelConfig, build_from_config, load_weights
 from models.config import read_model_checkpoint
 from options.base_options import RunConfig
@@ -147,7 +147,7 @@ def build_loaders(opt: RunConfig, info: DistInfo, crop_size: int
                "persistent_workers": opt.num_workers > 0, "worker_init_fn": own_process_group}
     sampler = EpochSampler(len(train_set), opt.seed, info.rank, info.world_size)
     train_loader = DataLoader(train_set, batch_size=opt.batch_size, sampler=sampler, **workers)
-    shard = list(range(info.rank, len(val_set), info.world_size))  # no image dropped or repeated
+    shard = reference_shards(list(range(len(val_set))), val_set.reference_key, info.world_size)[info.rank]
     listed = opt.train_list if split.active else opt.val_list
     name = opt.dataset if opt.data_root else os.path.splitext(os.path.basename(listed))[0]
     return train_set, train_loader, sampler, Validation(val_set, shard, name)

@@ -158,7 +158,7 @@ def test_a_non_finite_loss_is_one_line_before_any_weight_changes(tiny_factory):
              "ref": torch.randint(0, 255, (2, 1, 3, 32, 32), dtype=torch.uint8), "label": torch.tensor([0.1, 0.9])}
     with pytest.raises(AHIQError, match=r"the training loss became nan at step 1 .*lower --learning_rate"):
         train_one_epoch(model, [batch], optimizer, scheduler, "cpu", None, None,
-                        lambda loss: (float("nan"), False), lambda *_: None, progress=False)
+                        lambda loss: lambda: (float("nan"), False), lambda *_: None, progress=False)
     assert all(torch.equal(a, p) for a, p in zip(before, params))
     model.eval()
 

@@ -93,8 +93,8 @@ def test_nproc_larger_than_the_gpus_present_stops_in_one_line(tmp_path):
 
 
 def _scaled_steps(model, batches, optimizer, scheduler, scaler) -> list[float]:
-    return train_one_epoch(model, batches, optimizer, scheduler, "cpu", None, scaler, lambda t: (t.item(), False),
-                           lambda *_: None, progress=False).losses
+    return train_one_epoch(model, batches, optimizer, scheduler, "cpu", None, scaler,
+                           lambda t: lambda: (t.item(), False), lambda *_: None, progress=False).losses
 
 
 def test_the_fp16_loss_scale_is_saved_and_restored_exactly(model_factory, tmp_path, backbone_files):

@@ -13,7 +13,7 @@ import torch
 import evaluate
 from benchmarks.official_style import OfficialStyleBackbones, reference_scores
 from data.pipal import PairDataset, crop_stack, official_windows, read_rgb
-from engine import ReferenceCache, predict, score_crops
+from engine import ReferenceCache, predict, reference_shards, score_crops
 from scoring import Scorer, load_scorer
 from tests.conftest import list_dataset, make_pipal_set
 
@@ -187,3 +187,18 @@ def test_batch_statistics_neither_use_nor_change_the_running_ones(model_factory,
     assert all(torch.equal(v, model.cnn.state_dict()[k]) for k, v in buffers.items())  # num_batches_tracked too
     assert not any(m.training for m in model.cnn.modules())
     np.testing.assert_array_equal(running.score_dataset(ds, 4, progress=False).preds, before)
+
+
+@pytest.mark.parametrize("world", [1, 2, 3, 8])
+def test_validation_shards_hold_whole_references_balanced_by_count(world):
+    sizes = [5, 1, 3, 3, 2, 7, 1, 4]  # images per reference, interleaved in the list as a label file may be
+    refs = [r for r, n in enumerate(sizes) for _ in range(n)]
+    order = list(np.random.default_rng(0).permutation(len(refs)))
+    reference_of = {i: refs[j] for i, j in enumerate(order)}.__getitem__
+    shards = reference_shards(list(range(len(refs))), reference_of, world)
+    assert sorted(i for s in shards for i in s) == list(range(len(refs)))  # a partition: nothing dropped or repeated
+    owners = {reference_of(i): k for k, s in enumerate(shards) for i in s}
+    assert all(owners[reference_of(i)] == k for k, s in enumerate(shards) for i in s)  # one rank per reference
+    lengths = [len(s) for s in shards]
+    assert max(lengths) - min(lengths) <= max(sizes)
+    assert shards == reference_shards(list(range(len(refs))), reference_of, world)  # deterministic

@@ -131,7 +131,7 @@ def test_training_fits_a_few_pairs(tiny_factory, train_sets):
     optimizer = torch.optim.Adam(params, lr=1e-4)
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda _: 1.0)
     result = train_one_epoch(model, [batch] * 30, optimizer, scheduler, "cpu", None, None,
-                             lambda t: (t.item(), False), lambda *_: None, progress=False)
+                             lambda t: lambda: (t.item(), False), lambda *_: None, progress=False)
     variance = batch["label"].var(unbiased=False).item()
     assert np.mean(result.losses[-3:]) < 0.2 * variance, (variance, result.losses)
     with torch.no_grad():
@@ -140,7 +140,7 @@ def test_training_fits_a_few_pairs(tiny_factory, train_sets):
 
 
 def test_torchrun_validation_equals_one_process(train_sets, tmp_path, two_epoch_run):
-    make_pipal_set(tmp_path / "val5", n_refs=1, n_dis=5, size=(40, 40), seed=3)  # 5 images: uneven shards
+    make_pipal_set(tmp_path / "val5", n_refs=3, n_dis=2, size=(40, 40), seed=3)  # 3 references: uneven shards
     args = train_args(train_sets, tmp_path, "ddp")
     args[args.index("--val_list") + 1] = str(tmp_path / "val5" / "list.txt")
     args[args.index("--val_ref_path") + 1] = str(tmp_path / "val5" / "ref")
@@ -155,8 +155,8 @@ def test_torchrun_validation_equals_one_process(train_sets, tmp_path, two_epoch_
     assert proc.returncode == 0, proc.stderr[-3000:]
     runs[2] = json.loads((tmp_path / "val_2.json").read_text())
     one, two = runs[1], runs[2]
-    assert two["world_size"] == 2 and two["rank0_shard"] == [0, 2, 4]
-    assert len(two["preds"]) == len(one["preds"]) == 5
+    assert two["world_size"] == 2 and two["rank0_shard"] == [0, 1, 4, 5]  # whole references: A0000 and A0002
+    assert len(two["preds"]) == len(one["preds"]) == 6
     np.testing.assert_allclose(two["preds"], one["preds"], rtol=1e-5)
     np.testing.assert_allclose(two["labels"], one["labels"], rtol=0)
     for key, value in one["metrics"].items():

@@ -14,6 +14,7 @@ No other module calls ``torch.distributed`` (a test checks this).
 from __future__ import annotations
 
 import os
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import numpy as np
@@ -95,17 +96,25 @@ def _check_device(tensor: torch.Tensor, info: DistInfo) -> torch.Tensor:
     return tensor
 
 
-def reduce_step(loss: torch.Tensor, stop: bool, info: DistInfo) -> tuple[float, bool]:
-    """The one sync of a training step: the loss averaged over ranks, and whether any rank was asked to stop.
+def reduce_step(loss: torch.Tensor, stop: bool, info: DistInfo) -> Callable[[], tuple[float, bool]]:
+    """The one sync of a training step, started now and read later: the returned function gives the loss averaged
+    over ranks and whether any rank was asked to stop. Started before backward and read after it, the exchange (and
+    the host's wait for the loss value) overlaps the backward pass instead of stalling before it.
 
     Every rank gets the same answer, so all stop at the same step and a non-finite loss on one rank stops all.
     """
     if not info.enabled:
-        return loss.item(), stop
+        value = loss.detach()
+        return lambda: (value.item(), stop)
     t = torch.stack([loss.detach().float().reshape(()), torch.tensor(float(stop), device=loss.device)])
-    dist.all_reduce(_check_device(t, info), op=dist.ReduceOp.SUM)
-    total, stops = t.tolist()
-    return total / info.world_size, stops > 0
+    work = dist.all_reduce(_check_device(t, info), op=dist.ReduceOp.SUM, async_op=True)
+
+    def result() -> tuple[float, bool]:
+        work.wait()
+        total, stops = t.tolist()
+        return total / info.world_size, stops > 0
+
+    return result
 
 
 def gather_arrays(info: DistInfo, *arrays: np.ndarray) -> list[np.ndarray]:
