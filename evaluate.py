@@ -27,7 +27,7 @@ from runtime import configure_device, device_of, load_dataset, save_options, sco
 from utils.errors import AHIQError
 from utils.files import atomic_write, read_text
 from utils.metrics import MIN_FIT_IMAGES, fit_logistic4, fmt, iqa_metrics, logistic4, logistic_fit_problem
-from utils.plots import scatter_png, worst_png
+from utils.plots import optional_figure, scatter_png, worst_png
 
 log = logging.getLogger("ahiq.test")
 
@@ -153,7 +153,10 @@ def run(opt: RunConfig) -> dict:
                                                "checkpoint": ckpt_path, "n_ensemble": opt.n_ensemble},
                                               indent=2, allow_nan=False))
         plot_path = os.path.splitext(out_path)[0] + "_scatter.png"
-        atomic_write(plot_path, scatter_png(preds, labels, metrics, os.path.basename(opt.test_list)))
+        png = optional_figure(lambda: scatter_png(preds, labels, metrics, os.path.basename(opt.test_list)),
+                              plot_path)
+        if png is not None:
+            atomic_write(plot_path, png)
         log.info("SRCC %s  PLCC %s (raw; %s after the 4-parameter logistic mapping)  KRCC %s  RMSE %s  "
                  "main score (raw PLCC + SRCC) %s  -> %s, %s", *(fmt(metrics[k]) for k in (
                      "srcc", "plcc", "plcc_logistic", "krcc", "rmse", "main_score")), metrics_path, plot_path)

@@ -45,12 +45,20 @@ from options.policy import RESULT
 from options.train_options import parse_train_options
 from runtime import backbone_source, configure_device, device_of, load_dataset, save_options
 from utils.checkpoint import find_checkpoint, save_weights
-from utils.distributed import DistInfo, barrier, gather_arrays, init_distributed, reduce_step, shutdown
+from utils.distributed import (
+    DistInfo,
+    backend_for,
+    barrier,
+    gather_arrays,
+    init_distributed,
+    reduce_step,
+    shutdown,
+)
 from utils.errors import AHIQError, run_cli
 from utils.files import FolderLock, remove_stale_temporaries
 from utils.logger import EpochLog, Scalars, close_file_logs, setup_logging
 from utils.metrics import fmt, iqa_metrics
-from utils.plots import scatter_figure
+from utils.plots import optional_figure, scatter_figure
 
 log = logging.getLogger("ahiq.train")
 
@@ -338,8 +346,9 @@ def train(opt: RunConfig, info: DistInfo) -> TrainState:
         save_options(opt, "train")
         scalars = Scalars(opt.run_dir, opt.name, opt.to_dict(), opt.wandb)
         epochs = EpochLog(opt.run_dir, state.epoch)
-        log.info("training on %d pairs, validating on %d (%s), %d process(es) on %s%s", len(train_set),
+        log.info("training on %d pairs, validating on %d (%s), %d process(es) on %s%s%s", len(train_set),
                  len(val.dataset), opt.split().describe(), info.world_size, device,
+                 f", DDP over {backend_for(device)}" if info.enabled else "",
                  f"; continuing from {resume_from} at epoch {state.epoch + 1}" if resume_from else "")
     save = Saver(opt, model, optimizer, scheduler, scaler, train_set)
     lr = optimizer.param_groups[0]["lr"]
@@ -424,7 +433,9 @@ def validate_epoch(model: AHIQ, val: Validation, info: DistInfo, opt: RunConfig,
     if scalars:  # one step axis for training and validation, named for the validation data actually used
         scalars.add({f"val/{val.name}/{k}": v for k, v in metrics.items() if k in VAL_METRICS and v is not None},
                     state.global_step)
-        scalars.figure(f"val/{val.name}/scatter", scatter_figure(preds, labels, metrics), state.global_step)
+        figure = optional_figure(lambda: scatter_figure(preds, labels, metrics), "the TensorBoard scatter figure")
+        if figure is not None:
+            scalars.figure(f"val/{val.name}/scatter", figure, state.global_step)
     return {**metrics, "improved": improved}
 
 

@@ -1,18 +1,23 @@
-"""Everything that only a GPU can check, in one run (about 5-8 minutes on one H100/H200-class card).
+"""Everything only a GPU can check, in one run (goal: under 6 minutes on one H100/H200, start-up included), with
+the machine's own python3 (PyTorch, timm, OpenCV, SciPy; nothing is installed). Every check judges numbers:
 
-1. agreement: CUDA fp32 (TF32 off) against the CPU on the same crops (max relative deviation, goal < 1e-4); bf16 and
-   fp16 autocast against CUDA fp32 on 64 synthetic 288x288 pairs with 5 windows (max abs. deviation, SRCC);
-   the batched-GEMM deformable convolution against torchvision's CUDA kernel.
-2. train: ``train.py`` on CUDA for a few steps with ``--amp --amp_dtype bf16`` and ``fp16``; an fp16 run stopped by
-   SIGTERM mid-epoch, then ``--resume``d to the end (its last.pth must hold the GradScaler state).
-3. test: ``test.py`` on CUDA with the fp16 run's checkpoint, writing the NTIRE package (output.txt, readme.txt, zip).
-4. benchmark: ``benchmarks.benchmark`` (20-crop ensemble on 288x288, baseline vs project, fp32 and bf16; shared
-   references at 1, 4 and 25 distorted images per reference).
+1. agreement: strict fp32 on CUDA (TF32 off) against the CPU (max relative score deviation <= 1e-4); TF32, bf16 and
+   fp16 against strict fp32 on 64 synthetic 288x288 pairs whose distortion spans none to strong, 5 windows each
+   (SRCC >= 0.999 and the max relative deviation bounded, :data:`BOUNDS`); the GEMM deformable convolution against
+   torchvision's kernel in float64, in fp32 and under bf16/fp16 autocast (relative L2 error bounded).
+2. train: ``torchrun --nproc_per_node 1`` training with the model wrapped in DDP on NCCL (``AHIQ_FORCE_DDP=1``), bf16;
+   an fp16 run stopped by SIGTERM sent to torchrun's process group mid-epoch (the stop message, no killed DataLoader
+   worker, the loss scale in last.pth), then ``--resume``d to the end.
+3. test: ``test.py`` on CUDA (strict fp32) and on the CPU with that checkpoint: predictions within 1e-4 relative, the
+   NTIRE package's output.txt equal to the CUDA predictions.
+4. benchmark: ``benchmarks.benchmark`` (20-crop ensemble on 288x288, baseline vs project, fp32 and bf16; 1, 4 and 25
+   distorted images per reference, the baseline measured once) with peak memory; the fast scores equal the
+   baseline's (1e-4) and the project is faster.
 
 Backbones are random (``--no_pretrained``; the GPU machine has no hub access): this checks computation, not accuracy.
 Each check runs even when an earlier one failed; a one-screen summary is printed and everything is written as JSON
-(``--out``, default results/gpu_check.json). Without CUDA it says so in one line and exits with 2.
-``--allow_cpu --quick`` runs the same script on the CPU at toy sizes, to test the script itself.
+(``--out``, default results/gpu_check.json); the exit code is 1 when any check failed. Without CUDA it says so in
+one line and exits with 2. ``--allow_cpu --quick`` runs the same script on the CPU at toy sizes, to test the script.
 """
 from __future__ import annotations
 
@@ -49,134 +54,202 @@ def make_data(folder: str, size: int) -> str:
     return data
 
 
-def check_agreement(cfg: argparse.Namespace, data: str) -> dict:
+BOUNDS = {  # max relative score deviation from strict fp32 on CUDA, and the SRCC each precision must keep
+    "cpu": 1e-4, "tf32": 5e-3, "bf16": 2e-2, "fp16": 5e-3, "srcc": 0.999,
+    # deformable conv, relative L2 error against torchvision's kernel in float64 (the CPU tests' bounds)
+    "deform_fp32": 1e-5, "deform_bf16": 1e-2, "deform_fp16": 2e-3,
+}
+
+
+def spread_pairs(n: int, size: int, crop: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """``n`` synthetic pairs whose distortion grows from none to strong (noise, then blur), 5 fixed windows each:
+    scores that spread, so an SRCC between precisions measures something even with random backbones."""
+    import cv2
+
+    from data.pipal import crop_stack, fixed_windows
+    rng = np.random.default_rng(0)
+    dis, ref = [], []
+    for i in range(n):
+        r = cv2.GaussianBlur(rng.integers(0, 256, (size, size, 3), dtype=np.uint8), (0, 0), 2 + i % 5)
+        level = i / max(n - 1, 1)
+        d = r.astype(np.float32) + rng.normal(0, 60 * level, r.shape)
+        d = cv2.GaussianBlur(np.clip(d, 0, 255).astype(np.uint8), (0, 0), 0.1 + 3 * level)
+        windows = fixed_windows(size, size, crop)[:5]
+        dis.append(crop_stack(d, windows, crop))
+        ref.append(crop_stack(r, windows, crop))
+    return torch.stack(dis), torch.stack(ref)
+
+
+def rel_l2(a: torch.Tensor, b: torch.Tensor) -> float:
+    return float((a.double() - b.double()).norm() / b.double().norm())
+
+
+def check_agreement(cfg: argparse.Namespace) -> dict:
+    """Strict fp32 on CUDA against the CPU; TF32, bf16 and fp16 against strict fp32; the GEMM deformable conv
+    against torchvision's kernel in fp32 and under autocast. Every number judged against :data:`BOUNDS`."""
     from torchvision.ops import deform_conv2d
 
-    from data.datasets import pair_dataset, read_labels
     from engine import score_crops
     from models import build_model
     from models.deform import deform_conv2d_gemm
 
-    torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = False
-    labels = read_labels(os.path.join(data, "train.txt"))
-    for part in ("val.txt", "test.txt"):
-        more = read_labels(os.path.join(data, part))
-        labels.names += more.names
-        labels.refs += more.refs
-    labels.raw = None
-    dataset = pair_dataset(os.path.join(data, "ref"), os.path.join(data, "dis"), labels, crop_size=cfg.crop,
-                           n_crops=5)
-    items = [dataset[i] for i in range(len(dataset))]
-    dis, ref = torch.stack([it["dis"] for it in items]), torch.stack([it["ref"] for it in items])
+    n = 8 if cfg.quick else 64
+    dis, ref = spread_pairs(n, cfg.size, cfg.crop)
     torch.manual_seed(0)
     model = build_model(8, pretrained=False).eval()
-    n_cpu = min(4, len(items))
-    cpu = score_crops(model, dis[:n_cpu], ref[:n_cpu], 20).scores
+    n_cpu = min(4, n)
+    cpu = score_crops(model, dis[:n_cpu], ref[:n_cpu], 20).scores.double()
     model.to(cfg.device)
-    fp32 = score_crops(model, dis, ref, 50).scores.cpu()
-    out = {"images": len(items), "crops": 5, "cuda_fp32_vs_cpu_max_rel_dev":
-           float(((fp32[:n_cpu] - cpu).abs() / cpu.abs()).max())}
-    for name, dtype in (("bf16", torch.bfloat16), ("fp16", torch.float16)):
-        amp = score_crops(model, dis, ref, 50, dtype).scores.cpu()
-        out[f"{name}_max_abs_dev"] = float((amp - fp32).abs().max())
-        out[f"{name}_srcc_vs_fp32"] = float(stats.spearmanr(amp.numpy(), fp32.numpy())[0])
+
+    def scores(dtype=None, tf32: bool = False) -> torch.Tensor:
+        torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = tf32
+        try:
+            return score_crops(model, dis, ref, 50, dtype).scores.double().cpu()
+        finally:  # strict fp32 for everything else
+            torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = False
+
+    fp32 = scores()
+    out = {"images": n, "crops": 5, "bounds": BOUNDS, "fp32_score_range": [float(fp32.min()), float(fp32.max())],
+           "cpu_max_rel_dev": float(((fp32[:n_cpu] - cpu).abs() / cpu.abs()).max())}
+    ok = [out["cpu_max_rel_dev"] <= BOUNDS["cpu"]]
+    for name, dtype, tf32 in (("tf32", None, True), ("bf16", torch.bfloat16, False), ("fp16", torch.float16, False)):
+        if cfg.device != "cuda":  # the CPU has no TF32 and --amp runs fp32 there: nothing to compare
+            continue
+        got = scores(dtype, tf32)
+        out[f"{name}_max_rel_dev"] = float(((got - fp32).abs() / fp32.abs()).max())
+        out[f"{name}_srcc"] = float(stats.spearmanr(got.numpy(), fp32.numpy())[0])
+        ok += [out[f"{name}_max_rel_dev"] <= BOUNDS[name], out[f"{name}_srcc"] >= BOUNDS["srcc"]]
     g = torch.Generator().manual_seed(3)
-    x = torch.randn(4, 768, cfg.crop // 4, cfg.crop // 4, generator=g).to(cfg.device)
-    offset = (torch.randn(4, 18, cfg.crop // 4, cfg.crop // 4, generator=g) * 3).to(cfg.device)
+    side = cfg.crop // 4
+    x = torch.randn(4, 768, side, side, generator=g).to(cfg.device)
+    offset = (torch.randn(4, 18, side, side, generator=g) * 3).to(cfg.device)
     weight = (torch.randn(768, 768, 3, 3, generator=g) * 0.01).to(cfg.device)
     bias = torch.randn(768, generator=g).to(cfg.device)
-    ours = deform_conv2d_gemm(x, offset, weight, bias, padding=1)
-    theirs = deform_conv2d(x, offset, weight, bias, padding=(1, 1))
-    out["deform_gemm_vs_torchvision_max_abs_dev"] = float((ours - theirs).abs().max())
-    # bf16/fp16 are reported, not judged: with random backbones the scores spread little, so their SRCC is no
-    # measure of what the released weights give
-    out["ok"] = bool(out["cuda_fp32_vs_cpu_max_rel_dev"] < 1e-4
-                     and out["deform_gemm_vs_torchvision_max_abs_dev"] < 1e-3)
+    exact = deform_conv2d(x.double(), offset.double(), weight.double(), bias.double(), padding=(1, 1))
+    out["deform_fp32_rel_l2"] = rel_l2(deform_conv2d_gemm(x, offset, weight, bias, padding=1), exact)
+    ok.append(out["deform_fp32_rel_l2"] <= BOUNDS["deform_fp32"])
+    if cfg.device == "cuda":
+        for name, dtype in (("bf16", torch.bfloat16), ("fp16", torch.float16)):
+            with torch.autocast("cuda", dtype=dtype):
+                got = deform_conv2d_gemm(x, offset, weight, bias, padding=1)
+            out[f"deform_{name}_rel_l2"] = rel_l2(got.float(), exact)
+            ok.append(out[f"deform_{name}_rel_l2"] <= BOUNDS[f"deform_{name}"])
+    out["ok"] = all(ok)
     return out
 
 
 def train_args(cfg: argparse.Namespace, data: str, ckpts: str, name: str, *extra: str) -> list[str]:
-    return ["train.py", "--train_ref_path", f"{data}/ref", "--train_dis_path", f"{data}/dis", "--train_list",
+    return ["--train_ref_path", f"{data}/ref", "--train_dis_path", f"{data}/dis", "--train_list",
             f"{data}/train.txt", "--val_ref_path", f"{data}/ref", "--val_dis_path", f"{data}/dis", "--val_list",
             f"{data}/val.txt", "--checkpoints_dir", ckpts, "--name", name, "--no_pretrained", "--crop_size",
-            str(cfg.crop), "--gpu_ids", cfg.gpu_ids, "--num_workers", "2", "--num_avg_val", "1", *extra]
+            str(cfg.crop), "--gpu_ids", cfg.gpu_ids, "--num_workers", "2", "--num_avg_val", "1", "--batch_size",
+            "2", "--save_interval", "100", *extra]
 
 
-def sigterm_then_resume(cfg: argparse.Namespace, data: str, ckpts: str) -> dict:
-    args = train_args(cfg, data, ckpts, "fp16_resume", "--amp", "--amp_dtype", "fp16", "--n_epoch", "1")
-    log = os.path.join(ckpts, "fp16_resume.stderr")
-    os.makedirs(ckpts, exist_ok=True)
+def torchrun(args: list[str], log: str) -> subprocess.Popen:
+    """train.py under ``torchrun --nproc_per_node 1`` with the model wrapped in DDP on the GPU's backend
+    (AHIQ_FORCE_DDP=1: a process group of one), started in its own session as a scheduler starts it."""
     with open(log, "w") as f:
-        proc = subprocess.Popen([sys.executable, *args], cwd=REPO, stdout=f, stderr=f)
-    deadline = time.time() + 180
-    while time.time() < deadline and proc.poll() is None:
-        with open(log) as f:
-            if "loss=" in f.read():
-                break
-        time.sleep(0.2)
-    proc.send_signal(signal.SIGTERM)
-    code = proc.wait(timeout=180)
-    with open(log) as f:
-        stopped = f.read()
-    state = torch.load(os.path.join(ckpts, "fp16_resume", "last.pth"), weights_only=True)
-    resumed = run_py(args + ["--resume"], 300)
-    final = torch.load(os.path.join(ckpts, "fp16_resume", "last.pth"), weights_only=True)
-    out = {"stop_exit_code": code, "stopped_at_step": state["train_state"]["step"],
-           "scaler_saved": bool(state.get("scaler_state_dict")), "resume_exit_code": resumed.returncode,
-           "final_epoch": final["train_state"]["epoch"], "loss_scale": (final.get("scaler_state_dict") or {}).get(
-               "scale")}
-    fp16_used = cfg.device == "cuda"  # on the CPU --amp falls back to fp32: no loss scale to save
-    out["ok"] = code == 3 and out["scaler_saved"] == fp16_used and resumed.returncode == 0 and out["final_epoch"] == 1
-    if not out["ok"]:
-        out["log"] = (stopped + resumed.stderr)[-1500:]
-    return out
+        return subprocess.Popen([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=1",
+                                 "train.py", *args], cwd=REPO, stdout=f, stderr=subprocess.STDOUT,
+                                env={**os.environ, "AHIQ_FORCE_DDP": "1", "OMP_NUM_THREADS": "4"},
+                                start_new_session=True)
+
+
+def read(path: str) -> str:
+    with open(path) as f:
+        return f.read()
 
 
 def check_train(cfg: argparse.Namespace, data: str, folder: str) -> dict:
+    """bf16 training through torchrun with DDP (NCCL on the GPU); an fp16 run stopped by SIGTERM sent to torchrun's
+    process group mid-epoch, then --resume'd to the end: exit codes, losses, the saved loss scale, the log's
+    message."""
     ckpts = os.path.join(folder, "ckpts")
+    os.makedirs(ckpts, exist_ok=True)
     out: dict = {}
-    for dtype in ("bf16", "fp16"):
-        start = time.perf_counter()
-        proc = run_py(train_args(cfg, data, ckpts, f"amp_{dtype}", "--amp", "--amp_dtype", dtype, "--n_epoch", "1"),
-                      300)
-        ckpt = os.path.join(ckpts, f"amp_{dtype}", "last.pth")
-        loss = float(torch.load(ckpt, weights_only=True)["loss"]) if os.path.isfile(ckpt) else None
-        out[dtype] = {"exit_code": proc.returncode, "seconds": time.perf_counter() - start, "loss": loss}
-        if proc.returncode:
-            out[dtype]["log"] = proc.stderr[-1500:]
-    out["sigterm_resume"] = sigterm_then_resume(cfg, data, ckpts)
-    out["ok"] = all(out[d]["exit_code"] == 0 and np.isfinite(out[d]["loss"] or np.nan) for d in ("bf16", "fp16")) \
-        and out["sigterm_resume"]["ok"]
+    backend = "nccl" if cfg.device == "cuda" else "gloo"
+    log = os.path.join(ckpts, "bf16.log")
+    code = torchrun(train_args(cfg, data, ckpts, "ddp_bf16", "--amp", "--n_epoch", "1"), log).wait(timeout=400)
+    text = read(log)
+    last = os.path.join(ckpts, "ddp_bf16", "last.pth")
+    loss = float(torch.load(last, weights_only=True)["loss"]) if os.path.isfile(last) else float("nan")
+    out["ddp_bf16"] = {"exit_code": code, "loss": loss, "ddp_backend_logged": f"DDP over {backend}" in text}
+    if not (code == 0 and np.isfinite(loss) and out["ddp_bf16"]["ddp_backend_logged"]):
+        out["ddp_bf16"]["log"] = text[-1500:]
+    args = train_args(cfg, data, ckpts, "fp16_resume", "--amp", "--amp_dtype", "fp16", "--n_epoch", "2")
+    log = os.path.join(ckpts, "fp16_stop.log")
+    proc = torchrun(args, log)
+    deadline = time.time() + 300
+    while time.time() < deadline and proc.poll() is None and "loss=" not in read(log):
+        time.sleep(0.1)
+    os.killpg(proc.pid, signal.SIGTERM)  # torchrun and its rank (and the rank's DataLoader workers' parents)
+    proc.wait(timeout=300)
+    stopped = read(log)
+    state = torch.load(os.path.join(ckpts, "fp16_resume", "last.pth"), weights_only=True)
+    resumed_log = os.path.join(ckpts, "fp16_resume.log")
+    resumed = torchrun(args + ["--resume"], resumed_log).wait(timeout=400)
+    final = torch.load(os.path.join(ckpts, "fp16_resume", "last.pth"), weights_only=True)
+    fp16_used = cfg.device == "cuda"  # on the CPU --amp runs fp32: no loss scale to save
+    out["sigterm_resume"] = {
+        "stopped_message": "stopped by SIGTERM" in stopped and "continue with --resume" in stopped,
+        "workers_survived": "DataLoader worker" not in stopped, "stopped_at": [state["train_state"]["epoch"],
+                                                                            state["train_state"]["step"]],
+        "scaler_saved": bool(state.get("scaler_state_dict")) == fp16_used, "resume_exit_code": resumed,
+        "final_epoch": final["train_state"]["epoch"], "loss": float(final["loss"])}
+    r = out["sigterm_resume"]
+    r["ok"] = bool(r["stopped_message"] and r["workers_survived"] and r["scaler_saved"] and resumed == 0
+                   and r["final_epoch"] == 2 and np.isfinite(r["loss"]))
+    if not r["ok"]:
+        r["log"] = (stopped + read(resumed_log))[-2000:]
+    out["ok"] = bool(out["ddp_bf16"]["exit_code"] == 0 and np.isfinite(loss) and out["ddp_bf16"][
+        "ddp_backend_logged"] and r["ok"])
     return out
 
 
 def check_test(cfg: argparse.Namespace, data: str, folder: str) -> dict:
-    ckpts, package = os.path.join(folder, "ckpts"), os.path.join(folder, "submission")
-    proc = run_py(["test.py", "--test_ref_path", f"{data}/ref", "--test_dis_path", f"{data}/dis", "--test_list",
-                   f"{data}/test.txt", "--checkpoints_dir", ckpts, "--name", "fp16_resume", "--no_pretrained",
-                   "--crop_size", str(cfg.crop), "--gpu_ids", cfg.gpu_ids, "--n_ensemble", "20", "--amp",
-                   "--submission", package], 300)
-    zip_path = os.path.join(package, "submission.zip")
-    names = sorted(zipfile.ZipFile(zip_path).namelist()) if os.path.isfile(zip_path) else []
-    out = {"exit_code": proc.returncode, "zip_members": names}
-    if os.path.isfile(os.path.join(package, "readme.txt")):
-        with open(os.path.join(package, "readme.txt")) as f:
-            out["readme_runtime"] = f.readline().strip()
-    out["ok"] = proc.returncode == 0 and names == ["output.txt", "readme.txt"]
-    if not out["ok"]:
-        out["log"] = proc.stderr[-1500:]
+    """test.py on CUDA (strict fp32) and on the CPU with the trained checkpoint: the predictions agree within
+    1e-4 relative, and the NTIRE package's output.txt holds the CUDA predictions."""
+    ckpt = os.path.join(folder, "ckpts", "fp16_resume", "last.pth")
+    package = os.path.join(folder, "submission")
+    common = ["test.py", "--test_ref_path", f"{data}/ref", "--test_dis_path", f"{data}/dis", "--test_list",
+              f"{data}/test.txt", "--ckpt", ckpt, "--no_pretrained", "--n_ensemble", "2", "--no_tf32",
+              "--checkpoints_dir", folder]
+    gpu = run_py([*common, "--gpu_ids", cfg.gpu_ids, "--name", "on_gpu", "--submission", package], 400)
+    cpu = run_py([*common, "--gpu_ids", "-1", "--name", "on_cpu"], 400)
+    out = {"gpu_exit_code": gpu.returncode, "cpu_exit_code": cpu.returncode}
+    if gpu.returncode or cpu.returncode:
+        out.update(ok=False, log=(gpu.stderr + cpu.stderr)[-2000:])
+        return out
+
+    def scores(path: str) -> np.ndarray:
+        return np.array([float(line.split(",")[1]) for line in read(path).splitlines()])
+
+    on_gpu, on_cpu = scores(os.path.join(folder, "on_gpu", "results.txt")), scores(
+        os.path.join(folder, "on_cpu", "results.txt"))
+    out["images"] = len(on_gpu)
+    out["max_rel_dev"] = float(np.max(np.abs(on_gpu - on_cpu) / np.abs(on_cpu)))
+    out["package_equals_gpu"] = bool(np.array_equal(scores(os.path.join(package, "output.txt")), on_gpu))
+    with zipfile.ZipFile(os.path.join(package, "submission.zip")) as zf:
+        out["zip_members"] = sorted(zf.namelist())
+    out["ok"] = (out["max_rel_dev"] <= BOUNDS["cpu"] and out["package_equals_gpu"]
+                 and out["zip_members"] == ["output.txt", "readme.txt"] and len(on_gpu) > 0)
     return out
 
 
 def check_benchmark(cfg: argparse.Namespace) -> dict:
+    """The benchmark (20-crop ensemble on 288x288; 1, 4 and 25 distorted images per reference, the baseline
+    measured once), with peak memory; judged: fast and shared scores equal the baseline's, and the project is faster
+    than the official-style baseline."""
     from benchmarks.benchmark import main as benchmark
     args = ["--device", cfg.device, "--images", "50", "--n_ensemble", "20", "--repeats", "3", "--per_reference", "1",
             "4", "25"]
     if cfg.quick:
         args = ["--device", cfg.device, "--images", "2", "--size", str(cfg.size), "--crop", str(cfg.crop),
-                "--n_ensemble", "3", "--repeats", "1", "--train_batch", "2"]
+                "--n_ensemble", "3", "--repeats", "1", "--train_batch", "2", "--per_reference", "1", "2"]
     out = benchmark(args)
-    out["ok"] = out["test"]["fp32_max_rel_dev"] < 1e-4
+    out["ok"] = bool(out["test"]["fp32_max_rel_dev"] < 1e-4 and all(r["max_rel_dev"] < 1e-4 for r in out[
+        "per_reference"] if r["amp"] == "fp32") and (cfg.quick or out["test"]["fp32_speedup"] > 1))
     return out
 
 
@@ -187,11 +260,20 @@ def summary(results: dict) -> str:
         status = "ok" if res.get("ok") else "FAILED"
         lines.append(f"  {name:<10} {status}  ({res.get('seconds', 0):.0f} s)")
     a = results["checks"].get("agreement", {})
-    if "bf16_srcc_vs_fp32" in a:
-        lines.append(f"  fp32 vs CPU max rel. dev {a['cuda_fp32_vs_cpu_max_rel_dev']:.1e}; bf16 max abs. dev "
-                     f"{a['bf16_max_abs_dev']:.1e}, SRCC {a['bf16_srcc_vs_fp32']:.5f}; fp16 max abs. dev "
-                     f"{a['fp16_max_abs_dev']:.1e}, SRCC {a['fp16_srcc_vs_fp32']:.5f} ({a['images']} images)")
+    if "cpu_max_rel_dev" in a:
+        parts = [f"fp32 vs CPU {a['cpu_max_rel_dev']:.1e}"] + [
+            f"{k} {a[k + '_max_rel_dev']:.1e} (SRCC {a[k + '_srcc']:.5f})" for k in ("tf32", "bf16", "fp16")
+            if k + "_max_rel_dev" in a]
+        lines.append(f"  max rel. score deviation, {a['images']} pairs: " + "; ".join(parts))
+        lines.append("  deformable conv rel. L2 vs torchvision: " + "; ".join(
+            f"{k[7:-7]} {a[k]:.1e}" for k in a if k.startswith("deform_") and k.endswith("_rel_l2")))
+    t = results["checks"].get("test", {})
+    if "max_rel_dev" in t:
+        lines.append(f"  test.py CUDA vs CPU on {t['images']} images: max rel. dev {t['max_rel_dev']:.1e}")
     b = results["checks"].get("benchmark", {})
+    for r in b.get("per_reference", []):
+        lines.append(f"  {r['per_reference']} per reference ({r['amp']}): {r['shared_images_per_s']:.3g} images/s, "
+                     f"{r['speedup']:.2f}x the baseline")
     if "test" in b:
         t, tr = b["test"], b["train"]
         lines.append(f"  test images/s: baseline {t['baseline_images_per_s']:.3g}, fp32 {t['fp32_images_per_s']:.3g}"
@@ -222,7 +304,7 @@ def main(argv: list[str] | None = None) -> int:
     with tempfile.TemporaryDirectory() as folder:
         data = make_data(folder, cfg.size)
         checks: dict[str, Callable[[], dict]] = {
-            "agreement": lambda: check_agreement(cfg, data), "train": lambda: check_train(cfg, data, folder),
+            "agreement": lambda: check_agreement(cfg), "train": lambda: check_train(cfg, data, folder),
             "test": lambda: check_test(cfg, data, folder), "benchmark": lambda: check_benchmark(cfg)}
         for name in cfg.only:
             start = time.perf_counter()

@@ -36,7 +36,7 @@ def _shell_env() -> dict:
 
 def test_a_collective_on_another_device_than_the_ranks_is_refused():
     """What NCCL would do to a CPU tensor on a GPU rank, caught before any collective runs (no GPU needed)."""
-    info = DistInfo(rank=1, world_size=2, local_rank=1, device="cuda:1")
+    info = DistInfo(rank=1, world_size=2, local_rank=1, device="cuda:1", group=True)
     with pytest.raises(RuntimeError, match="cpu tensor from rank 1, whose device is cuda:1"):
         reduce_step(torch.tensor(0.5), False, info)
 
@@ -72,6 +72,9 @@ def test_rank_device_takes_each_processs_own_gpu_and_refuses_missing_ones(monkey
         rank_device("cuda:0", [0, 1], 0, 3)
     monkeypatch.setattr(torch.cuda, "device_count", lambda: 4)
     assert rank_device("cuda:2", [2, 3], 1, 2) == "cuda:3"  # --gpu_ids 2,3 names them
+    assert rank_device("cuda:3", [3], 0, 1) == "cuda:3"  # one process: the GPU named, not GPU 0
+    with pytest.raises(AHIQError, match="--gpu_ids 3 names one GPU for 2 processes per node; name one per process"):
+        rank_device("cuda:3", [3], 0, 2)
 
 
 def test_gpu_ids_naming_a_missing_gpu_is_one_line(monkeypatch, tmp_path):

@@ -80,17 +80,22 @@ def test_existing_run_is_never_overwritten(train_sets, two_epoch_run):
     assert (two_epoch_run / "last.pth").stat().st_mtime_ns == before
 
 
-def test_sigterm_saves_last_and_the_run_resumes_exactly(train_sets, tmp_path, two_epoch_run):
-    args = train_args(train_sets, tmp_path, "stopped", "--n_epoch", "2")
+def _sigterm_when(args: list[str], marker: str, tmp_path) -> str:
+    """train.py ARGS, SIGTERM once ``marker`` shows in its output; it must exit with 3. Returns the output."""
     err = tmp_path / "stderr.txt"
     with open(err, "w") as f:
         proc = subprocess.Popen([sys.executable, "train.py", *args], cwd=REPO, stderr=f, stdout=f)
     deadline = time.time() + 240
-    while "loss=" not in err.read_text() and time.time() < deadline and proc.poll() is None:
-        time.sleep(0.2)
+    while marker not in err.read_text() and time.time() < deadline and proc.poll() is None:
+        time.sleep(0.05)
     proc.send_signal(signal.SIGTERM)
     assert proc.wait(timeout=240) == 3, err.read_text()
-    text = err.read_text()
+    return err.read_text()
+
+
+def test_sigterm_saves_last_and_the_run_resumes_exactly(train_sets, tmp_path, two_epoch_run):
+    args = train_args(train_sets, tmp_path, "stopped", "--n_epoch", "2")
+    text = _sigterm_when(args, "loss=", tmp_path)
     assert "stopped by SIGTERM" in text and "last.pth" in text and "--resume" in text and "Traceback" not in text
     ckpt = torch.load(tmp_path / "stopped" / "last.pth", weights_only=True)
     assert ckpt["train_state"]["epoch"] == 0 and 1 <= ckpt["train_state"]["step"] < 5
@@ -107,15 +112,7 @@ def test_sigterm_during_validation_is_acted_on_at_the_next_validation_batch(trai
     args = train_args(train_sets, tmp_path, "val_stop", "--n_epoch", "2", "--val_ref_path", val["ref"],
                       "--val_dis_path", val["dis"], "--val_list", val["list"], "--val_batch_size", "2",
                       "--num_avg_val", "5")
-    err = tmp_path / "stderr.txt"
-    with open(err, "w") as f:
-        proc = subprocess.Popen([sys.executable, "train.py", *args], cwd=REPO, stderr=f, stdout=f)
-    deadline = time.time() + 240
-    while "validate:" not in err.read_text() and time.time() < deadline and proc.poll() is None:
-        time.sleep(0.05)
-    proc.send_signal(signal.SIGTERM)
-    assert proc.wait(timeout=240) == 3, err.read_text()
-    text = err.read_text()
+    text = _sigterm_when(args, "validate:", tmp_path)
     assert "stopped by SIGTERM during the validation of epoch 1" in text and "Traceback" not in text, text[-2000:]
     state = torch.load(tmp_path / "val_stop" / "last.pth", weights_only=True)["train_state"]
     assert (state["epoch"], state["step"]) == (1, 0)

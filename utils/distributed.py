@@ -35,9 +35,11 @@ class DistInfo:
     def is_main(self) -> bool:
         return self.rank == 0
 
+    group: bool = False  # in a process group (several ranks, or one with AHIQ_FORCE_DDP=1)
+
     @property
     def enabled(self) -> bool:
-        return self.world_size > 1
+        return self.group
 
 
 def rank_device(device: str, gpu_ids: list[int], local_rank: int, local_world_size: int) -> str:
@@ -45,7 +47,10 @@ def rank_device(device: str, gpu_ids: list[int], local_rank: int, local_world_si
     ``2,3``; otherwise GPUs 0..K-1), or the CPU. A GPU that is not there is a one-line error."""
     if not device.startswith("cuda"):
         return device
-    ids = gpu_ids if len(gpu_ids) > 1 else list(range(local_world_size))
+    if len(gpu_ids) == 1 and gpu_ids[0] != 0 and local_world_size > 1:
+        raise AHIQError(f"--gpu_ids {gpu_ids[0]} names one GPU for {local_world_size} processes per node; name one "
+                        "per process (e.g. --gpu_ids 2,3), or leave it out for GPUs 0 to NPROC-1")
+    ids = gpu_ids if len(gpu_ids) > 1 or local_world_size == 1 else list(range(local_world_size))
     if len(ids) < local_world_size:
         raise AHIQError(f"--gpu_ids {','.join(map(str, gpu_ids))} names {len(ids)} GPUs for {local_world_size} "
                         "processes per node; name one GPU per process, or lower NPROC / --nproc_per_node")
@@ -58,8 +63,10 @@ def rank_device(device: str, gpu_ids: list[int], local_rank: int, local_world_si
 
 
 def init_distributed(device: str, gpu_ids: list[int] | None = None) -> DistInfo:
-    """Join the torchrun process group when there is one; returns this rank's info (with its device)."""
-    if int(os.environ.get("WORLD_SIZE", "1")) <= 1:
+    """Join the torchrun process group when there is one; returns this rank's info (with its device). Under
+    torchrun with one process there is none, unless ``AHIQ_FORCE_DDP=1`` (the GPU check: DDP and NCCL on one GPU)."""
+    forced = os.environ.get("AHIQ_FORCE_DDP", "") not in ("", "0") and "RANK" in os.environ
+    if int(os.environ.get("WORLD_SIZE", "1")) <= 1 and not forced:
         return DistInfo(device=device)
     rank, world, local = (int(os.environ[k]) for k in ("RANK", "WORLD_SIZE", "LOCAL_RANK"))
     local_world = int(os.environ.get("LOCAL_WORLD_SIZE", world))
@@ -69,7 +76,7 @@ def init_distributed(device: str, gpu_ids: list[int] | None = None) -> DistInfo:
         dist.init_process_group(backend_for(device), device_id=torch.device(device))
     else:
         dist.init_process_group(backend_for(device))
-    return DistInfo(rank, world, local, device)
+    return DistInfo(rank, world, local, device, group=True)
 
 
 def backend_for(device: str) -> str:

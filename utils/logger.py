@@ -123,7 +123,13 @@ class EpochLog:
         """``metrics.png``: training loss and validation curves by epoch, the run's name, the best epoch marked."""
         import io
 
-        import matplotlib
+        try:
+            import matplotlib
+        except ImportError:
+            if not getattr(self, "_warned", False):
+                logging.getLogger("ahiq").warning("%s not drawn: matplotlib is not installed", self.png)
+                self._warned = True
+            return
         matplotlib.use("Agg")
         import matplotlib.pyplot as plt
         from matplotlib.ticker import LogLocator, MaxNLocator, ScalarFormatter

@@ -3,18 +3,20 @@ patch-map panel of a pair (predict.py --maps) and the worst predictions with the
 from __future__ import annotations
 
 import io
+import logging
 import textwrap
 
 import numpy as np
 
+from utils.errors import AHIQError
 from utils.metrics import fit_logistic4, logistic4
 
 
 def scatter_figure(preds: np.ndarray, labels: np.ndarray, metrics: dict, title: str = ""):
     """A matplotlib figure: predictions (x) against labels (y), the fitted logistic curve when the fit is sound,
     metrics in the title (wrapped to fit), the legend outside the axes (it never hides a point)."""
-    from matplotlib.ticker import MaxNLocator
     plt = _pyplot()
+    from matplotlib.ticker import MaxNLocator
 
     fig, ax = plt.subplots(figsize=(6.2, 4.5))
     ax.scatter(preds, labels, s=8, alpha=0.6, label="images")
@@ -45,10 +47,25 @@ def scatter_png(preds: np.ndarray, labels: np.ndarray, metrics: dict, title: str
 
 
 def _pyplot():
-    import matplotlib
+    try:
+        import matplotlib
+    except ImportError:
+        raise AHIQError("figures need matplotlib (in requirements.txt): pip install matplotlib") from None
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
     return plt
+
+
+def optional_figure(make, what: str):
+    """``make()``, or None with one warning when matplotlib is missing (a figure nobody asked for explicitly, e.g.
+    on a bare GPU image: the numbers are still written)."""
+    try:
+        return make()
+    except AHIQError as err:
+        if "need matplotlib" not in str(err):
+            raise
+        logging.getLogger("ahiq").warning("%s not drawn: %s", what, err)
+        return None
 
 
 def _maps_row(fig, axes, dis: np.ndarray, ref: np.ndarray, maps, titles: tuple[str, str]) -> None:
