@@ -226,3 +226,29 @@ def test_the_same_images_for_training_and_validation_are_found_by_real_path(tmp_
             "--val_dis_path", t["dis"]]
     with pytest.raises(AHIQError, match="training and validation would use the same images"):
         train.main(args)
+
+
+def test_an_image_that_fails_in_validation_saves_the_epoch_first(train_sets, tmp_path):
+    import train
+    val = make_pipal_set(tmp_path / "val", n_refs=2, n_dis=2, size=(40, 40), seed=4)
+    damaged = Path(val["dis"]) / val["names"][1]
+    damaged.write_bytes(damaged.read_bytes()[:200])  # the header (and its size) intact: the check passes
+    args = train_args(train_sets, tmp_path, "damaged", "--n_epoch", "2", "--val_ref_path", val["ref"],
+                      "--val_dis_path", val["dis"], "--val_list", val["list"])
+    with pytest.raises(AHIQError, match=rf"{damaged.name}: cannot be decoded.*validation of epoch 1; the epoch's "
+                                        r"weights are saved in .*last\.pth: fix the file and continue with --resume"):
+        train.main(args)
+    state = torch.load(tmp_path / "damaged" / "last.pth", weights_only=True)["train_state"]
+    assert (state["epoch"], state["step"]) == (1, 0)
+
+
+def test_a_figure_nobody_asked_for_is_skipped_without_matplotlib(caplog):
+    from utils.plots import optional_figure
+
+    def missing():
+        raise AHIQError("figures need matplotlib (in requirements.txt): pip install matplotlib")
+
+    assert optional_figure(missing, "scatter.png") is None
+    assert "scatter.png not drawn: figures need matplotlib" in caplog.text
+    with pytest.raises(AHIQError, match="another problem"):  # only that one error is forgiven
+        optional_figure(lambda: (_ for _ in ()).throw(AHIQError("another problem")), "x.png")
