@@ -293,9 +293,8 @@ def predict(model: AHIQ, dataset: PairDataset, indices: list[int] | None = None,
             scores = out.scores
             if keep_maps:
                 bounds = np.cumsum([0, *counts])
-                for i, lo, hi in zip(index, bounds[:-1], bounds[1:]):
-                    maps[i] = BatchScores(out.scores[index.index(i)], out.f[lo:hi],
-                                          None if out.w is None else out.w[lo:hi])
+                for j, (i, lo, hi) in enumerate(zip(index, bounds[:-1], bounds[1:])):
+                    maps[i] = BatchScores(out.scores[j], out.f[lo:hi], None if out.w is None else out.w[lo:hi])
         for i, name, score, label in zip(index, batch["name"], scores.tolist(), batch["label"].tolist()):
             done[i] = (name, score, label)
         if stop is not None and stop():

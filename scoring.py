@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import os
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import numpy as np
 import torch
@@ -90,9 +90,8 @@ class Scorer:
                      num_workers: int = 0, progress: bool = False) -> list[ImageMaps]:
         """The maps of images ``indices`` of ``dataset`` on their own pixel grids (as scored: after --resize or
         --flip), from the forward that scores them (ResNet BatchNorm with running statistics)."""
-        if self.bn_stats == "batch":  # per-call statistics depend on the batch; maps are the running-stats forward
-            self = Scorer(**{**self.__dict__, "bn_stats": "running"})
-        out = self.score_dataset(dataset, batch_size, num_workers, progress, indices, keep_maps=True)
+        scorer = replace(self, bn_stats="running")  # per-call statistics depend on the batch
+        out = scorer.score_dataset(dataset, batch_size, num_workers, progress, indices, keep_maps=True)
         return [image_maps(out.maps[i].scores.item(), out.maps[i].f.numpy(),
                            None if out.maps[i].w is None else out.maps[i].w.numpy(), dataset.windows(i),
                            self.crop_size, dataset.sizes[i]) for i in indices]
