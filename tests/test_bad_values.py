@@ -252,3 +252,18 @@ def test_a_figure_nobody_asked_for_is_skipped_without_matplotlib(caplog):
     assert "scatter.png not drawn: figures need matplotlib" in caplog.text
     with pytest.raises(AHIQError, match="another problem"):  # only that one error is forgiven
         optional_figure(lambda: (_ for _ in ()).throw(AHIQError("another problem")), "x.png")
+
+
+def test_ctrl_c_while_an_entry_point_imports_is_one_line_and_exit_130(tmp_path):
+    """SIGINT a second after start, while torch and timm still import (several seconds): one line, exit 130."""
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    proc = subprocess.Popen([sys.executable, "train.py", "--help"], cwd=Path(__file__).resolve().parents[1],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    time.sleep(1.0)
+    proc.send_signal(signal.SIGINT)
+    out, err = proc.communicate(timeout=120)
+    assert proc.returncode == 130 and err == "error: interrupted\n", (proc.returncode, err[-2000:])
