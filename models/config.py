@@ -19,6 +19,7 @@ import torch
 
 from models.ahiq import AHIQ, BRANCHES, FUSIONS, POOLINGS
 from models.backbones import CNN_BLOCKS, RESNET_TAG, VIT_BLOCKS, VIT_TAGS, build_backbones
+from models.tiny import TINY_RESNET, TINY_VIT
 from models.weights import weight_files
 from utils.checkpoint import load_checkpoint, load_head_weights
 from utils.errors import AHIQError
@@ -132,6 +133,10 @@ def config_from_checkpoint(ckpt: Mapping[str, Any], path: str) -> ModelConfig | 
     return None
 
 
+# Backbones a checkpoint may name by itself: the pinned tags and the project's tiny test backbones.
+TRUSTED_BACKBONES = frozenset([*VIT_TAGS.values(), RESNET_TAG, *TINY_VIT.values(), TINY_RESNET])
+
+
 def merge_config(saved: ModelConfig | None, given: Mapping[str, Any], path: str | None) -> ModelConfig:
     """The checkpoint's configuration with the switches the user gave (``given`` holds only those).
 
@@ -140,6 +145,11 @@ def merge_config(saved: ModelConfig | None, given: Mapping[str, Any], path: str 
     """
     if saved is None:
         return ModelConfig(**given)
+    for name in ("vit_name", "resnet_name"):  # a file never chooses which weights are fetched
+        value = getattr(saved, name)
+        if value not in TRUSTED_BACKBONES and given.get(name) != value:
+            raise AHIQError(f"{path}: names the backbone {value} ({name}), not a pinned one (models/weights.tsv); "
+                            f"to use it, say so: pass --{name} {value} (with its weights file, or --no_pretrained)")
     for name, value in given.items():
         ours = getattr(saved, name)
         if name != "crop_size" and _normal(value) != _normal(ours):

@@ -267,3 +267,17 @@ def test_ctrl_c_while_an_entry_point_imports_is_one_line_and_exit_130(tmp_path):
     proc.send_signal(signal.SIGINT)
     out, err = proc.communicate(timeout=120)
     assert proc.returncode == 130 and err == "error: interrupted\n", (proc.returncode, err[-2000:])
+
+
+def test_a_checkpoint_cannot_choose_an_unpinned_backbone_by_itself(tmp_path):
+    from models import build_model
+    from models.tiny import TINY_RESNET
+
+    other = "vit_small_patch8_224.dino"
+    path = tmp_path / "other.pth"
+    save_weights(str(path), build_model(8, pretrained=False, vit_name=other, resnet_name=TINY_RESNET))
+    with pytest.raises(AHIQError, match=rf"other\.pth: names the backbone {other} \(vit_name\), not a pinned one.*"
+                                        rf"pass --vit_name {other}"):
+        load_scorer(str(path), str(tmp_path), pretrained=False)
+    scorer = load_scorer(str(path), str(tmp_path), pretrained=False, model={"vit_name": other})  # said explicitly
+    assert scorer.model.config.vit_name == other
