@@ -31,6 +31,7 @@ from utils.plots import maps_panel_png
 
 log = logging.getLogger("ahiq.predict")
 
+
 def table(pairs: list[tuple[str, str]], scores, unit: str) -> str:
     width = max(len(d) for d, _ in pairs)
     lines = [f"{'distorted'.ljust(width)}  score ({unit})"]
