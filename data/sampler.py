@@ -41,4 +41,5 @@ def own_process_group(_worker_id: int) -> None:
     terminal's Ctrl-C signal a whole process group; the main process owns the stop (train.py finishes the step and
     saves last.pth), which a worker killed under it would break. The workers still end with their DataLoader (it
     signals them by pid) or when their main process dies (PyTorch's worker watchdog)."""
-    os.setpgid(0, 0)
+    if hasattr(os, "setpgid"):  # POSIX; elsewhere there are no process-group signals to avoid
+        os.setpgid(0, 0)
