@@ -138,16 +138,13 @@ def score_batch(model: AHIQ, dis: torch.Tensor, ref: torch.Tensor, counts: list[
     then released for this batch's keys.
     """
     device = next(model.regressor.parameters()).device
-    missing = list(dict.fromkeys(key for key in keys if key not in cache.features))
-    first_ref = {}
-    for i, key in enumerate(keys):
-        first_ref.setdefault(key, i)
+    missing = [i for i in _first_rows(keys)[0] if keys[i] not in cache.features]  # a row per key to compute
 
     def references(rows: slice) -> None:
         with autocast(device, amp_dtype):
-            feats = model.reference(to_unit(ref[[first_ref[key] for key in missing[rows]]], device))
-        for j, key in enumerate(missing[rows]):
-            cache.features[key] = feats[j:j + 1]
+            feats = model.reference(to_unit(ref[missing[rows]], device))
+        for j, i in enumerate(missing[rows]):
+            cache.features[keys[i]] = feats[j:j + 1]
 
     unique, inverse = _first_rows(dis_keys if dis_keys is not None else list(range(len(keys))))
     scores = torch.empty(len(unique))

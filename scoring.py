@@ -92,8 +92,7 @@ class Scorer:
         --flip), from the forward that scores them (ResNet BatchNorm with running statistics)."""
         scorer = replace(self, bn_stats="running")  # per-call statistics depend on the batch
         out = scorer.score_dataset(dataset, batch_size, num_workers, progress, indices, keep_maps=True)
-        return [image_maps(out.maps[i].scores.item(), out.maps[i].f.numpy(),
-                           None if out.maps[i].w is None else out.maps[i].w.numpy(), dataset.windows(i),
+        return [image_maps(out.maps[i].scores.item(), out.maps[i].f, out.maps[i].w, dataset.windows(i),
                            self.crop_size, dataset.sizes[i]) for i in indices]
 
     def _file_pairs(self, pairs: Sequence[tuple[str, str]], batch_size: int) -> PairDataset:
@@ -142,9 +141,9 @@ class Scorer:
         if not return_maps:
             return out.scores
         k = dis_crops.shape[1]
-        maps = [image_maps(out.scores[i].item(), out.f[i * k:(i + 1) * k].numpy(),
-                           None if out.w is None else out.w[i * k:(i + 1) * k].numpy(), windows[i], self.crop_size,
-                           tuple(dis.shape[-2:])) for i in range(len(windows))]
+        rows = [slice(i * k, (i + 1) * k) for i in range(len(windows))]
+        maps = [image_maps(out.scores[i].item(), out.f[r], None if out.w is None else out.w[r], windows[i],
+                           self.crop_size, tuple(dis.shape[-2:])) for i, r in enumerate(rows)]
         return out.scores, maps
 
     def windows_of(self, size: tuple[int, int], batch: int, n: int) -> list[list[tuple[int, int]]]:

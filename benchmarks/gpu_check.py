@@ -37,6 +37,8 @@ import numpy as np
 import torch
 from scipy import stats
 
+from utils.files import read_text
+
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
@@ -156,11 +158,6 @@ def torchrun(args: list[str], log: str) -> subprocess.Popen:
                                 start_new_session=True)
 
 
-def read(path: str) -> str:
-    with open(path) as f:
-        return f.read()
-
-
 def check_train(cfg: argparse.Namespace, data: str, folder: str) -> dict:
     """bf16 training through torchrun with DDP (NCCL on the GPU); an fp16 run stopped by SIGTERM sent to torchrun's
     process group mid-epoch, then --resume'd to the end: exit codes, losses, the saved loss scale, the log's
@@ -171,7 +168,7 @@ def check_train(cfg: argparse.Namespace, data: str, folder: str) -> dict:
     backend = "nccl" if cfg.device == "cuda" else "gloo"
     log = os.path.join(ckpts, "bf16.log")
     code = torchrun(train_args(cfg, data, ckpts, "ddp_bf16", "--amp", "--n_epoch", "1"), log).wait(timeout=400)
-    text = read(log)
+    text = read_text(log)
     last = os.path.join(ckpts, "ddp_bf16", "last.pth")
     loss = float(torch.load(last, weights_only=True)["loss"]) if os.path.isfile(last) else float("nan")
     out["ddp_bf16"] = {"exit_code": code, "loss": loss, "ddp_backend_logged": f"DDP over {backend}" in text}
@@ -181,11 +178,11 @@ def check_train(cfg: argparse.Namespace, data: str, folder: str) -> dict:
     log = os.path.join(ckpts, "fp16_stop.log")
     proc = torchrun(args, log)
     deadline = time.time() + 300
-    while time.time() < deadline and proc.poll() is None and "loss=" not in read(log):
+    while time.time() < deadline and proc.poll() is None and "loss=" not in read_text(log):
         time.sleep(0.1)
     os.killpg(proc.pid, signal.SIGTERM)  # torchrun and its rank (and the rank's DataLoader workers' parents)
     proc.wait(timeout=300)
-    stopped = read(log)
+    stopped = read_text(log)
     state = torch.load(os.path.join(ckpts, "fp16_resume", "last.pth"), weights_only=True)
     resumed_log = os.path.join(ckpts, "fp16_resume.log")
     resumed = torchrun(args + ["--resume"], resumed_log).wait(timeout=400)
@@ -201,7 +198,7 @@ def check_train(cfg: argparse.Namespace, data: str, folder: str) -> dict:
     r["ok"] = bool(r["stopped_message"] and r["workers_survived"] and r["scaler_saved"] and resumed == 0
                    and r["final_epoch"] == 2 and np.isfinite(r["loss"]))
     if not r["ok"]:
-        r["log"] = (stopped + read(resumed_log))[-2000:]
+        r["log"] = (stopped + read_text(resumed_log))[-2000:]
     out["ok"] = bool(out["ddp_bf16"]["exit_code"] == 0 and np.isfinite(loss) and out["ddp_bf16"][
         "ddp_backend_logged"] and r["ok"])
     return out
@@ -223,7 +220,7 @@ def check_test(cfg: argparse.Namespace, data: str, folder: str) -> dict:
         return out
 
     def scores(path: str) -> np.ndarray:
-        return np.array([float(line.split(",")[1]) for line in read(path).splitlines()])
+        return np.array([float(line.split(",")[1]) for line in read_text(path).splitlines()])
 
     on_gpu, on_cpu = scores(os.path.join(folder, "on_gpu", "results.txt")), scores(
         os.path.join(folder, "on_cpu", "results.txt"))

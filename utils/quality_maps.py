@@ -60,7 +60,8 @@ def place(crop_maps: np.ndarray, windows: Sequence[tuple[int, int]], crop: int, 
 
 def image_maps(score: float, f: np.ndarray, w: np.ndarray | None, windows: Sequence[tuple[int, int]], crop: int,
                size: tuple[int, int]) -> ImageMaps:
-    """The maps of one image from its crops' patch maps ``f`` and ``w`` (K, h, w) and their windows."""
+    """The maps of one image from its crops' patch maps ``f`` and ``w`` (K, h, w; arrays or CPU tensors) and their
+    windows."""
     f = np.asarray(f, np.float64)
     w = None if w is None else np.asarray(w, np.float64)
     f_img, count = place(f, windows, crop, size)
