@@ -22,8 +22,7 @@ import torch.nn.functional as F
 from torch.utils.data import DataLoader, Subset
 from tqdm import tqdm
 
-from data.defaults import CROPS_PER_FORWARD
-from data.pipal import PairDataset
+from data.pair_dataset import PairDataset
 from data.sampler import own_process_group
 from models import AHIQ
 from models.ahiq import ReferenceFeatures
@@ -137,7 +136,7 @@ def score_batch(model: AHIQ, dis: torch.Tensor, ref: torch.Tensor, counts: list[
     once and counted twice. The result equals scoring every pair on its own (beyond float rounding). The cache is
     then released for this batch's keys.
     """
-    device = next(model.regressor.parameters()).device
+    device = model.device
     missing = [i for i in _first_rows(keys)[0] if keys[i] not in cache.features]  # a row per key to compute
 
     def references(rows: slice) -> None:
@@ -156,11 +155,12 @@ def score_batch(model: AHIQ, dis: torch.Tensor, ref: torch.Tensor, counts: list[
         feats = ReferenceFeatures.cat([cache.features[keys[i]] for i in picked])
         with autocast(device, amp_dtype):
             f, w = model.score_maps(to_unit(dis[picked], device), feats)
-            scores[rows] = model.regressor.pool(f, w).float().flatten().cpu()
+        f, w = f.float(), None if w is None else w.float()  # pooled in fp32: a score is never rounded to bf16
+        scores[rows] = model.pool(f, w).flatten().cpu()
         if keep_maps:
-            f_maps.append(f.float()[:, 0].cpu())
+            f_maps.append(f[:, 0].cpu())
             if w is not None:
-                w_maps.append(w.float()[:, 0].cpu())
+                w_maps.append(w[:, 0].cpu())
 
     _in_chunks(len(missing), chunk, references, device)
     _in_chunks(len(unique), chunk, distorted, device)
@@ -180,7 +180,7 @@ def score_batch_per_call(model: AHIQ, dis: torch.Tensor, ref: torch.Tensor, amp_
     batch: per crop index, the B reference crops in one model call and the B distorted crops in another, the
     ResNet's BatchNorm normalising with the statistics of each call (:meth:`models.AHIQ.batch_statistics`). Nothing
     is shared or chunked: the calls are the statistics."""
-    device = next(model.regressor.parameters()).device
+    device = model.device
     total = torch.zeros(dis.shape[0], dtype=torch.float64)
     with model.batch_statistics(), autocast(device, amp_dtype):
         for k in range(dis.shape[1]):
@@ -190,16 +190,17 @@ def score_batch_per_call(model: AHIQ, dis: torch.Tensor, ref: torch.Tensor, amp_
 
 
 def score_crops(model: AHIQ, dis: torch.Tensor, ref: torch.Tensor,
-                crops_per_forward: int | ChunkSize = CROPS_PER_FORWARD, amp_dtype: torch.dtype | None = None,
+                crops_per_forward: int | ChunkSize | None = None, amp_dtype: torch.dtype | None = None,
                 bn_stats: str = "running", keep_maps: bool = False) -> BatchScores:
     """Scores of (B, K, 3, S, S) crop stacks whose references are all distinct (the Python API on tensors,
-    benchmarks); ``keep_maps``: with every crop's patch maps (not with ``bn_stats`` batch)."""
+    benchmarks), ``crops_per_forward`` crop pairs per forward (None: all at once); ``keep_maps``: with every crop's
+    patch maps (not with ``bn_stats`` batch)."""
     if bn_stats == "batch":
         if keep_maps:
             raise AHIQError("patch maps are computed with bn_stats 'running' only")
         return BatchScores(score_batch_per_call(model, dis, ref, amp_dtype))
-    chunk = crops_per_forward if isinstance(crops_per_forward, ChunkSize) else ChunkSize(crops_per_forward)
     b, k = dis.shape[:2]
+    chunk = crops_per_forward if isinstance(crops_per_forward, ChunkSize) else ChunkSize(crops_per_forward or b * k)
     keys = [(i, j) for i in range(b) for j in range(k)]
     return score_batch(model, dis.flatten(0, 1), ref.flatten(0, 1), [k] * b, keys, ReferenceCache(), chunk,
                        amp_dtype, keep_maps=keep_maps)
@@ -249,8 +250,8 @@ def reference_shards(indices: list[int], reference_of: Callable[[int], Hashable]
     return [sorted(s) for s in shards]
 
 
-def predict(model: AHIQ, dataset: PairDataset, indices: list[int] | None = None, batch_size: int = 10,
-            num_workers: int = 0, crops_per_forward: int = CROPS_PER_FORWARD, amp_dtype: torch.dtype | None = None,
+def predict(model: AHIQ, dataset: PairDataset, indices: list[int] | None, batch_size: int,
+            num_workers: int, crops_per_forward: int, amp_dtype: torch.dtype | None = None,
             progress: bool = True, desc: str = "scoring", bn_stats: str = "running", keep_maps: bool = False,
             stop: Callable[[], bool] | None = None) -> Predictions:
     """Predictions for the images ``indices`` of ``dataset`` (default: all), returned in the order of ``indices``.
@@ -266,7 +267,7 @@ def predict(model: AHIQ, dataset: PairDataset, indices: list[int] | None = None,
     indices = list(range(len(dataset))) if indices is None else list(indices)
     was_training = model.training
     model.eval()
-    device = next(model.regressor.parameters()).device
+    device = model.device
     released = bn_stats == "batch"
     if released and keep_maps:
         raise AHIQError("patch maps are computed with --bn_stats running only")

@@ -23,7 +23,7 @@ import torch
 
 from options.base_options import RunConfig
 from options.test_options import parse_test_options
-from runtime import configure_device, device_of, load_dataset, save_options, scorer_for, scoring_checkpoint
+from runtime import configure_device, device_of, load_dataset, policy_of, save_options, scorer_for, scoring_checkpoint
 from utils.errors import AHIQError
 from utils.files import atomic_write, read_text
 from utils.metrics import MIN_FIT_IMAGES, fit_logistic4, fmt, iqa_metrics, logistic4, logistic_fit_problem
@@ -115,8 +115,8 @@ def claim(results: str, source: dict, overwrite: bool) -> None:
 def run(opt: RunConfig) -> dict:
     """Score the test set the configuration describes; returns paths, timing and metrics."""
     checkpoint = scoring_checkpoint(opt)
-    dataset = load_dataset(opt, "test", opt.split_part or "test", opt.n_ensemble, checkpoint.config.crop_size,
-                           opt.split(), flip=opt.flip, batch_size=opt.batch_size)  # images checked before building
+    policy = policy_of(opt, checkpoint.config.crop_size)
+    dataset = load_dataset(opt, "test", opt.split_part or "test", policy, flip=opt.flip)  # images checked first
     out_path = os.path.join(opt.run_dir, opt.test_file_name)
     source = {"checkpoint": os.path.abspath(checkpoint.path) if checkpoint.path else None,
               "list": os.path.abspath(opt.test_list), "split": [opt.split_file and os.path.abspath(opt.split_file),
@@ -126,7 +126,7 @@ def run(opt: RunConfig) -> dict:
         claim(path, source, opt.overwrite)
     device = device_of(opt)
     amp_dtype = configure_device(opt, device)
-    scorer = scorer_for(opt, checkpoint, device, amp_dtype)
+    scorer = scorer_for(opt, checkpoint, policy, device, amp_dtype)
     ckpt_path = checkpoint.path
     del checkpoint
     save_options(opt, "test")

@@ -49,15 +49,16 @@ def _import(name: str):
 
 def ahiq(pretrained: bool = True, device: str = "cpu", n_ensemble: int | None = None, as_loss: bool = False,
          cache_dir: str | None = None, ckpt: str | None = None, vit_weights: str | None = None,
-         resnet_weights: str | None = None, tf32: bool = True, **settings):
+         resnet_weights: str | None = None, tf32: bool = True, allow_other_backbones: bool = False, **settings):
     """AHIQ trained on PIPAL (the released NTIRE 2022 checkpoint) on the pinned ViT-B/8 and ResNet-50 backbones.
 
     ``pretrained``: files not given are fetched into ``cache_dir`` (default: ``torch.hub.get_dir()/ahiq``): the
     released checkpoint with its sha256 checked, the backbone weights with no hash (none is published for them; their
     keys and shapes are checked when loaded); offline, a one-line error says what to do. ``ckpt``, ``vit_weights``,
     ``resnet_weights``: your own files instead. ``pretrained=False``: random backbones, and a random head unless
-    ``ckpt`` is given (tests). ``settings`` go to :class:`scoring.Scorer` (``crops_per_forward``, ``seed``,
-    ``random_windows``, ``amp_dtype``, ``bn_stats``, ...). On CUDA, ``tf32`` as test.py's ``--tf32``/``--no_tf32``.
+    ``ckpt`` is given (tests). ``settings``: test.py's scoring options by name, with their defaults from options/
+    (:func:`scoring.api_settings`: ``crops_per_forward``, ``seed``, ``random_windows``, ``amp_dtype``, ``bn_stats``,
+    ...). On CUDA, ``tf32`` as test.py's ``--tf32``/``--no_tf32``.
     """
     scoring, models, weights = _import("scoring"), _import("models"), _import("models.weights")
     scoring.check_device(device)  # before anything is downloaded
@@ -71,5 +72,6 @@ def ahiq(pretrained: bool = True, device: str = "cpu", n_ensemble: int | None = 
         vit_weights = vit_weights or weights.fetch(files[models.VIT_TAGS[8]], folder)
         resnet_weights = resnet_weights or weights.fetch(files[models.RESNET_TAG], folder)
     source = models.BackboneSource(pretrained, vit_weights, resnet_weights)
-    scorer = scoring.build_scorer(scoring.read_checkpoint(ckpt), source, device, **settings)
+    scorer = scoring.api_scorer(models.read_checkpoint(ckpt), source, device, mos_range=None,
+                                allow_other_backbones=allow_other_backbones, **settings)
     return scoring.Metric(scorer, as_loss)

@@ -23,7 +23,7 @@ import numpy as np
 
 from data.pairs import match_folders, pairs_file, with_reference
 from options.predict_options import parse_predict_options
-from runtime import configure_device, device_of, scorer_for, scoring_checkpoint
+from runtime import configure_device, device_of, policy_of, scorer_for, scoring_checkpoint
 from scoring import Scorer
 from utils.errors import run_cli
 from utils.files import atomic_write
@@ -82,7 +82,9 @@ def main(argv: list[str] | None = None) -> list[float]:
     opt = parse_predict_options(argv)
     pairs = pairs_of(opt)
     device = device_of(opt)
-    scorer = scorer_for(opt, scoring_checkpoint(opt), device, configure_device(opt, device), opt.mos_range)
+    checkpoint = scoring_checkpoint(opt)
+    scorer = scorer_for(opt, checkpoint, policy_of(opt, checkpoint.config.crop_size), device,
+                        configure_device(opt, device), opt.mos_range)
     if opt.maps:
         scores = np.asarray(write_maps(scorer, pairs, opt.maps, opt.batch_size, opt.num_workers))
     else:

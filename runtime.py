@@ -14,12 +14,12 @@ import os
 import torch
 
 from data.datasets import SplitChoice, pair_dataset, read_labels, select_rows
-from data.defaults import TEST_BATCH
 from data.label_norm import LabelNorm
-from data.pipal import PairDataset
-from models import BackboneSource
+from data.pair_dataset import PairDataset
+from data.windows import WindowPolicy
+from models import BackboneSource, Checkpoint, read_checkpoint
 from options.base_options import RunConfig
-from scoring import Checkpoint, Scorer, build_scorer, configure_cuda, read_checkpoint
+from scoring import Scorer, build_scorer, configure_cuda, window_policy
 from utils.checkpoint import choose_checkpoint
 from utils.files import atomic_write
 
@@ -47,34 +47,36 @@ def configure_device(cfg: RunConfig, device: str) -> torch.dtype | None:
     return {"bf16": torch.bfloat16, "fp16": torch.float16}[cfg.amp_dtype]
 
 
-def load_dataset(cfg: RunConfig, phase: str, part: str, n_crops: int, crop_size: int,
-                 split: SplitChoice | None = None, flip: bool = False, norm: LabelNorm | None = None,
-                 batch_size: int = TEST_BATCH) -> PairDataset:
+def load_dataset(cfg: RunConfig, phase: str, part: str, policy: WindowPolicy, split: SplitChoice | None = None,
+                 flip: bool = False, norm: LabelNorm | None = None) -> PairDataset:
     """The ``phase`` (train/val/test) folders and label file of the configuration, restricted to ``part`` of
-    ``split`` (default: the configuration's); ``batch_size`` is the scoring batch the official random windows follow
-    (--random_windows official)."""
+    ``split`` (default: the configuration's), cropped as ``policy`` says (:func:`policy_of`)."""
     labels = read_labels(getattr(cfg, f"{phase}_list"), cfg.list_format, cfg.ref_rule)
     labels = select_rows(labels, part, split or cfg.split())
     return pair_dataset(getattr(cfg, f"{phase}_ref_path"), getattr(cfg, f"{phase}_dis_path"), labels,
-                        cfg.lower_better, crop_size=crop_size, n_crops=n_crops, seed=cfg.seed,
-                        resize=cfg.size if cfg.resize else None, flip=flip, norm=norm,
-                        random_windows=cfg.random_windows, window_batch=batch_size, windows=cfg.windows,
-                        flip_axis=getattr(cfg, "flip_axis", "vertical"), max_pixels=cfg.max_pixels)
+                        cfg.lower_better, policy=policy, flip=flip, norm=norm,
+                        flip_axis=getattr(cfg, "flip_axis", "vertical"))
+
+
+def policy_of(cfg: RunConfig, crop: int, **override) -> WindowPolicy:
+    """The run's one :class:`data.windows.WindowPolicy` at ``crop`` (the checkpoint's or the model's crop size);
+    ``override``: e.g. validation's ``n_ensemble=num_avg_val, batch_size=val_batch_size``."""
+    return window_policy(cfg.to_dict(), crop, **override)
 
 
 def scoring_checkpoint(cfg: RunConfig) -> Checkpoint:
     """The checkpoint to score with (--ckpt, else the file --load_epoch picks in the run folder), read and checked
-    against the switches given, before anything slow; its config holds the crop size to score at."""
-    return read_checkpoint(choose_checkpoint(cfg.ckpt, cfg.run_dir, cfg.load_epoch), cfg.model_switches)
+    against the switches given, before anything slow; its config holds the crop size to score at. No file: a random
+    head of the architecture the switches describe (tests)."""
+    return read_checkpoint(choose_checkpoint(cfg.ckpt, cfg.run_dir, cfg.load_epoch), cfg.given_switches,
+                           cfg.model_switches)
 
 
-def scorer_for(cfg: RunConfig, checkpoint: Checkpoint, device: str, amp_dtype: torch.dtype | None,
-           mos_range: tuple[float, float] | None = None) -> Scorer:
+def scorer_for(cfg: RunConfig, checkpoint: Checkpoint, policy: WindowPolicy, device: str,
+               amp_dtype: torch.dtype | None, mos_range: tuple[float, float] | None = None) -> Scorer:
     """The scorer of :func:`scoring_checkpoint`, built by the one assembly with the configuration's settings."""
-    return build_scorer(checkpoint, backbone_source(cfg), device, cfg.deform_impl, mos_range,
-                        n_ensemble=cfg.n_ensemble, seed=cfg.seed, crops_per_forward=cfg.crops_per_forward,
-                        random_windows=cfg.random_windows, windows=cfg.windows, max_pixels=cfg.max_pixels,
-                        amp_dtype=amp_dtype, bn_stats=cfg.bn_stats, resize=cfg.size if cfg.resize else None)
+    return build_scorer(checkpoint, backbone_source(cfg), policy, device, cfg.deform_impl, mos_range,
+                        cfg.crops_per_forward, cfg.bn_stats, amp_dtype, cfg.allow_other_backbones)
 
 
 def save_options(cfg: RunConfig, phase: str) -> None:

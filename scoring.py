@@ -12,24 +12,32 @@
 Scores: higher is better (``Metric.lower_better`` is False). They are on the scale the model was trained on, the
 training MOS min-max normalised to [0, 1]; ``scorer.to_mos`` maps them back to the training labels' units with the
 range stored in the checkpoint (or given); ``labels_are_dmos`` says those units are DMOS (lower is better).
+
+Windows (data/windows.py): with more than 9 crops per image they are random, drawn from the seed and a digest of the
+reference's 8-bit pixels; so a pair gets the same windows, and the same score, as a path, a PIL image, an array or a
+tensor, in any batch and at any position (``random_windows="official"`` alone, test.py's replay of the released
+code, draws them by list position). The settings and their defaults are test.py's options (options/).
 """
 from __future__ import annotations
 
 import os
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, replace
+from typing import Any
 
 import numpy as np
 import torch
 import torch.nn as nn
 from PIL import Image
 
-from data.defaults import CHECKPOINTS, CROPS_PER_FORWARD, N_ENSEMBLE, RELEASED_NAME, SEED, TEST_BATCH
 from data.label_norm import LabelNorm
-from data.pipal import MAX_PIXELS, WINDOW_LAYOUTS, PairDataset, crop_tensor_stack, crop_windows, grid_windows
+from data.pair_dataset import PairDataset
+from data.windows import WindowPolicy
 from engine import Predictions, predict, score_crops
-from models import AHIQ, BN_STATS, BackboneSource, ModelConfig, build_from_config
-from models.config import build_loaded, check_crop, read_model_checkpoint
+from models import AHIQ, BN_STATS, BackboneSource, Checkpoint, build_checkpoint_model, read_checkpoint
+from models.config import check_crop
+from options.defaults import CHECKPOINTS, RELEASED_NAME
+from options.test_options import scoring_defaults
 from utils.checkpoint import choose_checkpoint
 from utils.errors import AHIQError
 from utils.quality_maps import ImageMaps, image_maps
@@ -37,32 +45,31 @@ from utils.quality_maps import ImageMaps, image_maps
 
 @dataclass
 class Scorer:
+    """A model ready to score, with the :class:`data.windows.WindowPolicy` that decides each image's crops. Made by
+    :func:`build_scorer` (test.py, predict.py, protocol.py, :func:`load_scorer`, the hub)."""
+
     model: AHIQ
-    crop_size: int = 224
-    n_ensemble: int = N_ENSEMBLE
-    seed: int = SEED
-    crops_per_forward: int = CROPS_PER_FORWARD
+    policy: WindowPolicy
+    crops_per_forward: int  # crop pairs per model forward: memory, never the result
+    bn_stats: str = "running"  # ResNet BatchNorm: running statistics, or each call's as the released test.py ("batch")
     label_norm: LabelNorm | None = None  # how the training labels were normalised
     checkpoint: str | None = None
     amp_dtype: torch.dtype | None = None  # bf16/fp16 autocast on CUDA
-    random_windows: str = "reference"  # more than 9 crops: windows per reference, or the released test.py's stream
-    max_pixels: int = MAX_PIXELS  # larger images are refused from their header
-    bn_stats: str = "running"  # ResNet BatchNorm: running statistics, or each call's as the released test.py ("batch")
-    windows: str = "ensemble"  # n_ensemble crops per image, or "grid": the crops that cover every pixel
-    resize: int | None = None  # file pairs: both images resized to resize x resize first (images below the crop)
 
     def __post_init__(self) -> None:
-        check_crop(self.crop_size, self.model.patch_size)
+        check_crop(self.policy.crop, self.model.patch_size)
         if self.bn_stats not in BN_STATS:
             raise AHIQError(f"bn_stats {self.bn_stats!r}: expected one of {', '.join(BN_STATS)}")
-        if self.windows not in WINDOW_LAYOUTS:
-            raise AHIQError(f"windows {self.windows!r}: expected one of {', '.join(WINDOW_LAYOUTS)}")
-        if self.windows == "grid" and self.bn_stats == "batch":
+        if self.policy.layout == "grid" and self.bn_stats == "batch":
             raise AHIQError("--windows grid gives images different numbers of crops, which the released test.py's "
                             "per-call BatchNorm (--bn_stats batch) cannot stack; use --bn_stats running")
-        for name in ("n_ensemble", "crops_per_forward", "max_pixels"):
-            if not isinstance(getattr(self, name), int) or getattr(self, name) < 1:
-                raise AHIQError(f"{name} {getattr(self, name)!r}: must be a positive integer")
+        if isinstance(self.crops_per_forward, bool) or not isinstance(self.crops_per_forward, int) \
+                or self.crops_per_forward < 1:
+            raise AHIQError(f"crops_per_forward {self.crops_per_forward!r}: must be a positive integer")
+
+    @property
+    def crop_size(self) -> int:
+        return self.policy.crop
 
     @property
     def labels_are_dmos(self) -> bool:
@@ -78,16 +85,15 @@ class Scorer:
                             "give one with --mos_range LO HI / mos_range=(lo, hi)")
         return self.label_norm.invert(scores)
 
-    def score_dataset(self, dataset: PairDataset, batch_size: int = TEST_BATCH, num_workers: int = 0,
-                      progress: bool = True, indices: list[int] | None = None, keep_maps: bool = False
-                      ) -> Predictions:
+    def score_dataset(self, dataset: PairDataset, batch_size: int, num_workers: int = 0, progress: bool = True,
+                      indices: list[int] | None = None, keep_maps: bool = False) -> Predictions:
         """Predictions for the images ``indices`` of ``dataset`` (default: all; test.py's loop:
         :func:`engine.predict`); ``keep_maps``: with their crops' patch maps (see :meth:`dataset_maps`)."""
         return predict(self.model, dataset, indices, batch_size, num_workers, self.crops_per_forward, self.amp_dtype,
                        progress=progress, bn_stats=self.bn_stats, keep_maps=keep_maps)
 
-    def dataset_maps(self, dataset: PairDataset, indices: list[int], batch_size: int = TEST_BATCH,
-                     num_workers: int = 0, progress: bool = False) -> list[ImageMaps]:
+    def dataset_maps(self, dataset: PairDataset, indices: list[int], batch_size: int, num_workers: int = 0,
+                     progress: bool = False) -> list[ImageMaps]:
         """The maps of images ``indices`` of ``dataset`` on their own pixel grids (as scored: after --resize or
         --flip), from the forward that scores them (ResNet BatchNorm with running statistics)."""
         scorer = replace(self, bn_stats="running")  # per-call statistics depend on the batch
@@ -95,7 +101,7 @@ class Scorer:
         return [image_maps(out.maps[i].scores.item(), out.maps[i].f, out.maps[i].w, dataset.windows(i),
                            self.crop_size, dataset.sizes[i]) for i in indices]
 
-    def _file_pairs(self, pairs: Sequence[tuple[str, str]], batch_size: int) -> PairDataset:
+    def _file_pairs(self, pairs: Sequence[tuple[str, str]]) -> PairDataset:
         pairs = list(pairs)
         if not pairs:
             raise AHIQError("no pairs given; pass a list of (distorted, reference) file paths")
@@ -104,23 +110,21 @@ class Scorer:
         if bad:
             raise AHIQError(f"expected (distorted, reference) file path pairs, got {bad[0]!r}")
         pairs = [(os.fspath(d), os.fspath(r)) for d, r in pairs]
-        return PairDataset([(os.path.basename(d), d, r) for d, r in pairs], None, self.crop_size, self.n_ensemble,
-                           self.seed, random_windows=self.random_windows, window_batch=batch_size,
-                           max_pixels=self.max_pixels, windows=self.windows, resize=self.resize)
+        return PairDataset([(os.path.basename(d), d, r) for d, r in pairs], None, self.policy)
 
-    def score_files(self, pairs: Sequence[tuple[str, str]], batch_size: int = TEST_BATCH, num_workers: int = 0,
+    def score_files(self, pairs: Sequence[tuple[str, str]], batch_size: int = 1, num_workers: int = 0,
                     progress: bool = False) -> np.ndarray:
-        """Scores of (distorted, reference) file pairs, in order. Random windows are seeded with the reference's file
-        name, as in test.py, so the same pair scores the same here and there; distorted images that share a reference
-        file share its features (computed once)."""
-        return self.score_dataset(self._file_pairs(pairs, batch_size), batch_size, num_workers, progress).preds
+        """Scores of (distorted, reference) file pairs, in order. Windows as :class:`data.windows.WindowPolicy`
+        draws them: a pair scores the same here, in test.py and as arrays or tensors; distorted images that share
+        a reference file share its features (computed once)."""
+        return self.score_dataset(self._file_pairs(pairs), batch_size, num_workers, progress).preds
 
-    def score_maps(self, pairs: Sequence[tuple[str, str]], batch_size: int = TEST_BATCH, num_workers: int = 0,
+    def score_maps(self, pairs: Sequence[tuple[str, str]], batch_size: int = 1, num_workers: int = 0,
                    progress: bool = False, images: bool = False) -> list[ImageMaps]:
         """Per (distorted, reference) file pair, its score and patch maps on the image's pixel grid
         (:class:`utils.quality_maps.ImageMaps`), from the windows and forward :meth:`score_files` uses;
         ``images``: with the two images as scored (``ImageMaps.images``, HxWx3 uint8)."""
-        dataset = self._file_pairs(pairs, batch_size)
+        dataset = self._file_pairs(pairs)
         maps = self.dataset_maps(dataset, list(range(len(dataset))), batch_size, num_workers, progress)
         if images:
             for i, m in enumerate(maps):
@@ -129,39 +133,27 @@ class Scorer:
 
     def score_tensors(self, dis: torch.Tensor, ref: torch.Tensor, return_maps: bool = False
                       ) -> torch.Tensor | tuple[torch.Tensor, list[ImageMaps]]:
-        """Scores (B,) of (B, 3, H, W) image tensors in [0, 1]; random windows are seeded with the batch position
-        (each pair is scored on its own: nothing is shared between positions). ``return_maps``: also each image's
-        maps (:class:`utils.quality_maps.ImageMaps`)."""
+        """Scores (B,) of (B, 3, H, W) image tensors in [0, 1], each pair on its windows (random ones keyed by its
+        reference's pixels, as for files: neither its position nor the rest of the batch matters).
+        ``return_maps``: also each image's maps (:class:`utils.quality_maps.ImageMaps`)."""
         check_pair(dis, ref)
-        windows = self.windows_of(dis.shape[-2:], len(dis), self.n_ensemble)
-        dis_crops, ref_crops = self.crop_pairs(dis, ref, windows)
+        dis_crops, ref_crops, windows = self.crop_pairs(dis, ref)
         bn_stats = "running" if return_maps else self.bn_stats
-        out = score_crops(self.model, dis_crops, ref_crops, self.crops_per_forward, self.amp_dtype, bn_stats,
-                          keep_maps=return_maps)
+        out = score_crops(self.model, torch.stack(dis_crops), torch.stack(ref_crops), self.crops_per_forward,
+                          self.amp_dtype, bn_stats, keep_maps=return_maps)  # one size per call: K crops each
         if not return_maps:
             return out.scores
-        k = dis_crops.shape[1]
-        rows = [slice(i * k, (i + 1) * k) for i in range(len(windows))]
-        maps = [image_maps(out.scores[i].item(), out.f[r], None if out.w is None else out.w[r], windows[i],
-                           self.crop_size, tuple(dis.shape[-2:])) for i, r in enumerate(rows)]
+        bounds = np.cumsum([0, *map(len, windows)])
+        maps = [image_maps(out.scores[i].item(), out.f[lo:hi], None if out.w is None else out.w[lo:hi], windows[i],
+                           self.crop_size, tuple(dis.shape[-2:])) for i, (lo, hi) in enumerate(zip(bounds, bounds[1:]))]
         return out.scores, maps
 
-    def windows_of(self, size: tuple[int, int], batch: int, n: int) -> list[list[tuple[int, int]]]:
-        """The windows of each image of a batch of ``size`` (H, W) tensors: the grid, or the ``n``-crop ensemble
-        with random windows (n > 9) seeded with the batch position."""
-        h, w, c = int(size[0]), int(size[1]), self.crop_size
-        if min(h, w) < c:
-            raise AHIQError(f"images of {w}x{h} are smaller than the crop size {c}; resize them first")
-        if self.windows == "grid":
-            return [grid_windows(h, w, c)] * batch
-        return [crop_windows(h, w, c, n, self.seed, str(i)) for i in range(batch)]
-
-    def crop_pairs(self, dis: torch.Tensor, ref: torch.Tensor, windows: list[list[tuple[int, int]]]
-                   ) -> tuple[torch.Tensor, torch.Tensor]:
-        """(B, K, 3, S, S) crop stacks at ``windows`` (:meth:`windows_of`) of each pair of (B, 3, H, W) tensors
-        (:func:`check_pair`). Crops keep the tensors' autograd graph."""
-        return tuple(torch.stack([crop_tensor_stack(img, win, self.crop_size) for img, win in zip(x, windows)])
-                     for x in (dis, ref))
+    def crop_pairs(self, dis: torch.Tensor, ref: torch.Tensor
+                   ) -> tuple[list[torch.Tensor], list[torch.Tensor], list[list[tuple[int, int]]]]:
+        """Per pair of (B, 3, H, W) tensors (:func:`check_pair`), its (K, 3, S, S) distorted and reference crops and
+        its windows (:meth:`data.windows.WindowPolicy.crops`). Crops keep the tensors' autograd graph."""
+        crops = [self.policy.crops(d, r) for d, r in zip(dis, ref)]
+        return [c[0] for c in crops], [c[1] for c in crops], [c[2] for c in crops]
 
 
 def check_pair(dis: object, ref: object) -> None:
@@ -208,24 +200,6 @@ def check_device(device: str) -> None:
         raise AHIQError(f"device {device!r}: this machine has {torch.cuda.device_count()} GPU(s)")
 
 
-@dataclass(frozen=True)
-class Checkpoint:
-    """A checkpoint read (its dict and the architecture it describes) before anything slow is built; ``state``
-    None: a random head (tests, ``pretrained=False``)."""
-
-    path: str | None
-    state: dict | None
-    config: ModelConfig
-
-
-def read_checkpoint(path: str | None, given: dict | None = None) -> Checkpoint:
-    """``path`` read and checked against the model switches ``given`` (see :func:`models.config.merge_config`)."""
-    if path is None:
-        return Checkpoint(None, None, ModelConfig(**(given or {})))
-    state, config = read_model_checkpoint(path, given)
-    return Checkpoint(path, state, config)
-
-
 def mos_range_norm(mos_range: Sequence[float]) -> LabelNorm:
     """The training MOS range a user gives (--mos_range LO HI, ``mos_range=(lo, hi)``): finite, LO below HI."""
     try:
@@ -238,43 +212,73 @@ def mos_range_norm(mos_range: Sequence[float]) -> LabelNorm:
     return LabelNorm(lo, hi)
 
 
-def build_scorer(checkpoint: Checkpoint, source: BackboneSource, device: str = "cpu", deform_impl: str = "gemm",
-                 mos_range: tuple[float, float] | None = None, **settings) -> Scorer:
+def window_policy(values: Mapping[str, Any], crop: int, **override: Any) -> WindowPolicy:
+    """The :class:`data.windows.WindowPolicy` of scoring options (the names of test.py's: ``n_ensemble``, ``seed``,
+    ``random_windows``, ``windows``, ``batch_size``, ``resize`` + ``size``, ``max_pixels``) at ``crop``; ``override``
+    replaces some (validation: ``n_ensemble=num_avg_val``). The one way from options or API settings to windows."""
+    v = {**values, **override}
+    return WindowPolicy(crop, v["n_ensemble"], v["seed"], v["random_windows"], v["windows"], v["batch_size"],
+                        v["size"] if v["resize"] else None, v["max_pixels"])
+
+
+def build_scorer(checkpoint: Checkpoint, source: BackboneSource, policy: WindowPolicy, device: str = "cpu",
+                 deform_impl: str = "gemm", mos_range: tuple[float, float] | None = None, crops_per_forward: int = 1,
+                 bn_stats: str = "running", amp_dtype: torch.dtype | None = None,
+                 allow_other_backbones: bool = False) -> Scorer:
     """The one assembly from a checkpoint to a ready :class:`Scorer` (test.py, predict.py, protocol.py,
     :func:`load_scorer` and the hub entry all come here). Random weights (backbones without files, a head without
-    a checkpoint) are drawn from ``settings['seed']`` as train.py draws them, so two runs score alike."""
+    a checkpoint) are drawn from ``policy.seed`` as train.py draws them from --seed, so two runs score alike."""
     check_device(device)
-    seed = settings.get("seed", SEED)
-    if checkpoint.state is None:
-        model = build_from_config(checkpoint.config, source, deform_impl, seed)
-    else:
-        model = build_loaded(checkpoint.state, checkpoint.path, checkpoint.config, source, deform_impl, seed)
+    model = build_checkpoint_model(checkpoint, source, deform_impl, policy.seed, allow_other_backbones)
     norm = LabelNorm.from_meta(checkpoint.state.get("ahiq") or {}, checkpoint.path) if checkpoint.state else None
     if mos_range is not None:  # given by the user (official files hold no range): MOS, higher is better
         norm = mos_range_norm(mos_range)
-    settings.setdefault("crop_size", checkpoint.config.crop_size)
-    return Scorer(model.to(device).eval(), label_norm=norm, checkpoint=checkpoint.path, **settings)
+    return Scorer(model.to(device).eval(), policy, crops_per_forward, bn_stats, norm, checkpoint.path, amp_dtype)
 
 
 def load_scorer(ckpt: str | None = None, checkpoints_dir: str = CHECKPOINTS, name: str = RELEASED_NAME,
                 device: str = "cpu", pretrained: bool = True, vit_weights: str | None = None,
                 resnet_weights: str | None = None, deform_impl: str = "gemm",
                 mos_range: tuple[float, float] | None = None, model: dict | None = None, load_epoch: int = -1,
-                tf32: bool = True, **settings) -> Scorer:
+                tf32: bool = True, allow_other_backbones: bool = False, **settings: Any) -> Scorer:
     """A :class:`Scorer` for a checkpoint (default: the one test.py would pick in ``checkpoints_dir/name``).
 
     The architecture and the trained crop size come from the checkpoint; ``model`` may give
     :class:`models.ModelConfig` fields, which must agree with it (official files: the paper's model, e.g.
     ``model={"patch_size": 16}``). Backbone weights: the files given, else those download.sh put in
-    ``checkpoints_dir/backbones``, else the hub. On CUDA, ``tf32`` as test.py's ``--tf32``/``--no_tf32``
-    (:func:`configure_cuda`). ``settings`` go to :class:`Scorer` (``crop_size``, ``n_ensemble``,
-    ``seed``, ``crops_per_forward``, ``amp_dtype``, ``random_windows``, ``max_pixels``, ``bn_stats``).
+    ``checkpoints_dir/backbones``, else the hub; a checkpoint that records other backbones is refused unless
+    ``allow_other_backbones``. On CUDA, ``tf32`` as test.py's ``--tf32``/``--no_tf32`` (:func:`configure_cuda`).
+    ``settings``: test.py's scoring options by name, defaults as there (:func:`api_settings`): ``n_ensemble``,
+    ``seed``, ``random_windows``, ``windows``, ``batch_size``, ``resize``/``size``, ``max_pixels``, ``crop_size``,
+    ``crops_per_forward``, ``bn_stats``, and ``amp_dtype`` (a torch dtype, CUDA only).
     """
     check_device(device)
     configure_cuda(device, tf32)
     path = choose_checkpoint(ckpt, os.path.join(checkpoints_dir, name), load_epoch)
     source = BackboneSource(pretrained, vit_weights, resnet_weights, checkpoints_dir)
-    return build_scorer(read_checkpoint(path, model), source, device, deform_impl, mos_range, **settings)
+    return api_scorer(read_checkpoint(path, model), source, device, deform_impl, mos_range,
+                      allow_other_backbones, **settings)
+
+
+def api_settings(**given: Any) -> dict[str, Any]:
+    """The scoring settings of the API and the hub: test.py's option defaults (options/), replaced by ``given``;
+    a name test.py does not know is refused."""
+    defaults = scoring_defaults()
+    unknown = sorted(set(given) - set(defaults) - {"amp_dtype", "crop_size"})
+    if unknown:
+        raise AHIQError(f"unknown scoring setting(s) {', '.join(unknown)}; known: "
+                        f"{', '.join(sorted({*defaults, 'amp_dtype', 'crop_size'}))}")
+    return {**defaults, "amp_dtype": None, "crop_size": None, **given}
+
+
+def api_scorer(checkpoint: Checkpoint, source: BackboneSource, device: str, deform_impl: str = "gemm",
+               mos_range: tuple[float, float] | None = None, allow_other_backbones: bool = False,
+               **settings: Any) -> Scorer:
+    """:func:`build_scorer` with settings by option name (:func:`api_settings`): :func:`load_scorer` and the hub."""
+    s = api_settings(**settings)
+    policy = window_policy(s, s["crop_size"] or checkpoint.config.crop_size)
+    return build_scorer(checkpoint, source, policy, device, deform_impl, mos_range, s["crops_per_forward"],
+                        s["bn_stats"], s["amp_dtype"], allow_other_backbones)
 
 
 ImageLike = str | os.PathLike | Image.Image | np.ndarray | torch.Tensor
@@ -351,14 +355,16 @@ class Metric(nn.Module):
         return self.scorer.score_tensors(to_batch(dis, "dis"), to_batch(ref, "ref"), return_maps)
 
     def differentiable(self, dis: torch.Tensor, ref: torch.Tensor) -> torch.Tensor:
-        """Scores (B,) that backpropagate to ``dis``: the mean over the fixed windows (at most 9, or the grid) of each
-        pair."""
+        """Scores (B,) that backpropagate to ``dis``: the mean over each pair's fixed windows (the policy's, at most
+        9, or the grid)."""
         check_pair(dis, ref)
-        windows = self.scorer.windows_of(dis.shape[-2:], len(dis), min(self.scorer.n_ensemble, 9))  # or the grid
-        d, r = self.scorer.crop_pairs(dis, ref, windows)
-        device = next(self.net.parameters()).device
+        policy = self.scorer.policy
+        if policy.layout == "ensemble" and policy.n > 9:
+            policy = replace(policy, n=9)
+        crops = [policy.crops(d, r) for d, r in zip(dis, ref)]
+        d, r = torch.stack([c[0] for c in crops]), torch.stack([c[1] for c in crops])
+        device = self.net.device
         self.net.eval()
         with torch.no_grad():
             features = self.net.reference(r.flatten(0, 1).to(device))
         return self.net.score(d.flatten(0, 1).to(device), features).view(d.shape[:2]).mean(dim=1)
-

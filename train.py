@@ -35,16 +35,16 @@ import torch
 from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import DataLoader
 
-from data.pipal import PairDataset
+from data.pair_dataset import PairDataset
 from data.sampler import EpochSampler, own_process_group
 from engine import ScoringStopped, predict, reference_shards, train_one_epoch
-from models import AHIQ, ModelConfig, build_from_config, load_weights
-from models.config import read_model_checkpoint
+from models import AHIQ, Checkpoint, build_from_config, read_checkpoint
+from models.config import check_backbones
 from options.base_options import RunConfig
 from options.policy import RESULT
 from options.train_options import parse_train_options
-from runtime import backbone_source, configure_device, device_of, load_dataset, save_options
-from utils.checkpoint import find_checkpoint, save_weights
+from runtime import backbone_source, configure_device, device_of, load_dataset, policy_of, save_options
+from utils.checkpoint import find_checkpoint, load_head_weights, save_weights
 from utils.distributed import (
     DistInfo,
     backend_for,
@@ -57,7 +57,7 @@ from utils.distributed import (
 from utils.errors import AHIQError, run_cli
 from utils.files import FolderLock, remove_stale_temporaries
 from utils.logger import EpochLog, Scalars, close_file_logs, setup_logging
-from utils.metrics import fmt, iqa_metrics
+from utils.metrics import fmt, improves, iqa_metrics
 from utils.plots import optional_figure, scatter_figure
 
 log = logging.getLogger("ahiq.train")
@@ -68,8 +68,9 @@ class TrainState:
     epoch: int = 0  # next epoch to run
     step: int = 0  # batches of that epoch already done (mid-epoch resume)
     global_step: int = 0
-    best_srcc: float = -1.0
+    best_srcc: float = -1.0  # validation metrics of the epoch best.pth holds (official start: -1)
     best_plcc: float = -1.0
+    best_epoch: int = 0  # the epoch best.pth holds, counted from 1 (0: none yet)
     world_size: int = 1  # processes the run had when saved: the rest of an epoch is sharded over them
 
 
@@ -131,20 +132,21 @@ VAL_METRICS = ("srcc", "plcc", "plcc_logistic", "krcc", "rmse", "main_score")  #
 def build_loaders(opt: RunConfig, info: DistInfo, crop_size: int
                   ) -> tuple[PairDataset, DataLoader, EpochSampler, Validation]:
     split = opt.split(create=True)
-    train_set = load_dataset(opt, "train", "train", 1, crop_size, split)
+    policy = policy_of(opt, crop_size, n_ensemble=opt.num_avg_val, batch_size=opt.val_batch_size)  # validation's
+    train_set = load_dataset(opt, "train", "train", policy, split)  # training crops: drawn per sample
     if train_set.labels is None:
         raise AHIQError(f"{opt.train_list}: the training labels need a score on every row")
     if train_set.norm.span == 0:
         raise AHIQError(f"{opt.train_list}: every training score is {train_set.norm.mos_min:g}; there is nothing to "
                         "learn (the labels are min-max normalised over the list)")
     if split.active:  # a split divides one dataset: validation is the 'val' part of the training labels
-        val_set = load_dataset(opt, "train", "val", opt.num_avg_val, crop_size, split, batch_size=opt.val_batch_size)
+        val_set = load_dataset(opt, "train", "val", policy, split)
     else:
         same = [os.path.realpath(p) for p in (opt.train_list, opt.train_ref_path, opt.train_dis_path)]
         if same == [os.path.realpath(p) for p in (opt.val_list, opt.val_ref_path, opt.val_dis_path)]:
             raise AHIQError(f"{opt.train_list}: training and validation would use the same images; pass a "
                             "--val_list, or split the data by reference with --split_file FILE (docs/datasets.md)")
-        val_set = load_dataset(opt, "val", "val", opt.num_avg_val, crop_size, split, batch_size=opt.val_batch_size)
+        val_set = load_dataset(opt, "val", "val", policy, split)
     source = f"{opt.train_list} ({split.describe()}, part val)" if split.active else opt.val_list
     if val_set.labels is None or len(val_set) < 2:
         raise AHIQError(f"{source}: validation needs two or more images with a score")
@@ -157,8 +159,13 @@ def build_loaders(opt: RunConfig, info: DistInfo, crop_size: int
     train_loader = DataLoader(train_set, batch_size=opt.batch_size, sampler=sampler, **workers)
     shard = reference_shards(list(range(len(val_set))), val_set.reference_key, info.world_size)[info.rank]
     listed = opt.train_list if split.active else opt.val_list
-    name = opt.dataset if opt.data_root else os.path.splitext(os.path.basename(listed))[0]
-    return train_set, train_loader, sampler, Validation(val_set, shard, name)
+    return train_set, train_loader, sampler, Validation(val_set, shard, dataset_name(opt, listed))
+
+
+def dataset_name(opt: RunConfig, listed: str | None = None) -> str:
+    """What the data is called in checkpoints, logs and TensorBoard: the preset's name when its layout is used
+    (--data_root), else the label file's stem (your own data is never called 'pipal')."""
+    return opt.dataset if opt.data_root else os.path.splitext(os.path.basename(listed or opt.train_list))[0]
 
 
 def validate(model: AHIQ, val: Validation, info: DistInfo, opt: RunConfig, amp_dtype: torch.dtype | None,
@@ -196,9 +203,12 @@ def make_scaler(amp_dtype: torch.dtype | None) -> torch.amp.GradScaler | None:
 
 
 def restore(ckpt: dict, path: str, model: AHIQ, optimizer, scheduler, scaler: torch.amp.GradScaler | None,
-            exact: bool) -> TrainState:
-    """Weights and, for an exact resume (``last.pth``), the optimizer, scheduler, loss scale and RNG states."""
-    load_weights(model, path, ckpt)
+            exact: bool, allow_other_backbones: bool) -> TrainState:
+    """Weights (on the backbones they were trained with, unless ``allow_other_backbones``) and, for an exact resume
+    (``last.pth``), the optimizer, scheduler, loss scale and RNG states."""
+    if not allow_other_backbones:
+        check_backbones(model, ckpt, path)
+    load_head_weights(model, ckpt, path)
     if not exact:  # --load_epoch: epoch_N.pth holds weights only
         log.warning("%s: starting from its weights at epoch %s; the optimizer and LR schedule start afresh (use "
                     "--resume with last.pth to continue exactly)", path, int(ckpt.get("epoch", -1)) + 1)
@@ -225,9 +235,10 @@ class Saver:
 
     def __init__(self, opt, model: AHIQ, optimizer, scheduler, scaler, train_set: PairDataset) -> None:
         self.opt, self.model, self.optimizer, self.scheduler, self.scaler = opt, model, optimizer, scheduler, scaler
-        self.meta = {"label_norm": train_set.norm.to_dict(), "dataset": opt.dataset, "train_list": opt.train_list,
+        self.meta = {"label_norm": train_set.norm.to_dict(), "dataset": dataset_name(opt),
+                     "train_list": opt.train_list,
                      "split": {"file": opt.split_file, "index": opt.split_index, "column": opt.split_column},
-                     "inputs": input_digests(opt)}
+                     "inputs": input_digests(opt), "backbones": model.backbones, "best_metric": opt.best_metric}
 
     def __call__(self, name: str, state: TrainState, loss: float, full: bool = False) -> str:
         path = os.path.join(self.opt.run_dir, name)
@@ -238,20 +249,19 @@ class Saver:
                      "scaler_state_dict": self.scaler.state_dict() if self.scaler is not None else None,
                      "train_state": {**asdict(state), "rng": rng_state()},
                      "options": self.opt.to_dict()}
-        save_weights(path, self.model, meta=self.meta, epoch=state.epoch - 1, loss=float(loss), **extra)
+        meta = {**self.meta, "epochs_trained": state.epoch}  # counted from 1; the official "epoch" from 0
+        save_weights(path, self.model, meta=meta, epoch=state.epoch - 1, loss=float(loss), **extra)
         return path
 
 
-def run_config(opt, resume_from: str | None) -> tuple[ModelConfig, dict | None]:
-    """The architecture of this run: the checkpoint's when continuing one (switches given must agree), else the
-    switches given over the paper's defaults; and the checkpoint dict, read once."""
-    if resume_from is None:
-        return ModelConfig(**opt.model_switches), None
-    ckpt, config = read_model_checkpoint(resume_from, opt.model_switches)
-    if opt.resume:
-        check_resume_options(ckpt.get("options") or {}, opt, resume_from)
-        check_resume_inputs(ckpt, opt, resume_from)
-    return config, ckpt
+def run_config(opt, resume_from: str | None) -> Checkpoint:
+    """The checkpoint this run continues (read once) and the architecture of this run: the checkpoint's (switches
+    given must agree), else the switches' (their defaults in options/ with those given)."""
+    checkpoint = read_checkpoint(resume_from, opt.given_switches, opt.model_switches)
+    if resume_from is not None and opt.resume:
+        check_resume_options(checkpoint.state.get("options") or {}, opt, resume_from)
+        check_resume_inputs(checkpoint.state, opt, resume_from)
+    return checkpoint
 
 
 def input_digests(opt: RunConfig) -> dict[str, str]:
@@ -318,7 +328,8 @@ def train(opt: RunConfig, info: DistInfo) -> TrainState:
     if stale:
         log.warning("%s: removed %d temporary file(s) of an interrupted save", opt.run_dir, len(stale))
     resume_from = checkpoint_path(opt)
-    config, ckpt = run_config(opt, resume_from)
+    checkpoint = run_config(opt, resume_from)
+    config, ckpt = checkpoint.config, checkpoint.state
     seed_everything(opt.seed)
     device = info.device
     amp_dtype = configure_device(opt, device)
@@ -330,13 +341,13 @@ def train(opt: RunConfig, info: DistInfo) -> TrainState:
     scaler = make_scaler(amp_dtype)
     state = TrainState()
     if resume_from:
-        state = restore(ckpt, resume_from, model, optimizer, scheduler, scaler, exact=opt.resume)
+        state = restore(ckpt, resume_from, model, optimizer, scheduler, scaler, opt.resume, opt.allow_other_backbones)
         if state.step and state.world_size != info.world_size:
             raise AHIQError(f"{resume_from}: stopped after step {state.step} of epoch {state.epoch + 1} with "
                             f"{state.world_size} process(es), and the rest of that epoch is sharded over them; "
                             f"resume with {state.world_size} process(es) (NPROC x NNODES), or from an epoch boundary")
     state.world_size = info.world_size
-    del ckpt
+    del ckpt, checkpoint
     net = model
     if info.enabled:
         net = DistributedDataParallel(model, device_ids=[device] if device.startswith("cuda") else None,
@@ -391,11 +402,16 @@ def train(opt: RunConfig, info: DistInfo) -> TrainState:
                     finish_epoch(save, state, loss, metrics)
                     epochs.append({"epoch": state.epoch, "step": state.global_step, "train_loss": loss, "lr": lr,
                                    **{f"val_{k}": (metrics or {}).get(k) for k in VAL_METRICS},
+                                   "best": bool(metrics and metrics["improved"]),
                                    "seconds": time.perf_counter() - start})
     finally:
         if scalars:
             scalars.close()
-    log.info("done: best SRCC %.4f PLCC %.4f; checkpoints in %s", state.best_srcc, state.best_plcc, opt.run_dir)
+    if state.best_epoch:
+        log.info("done: best.pth holds epoch %d (validation SRCC %.4f, PLCC %.4f; --best_metric %s); checkpoints in %s",
+                 state.best_epoch, state.best_srcc, state.best_plcc, opt.best_metric, opt.run_dir)
+    else:
+        log.info("done: no validation gave SRCC/PLCC, so there is no best.pth; checkpoints in %s", opt.run_dir)
     return state
 
 
@@ -419,17 +435,19 @@ def finish_epoch(save: Saver, state: TrainState, loss: float, metrics: dict | No
 
 def validate_epoch(model: AHIQ, val: Validation, info: DistInfo, opt: RunConfig, amp_dtype: torch.dtype | None,
                    state: TrainState, scalars: Scalars | None, stop: Callable[[], bool] | None = None) -> dict:
-    """Validate, log, update the bests in ``state``; ``improved`` when SRCC or PLCC improved (official: both bests
-    move then). Scalars go per epoch (``val/srcc``) and per step with the dataset (``val/<dataset>/srcc``)."""
+    """Validate, log, update the bests in ``state``; ``improved`` when the epoch beats the best by --best_metric (then
+    best.pth is saved and the bests become this epoch's metrics). Scalars go per step with the dataset
+    (``val/<dataset>/srcc``)."""
     metrics, preds, labels = validate(model, val, info, opt, amp_dtype, stop)
     srcc, plcc = (-math.inf if metrics[k] is None else metrics[k] for k in ("srcc", "plcc"))  # None: undefined
-    improved = srcc > state.best_srcc or plcc > state.best_plcc
-    if improved:
-        state.best_srcc = srcc if metrics["srcc"] is not None else state.best_srcc  # official: both move
+    improved = improves(opt.best_metric, srcc, plcc, state.best_srcc, state.best_plcc)
+    if improved:  # the bests are the chosen epoch's metrics (official: both move)
+        state.best_srcc = srcc if metrics["srcc"] is not None else state.best_srcc
         state.best_plcc = plcc if metrics["plcc"] is not None else state.best_plcc
+        state.best_epoch = state.epoch
     log.info("epoch %d: SRCC %s PLCC %s (raw; %s after logistic mapping) KRCC %s RMSE %s%s", state.epoch,
              *(fmt(metrics[k]) for k in ("srcc", "plcc", "plcc_logistic", "krcc", "rmse")),
-             "  (best so far)" if improved else "")
+             f"  (best so far by {opt.best_metric}: best.pth)" if improved else "")
     if scalars:  # one step axis for training and validation, named for the validation data actually used
         scalars.add({f"val/{val.name}/{k}": v for k, v in metrics.items() if k in VAL_METRICS and v is not None},
                     state.global_step)

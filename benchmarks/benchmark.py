@@ -26,10 +26,10 @@ from safetensors.torch import save_file
 from scipy import stats
 
 from benchmarks.official_style import OfficialStyleBackbones, official_forward, reference_scores
-from data.defaults import CROPS_PER_FORWARD, N_ENSEMBLE, SEED
-from data.pipal import crop_tensor_stack, crop_windows
+from data.windows import crop_tensor_stack, crop_windows
 from engine import ChunkSize, ReferenceCache, score_batch, score_crops
 from models import RESNET_TAG, VIT_TAGS, build_model
+from options.defaults import CROPS_PER_FORWARD, N_ENSEMBLE, SEED
 
 
 def timed(fn: Callable[[], object], device: str, repeats: int) -> tuple[float, object]:

@@ -68,7 +68,7 @@ def spread_pairs(n: int, size: int, crop: int) -> tuple[torch.Tensor, torch.Tens
     scores that spread, so an SRCC between precisions measures something even with random backbones."""
     import cv2
 
-    from data.pipal import crop_stack, fixed_windows
+    from data.windows import crop_stack, fixed_windows
     rng = np.random.default_rng(0)
     dis, ref = [], []
     for i in range(n):

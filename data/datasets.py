@@ -24,8 +24,8 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from data.defaults import SEED
-from data.pipal import PairDataset, pipal_reference_name, read_list, refuse_repeat
+from data.pair_dataset import PairDataset
+from data.pipal import pipal_reference_name, read_list, refuse_repeat
 from data.splits import load_or_create_splits
 from utils.errors import AHIQError
 from utils.files import read_text
@@ -202,9 +202,9 @@ class SplitChoice:
     file: str | None = None
     index: int = 0
     column: str | None = None
-    ratios: tuple[float, float, float] = (6, 2, 2)
-    n_splits: int = 10
-    seed: int = SEED
+    ratios: tuple[float, float, float] | None = None  # these three: how a missing file is made (``create``)
+    n_splits: int | None = None
+    seed: int | None = None
     create: bool = False
 
     @property
@@ -253,7 +253,7 @@ def pair_dataset(ref_dir: str, dis_dir: str, labels: Labels, lower_better: bool 
     pairs = [(name, os.path.join(dis_dir, name), os.path.join(ref_dir, ref))
              for name, ref in zip(labels.names, labels.refs)]
     try:
-        return PairDataset(pairs, labels.raw, lower_better=lower_better, ref_names=labels.refs, **kwargs)
+        return PairDataset(pairs, labels.raw, lower_better=lower_better, **kwargs)
     except AHIQError as err:
         if str(err).startswith("label range"):
             raise AHIQError(f"{labels.path}: {err}") from None

@@ -16,7 +16,6 @@ import os
 
 import numpy as np
 
-from data.defaults import SEED
 from utils.errors import AHIQError
 from utils.files import atomic_write, read_text
 
@@ -35,8 +34,7 @@ def part_counts(n: int, ratios: tuple[float, float, float]) -> list[int]:
     return [int(c) for c in counts]
 
 
-def make_splits(references, ratios: tuple[float, float, float] = (6, 2, 2), n_splits: int = 10,
-                seed: int = SEED) -> list[dict[str, list[str]]]:
+def make_splits(references, ratios: tuple[float, float, float], n_splits: int, seed: int) -> list[dict[str, list[str]]]:
     """``n_splits`` content-disjoint splits of the unique reference names (see the module docstring)."""
     refs = sorted(set(references))
     if n_splits < 1:

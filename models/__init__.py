@@ -4,17 +4,21 @@ from __future__ import annotations
 from models.ahiq import AHIQ, BN_STATS, BRANCHES, DEFORM_IMPLS, FUSIONS, POOLINGS, DeformFusion, PixelPrediction
 from models.backbones import CNN_BLOCKS, RESNET_TAG, VIT_BLOCKS, VIT_TAGS
 from models.config import (
+    PAPER,
     BackboneSource,
+    Checkpoint,
     ModelConfig,
+    build_checkpoint_model,
     build_from_config,
     config_from_checkpoint,
-    load_model,
     load_weights,
+    read_checkpoint,
 )
 
-__all__ = ["AHIQ", "BN_STATS", "BRANCHES", "CNN_BLOCKS", "DEFORM_IMPLS", "FUSIONS", "POOLINGS", "RESNET_TAG",
-           "VIT_BLOCKS", "VIT_TAGS", "BackboneSource", "DeformFusion", "ModelConfig", "PixelPrediction",
-           "build_from_config", "build_model", "config_from_checkpoint", "load_model", "load_weights"]
+__all__ = ["AHIQ", "BN_STATS", "BRANCHES", "CNN_BLOCKS", "DEFORM_IMPLS", "FUSIONS", "PAPER", "POOLINGS", "RESNET_TAG",
+           "VIT_BLOCKS", "VIT_TAGS", "BackboneSource", "Checkpoint", "DeformFusion", "ModelConfig", "PixelPrediction",
+           "build_checkpoint_model", "build_from_config", "build_model", "config_from_checkpoint", "load_weights",
+           "read_checkpoint"]
 
 
 def build_model(patch_size: int = 8, pretrained: bool = True, vit_weights: str | None = None,

@@ -154,6 +154,16 @@ class AHIQ(nn.Module):
                                            impl=deform_impl, fusion=config.fusion, cnn_reduction=cnn.reduction)
             channels += cnn.channels
         self.regressor = PixelPrediction(channels, pooling=config.pooling)
+        self.backbones: dict[str, dict] = {}  # where each backbone's weights came from (models/config.py)
+
+    @property
+    def device(self) -> torch.device:
+        return next(self.regressor.parameters()).device
+
+    @property
+    def pool(self):
+        """How patch maps become a score (the head's pooling)."""
+        return self.regressor.pool
 
     def train(self, mode: bool = True) -> AHIQ:
         """Only the head trains; the backbones stay in eval mode (their BatchNorm statistics are fixed)."""

@@ -3,13 +3,15 @@
 :class:`ModelConfig` holds everything that decides the architecture (patch size, pinned backbone tags, which blocks
 feed the model, fusion, branches, pooling) and the crop size it was trained at. Every checkpoint this project writes
 stores it (``ckpt["ahiq"]["model"]``), so an ablation's checkpoint is scored with no switches at all:
-:func:`load_model` rebuilds exactly what was trained. A switch that is given AND contradicts the checkpoint is an
+:func:`read_checkpoint` + :func:`build_checkpoint_model` rebuild exactly what was trained (and its backbones are
+checked against the ones recorded). A switch that is given AND contradicts the checkpoint is an
 error naming both values. Official and pyiqa files carry no configuration: they are the paper's model, with the
 patch size given (default 8).
 """
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import os
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -108,6 +110,8 @@ class ModelConfig:
         return dataclasses.replace(self, **changes)
 
 
+PAPER = ModelConfig()  # the paper's model: what official and pyiqa files (which hold no configuration) are
+
 ARCH_FIELDS = tuple(f.name for f in dataclasses.fields(ModelConfig) if f.name != "crop_size")
 
 
@@ -192,25 +196,75 @@ class BackboneSource:
 
 def build_from_config(config: ModelConfig, source: BackboneSource = BackboneSource(), deform_impl: str = "gemm",
                       seed: int | None = None) -> AHIQ:
-    """The model ``config`` describes. ``seed``: random weights (backbones without files, the head) drawn from it,
-    the global RNG left as it was: train.py and every scorer then build the same random backbones."""
+    """The model ``config`` describes, with :attr:`AHIQ.backbones` recording where its backbone weights came from.
+    ``seed``: random weights (backbones without files, the head) drawn from it, the global RNG left as it was:
+    train.py and every scorer then build the same random backbones."""
     if seed is not None:
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(seed)
-            return build_from_config(config, source, deform_impl)
+            return _build(config, source, deform_impl, seed)
+    return _build(config, source, deform_impl, None)
+
+
+def _build(config: ModelConfig, source: BackboneSource, deform_impl: str, seed: int | None) -> AHIQ:
     vit_file, resnet_file = source.files(config)
     vit, cnn = build_backbones(config.patch_size, source.pretrained, vit_file, resnet_file, config.vit_name,
                                config.resnet_name, config.vit_blocks, config.cnn_blocks,
                                use_vit=config.branches != "cnn", use_cnn=config.branches != "vit")
     try:
-        return AHIQ(vit, cnn, config, deform_impl)
+        model = AHIQ(vit, cnn, config, deform_impl)
     except ValueError as err:  # e.g. CNN blocks of a stage coarser than the ViT grid
         raise AHIQError(f"these model options do not fit together: {err}") from None
+    for part, net, file, tag in (("vit", vit, vit_file, config.vit_name), ("cnn", cnn, resnet_file,
+                                                                           config.resnet_name)):
+        if net is not None:
+            origin = ({"source": "file", "file": os.path.basename(file)} if file else
+                      {"source": "hub", "tag": tag} if source.pretrained else {"source": "random", "seed": seed})
+            model.backbones[part] = {**origin, "digest": weights_digest(net)}
+    return model
+
+
+def weights_digest(module: torch.nn.Module) -> str:
+    """sha256 (16 hex digits) of a module's weights and buffers as loaded: names, shapes, dtypes and values. The same
+    weights give the same digest whether they came from the hub, a .pth or a .safetensors file."""
+    digest = hashlib.sha256()
+    for name, tensor in sorted(module.state_dict().items()):
+        tensor = tensor.detach().cpu().contiguous()
+        digest.update(f"{name}:{tuple(tensor.shape)}:{tensor.dtype};".encode())
+        digest.update(tensor.reshape(-1).view(torch.uint8).numpy().tobytes())
+    return digest.hexdigest()[:16]
+
+
+def describe_backbone(record: Mapping[str, Any]) -> str:
+    """One backbone record of :attr:`AHIQ.backbones` in words."""
+    source = record.get("source")
+    where = {"file": f"from the file {record.get('file')}", "hub": f"the hub's {record.get('tag')}",
+             "random": f"random (seed {record.get('seed')})"}.get(source, str(source))
+    return f"{where}, digest {record.get('digest')}"
+
+
+def check_backbones(model: AHIQ, ckpt: Mapping[str, Any], path: str) -> None:
+    """A checkpoint that records its backbones (this project's, since they are recorded) is used only with the same
+    backbone weights: the scores of a head mean nothing on other features. Official and pyiqa files record none."""
+    saved = (ckpt.get("ahiq") or {}).get("backbones") if isinstance(ckpt.get("ahiq"), Mapping) else None
+    if saved is None:
+        return
+    if not isinstance(saved, Mapping) or not all(isinstance(r, Mapping) and isinstance(r.get("digest"), str)
+                                                 for r in saved.values()):
+        raise AHIQError(f"{path}: its metadata 'backbones' is not what AHIQ writes; not a checkpoint of this project")
+    for part, now in model.backbones.items():
+        then = saved.get(part)
+        if then is not None and then["digest"] != now["digest"]:
+            raise AHIQError(f"{path}: trained on the {part} backbone {describe_backbone(then)}, but this run built "
+                            f"{describe_backbone(now)}; give the same weights (--no_pretrained with the same --seed, "
+                            "the same file, or the hub's), or pass --allow_other_backbones / allow_other_backbones="
+                            "True to use these anyway")
 
 
 def load_weights(model: AHIQ, path: str, ckpt: Mapping[str, Any] | None = None) -> dict[str, Any]:
-    """Load the trainable parts of ``model`` from ``path`` after checking that the file was trained with the same
-    architecture (its saved configuration, when it has one); returns the checkpoint dict."""
+    """Load the trainable parts of a model you built (:func:`models.build_model`) from ``path``, after checking that
+    the file was trained with the same architecture (its saved configuration, when it has one); returns the
+    checkpoint dict. :func:`read_checkpoint` + :func:`build_checkpoint_model` build the model from the file instead."""
     ckpt = dict(ckpt) if ckpt is not None else load_checkpoint(path)
     saved = config_from_checkpoint(ckpt, path)
     if saved is not None:
@@ -218,32 +272,40 @@ def load_weights(model: AHIQ, path: str, ckpt: Mapping[str, Any] | None = None) 
                 for k in ARCH_FIELDS if _normal(getattr(saved, k)) != _normal(getattr(model.config, k))]
         if diff:
             raise AHIQError(f"{path}: built with other model options ({'; '.join(diff)}); load it with "
-                            "models.load_model (test.py, predict.py, the API), which reads them from the file")
+                            "scoring.load_scorer (test.py, predict.py, the API), which reads them from the file")
     load_head_weights(model, ckpt, path)
     return ckpt
 
 
-def load_model(path: str, given: Mapping[str, Any] | None = None, source: BackboneSource = BackboneSource(),
-               deform_impl: str = "gemm") -> tuple[AHIQ, dict[str, Any]]:
-    """A checkpoint (ours, official or pyiqa) as a ready model in eval mode on the CPU, and the checkpoint dict.
+@dataclass(frozen=True)
+class Checkpoint:
+    """A checkpoint read (its dict and the architecture it describes) before anything slow is built; ``path`` and
+    ``state`` None: no file (a random head: tests, ``pretrained=False``)."""
 
-    ``given``: the model switches the user set explicitly (see :func:`merge_config`). The entry points and the API
-    go through :func:`scoring.build_scorer`, which builds with the same two halves.
-    """
-    ckpt, config = read_model_checkpoint(path, given)
-    return build_loaded(ckpt, path, config, source, deform_impl), ckpt
-
-
-def read_model_checkpoint(path: str, given: Mapping[str, Any] | None = None) -> tuple[dict[str, Any], ModelConfig]:
-    """The first, quick half of :func:`load_model`: the checkpoint dict and the configuration to build (so the
-    crop size is known and inputs can be checked before the backbones are built)."""
-    ckpt = load_checkpoint(path)
-    return ckpt, merge_config(config_from_checkpoint(ckpt, path), dict(given or {}), path)
+    path: str | None
+    state: dict | None
+    config: ModelConfig
 
 
-def build_loaded(ckpt: Mapping[str, Any], path: str, config: ModelConfig, source: BackboneSource = BackboneSource(),
-                 deform_impl: str = "gemm", seed: int | None = None) -> AHIQ:
-    """The second half of :func:`load_model`: the model built and its trained parts loaded, in eval mode."""
-    model = build_from_config(config, source, deform_impl, seed)
-    load_head_weights(model, ckpt, path)
+def read_checkpoint(path: str | None, given: Mapping[str, Any] | None = None,
+                    new: Mapping[str, Any] | None = None) -> Checkpoint:
+    """The one checkpoint reader (train.py's resume, test.py, predict.py, protocol.py, the API, the hub): the file's
+    dict and the architecture to build, checked against the switches ``given`` (:func:`merge_config`). No file
+    (``path`` None): the architecture ``new`` describes (a new run's switches), else the paper's."""
+    if path is None:
+        return Checkpoint(None, None, ModelConfig(**(new or given or {})))
+    state = load_checkpoint(path)
+    return Checkpoint(path, state, merge_config(config_from_checkpoint(state, path), dict(given or {}), path))
+
+
+def build_checkpoint_model(checkpoint: Checkpoint, source: BackboneSource = BackboneSource(), deform_impl: str = "gemm",
+                           seed: int | None = None, allow_other_backbones: bool = False) -> AHIQ:
+    """The one builder: the model a :class:`Checkpoint` describes, its trained parts loaded and its backbones checked
+    against the ones it was trained on (:func:`check_backbones`; ``allow_other_backbones`` skips that), in eval
+    mode on the CPU."""
+    model = build_from_config(checkpoint.config, source, deform_impl, seed)
+    if checkpoint.state is not None:
+        if not allow_other_backbones:
+            check_backbones(model, checkpoint.state, checkpoint.path)
+        load_head_weights(model, checkpoint.state, checkpoint.path)
     return model.eval()

@@ -22,15 +22,13 @@ from typing import Any
 import torch
 
 from data.datasets import PRESETS, SplitChoice, parse_ratios
-from data.defaults import CHECKPOINTS, PROTOCOL_NAME, RELEASED_NAME, SEED, TRAIN_NAME
-from data.pipal import MAX_PIXELS
-from models import BRANCHES, DEFORM_IMPLS, FUSIONS, POOLINGS, ModelConfig
+from data.images import MAX_PIXELS
+from models import BRANCHES, DEFORM_IMPLS, FUSIONS, POOLINGS, RESNET_TAG, ModelConfig
 from models.config import check_crop
+from options.defaults import CHECKPOINTS, PROTOCOL_NAME, RELEASED_NAME, SEED, TRAIN_NAME
 from options.policy import ONCE, free, once, policy
 from utils.errors import AHIQError
 from utils.files import read_text
-
-PAPER = ModelConfig()
 
 
 def default_gpu_ids() -> str:
@@ -77,43 +75,54 @@ def run_parser() -> argparse.ArgumentParser:
     return p
 
 
-# The model switches: every ModelConfig field is an option of the same name (None: the checkpoint's when one is
-# loaded, else the paper's model); how each is typed and described on the command line.
-_SWITCH_HELP = {
-    "patch_size": dict(type=int, choices=(8, 16), help=f"ViT patch size ({PAPER.patch_size})"),
-    "crop_size": dict(type=int, help=f"crop side, a multiple of --patch_size ({PAPER.crop_size}; scoring: the "
-                                     "trained one)"),
-    "vit_name": dict(help="timm ViT name with its tag (the pinned tag for --patch_size)"),
-    "resnet_name": dict(help=f"timm ResNet name with its tag ({PAPER.resnet_name})"),
-    "vit_blocks": dict(help=f"increasing ViT blocks whose outputs are used "
-                            f"({','.join(map(str, PAPER.vit_blocks))})"),
-    "cnn_blocks": dict(help=f"ResNet blocks used, all of one stage ({','.join(PAPER.cnn_blocks)})"),
-    "fusion": dict(choices=FUSIONS, help=f"how CNN features are fused ({PAPER.fusion})"),
-    "branches": dict(choices=BRANCHES, help=f"feature branches feeding the head ({PAPER.branches})"),
-    "pooling": dict(choices=POOLINGS, help=f"weighted: sum(f*w)/sum(w) over patches (paper); mean: the plain mean "
-                                           f"of f ({PAPER.pooling})"),
-}
-SWITCHES = tuple(f.name for f in dataclasses.fields(ModelConfig))
-assert set(SWITCHES) == set(_SWITCH_HELP), "every ModelConfig field needs its command-line option"
+SWITCHES = tuple(f.name for f in dataclasses.fields(ModelConfig))  # every ModelConfig field is an option
 
 
 def model_parser() -> argparse.ArgumentParser:
-    """The model switches (all recorded in checkpoints) and where the backbone weights come from."""
+    """The model switches and where the backbone weights come from.
+
+    The switches' defaults are those of NEW runs (train.py, protocol.py, a scorer without a checkpoint): edit one here
+    for an ablation and the run's checkpoints carry it. Scoring a checkpoint uses the architecture saved in it (the
+    paper's, :data:`models.config.PAPER`, for official and pyiqa files); a switch given on the command line must agree
+    with it.
+    """
     p = argparse.ArgumentParser(add_help=False)
-    g = p.add_argument_group("model (None: the checkpoint's when one is loaded, else the paper's model)")
-    for name in SWITCHES:
-        g.add_argument(f"--{name}", default=None, **_SWITCH_HELP[name])
+    g = p.add_argument_group("model (new runs; a checkpoint is scored with its own)")
+    g.add_argument("--patch_size", type=int, default=8, choices=(8, 16), help="ViT patch size")
+    g.add_argument("--crop_size", type=int, default=224,
+                   help="crop side, a multiple of --patch_size (scoring: the checkpoint's unless given)")
+    g.add_argument("--vit_name", default=None, help="timm ViT name with its tag; None: the pinned tag of --patch_size")
+    g.add_argument("--resnet_name", default=RESNET_TAG, help="timm ResNet name with its tag")
+    g.add_argument("--vit_blocks", default="0,1,2,3,4", help="increasing ViT blocks whose outputs are used")
+    g.add_argument("--cnn_blocks", default="layer1.0,layer1.1,layer1.2", help="ResNet blocks used, all of one stage")
+    g.add_argument("--fusion", default="deform", choices=FUSIONS, help="how CNN features are fused")
+    g.add_argument("--branches", default="hybrid", choices=BRANCHES, help="feature branches feeding the head")
+    g.add_argument("--pooling", default="weighted", choices=POOLINGS,
+                   help="weighted: sum(f*w)/sum(w) over patches (paper); mean: the plain mean of f")
     g = p.add_argument_group("backbone weights and kernels")
     free(g.add_argument("--vit_weights", default=None,
                         help="ViT weights from a local timm state dict (.pth/.safetensors) instead of the hub"))
     free(g.add_argument("--resnet_weights", default=None,
                         help="ResNet weights from a local timm state dict (.pth/.safetensors) instead of the hub"))
     g.add_argument("--no_pretrained", action="store_true",
-                   help="random backbones (tests, offline demos): scores are meaningless")
+                   help="random backbones drawn from --seed (tests, offline demos): scores are meaningless")
+    free(g.add_argument("--allow_other_backbones", action="store_true",
+                        help="score or resume a checkpoint with backbone weights other than those it was trained on "
+                             "(refused otherwise: the scores would mean something else)"))
     free(g.add_argument("--deform_impl", default="gemm", choices=DEFORM_IMPLS,
                         help="deformable conv: 'gemm' (bilinear sampling + GEMM; faster, autocast-friendly) or "
                              "torchvision's kernel; both compute the same function"))
     return p
+
+
+class HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
+    """Each option's default once, where it means something: not for switches (their default is 'off', or the
+    other switch's), not for None."""
+
+    def _get_help_string(self, action: argparse.Action) -> str:
+        if action.nargs == 0 or action.default in (None, argparse.SUPPRESS) or "%(default)" in (action.help or ""):
+            return action.help or ""
+        return super()._get_help_string(action)
 
 
 class RunConfig:
@@ -139,8 +148,13 @@ class RunConfig:
 
     @property
     def model_switches(self) -> dict[str, Any]:
-        """The model switches given (not None), as :class:`models.ModelConfig` values."""
+        """Every model switch with its value (given or default): the architecture of a new run."""
         return {k: getattr(self, k) for k in SWITCHES if getattr(self, k) is not None}
+
+    @property
+    def given_switches(self) -> dict[str, Any]:
+        """The model switches given on the command line or in ``--config``: what a checkpoint must agree with."""
+        return {k: getattr(self, k) for k in self.switches_given if getattr(self, k) is not None}
 
     @property
     def lower_better(self) -> bool:
@@ -186,8 +200,10 @@ def options_of(parser: argparse.ArgumentParser) -> list[argparse.Action]:
 
 
 def freeze(parser: argparse.ArgumentParser, values: Mapping[str, Any]) -> RunConfig:
-    """The frozen configuration of ``parser``'s options (lists become tuples)."""
-    spec = tuple((a.dest, policy(a)) for a in options_of(parser))
+    """The frozen configuration of ``parser``'s options (lists become tuples), with ``switches_given``: the model
+    switches given on the command line or in ``--config`` (:func:`parse_with_config`)."""
+    spec = tuple((a.dest, policy(a)) for a in options_of(parser)) + (("switches_given", ONCE),)
+    values = {"switches_given": (), **values}
     cls = _config_class(f"{(parser.prog or 'ahiq').split('.')[0].title()}Config", spec)
     return cls(**{dest: tuple(values[dest]) if isinstance(values[dest], list) else values[dest] for dest, _ in spec})
 
@@ -198,6 +214,7 @@ def parse_with_config(parser: argparse.ArgumentParser, argv: list[str] | None) -
     pre = argparse.ArgumentParser(add_help=False)
     pre.add_argument("--config", default=None)
     config = pre.parse_known_args(argv)[0].config
+    values: dict[str, Any] = {}
     if config:
         try:
             saved = json.loads(read_text(config))
@@ -207,11 +224,20 @@ def parse_with_config(parser: argparse.ArgumentParser, argv: list[str] | None) -
         if not isinstance(saved, dict):
             raise AHIQError(f"{config}: not a saved configuration (expected a JSON object of options)")
         rerun = {a.dest: a for a in options_of(parser) if policy(a) != ONCE}
-        values = {k: v for k, v in saved.items() if k in rerun}
+        values = {k: v for k, v in saved.items() if k in rerun and not (k in SWITCHES and v is None)}  # None: older
         for key, value in values.items():
             check_saved_value(rerun[key], value, f"{config}: {key!r}")
         parser.set_defaults(**values)
-    return parser.parse_args(argv)
+    switches = [a.dest for a in options_of(parser) if a.dest in SWITCHES]
+    unset = object()  # argparse leaves attributes already in the namespace alone: what stays unset was not given
+    opt = parser.parse_args(argv, argparse.Namespace(**dict.fromkeys(switches, unset)))
+    for name in switches:
+        if getattr(opt, name) is unset:
+            setattr(opt, name, parser.get_default(name))
+        elif name not in values:
+            values[name] = getattr(opt, name)
+    opt.switches_given = tuple(name for name in switches if name in values)
+    return opt
 
 
 def _json_type(value: Any) -> str:
@@ -280,7 +306,7 @@ def build(parser: argparse.ArgumentParser, values: Mapping[str, Any], resolve: t
     (each takes and changes the namespace, e.g. the dataset preset), then frozen. Nothing is built or loaded."""
     opt = argparse.Namespace(**values)
     if opt.crop_size is not None:
-        check_crop(opt.crop_size, opt.patch_size or PAPER.patch_size)
+        check_crop(opt.crop_size, opt.patch_size)
     check_positive(opt, "crops_per_forward", "batch_size", "val_batch_size", "n_ensemble", "num_avg_val")
     check_positive(opt, "num_workers", minimum=0)
     check_positive(opt, "max_pixels")

@@ -7,8 +7,8 @@ import argparse
 import os
 
 from data.datasets import LIST_FORMATS, PRESETS
-from data.defaults import NUM_AVG_VAL
-from data.pipal import WINDOW_LAYOUTS, WINDOW_MODES
+from data.windows import WINDOW_LAYOUTS, WINDOW_MODES
+from options.defaults import NUM_AVG_VAL
 from options.policy import free
 from utils.errors import AHIQError
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 import argparse
 
 from data.pairs import PAIR_RULES
-from options.base_options import RunConfig, model_parser, parse, run_parser
+from options.base_options import HelpFormatter, RunConfig, model_parser, parse, run_parser
 from options.data_options import image_parser, windows_parser
 from options.policy import free
 from options.test_options import scoring_parser
@@ -15,7 +15,7 @@ def predict_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(description="Score your own image pairs with AHIQ (higher is better).",
                                 parents=[run_parser(), model_parser(), scoring_parser(), windows_parser(),
                                          image_parser()],
-                                formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+                                formatter_class=HelpFormatter)
     g = p.add_argument_group("pairs")
     g.add_argument("--dis", help="a distorted image (with --ref)")
     g.add_argument("--ref", help="its reference image; with --dis_dir: the one reference of every image there")

@@ -6,10 +6,11 @@ import logging
 import os
 
 from data.datasets import PRESETS
-from data.defaults import N_ENSEMBLE, PROTOCOL_NAME, TEST_BATCH
-from options.base_options import RunConfig, parse
+from options.base_options import HelpFormatter, RunConfig, parse
 from options.data_options import apply_preset
+from options.defaults import PROTOCOL_NAME, TEST_BATCH
 from options.policy import free
+from options.test_options import add_n_ensemble
 from options.train_options import check_train_options, train_parents
 from utils.errors import AHIQError
 
@@ -17,10 +18,10 @@ from utils.errors import AHIQError
 def protocol_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(description="Train and test AHIQ on K content-disjoint splits and report median / "
                                             "mean +- std.", parents=train_parents(),
-                                formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+                                formatter_class=HelpFormatter)
     p.set_defaults(name=PROTOCOL_NAME)  # never the released model's folder
     g = p.add_argument_group("protocol")
-    g.add_argument("--n_ensemble", type=int, default=N_ENSEMBLE, help="crops per image when testing (as test.py)")
+    add_n_ensemble(g)
     free(g.add_argument("--test_batch_size", type=int, default=TEST_BATCH, help="images per batch when testing"))
     free(g.add_argument("--cross_dataset", nargs="*", default=[], choices=sorted(PRESETS),
                         help="also test each split's model on these whole datasets"))

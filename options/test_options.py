@@ -4,9 +4,8 @@ from __future__ import annotations
 import argparse
 import os
 
-from data.defaults import CROPS_PER_FORWARD, N_ENSEMBLE, TEST_BATCH
 from models import BN_STATS
-from options.base_options import RunConfig, model_parser, parse, run_parser
+from options.base_options import HelpFormatter, RunConfig, model_parser, options_of, parse, run_parser
 from options.data_options import (
     apply_preset,
     image_parser,
@@ -17,6 +16,7 @@ from options.data_options import (
     train_data_parser,
     windows_parser,
 )
+from options.defaults import CROPS_PER_FORWARD, N_ENSEMBLE, TEST_BATCH
 from options.policy import free
 from utils.errors import AHIQError
 
@@ -26,8 +26,7 @@ def scoring_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(add_help=False)
     g = p.add_argument_group("scoring")
     g.add_argument("--batch_size", type=int, default=TEST_BATCH, help="images per batch")
-    g.add_argument("--n_ensemble", type=int, default=N_ENSEMBLE,
-                   help="crops averaged per image: 1 centre, 2-9 fixed windows, more: seeded random windows")
+    add_n_ensemble(g)
     free(g.add_argument("--crops_per_forward", type=int, default=CROPS_PER_FORWARD,
                         help="crop pairs per model forward (memory bound)"))
     g.add_argument("--bn_stats", default="running", choices=BN_STATS,
@@ -37,13 +36,28 @@ def scoring_parser() -> argparse.ArgumentParser:
     return p
 
 
+def add_n_ensemble(group: argparse._ArgumentGroup) -> None:
+    """--n_ensemble, test.py's and protocol.py's (its default edited here reaches both, the API and the hub)."""
+    group.add_argument("--n_ensemble", type=int, default=N_ENSEMBLE,
+                       help="crops averaged per image: 1 centre, 2-9 fixed windows, more: seeded random windows")
+
+
+def scoring_defaults() -> dict:
+    """The defaults of the scoring options (scoring, windows, images and the run's seed and pixel limit), by name:
+    what the Python API and the hub use for the settings they are not given."""
+    parser = argparse.ArgumentParser(add_help=False, parents=[scoring_parser(), windows_parser(), image_parser()])
+    defaults = {a.dest: a.default for a in options_of(parser)}
+    run = run_parser()
+    return {**defaults, "seed": run.get_default("seed"), "max_pixels": run.get_default("max_pixels")}
+
+
 def test_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(description="Score a list of distorted/reference pairs with AHIQ.",
                                 # the official base options (training data included) are accepted, as officially
                                 parents=[test_data_parser(), train_data_parser(), image_parser(), windows_parser(),
                                          label_parser(), split_parser(), run_parser(), model_parser(),
                                          scoring_parser()],
-                                formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+                                formatter_class=HelpFormatter)
     g = p.add_argument_group("test")
     g.add_argument("--test_file_name", default="results.txt",
                    help="predictions file, a plain file name, written to the run folder (checkpoints_dir/name, or "

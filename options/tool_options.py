@@ -3,8 +3,8 @@ from __future__ import annotations
 
 import argparse
 
-from data.defaults import CHECKPOINTS, SEED
 from options.data_options import label_parser, split_making_parser
+from options.defaults import CHECKPOINTS, SEED
 
 
 def prepare_pipal_parser() -> argparse.ArgumentParser:

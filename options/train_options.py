@@ -3,9 +3,8 @@ from __future__ import annotations
 
 import argparse
 
-from data.defaults import CROPS_PER_FORWARD, TEST_BATCH, TRAIN_NAME
-from data.pipal import FLIP_AXES
-from options.base_options import RunConfig, check_positive, model_parser, parse, run_parser
+from data.pair_dataset import FLIP_AXES
+from options.base_options import HelpFormatter, RunConfig, check_positive, model_parser, parse, run_parser
 from options.data_options import (
     apply_preset,
     image_parser,
@@ -14,8 +13,10 @@ from options.data_options import (
     train_data_parser,
     windows_parser,
 )
+from options.defaults import CROPS_PER_FORWARD, TEST_BATCH, TRAIN_NAME
 from options.policy import free, once, resumable
 from utils.errors import AHIQError
+from utils.metrics import BEST_METRICS
 
 
 def train_parents() -> list[argparse.ArgumentParser]:
@@ -37,6 +38,10 @@ def training_parser() -> argparse.ArgumentParser:
                    help="axis of the random flip (p=0.5) of training crops; vertical is what the official code does "
                         "(np.fliplr on C x H x W) and what the released checkpoint was trained with")
     g.add_argument("--eta_min", type=float, default=0, help="CosineAnnealingLR minimum learning rate")
+    g.add_argument("--best_metric", default="srcc_or_plcc", choices=BEST_METRICS,
+                   help="which epoch best.pth holds (the log, metrics.png and protocol.py say the same): "
+                        "'srcc_or_plcc' is the official rule (saved when SRCC or PLCC improves); 'srcc', 'plcc' or "
+                        "'main_score' (PLCC + SRCC): when that one improves")
     once(g.add_argument("--resume", action="store_true", help="continue from last.pth in checkpoints_dir/name"))
     free(g.add_argument("--val_batch_size", type=int, default=TEST_BATCH, help="images per validation batch"))
     free(g.add_argument("--crops_per_forward", type=int, default=CROPS_PER_FORWARD,
@@ -48,7 +53,7 @@ def training_parser() -> argparse.ArgumentParser:
 
 def train_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(description="Train AHIQ (deformable fusion + head; the backbones stay frozen).",
-                                parents=train_parents(), formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+                                parents=train_parents(), formatter_class=HelpFormatter)
     p.set_defaults(name=TRAIN_NAME)  # never the released model's folder
     return p
 

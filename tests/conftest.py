@@ -174,11 +174,17 @@ def make_pipal_set(root: Path, n_refs: int = 2, n_dis: int = 3, size: tuple[int,
             "names": [line.split(",")[0] for line in lines]}
 
 
-def list_dataset(data: dict, crop_size: int = 224, n_crops: int = 5, **kwargs):
+def policy(crop: int = 224, n: int = 5, **kwargs):
+    """A :class:`data.windows.WindowPolicy` with test.py's defaults for what is not given."""
+    from data.windows import WindowPolicy
+    return WindowPolicy(crop, n, **{"seed": 1919, "mode": "reference", "layout": "ensemble", "batch": 10, **kwargs})
+
+
+def list_dataset(data: dict, crop_size: int = 224, n_crops: int = 5, resize: int | None = None, **kwargs):
     """The PairDataset of a ``make_pipal_set`` folder, built the way train.py and test.py build theirs."""
     from data.datasets import pair_dataset, read_labels
-    return pair_dataset(data["ref"], data["dis"], read_labels(data["list"]), crop_size=crop_size, n_crops=n_crops,
-                        **kwargs)
+    return pair_dataset(data["ref"], data["dis"], read_labels(data["list"]),
+                        policy=policy(crop_size, n_crops, resize=resize), **kwargs)
 
 
 @pytest.fixture

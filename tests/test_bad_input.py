@@ -22,9 +22,10 @@ import evaluate
 import predict
 import train
 from data.datasets import read_labels
-from data.pipal import image_size, read_list, read_rgb
+from data.images import image_size, read_rgb
+from data.pipal import read_list
 from scoring import Scorer
-from tests.conftest import TINY_ARGS, make_pipal_set, run_entry
+from tests.conftest import TINY_ARGS, make_pipal_set, policy, run_entry
 from utils.checkpoint import load_checkpoint
 from utils.errors import AHIQError
 from utils.files import FolderLock
@@ -34,7 +35,7 @@ REPO = Path(__file__).resolve().parents[1]
 
 @pytest.fixture(scope="module")
 def scorer(tiny_factory) -> Scorer:
-    return Scorer(tiny_factory(8), crop_size=32, n_ensemble=1)
+    return Scorer(tiny_factory(8), policy(32, 1), 50)
 
 
 @pytest.mark.parametrize("bad, message", [
@@ -60,9 +61,11 @@ def test_the_api_refuses_other_misuse(scorer, tiny_factory):
     with pytest.raises(AHIQError, match="expected \\(distorted, reference\\) file path pairs"):
         scorer.score_files(["a.png"])
     with pytest.raises(AHIQError, match="--crop_size 30 must be a positive multiple of --patch_size 8"):
-        Scorer(tiny_factory(8), crop_size=30)
-    with pytest.raises(AHIQError, match="n_ensemble 0"):
-        Scorer(tiny_factory(8), n_ensemble=0)
+        Scorer(tiny_factory(8), policy(30, 1), 50)
+    with pytest.raises(AHIQError, match="window setting n 0"):
+        policy(32, 0)
+    with pytest.raises(AHIQError, match="crops_per_forward 0"):
+        Scorer(tiny_factory(8), policy(32, 1), 0)
     assert scorer.score_tensors(torch.rand(2, 3, 40, 40), torch.rand(2, 3, 40, 40)).shape == (2,)  # valid input
 
 

@@ -18,8 +18,8 @@ import evaluate
 import predict
 import protocol
 from data.datasets import read_csv_labels
+from data.images import image_size, read_rgb
 from data.label_norm import LabelNorm
-from data.pipal import image_size, read_rgb
 from data.splits import read_splits
 from models.config import config_from_checkpoint
 from options import test_options

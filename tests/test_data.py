@@ -9,9 +9,11 @@ import pytest
 import torch
 
 from benchmarks.official_style import official_five_point_window
+from data.images import read_rgb
 from data.label_norm import LabelNorm
-from data.pipal import crop_windows, fixed_windows, read_list, read_rgb, train_window
-from tests.conftest import FIXTURES, LISTS, list_dataset, needs_fixtures
+from data.pipal import read_list
+from data.windows import crop_windows, fixed_windows, train_window
+from tests.conftest import FIXTURES, LISTS, list_dataset, needs_fixtures, policy
 from utils.errors import AHIQError
 
 
@@ -96,23 +98,23 @@ def test_fixed_windows_positions_and_order():
     assert fixed_windows(h, w, c) == [official_five_point_window(i, h, w, c) for i in range(9)]
     assert fixed_windows(h, w, c) == [(0, 0), (0, 96), (64, 0), (64, 96), (32, 48), (32, 0), (32, 96), (0, 48),
                                       (64, 48)]
-    assert crop_windows(h, w, c, 5, 0, "x") == fixed_windows(h, w, c)[:5]
-    assert crop_windows(h, w, c, 1, 0, "x") == [(32, 48)]
-    assert crop_windows(224, 224, 224, 1, 0, "x") == [(0, 0)]  # the whole image when it has the crop size
+    assert crop_windows(h, w, c, 5, 0, 0) == fixed_windows(h, w, c)[:5]
+    assert crop_windows(h, w, c, 1, 0, 0) == [(32, 48)]
+    assert crop_windows(224, 224, 224, 1, 0, 0) == [(0, 0)]  # the whole image when it has the crop size
 
 
-def test_random_windows_seeded_by_seed_and_name():
-    a = crop_windows(288, 300, 224, 20, 1919, "A0001_00_00.bmp")
-    assert a == crop_windows(288, 300, 224, 20, 1919, "A0001_00_00.bmp")
-    assert a != crop_windows(288, 300, 224, 20, 1919, "A0001_00_01.bmp")
-    assert a != crop_windows(288, 300, 224, 20, 7, "A0001_00_00.bmp")
+def test_random_windows_seeded_by_seed_and_key():
+    a = crop_windows(288, 300, 224, 20, 1919, 12345)
+    assert a == crop_windows(288, 300, 224, 20, 1919, 12345)
+    assert a != crop_windows(288, 300, 224, 20, 1919, 12346)
+    assert a != crop_windows(288, 300, 224, 20, 7, 12345)
     tops, lefts = zip(*a)
     assert len(a) == 20 and 0 <= min(tops) and max(tops) <= 64 and 0 <= min(lefts) and max(lefts) <= 76
     assert len(set(a)) > 10
-    many = [t for i in range(200) for t, _ in crop_windows(230, 230, 224, 10, i, "n")]
+    many = [t for i in range(200) for t, _ in crop_windows(230, 230, 224, 10, i, 0)]
     assert set(many) == set(range(7))  # every valid offset, the last one included
-    with pytest.raises(AHIQError, match="at least 1"):
-        crop_windows(288, 288, 224, 0, 0, "x")
+    with pytest.raises(AHIQError, match="window setting n 0: must be a positive integer"):
+        policy(224, 0)
 
 
 def test_dataset_crops_match_windows(pipal_set):

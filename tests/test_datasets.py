@@ -15,10 +15,11 @@ import numpy as np
 import pytest
 
 from data.datasets import PRESETS, Labels, pair_dataset, read_labels, select_rows
+from data.images import read_rgb
 from data.label_norm import LabelNorm
-from data.pipal import fixed_windows, read_rgb
 from data.prepare_pipal import prepare
 from data.splits import load_or_create_splits, make_splits, part_counts
+from data.windows import fixed_windows
 from options.train_options import parse_train_options
 from runtime import load_dataset
 from tests.conftest import FIXTURES, make_fr_dataset, needs_fixtures

@@ -17,7 +17,7 @@ from PIL import Image
 from safetensors.torch import save_file
 
 import evaluate
-from data.pipal import read_rgb
+from data.images import read_rgb
 from scoring import Metric, load_scorer
 from tests.conftest import make_pipal_set
 from utils.checkpoint import save_weights

@@ -13,9 +13,9 @@ import torch
 from PIL import Image
 
 import evaluate as test_script
-from data.pipal import grid_windows
+from data.windows import grid_windows
 from scoring import Metric, Scorer, load_scorer
-from tests.conftest import run_entry
+from tests.conftest import policy, run_entry
 from utils.checkpoint import save_weights
 from utils.quality_maps import image_maps
 
@@ -41,7 +41,7 @@ def test_the_maps_pool_to_the_score_of_their_crop(tiny_factory, switches):
         pooled = (f.double() * w.double()).sum(dim=(1, 2, 3)) / w.double().sum(dim=(1, 2, 3))
     torch.testing.assert_close(pooled, score, rtol=1e-6, atol=0)
     # on the image grid (one window = the whole image), the contributions of a crop add up to its score
-    maps = Scorer(model, crop_size=32, n_ensemble=1).score_tensors(dis, ref, return_maps=True)[1]
+    maps = Scorer(model, policy(32, 1), 50).score_tensors(dis, ref, return_maps=True)[1]
     for m, s in zip(maps, score.tolist()):
         assert m.f.shape == (32, 32) and m.covered.all() and (m.w is None) == (switches.get("pooling") == "mean")
         assert m.contribution.astype(np.float64).sum() / 64 == pytest.approx(s, rel=1e-5)  # 8x8 pixels a patch
@@ -80,7 +80,7 @@ def test_grid_windows_cover_every_pixel_with_the_fewest_windows(size):
 def test_a_distortion_in_one_quadrant_shows_in_that_quadrant(tiny_factory, corner):
     """80x80 pairs, 32 px grid windows (9), the tiny AHIQ with random weights: measured, 64% (top left) and 61%
     (bottom right) of the change of the contribution map lies in the distorted quadrant, a quarter of the image."""
-    scorer = Scorer(tiny_factory(8), crop_size=32, windows="grid")
+    scorer = Scorer(tiny_factory(8), policy(32, 20, layout="grid"), 50)
     g = torch.Generator().manual_seed(0)
     ref = torch.rand(1, 3, 80, 80, generator=g)
     dis = ref.clone()

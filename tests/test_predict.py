@@ -12,7 +12,7 @@ from PIL import Image
 
 import evaluate as test_script
 import predict
-from data.pipal import read_rgb
+from data.images import read_rgb
 from scoring import load_scorer
 from tests.conftest import FIXTURES, needs_fixtures
 from utils.checkpoint import save_weights

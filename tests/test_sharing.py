@@ -12,10 +12,12 @@ import torch
 
 import evaluate
 from benchmarks.official_style import OfficialStyleBackbones, reference_scores
-from data.pipal import PairDataset, crop_stack, official_windows, read_rgb
+from data.images import read_rgb
+from data.pair_dataset import PairDataset
+from data.windows import crop_stack, official_windows
 from engine import ReferenceCache, predict, reference_shards, score_crops
 from scoring import Scorer, load_scorer
-from tests.conftest import list_dataset, make_pipal_set
+from tests.conftest import list_dataset, make_pipal_set, policy
 
 
 def _dataset(root: Path, order: str, n_crops: int, **kwargs) -> PairDataset:
@@ -26,7 +28,7 @@ def _dataset(root: Path, order: str, n_crops: int, **kwargs) -> PairDataset:
     elif order == "once":  # one distorted image per reference
         rows = [rows[0], rows[4], rows[8]]
     pairs = [(n, f"{data['dis']}/{n}", f"{data['ref']}/{r}") for n, r in rows]
-    return PairDataset(pairs, None, crop_size=32, n_crops=n_crops, ref_names=[r for _, r in rows], **kwargs)
+    return PairDataset(pairs, None, policy(32, n_crops, **kwargs))
 
 
 class _CountingModel(torch.nn.Module):
@@ -34,7 +36,8 @@ class _CountingModel(torch.nn.Module):
 
     def __init__(self, model) -> None:
         super().__init__()
-        self.model, self.regressor, self.reference_rows, self.distorted_rows = model, model.regressor, 0, 0
+        self.model, self.reference_rows, self.distorted_rows = model, 0, 0
+        self.device, self.pool = model.device, model.pool
 
     def reference(self, ref):
         self.reference_rows += ref.shape[0]
@@ -58,7 +61,7 @@ def test_shared_references_equal_scoring_every_pair_alone(tiny_factory, tmp_path
         live.append(len(cache.features))
 
     monkeypatch.setattr(ReferenceCache, "release", watch)
-    out = predict(model, ds, batch_size=2, crops_per_forward=7, progress=False)
+    out = predict(model, ds, None, 2, 0, 7, progress=False)
     alone = torch.cat([score_crops(model.model, ds[i]["dis"][None], ds[i]["ref"][None]).scores
                        for i in range(len(ds))])
     assert out.names == ds.names and out.index.tolist() == list(range(len(ds)))  # list order kept
@@ -74,9 +77,9 @@ def test_an_image_of_the_crop_size_is_computed_once_whatever_the_ensemble(tiny_f
     data = make_pipal_set(tmp_path, n_refs=2, n_dis=2, size=(32, 32), seed=5)
     pairs = [(n, f"{data['dis']}/{n}", f"{data['ref']}/{n[:5]}.bmp") for n in data["names"]]
     model = _CountingModel(tiny_factory(8))
-    twenty = predict(model, PairDataset(pairs, None, crop_size=32, n_crops=20), progress=False)
+    twenty = predict(model, PairDataset(pairs, None, policy(32, 20)), None, 10, 0, 50, progress=False)
     assert (model.reference_rows, model.distorted_rows) == (2, 4)  # 20 identical windows: one crop each
-    one = predict(model, PairDataset(pairs, None, crop_size=32, n_crops=1), progress=False)
+    one = predict(model, PairDataset(pairs, None, policy(32, 1)), None, 10, 0, 50, progress=False)
     np.testing.assert_allclose(twenty.preds, one.preds, rtol=1e-6)
 
 
@@ -84,7 +87,7 @@ def test_random_windows_follow_the_reference_not_the_distorted_image(tmp_path):
     ds = _dataset(tmp_path, "grouped", 12)
     assert ds.windows(0) == ds.windows(3) != ds.windows(4)  # A0000's images share windows; A0001's differ
     again = _dataset(tmp_path / "again", "interleaved", 12)
-    assert again.windows(0) == ds.windows(0)  # seeded by (seed, reference name): not by position or order
+    assert again.windows(0) == ds.windows(0)  # seeded by (seed, reference pixels): not by position or order
 
 
 def _released_loop_windows(n_images: int, batch_size: int, n_ensemble: int, h: int, w: int, crop: int,
@@ -180,9 +183,9 @@ def test_batch_statistics_neither_use_nor_change_the_running_ones(model_factory,
     model = model_factory(8)
     buffers = {k: v.clone() for k, v in model.cnn.state_dict().items()}
     ds = list_dataset(pipal_set, 32, 5)
-    running = Scorer(model, crop_size=32, n_ensemble=5)
+    running = Scorer(model, policy(32, 5), 50)
     before = running.score_dataset(ds, 4, progress=False).preds
-    batch = Scorer(model, crop_size=32, n_ensemble=5, bn_stats="batch").score_dataset(ds, 4, progress=False).preds
+    batch = Scorer(model, policy(32, 5), 50, bn_stats="batch").score_dataset(ds, 4, progress=False).preds
     assert not np.allclose(batch, before, rtol=1e-3)
     assert all(torch.equal(v, model.cnn.state_dict()[k]) for k, v in buffers.items())  # num_batches_tracked too
     assert not any(m.training for m in model.cnn.modules())

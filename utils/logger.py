@@ -147,11 +147,12 @@ class EpochLog:
             points = [(r["epoch"], r[key]) for r in self.rows if r.get(key) is not None]
             if points:
                 val_ax.plot(*zip(*points), marker=".", label=key[4:].upper())
-        if scored:
-            best = max(scored, key=lambda r: r["val_srcc"])
+        chosen = [r for r in scored if r.get("best")]
+        if chosen:  # the epoch best.pth holds, by the run's --best_metric (the same rule as the log's)
+            best = chosen[-1]
             val_ax.axvline(best["epoch"], color="0.6", linestyle="--", linewidth=1)
             right = best["epoch"] > (epochs[0] + epochs[-1]) / 2  # the label on the side with room
-            val_ax.annotate(f"best SRCC {best['val_srcc']:.3f}\nepoch {best['epoch']}",
+            val_ax.annotate(f"best.pth: epoch {best['epoch']}\nSRCC {best['val_srcc']:.3f}",
                             (best["epoch"], best["val_srcc"]), textcoords="offset points",
                             xytext=(-6 if right else 6, -26), ha="right" if right else "left", fontsize=8)
         val_ax.set(xlabel="epoch", ylabel="validation")

@@ -7,6 +7,15 @@ import warnings
 import numpy as np
 from scipy import optimize, stats
 
+BEST_METRICS = ("srcc_or_plcc", "srcc", "plcc", "main_score")  # train.py --best_metric: which epoch best.pth holds
+
+
+def improves(rule: str, srcc: float, plcc: float, best_srcc: float, best_plcc: float) -> bool:
+    """Whether an epoch's validation SRCC/PLCC beat the best epoch's under ``rule`` (:data:`BEST_METRICS`):
+    ``srcc_or_plcc`` is the official rule (either one improved); ``main_score`` compares PLCC + SRCC."""
+    return {"srcc_or_plcc": srcc > best_srcc or plcc > best_plcc, "srcc": srcc > best_srcc, "plcc": plcc > best_plcc,
+            "main_score": srcc + plcc > best_srcc + best_plcc}[rule]
+
 
 def logistic4(x: np.ndarray, b1: float, b2: float, b3: float, b4: float) -> np.ndarray:
     """(b1 - b2) / (1 + exp(-(x - b3) / |b4|)) + b2: monotone, from b2 (x -> -inf) to b1 (x -> +inf)."""
@@ -14,21 +23,30 @@ def logistic4(x: np.ndarray, b1: float, b2: float, b3: float, b4: float) -> np.n
     return (b1 - b2) / (1 + np.exp(z)) + b2
 
 
+def _rising(x: np.ndarray, low: float, span: float, b3: float, b4: float) -> np.ndarray:
+    return logistic4(x, low + span, low, b3, b4)
+
+
 def fit_logistic4(pred: np.ndarray, label: np.ndarray) -> np.ndarray | None:
-    """Least-squares parameters of :func:`logistic4` mapping predictions to labels; None when no fit converges.
+    """Least-squares parameters (b1, b2, b3, b4) of :func:`logistic4` mapping predictions to labels, constrained to
+    rise (b1 >= b2, b4 > 0: labels are on a higher-is-better scale, DMOS flipped before normalising), so a model
+    that ranks backwards never gains from the mapping; None when no fit converges.
 
     Tries a few slopes for the starting point (a single start can stall) and keeps the best fit.
     """
     best, best_sse = None, np.inf
     spread = float(np.std(pred)) or 1.0
+    span = max(float(label.max() - label.min()), 1e-6)
+    bounds = ([-np.inf, 0.0, -np.inf, 1e-12], [np.inf, np.inf, np.inf, np.inf])
     for slope in (spread / 4, spread, spread / 16):
-        p0 = [label.max(), label.min(), float(np.median(pred)), slope]
+        p0 = [float(label.min()), span, float(np.median(pred)), slope]
         try:
             with warnings.catch_warnings():
                 warnings.simplefilter("ignore")
-                params, _ = optimize.curve_fit(logistic4, pred, label, p0=p0, maxfev=20000)
+                fitted, _ = optimize.curve_fit(_rising, pred, label, p0=p0, bounds=bounds, max_nfev=20000)
         except (RuntimeError, ValueError):
             continue
+        params = np.array([fitted[0] + fitted[1], fitted[0], fitted[2], fitted[3]])
         sse = float(np.sum((logistic4(pred, *params) - label) ** 2))
         if np.all(np.isfinite(params)) and sse < best_sse:
             best, best_sse = params, sse
@@ -40,11 +58,18 @@ ON_SLOPE = 3.0  # |x - b3| / |b4| below this: a prediction on the logistic's slo
 
 
 def logistic_fit_problem(pred: np.ndarray, label: np.ndarray, params: np.ndarray | None) -> str | None:
-    """Why the logistic-mapped PLCC of this fit says nothing (None: it is sound): too few images, no fit, or a fit
+    """Why the logistic-mapped PLCC of this fit says nothing (None: it is sound): too few images, predictions that
+    rank the labels backwards (the fit only rises: a DMOS list read as MOS must not look good), no fit, or a fit
     that is a step (fewer than 3 predictions, or under a fifth of them, on its slope: every other one is mapped to
     one of two values, and the PLCC measures how the step splits the images, not the model)."""
     if pred.size < MIN_FIT_IMAGES:
         return f"fewer than {MIN_FIT_IMAGES} images"
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        srcc = float(stats.spearmanr(pred, label)[0])
+    if not srcc > 0:
+        return (f"the predictions rank the labels backwards (SRCC {srcc:.3f}), which no rising mapping can fit; "
+                "if the labels are DMOS (lower is better), give --label_direction lower_better")
     if params is None:
         return "the 4-parameter logistic did not converge"
     on_slope = int(np.sum(np.abs(pred - params[2]) / (np.abs(params[3]) + 1e-12) < ON_SLOPE))

@@ -1,7 +1,10 @@
-"""The numbers of the official AHIQ protocol (DESIGN.md, section 4) and of scoring, each written once.
+"""The defaults that several options and entry points share, each written once: the official protocol's numbers
+(DESIGN.md section 4) and where runs are stored.
 
-options/ takes its defaults from here (edit a default for an ablation there, in the option), and so do the library
-(``data/``, ``scoring.py``) and the tools.
+The option modules take their defaults from here or write them in the option itself (each option's default is in
+exactly one of the two); the Python API and the hub take theirs from the options (:func:`options.test_options.
+scoring_defaults`), so an edit here or in an option reaches train.py, test.py, protocol.py, predict.py and the API
+alike. The library (``data/``, ``models/``, ``engine.py``) holds no protocol default: it is handed values.
 """
 import os
 
