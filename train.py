@@ -203,7 +203,7 @@ def make_scaler(amp_dtype: torch.dtype | None) -> torch.amp.GradScaler | None:
 
 
 def restore(ckpt: dict, path: str, model: AHIQ, optimizer, scheduler, scaler: torch.amp.GradScaler | None,
-            exact: bool, allow_other_backbones: bool) -> TrainState:
+            exact: bool, allow_other_backbones: bool = False) -> TrainState:
     """Weights (on the backbones they were trained with, unless ``allow_other_backbones``) and, for an exact resume
     (``last.pth``), the optimizer, scheduler, loss scale and RNG states."""
     if not allow_other_backbones:
@@ -238,7 +238,7 @@ class Saver:
         self.meta = {"label_norm": train_set.norm.to_dict(), "dataset": dataset_name(opt),
                      "train_list": opt.train_list,
                      "split": {"file": opt.split_file, "index": opt.split_index, "column": opt.split_column},
-                     "inputs": input_digests(opt), "backbones": model.backbones, "best_metric": opt.best_metric}
+                     "inputs": input_digests(opt), "best_metric": opt.best_metric}
 
     def __call__(self, name: str, state: TrainState, loss: float, full: bool = False) -> str:
         path = os.path.join(self.opt.run_dir, name)

@@ -225,9 +225,12 @@ def parse_with_config(parser: argparse.ArgumentParser, argv: list[str] | None) -
             raise AHIQError(f"{config}: not a saved configuration (expected a JSON object of options)")
         rerun = {a.dest: a for a in options_of(parser) if policy(a) != ONCE}
         values = {k: v for k, v in saved.items() if k in rerun and not (k in SWITCHES and v is None)}  # None: older
+        given_then = saved.get("switches_given")  # files written before it hold None for a switch not given
         for key, value in values.items():
             check_saved_value(rerun[key], value, f"{config}: {key!r}")
         parser.set_defaults(**values)
+        if isinstance(given_then, list):
+            values = {k: v for k, v in values.items() if k not in SWITCHES or k in given_then}
     switches = [a.dest for a in options_of(parser) if a.dest in SWITCHES]
     unset = object()  # argparse leaves attributes already in the namespace alone: what stays unset was not given
     opt = parser.parse_args(argv, argparse.Namespace(**dict.fromkeys(switches, unset)))

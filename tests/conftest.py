@@ -15,7 +15,7 @@ import timm
 import torch
 from safetensors.torch import save_file
 
-from models import RESNET_TAG, VIT_TAGS, build_model
+from models import RESNET_TAG, VIT_TAGS, BackboneSource, ModelConfig, build_from_config, build_model
 from models.tiny import TINY_RESNET, TINY_VIT
 from utils.checkpoint import save_weights
 
@@ -81,9 +81,9 @@ def tiny_factory():
     def make(patch: int = 8, **switches) -> torch.nn.Module:
         key = (patch, tuple(sorted(switches.items())))
         if key not in cache:
-            torch.manual_seed(11 + patch)
-            cache[key] = build_model(patch, pretrained=False, vit_name=TINY_VIT[patch], resnet_name=TINY_RESNET,
-                                     **switches).eval()
+            config = ModelConfig(patch, vit_name=TINY_VIT[patch], resnet_name=TINY_RESNET, **switches)
+            # random weights drawn as every scorer draws them (--seed 1919), so its checkpoints score with theirs
+            cache[key] = build_from_config(config, BackboneSource(pretrained=False), seed=1919).eval()
         return cache[key]
 
     return make

@@ -17,7 +17,7 @@ from utils.distributed import init_distributed, shutdown
 def main(out_file: str, ckpt: str, argv: list[str]) -> None:
     opt = parse_train_options(argv)
     info = init_distributed(device_of(opt), opt.gpu_list)
-    config, _ = train.run_config(opt, None)
+    config = train.run_config(opt, None).config
     _, _, _, val = train.build_loaders(opt, info, config.crop_size)
     model = build_from_config(config, backbone_source(opt), seed=opt.seed)  # random backbones: as train.py's
     load_weights(model, ckpt)

@@ -37,7 +37,8 @@ def test_the_configuration_is_frozen_and_derives_what_it_needs(tmp_path):
     with pytest.raises(dataclasses.FrozenInstanceError):
         cfg.seed = 3
     assert cfg.run_dir == str(tmp_path / "x") and cfg.gpu_list == ()
-    assert cfg.model_switches == {"vit_blocks": (1, 3)}
+    assert cfg.given_switches == {"vit_blocks": (1, 3)} and cfg.model_switches["vit_blocks"] == (1, 3)
+    assert cfg.model_switches["fusion"] == "deform"  # the default of a new run, from options/
     assert cfg.list_format == "pipal" and cfg.lower_better is False  # resolved from the preset, once
     again = cfg.replace(name="y")
     assert again.run_dir == str(tmp_path / "y") and cfg.name == "x"

@@ -22,7 +22,7 @@ from data.splits import load_or_create_splits, make_splits, part_counts
 from data.windows import fixed_windows
 from options.train_options import parse_train_options
 from runtime import load_dataset
-from tests.conftest import FIXTURES, make_fr_dataset, needs_fixtures
+from tests.conftest import FIXTURES, make_fr_dataset, needs_fixtures, policy
 from utils.errors import AHIQError
 
 REPO = Path(__file__).resolve().parents[1]
@@ -39,7 +39,7 @@ def test_preset_layouts_read_and_higher_is_always_better(tmp_path, preset):
     data = make_fr_dataset(tmp_path, preset, n_refs=3, n_dis=3)
     opt = _opt("--dataset", preset, "--data_root", str(tmp_path))
     assert opt.train_list == data["labels"]
-    ds = load_dataset(opt, "train", "all", 1, 32)
+    ds = load_dataset(opt, "train", "all", policy(32, 1))
     assert len(ds) == 9 and ds.norm.lower_better == PRESETS[preset].lower_better
     np.testing.assert_allclose(ds.raw_scores, [data["scores"][n] for n in ds.names])
     # distortion strength grows with d inside each reference: the normalised label must fall (DMOS is flipped)
@@ -55,11 +55,11 @@ def test_dmos_is_flipped_and_maps_back(tmp_path):
     labels = _labels(raw)
     for name in {*labels.names, *labels.refs}:
         cv2.imwrite(str(tmp_path / name), np.zeros((8, 8, 3), np.uint8))
-    ds = pair_dataset(str(tmp_path), str(tmp_path), labels, lower_better=True, crop_size=8)
+    ds = pair_dataset(str(tmp_path), str(tmp_path), labels, lower_better=True, policy=policy(8, 1))
     np.testing.assert_allclose(ds.labels, [1.0, 0.5, 0.0, 0.75])
     assert ds.norm.to_dict() == {"method": "minmax", "mos_min": 10.0, "mos_max": 90.0, "lower_better": True}
     np.testing.assert_allclose(LabelNorm.from_meta({"label_norm": ds.norm.to_dict()}).invert(ds.labels), raw)
-    mos = pair_dataset(str(tmp_path), str(tmp_path), labels, lower_better=False, crop_size=8)
+    mos = pair_dataset(str(tmp_path), str(tmp_path), labels, lower_better=False, policy=policy(8, 1))
     np.testing.assert_allclose(mos.labels, [0.0, 0.5, 1.0, 0.25])
     np.testing.assert_allclose(LabelNorm.fit(raw, False).invert(mos.labels), raw)
     assert mos.norm == LabelNorm(10.0, 90.0, False)
@@ -77,7 +77,7 @@ def test_real_kadid_list_joined_with_its_real_images(tmp_path):
     assert labels.refs[-1] == "I81.png"
     present = labels.subset([i for i, n in enumerate(labels.names) if (KADID / n).is_file()])
     assert dict(zip(present.names, present.raw)) == KADID_REAL
-    ds = pair_dataset(str(KADID), str(KADID), present, crop_size=224, n_crops=5)
+    ds = pair_dataset(str(KADID), str(KADID), present, policy=policy(224, 5))
     item = ds[0]
     assert item["dis"].shape == (5, 3, 224, 224)
     top, left = fixed_windows(384, 512, 224)[3]  # bottom-right window of a 512x384 image
@@ -95,7 +95,7 @@ def test_real_kadid_list_joined_with_its_real_images(tmp_path):
     opt = _opt("--dataset", "kadid10k", "--list_format", "pipal", "--train_list", str(KADID / "kadid10k_mos.txt"),
                "--train_ref_path", str(KADID), "--train_dis_path", str(KADID))
     with pytest.raises(AHIQError, match=r"I01_01_01\.png: image not found"):
-        load_dataset(opt, "train", "all", 1, 32)
+        load_dataset(opt, "train", "all", policy(32, 1))
 
 
 def test_csv_columns_are_found_by_name_in_any_order(tmp_path):
@@ -226,7 +226,7 @@ def test_prepare_pipal_links_lists_and_checks(tmp_path):
     labels = read_labels(str(out / "PIPAL.txt"))
     assert dict(zip(labels.names, labels.raw)) == scores
     opt = _opt("--dataset", "pipal", "--data_root", str(out), "--crop_size", "16")
-    assert len(load_dataset(opt, "train", "all", 1, 16)) == 4  # the images behind the links pass the checks
+    assert len(load_dataset(opt, "train", "all", policy(16, 1))) == 4  # the images behind the links pass the checks
     assert prepare(str(tmp_path / "PIPAL"), str(out))["train"] == 4  # again: links kept, nothing breaks
     os.unlink(out / "Train_Ref" / "A0001.bmp")
     (out / "Train_Ref" / "A0001.bmp").write_bytes(b"mine")
@@ -269,4 +269,4 @@ def test_prepare_pipal_removes_a_set_it_made_before_and_its_hint_works(tmp_path,
     assert "val: made by an earlier run, not by this one: its links and list were removed" in printed
     hint = printed.split("training set instead: ")[1].splitlines()[0]
     opt = parse_train_options(shlex.split(hint)[2:] + ["--crop_size", "16", "--gpu_ids", "-1"])  # as printed
-    assert len(load_dataset(opt, "train", "val", 1, 16, opt.split(create=True))) >= 1
+    assert len(load_dataset(opt, "train", "val", policy(16, 1), opt.split(create=True))) >= 1

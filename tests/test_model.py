@@ -149,7 +149,7 @@ class _OomAbove(torch.nn.Module):
     def __init__(self, model, limit: int) -> None:
         super().__init__()
         self.model, self.limit, self.batches = model, limit, []
-        self.regressor = model.regressor
+        self.device, self.pool = model.device, model.pool
 
     def _call(self, fn, x, *rest):
         if x.shape[0] > self.limit:

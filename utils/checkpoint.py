@@ -130,11 +130,12 @@ def load_head_weights(model: nn.Module, ckpt: Mapping[str, Any], path: str) -> N
 
 def save_weights(path: str, model: nn.Module, meta: Mapping[str, Any] | None = None, **extra: Any) -> None:
     """Save the trainable parts under the two official keys and pyiqa's ``params`` key (the same tensors, stored
-    once), the ``ahiq`` metadata (the model's configuration first) and any extra entries."""
+    once), the ``ahiq`` metadata (the model's configuration first, then where its backbones came from:
+    ``model.backbones``) and any extra entries."""
     parts = _on_cpu(model.trainable_state_dict())
     ckpt: dict[str, Any] = {key: parts.get(part, {}) for part, key in OFFICIAL_KEYS.items()}  # both, always
     ckpt["params"] = {f"{part}.{k}": v for part, sd in parts.items() for k, v in sd.items()}
-    ckpt["ahiq"] = {"model": model.config.to_dict(), **(meta or {})}
+    ckpt["ahiq"] = {"model": model.config.to_dict(), "backbones": getattr(model, "backbones", None), **(meta or {})}
     ckpt.update(_on_cpu(extra))
     atomic_torch_save(ckpt, path)
 
