@@ -128,6 +128,8 @@ def run(opt: RunConfig) -> dict:
     amp_dtype = configure_device(opt, device)
     scorer = scorer_for(opt, checkpoint, policy, device, amp_dtype)
     ckpt_path = checkpoint.path
+    meta = (checkpoint.state or {}).get("ahiq") or {}
+    trained = {key: meta.get(key) for key in ("dataset", "epochs_trained", "best_metric")}  # None: official files
     del checkpoint
     save_options(opt, "test")
     log.info("scoring %d images of %s with %s (%d crops each, %s)", len(dataset), opt.test_list, ckpt_path,
@@ -150,7 +152,8 @@ def run(opt: RunConfig) -> dict:
                                                "dataset": opt.dataset, "lower_better": opt.lower_better,
                                                "split": {"file": opt.split_file, "index": opt.split_index,
                                                          "column": opt.split_column, "part": opt.split_part or "test"},
-                                               "checkpoint": ckpt_path, "n_ensemble": opt.n_ensemble},
+                                               "checkpoint": ckpt_path, "trained": trained,
+                                               "n_ensemble": opt.n_ensemble},
                                               indent=2, allow_nan=False))
         plot_path = os.path.splitext(out_path)[0] + "_scatter.png"
         png = optional_figure(lambda: scatter_png(preds, labels, metrics, os.path.basename(opt.test_list)),
@@ -162,7 +165,7 @@ def run(opt: RunConfig) -> dict:
                      "srcc", "plcc", "plcc_logistic", "krcc", "rmse", "main_score")), metrics_path, plot_path)
         if metrics["plcc_logistic_note"]:
             log.info("no logistic-mapped PLCC: %s", metrics["plcc_logistic_note"])
-        result.update(metrics)
+        result.update(metrics, trained=trained)
         if opt.worst:
             result["worst"] = write_worst(scorer, dataset, out.index, preds, labels, opt)
     if opt.submission:

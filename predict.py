@@ -5,7 +5,8 @@
 Prints a table (and writes ``--csv``): higher scores are better; by default on the normalised [0, 1] training
 scale, ``--mos_scale`` maps them to MOS units with the range stored in the checkpoint (or ``--mos_range LO HI``).
 ``--maps DIR`` also writes, per pair, a PNG panel of the patch score, weight and contribution maps and the maps as
-``.npz``; ``--windows grid`` scores every pixel of images larger than the crop.
+``.npz``; ``--windows grid`` scores every pixel of images larger than the crop. A pairs file with a MOS column
+also gets SRCC/PLCC/KRCC/RMSE (and, with ``--csv``, a metrics JSON and a scatter plot beside it).
 Uses the released checkpoint in checkpoints/ahiq_pipal (``sh download.sh``) unless ``--ckpt`` says otherwise.
 """
 from __future__ import annotations
@@ -16,18 +17,21 @@ import utils.interrupt  # noqa: F401 - first: Ctrl-C while the libraries import 
 
 import csv
 import io
+import json
 import logging
 import os
 
 import numpy as np
 
+from data.label_norm import LabelNorm
 from data.pairs import match_folders, pairs_file, with_reference
 from options.predict_options import parse_predict_options
 from runtime import configure_device, device_of, policy_of, scorer_for, scoring_checkpoint
 from scoring import Scorer
 from utils.errors import run_cli
 from utils.files import atomic_write
-from utils.plots import maps_panel_png
+from utils.metrics import fmt, iqa_metrics
+from utils.plots import maps_panel_png, optional_figure, scatter_png
 
 log = logging.getLogger("ahiq.predict")
 
@@ -39,15 +43,35 @@ def table(pairs: list[tuple[str, str]], scores, unit: str) -> str:
     return "\n".join(lines)
 
 
-def pairs_of(opt) -> list[tuple[str, str]]:
-    """The pairs the options name (the layouts of :mod:`data.pairs`)."""
+def pairs_of(opt) -> tuple[list[tuple[str, str]], np.ndarray | None]:
+    """The pairs the options name (the layouts of :mod:`data.pairs`) and their MOS when a pairs file has them."""
     if opt.pairs:
         return pairs_file(opt.pairs, opt.dis_dir, opt.ref_dir)
     if opt.dis:
-        return [(opt.dis, opt.ref)]
+        return [(opt.dis, opt.ref)], None
     if opt.ref:
-        return with_reference(opt.dis_dir, opt.ref)
-    return match_folders(opt.dis_dir, opt.ref_dir, opt.pair_rule)
+        return with_reference(opt.dis_dir, opt.ref), None
+    return match_folders(opt.dis_dir, opt.ref_dir, opt.pair_rule), None
+
+
+def report_metrics(opt, scores: np.ndarray, mos: np.ndarray) -> dict:
+    """SRCC/PLCC/KRCC/RMSE of the scores against the pairs file's MOS (min-max normalised over the file, as test.py
+    normalises a list), printed; with --csv also ``{stem}_metrics.json`` and ``{stem}_scatter.png`` beside it."""
+    labels = LabelNorm.fit(mos, lower_better=False).apply(mos)
+    metrics = iqa_metrics(scores, labels)
+    print(f"{opt.dataset}: SRCC {fmt(metrics['srcc'])}  PLCC {fmt(metrics['plcc'])} (raw; "
+          f"{fmt(metrics['plcc_logistic'])} after the logistic mapping)  KRCC {fmt(metrics['krcc'])}  "
+          f"RMSE {fmt(metrics['rmse'])} on {len(scores)} pairs")
+    if opt.csv:
+        stem = os.path.splitext(opt.csv)[0]
+        atomic_write(stem + "_metrics.json", json.dumps({**metrics, "n_images": len(scores), "pairs": opt.pairs,
+                                                         "dataset": opt.dataset, "checkpoint": opt.ckpt},
+                                                        indent=2, allow_nan=False))
+        png = optional_figure(lambda: scatter_png(scores, labels, metrics, f"{opt.dataset}: {opt.pairs}"),
+                              stem + "_scatter.png")
+        if png is not None:
+            atomic_write(stem + "_scatter.png", png)
+    return metrics
 
 
 def map_stems(pairs: list[tuple[str, str]]) -> list[str]:
@@ -80,7 +104,7 @@ def write_maps(scorer: Scorer, pairs: list[tuple[str, str]], folder: str, batch_
 def main(argv: list[str] | None = None) -> list[float]:
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     opt = parse_predict_options(argv)
-    pairs = pairs_of(opt)
+    pairs, mos = pairs_of(opt)
     device = device_of(opt)
     checkpoint = scoring_checkpoint(opt)
     scorer = scorer_for(opt, checkpoint, policy_of(opt, checkpoint.config.crop_size), device,
@@ -89,6 +113,8 @@ def main(argv: list[str] | None = None) -> list[float]:
         scores = np.asarray(write_maps(scorer, pairs, opt.maps, opt.batch_size, opt.num_workers))
     else:
         scores = scorer.score_files(pairs, opt.batch_size, opt.num_workers, progress=len(pairs) > 1)
+    if mos is not None and len(scores) > 1:
+        report_metrics(opt, scores, mos)
     unit = "normalised, higher is better"
     if opt.mos_scale:
         scores = scorer.to_mos(scores)

@@ -137,12 +137,14 @@ def summary_table(summary: dict) -> str:
 
 def write_results(opt: RunConfig, rows: list[dict], summary: dict) -> None:
     buf = io.StringIO()
-    writer = csv.DictWriter(buf, fieldnames=["split", "test_set", *METRICS, "rmse", "n_images", "checkpoint"],
+    writer = csv.DictWriter(buf, fieldnames=["split", "test_set", *METRICS, "rmse", "n_images", "checkpoint", "epoch"],
                             extrasaction="ignore")
     writer.writeheader()
     writer.writerows(rows)
     atomic_write(os.path.join(opt.run_dir, "protocol_results.csv"), buf.getvalue())
-    doc = {"dataset": opt.dataset, "split_file": opt.split_file, "split_column": opt.split_column,
+    doc = {"dataset": opt.dataset, "best_metric": opt.best_metric,
+           "checkpoint": f"best.pth of each split: the epoch (counted from 1) --best_metric {opt.best_metric} chose",
+           "split_file": opt.split_file, "split_column": opt.split_column,
            "n_splits": opt.n_splits, "std": "sample standard deviation (n-1)", "summary": summary}
     atomic_write(os.path.join(opt.run_dir, "protocol_summary.json"), json.dumps(doc, indent=2) + "\n")
     atomic_write(os.path.join(opt.run_dir, "protocol_summary.txt"), summary_table(summary))
@@ -174,7 +176,8 @@ def main(argv: list[str] | None = None) -> dict:
         for test_set, topt in tests:
             metrics = test_once(topt)
             rows.append({"split": k, "test_set": test_set, **{m: metrics[m] for m in (*METRICS, "rmse")},
-                         "n_images": metrics.get("n_images"), "checkpoint": metrics.get("checkpoint")})
+                         "n_images": metrics.get("n_images"), "checkpoint": metrics.get("checkpoint"),
+                         "epoch": (metrics.get("trained") or {}).get("epochs_trained")})
         write_results(opt, rows, summarise(rows))  # after every split, so an interrupted protocol keeps its results
         if opt.keep == "best":
             drop_resume_files(sub.run_dir)

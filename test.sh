@@ -3,19 +3,16 @@
 # (its random windows, its batches, ResNet BatchNorm on each call's statistics; docs/fidelity.md).
 #   First: `sh download.sh`, and `python -m tools.prepare_pipal --pipal_root ... --out DIR --test_ref ... --test_dis
 #   ...` (PIPAL=DIR, default datasets/PIPAL): the test folders and list are found through the pipal preset.
-#   GPU_IDS=-1 runs on the CPU. Extra arguments go to test.py (e.g. --ckpt FILE, --amp).
+#   GPU_IDS=-1 runs on the CPU. Extra arguments go to test.py (e.g. --ckpt FILE, --amp); every other setting is
+#   test.py's default (options/), so a patch-16 checkpoint scores with `sh test.sh --ckpt FILE`.
 # Writes checkpoints/ahiq_pipal/ntire22_fr_test.txt and the submission package in results/ntire22_submission/.
 set -e
 cd "$(dirname "$0")"
 . scripts/setup_env.sh
-echo "test.sh: replaying the released test.py: --n_ensemble 20 --batch_size 10 --random_windows official --bn_stats batch"
+echo "test.sh: replaying the released test.py: its random window stream (--random_windows official) and per-call BatchNorm (--bn_stats batch); --n_ensemble and --batch_size are test.py's defaults (options/)"
 exec $PY test.py \
     --dataset pipal \
     --data_root "${PIPAL:-datasets/PIPAL}" \
-    --checkpoints_dir ./checkpoints \
-    --patch_size 8 \
-    --n_ensemble 20 \
-    --batch_size 10 \
     --random_windows official \
     --bn_stats batch \
     ${GPU_IDS:+--gpu_ids "$GPU_IDS"} \

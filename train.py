@@ -139,6 +139,10 @@ def build_loaders(opt: RunConfig, info: DistInfo, crop_size: int
     if train_set.norm.span == 0:
         raise AHIQError(f"{opt.train_list}: every training score is {train_set.norm.mos_min:g}; there is nothing to "
                         "learn (the labels are min-max normalised over the list)")
+    if not split.active and not os.path.isfile(opt.val_list):
+        raise AHIQError(f"{opt.val_list}: validation label file not found (--val_list); give your validation labels "
+                        "with --val_list FILE (and --val_ref_path/--val_dis_path), or split the training labels by "
+                        "reference with --split_file FILE (made if missing; docs/datasets.md)")
     if split.active:  # a split divides one dataset: validation is the 'val' part of the training labels
         val_set = load_dataset(opt, "train", "val", policy, split)
     else:
@@ -156,8 +160,13 @@ def build_loaders(opt: RunConfig, info: DistInfo, crop_size: int
     workers = {"num_workers": opt.num_workers, "pin_memory": info.device.startswith("cuda"),
                "persistent_workers": opt.num_workers > 0, "worker_init_fn": own_process_group}
     sampler = EpochSampler(len(train_set), opt.seed, info.rank, info.world_size)
-    train_loader = DataLoader(train_set, batch_size=opt.batch_size, sampler=sampler, **workers)
-    shard = reference_shards(list(range(len(val_set))), val_set.reference_key, info.world_size)[info.rank]
+    train_loader = DataLoader(train_set, batch_size=opt.batch_size, sampler=sampler, drop_last=opt.drop_last,
+                              **workers)
+    validated = list(range(len(val_set) - (len(val_set) % opt.batch_size if opt.drop_last else 0)))
+    if len(validated) < 2:
+        raise AHIQError(f"{source}: --drop_last leaves {len(validated)} of its {len(val_set)} images in whole "
+                        f"batches of {opt.batch_size}; validation needs two or more: drop --drop_last")
+    shard = reference_shards(validated, val_set.reference_key, info.world_size)[info.rank]
     listed = opt.train_list if split.active else opt.val_list
     return train_set, train_loader, sampler, Validation(val_set, shard, dataset_name(opt, listed))
 

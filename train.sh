@@ -4,7 +4,8 @@
 #   its folders and lists through the pipal preset (--dataset pipal --data_root DIR). Folders or lists given as
 #   arguments (--train_ref_path ..., --val_list ...) win.
 #   NPROC=K: K processes (GPUs) on this machine through torchrun; NNODES, NODE_RANK, MASTER_ADDR, MASTER_PORT for
-#   several machines. GPU_IDS=-1 trains on the CPU; NAME=run folder name. Extra arguments go to train.py.
+#   several machines. GPU_IDS=-1 trains on the CPU; NAME=run folder name (default: train.py's, checkpoints/ahiq_train).
+#   Every other default is train.py's own (options/). Extra arguments go to train.py.
 set -e
 cd "$(dirname "$0")"
 . scripts/setup_env.sh
@@ -13,9 +14,7 @@ NNODES=${NNODES:-1}
 set -- \
     --dataset pipal \
     --data_root "${PIPAL:-datasets/PIPAL}" \
-    --checkpoints_dir ./checkpoints \
-    --name "${NAME:-ahiq_pipal_train}" \
-    --patch_size 8 \
+    ${NAME:+--name "$NAME"} \
     ${GPU_IDS:+--gpu_ids "$GPU_IDS"} \
     "$@"
 GPU=""; prev=""

@@ -12,7 +12,9 @@ from __future__ import annotations
 
 import os
 
-from data.datasets import DIS_COLUMNS, REF_COLUMNS, read_csv_labels, reference_name
+import numpy as np
+
+from data.datasets import read_csv_labels, reference_name
 from utils.errors import AHIQError
 
 IMAGE_EXTS = (".bmp", ".png", ".jpg", ".jpeg", ".tif", ".tiff", ".webp")
@@ -67,17 +69,13 @@ def with_reference(dis_dir: str, ref: str) -> list[Pair]:
     return pairs
 
 
-def pairs_file(path: str, dis_dir: str | None = None, ref_dir: str | None = None) -> list[Pair]:
-    """The pairs a CSV lists (header with a distorted and a reference column, e.g. ``dis,ref[,mos]``); relative
-    paths are taken from ``dis_dir``/``ref_dir`` when given, else from the file's folder."""
-    if os.path.isfile(path):
-        with open(path, encoding="utf-8", errors="replace") as f:
-            header = [h.strip().lower() for h in f.readline().split(",")]
-        if not any(h in REF_COLUMNS for h in header) or not any(h in DIS_COLUMNS for h in header):
-            raise AHIQError(f"{path}: the first line must be a header naming the distorted and the reference column "
-                            f"(e.g. 'dis,ref' or 'dis,ref,mos'; also {', '.join(DIS_COLUMNS)} / "
-                            f"{', '.join(REF_COLUMNS)}), got {','.join(header)!r}")
+def pairs_file(path: str, dis_dir: str | None = None, ref_dir: str | None = None
+               ) -> tuple[list[Pair], np.ndarray | None]:
+    """The pairs a CSV lists (header with a distorted and a reference column, e.g. ``dis,ref[,mos]``; read by the
+    project's one CSV reader, :func:`data.datasets.read_csv_labels`) and their scores when it has a score column;
+    relative paths are taken from ``dis_dir``/``ref_dir`` when given, else from the file's folder."""
     labels = read_csv_labels(path)
     base = os.path.dirname(os.path.abspath(path))
-    return [(os.path.join(dis_dir or base, d), os.path.join(ref_dir or base, r))
-            for d, r in zip(labels.names, labels.refs)]
+    pairs = [(os.path.join(dis_dir or base, d), os.path.join(ref_dir or base, r))
+             for d, r in zip(labels.names, labels.refs)]
+    return pairs, labels.raw

@@ -26,7 +26,9 @@ def predict_parser() -> argparse.ArgumentParser:
                        f"'{k}': {v}" for k, v in PAIR_RULES.items()) + "; 'auto': the first that pairs every image")
     g.add_argument("--pairs", metavar="FILE", help="a CSV with a header naming the distorted and reference columns "
                    "(dis,ref[,mos]); relative paths from the file's folder, or from --dis_dir/--ref_dir")
-    free(g.add_argument("--csv", help="also write 'dis,ref,score' rows to this CSV file"))
+    free(g.add_argument("--csv", help="also write 'dis,ref,score' rows to this CSV file (with a MOS column in --pairs: "
+                        "its {stem}_metrics.json and {stem}_scatter.png beside it)"))
+    free(g.add_argument("--dataset", default="pairs", help="what your data is called in the metrics and figures"))
     free(g.add_argument("--maps", metavar="DIR", help="also write per pair a PNG panel of the patch score, weight and "
                         "contribution maps over the image, and the maps as .npz, to DIR"))
     g.add_argument("--mos_scale", action="store_true", help="report scores in MOS units of the training list")

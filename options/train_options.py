@@ -38,6 +38,9 @@ def training_parser() -> argparse.ArgumentParser:
                    help="axis of the random flip (p=0.5) of training crops; vertical is what the official code does "
                         "(np.fliplr on C x H x W) and what the released checkpoint was trained with")
     g.add_argument("--eta_min", type=float, default=0, help="CosineAnnealingLR minimum learning rate")
+    g.add_argument("--drop_last", action="store_true",
+                   help="as the released loaders: drop each epoch's last incomplete training batch, and validate on "
+                        "the list's first images in whole batches of --batch_size (the rest unscored)")
     g.add_argument("--best_metric", default="srcc_or_plcc", choices=BEST_METRICS,
                    help="which epoch best.pth holds (the log, metrics.png and protocol.py say the same): "
                         "'srcc_or_plcc' is the official rule (saved when SRCC or PLCC improves); 'srcc', 'plcc' or "

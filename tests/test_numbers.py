@@ -107,13 +107,13 @@ def _tiny_vit_file(tmp_path: Path) -> str:
 
 EDITED = """
 import json, sys
-import evaluate, train
+import train
 from options.test_options import parse_test_options
 from runtime import scoring_checkpoint
 state = train.main(sys.argv[2:])
-out = {"trained": scoring_checkpoint(parse_test_options(["--ckpt", sys.argv[1] + "/best.pth"])).config.fusion,
-       "official": scoring_checkpoint(parse_test_options(["--ckpt", sys.argv[1] + "/../../official.pth"])).config.fusion}
-print(json.dumps(out))
+fusion = {key: scoring_checkpoint(parse_test_options(["--ckpt", sys.argv[1] + path])).config.fusion
+          for key, path in (("trained", "/best.pth"), ("official", "/../../official.pth"))}
+print(json.dumps(fusion))
 """
 
 

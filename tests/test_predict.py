@@ -108,7 +108,7 @@ def test_predict_takes_the_layouts_researchers_have(tmp_path, ckpt, capsys):
         assert len(got) == 2, what  # the reference itself is not scored in the one-folder layout
         np.testing.assert_allclose(got, scores["pairs file"], rtol=1e-6, err_msg=what)
     assert scores["pairs file"][0] != scores["pairs file"][1]
-    with pytest.raises(AHIQError, match="the first line must be a header"):
+    with pytest.raises(AHIQError, match=r"bad\.csv: no reference column in the header"):
         (tmp_path / "bad.csv").write_text("kadid/I01_01_01.png,kadid/I01.png\n")
         predict.main(["--pairs", str(tmp_path / "bad.csv"), *common])
     with pytest.raises(AHIQError, match="give one of: --pairs FILE; --dis FILE --ref FILE"):

@@ -93,10 +93,7 @@ def test_random_ensemble_independent_of_batching_and_workers(tmp_path, pipal_set
     names_a, scores_a = _read_results(a["predictions"])
     names_b, scores_b = _read_results(b["predictions"])
     assert names_a == names_b
-    np.testing.assert_allclose(scores_a, scores_b, rtol=1e-5)
-    c = test_script.main(_tiny_args(pipal_set, tmp_path, ckpt, "--n_ensemble", "12", "--seed", "5",
-                               "--test_file_name", "c.txt"))
-    assert not np.allclose(_read_results(c["predictions"])[1], scores_a, rtol=1e-6)  # the seed matters
+    np.testing.assert_allclose(scores_a, scores_b, rtol=1e-5)  # (the seed's effect on windows: test_data.py)
 
 
 def test_names_only_list_and_submission_package(tmp_path, pipal_set, tiny_ckpt):
