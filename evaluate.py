@@ -23,7 +23,16 @@ import torch
 
 from options.base_options import RunConfig
 from options.test_options import parse_test_options
-from runtime import configure_device, device_of, load_dataset, policy_of, save_options, scorer_for, scoring_checkpoint
+from runtime import (
+    configure_device,
+    dataset_name,
+    device_of,
+    load_dataset,
+    policy_of,
+    save_options,
+    scorer_for,
+    scoring_checkpoint,
+)
 from utils.errors import AHIQError
 from utils.files import atomic_write, read_text
 from utils.metrics import MIN_FIT_IMAGES, fit_logistic4, fmt, iqa_metrics, logistic4, logistic_fit_problem
@@ -149,7 +158,8 @@ def run(opt: RunConfig) -> dict:
         metrics = iqa_metrics(preds, labels)
         metrics_path = metrics_file(opt.run_dir, opt.test_file_name)
         atomic_write(metrics_path, json.dumps({**metrics, "n_images": len(names), "list": opt.test_list,
-                                               "dataset": opt.dataset, "lower_better": opt.lower_better,
+                                               "dataset": dataset_name(opt, opt.test_list),
+                                               "lower_better": opt.lower_better,
                                                "split": {"file": opt.split_file, "index": opt.split_index,
                                                          "column": opt.split_column, "part": opt.split_part or "test"},
                                                "checkpoint": ckpt_path, "trained": trained,

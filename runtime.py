@@ -58,6 +58,12 @@ def load_dataset(cfg: RunConfig, phase: str, part: str, policy: WindowPolicy, sp
                         flip_axis=getattr(cfg, "flip_axis", "vertical"))
 
 
+def dataset_name(cfg: RunConfig, listed: str) -> str:
+    """What the data is called in checkpoints, logs, metrics and TensorBoard: the preset's name when its layout is
+    used (--data_root), else the stem of the label file ``listed`` (your own data is never called 'pipal')."""
+    return cfg.dataset if cfg.data_root else os.path.splitext(os.path.basename(listed))[0]
+
+
 def policy_of(cfg: RunConfig, crop: int, **override) -> WindowPolicy:
     """The run's one :class:`data.windows.WindowPolicy` at ``crop`` (the checkpoint's or the model's crop size);
     ``override``: e.g. validation's ``n_ensemble=num_avg_val, batch_size=val_batch_size``."""

@@ -43,7 +43,7 @@ from models.config import check_backbones
 from options.base_options import RunConfig
 from options.policy import RESULT
 from options.train_options import parse_train_options
-from runtime import backbone_source, configure_device, device_of, load_dataset, policy_of, save_options
+from runtime import backbone_source, configure_device, dataset_name, device_of, load_dataset, policy_of, save_options
 from utils.checkpoint import find_checkpoint, load_head_weights, save_weights
 from utils.distributed import (
     DistInfo,
@@ -171,11 +171,6 @@ def build_loaders(opt: RunConfig, info: DistInfo, crop_size: int
     return train_set, train_loader, sampler, Validation(val_set, shard, dataset_name(opt, listed))
 
 
-def dataset_name(opt: RunConfig, listed: str | None = None) -> str:
-    """What the data is called in checkpoints, logs and TensorBoard: the preset's name when its layout is used
-    (--data_root), else the label file's stem (your own data is never called 'pipal')."""
-    return opt.dataset if opt.data_root else os.path.splitext(os.path.basename(listed or opt.train_list))[0]
-
 
 def validate(model: AHIQ, val: Validation, info: DistInfo, opt: RunConfig, amp_dtype: torch.dtype | None,
              stop: Callable[[], bool] | None = None) -> tuple[dict, np.ndarray, np.ndarray]:
@@ -244,7 +239,7 @@ class Saver:
 
     def __init__(self, opt, model: AHIQ, optimizer, scheduler, scaler, train_set: PairDataset) -> None:
         self.opt, self.model, self.optimizer, self.scheduler, self.scaler = opt, model, optimizer, scheduler, scaler
-        self.meta = {"label_norm": train_set.norm.to_dict(), "dataset": dataset_name(opt),
+        self.meta = {"label_norm": train_set.norm.to_dict(), "dataset": dataset_name(opt, opt.train_list),
                      "train_list": opt.train_list,
                      "split": {"file": opt.split_file, "index": opt.split_index, "column": opt.split_column},
                      "inputs": input_digests(opt), "best_metric": opt.best_metric}

@@ -73,7 +73,7 @@ def make_models(patch: int, device: str, folder: str):
 def crops(images: torch.Tensor, n: int, crop: int, seed: int) -> torch.Tensor:
     """(N, K, 3, crop, crop) uint8 crop stacks with test.py's windows (image i is named 'img{i}')."""
     h, w = images.shape[-2:]
-    return torch.stack([crop_tensor_stack(img, crop_windows(h, w, crop, n, seed, f"img{i}"), crop)
+    return torch.stack([crop_tensor_stack(img, crop_windows(h, w, crop, n, seed, i), crop)
                         for i, img in enumerate(images)])
 
 
@@ -117,7 +117,7 @@ def per_reference(args: argparse.Namespace, model, baseline_images_per_s: float,
     shape = (3, args.size, args.size)
     refs = torch.randint(0, 256, (n // k, *shape), generator=g, dtype=torch.uint8)
     images = torch.randint(0, 256, (n, *shape), generator=g, dtype=torch.uint8)
-    windows = [crop_windows(args.size, args.size, args.crop, args.n_ensemble, SEED, f"ref{r}") for r in range(n // k)]
+    windows = [crop_windows(args.size, args.size, args.crop, args.n_ensemble, SEED, r) for r in range(n // k)]
     ref_crops = torch.stack([crop_tensor_stack(img, windows[r], args.crop) for r, img in enumerate(refs)])
     dis = torch.stack([crop_tensor_stack(img, windows[i // k], args.crop) for i, img in enumerate(images)])
     ref = ref_crops[[i // k for i in range(n)]]
