@@ -255,6 +255,6 @@ def pair_dataset(ref_dir: str, dis_dir: str, labels: Labels, lower_better: bool 
     try:
         return PairDataset(pairs, labels.raw, lower_better=lower_better, **kwargs)
     except AHIQError as err:
-        if str(err).startswith("label range"):
-            raise AHIQError(f"{labels.path}: {err}") from None
+        if err.kind == "label_range" and err.source is None:
+            raise err.at(labels.path) from None
         raise

@@ -24,10 +24,11 @@ class LabelNorm:
     def __post_init__(self) -> None:
         if not (np.isfinite(self.mos_min) and np.isfinite(self.mos_max) and np.isfinite(self.mos_max - self.mos_min)):
             raise AHIQError(f"label range {self.mos_min:g} to {self.mos_max:g}: not finite (labels beyond +-1e308 "
-                            "overflow the range); rescale the labels")
+                            "overflow the range); rescale the labels", kind="label_range")
         if self.mos_min > self.mos_max:
             raise AHIQError(f"label range {self.mos_min:g} to {self.mos_max:g}: the lowest label is above the "
-                            "highest; give it as LO HI (for DMOS, lower is better: use the label direction)")
+                            "highest; give it as LO HI (for DMOS, lower is better: use the label direction)",
+                            kind="label_range")
 
     @classmethod
     def fit(cls, raw: np.ndarray, lower_better: bool = False) -> LabelNorm:

@@ -103,7 +103,7 @@ class ModelConfig:
         names = {f.name for f in dataclasses.fields(cls)}
         unknown = sorted(set(d) - names)
         if unknown:
-            raise AHIQError(f"{source}: unknown model settings {unknown}; written by a newer AHIQ version?")
+            raise AHIQError(f"unknown model settings {unknown}; written by a newer AHIQ version?", source=source)
         return cls(**{k: tuple(v) if isinstance(v, list) else v for k, v in d.items()})
 
     def replace(self, **changes: Any) -> ModelConfig:
@@ -128,9 +128,9 @@ def config_from_checkpoint(ckpt: Mapping[str, Any], path: str) -> ModelConfig | 
             keep = {k: v for k, v in arch.items() if k in ARCH_FIELDS and v is not None}
             return ModelConfig(**{**keep, "patch_size": meta.get("patch_size", arch.get("patch_size", 8))})
     except AHIQError as err:
-        if str(err).startswith(f"{path}:"):
+        if err.source is not None:
             raise
-        raise AHIQError(f"{path}: its metadata is not what AHIQ writes: {err}") from None
+        raise AHIQError(f"its metadata is not what AHIQ writes: {err}", source=path) from None
     if "model" in meta or "arch" in meta:
         raise AHIQError(f"{path}: its metadata 'model' is {type(meta.get('model', meta.get('arch'))).__name__}, not "
                         "the settings AHIQ writes; not a checkpoint of this project")

@@ -17,13 +17,22 @@ _WORKER_PREFIX = "Caught AHIQError"
 
 
 class AHIQError(Exception):
-    """An error the user can fix: the message names the file or option and what to do."""
+    """An error the user can fix: the message names the file or option and what to do.
 
-    def __init__(self, message: str) -> None:
+    ``source``: the file (or option) at fault, written before the message; ``kind``: a name a caller may act on
+    (e.g. ``"label_range"``, ``"missing_matplotlib"``). Callers decide by these, never by the message's text.
+    """
+
+    def __init__(self, message: str, *, source: str | None = None, kind: str | None = None) -> None:
         # A DataLoader worker re-raises our error wrapped in its traceback text; keep only our own message.
         if message.startswith(_WORKER_PREFIX):
             message = message.rsplit("AHIQError: ", 1)[-1].strip()
-        super().__init__(message)
+        self.message, self.source, self.kind = message, source, kind
+        super().__init__(f"{source}: {message}" if source else message)
+
+    def at(self, source: str) -> AHIQError:
+        """The same error, said of ``source`` (a file the caller knows and the raiser did not)."""
+        return AHIQError(self.message, source=source, kind=self.kind)
 
 
 def run_cli(main: Callable[[], object]) -> None:

@@ -50,7 +50,8 @@ def _pyplot():
     try:
         import matplotlib
     except ImportError:
-        raise AHIQError("figures need matplotlib (in requirements.txt): pip install matplotlib") from None
+        raise AHIQError("figures need matplotlib (in requirements.txt): pip install matplotlib",
+                        kind="missing_matplotlib") from None
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
     return plt
@@ -62,7 +63,7 @@ def optional_figure(make, what: str):
     try:
         return make()
     except AHIQError as err:
-        if "need matplotlib" not in str(err):
+        if err.kind != "missing_matplotlib":
             raise
         logging.getLogger("ahiq").warning("%s not drawn: %s", what, err)
         return None
