@@ -4,7 +4,7 @@
 # Runs on the CPU in a few minutes; uses a GPU when one is there. See README, "Quick start".
 set -e
 cd "$(dirname "$0")"
-. scripts/setup_env.sh
+. tools/setup_env.sh
 DATA=demo_data
 RUN=demo_$(date +%Y%m%d-%H%M%S)
 CKPTS=demo_runs

@@ -1,5 +1,5 @@
 """torch.hub entry: ``torch.hub.load("<owner>/AHIQ" or a local checkout, "ahiq", ...)`` gives AHIQ as a metric in
-pyiqa's calling convention (:class:`scoring.Metric`): ``metric(dis, ref)`` -> scores, higher is better.
+pyiqa's calling convention (:class:`engine.scorer.Metric`): ``metric(dis, ref)`` -> scores, higher is better.
 
     metric = torch.hub.load("path/to/AHIQ", "ahiq", source="local", device="cuda", n_ensemble=20)
     scores = metric("dis.png", "ref.png")
@@ -19,7 +19,22 @@ import torch
 dependencies = ["torch", "torchvision", "timm", "numpy", "cv2", "PIL", "scipy", "safetensors"]
 
 _HERE = os.path.dirname(os.path.abspath(__file__))
-_PACKAGES = ("models", "utils", "data", "options", "engine", "scoring", "runtime")
+
+
+def _top_level() -> tuple[str, ...]:
+    """The checkout's own top-level modules and packages (folders holding Python files), derived from the checkout
+    so that a new one needs no edit here."""
+    names = []
+    for entry in os.scandir(_HERE):
+        if entry.is_file() and entry.name.endswith(".py") and entry.name != "hubconf.py":
+            names.append(entry.name[:-3])
+        elif entry.is_dir() and not entry.name.startswith(".") and any(
+                f.endswith(".py") for f in os.listdir(entry.path)):
+            names.append(entry.name)
+    return tuple(sorted(names))
+
+
+_PACKAGES = _top_level()
 
 
 def _ours(module: object) -> bool:
@@ -57,12 +72,14 @@ def ahiq(pretrained: bool = True, device: str = "cpu", n_ensemble: int | None = 
     keys and shapes are checked when loaded); offline, a one-line error says what to do. ``ckpt``, ``vit_weights``,
     ``resnet_weights``: your own files instead. ``pretrained=False``: random backbones, and a random head unless
     ``ckpt`` is given (tests). ``settings``: test.py's scoring options by name, with their defaults from options/
-    (:func:`scoring.api_settings`: ``crops_per_forward``, ``seed``, ``random_windows``, ``amp_dtype``, ``bn_stats``,
-    ...). On CUDA, ``tf32`` as test.py's ``--tf32``/``--no_tf32``.
+    (:func:`engine.scorer.api_settings`: ``crops_per_forward``, ``seed``, ``random_windows``, ``amp_dtype``,
+    ``bn_stats``, ...). On CUDA, ``tf32`` as test.py's ``--tf32``/``--no_tf32``. A checkpoint that records other
+    backbones than these is refused unless ``allow_other_backbones``.
     """
-    scoring, models, weights = _import("scoring"), _import("models"), _import("models.weights")
-    scoring.check_device(device)  # before anything is downloaded
-    scoring.configure_cuda(device, tf32)
+    scoring, models, weights = _import("engine.scorer"), _import("models"), _import("models.weights")
+    device_policy = _import("utils.device")
+    device_policy.check_device(device)  # before anything is downloaded
+    device_policy.configure_cuda(device, tf32)
     if n_ensemble is not None:
         settings["n_ensemble"] = n_ensemble
     if pretrained:

@@ -25,9 +25,9 @@ import numpy as np
 
 from data.label_norm import LabelNorm
 from data.pairs import match_folders, pairs_file, with_reference
+from engine.runtime import configure_device, device_of, policy_of, scorer_for, scoring_checkpoint
+from engine.scorer import Scorer
 from options.predict_options import parse_predict_options
-from runtime import configure_device, device_of, policy_of, scorer_for, scoring_checkpoint
-from scoring import Scorer
 from utils.errors import run_cli
 from utils.files import atomic_write
 from utils.metrics import fmt, iqa_metrics

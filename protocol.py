@@ -24,15 +24,15 @@ import os
 
 import numpy as np
 
-import evaluate
+import test as test_entry
 import train as train_script
 from data.splits import read_splits
+from engine.runtime import device_of, save_options
 from options.base_options import RunConfig, build
 from options.data_options import PATH_DEFAULTS, apply_preset
 from options.policy import RESULT, RESUMABLE
 from options.protocol_options import parse_protocol_options
 from options.test_options import test_parser
-from runtime import device_of, save_options
 from utils.distributed import init_distributed
 from utils.errors import AHIQError, run_cli
 from utils.files import atomic_write, read_text
@@ -92,11 +92,11 @@ def test_options(train_opt: RunConfig, opt: RunConfig, cross: str | None) -> Run
 
 def test_once(topt: RunConfig) -> dict:
     """test.py's metrics for these options; reused from an earlier run's metrics file when it is there."""
-    metrics_path = evaluate.metrics_file(topt.run_dir, topt.test_file_name)
+    metrics_path = test_entry.metrics_file(topt.run_dir, topt.test_file_name)
     if os.path.isfile(metrics_path):
         with open(metrics_path) as f:
             return json.load(f)
-    result = evaluate.run(topt)
+    result = test_entry.run(topt)
     if "srcc" not in result:
         raise AHIQError(f"{topt.test_list}: the test labels have no scores; the protocol needs them")
     return result
@@ -166,7 +166,7 @@ def main(argv: list[str] | None = None) -> dict:
     rows = []
     for k in range(opt.n_splits):
         sub = split_options(opt, k)
-        done = os.path.isfile(evaluate.metrics_file(sub.run_dir, RESULTS_FILE))
+        done = os.path.isfile(test_entry.metrics_file(sub.run_dir, RESULTS_FILE))
         if not done:
             log.info("split %d/%d: training in %s%s", k + 1, opt.n_splits, sub.run_dir,
                      " (resuming)" if sub.resume else "")

@@ -3,6 +3,6 @@
 # Extra arguments go to pytest, e.g. `sh run_tests.sh -k checkpoint`.
 set -e
 cd "$(dirname "$0")"
-AHIQ_DEV=1 . scripts/setup_env.sh
+AHIQ_DEV=1 . tools/setup_env.sh
 $PY -m ruff check .
 exec $PY -m pytest -q -n 2 tests "$@"  # two workers: the 2-core machines this is developed and checked on

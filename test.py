@@ -1,13 +1,188 @@
-"""Score a list of image pairs with AHIQ; reproduce the NTIRE 2022 FR submission (``sh test.sh``).
+"""What test.py does: score a list of image pairs with a trained AHIQ model; reproduce the NTIRE 2022 FR submission.
 
-The work is in evaluate.py (importable under a name the standard library does not use); ``python test.py --help``
-lists the options (options/test_options.py).
+Writes ``{checkpoints_dir}/{name}/{test_file_name}`` (one ``name,score`` line per listed image, in list order) and,
+when the list has MOS, prints SRCC/PLCC/KRCC/RMSE and the main score and saves them as JSON beside it.
+``--submission DIR`` also writes the NTIRE package. Other datasets: ``--dataset``/``--data_root``/CSV labels, and
+``--split_file`` + ``--split_part`` to score one part of a split. Example: ``sh test.sh`` or ``python test.py --help``.
+The model and its crop size come from the checkpoint (models/config.py); model switches given must agree with it.
 """
+from __future__ import annotations
+
 import utils.interrupt  # noqa: F401 - first: Ctrl-C while the libraries import is one line
 
 # isort: split
-from evaluate import main
-from utils.errors import run_cli
 
-if __name__ == "__main__":
-    run_cli(main)
+import json
+import logging
+import os
+import time
+import zipfile
+
+import numpy as np
+import torch
+
+from engine.runtime import (
+    configure_device,
+    dataset_name,
+    device_of,
+    load_dataset,
+    policy_of,
+    save_options,
+    scorer_for,
+    scoring_checkpoint,
+)
+from options.base_options import RunConfig
+from options.test_options import parse_test_options
+from utils.errors import AHIQError
+from utils.files import atomic_write, read_text
+from utils.metrics import MIN_FIT_IMAGES, fit_logistic4, fmt, iqa_metrics, logistic4, logistic_fit_problem
+from utils.plots import optional_figure, scatter_png, worst_png
+
+log = logging.getLogger("ahiq.test")
+
+
+def format_predictions(names: list[str], preds: np.ndarray) -> str:
+    return "".join(f"{name},{score:.9g}\n" for name, score in zip(names, preds))
+
+
+def metrics_file(run_dir: str, test_file_name: str) -> str:
+    """Where test.py writes the metrics of ``test_file_name`` (beside it, ``{stem}_metrics.json``)."""
+    return os.path.join(run_dir, os.path.splitext(test_file_name)[0] + "_metrics.json")
+
+
+def write_submission(folder: str, predictions: str, seconds_per_image: float, device: str, n_ensemble: int) -> str:
+    """The NTIRE 2022 FR package: output.txt, readme.txt and submission.zip holding just those two."""
+    on_cpu = not device.startswith("cuda")
+    hardware = "CPU" if on_cpu else torch.cuda.get_device_name(device)
+    readme = (f"runtime per image [s] : {seconds_per_image:.4f}\n"
+              f"CPU[1] / GPU[0] : {int(on_cpu)}\n"
+              "Extra Data [1] / No Extra Data [0] : 1\n"
+              "Other description : AHIQ (Lao et al., CVPRW 2022): ViT-B and ResNet-50 features (ImageNet-pretrained, "
+              "frozen), deformable feature fusion and a patch-weighted quality head, trained on the PIPAL training "
+              f"set; {n_ensemble}-crop ensemble at test time. Runtime measured on {hardware}.\n"
+              "Full-Reference [1] / Non-Reference [0] : 1\n")
+    atomic_write(os.path.join(folder, "output.txt"), predictions)
+    atomic_write(os.path.join(folder, "readme.txt"), readme)
+    zip_path = os.path.join(folder, "submission.zip")
+    tmp = zip_path + ".tmp"
+    with zipfile.ZipFile(tmp, "w", zipfile.ZIP_DEFLATED) as zf:
+        zf.writestr("output.txt", predictions)
+        zf.writestr("readme.txt", readme)
+    os.replace(tmp, zip_path)
+    return zip_path
+
+
+def write_worst(scorer, dataset, index: np.ndarray, preds: np.ndarray, labels: np.ndarray, opt: RunConfig) -> str:
+    """``{stem}_worst.png``: the ``--worst`` images furthest from their MOS after the 4-parameter logistic fit (a
+    straight line when the logistic does not fit), each with its patch maps."""
+    params = fit_logistic4(preds, labels) if len(preds) >= MIN_FIT_IMAGES else None
+    if logistic_fit_problem(preds, labels, params):
+        params = None
+    fitted = logistic4(preds, *params) if params is not None else np.polyval(np.polyfit(preds, labels, 1), preds)
+    worst = np.argsort(-np.abs(fitted - labels), kind="stable")[:opt.worst]
+    chosen = [int(index[i]) for i in worst]
+    maps = scorer.dataset_maps(dataset, chosen, opt.batch_size, opt.num_workers)
+    rows = [(dataset.names[i], dataset.load(dataset.paths(i)[0]), dataset.load(dataset.paths(i)[1]), m,
+             float(fitted[j]), float(labels[j])) for i, j, m in zip(chosen, worst, maps)]
+    fit = "the logistic fit" if params is not None else "a linear fit (the logistic fit is not sound)"
+    title = (f"{len(rows)} images furthest from their MOS after {fit}: {os.path.basename(opt.test_list)}, "
+             f"{opt.name} (MOS min-max normalised)")
+    path = os.path.splitext(os.path.join(opt.run_dir, opt.test_file_name))[0] + "_worst.png"
+    atomic_write(path, worst_png(rows, title))
+    log.info("wrote %s", path)
+    return path
+
+
+def main(argv: list[str] | None = None) -> dict:
+    logging.basicConfig(level=logging.INFO, format="%(message)s")
+    return run(parse_test_options(argv))
+
+
+def source_file(results: str) -> str:
+    """Where test.py records what ``results`` holds the predictions of (``{stem}_source.json`` beside it)."""
+    return os.path.splitext(results)[0] + "_source.json"
+
+
+def claim(results: str, source: dict, overwrite: bool) -> None:
+    """Refuse to replace ``results`` (and the files named after it) when they hold the predictions of another
+    checkpoint, list or split, or of something test.py has no record of; ``overwrite`` replaces them anyway."""
+    if overwrite or not os.path.exists(results):
+        return
+    try:
+        before = json.loads(read_text(source_file(results)))
+    except (AHIQError, ValueError):
+        before = None
+    if not isinstance(before, dict):
+        raise AHIQError(f"{results}: exists, and test.py has no record of what it holds; pass another "
+                        "--test_file_name (or --submission folder), or --overwrite to replace it")
+    changed = [f"{key} {before.get(key)} then, {source[key]} now" for key in source if before.get(key) != source[key]]
+    if changed:
+        raise AHIQError(f"{results}: holds the predictions of another run ({'; '.join(changed)}); pass another "
+                        "--test_file_name (or --submission folder), or --overwrite to replace it")
+
+
+def run(opt: RunConfig) -> dict:
+    """Score the test set the configuration describes; returns paths, timing and metrics."""
+    checkpoint = scoring_checkpoint(opt)
+    policy = policy_of(opt, checkpoint.config.crop_size)
+    dataset = load_dataset(opt, "test", opt.split_part or "test", policy, flip=opt.flip)  # images checked first
+    out_path = os.path.join(opt.run_dir, opt.test_file_name)
+    source = {"checkpoint": os.path.abspath(checkpoint.path) if checkpoint.path else None,
+              "list": os.path.abspath(opt.test_list), "split": [opt.split_file and os.path.abspath(opt.split_file),
+                                                                 opt.split_index, opt.split_column, opt.split_part]}
+    package = os.path.join(opt.submission, "output.txt") if opt.submission else None
+    for path in filter(None, (out_path, package)):
+        claim(path, source, opt.overwrite)
+    device = device_of(opt)
+    amp_dtype = configure_device(opt, device)
+    scorer = scorer_for(opt, checkpoint, policy, device, amp_dtype)
+    ckpt_path = checkpoint.path
+    meta = (checkpoint.state or {}).get("ahiq") or {}
+    trained = {key: meta.get(key) for key in ("dataset", "epochs_trained", "best_metric")}  # None: official files
+    del checkpoint
+    save_options(opt, "test")
+    log.info("scoring %d images of %s with %s (%d crops each, %s)", len(dataset), opt.test_list, ckpt_path,
+             opt.n_ensemble, device)
+    start = time.perf_counter()
+    out = scorer.score_dataset(dataset, opt.batch_size, opt.num_workers)
+    names, preds, labels = out.names, out.preds, out.labels
+    seconds = time.perf_counter() - start
+    predictions = format_predictions(names, preds)
+    atomic_write(out_path, predictions)
+    atomic_write(source_file(out_path), json.dumps(source, indent=2))
+    log.info("wrote %s (%.3f s per image)", out_path, seconds / len(names))
+    result = {"predictions": out_path, "seconds_per_image": seconds / len(names), "checkpoint": ckpt_path,
+              "n_images": len(names)}
+    labelled = dataset.norm is not None and len(labels) > 1
+    if labelled and dataset.norm.span > 0:
+        metrics = iqa_metrics(preds, labels)
+        metrics_path = metrics_file(opt.run_dir, opt.test_file_name)
+        atomic_write(metrics_path, json.dumps({**metrics, "n_images": len(names), "list": opt.test_list,
+                                               "dataset": dataset_name(opt, opt.test_list),
+                                               "lower_better": opt.lower_better,
+                                               "split": {"file": opt.split_file, "index": opt.split_index,
+                                                         "column": opt.split_column, "part": opt.split_part or "test"},
+                                               "checkpoint": ckpt_path, "trained": trained,
+                                               "n_ensemble": opt.n_ensemble},
+                                              indent=2, allow_nan=False))
+        plot_path = os.path.splitext(out_path)[0] + "_scatter.png"
+        png = optional_figure(lambda: scatter_png(preds, labels, metrics, os.path.basename(opt.test_list)),
+                              plot_path)
+        if png is not None:
+            atomic_write(plot_path, png)
+        log.info("SRCC %s  PLCC %s (raw; %s after the 4-parameter logistic mapping)  KRCC %s  RMSE %s  "
+                 "main score (raw PLCC + SRCC) %s  -> %s, %s", *(fmt(metrics[k]) for k in (
+                     "srcc", "plcc", "plcc_logistic", "krcc", "rmse", "main_score")), metrics_path, plot_path)
+        if metrics["plcc_logistic_note"]:
+            log.info("no logistic-mapped PLCC: %s", metrics["plcc_logistic_note"])
+        result.update(metrics, trained=trained)
+        if opt.worst:
+            result["worst"] = write_worst(scorer, dataset, out.index, preds, labels, opt)
+    if opt.submission:
+        zip_path = write_submission(opt.submission, predictions, seconds / len(names), device, opt.n_ensemble)
+        atomic_write(source_file(package), json.dumps(source, indent=2))
+        log.info("wrote the NTIRE submission package %s", zip_path)
+    if labelled and dataset.norm.span == 0:
+        raise AHIQError(f"{opt.test_list}: every listed score is {dataset.norm.mos_min:g}, so SRCC/PLCC are undefined "
+                        f"and no metrics were written; the predictions are in {out_path}")
+    return result

@@ -8,7 +8,7 @@
 # Writes checkpoints/ahiq_pipal/ntire22_fr_test.txt and the submission package in results/ntire22_submission/.
 set -e
 cd "$(dirname "$0")"
-. scripts/setup_env.sh
+. tools/setup_env.sh
 echo "test.sh: replaying the released test.py: its random window stream (--random_windows official) and per-call BatchNorm (--bn_stats batch); --n_ensemble and --batch_size are test.py's defaults (options/)"
 exec $PY test.py \
     --dataset pipal \

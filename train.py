@@ -37,13 +37,21 @@ from torch.utils.data import DataLoader
 
 from data.pair_dataset import PairDataset
 from data.sampler import EpochSampler, own_process_group
-from engine import ScoringStopped, predict, reference_shards, train_one_epoch
+from engine.loop import ScoringStopped, predict, reference_shards, train_one_epoch
+from engine.runtime import (
+    backbone_source,
+    configure_device,
+    dataset_name,
+    device_of,
+    load_dataset,
+    policy_of,
+    save_options,
+)
 from models import AHIQ, Checkpoint, build_from_config, read_checkpoint
 from models.config import check_backbones
 from options.base_options import RunConfig
 from options.policy import RESULT
 from options.train_options import parse_train_options
-from runtime import backbone_source, configure_device, dataset_name, device_of, load_dataset, policy_of, save_options
 from utils.checkpoint import find_checkpoint, load_head_weights, save_weights
 from utils.distributed import (
     DistInfo,

@@ -8,7 +8,7 @@
 #   Every other default is train.py's own (options/). Extra arguments go to train.py.
 set -e
 cd "$(dirname "$0")"
-. scripts/setup_env.sh
+. tools/setup_env.sh
 NPROC=${NPROC:-1}
 NNODES=${NNODES:-1}
 set -- \

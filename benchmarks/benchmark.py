@@ -27,7 +27,7 @@ from scipy import stats
 
 from benchmarks.official_style import OfficialStyleBackbones, official_forward, reference_scores
 from data.windows import crop_tensor_stack, crop_windows
-from engine import ChunkSize, ReferenceCache, score_batch, score_crops
+from engine.loop import ChunkSize, ReferenceCache, score_batch, score_crops
 from models import RESNET_TAG, VIT_TAGS, build_model
 from options.defaults import CROPS_PER_FORWARD, N_ENSEMBLE, SEED
 

@@ -91,7 +91,7 @@ def check_agreement(cfg: argparse.Namespace) -> dict:
     against torchvision's kernel in fp32 and under autocast. Every number judged against :data:`BOUNDS`."""
     from torchvision.ops import deform_conv2d
 
-    from engine import score_crops
+    from engine.loop import score_crops
     from models import build_model
     from models.deform import deform_conv2d_gemm
 

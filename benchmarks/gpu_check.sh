@@ -5,11 +5,11 @@
 set -e
 cd "$(dirname "$0")/.."
 # A python3 that already imports what the check needs (a bare GPU image: nothing to install, no index to reach) is
-# used as it is; otherwise the project's environment (scripts/setup_env.sh).
+# used as it is; otherwise the project's environment (tools/setup_env.sh).
 if [ -z "${VIRTUAL_ENV:-}" ] && python3 -c 'import torch, torchvision, timm, cv2, scipy, safetensors, tqdm' 2>/dev/null; then
     PY=python3
 else
-    . scripts/setup_env.sh
+    . tools/setup_env.sh
 fi
 nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv 2>/dev/null || true
 exec $PY -m benchmarks.gpu_check "$@"

@@ -204,7 +204,7 @@ class AHIQ(nn.Module):
         """The frozen backbones' features of crops in [0, 1] (the official normalisation, for both backbones).
 
         The backbones' parameters never require gradients, so no graph is recorded through them in training; one is
-        only when the input itself requires gradients (AHIQ as a perceptual loss, :class:`scoring.Metric`).
+        only when the input itself requires gradients (AHIQ as a perceptual loss, :class:`engine.scorer.Metric`).
         """
         self._check(x)
         x = (x - 0.5) / 0.5

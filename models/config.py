@@ -272,7 +272,7 @@ def load_weights(model: AHIQ, path: str, ckpt: Mapping[str, Any] | None = None) 
                 for k in ARCH_FIELDS if _normal(getattr(saved, k)) != _normal(getattr(model.config, k))]
         if diff:
             raise AHIQError(f"{path}: built with other model options ({'; '.join(diff)}); load it with "
-                            "scoring.load_scorer (test.py, predict.py, the API), which reads them from the file")
+                            "engine.scorer.load_scorer (test.py, predict.py, the API), which reads them from the file")
     load_head_weights(model, ckpt, path)
     return ckpt
 

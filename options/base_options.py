@@ -19,27 +19,15 @@ import os
 from collections.abc import Mapping
 from typing import Any
 
-import torch
-
 from data.datasets import PRESETS, SplitChoice, parse_ratios
 from data.images import MAX_PIXELS
 from models import BRANCHES, DEFORM_IMPLS, FUSIONS, POOLINGS, RESNET_TAG, ModelConfig
 from models.config import check_crop
 from options.defaults import CHECKPOINTS, PROTOCOL_NAME, RELEASED_NAME, SEED, TRAIN_NAME
 from options.policy import ONCE, free, once, policy
+from utils.device import check_gpus, default_gpu_ids, default_workers
 from utils.errors import AHIQError
 from utils.files import read_text
-
-
-def default_gpu_ids() -> str:
-    """The first GPU when this machine has one, else the CPU."""
-    return "0" if torch.cuda.is_available() else "-1"
-
-
-def default_workers() -> int:
-    """DataLoader workers: the CPU cores this process may use, at most 8."""
-    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
-    return max(1, min(8, cores))
 
 
 def run_parser() -> argparse.ArgumentParser:
@@ -287,16 +275,6 @@ def check_positive(opt: argparse.Namespace, *names: str, minimum: int = 1) -> No
         value = getattr(opt, name, None)
         if value is not None and value < minimum:
             raise AHIQError(f"--{name} must be at least {minimum}, got {value}")
-
-
-def check_gpus(ids: tuple[int, ...], gpu_ids: str) -> None:
-    if ids and not torch.cuda.is_available():
-        raise AHIQError(f"--gpu_ids {gpu_ids}: CUDA is not available here; pass --gpu_ids -1 to run on the CPU")
-    missing = [i for i in ids if i >= torch.cuda.device_count()] if ids else []
-    if missing:
-        count = torch.cuda.device_count()
-        raise AHIQError(f"--gpu_ids {gpu_ids}: no GPU {missing[0]} here (this machine has {count}: "
-                        f"0-{count - 1}); pass ids below {count}, or -1 for the CPU")
 
 
 def parse(parser: argparse.ArgumentParser, argv: list[str] | None, resolve: tuple = ()) -> RunConfig:

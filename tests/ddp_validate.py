@@ -8,9 +8,9 @@ import sys
 import torch
 
 import train
+from engine.runtime import backbone_source, device_of
 from models import build_from_config, load_weights
 from options.train_options import parse_train_options
-from runtime import backbone_source, device_of
 from utils.distributed import init_distributed, shutdown
 
 

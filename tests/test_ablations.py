@@ -8,10 +8,10 @@ import numpy as np
 import pytest
 import torch
 
-import evaluate as test_script
 import predict
+import test as test_script
 import train
-from engine import score_crops
+from engine.loop import score_crops
 from models import build_model, load_weights
 from models.tiny import TINY_RESNET, TINY_VIT
 from tests.conftest import train_args

@@ -18,13 +18,13 @@ import numpy as np
 import pytest
 import torch
 
-import evaluate
 import predict
+import test as test_entry
 import train
 from data.datasets import read_labels
 from data.images import image_size, read_rgb
 from data.pipal import read_list
-from scoring import Scorer
+from engine.scorer import Scorer
 from tests.conftest import TINY_ARGS, make_pipal_set, policy, run_entry
 from utils.checkpoint import load_checkpoint
 from utils.errors import AHIQError
@@ -71,7 +71,7 @@ def test_the_api_refuses_other_misuse(scorer, tiny_factory):
 
 @pytest.mark.skipif(torch.cuda.is_available(), reason="checks the message without CUDA")
 def test_load_scorer_on_cuda_without_a_gpu(tmp_path):
-    from scoring import load_scorer
+    from engine.scorer import load_scorer
     with pytest.raises(AHIQError, match="device 'cuda': CUDA is not available here"):
         load_scorer(str(tmp_path / "none.pth"), device="cuda", pretrained=False)
 
@@ -151,7 +151,7 @@ def test_equal_labels_keep_the_predictions_and_stop(tmp_path, head):
     Path(data["list"]).write_text("".join(f"{n},1500\n" for n in data["names"]))
     with pytest.raises(AHIQError, match=r"list\.txt: every listed score is 1500, so SRCC/PLCC are undefined.*"
                                         r"predictions are in"):
-        evaluate.main(_test_args(data, head, tmp_path))
+        test_entry.main(_test_args(data, head, tmp_path))
     assert len((tmp_path / "ckpts" / "ahiq_pipal" / "results.txt").read_text().splitlines()) == 3
     assert not (tmp_path / "ckpts" / "ahiq_pipal" / "results_metrics.json").exists()
     with pytest.raises(AHIQError, match=r"every training score is 1500; there is nothing to learn"):
@@ -173,7 +173,7 @@ def test_equal_labels_keep_the_predictions_and_stop(tmp_path, head):
 def test_bad_option_values_stop_before_anything_loads(tmp_path, entry, extra, message):
     missing = str(tmp_path / "no_such.pth")  # would fail later, when loading: the option error must come first
     common = ["--ckpt", missing, "--gpu_ids", "-1", "--checkpoints_dir", str(tmp_path)]
-    run = {"test": evaluate.main, "train": train.main,
+    run = {"test": test_entry.main, "train": train.main,
            "predict": lambda a: predict.main(["--dis", "x.png", "--ref", "y.png", *a])}[entry]
     with pytest.raises(AHIQError, match=message):
         run(common + extra)
@@ -257,6 +257,6 @@ def test_test_py_checks_the_list_and_images_before_building_the_model(tmp_path, 
     data = make_pipal_set(tmp_path / "set", n_refs=1, n_dis=2, size=(40, 40))
     (Path(data["dis"]) / "A0000_00_01.bmp").unlink()
     with pytest.raises(AHIQError, match=r"A0000_00_01\.bmp: image not found"):  # not the missing backbone file
-        evaluate.main(["--test_ref_path", data["ref"], "--test_dis_path", data["dis"], "--test_list", data["list"],
+        test_entry.main(["--test_ref_path", data["ref"], "--test_dis_path", data["dis"], "--test_list", data["list"],
                        "--ckpt", head, "--gpu_ids", "-1", "--checkpoints_dir", str(tmp_path), "--crop_size", "32",
                        "--vit_weights", str(tmp_path / "absent_vit.safetensors")])

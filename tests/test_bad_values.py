@@ -14,18 +14,18 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from PIL import Image
 
-import evaluate
 import predict
 import protocol
+import test as test_entry
 from data.datasets import read_csv_labels
 from data.images import image_size, read_rgb
 from data.label_norm import LabelNorm
 from data.splits import read_splits
+from engine.scorer import Metric, load_scorer
 from models.config import config_from_checkpoint
 from options import test_options
 from options.base_options import options_of
 from options.test_options import parse_test_options
-from scoring import Metric, load_scorer
 from tests.conftest import make_pipal_set, train_args
 from utils.checkpoint import load_checkpoint, save_weights
 from utils.errors import AHIQError
@@ -147,7 +147,7 @@ def test_labels_whose_range_overflows_name_the_list(tmp_path, tiny_ckpt):
     data = make_pipal_set(tmp_path / "set", n_refs=1, n_dis=2, size=(32, 32))
     Path(data["list"]).write_text(f"{data['names'][0]},1e308\n{data['names'][1]},-1e308\n")
     with pytest.raises(AHIQError, match=r"list\.txt: label range -1e\+308 to 1e\+308: not finite"):
-        evaluate.main(["--test_ref_path", data["ref"], "--test_dis_path", data["dis"], "--test_list", data["list"],
+        test_entry.main(["--test_ref_path", data["ref"], "--test_dis_path", data["dis"], "--test_list", data["list"],
                        "--ckpt", tiny_ckpt, "--no_pretrained", "--gpu_ids", "-1", "--name", "x",
                        "--checkpoints_dir", str(tmp_path)])
 

@@ -15,14 +15,14 @@ import torch
 
 import predict
 import train
-from engine import train_one_epoch
+from engine.loop import train_one_epoch
+from engine.runtime import configure_device, save_options
 from models import build_model
 from options.policy import FREE, ONCE, RESULT, RESUMABLE
 from options.predict_options import parse_predict_options
 from options.protocol_options import parse_protocol_options
 from options.test_options import parse_test_options
 from options.train_options import parse_train_options
-from runtime import configure_device, save_options
 from tests.conftest import TINY_ARGS, train_args
 from utils.errors import AHIQError
 from utils.files import FolderLock

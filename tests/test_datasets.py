@@ -17,12 +17,12 @@ import pytest
 from data.datasets import PRESETS, Labels, pair_dataset, read_labels, select_rows
 from data.images import read_rgb
 from data.label_norm import LabelNorm
-from data.prepare_pipal import prepare
 from data.splits import load_or_create_splits, make_splits, part_counts
 from data.windows import fixed_windows
+from engine.runtime import load_dataset
 from options.train_options import parse_train_options
-from runtime import load_dataset
 from tests.conftest import FIXTURES, make_fr_dataset, needs_fixtures, policy
+from tools.prepare_pipal import prepare
 from utils.errors import AHIQError
 
 REPO = Path(__file__).resolve().parents[1]
@@ -244,7 +244,7 @@ def test_prepare_pipal_links_lists_and_checks(tmp_path):
 
 
 def test_prepare_pipal_removes_a_set_it_made_before_and_its_hint_works(tmp_path, monkeypatch, capsys):
-    import data.prepare_pipal as prep
+    import tools.prepare_pipal as prep
     from tools.prepare_pipal import main as prepare_main
 
     _official_pipal(tmp_path / "PIPAL")

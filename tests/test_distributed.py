@@ -18,7 +18,7 @@ import pytest
 import torch
 
 import train
-from engine import train_one_epoch
+from engine.loop import train_one_epoch
 from options.train_options import parse_train_options
 from tests.conftest import TINY_ARGS, list_dataset, make_pipal_set
 from utils.checkpoint import load_checkpoint

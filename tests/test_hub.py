@@ -16,9 +16,9 @@ import torch
 from PIL import Image
 from safetensors.torch import save_file
 
-import evaluate
+import test as test_entry
 from data.images import read_rgb
-from scoring import Metric, load_scorer
+from engine.scorer import Metric, load_scorer
 from tests.conftest import make_pipal_set
 from utils.checkpoint import save_weights
 from utils.errors import AHIQError
@@ -28,7 +28,7 @@ REPO = Path(__file__).resolve().parents[1]
 
 def test_hub_metric_scores_what_test_py_scores(tmp_path, tiny_ckpt):
     data = make_pipal_set(tmp_path / "set", n_refs=2, n_dis=2, size=(40, 48), seed=3)
-    out = evaluate.main(["--test_ref_path", data["ref"], "--test_dis_path", data["dis"], "--test_list", data["list"],
+    out = test_entry.main(["--test_ref_path", data["ref"], "--test_dis_path", data["dis"], "--test_list", data["list"],
                          "--ckpt", tiny_ckpt, "--crop_size", "32", "--n_ensemble", "12", "--gpu_ids", "-1",
                          "--num_workers", "0", "--checkpoints_dir", str(tmp_path), "--name", "scored",
                          "--no_pretrained"])
@@ -79,7 +79,7 @@ def pair_and_ckpt(tmp_path_factory, tiny_ckpt):
 @pytest.mark.parametrize("n_ensemble", [5, 12])
 def test_every_input_form_scores_what_test_py_scores(pair_and_ckpt, tmp_path, n_ensemble):
     data, ckpt = pair_and_ckpt
-    out = evaluate.main(["--test_ref_path", data["ref"], "--test_dis_path", data["dis"], "--test_list", data["list"],
+    out = test_entry.main(["--test_ref_path", data["ref"], "--test_dis_path", data["dis"], "--test_list", data["list"],
                          "--ckpt", ckpt, "--crop_size", "32", "--n_ensemble", str(n_ensemble), "--gpu_ids", "-1",
                          "--num_workers", "0", "--checkpoints_dir", str(tmp_path), "--name", "scored",
                          "--no_pretrained"])

@@ -12,9 +12,9 @@ import pytest
 import torch
 from PIL import Image
 
-import evaluate as test_script
+import test as test_script
 from data.windows import grid_windows
-from scoring import Metric, Scorer, load_scorer
+from engine.scorer import Metric, Scorer, load_scorer
 from tests.conftest import policy, run_entry
 from utils.checkpoint import save_weights
 from utils.quality_maps import image_maps

@@ -8,7 +8,7 @@ import torch
 
 import models.backbones as backbones_mod
 from benchmarks.official_style import OfficialStyleBackbones, reference_scores
-from engine import ChunkSize, score_crops
+from engine.loop import ChunkSize, score_crops
 from models import VIT_TAGS, build_model
 from utils.errors import AHIQError
 

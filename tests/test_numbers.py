@@ -17,9 +17,9 @@ from PIL import Image
 
 import train
 from data.images import read_rgb
+from engine.scorer import Metric, Scorer, load_scorer
 from models import PAPER, read_checkpoint
 from models.tiny import TINY_RESNET
-from scoring import Metric, Scorer, load_scorer
 from tests.conftest import make_pipal_set, policy, train_args
 from utils.checkpoint import save_weights
 from utils.errors import AHIQError
@@ -109,7 +109,7 @@ EDITED = """
 import json, sys
 import train
 from options.test_options import parse_test_options
-from runtime import scoring_checkpoint
+from engine.runtime import scoring_checkpoint
 state = train.main(sys.argv[2:])
 fusion = {key: scoring_checkpoint(parse_test_options(["--ckpt", sys.argv[1] + path])).config.fusion
           for key, path in (("trained", "/best.pth"), ("official", "/../../official.pth"))}
@@ -141,8 +141,8 @@ def test_an_edited_default_in_options_is_carried_by_new_checkpoints_only(train_s
 
 
 def test_switches_given_must_agree_and_defaults_do_not_count(tiny_ckpt):
+    from engine.runtime import scoring_checkpoint
     from options.test_options import parse_test_options
-    from runtime import scoring_checkpoint
     opt = parse_test_options(["--ckpt", tiny_ckpt, "--gpu_ids", "-1"])
     assert opt.switches_given == () and scoring_checkpoint(opt).config.resnet_name == TINY_RESNET  # not the default
     with pytest.raises(AHIQError, match="trained with --fusion deform, but --fusion conv was given"):

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-import evaluate
+import test as test_entry
 import train
 from options.protocol_options import parse_protocol_options
 from options.train_options import parse_train_options
@@ -29,21 +29,21 @@ def test_results_go_beside_the_checkpoint_and_are_never_replaced_by_another_run(
     shutil.copy(tiny_ckpt, ckpt)
     one = make_pipal_set(tmp_path / "one", n_refs=1, n_dis=3, size=(40, 40), seed=1)
     two = make_pipal_set(tmp_path / "two", n_refs=1, n_dis=3, size=(40, 40), seed=2)
-    first = evaluate.main(_args(one, str(ckpt)))
+    first = test_entry.main(_args(one, str(ckpt)))
     assert first["predictions"] == str(ckpt.parent / "results.txt")  # beside the checkpoint, not ahiq_pipal/
     before = Path(first["predictions"]).read_text()
-    assert evaluate.main(_args(one, str(ckpt)))["predictions"] == first["predictions"]  # the same run again: fine
+    assert test_entry.main(_args(one, str(ckpt)))["predictions"] == first["predictions"]  # the same run again: fine
     with pytest.raises(AHIQError, match=r"results\.txt: holds the predictions of another run \(list .*one/list\.txt "
                                         r"then, .*two/list\.txt now\); pass another --test_file_name"):
-        evaluate.main(_args(two, str(ckpt)))
+        test_entry.main(_args(two, str(ckpt)))
     assert Path(first["predictions"]).read_text() == before  # untouched
-    other = evaluate.main(_args(two, str(ckpt), "--test_file_name", "two.txt"))
+    other = test_entry.main(_args(two, str(ckpt), "--test_file_name", "two.txt"))
     assert Path(other["predictions"]).name == "two.txt" and Path(first["predictions"]).read_text() == before
-    evaluate.main(_args(two, str(ckpt), "--overwrite"))
+    test_entry.main(_args(two, str(ckpt), "--overwrite"))
     assert Path(first["predictions"]).read_text() != before
     (ckpt.parent / "mine.txt").write_text("my notes\n")
     with pytest.raises(AHIQError, match="mine.txt: exists, and test.py has no record of what it holds"):
-        evaluate.main(_args(one, str(ckpt), "--test_file_name", "mine.txt"))
+        test_entry.main(_args(one, str(ckpt), "--test_file_name", "mine.txt"))
     assert (ckpt.parent / "mine.txt").read_text() == "my notes\n"
 
 
@@ -52,7 +52,7 @@ def test_results_go_beside_the_checkpoint_and_are_never_replaced_by_another_run(
 def test_an_output_name_cannot_replace_a_run_file(tmp_path, tiny_ckpt, name):
     data = make_pipal_set(tmp_path / "set", n_refs=1, n_dis=2, size=(40, 40))
     with pytest.raises(AHIQError, match="give a plain file name such as results.txt"):
-        evaluate.main(_args(data, tiny_ckpt, "--test_file_name", name))
+        test_entry.main(_args(data, tiny_ckpt, "--test_file_name", name))
 
 
 def test_training_and_protocol_runs_have_their_own_folders(tmp_path):

@@ -10,10 +10,10 @@ import pytest
 import torch
 from PIL import Image
 
-import evaluate as test_script
 import predict
+import test as test_script
 from data.images import read_rgb
-from scoring import load_scorer
+from engine.scorer import load_scorer
 from tests.conftest import FIXTURES, needs_fixtures
 from utils.checkpoint import save_weights
 from utils.errors import AHIQError

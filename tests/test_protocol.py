@@ -11,10 +11,10 @@ import numpy as np
 import pytest
 import torch
 
-import evaluate as test_script
 import protocol
+import test as test_script
 import train
-from scoring import load_scorer
+from engine.scorer import load_scorer
 from tests.conftest import TINY_ARGS, make_fr_dataset
 from utils.errors import AHIQError
 

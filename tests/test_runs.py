@@ -11,7 +11,7 @@ import pytest
 import torch
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
-import evaluate
+import test as test_entry
 import train
 from options.train_options import parse_train_options
 from tests.conftest import TINY_ARGS, heads_of, train_args
@@ -28,11 +28,11 @@ def test_a_rerun_from_the_saved_configuration_gives_the_same_weights(train_sets,
     for key in a:
         torch.testing.assert_close(a[key], b[key], rtol=0, atol=0)
     v = train_sets["val"]
-    out = evaluate.main(["--test_ref_path", v["ref"], "--test_dis_path", v["dis"], "--test_list", v["list"],
+    out = test_entry.main(["--test_ref_path", v["ref"], "--test_dis_path", v["dis"], "--test_list", v["list"],
                          "--ckpt", str(tmp_path / "first" / "best.pth"), "--n_ensemble", "2", "--gpu_ids", "-1",
                          "--num_workers", "0", "--checkpoints_dir", str(tmp_path), "--name", "scored",
                          *TINY_ARGS])
-    rerun = evaluate.main(["--config", str(tmp_path / "scored" / "opt_test.json"), "--test_file_name", "again.txt"])
+    rerun = test_entry.main(["--config", str(tmp_path / "scored" / "opt_test.json"), "--test_file_name", "again.txt"])
     assert Path(rerun["predictions"]).name == "again.txt"
     assert Path(rerun["predictions"]).read_text() == Path(out["predictions"]).read_text()
 

@@ -10,13 +10,13 @@ import numpy as np
 import pytest
 import torch
 
-import evaluate
+import test as test_entry
 from benchmarks.official_style import OfficialStyleBackbones, reference_scores
 from data.images import read_rgb
 from data.pair_dataset import PairDataset
 from data.windows import crop_stack, official_windows
-from engine import ReferenceCache, predict, reference_shards, score_crops
-from scoring import Scorer, load_scorer
+from engine.loop import ReferenceCache, predict, reference_shards, score_crops
+from engine.scorer import Scorer, load_scorer
 from tests.conftest import list_dataset, make_pipal_set, policy
 
 
@@ -116,7 +116,7 @@ def test_official_windows_are_the_released_stream():
 def test_test_py_with_official_windows_scores_them(tmp_path, tiny_ckpt):
     data = make_pipal_set(tmp_path / "set", n_refs=2, n_dis=3, size=(40, 44), seed=6)
     model = load_scorer(tiny_ckpt, pretrained=False).model  # built as test.py builds it (random backbones, seeded)
-    result = evaluate.main(["--test_ref_path", data["ref"], "--test_dis_path", data["dis"], "--test_list",
+    result = test_entry.main(["--test_ref_path", data["ref"], "--test_dis_path", data["dis"], "--test_list",
                             data["list"], "--ckpt", tiny_ckpt, "--crop_size", "32", "--n_ensemble", "12",
                             "--batch_size", "4", "--random_windows", "official", "--gpu_ids", "-1", "--num_workers",
                             "0", "--checkpoints_dir", str(tmp_path), "--name", "scored", "--no_pretrained"])
@@ -172,7 +172,7 @@ def test_bn_stats_batch_replays_the_released_test_loop(tmp_path, model_factory, 
             str(ckpt), "--crop_size", "32", "--n_ensemble", "10", "--batch_size", str(batch_size),
             "--random_windows", "official", "--gpu_ids", "-1", "--num_workers", "0", "--checkpoints_dir",
             str(tmp_path), "--vit_weights", backbone_files[8], "--resnet_weights", backbone_files["resnet"]]
-    batch = evaluate.main([*args, "--bn_stats", "batch", "--test_file_name", "batch.txt"])
+    batch = test_entry.main([*args, "--bn_stats", "batch", "--test_file_name", "batch.txt"])
     scores = [float(line.split(",")[1]) for line in Path(batch["predictions"]).read_text().splitlines()]
     expected = _released_test_loop(OfficialStyleBackbones(8, backbone_files[8], backbone_files["resnet"]), heads,
                                    data, batch_size, 10, 32, 1919)

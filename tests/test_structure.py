@@ -17,31 +17,65 @@ from tools.export_pyiqa import export
 from utils.checkpoint import save_weights
 
 REPO = Path(__file__).resolve().parents[1]
-# Lower layers never import higher ones; a module may import its own package and anything below.
-LAYERS = {"utils": 0, "models": 1, "data": 2, "engine": 3, "options": 3, "scoring": 4, "runtime": 5, "evaluate": 6,
-          "train": 6, "test": 7, "predict": 7, "protocol": 7, "tools": 7, "benchmarks": 7}
-LIBRARY = ("utils", "models", "data", "engine", "scoring", "runtime", "evaluate")
+
+
+def _layer_table() -> dict[str, int]:
+    """The layer of each module (or package) name, from the one table in docs/layout.md."""
+    layers = {}
+    for line in (REPO / "docs" / "layout.md").read_text().splitlines():
+        cells = [c.strip() for c in line.strip().strip("|").split("|")]
+        if len(cells) == 3 and cells[0].isdigit():
+            layers.update({name.strip().strip("`"): int(cells[0]) for name in cells[1].split(",")})
+    return layers
+
+
+# Lower layers never import higher ones; a module may import its own unit and anything below.
+LAYERS = _layer_table()
+LIBRARY_TOP = 6  # layers 0-6 are library code: no command line (options/ holds the parsers, nothing runs them)
+
+
+def _unit(module: str) -> str:
+    """The table's entry a module belongs to: its longest dotted prefix in the table (a package whose modules have
+    rows of their own, imported as a whole, is its own unit)."""
+    parts = module.split(".")
+    return next((".".join(parts[:k]) for k in range(len(parts), 0, -1) if ".".join(parts[:k]) in LAYERS), module)
+
+
+def _layer(module: str) -> int:
+    """A unit's layer; a package whose modules have rows counts as its highest one."""
+    unit = _unit(module)
+    return LAYERS[unit] if unit in LAYERS else max(v for k, v in LAYERS.items() if k.startswith(unit + "."))
+
+
+def _known(name: str) -> bool:
+    return any(name == key or name.startswith(key + ".") or key.startswith(name + ".") for key in LAYERS)
 
 
 def _project_imports() -> dict[str, set[str]]:
     graph: dict[str, set[str]] = {}
     for path in REPO.rglob("*.py"):
         rel = path.relative_to(REPO)
-        if rel.parts[0] in (".venv", "tests") or rel.parts[0] not in LAYERS and rel.stem not in LAYERS:
-            continue
         module = ".".join(rel.with_suffix("").parts).removesuffix(".__init__")
+        if rel.parts[0] in (".venv", "tests") or not _known(module):
+            continue
         found = set()
         for node in ast.walk(ast.parse(path.read_text(), str(rel))):
             names = [a.name for a in node.names] if isinstance(node, ast.Import) else \
                 [node.module] if isinstance(node, ast.ImportFrom) and node.module and not node.level else []
-            found |= {n for n in names if n.split(".")[0] in LAYERS}
+            found |= {n for n in names if _known(n)}
         graph[module] = found
     return graph
 
 
+def test_every_module_has_a_layer_in_the_table():
+    found = {".".join(p.relative_to(REPO).with_suffix("").parts).removesuffix(".__init__")
+             for p in REPO.rglob("*.py") if p.relative_to(REPO).parts[0] not in (".venv", "tests")}
+    assert found and all(_known(m) for m in found), sorted(m for m in found if not _known(m))
+
+
 def test_imports_go_downwards_only():
     upward = [f"{m} -> {d}" for m, deps in _project_imports().items() for d in deps
-              if m.split(".")[0] != d.split(".")[0] and LAYERS[d.split(".")[0]] >= LAYERS[m.split(".")[0]]]
+              if _unit(m) != _unit(d) and _layer(d) >= _layer(m)]
     assert not upward, upward
 
 
@@ -69,7 +103,7 @@ def test_no_import_cycles():
 
 def test_library_modules_hold_no_command_line_code():
     for module in _project_imports():
-        if module.split(".")[0] not in LIBRARY:
+        if _layer(module) > LIBRARY_TOP or _unit(module) == "options":  # options/ is where argparse lives
             continue
         path = REPO / (module.replace(".", "/") + ".py")
         if not path.is_file():

@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 import torch
 
-import evaluate as test_script
+import test as test_script
 from benchmarks.official_style import OfficialStyleBackbones, official_five_point_window, reference_scores
 from data.pipal import read_list
 from tests.conftest import FIXTURES, run_entry

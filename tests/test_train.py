@@ -18,7 +18,7 @@ from scipy import stats
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
 import train
-from engine import train_one_epoch
+from engine.loop import train_one_epoch
 from tests import ddp_validate
 from tests.conftest import heads_of, list_dataset, make_pipal_set, train_args
 from utils.errors import AHIQError

@@ -5,10 +5,19 @@ import utils.interrupt  # noqa: F401 - first: Ctrl-C while the libraries import 
 
 # isort: split
 
+import argparse
 import socket
 
 from models import BackboneSource, ModelConfig
-from options.tool_options import backbone_check_parser
+from options.defaults import CHECKPOINTS
+
+
+def backbone_check_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(description="Print where the pinned backbone weights can come from: files, hub or "
+                                            "random.")
+    p.add_argument("--checkpoints_dir", default=CHECKPOINTS, help="where download.sh put backbones/")
+    p.add_argument("--patch_size", type=int, default=8, choices=(8, 16), help="ViT patch size")
+    return p
 
 
 def main(argv: list[str] | None = None) -> str:

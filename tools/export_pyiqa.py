@@ -13,12 +13,13 @@ import utils.interrupt  # noqa: F401 - first: Ctrl-C while the libraries import 
 
 # isort: split
 
+import argparse
+
 import timm
 import torch
 
 from models import ModelConfig, config_from_checkpoint
 from models.backbones import read_state_dict
-from options.tool_options import export_pyiqa_parser
 from utils.checkpoint import OFFICIAL_KEYS, head_state_dicts, load_checkpoint
 from utils.errors import AHIQError, run_cli
 from utils.files import atomic_torch_save
@@ -46,6 +47,16 @@ def export(ckpt_path: str, out: str, vit_weights: str | None = None, resnet_weig
     params.update(full_backbone("resnet50", config.resnet_name, resnet_weights))
     atomic_torch_save({"params": params}, out)
     return len(params)
+
+
+def export_pyiqa_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(description="Write a checkpoint as the file pyiqa's AHIQ loads with "
+                                            "pretrained_model_path (the heads plus the full pinned backbones).")
+    p.add_argument("--ckpt", required=True, help="an AHIQ checkpoint (ours or official) of the paper's model")
+    p.add_argument("--out", required=True, help="the file to write (about 440 MB)")
+    p.add_argument("--vit_weights", default=None, help="full timm state dict of the pinned ViT-B/8 (else the hub)")
+    p.add_argument("--resnet_weights", default=None, help="full timm state dict of the pinned ResNet-50 (else the hub)")
+    return p
 
 
 def main(argv: list[str] | None = None) -> int:

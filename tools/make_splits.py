@@ -8,13 +8,23 @@ import utils.interrupt  # noqa: F401 - first: Ctrl-C while the libraries import 
 
 # isort: split
 
+import argparse
 import logging
 
 from data.datasets import PRESETS, parse_ratios, read_labels
 from data.splits import PARTS, load_or_create_splits
-from options.data_options import preset_paths
-from options.tool_options import make_splits_parser
+from options.data_options import label_parser, preset_paths, split_making_parser
+from options.defaults import SEED
 from utils.errors import AHIQError, run_cli
+
+
+def make_splits_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(description="Make (or check) a content-disjoint split file for a label file.",
+                                parents=[label_parser(), split_making_parser()])
+    p.add_argument("--labels", default=None, help="label file; default: the preset's under --data_root")
+    p.add_argument("--out", required=True, help="the split file to write (an existing one is only checked)")
+    p.add_argument("--seed", type=int, default=SEED, help="seed, when --split_seed is not given")
+    return p
 
 
 def main(argv: list[str] | None = None) -> list[dict]:

@@ -1,6 +1,6 @@
 """Score image pairs from Python: the same model, crop ensemble and scoring loop as test.py.
 
-    from scoring import load_scorer
+    from engine.scorer import load_scorer
     scorer = load_scorer()                         # checkpoints/ahiq_pipal (download.sh), CPU, 20-crop ensemble
     scores = scorer.score_files([("dis.png", "ref.png")])
     scores = scorer.score_tensors(dis, ref)        # (B, 3, H, W) floats in [0, 1] -> (B,)
@@ -33,12 +33,13 @@ from PIL import Image
 from data.label_norm import LabelNorm
 from data.pair_dataset import PairDataset
 from data.windows import WindowPolicy
-from engine import Predictions, predict, score_crops
+from engine.loop import Predictions, predict, score_crops
 from models import AHIQ, BN_STATS, BackboneSource, Checkpoint, build_checkpoint_model, read_checkpoint
 from models.config import check_crop
 from options.defaults import CHECKPOINTS, RELEASED_NAME
 from options.test_options import scoring_defaults
 from utils.checkpoint import choose_checkpoint
+from utils.device import check_device, configure_cuda
 from utils.errors import AHIQError
 from utils.quality_maps import ImageMaps, image_maps
 
@@ -179,25 +180,6 @@ def check_unit_images(x: object, name: str) -> None:
     if lo < 0 or hi > 1:
         raise AHIQError(f"{name}: values in [{lo:g}, {hi:g}], expected [0, 1] (RGB divided by 255; not "
                         "ImageNet-normalised or [-1, 1])")
-
-
-def configure_cuda(device: str, tf32: bool = True) -> None:
-    """On CUDA: cuDNN autotuning (crop shapes are fixed, so it pays off) and TF32 matrix products and convolutions
-    (``tf32``: on by default, as in the official environment; off for strict fp32). The same flags for test.py,
-    predict.py, train.py and the API, so their scores match. Nothing on the CPU."""
-    if str(device).startswith("cuda"):
-        torch.backends.cudnn.benchmark = True
-        torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = bool(tf32)
-
-
-def check_device(device: str) -> None:
-    if not str(device).startswith("cuda"):
-        return
-    if not torch.cuda.is_available():
-        raise AHIQError(f"device {device!r}: CUDA is not available here; use device='cpu'")
-    index = torch.device(device).index or 0
-    if index >= torch.cuda.device_count():
-        raise AHIQError(f"device {device!r}: this machine has {torch.cuda.device_count()} GPU(s)")
 
 
 def mos_range_norm(mos_range: Sequence[float]) -> LabelNorm:

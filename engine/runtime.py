@@ -3,12 +3,11 @@ scorer; and the options file it leaves in its run folder.
 
 The one place where option values meet the library (``models/``, ``data/``, ``scoring.py``), shared by train.py,
 test.py (evaluate.py), predict.py and protocol.py; the library itself takes plain arguments, and every scorer is
-assembled by :func:`scoring.build_scorer`, the function the Python API and the hub entry use too.
+assembled by :func:`engine.scorer.build_scorer`, the function the Python API and the hub entry use too.
 """
 from __future__ import annotations
 
 import json
-import logging
 import os
 
 import torch
@@ -17,10 +16,11 @@ from data.datasets import SplitChoice, pair_dataset, read_labels, select_rows
 from data.label_norm import LabelNorm
 from data.pair_dataset import PairDataset
 from data.windows import WindowPolicy
+from engine.scorer import Scorer, build_scorer, window_policy
 from models import BackboneSource, Checkpoint, read_checkpoint
 from options.base_options import RunConfig
-from scoring import Scorer, build_scorer, configure_cuda, window_policy
 from utils.checkpoint import choose_checkpoint
+from utils.device import amp_dtype, configure_cuda
 from utils.files import atomic_write
 
 
@@ -36,15 +36,10 @@ def backbone_source(cfg: RunConfig) -> BackboneSource:
 
 
 def configure_device(cfg: RunConfig, device: str) -> torch.dtype | None:
-    """The CUDA settings of :func:`scoring.configure_cuda` (TF32 unless --no_tf32); returns the autocast dtype of
+    """The CUDA settings of :func:`utils.device.configure_cuda` (TF32 unless --no_tf32); returns the autocast dtype of
     --amp/--amp_dtype on CUDA, or None (fp32; --amp on the CPU warns and runs fp32)."""
     configure_cuda(device, cfg.tf32)
-    if not cfg.amp:
-        return None
-    if not device.startswith("cuda"):
-        logging.getLogger("ahiq").warning("--amp applies on CUDA only; running in fp32 on %s", device)
-        return None
-    return {"bf16": torch.bfloat16, "fp16": torch.float16}[cfg.amp_dtype]
+    return amp_dtype(device, cfg.amp, cfg.amp_dtype)
 
 
 def load_dataset(cfg: RunConfig, phase: str, part: str, policy: WindowPolicy, split: SplitChoice | None = None,

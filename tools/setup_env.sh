@@ -5,7 +5,7 @@
 # AHIQ_DEV=1 (run_tests.sh) adds requirements-dev.txt.
 REQS="requirements.txt"
 [ "${AHIQ_DEV:-0}" = 1 ] && REQS="$REQS requirements-dev.txt"
-_ahiq_ready() { "$1" scripts/check_requirements.py $REQS >/dev/null 2>&1; }
+_ahiq_ready() { "$1" tools/check_requirements.py $REQS >/dev/null 2>&1; }
 if [ -n "${VIRTUAL_ENV:-}" ] || [ -n "${CONDA_PREFIX:-}" ]; then
     PY=python
 elif [ ! -x .venv/bin/python ] && command -v python3 >/dev/null 2>&1 && _ahiq_ready python3; then

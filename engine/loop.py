@@ -9,7 +9,6 @@ holds one crop per image; the loss is the MSE to the min-max normalised MOS.
 """
 from __future__ import annotations
 
-import contextlib
 import logging
 import math
 from collections import Counter
@@ -26,6 +25,7 @@ from data.pair_dataset import PairDataset
 from data.sampler import own_process_group
 from models import AHIQ
 from models.ahiq import ReferenceFeatures
+from utils.device import autocast
 from utils.errors import AHIQError
 
 log = logging.getLogger("ahiq.engine")
@@ -35,13 +35,6 @@ def to_unit(x: torch.Tensor, device: torch.device | str) -> torch.Tensor:
     """uint8 crops to float [0, 1] on ``device`` (the copy happens while still uint8: 4x less to transfer)."""
     x = x.to(device, non_blocking=True)
     return x.float().div_(255) if x.dtype == torch.uint8 else x.float()
-
-
-def autocast(device: torch.device | str, amp_dtype: torch.dtype | None) -> contextlib.AbstractContextManager:
-    """bf16/fp16 autocast on CUDA when asked for; a no-op otherwise."""
-    if amp_dtype is None or not str(device).startswith("cuda"):
-        return contextlib.nullcontext()
-    return torch.autocast("cuda", dtype=amp_dtype)
 
 
 class ChunkSize:

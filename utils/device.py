@@ -1,0 +1,69 @@
+"""Device policy, in one place: which device a run uses by default, checks of the devices asked for, the CUDA
+settings every entry point applies (cuDNN autotuning, TF32), and the autocast dtype of --amp."""
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+
+import torch
+
+from utils.errors import AHIQError
+
+
+def default_gpu_ids() -> str:
+    """The first GPU when this machine has one, else the CPU."""
+    return "0" if torch.cuda.is_available() else "-1"
+
+
+def default_workers() -> int:
+    """DataLoader workers: the CPU cores this process may use, at most 8."""
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    return max(1, min(8, cores))
+
+
+def check_gpus(ids: tuple[int, ...], gpu_ids: str) -> None:
+    if ids and not torch.cuda.is_available():
+        raise AHIQError(f"--gpu_ids {gpu_ids}: CUDA is not available here; pass --gpu_ids -1 to run on the CPU")
+    missing = [i for i in ids if i >= torch.cuda.device_count()] if ids else []
+    if missing:
+        count = torch.cuda.device_count()
+        raise AHIQError(f"--gpu_ids {gpu_ids}: no GPU {missing[0]} here (this machine has {count}: "
+                        f"0-{count - 1}); pass ids below {count}, or -1 for the CPU")
+
+
+def configure_cuda(device: str, tf32: bool = True) -> None:
+    """On CUDA: cuDNN autotuning (crop shapes are fixed, so it pays off) and TF32 matrix products and convolutions
+    (``tf32``: on by default, as in the official environment; off for strict fp32). The same flags for test.py,
+    predict.py, train.py and the API, so their scores match. Nothing on the CPU."""
+    if str(device).startswith("cuda"):
+        torch.backends.cudnn.benchmark = True
+        torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = bool(tf32)
+
+
+def check_device(device: str) -> None:
+    if not str(device).startswith("cuda"):
+        return
+    if not torch.cuda.is_available():
+        raise AHIQError(f"device {device!r}: CUDA is not available here; use device='cpu'")
+    index = torch.device(device).index or 0
+    if index >= torch.cuda.device_count():
+        raise AHIQError(f"device {device!r}: this machine has {torch.cuda.device_count()} GPU(s)")
+
+
+def amp_dtype(device: str, amp: bool, name: str) -> torch.dtype | None:
+    """The autocast dtype of --amp/--amp_dtype ``name`` (bf16, fp16) on CUDA; None for fp32 (--amp on the CPU warns
+    and runs fp32)."""
+    if not amp:
+        return None
+    if not device.startswith("cuda"):
+        logging.getLogger("ahiq").warning("--amp applies on CUDA only; running in fp32 on %s", device)
+        return None
+    return {"bf16": torch.bfloat16, "fp16": torch.float16}[name]
+
+
+def autocast(device: torch.device | str, amp_dtype: torch.dtype | None) -> contextlib.AbstractContextManager:
+    """bf16/fp16 autocast on CUDA when asked for; a no-op otherwise."""
+    if amp_dtype is None or not str(device).startswith("cuda"):
+        return contextlib.nullcontext()
+    return torch.autocast("cuda", dtype=amp_dtype)
