@@ -30,7 +30,7 @@ from engine.scorer import Scorer
 from options.predict_options import parse_predict_options
 from utils.errors import run_cli
 from utils.files import atomic_write
-from utils.metrics import fmt, iqa_metrics
+from utils.metrics import iqa_metrics, metrics_line
 from utils.plots import maps_panel_png, optional_figure, scatter_png
 
 log = logging.getLogger("ahiq.predict")
@@ -59,9 +59,7 @@ def report_metrics(opt, scores: np.ndarray, mos: np.ndarray) -> dict:
     normalises a list), printed; with --csv also ``{stem}_metrics.json`` and ``{stem}_scatter.png`` beside it."""
     labels = LabelNorm.fit(mos, lower_better=False).apply(mos)
     metrics = iqa_metrics(scores, labels)
-    print(f"{opt.dataset}: SRCC {fmt(metrics['srcc'])}  PLCC {fmt(metrics['plcc'])} (raw; "
-          f"{fmt(metrics['plcc_logistic'])} after the logistic mapping)  KRCC {fmt(metrics['krcc'])}  "
-          f"RMSE {fmt(metrics['rmse'])} on {len(scores)} pairs")
+    print(f"{opt.dataset}, {len(scores)} pairs: {metrics_line(metrics)}")
     if opt.csv:
         stem = os.path.splitext(opt.csv)[0]
         atomic_write(stem + "_metrics.json", json.dumps({**metrics, "n_images": len(scores), "pairs": opt.pairs,

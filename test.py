@@ -35,7 +35,7 @@ from options.base_options import RunConfig
 from options.test_options import parse_test_options
 from utils.errors import AHIQError
 from utils.files import atomic_write, read_text
-from utils.metrics import MIN_FIT_IMAGES, fit_logistic4, fmt, iqa_metrics, logistic4, logistic_fit_problem
+from utils.metrics import MIN_FIT_IMAGES, fit_logistic4, iqa_metrics, logistic4, logistic_fit_problem, metrics_line
 from utils.plots import optional_figure, scatter_png, worst_png
 
 log = logging.getLogger("ahiq.test")
@@ -170,9 +170,7 @@ def run(opt: RunConfig) -> dict:
                               plot_path)
         if png is not None:
             atomic_write(plot_path, png)
-        log.info("SRCC %s  PLCC %s (raw; %s after the 4-parameter logistic mapping)  KRCC %s  RMSE %s  "
-                 "main score (raw PLCC + SRCC) %s  -> %s, %s", *(fmt(metrics[k]) for k in (
-                     "srcc", "plcc", "plcc_logistic", "krcc", "rmse", "main_score")), metrics_path, plot_path)
+        log.info("%s  -> %s, %s", metrics_line(metrics), metrics_path, plot_path)
         if metrics["plcc_logistic_note"]:
             log.info("no logistic-mapped PLCC: %s", metrics["plcc_logistic_note"])
         result.update(metrics, trained=trained)

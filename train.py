@@ -65,7 +65,7 @@ from utils.distributed import (
 from utils.errors import AHIQError, run_cli
 from utils.files import FolderLock, remove_stale_temporaries
 from utils.logger import EpochLog, Scalars, close_file_logs, setup_logging
-from utils.metrics import fmt, improves, iqa_metrics
+from utils.metrics import METRIC_NAMES, improves, iqa_metrics, metrics_line
 from utils.plots import optional_figure, scatter_figure
 
 log = logging.getLogger("ahiq.train")
@@ -134,7 +134,6 @@ class Validation:
     name: str  # what the validation data is called in TensorBoard: the preset with --data_root, else the list's name
 
 
-VAL_METRICS = ("srcc", "plcc", "plcc_logistic", "krcc", "rmse", "main_score")  # in metrics.jsonl and TensorBoard
 
 
 def build_loaders(opt: RunConfig, info: DistInfo, crop_size: int
@@ -413,7 +412,7 @@ def train(opt: RunConfig, info: DistInfo) -> TrainState:
                 if info.is_main:
                     finish_epoch(save, state, loss, metrics)
                     epochs.append({"epoch": state.epoch, "step": state.global_step, "train_loss": loss, "lr": lr,
-                                   **{f"val_{k}": (metrics or {}).get(k) for k in VAL_METRICS},
+                                   **{f"val_{k}": (metrics or {}).get(k) for k in METRIC_NAMES},
                                    "best": bool(metrics and metrics["improved"]),
                                    "seconds": time.perf_counter() - start})
     finally:
@@ -457,11 +456,10 @@ def validate_epoch(model: AHIQ, val: Validation, info: DistInfo, opt: RunConfig,
         state.best_srcc = srcc if metrics["srcc"] is not None else state.best_srcc
         state.best_plcc = plcc if metrics["plcc"] is not None else state.best_plcc
         state.best_epoch = state.epoch
-    log.info("epoch %d: SRCC %s PLCC %s (raw; %s after logistic mapping) KRCC %s RMSE %s%s", state.epoch,
-             *(fmt(metrics[k]) for k in ("srcc", "plcc", "plcc_logistic", "krcc", "rmse")),
+    log.info("epoch %d: %s%s", state.epoch, metrics_line(metrics),
              f"  (best so far by {opt.best_metric}: best.pth)" if improved else "")
     if scalars:  # one step axis for training and validation, named for the validation data actually used
-        scalars.add({f"val/{val.name}/{k}": v for k, v in metrics.items() if k in VAL_METRICS and v is not None},
+        scalars.add({f"val/{val.name}/{k}": v for k, v in metrics.items() if k in METRIC_NAMES and v is not None},
                     state.global_step)
         figure = optional_figure(lambda: scatter_figure(preds, labels, metrics), "the TensorBoard scatter figure")
         if figure is not None:

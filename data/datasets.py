@@ -49,7 +49,7 @@ class Preset:
 
 
 # The layouts are those of pyiqa's dataset downloads (``datasets/<name>/...`` and ``datasets/meta_info/*.csv``) and,
-# for PIPAL, the folders data/prepare_pipal.py writes (the official option defaults, relative to the root).
+# for PIPAL, the folders tools/prepare_pipal.py writes (the official option defaults, relative to the root).
 # PIPAL: Elo scores, higher is better. LIVE and CSIQ: DMOS, lower is better. TID2013 (MOS 0-9) and KADID-10k
 # (MOS 1-5): higher is better.
 PRESETS: dict[str, Preset] = {

@@ -1,8 +1,8 @@
 """From a frozen run configuration (options/) to what a run uses: its device settings, backbone weights, datasets and
 scorer; and the options file it leaves in its run folder.
 
-The one place where option values meet the library (``models/``, ``data/``, ``scoring.py``), shared by train.py,
-test.py (evaluate.py), predict.py and protocol.py; the library itself takes plain arguments, and every scorer is
+The one place where option values meet the library (``models/``, ``data/``, ``engine/scorer.py``), shared by train.py,
+test.py, predict.py and protocol.py; the library itself takes plain arguments, and every scorer is
 assembled by :func:`engine.scorer.build_scorer`, the function the Python API and the hub entry use too.
 """
 from __future__ import annotations
@@ -21,7 +21,7 @@ from models import BackboneSource, Checkpoint, read_checkpoint
 from options.base_options import RunConfig
 from utils.checkpoint import choose_checkpoint
 from utils.device import amp_dtype, configure_cuda
-from utils.files import atomic_write
+from utils.files import OPTIONS_PREFIX, atomic_write
 
 
 def device_of(cfg: RunConfig) -> str:
@@ -85,5 +85,5 @@ def save_options(cfg: RunConfig, phase: str) -> None:
     args = dict(sorted(cfg.to_dict().items()))
     text = "------------ Options -------------\n" + "".join(f"{k}: {v}\n" for k, v in args.items()) \
         + "-------------- End ----------------\n"
-    atomic_write(os.path.join(cfg.run_dir, f"opt_{phase}.txt"), text)
-    atomic_write(os.path.join(cfg.run_dir, f"opt_{phase}.json"), json.dumps(args, indent=2))
+    atomic_write(os.path.join(cfg.run_dir, f"{OPTIONS_PREFIX}{phase}.txt"), text)
+    atomic_write(os.path.join(cfg.run_dir, f"{OPTIONS_PREFIX}{phase}.json"), json.dumps(args, indent=2))

@@ -84,22 +84,23 @@ class DeformFusion(nn.Module):
 class PixelPrediction(nn.Module):
     """Sec. 3.3: patch-wise scores ``f`` and weights ``w``; the image score is sum(f * w) / sum(w)."""
 
-    def __init__(self, in_channels: int = VIT_CHANNELS + CNN_CHANNELS, out_channels: int = 256,
-                 hidden: int = 1024, pooling: str = "weighted") -> None:
+    def __init__(self, in_channels: int = VIT_CHANNELS + CNN_CHANNELS, width: int = 256,
+                 pooling: str = "weighted") -> None:
+        """``width``: 256 in the paper (down_channel 256, feat_smoothing 1024 and 512, conv1 256: w, 4w, 2w, w)."""
         super().__init__()
         if pooling not in POOLINGS:
             raise ValueError(f"unknown pooling {pooling!r}")
         self.pooling = pooling
-        self.down_channel = nn.Conv2d(in_channels, out_channels, kernel_size=1)
+        self.down_channel = nn.Conv2d(in_channels, width, kernel_size=1)
         self.feat_smoothing = nn.Sequential(
-            nn.Conv2d(3 * out_channels, hidden, 3, padding=1),
+            nn.Conv2d(3 * width, 4 * width, 3, padding=1),
             nn.ReLU(),
-            nn.Conv2d(hidden, 512, 3, padding=1),
+            nn.Conv2d(4 * width, 2 * width, 3, padding=1),
         )
-        self.conv1 = nn.Sequential(nn.Conv2d(512, 256, 3, padding=1), nn.ReLU())
+        self.conv1 = nn.Sequential(nn.Conv2d(2 * width, width, 3, padding=1), nn.ReLU())
         if pooling == "weighted":
-            self.conv_attent = nn.Sequential(nn.Conv2d(256, 1, kernel_size=1), nn.Sigmoid())
-        self.conv = nn.Sequential(nn.Conv2d(256, 1, kernel_size=1))
+            self.conv_attent = nn.Sequential(nn.Conv2d(width, 1, kernel_size=1), nn.Sigmoid())
+        self.conv = nn.Sequential(nn.Conv2d(width, 1, kernel_size=1))
 
     def maps(self, f_dis: torch.Tensor, f_ref: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
         """Patch scores ``f`` and weights ``w`` (B, 1, h, w) from the down-projected features (``down_channel``
@@ -151,9 +152,10 @@ class AHIQ(nn.Module):
         channels = vit.channels if config.branches != "cnn" else 0
         if config.branches != "vit":
             self.deform_net = DeformFusion(config.patch_size, vit.channels if vit is not None else 0, cnn.channels,
-                                           impl=deform_impl, fusion=config.fusion, cnn_reduction=cnn.reduction)
+                                           hidden=2 * config.head_width, impl=deform_impl, fusion=config.fusion,
+                                           cnn_reduction=cnn.reduction)
             channels += cnn.channels
-        self.regressor = PixelPrediction(channels, pooling=config.pooling)
+        self.regressor = PixelPrediction(channels, config.head_width, pooling=config.pooling)
         self.backbones: dict[str, dict] = {}  # where each backbone's weights came from (models/config.py)
 
     @property

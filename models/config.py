@@ -46,6 +46,7 @@ class ModelConfig:
     branches: str = "hybrid"
     pooling: str = "weighted"
     crop_size: int = 224
+    head_width: int = 256  # the fusion's and the head's channels: w, 2w, 4w (the paper's 256; the tests' tiny 16)
 
     def __post_init__(self) -> None:
         self._check_types()
@@ -65,8 +66,10 @@ class ModelConfig:
         def is_int(v: Any) -> bool:
             return isinstance(v, int) and not isinstance(v, bool)
 
-        wrong = [(k, v, "an integer") for k, v in (("patch_size", self.patch_size), ("crop_size", self.crop_size))
-                 if not is_int(v)]
+        wrong = [(k, v, "a positive integer") for k, v in (("patch_size", self.patch_size),
+                                                           ("crop_size", self.crop_size),
+                                                           ("head_width", self.head_width))
+                 if not is_int(v) or v < 1]
         wrong += [(k, v, "a timm model name") for k, v in (("vit_name", self.vit_name),
                                                            ("resnet_name", self.resnet_name))
                   if v is not None and (not isinstance(v, str) or ":" in v or "/" in v)]

@@ -6,7 +6,7 @@ once, with its default and its policy beside it (options/policy.py: RESULT, RESU
 :func:`parse` turns the command line (and ``--config FILE``) into a frozen dataclass made from the parser's options:
 checked and resolved once (dataset preset paths), never written afterwards. What is derived from it (run folder,
 GPU ids, the model switches given) are properties computed from its fields; what depends on the machine (the
-device of a rank, the autocast dtype) is computed by runtime.py and passed as values.
+device of a rank, the autocast dtype) is computed by engine/runtime.py and utils/device.py and passed as values.
 """
 from __future__ import annotations
 
@@ -87,6 +87,8 @@ def model_parser() -> argparse.ArgumentParser:
     g.add_argument("--branches", default="hybrid", choices=BRANCHES, help="feature branches feeding the head")
     g.add_argument("--pooling", default="weighted", choices=POOLINGS,
                    help="weighted: sum(f*w)/sum(w) over patches (paper); mean: the plain mean of f")
+    g.add_argument("--head_width", type=int, default=256,
+                   help="channels of the fusion and the head: w, 2w, 4w (the paper: 256)")
     g = p.add_argument_group("backbone weights and kernels")
     free(g.add_argument("--vit_weights", default=None,
                         help="ViT weights from a local timm state dict (.pth/.safetensors) instead of the hub"))

@@ -12,7 +12,7 @@ from options.defaults import NUM_AVG_VAL
 from options.policy import free
 from utils.errors import AHIQError
 
-# The official defaults of the data paths: the PIPAL layout of the preset (data/prepare_pipal.py writes it), relative
+# The official defaults of the data paths: the PIPAL layout of the preset (tools/prepare_pipal.py writes it), relative
 # to the working folder; --data_root replaces the ones still at these values.
 _PIPAL = PRESETS["pipal"]
 PATH_DEFAULTS = {f"{phase}_{key}": value + ("/" if key.endswith("path") else "")

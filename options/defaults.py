@@ -4,7 +4,7 @@
 The option modules take their defaults from here or write them in the option itself (each option's default is in
 exactly one of the two); the Python API and the hub take theirs from the options (:func:`options.test_options.
 scoring_defaults`), so an edit here or in an option reaches train.py, test.py, protocol.py, predict.py and the API
-alike. The library (``data/``, ``models/``, ``engine.py``) holds no protocol default: it is handed values.
+alike. The library (``data/``, ``models/``, ``engine/loop.py``) holds no protocol default: it is handed values.
 """
 import os
 

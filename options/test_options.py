@@ -19,6 +19,7 @@ from options.data_options import (
 from options.defaults import CROPS_PER_FORWARD, N_ENSEMBLE, TEST_BATCH
 from options.policy import free
 from utils.errors import AHIQError
+from utils.files import LOG_FILE, OPTIONS_PREFIX, RUN_FILE_EXTENSIONS, is_run_file
 
 
 def scoring_parser() -> argparse.ArgumentParser:
@@ -78,16 +79,13 @@ def test_parser() -> argparse.ArgumentParser:
     return p
 
 
-RESERVED = (".pth", ".pt", ".json", ".jsonl", ".png", ".lock")  # checkpoints, options, logs, figures
-
-
 def check_output_name(name: str) -> None:
     """--test_file_name: a plain file name that cannot replace a checkpoint, an options file, a log or a figure."""
-    stem, ext = os.path.splitext(name)
     if (not name or os.path.basename(name) != name or name in (".", "..") or name.startswith(".")
-            or "\\" in name or ext.lower() in RESERVED or name in ("log.txt",) or stem.startswith("opt_")):
+            or "\\" in name or is_run_file(name)):
         raise AHIQError(f"--test_file_name {name!r}: give a plain file name such as results.txt (no folder, not a "
-                        f"{'/'.join(RESERVED)} file, log.txt or opt_*: those are the run's own files)")
+                        f"{'/'.join(RUN_FILE_EXTENSIONS)} file, {LOG_FILE} or {OPTIONS_PREFIX}*: those are the run's "
+                        "own files)")
 
 
 def parse_test_options(argv: list[str] | None = None) -> RunConfig:

@@ -21,7 +21,7 @@ from utils.checkpoint import save_weights
 
 # The tiny AHIQ (models/tiny.py): the same code on small backbones, for tests that need the computation's shape and
 # not the real sizes; fidelity and interop tests use the real architectures (model_factory, backbone_files).
-TINY_ARGS = ["--vit_name", TINY_VIT[8], "--resnet_name", TINY_RESNET, "--no_pretrained"]
+TINY_ARGS = ["--vit_name", TINY_VIT[8], "--resnet_name", TINY_RESNET, "--head_width", "16", "--no_pretrained"]
 
 LISTS = Path(__file__).resolve().parents[1] / "data" / "lists"  # the published PIPAL lists, shipped
 FIXTURES = Path(__file__).resolve().parents[2] / "shared" / "fixtures"  # real KADID-10k images (not shipped)
@@ -81,7 +81,7 @@ def tiny_factory():
     def make(patch: int = 8, **switches) -> torch.nn.Module:
         key = (patch, tuple(sorted(switches.items())))
         if key not in cache:
-            config = ModelConfig(patch, vit_name=TINY_VIT[patch], resnet_name=TINY_RESNET, **switches)
+            config = ModelConfig(patch, vit_name=TINY_VIT[patch], resnet_name=TINY_RESNET, head_width=16, **switches)
             # random weights drawn as every scorer draws them (--seed 1919), so its checkpoints score with theirs
             cache[key] = build_from_config(config, BackboneSource(pretrained=False), seed=1919).eval()
         return cache[key]

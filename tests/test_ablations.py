@@ -18,7 +18,7 @@ from tests.conftest import train_args
 from utils.checkpoint import save_weights
 from utils.errors import AHIQError
 
-TINY = {"vit_name": TINY_VIT[8], "resnet_name": TINY_RESNET}  # the switches' code on small backbones
+TINY = {"vit_name": TINY_VIT[8], "resnet_name": TINY_RESNET, "head_width": 16}  # the switches on a tiny AHIQ
 COMBOS = [
     {"fusion": "conv"},
     {"fusion": "none"},

@@ -255,18 +255,23 @@ def test_a_figure_nobody_asked_for_is_skipped_without_matplotlib(caplog):
 
 
 def test_ctrl_c_while_an_entry_point_imports_is_one_line_and_exit_130(tmp_path):
-    """SIGINT a second after start, while torch and timm still import (several seconds): one line, exit 130."""
+    """SIGINT as soon as utils.interrupt has been imported (Python's -X importtime says so on stderr: a handshake,
+    not a guess of time), while torch and timm still import: one line, exit 130."""
     import signal
     import subprocess
     import sys
-    import time
 
-    proc = subprocess.Popen([sys.executable, "train.py", "--help"], cwd=Path(__file__).resolve().parents[1],
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    time.sleep(1.0)
+    proc = subprocess.Popen([sys.executable, "-X", "importtime", "train.py", "--help"],
+                            cwd=Path(__file__).resolve().parents[1], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                            text=True)
+    for line in proc.stderr:
+        if line.rstrip().endswith("| utils.interrupt"):  # printed once the module (and its handler) is in place
+            break
     proc.send_signal(signal.SIGINT)
     out, err = proc.communicate(timeout=120)
-    assert proc.returncode == 130 and err == "error: interrupted\n", (proc.returncode, err[-2000:])
+    said = [line for line in err.splitlines() if not line.startswith("import time:")]
+    assert proc.returncode == 130 and said == ["error: interrupted"], (proc.returncode, err[-2000:])
+    assert not any(line.rstrip().endswith("| torch") for line in err.splitlines())  # stopped while torch imported
 
 
 def test_a_checkpoint_cannot_choose_an_unpinned_backbone_by_itself(tmp_path):

@@ -19,6 +19,18 @@ import torch
 from utils.errors import AHIQError
 
 TMP_PREFIX = ".tmp-"
+# A run folder's own files, named once here: what writes them uses these names, and what must never replace them
+# (test.py's --test_file_name) is checked against them (:func:`is_run_file`).
+LOG_FILE, METRICS_FILE, METRICS_FIGURE, LOCK_FILE = "log.txt", "metrics.jsonl", "metrics.png", ".lock"
+TENSORBOARD_DIR, OPTIONS_PREFIX = "tensorboard", "opt_"
+RUN_FILE_EXTENSIONS = (".pth", ".pt", ".json", ".jsonl", ".png", ".lock")  # checkpoints, options, logs, figures
+
+
+def is_run_file(name: str) -> bool:
+    """Whether a plain file name could be (or replace) one of a run folder's own files."""
+    stem, ext = os.path.splitext(name)
+    return (ext.lower() in RUN_FILE_EXTENSIONS or name in (LOG_FILE, METRICS_FILE, METRICS_FIGURE, LOCK_FILE,
+                                                          TENSORBOARD_DIR) or stem.startswith(OPTIONS_PREFIX))
 
 
 def atomic_write(path: str, data: bytes | str) -> None:
@@ -89,8 +101,8 @@ class FolderLock:
     """
 
     def __init__(self, folder: str, what: str = "a run") -> None:
-        self.path = os.path.join(folder, ".lock")
-        for own in (self.path, os.path.join(folder, "log.txt")):  # never written through a link to elsewhere
+        self.path = os.path.join(folder, LOCK_FILE)
+        for own in (self.path, os.path.join(folder, LOG_FILE)):  # never written through a link to elsewhere
             if os.path.islink(own):
                 raise AHIQError(f"{own}: is a symbolic link; the run folder's own files are not written through "
                                 "links: remove it (it is recreated)")

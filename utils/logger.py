@@ -10,7 +10,7 @@ import os
 from typing import Any
 
 from utils.errors import AHIQError
-from utils.files import atomic_write, file_error, read_text
+from utils.files import LOG_FILE, METRICS_FIGURE, METRICS_FILE, TENSORBOARD_DIR, atomic_write, file_error, read_text
 
 
 def setup_logging(run_dir: str | None = None, is_main: bool = True) -> None:
@@ -21,7 +21,7 @@ def setup_logging(run_dir: str | None = None, is_main: bool = True) -> None:
     console.setFormatter(logging.Formatter("%(message)s"))
     root.addHandler(console)
     if run_dir and is_main:
-        path = os.path.join(run_dir, "log.txt")
+        path = os.path.join(run_dir, LOG_FILE)
         try:
             os.makedirs(run_dir, exist_ok=True)
             file = logging.FileHandler(path)
@@ -51,7 +51,7 @@ class Scalars:
         if wandb_project:
             import wandb  # checked with the options (options/train_options.py)
             self.wandb = wandb.init(project=wandb_project, name=name, dir=run_dir, config=config)
-        self.writer = SummaryWriter(os.path.join(run_dir, "tensorboard"))
+        self.writer = SummaryWriter(os.path.join(run_dir, TENSORBOARD_DIR))
 
     def add(self, values: dict[str, float], step: int) -> None:
         for key, value in values.items():
@@ -59,13 +59,8 @@ class Scalars:
         if self.wandb is not None:
             self.wandb.log(values, step=step)
 
-    def add_by_epoch(self, values: dict[str, float], epoch: int) -> None:
-        """TensorBoard's per-epoch axis (W&B keeps one step axis: it gets the step-axis copies)."""
-        for key, value in values.items():
-            self.writer.add_scalar(key, value, epoch)
-
-    def figure(self, tag: str, figure, epoch: int) -> None:
-        self.writer.add_figure(tag, figure, epoch)
+    def figure(self, tag: str, figure, step: int) -> None:
+        self.writer.add_figure(tag, figure, step)
 
     def close(self) -> None:
         self.writer.close()
@@ -82,8 +77,8 @@ class EpochLog:
     """
 
     def __init__(self, run_dir: str, epochs_done: int) -> None:
-        self.path = os.path.join(run_dir, "metrics.jsonl")
-        self.png = os.path.join(run_dir, "metrics.png")
+        self.path = os.path.join(run_dir, METRICS_FILE)
+        self.png = os.path.join(run_dir, METRICS_FIGURE)
         self.rows = [r for r in self.read(self.path) if r.get("epoch", math.inf) <= epochs_done] if epochs_done else []
         atomic_write(self.path, "".join(json.dumps(r) + "\n" for r in self.rows))
 

@@ -5,7 +5,6 @@ from __future__ import annotations
 import warnings
 
 import numpy as np
-from scipy import optimize, stats
 
 BEST_METRICS = ("srcc_or_plcc", "srcc", "plcc", "main_score")  # train.py --best_metric: which epoch best.pth holds
 
@@ -34,6 +33,7 @@ def fit_logistic4(pred: np.ndarray, label: np.ndarray) -> np.ndarray | None:
 
     Tries a few slopes for the starting point (a single start can stall) and keeps the best fit.
     """
+    from scipy import optimize  # imported when used: runs without labels never load SciPy
     best, best_sse = None, np.inf
     spread = float(np.std(pred)) or 1.0
     span = max(float(label.max() - label.min()), 1e-6)
@@ -62,6 +62,7 @@ def logistic_fit_problem(pred: np.ndarray, label: np.ndarray, params: np.ndarray
     rank the labels backwards (the fit only rises: a DMOS list read as MOS must not look good), no fit, or a fit
     that is a step (fewer than 3 predictions, or under a fifth of them, on its slope: every other one is mapped to
     one of two values, and the PLCC measures how the step splits the images, not the model)."""
+    from scipy import stats
     if pred.size < MIN_FIT_IMAGES:
         return f"fewer than {MIN_FIT_IMAGES} images"
     with warnings.catch_warnings():
@@ -85,6 +86,7 @@ def iqa_metrics(pred: np.ndarray, label: np.ndarray) -> dict[str, float | str | 
     when the fit is not sound, with the reason in ``plcc_logistic_note`` (:func:`logistic_fit_problem`). Every value
     is a finite float or None, so the dict is strict JSON.
     """
+    from scipy import stats
     pred, label = np.asarray(pred, dtype=np.float64).ravel(), np.asarray(label, dtype=np.float64).ravel()
     if pred.shape != label.shape or pred.size < 2:
         raise ValueError(f"need two or more prediction/label pairs, got {pred.shape} and {label.shape}")
@@ -100,6 +102,16 @@ def iqa_metrics(pred: np.ndarray, label: np.ndarray) -> dict[str, float | str | 
     metrics = {"srcc": srcc, "plcc": plcc, "krcc": krcc, "rmse": rmse, "main_score": plcc + srcc,
                "plcc_logistic": plcc_logistic, "plcc_logistic_note": problem}
     return {k: (None if isinstance(v, float) and not np.isfinite(v) else v) for k, v in metrics.items()}
+
+
+METRIC_NAMES = ("srcc", "plcc", "plcc_logistic", "krcc", "rmse", "main_score")  # the numbers iqa_metrics gives
+
+
+def metrics_line(metrics: dict) -> str:
+    """The metrics of :func:`iqa_metrics` on one line, as train.py, test.py and predict.py print them."""
+    return (f"SRCC {fmt(metrics['srcc'])}  PLCC {fmt(metrics['plcc'])} (raw; {fmt(metrics['plcc_logistic'])} after "
+            f"the 4-parameter logistic mapping)  KRCC {fmt(metrics['krcc'])}  RMSE {fmt(metrics['rmse'])}  main score "
+            f"(raw PLCC + SRCC) {fmt(metrics['main_score'])}")
 
 
 def fmt(value: float | None, digits: int = 4) -> str:
