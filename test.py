@@ -1,10 +1,12 @@
-"""What test.py does: score a list of image pairs with a trained AHIQ model; reproduce the NTIRE 2022 FR submission.
+"""Score a list of image pairs with a trained AHIQ model; reproduce the NTIRE 2022 FR submission (``sh test.sh``).
 
 Writes ``{checkpoints_dir}/{name}/{test_file_name}`` (one ``name,score`` line per listed image, in list order) and,
 when the list has MOS, prints SRCC/PLCC/KRCC/RMSE and the main score and saves them as JSON beside it.
 ``--submission DIR`` also writes the NTIRE package. Other datasets: ``--dataset``/``--data_root``/CSV labels, and
 ``--split_file`` + ``--split_part`` to score one part of a split. Example: ``sh test.sh`` or ``python test.py --help``.
 The model and its crop size come from the checkpoint (models/config.py); model switches given must agree with it.
+Importable (protocol.py, the tests) as ``test``: run from the checkout, this file comes before the standard library's
+``test`` package on ``sys.path``.
 """
 from __future__ import annotations
 
@@ -33,7 +35,7 @@ from engine.runtime import (
 )
 from options.base_options import RunConfig
 from options.test_options import parse_test_options
-from utils.errors import AHIQError
+from utils.errors import AHIQError, run_cli
 from utils.files import atomic_write, read_text
 from utils.metrics import MIN_FIT_IMAGES, fit_logistic4, iqa_metrics, logistic4, logistic_fit_problem, metrics_line
 from utils.plots import optional_figure, scatter_png, worst_png
@@ -184,3 +186,7 @@ def run(opt: RunConfig) -> dict:
         raise AHIQError(f"{opt.test_list}: every listed score is {dataset.norm.mos_min:g}, so SRCC/PLCC are undefined "
                         f"and no metrics were written; the predictions are in {out_path}")
     return result
+
+
+if __name__ == "__main__":
+    run_cli(main)
