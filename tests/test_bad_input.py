@@ -199,6 +199,7 @@ def _train_args(tmp_path: Path, name: str, *extra) -> list[str]:
             "--batch_size", "2", *extra]
 
 
+@pytest.mark.slow
 def test_a_run_folder_has_one_owner_and_a_crash_frees_it(tmp_path):
     run_dir = tmp_path / "ckpts" / "owned"
     holder = subprocess.Popen([sys.executable, "-c", "import sys, time; from utils.files import FolderLock; "
@@ -233,6 +234,7 @@ def test_stale_temporaries_are_removed_and_resume_checks_the_options(tmp_path):
     assert state.epoch == 2 and not list(run_dir.glob(".tmp-*"))
 
 
+@pytest.mark.slow
 def test_kills_at_random_moments_of_a_save_never_tear_last_pth(tmp_path):
     args = _train_args(tmp_path, "killed", "--n_epoch", "1")
     train.main(args)

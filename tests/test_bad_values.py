@@ -85,8 +85,8 @@ def test_any_json_value_in_checkpoint_metadata_is_a_one_line_error_or_valid(key,
 
 
 @pytest.mark.parametrize("meta, message", [
-    ({"model": {"crop_size": "32"}}, r"model setting crop_size '32': expected an integer"),
-    ({"model": {"patch_size": "8"}}, r"model setting patch_size '8': expected an integer"),
+    ({"model": {"crop_size": "32"}}, r"model setting crop_size '32': expected a positive integer"),
+    ({"model": {"patch_size": "8"}}, r"model setting patch_size '8': expected a positive integer"),
     ({"model": {"vit_name": "hf-hub:someone/another-vit"}}, r"vit_name 'hf-hub:someone/another-vit': expected a "
                                                             r"timm model name"),
     ({"model": [1, 2, 3]}, r"its metadata 'model' is list"),
@@ -262,6 +262,7 @@ def test_a_figure_nobody_asked_for_is_skipped_without_matplotlib(caplog, monkeyp
         optional_figure(lambda: (_ for _ in ()).throw(AHIQError("another problem")), "x.png")
 
 
+@pytest.mark.slow
 def test_ctrl_c_while_an_entry_point_imports_is_one_line_and_exit_130(tmp_path):
     """SIGINT as soon as utils.interrupt has been imported (Python's -X importtime says so on stderr: a handshake,
     not a guess of time), while torch and timm still import: one line, exit 130."""

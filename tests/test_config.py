@@ -127,6 +127,7 @@ run_cli(main)
 """
 
 
+@pytest.mark.slow
 def test_os_errors_from_libraries_keep_their_cause_and_debug_shows_the_traceback(tmp_path):
     script = tmp_path / "s.py"
     script.write_text(RAISES)

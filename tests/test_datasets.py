@@ -139,6 +139,7 @@ def test_split_column_selects_rows(tmp_path):
         select_rows(labels, "train", _opt("--split_column", "fold").split())
 
 
+@pytest.mark.slow
 def test_split_counts_and_disjoint_parts():
     assert part_counts(81, (6, 2, 2)) == [49, 16, 16]
     assert part_counts(29, (6, 2, 2)) == [17, 6, 6]

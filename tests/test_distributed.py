@@ -84,6 +84,7 @@ def test_gpu_ids_naming_a_missing_gpu_is_one_line(monkeypatch, tmp_path):
         parse_train_options(["--gpu_ids", "0,3", "--no_pretrained", "--checkpoints_dir", str(tmp_path)])
 
 
+@pytest.mark.slow
 def test_nproc_larger_than_the_gpus_present_stops_in_one_line(tmp_path):
     nproc = max(2, torch.cuda.device_count() + 1)  # one more than this machine has, whatever it has
     proc = subprocess.run(["sh", "train.sh", "--checkpoints_dir", str(tmp_path)], cwd=REPO, env={
@@ -141,6 +142,7 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
+@pytest.mark.slow
 def test_two_nodes_through_train_sh_write_one_run_folder(tmp_path):
     train_set = make_pipal_set(tmp_path / "train", n_refs=2, n_dis=3, size=(32, 32), seed=1)
     val_set = make_pipal_set(tmp_path / "val", n_refs=1, n_dis=3, size=(32, 32), seed=2)
@@ -187,6 +189,7 @@ def test_a_checkpoint_saved_with_more_gpus_visible_resumes(monkeypatch):
     assert torch.equal(torch.rand(3), expected)
 
 
+@pytest.mark.slow
 def test_sigterm_from_torchrun_saves_last_and_resumes_exactly(tmp_path):
     """NPROC=2 GPU_IDS=-1 sh train.sh with two DataLoader workers per rank. SIGTERM to torchrun, which sends it to
     each rank's whole process group as it does on a real stop (and as SLURM does): the workers, in their own groups,

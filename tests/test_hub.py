@@ -56,6 +56,7 @@ print(float(metric(x, x * 0.5)))
 """
 
 
+@pytest.mark.slow
 def test_hub_load_leaves_the_callers_own_models_and_utils_alone(tmp_path, tiny_ckpt):
     user = tmp_path / "user"
     (user / "models").mkdir(parents=True)

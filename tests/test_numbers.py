@@ -117,6 +117,7 @@ print(json.dumps(fusion))
 """
 
 
+@pytest.mark.slow
 def test_an_edited_default_in_options_is_carried_by_new_checkpoints_only(train_sets, tmp_path, tiny_factory):
     """The ablation workflow of docs/ablations.md in a copy of the checkout: edit --fusion's default in options/,
     train, score without switches; an official-format file stays the paper's model."""

@@ -93,6 +93,7 @@ def _sigterm_when(args: list[str], marker: str, tmp_path) -> str:
     return err.read_text()
 
 
+@pytest.mark.slow
 def test_sigterm_saves_last_and_the_run_resumes_exactly(train_sets, tmp_path, two_epoch_run):
     args = train_args(train_sets, tmp_path, "stopped", "--n_epoch", "2")
     text = _sigterm_when(args, "loss=", tmp_path)
@@ -105,6 +106,7 @@ def test_sigterm_saves_last_and_the_run_resumes_exactly(train_sets, tmp_path, tw
         torch.testing.assert_close(a[key], b[key], rtol=0, atol=0)
 
 
+@pytest.mark.slow
 def test_sigterm_during_validation_is_acted_on_at_the_next_validation_batch(train_sets, tmp_path):
     """The stop comes while epoch 1 validates (60 images, batches of 2): last.pth holds epoch 1 complete (not a step
     of epoch 2, as when the stop waited for the next training step), and the message says where it stopped."""
@@ -120,12 +122,13 @@ def test_sigterm_during_validation_is_acted_on_at_the_next_validation_batch(trai
 
 def test_training_fits_a_few_pairs(tiny_factory, train_sets):
     """A learning sanity check: on a fixed batch the loss falls far below the label variance (so the model learns
-    the differences between pairs, not just their mean) and the predictions rank the pairs correctly."""
+    the differences between pairs, not just their mean) and the predictions rank the pairs correctly (lr 1e-3: the
+    tiny head of the tests, 16 channels wide, learns slower than the paper's at 1e-4)."""
     model = copy.deepcopy(tiny_factory(8))
     data = list_dataset(train_sets["train"], 32, 1)
     batch = torch.utils.data.default_collate([data[(0, i)] for i in range(6)])
     params = list(model.deform_net.parameters()) + list(model.regressor.parameters())
-    optimizer = torch.optim.Adam(params, lr=1e-4)
+    optimizer = torch.optim.Adam(params, lr=1e-3)
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda _: 1.0)
     result = train_one_epoch(model, [batch] * 30, optimizer, scheduler, "cpu", None, None,
                              lambda t: lambda: (t.item(), False), lambda *_: None, progress=False)
@@ -136,6 +139,7 @@ def test_training_fits_a_few_pairs(tiny_factory, train_sets):
     assert stats.spearmanr(pred.numpy(), batch["label"].numpy())[0] > 0.8
 
 
+@pytest.mark.slow
 def test_torchrun_validation_equals_one_process(train_sets, tmp_path, two_epoch_run):
     make_pipal_set(tmp_path / "val5", n_refs=3, n_dis=2, size=(40, 40), seed=3)  # 3 references: uneven shards
     args = train_args(train_sets, tmp_path, "ddp")
