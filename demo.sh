@@ -1,13 +1,18 @@
 #!/bin/sh
 # The main job on an embedded demo dataset: generate a small synthetic full-reference dataset (PIPAL layout),
 # train AHIQ briefly, test on held-out reference images, and print SRCC/PLCC and where everything is.
-# Runs on the CPU in a few minutes; uses a GPU when one is there. See README, "Quick start".
+# About 2.5 minutes on 2 CPU cores (6 epochs; DEMO_EPOCHS=N for more); uses a GPU when one is there. Each run
+# replaces the previous one's folder (demo_runs/demo). See README, "Quick start".
 set -e
 cd "$(dirname "$0")"
 . tools/setup_env.sh
 DATA=demo_data
-RUN=demo_$(date +%Y%m%d-%H%M%S)
+RUN=demo
 CKPTS=demo_runs
+if [ -d "$CKPTS/$RUN" ]; then
+    echo "replacing the previous demo run in $CKPTS/$RUN"
+    rm -rf "${CKPTS:?}/$RUN"
+fi
 $PY -m tools.make_synthetic --out "$DATA" --n_refs 12 --size 64 --split 8 2 2
 if $PY -c 'import torch, sys; sys.exit(0 if torch.cuda.is_available() else 1)'; then GPU=0; else GPU=-1; fi
 BACKBONES=$($PY -m tools.backbone_check --checkpoints_dir checkpoints)
