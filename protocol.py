@@ -32,7 +32,7 @@ from options.base_options import RunConfig, build
 from options.data_options import PATH_DEFAULTS, apply_preset
 from options.policy import RESULT, RESUMABLE
 from options.protocol_options import parse_protocol_options
-from options.test_options import test_parser
+from options.test_options import TestConfig, test_parser
 from utils.distributed import init_distributed
 from utils.errors import AHIQError, run_cli
 from utils.files import atomic_write, read_text
@@ -72,22 +72,21 @@ def split_options(opt: RunConfig, k: int) -> RunConfig:
 def test_options(train_opt: RunConfig, opt: RunConfig, cross: str | None) -> RunConfig:
     """test.py's options: every test.py option that training also has is copied, then the test set is set: the
     split's test part, or a whole other dataset (its preset resolved again)."""
-    parser = test_parser()
-    values = vars(parser.parse_args([]))
+    values = vars(test_parser().parse_args([]))
     values.update({key: getattr(train_opt, key) for key in set(values) & set(train_opt.to_dict())
                    if key not in ("batch_size", "ckpt", "load_epoch")})
     values.update(batch_size=opt.test_batch_size, n_ensemble=opt.n_ensemble)
     if cross is None:
         values.update(test_ref_path=train_opt.train_ref_path, test_dis_path=train_opt.train_dis_path,
                       test_list=train_opt.train_list, split_part="test", test_file_name=RESULTS_FILE)
-        return build(parser, values)
+        return build(TestConfig, values)
     root = opt.cross_data_root or opt.data_root
     if root is None:
         raise AHIQError("--cross_dataset needs --cross_data_root (or --data_root) to find its files")
     values.update(dataset=cross, data_root=root, list_format=None, label_direction=None, split_file=None,
                   split_column=None, split_part="all", test_file_name=f"cross_{cross}_results.txt",
                   **{key: PATH_DEFAULTS[key] for key in ("test_ref_path", "test_dis_path", "test_list")})
-    return build(parser, values, (apply_preset,))
+    return build(TestConfig, values, (apply_preset,))
 
 
 def test_once(topt: RunConfig) -> dict:

@@ -23,16 +23,7 @@ import zipfile
 import numpy as np
 import torch
 
-from engine.runtime import (
-    configure_device,
-    dataset_name,
-    device_of,
-    load_dataset,
-    policy_of,
-    save_options,
-    scorer_for,
-    scoring_checkpoint,
-)
+from engine import runtime
 from options.base_options import RunConfig
 from options.test_options import parse_test_options
 from utils.errors import AHIQError, run_cli
@@ -125,9 +116,9 @@ def claim(results: str, source: dict, overwrite: bool) -> None:
 
 def run(opt: RunConfig) -> dict:
     """Score the test set the configuration describes; returns paths, timing and metrics."""
-    checkpoint = scoring_checkpoint(opt)
-    policy = policy_of(opt, checkpoint.config.crop_size)
-    dataset = load_dataset(opt, "test", opt.split_part or "test", policy, flip=opt.flip)  # images checked first
+    checkpoint = runtime.scoring_checkpoint(opt)
+    policy = runtime.policy_of(opt, checkpoint.config.crop_size)
+    dataset = runtime.load_dataset(opt, "test", opt.split_part or "test", policy, flip=opt.flip)  # images checked first
     out_path = os.path.join(opt.run_dir, opt.test_file_name)
     source = {"checkpoint": os.path.abspath(checkpoint.path) if checkpoint.path else None,
               "list": os.path.abspath(opt.test_list), "split": [opt.split_file and os.path.abspath(opt.split_file),
@@ -135,14 +126,14 @@ def run(opt: RunConfig) -> dict:
     package = os.path.join(opt.submission, "output.txt") if opt.submission else None
     for path in filter(None, (out_path, package)):
         claim(path, source, opt.overwrite)
-    device = device_of(opt)
-    amp_dtype = configure_device(opt, device)
-    scorer = scorer_for(opt, checkpoint, policy, device, amp_dtype)
+    device = runtime.device_of(opt)
+    amp_dtype = runtime.configure_device(opt, device)
+    scorer = runtime.scorer_for(opt, checkpoint, policy, device, amp_dtype)
     ckpt_path = checkpoint.path
     meta = (checkpoint.state or {}).get("ahiq") or {}
     trained = {key: meta.get(key) for key in ("dataset", "epochs_trained", "best_metric")}  # None: official files
     del checkpoint
-    save_options(opt, "test")
+    runtime.save_options(opt, "test")
     log.info("scoring %d images of %s with %s (%d crops each, %s)", len(dataset), opt.test_list, ckpt_path,
              opt.n_ensemble, device)
     start = time.perf_counter()
@@ -160,7 +151,7 @@ def run(opt: RunConfig) -> dict:
         metrics = iqa_metrics(preds, labels)
         metrics_path = metrics_file(opt.run_dir, opt.test_file_name)
         atomic_write(metrics_path, json.dumps({**metrics, "n_images": len(names), "list": opt.test_list,
-                                               "dataset": dataset_name(opt, opt.test_list),
+                                               "dataset": runtime.dataset_name(opt, opt.test_list),
                                                "lower_better": opt.lower_better,
                                                "split": {"file": opt.split_file, "index": opt.split_index,
                                                          "column": opt.split_column, "part": opt.split_part or "test"},

@@ -140,7 +140,7 @@ def build_loaders(opt: RunConfig, info: DistInfo, crop_size: int
                   ) -> tuple[PairDataset, DataLoader, EpochSampler, Validation]:
     split = opt.split(create=True)
     policy = policy_of(opt, crop_size, n_ensemble=opt.num_avg_val, batch_size=opt.val_batch_size)  # validation's
-    train_set = load_dataset(opt, "train", "train", policy, split)  # training crops: drawn per sample
+    train_set = load_dataset(opt, "train", "train", policy, split, flip_axis=opt.flip_axis)  # crops drawn per sample
     if train_set.labels is None:
         raise AHIQError(f"{opt.train_list}: the training labels need a score on every row")
     if train_set.norm.span == 0:

@@ -13,7 +13,6 @@ import os
 import torch
 
 from data.datasets import SplitChoice, pair_dataset, read_labels, select_rows
-from data.label_norm import LabelNorm
 from data.pair_dataset import PairDataset
 from data.windows import WindowPolicy
 from engine.scorer import Scorer, build_scorer, window_policy
@@ -42,15 +41,23 @@ def configure_device(cfg: RunConfig, device: str) -> torch.dtype | None:
     return amp_dtype(device, cfg.amp, cfg.amp_dtype)
 
 
+def phase_files(cfg: RunConfig, phase: str) -> tuple[str, str, str]:
+    """The reference folder, distorted folder and label file of ``phase`` (train, val or test)."""
+    if phase == "test":
+        return cfg.test_ref_path, cfg.test_dis_path, cfg.test_list
+    if phase == "val":
+        return cfg.val_ref_path, cfg.val_dis_path, cfg.val_list
+    return cfg.train_ref_path, cfg.train_dis_path, cfg.train_list
+
+
 def load_dataset(cfg: RunConfig, phase: str, part: str, policy: WindowPolicy, split: SplitChoice | None = None,
-                 flip: bool = False, norm: LabelNorm | None = None) -> PairDataset:
+                 flip: bool = False, flip_axis: str = "vertical") -> PairDataset:
     """The ``phase`` (train/val/test) folders and label file of the configuration, restricted to ``part`` of
-    ``split`` (default: the configuration's), cropped as ``policy`` says (:func:`policy_of`)."""
-    labels = read_labels(getattr(cfg, f"{phase}_list"), cfg.list_format, cfg.ref_rule)
-    labels = select_rows(labels, part, split or cfg.split())
-    return pair_dataset(getattr(cfg, f"{phase}_ref_path"), getattr(cfg, f"{phase}_dis_path"), labels,
-                        cfg.lower_better, policy=policy, flip=flip, norm=norm,
-                        flip_axis=getattr(cfg, "flip_axis", "vertical"))
+    ``split`` (default: the configuration's), cropped as ``policy`` says (:func:`policy_of`); ``flip_axis``: of the
+    training crops' random flip."""
+    ref_dir, dis_dir, label_file = phase_files(cfg, phase)
+    labels = select_rows(read_labels(label_file, cfg.list_format, cfg.ref_rule), part, split or cfg.split())
+    return pair_dataset(ref_dir, dis_dir, labels, cfg.lower_better, policy=policy, flip=flip, flip_axis=flip_axis)
 
 
 def dataset_name(cfg: RunConfig, listed: str) -> str:

@@ -16,10 +16,10 @@ import functools
 import json
 import math
 import os
-from collections.abc import Mapping
-from typing import Any
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from typing import Any, ClassVar
 
-from data.datasets import PRESETS, SplitChoice, parse_ratios
 from data.images import MAX_PIXELS
 from models import BRANCHES, DEFORM_IMPLS, FUSIONS, POOLINGS, RESNET_TAG, ModelConfig
 from models.config import check_crop
@@ -115,15 +115,58 @@ class HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
         return super()._get_help_string(action)
 
 
+@dataclass(frozen=True, kw_only=True)
 class RunConfig:
-    """Base of the frozen configurations :func:`parse` makes; the derived values are properties of the fields."""
+    """Base of the frozen configurations :func:`parse` makes: each entry point's class (``TrainConfig``,
+    ``TestConfig``, ...) combines the typed field groups of its parsers (``RunFields``, ``ModelFields``, ...), so an
+    editor finds every option's field, type and users; ``parser`` is the entry point's parser, where each option's
+    default, help and policy stand. Derived values are properties of the groups."""
+
+    parser: ClassVar[Callable[[], argparse.ArgumentParser]]
+    switches_given: tuple[str, ...] = ()  # the model switches given on the command line or in --config (ONCE)
+
+    def policy(self, name: str) -> str:
+        return _policies(type(self))[name]
+
+    def fields(self, *policies: str) -> list[str]:
+        return [name for name, pol in _policies(type(self)).items() if pol in policies]
+
+    def to_dict(self) -> dict[str, Any]:
+        """The options as JSON values (what opt_*.json and checkpoints hold)."""
+        return json.loads(json.dumps(dataclasses.asdict(self)))
+
+    def replace(self, **changes: Any) -> RunConfig:
+        return dataclasses.replace(self, **changes)
+
+
+@functools.cache
+def _policies(cls: type[RunConfig]) -> dict[str, str]:
+    return {**{a.dest: policy(a) for a in options_of(cls.parser())}, "switches_given": ONCE}
+
+
+@dataclass(frozen=True, kw_only=True)
+class RunFields:
+    """:func:`run_parser`'s options."""
+
+    config: str | None
+    checkpoints_dir: str
+    name: str | None
+    load_epoch: int
+    ckpt: str | None
+    seed: int
+    gpu_ids: str
+    num_workers: int
+    max_pixels: int
+    amp: bool
+    amp_dtype: str
+    tf32: bool
 
     @property
     def run_dir(self) -> str:
         """checkpoints_dir/name; without a name (test.py, predict.py): the folder of --ckpt, whose outputs go beside
         it, else the released model's."""
         if self.name is None:
-            if getattr(self, "ckpt", None):
+            if self.ckpt:
                 return os.path.dirname(os.path.abspath(self.ckpt))
             return os.path.join(self.checkpoints_dir, RELEASED_NAME)
         return os.path.join(self.checkpoints_dir, self.name)
@@ -136,6 +179,27 @@ class RunConfig:
             raise AHIQError(f"--gpu_ids {self.gpu_ids!r}: expected comma-separated integers, e.g. 0 or 0,1 or "
                             "-1") from None
 
+
+@dataclass(frozen=True, kw_only=True)
+class ModelFields:
+    """:func:`model_parser`'s options."""
+
+    patch_size: int
+    crop_size: int
+    vit_name: str | None
+    resnet_name: str
+    vit_blocks: tuple[int, ...]
+    cnn_blocks: tuple[str, ...]
+    fusion: str
+    branches: str
+    pooling: str
+    head_width: int
+    vit_weights: str | None
+    resnet_weights: str | None
+    no_pretrained: bool
+    allow_other_backbones: bool
+    deform_impl: str
+
     @property
     def model_switches(self) -> dict[str, Any]:
         """Every model switch with its value (given or default): the architecture of a new run."""
@@ -143,41 +207,9 @@ class RunConfig:
 
     @property
     def given_switches(self) -> dict[str, Any]:
-        """The model switches given on the command line or in ``--config``: what a checkpoint must agree with."""
+        """The model switches given on the command line or in ``--config``: what a checkpoint must agree with (the
+        configuration's ``switches_given``, :class:`RunConfig`)."""
         return {k: getattr(self, k) for k in self.switches_given if getattr(self, k) is not None}
-
-    @property
-    def lower_better(self) -> bool:
-        """The labels are DMOS (flipped before normalising); resolved from the preset when not given."""
-        return self.label_direction == "lower_better"
-
-    @property
-    def ref_rule(self) -> str:
-        return PRESETS[self.dataset].ref_rule
-
-    def split(self, create: bool = False) -> SplitChoice:
-        """The split the options choose (``create``: a missing split file may be made, as train.py does)."""
-        return SplitChoice(self.split_file, self.split_index, self.split_column, parse_ratios(self.split_ratios),
-                           self.n_splits, self.seed if self.split_seed is None else self.split_seed, create)
-
-    def policy(self, name: str) -> str:
-        return type(self).__dataclass_fields__[name].metadata["policy"]
-
-    def fields(self, *policies: str) -> list[str]:
-        return [f.name for f in dataclasses.fields(self) if f.metadata["policy"] in policies]
-
-    def to_dict(self) -> dict[str, Any]:
-        """The options as JSON values (what opt_*.json and checkpoints hold)."""
-        return json.loads(json.dumps(dataclasses.asdict(self)))
-
-    def replace(self, **changes: Any) -> RunConfig:
-        return dataclasses.replace(self, **changes)
-
-
-@functools.cache
-def _config_class(name: str, spec: tuple[tuple[str, str], ...]) -> type:
-    fields = [(dest, Any, dataclasses.field(metadata={"policy": pol})) for dest, pol in spec]
-    return dataclasses.make_dataclass(name, fields, bases=(RunConfig,), frozen=True)
 
 
 def options_of(parser: argparse.ArgumentParser) -> list[argparse.Action]:
@@ -189,13 +221,15 @@ def options_of(parser: argparse.ArgumentParser) -> list[argparse.Action]:
     return list(first.values())
 
 
-def freeze(parser: argparse.ArgumentParser, values: Mapping[str, Any]) -> RunConfig:
-    """The frozen configuration of ``parser``'s options (lists become tuples), with ``switches_given``: the model
-    switches given on the command line or in ``--config`` (:func:`parse_with_config`)."""
-    spec = tuple((a.dest, policy(a)) for a in options_of(parser)) + (("switches_given", ONCE),)
-    values = {"switches_given": (), **values}
-    cls = _config_class(f"{(parser.prog or 'ahiq').split('.')[0].title()}Config", spec)
-    return cls(**{dest: tuple(values[dest]) if isinstance(values[dest], list) else values[dest] for dest, _ in spec})
+def freeze(cls: type[RunConfig], values: Mapping[str, Any]) -> RunConfig:
+    """The frozen ``cls`` holding ``values`` (lists become tuples). Its fields are exactly its parser's options and
+    ``switches_given`` (:func:`parse_with_config`); a difference is a programming error, named."""
+    names = {f.name for f in dataclasses.fields(cls)}
+    options = {a.dest for a in options_of(cls.parser())} | {"switches_given"}
+    if names != options:
+        raise RuntimeError(f"{cls.__name__}: fields without an option {sorted(names - options)}, options without a "
+                           f"field {sorted(options - names)}")
+    return cls(**{k: tuple(v) if isinstance(v, list) else v for k, v in values.items() if k in names})
 
 
 def parse_with_config(parser: argparse.ArgumentParser, argv: list[str] | None) -> argparse.Namespace:
@@ -279,14 +313,14 @@ def check_positive(opt: argparse.Namespace, *names: str, minimum: int = 1) -> No
             raise AHIQError(f"--{name} must be at least {minimum}, got {value}")
 
 
-def parse(parser: argparse.ArgumentParser, argv: list[str] | None, resolve: tuple = ()) -> RunConfig:
-    """The frozen configuration of ``argv`` (with ``--config``); see :func:`build`."""
-    return build(parser, vars(parse_with_config(parser, argv)), resolve)
+def parse(cls: type[RunConfig], argv: list[str] | None, resolve: tuple = ()) -> RunConfig:
+    """The frozen ``cls`` of ``argv`` parsed by ``cls.parser()`` (with ``--config``); see :func:`build`."""
+    return build(cls, vars(parse_with_config(cls.parser(), argv)), resolve)
 
 
-def build(parser: argparse.ArgumentParser, values: Mapping[str, Any], resolve: tuple = ()) -> RunConfig:
-    """The frozen configuration of ``parser`` holding ``values``: checked, then the ``resolve`` functions applied
-    (each takes and changes the namespace, e.g. the dataset preset), then frozen. Nothing is built or loaded."""
+def build(cls: type[RunConfig], values: Mapping[str, Any], resolve: tuple = ()) -> RunConfig:
+    """The frozen ``cls`` holding ``values``: checked, then the ``resolve`` functions applied (each takes and changes
+    the namespace, e.g. the dataset preset), then frozen. Nothing is built or loaded."""
     opt = argparse.Namespace(**values)
     if opt.crop_size is not None:
         check_crop(opt.crop_size, opt.patch_size)
@@ -298,7 +332,7 @@ def build(parser: argparse.ArgumentParser, values: Mapping[str, Any], resolve: t
     _switch_lists(opt)
     for step in resolve:
         step(opt)
-    cfg = freeze(parser, vars(opt))
+    cfg = freeze(cls, vars(opt))
     check_gpus(cfg.gpu_list, cfg.gpu_ids)
     return cfg
 

@@ -5,8 +5,9 @@ from __future__ import annotations
 
 import argparse
 import os
+from dataclasses import dataclass
 
-from data.datasets import LIST_FORMATS, PRESETS
+from data.datasets import LIST_FORMATS, PRESETS, SplitChoice, parse_ratios
 from data.windows import WINDOW_LAYOUTS, WINDOW_MODES
 from options.defaults import NUM_AVG_VAL
 from options.policy import free
@@ -38,6 +39,20 @@ def train_data_parser() -> argparse.ArgumentParser:
     return p
 
 
+@dataclass(frozen=True, kw_only=True)
+class TrainDataFields:
+    """:func:`train_data_parser`'s options."""
+
+    train_ref_path: str
+    train_dis_path: str
+    val_ref_path: str
+    val_dis_path: str
+    train_list: str
+    val_list: str
+    num_crop: int
+    num_avg_val: int
+
+
 def test_data_parser() -> argparse.ArgumentParser:
     """The official test data options (test.py)."""
     p = argparse.ArgumentParser(add_help=False)
@@ -51,6 +66,16 @@ def test_data_parser() -> argparse.ArgumentParser:
     return p
 
 
+@dataclass(frozen=True, kw_only=True)
+class TestDataFields:
+    """:func:`test_data_parser`'s options."""
+
+    test_ref_path: str
+    test_dis_path: str
+    test_list: str
+    split_part: str | None
+
+
 def image_parser() -> argparse.ArgumentParser:
     """How images become crops (train.py, test.py, protocol.py)."""
     p = argparse.ArgumentParser(add_help=False)
@@ -60,6 +85,14 @@ def image_parser() -> argparse.ArgumentParser:
                         "--crop_size)")
     g.add_argument("--size", type=int, default=224, help="side length used by --resize")
     return p
+
+
+@dataclass(frozen=True, kw_only=True)
+class ImageFields:
+    """:func:`image_parser`'s options."""
+
+    resize: bool
+    size: int
 
 
 def windows_parser() -> argparse.ArgumentParser:
@@ -77,6 +110,14 @@ def windows_parser() -> argparse.ArgumentParser:
     return p
 
 
+@dataclass(frozen=True, kw_only=True)
+class WindowFields:
+    """:func:`windows_parser`'s options."""
+
+    windows: str
+    random_windows: str
+
+
 def label_parser() -> argparse.ArgumentParser:
     """Dataset preset, label format and direction (train.py, test.py, protocol.py, tools/make_splits.py)."""
     p = argparse.ArgumentParser(add_help=False)
@@ -92,6 +133,26 @@ def label_parser() -> argparse.ArgumentParser:
     return p
 
 
+@dataclass(frozen=True, kw_only=True)
+class LabelFields:
+    """:func:`label_parser`'s options; the format and direction are the preset's when not given
+    (:func:`apply_preset`)."""
+
+    dataset: str
+    data_root: str | None
+    list_format: str
+    label_direction: str
+
+    @property
+    def lower_better(self) -> bool:
+        """The labels are DMOS (flipped before normalising)."""
+        return self.label_direction == "lower_better"
+
+    @property
+    def ref_rule(self) -> str:
+        return PRESETS[self.dataset].ref_rule
+
+
 def split_making_parser() -> argparse.ArgumentParser:
     """How a new split file is made (train.py, protocol.py, tools/make_splits.py)."""
     p = argparse.ArgumentParser(add_help=False)
@@ -100,6 +161,15 @@ def split_making_parser() -> argparse.ArgumentParser:
     free(g.add_argument("--n_splits", type=int, default=10, help="splits in a new --split_file"))
     g.add_argument("--split_seed", type=int, default=None, help="seed of a new --split_file; None: --seed")
     return p
+
+
+@dataclass(frozen=True, kw_only=True)
+class SplitMakingFields:
+    """:func:`split_making_parser`'s options."""
+
+    split_ratios: str
+    n_splits: int
+    split_seed: int | None
 
 
 def split_parser() -> argparse.ArgumentParser:
@@ -113,6 +183,22 @@ def split_parser() -> argparse.ArgumentParser:
     g.add_argument("--split_column", default=None,
                    help="instead of --split_file: a CSV column whose values (train/val/test) select the rows")
     return p
+
+
+@dataclass(frozen=True, kw_only=True)
+class SplitFields(SplitMakingFields):
+    """:func:`split_parser`'s options."""
+
+    split_file: str | None
+    split_index: int
+    split_column: str | None
+
+    def split(self, create: bool = False) -> SplitChoice:
+        """The split the options choose (``create``: a missing split file may be made, as train.py does); a new
+        file's seed is --split_seed, else the run's --seed."""
+        seed = self.seed if self.split_seed is None else self.split_seed
+        return SplitChoice(self.split_file, self.split_index, self.split_column, parse_ratios(self.split_ratios),
+                           self.n_splits, seed, create)
 
 
 def preset_paths(dataset: str, data_root: str) -> dict[str, str]:

@@ -2,12 +2,13 @@
 from __future__ import annotations
 
 import argparse
+from dataclasses import dataclass
 
 from data.pairs import PAIR_RULES
-from options.base_options import HelpFormatter, RunConfig, model_parser, parse, run_parser
-from options.data_options import image_parser, windows_parser
+from options.base_options import HelpFormatter, ModelFields, RunConfig, RunFields, model_parser, parse, run_parser
+from options.data_options import ImageFields, WindowFields, image_parser, windows_parser
 from options.policy import free
-from options.test_options import scoring_parser
+from options.test_options import ScoringFields, scoring_parser
 from utils.errors import AHIQError
 
 
@@ -37,8 +38,26 @@ def predict_parser() -> argparse.ArgumentParser:
     return p
 
 
-def parse_predict_options(argv: list[str] | None = None) -> RunConfig:
-    opt = parse(predict_parser(), argv)
+@dataclass(frozen=True, kw_only=True)
+class PredictConfig(RunConfig, RunFields, ModelFields, ScoringFields, WindowFields, ImageFields):
+    """predict.py's configuration: :func:`predict_parser`'s options."""
+
+    parser = predict_parser
+    dis: str | None
+    ref: str | None
+    dis_dir: str | None
+    ref_dir: str | None
+    pair_rule: str
+    pairs: str | None
+    csv: str | None
+    dataset: str
+    maps: str | None
+    mos_scale: bool
+    mos_range: tuple[float, ...] | None
+
+
+def parse_predict_options(argv: list[str] | None = None) -> PredictConfig:
+    opt = parse(PredictConfig, argv)
     layouts = {"--pairs FILE": opt.pairs and not (opt.dis or opt.ref),
                "--dis FILE --ref FILE": opt.dis and opt.ref and not (opt.dis_dir or opt.ref_dir or opt.pairs),
                "--dis_dir DIR --ref_dir DIR": opt.dis_dir and opt.ref_dir and not (opt.dis or opt.ref or opt.pairs),

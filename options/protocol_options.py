@@ -4,14 +4,15 @@ from __future__ import annotations
 import argparse
 import logging
 import os
+from dataclasses import dataclass
 
 from data.datasets import PRESETS
-from options.base_options import HelpFormatter, RunConfig, parse
+from options.base_options import HelpFormatter, parse
 from options.data_options import apply_preset
 from options.defaults import PROTOCOL_NAME, TEST_BATCH
 from options.policy import free
 from options.test_options import add_n_ensemble
-from options.train_options import check_train_options, train_parents
+from options.train_options import TrainConfig, check_train_options, train_parents
 from utils.errors import AHIQError
 
 
@@ -33,6 +34,18 @@ def protocol_parser() -> argparse.ArgumentParser:
     return p
 
 
+@dataclass(frozen=True, kw_only=True)
+class ProtocolConfig(TrainConfig):
+    """protocol.py's configuration: every train.py option and :func:`protocol_parser`'s own."""
+
+    parser = protocol_parser
+    n_ensemble: int
+    test_batch_size: int
+    cross_dataset: tuple[str, ...]
+    keep: str
+    cross_data_root: str | None
+
+
 def protocol_splits(opt: argparse.Namespace) -> None:
     """The protocol's split file (``splits.json`` in its run folder unless given); one run for a split column."""
     if opt.split_column is None and opt.split_file is None:
@@ -42,8 +55,8 @@ def protocol_splits(opt: argparse.Namespace) -> None:
         opt.n_splits = 1
 
 
-def parse_protocol_options(argv: list[str] | None = None) -> RunConfig:
-    opt = check_train_options(parse(protocol_parser(), argv, (apply_preset, protocol_splits)))
+def parse_protocol_options(argv: list[str] | None = None) -> ProtocolConfig:
+    opt = check_train_options(parse(ProtocolConfig, argv, (apply_preset, protocol_splits)))
     if opt.resume or opt.load_epoch >= 0:
         raise AHIQError("protocol.py resumes by itself: run the same command again (no --resume/--load_epoch)")
     return opt

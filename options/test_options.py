@@ -3,10 +3,26 @@ from __future__ import annotations
 
 import argparse
 import os
+from dataclasses import dataclass
 
 from models import BN_STATS
-from options.base_options import HelpFormatter, RunConfig, model_parser, options_of, parse, run_parser
+from options.base_options import (
+    HelpFormatter,
+    ModelFields,
+    RunConfig,
+    RunFields,
+    model_parser,
+    options_of,
+    parse,
+    run_parser,
+)
 from options.data_options import (
+    ImageFields,
+    LabelFields,
+    SplitFields,
+    TestDataFields,
+    TrainDataFields,
+    WindowFields,
     apply_preset,
     image_parser,
     label_parser,
@@ -35,6 +51,16 @@ def scoring_parser() -> argparse.ArgumentParser:
                         "each model call, as the released test.py computed them (batches of --batch_size in list "
                         "order, per crop index; see docs/fidelity.md)")
     return p
+
+
+@dataclass(frozen=True, kw_only=True)
+class ScoringFields:
+    """:func:`scoring_parser`'s options."""
+
+    batch_size: int
+    n_ensemble: int
+    crops_per_forward: int
+    bn_stats: str
 
 
 def add_n_ensemble(group: argparse._ArgumentGroup) -> None:
@@ -79,6 +105,19 @@ def test_parser() -> argparse.ArgumentParser:
     return p
 
 
+@dataclass(frozen=True, kw_only=True)
+class TestConfig(RunConfig, TestDataFields, TrainDataFields, ImageFields, WindowFields, LabelFields, SplitFields,
+                 RunFields, ModelFields, ScoringFields):
+    """test.py's configuration: :func:`test_parser`'s options."""
+
+    parser = test_parser
+    test_file_name: str
+    overwrite: bool
+    flip: bool
+    worst: int
+    submission: str | None
+
+
 def check_output_name(name: str) -> None:
     """--test_file_name: a plain file name that cannot replace a checkpoint, an options file, a log or a figure."""
     if (not name or os.path.basename(name) != name or name in (".", "..") or name.startswith(".")
@@ -88,8 +127,8 @@ def check_output_name(name: str) -> None:
                         "own files)")
 
 
-def parse_test_options(argv: list[str] | None = None) -> RunConfig:
-    opt = parse(test_parser(), argv, (apply_preset,))
+def parse_test_options(argv: list[str] | None = None) -> TestConfig:
+    opt = parse(TestConfig, argv, (apply_preset,))
     check_output_name(opt.test_file_name)
     if opt.worst < 0:
         raise AHIQError(f"--worst {opt.worst}: give a number of images (0: no figure)")

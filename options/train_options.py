@@ -2,10 +2,25 @@
 from __future__ import annotations
 
 import argparse
+from dataclasses import dataclass
 
 from data.pair_dataset import FLIP_AXES
-from options.base_options import HelpFormatter, RunConfig, check_positive, model_parser, parse, run_parser
+from options.base_options import (
+    HelpFormatter,
+    ModelFields,
+    RunConfig,
+    RunFields,
+    check_positive,
+    model_parser,
+    parse,
+    run_parser,
+)
 from options.data_options import (
+    ImageFields,
+    LabelFields,
+    SplitFields,
+    TrainDataFields,
+    WindowFields,
     apply_preset,
     image_parser,
     label_parser,
@@ -54,6 +69,27 @@ def training_parser() -> argparse.ArgumentParser:
     return p
 
 
+@dataclass(frozen=True, kw_only=True)
+class TrainingFields:
+    """:func:`training_parser`'s options."""
+
+    n_epoch: int
+    save_interval: int
+    learning_rate: float
+    weight_decay: float
+    batch_size: int
+    val_freq: int
+    T_max: int
+    flip_axis: str
+    eta_min: float
+    drop_last: bool
+    best_metric: str
+    resume: bool
+    val_batch_size: int
+    crops_per_forward: int
+    wandb: str | None
+
+
 def train_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(description="Train AHIQ (deformable fusion + head; the backbones stay frozen).",
                                 parents=train_parents(), formatter_class=HelpFormatter)
@@ -61,8 +97,16 @@ def train_parser() -> argparse.ArgumentParser:
     return p
 
 
-def parse_train_options(argv: list[str] | None = None) -> RunConfig:
-    return check_train_options(parse(train_parser(), argv, (apply_preset,)))
+@dataclass(frozen=True, kw_only=True)
+class TrainConfig(RunConfig, TrainDataFields, ImageFields, WindowFields, LabelFields, SplitFields, RunFields,
+                  ModelFields, TrainingFields):
+    """train.py's configuration: :func:`train_parser`'s options."""
+
+    parser = train_parser
+
+
+def parse_train_options(argv: list[str] | None = None) -> TrainConfig:
+    return check_train_options(parse(TrainConfig, argv, (apply_preset,)))
 
 
 def check_train_options(opt: RunConfig) -> RunConfig:

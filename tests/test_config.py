@@ -201,3 +201,19 @@ def test_a_mid_epoch_resume_keeps_the_number_of_processes(train_sets, tmp_path):
     with pytest.raises(AHIQError, match=r"last\.pth: stopped after step 2 of epoch 2 with 2 process\(es\).*resume "
                                         r"with 2 process\(es\)"):
         train.main(train_args(train_sets, tmp_path, "procs", "--n_epoch", "2", "--resume"))
+
+
+def test_each_configuration_class_has_exactly_its_parsers_options():
+    """The typed configurations (one field per option, for an editor's go-to-definition) and the parsers (defaults,
+    help, policy) cannot drift apart: a field without an option or an option without a field fails here."""
+    import dataclasses
+
+    from options.base_options import options_of
+    from options.predict_options import PredictConfig
+    from options.protocol_options import ProtocolConfig
+    from options.test_options import TestConfig
+    from options.train_options import TrainConfig
+
+    for cls in (TrainConfig, TestConfig, PredictConfig, ProtocolConfig):
+        fields = {f.name for f in dataclasses.fields(cls)} - {"switches_given"}
+        assert fields == {a.dest for a in options_of(cls.parser())}, cls.__name__
