@@ -24,7 +24,7 @@ from tqdm import tqdm
 from data.pair_dataset import PairDataset
 from data.sampler import own_process_group
 from models import AHIQ
-from models.ahiq import ReferenceFeatures
+from models.ahiq import ReferenceFeatures, check_maps
 from utils.device import autocast
 from utils.errors import AHIQError
 
@@ -188,9 +188,8 @@ def score_crops(model: AHIQ, dis: torch.Tensor, ref: torch.Tensor,
     """Scores of (B, K, 3, S, S) crop stacks whose references are all distinct (the Python API on tensors,
     benchmarks), ``crops_per_forward`` crop pairs per forward (None: all at once); ``keep_maps``: with every crop's
     patch maps (not with ``bn_stats`` batch)."""
+    check_maps(bn_stats, keep_maps)
     if bn_stats == "batch":
-        if keep_maps:
-            raise AHIQError("patch maps are computed with bn_stats 'running' only")
         return BatchScores(score_batch_per_call(model, dis, ref, amp_dtype))
     b, k = dis.shape[:2]
     chunk = crops_per_forward if isinstance(crops_per_forward, ChunkSize) else ChunkSize(crops_per_forward or b * k)
@@ -261,9 +260,8 @@ def predict(model: AHIQ, dataset: PairDataset, indices: list[int] | None, batch_
     was_training = model.training
     model.eval()
     device = model.device
+    check_maps(bn_stats, keep_maps)
     released = bn_stats == "batch"
-    if released and keep_maps:
-        raise AHIQError("patch maps are computed with --bn_stats running only")
     order = indices if released else grouped_by_reference(indices, dataset.reference_key)
     keys = {} if released else {i: dataset.crop_keys(i) for i in order}
     cache = ReferenceCache(Counter(key for row in keys.values() for key in row))

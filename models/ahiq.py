@@ -23,9 +23,18 @@ from torchvision.ops import DeformConv2d
 
 from models.backbones import CNN_CHANNELS, VIT_CHANNELS
 from models.deform import conv3x3_nearest_upsampled, deform_conv2d_gemm
+from utils.errors import AHIQError
 
 DEFORM_IMPLS = ("gemm", "torchvision")
 BN_STATS = ("running", "batch")  # ResNet BatchNorm when scoring: running statistics, or each call's (released test.py)
+
+
+def check_maps(bn_stats: str, keep_maps: bool) -> None:
+    """Patch maps come from the forward with running BatchNorm statistics: per-call statistics (``bn_stats``
+    batch) depend on the rest of the batch, so a crop's maps would too."""
+    if keep_maps and bn_stats == "batch":
+        raise AHIQError("patch maps are computed with --bn_stats running only (per-call statistics depend on the "
+                        "batch); drop --bn_stats batch")
 FUSIONS = ("deform", "conv", "none")
 BRANCHES = ("hybrid", "vit", "cnn")
 POOLINGS = ("weighted", "mean")

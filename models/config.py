@@ -107,7 +107,7 @@ class ModelConfig:
         unknown = sorted(set(d) - names)
         if unknown:
             raise AHIQError(f"unknown model settings {unknown}; written by a newer AHIQ version?", source=source)
-        return cls(**{k: tuple(v) if isinstance(v, list) else v for k, v in d.items()})
+        return cls(**d)  # lists become tuples in __post_init__, the one place
 
     def replace(self, **changes: Any) -> ModelConfig:
         return dataclasses.replace(self, **changes)

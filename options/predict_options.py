@@ -5,6 +5,7 @@ import argparse
 from dataclasses import dataclass
 
 from data.pairs import PAIR_RULES
+from models.ahiq import check_maps
 from options.base_options import HelpFormatter, ModelFields, RunConfig, RunFields, model_parser, parse, run_parser
 from options.data_options import ImageFields, WindowFields, image_parser, windows_parser
 from options.policy import free
@@ -64,9 +65,7 @@ def parse_predict_options(argv: list[str] | None = None) -> PredictConfig:
                "--dis_dir DIR --ref FILE": opt.dis_dir and opt.ref and not (opt.dis or opt.ref_dir or opt.pairs)}
     if sum(map(bool, layouts.values())) != 1:
         raise AHIQError(f"give one of: {'; '.join(layouts)} (see python predict.py --help)")
-    if opt.maps and opt.bn_stats == "batch":
-        raise AHIQError("--maps computes the maps with --bn_stats running (per-call statistics depend on the batch); "
-                        "drop --bn_stats batch")
+    check_maps(opt.bn_stats, bool(opt.maps))  # at the door, before anything is loaded
     if opt.load_epoch >= 0 and opt.ckpt:
         raise AHIQError("pass either --ckpt FILE or --load_epoch N (a file of the run folder), not both")
     return opt
