@@ -149,6 +149,12 @@ def run(args: argparse.Namespace) -> dict:
     dis, ref = crops(images_dis, args.n_ensemble, args.crop, SEED), crops(images_ref, args.n_ensemble, args.crop, SEED)
     with tempfile.TemporaryDirectory() as folder:
         model, baseline = make_models(args.patch_size, device, folder)
+        return measure(args, model, baseline, dis, ref, g, folder)
+
+
+def measure(args: argparse.Namespace, model, baseline, dis: torch.Tensor, ref: torch.Tensor, g: torch.Generator,
+            folder: str) -> dict:
+    device = args.device
     heads = (dict(model.deform_net.named_parameters()), dict(model.regressor.named_parameters()))
     frozen = {k: {n: p.detach() for n, p in sd.items()} for k, sd in zip(("d", "r"), heads)}
     out: dict = {"device": torch.cuda.get_device_name() if device.startswith("cuda") else "cpu",
@@ -195,7 +201,50 @@ def run(args: argparse.Namespace) -> dict:
                     "fp32_speedup": t_base_train / t_fast_train,
                     "baseline_peak_gib": peak_memory(base_step, device),
                     "fp32_peak_gib": peak_memory(fast_step, device)}
+    if args.process:
+        model.eval()
+        out["process"] = whole_process(args, model, base_rate, folder)
     return out
+
+
+def whole_process(args: argparse.Namespace, model, base_rate: float, folder: str) -> dict:
+    """Wall seconds of whole ``python test.py`` processes (start-up, checks, building the model from weight files,
+    decoding, scoring, writing) on ``--process`` distorted images of one reference, median of ``--repeats``, against
+    the baseline's scoring alone of as many images (its rate measured above, in this run)."""
+    import subprocess
+    import sys
+
+    import cv2
+
+    from utils.checkpoint import save_weights
+
+    k, data = args.process, os.path.join(folder, "process")
+    os.makedirs(data, exist_ok=True)
+    rng = np.random.default_rng(0)
+    ref = rng.integers(0, 256, (args.size, args.size, 3), dtype=np.uint8)
+    cv2.imwrite(os.path.join(data, "A0000.bmp"), ref)
+    names = [f"A0000_00_{i:02d}.bmp" for i in range(k)]
+    for i, name in enumerate(names):
+        noisy = np.clip(ref + rng.normal(0, 10 * (i + 1), ref.shape), 0, 255).astype(np.uint8)
+        cv2.imwrite(os.path.join(data, name), noisy)
+    with open(os.path.join(data, "list.txt"), "w") as f:
+        f.write("".join(f"{n}\n" for n in names))
+    save_weights(os.path.join(folder, "head.pth"), model)
+    gpu = args.device.split(":")[-1] if args.device.startswith("cuda:") else "0" if args.device == "cuda" else "-1"
+    cmd = [sys.executable, "test.py", "--ckpt", os.path.join(folder, "head.pth"), "--vit_weights",
+           os.path.join(folder, "vit.safetensors"), "--resnet_weights", os.path.join(folder, "resnet.pth"),
+           "--test_ref_path", data, "--test_dis_path", data, "--test_list", os.path.join(data, "list.txt"),
+           "--n_ensemble", str(args.n_ensemble), "--crop_size", str(args.crop), "--gpu_ids", gpu, "--num_workers", "0",
+           "--overwrite"]
+    repo = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    times = []
+    for _ in range(max(1, args.repeats)):
+        start = time.perf_counter()
+        subprocess.run(cmd, cwd=repo, check=True, capture_output=True)
+        times.append(time.perf_counter() - start)
+    seconds = float(np.median(times))
+    return {"images": k, "seconds": seconds, "baseline_scoring_seconds": k / base_rate,
+            "speedup": k / base_rate / seconds}
 
 
 def table(out: dict) -> str:
@@ -217,6 +266,11 @@ def table(out: dict) -> str:
         rows.append(f"| scoring, {r['per_reference']} distorted per reference, {r['amp']} (images/s) | baseline "
                     f"{r['baseline_images_per_s']:.4g}, shared {r['shared_images_per_s']:.4g} ({r['speedup']:.2f}x), "
                     f"max rel. deviation {r['max_rel_dev']:.1e} |")
+    if "process" in out:
+        r = out["process"]
+        rows.append(f"| whole test.py process, {r['images']} distorted images of one reference (s) | baseline's "
+                    f"scoring alone {r['baseline_scoring_seconds']:.1f}, process {r['seconds']:.1f} "
+                    f"({r['speedup']:.2f}x) |")
     return "\n".join(rows)
 
 
@@ -234,6 +288,8 @@ def main(argv: list[str] | None = None) -> dict:
     p.add_argument("--repeats", type=int, default=3)
     p.add_argument("--per_reference", type=int, nargs="*", default=[],
                    help="also score with k distorted images per reference, shared against the baseline, for each k")
+    p.add_argument("--process", type=int, default=0, metavar="K",
+                   help="also time whole test.py processes on K distorted images of one reference")
     p.add_argument("--out", help="also write the results as JSON here")
     args = p.parse_args(argv)
     if args.device.startswith("cuda"):
