@@ -23,13 +23,14 @@ import os
 
 import numpy as np
 
+from data.datasets import check_name
 from data.label_norm import LabelNorm
-from data.pairs import match_folders, pairs_file, with_reference
+from data.pairs import PAIR_RULES, match_folders, pairs_file, with_reference
 from engine.runtime import configure_device, device_of, policy_of, scorer_for, scoring_checkpoint
 from engine.scorer import Scorer
 from options.predict_options import parse_predict_options
-from utils.errors import run_cli
-from utils.files import atomic_write
+from utils.errors import AHIQError, run_cli
+from utils.files import atomic_write, file_error
 from utils.metrics import iqa_metrics, metrics_line
 from utils.plots import maps_panel_png, optional_figure, scatter_png
 
@@ -51,7 +52,42 @@ def pairs_of(opt) -> tuple[list[tuple[str, str]], np.ndarray | None]:
         return [(opt.dis, opt.ref)], None
     if opt.ref:
         return with_reference(opt.dis_dir, opt.ref), None
-    return match_folders(opt.dis_dir, opt.ref_dir, opt.pair_rule), None
+    pairs, rule = match_folders(opt.dis_dir, opt.ref_dir, opt.pair_rule)
+    log.info("%d pairs: each image of %s with its reference in %s by %s (--pair_rule %s)", len(pairs), opt.dis_dir,
+             opt.ref_dir, PAIR_RULES[rule], rule)
+    return pairs, None
+
+
+def check_outputs(opt, pairs: list[tuple[str, str]]) -> None:
+    """The pairs are each listed once (paths compared resolved) under names a table can hold, and the outputs can be
+    written without replacing anything this run did not make (unless --overwrite): --csv a file, --maps a folder
+    that is not one of the folders read for images (its PNGs would be taken for images next time)."""
+    seen: dict[tuple[str, str], int] = {}
+    for i, (d, r) in enumerate(pairs):
+        check_name(os.path.basename(d), d)
+        key = (os.path.realpath(d), os.path.realpath(r))
+        if key in seen:
+            raise AHIQError(f"{d}: the same pair as number {seen[key] + 1} ({pairs[seen[key]][0]}); list it once")
+        seen[key] = i
+    if opt.csv and os.path.lexists(opt.csv) and not opt.overwrite:
+        raise AHIQError(f"{opt.csv}: exists; pass another --csv, or --overwrite to replace it")
+    if opt.maps:
+        maps = os.path.realpath(opt.maps)
+        if os.path.lexists(opt.maps) and not os.path.isdir(opt.maps):
+            raise AHIQError(f"{opt.maps}: exists and is not a folder; give --maps a folder")
+        scanned = [folder for folder in (opt.dis_dir, opt.ref_dir) if folder]
+        if any(maps == os.path.realpath(folder) for folder in scanned):
+            raise AHIQError(f"--maps {opt.maps}: is a folder read for images (--dis_dir/--ref_dir), where its PNGs "
+                            "would be taken for images next time; give another folder")
+        clash = [f for stem in map_stems(pairs) for f in (stem + "_maps.png", stem + "_maps.npz")
+                 if os.path.lexists(os.path.join(opt.maps, f))]
+        if clash and not opt.overwrite:
+            raise AHIQError(f"{os.path.join(opt.maps, clash[0])}: exists ({len(clash)} map file(s) of these pairs "
+                            "do); pass another --maps folder, or --overwrite to replace them")
+        try:
+            os.makedirs(opt.maps, exist_ok=True)
+        except OSError as err:
+            raise file_error(opt.maps, err, "created") from None
 
 
 def report_metrics(opt, scores: np.ndarray, mos: np.ndarray) -> dict:
@@ -103,6 +139,7 @@ def main(argv: list[str] | None = None) -> list[float]:
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     opt = parse_predict_options(argv)
     pairs, mos = pairs_of(opt)
+    check_outputs(opt, pairs)  # before anything slow: nothing is scored that could not be written
     device = device_of(opt)
     checkpoint = scoring_checkpoint(opt)
     scorer = scorer_for(opt, checkpoint, policy_of(opt, checkpoint.config.crop_size), device,

@@ -27,7 +27,7 @@ from engine import runtime
 from options.base_options import RunConfig
 from options.test_options import parse_test_options
 from utils.errors import AHIQError, run_cli
-from utils.files import atomic_write, read_text
+from utils.files import Lock, atomic_write, read_text
 from utils.metrics import MIN_FIT_IMAGES, fit_logistic4, iqa_metrics, logistic4, logistic_fit_problem, metrics_line
 from utils.plots import optional_figure, scatter_png, worst_png
 
@@ -115,11 +115,25 @@ def claim(results: str, source: dict, overwrite: bool) -> None:
 
 
 def run(opt: RunConfig) -> dict:
-    """Score the test set the configuration describes; returns paths, timing and metrics."""
+    """Score the test set the configuration describes; returns paths, timing and metrics. The results file is this
+    run's alone while it runs (a lock beside it): a second run writing the same results is refused in one line."""
+    out_path = os.path.join(opt.run_dir, opt.test_file_name)
+    lock = Lock(os.path.join(opt.run_dir, f".{opt.test_file_name}.lock"), f"{out_path}: another test.py run is "
+                "writing these results now; wait for it to end, or pass another --test_file_name")
+    try:
+        return score(opt, out_path)
+    finally:
+        lock.release()
+
+
+def score(opt: RunConfig, out_path: str) -> dict:
+    """:func:`run` under its lock."""
     checkpoint = runtime.scoring_checkpoint(opt)
     policy = runtime.policy_of(opt, checkpoint.config.crop_size)
     dataset = runtime.load_dataset(opt, "test", opt.split_part or "test", policy, flip=opt.flip)  # images checked first
-    out_path = os.path.join(opt.run_dir, opt.test_file_name)
+    if opt.worst and dataset.labels is None:
+        raise AHIQError(f"{opt.test_list}: has no MOS, and --worst {opt.worst} draws the images furthest from their "
+                        "MOS; drop --worst, or score a list with MOS")
     source = {"checkpoint": os.path.abspath(checkpoint.path) if checkpoint.path else None,
               "list": os.path.abspath(opt.test_list), "split": [opt.split_file and os.path.abspath(opt.split_file),
                                                                  opt.split_index, opt.split_column, opt.split_part]}

@@ -52,7 +52,7 @@ from models.config import check_backbones
 from options.base_options import RunConfig
 from options.policy import RESULT
 from options.train_options import parse_train_options
-from utils.checkpoint import find_checkpoint, load_head_weights, save_weights
+from utils.checkpoint import find_checkpoint, load_checkpoint, load_head_weights, save_weights
 from utils.distributed import (
     DistInfo,
     backend_for,
@@ -353,6 +353,7 @@ def train(opt: RunConfig, info: DistInfo) -> TrainState:
     state = TrainState()
     if resume_from:
         state = restore(ckpt, resume_from, model, optimizer, scheduler, scaler, opt.resume, opt.allow_other_backbones)
+        resumed_loss = float(ckpt.get("loss", float("nan")))
         if state.step and state.world_size != info.world_size:
             raise AHIQError(f"{resume_from}: stopped after step {state.step} of epoch {state.epoch + 1} with "
                             f"{state.world_size} process(es), and the rest of that epoch is sharded over them; "
@@ -373,6 +374,9 @@ def train(opt: RunConfig, info: DistInfo) -> TrainState:
                  f", DDP over {backend_for(device)}" if info.enabled else "",
                  f"; continuing from {resume_from} at epoch {state.epoch + 1}" if resume_from else "")
     save = Saver(opt, model, optimizer, scheduler, scaler, train_set)
+    if info.is_main and opt.resume and state.step == 0:
+        for path in complete_epoch_files(save, state, resumed_loss):
+            log.warning("%s: written now; the run had stopped after last.pth and before it", path)
     lr = optimizer.param_groups[0]["lr"]
 
     def on_step(loss: float, step_lr: float) -> None:
@@ -404,17 +408,17 @@ def train(opt: RunConfig, info: DistInfo) -> TrainState:
                     stop_run(save, state, loss, info, f"{stop.signal} during the validation of epoch {state.epoch} "
                                                       "(its weights are saved; its validation is skipped)")
                 except AHIQError as err:  # e.g. a validation image damaged after its header: keep the epoch
-                    if not info.is_main:
+                    if not info.is_main or err.kind == "diverged":  # diverged weights are not worth keeping
                         raise
                     path = save("last.pth", state, loss, full=True)
                     raise AHIQError(f"{err} (validation of epoch {state.epoch}; the epoch's weights are saved in "
                                     f"{path}: fix the file and continue with --resume)") from None
-                if info.is_main:
-                    finish_epoch(save, state, loss, metrics)
+                if info.is_main:  # the epoch's row first: a resume drops rows after its last.pth
                     epochs.append({"epoch": state.epoch, "step": state.global_step, "train_loss": loss, "lr": lr,
                                    **{f"val_{k}": (metrics or {}).get(k) for k in METRIC_NAMES},
                                    "best": bool(metrics and metrics["improved"]),
                                    "seconds": time.perf_counter() - start})
+                    finish_epoch(save, state, loss, metrics)
     finally:
         if scalars:
             scalars.close()
@@ -436,12 +440,32 @@ def stop_run(save: Saver, state: TrainState, loss: float, info: DistInfo, what: 
 
 
 def finish_epoch(save: Saver, state: TrainState, loss: float, metrics: dict | None) -> None:
-    """Rank 0's files after an epoch: best.pth when validation improved, epoch_N.pth on schedule, last.pth."""
+    """Rank 0's files after an epoch: last.pth first (a crash after it is resumed, and the resume writes what
+    follows it: :func:`complete_epoch_files`), then best.pth when validation improved, epoch_N.pth on schedule."""
+    save("last.pth", state, loss, full=True)
     if metrics is not None and metrics["improved"]:
         save("best.pth", state, loss)
     if state.epoch % save.opt.save_interval == 0:
         save(f"epoch_{state.epoch}.pth", state, loss)
-    save("last.pth", state, loss, full=True)
+
+
+def complete_epoch_files(save: Saver, state: TrainState, loss: float) -> list[str]:
+    """On an exact resume at an epoch boundary, the files :func:`finish_epoch` writes after last.pth, when a crash
+    left them unwritten (last.pth holds that epoch's weights): best.pth if that epoch was the best, epoch_N.pth on
+    schedule. Returns the files written."""
+    done = []
+    wanted = [("best.pth", state.best_epoch == state.epoch > 0),
+              (f"epoch_{state.epoch}.pth", state.epoch > 0 and state.epoch % save.opt.save_interval == 0)]
+    for name, due in wanted:
+        path = os.path.join(save.opt.run_dir, name)
+        if due and (not os.path.isfile(path) or _epochs_in(path) != state.epoch):
+            done.append(save(name, state, loss))
+    return done
+
+
+def _epochs_in(path: str) -> int | None:
+    meta = load_checkpoint(path).get("ahiq") or {}
+    return meta.get("epochs_trained") if isinstance(meta, dict) else None
 
 
 def validate_epoch(model: AHIQ, val: Validation, info: DistInfo, opt: RunConfig, amp_dtype: torch.dtype | None,
@@ -450,6 +474,11 @@ def validate_epoch(model: AHIQ, val: Validation, info: DistInfo, opt: RunConfig,
     best.pth is saved and the bests become this epoch's metrics). Scalars go per step with the dataset
     (``val/<dataset>/srcc``)."""
     metrics, preds, labels = validate(model, val, info, opt, amp_dtype, stop)
+    if not np.isfinite(preds).all():  # every rank holds the gathered predictions: all stop here alike
+        best = f"best.pth holds epoch {state.best_epoch}" if state.best_epoch else "no best.pth was written"
+        raise AHIQError(f"epoch {state.epoch}: {int(np.sum(~np.isfinite(preds)))} of {len(preds)} validation "
+                        f"predictions are NaN or infinite: the model diverged (this epoch was not saved; {best}); "
+                        f"start again with a lower --learning_rate than {opt.learning_rate:g}", kind="diverged")
     srcc, plcc = (-math.inf if metrics[k] is None else metrics[k] for k in ("srcc", "plcc"))  # None: undefined
     improved = improves(opt.best_metric, srcc, plcc, state.best_srcc, state.best_plcc)
     if improved:  # the bests are the chosen epoch's metrics (official: both move)

@@ -103,6 +103,9 @@ def reference_name(name: str, rule: str) -> str:
 
 def _column(header: list[str], aliases: tuple[str, ...], what: str, path: str, required: bool = True) -> int | None:
     lowered = [h.strip().lower() for h in header]
+    found = [h for h in header if h.strip().lower() in aliases]
+    if len(found) > 1:  # which one is meant cannot be guessed: never read one and ignore the other
+        raise AHIQError(f"{path}: {len(found)} {what} columns in the header ({', '.join(found)}); keep one")
     for alias in aliases:
         if alias in lowered:
             return lowered.index(alias)
@@ -110,6 +113,14 @@ def _column(header: list[str], aliases: tuple[str, ...], what: str, path: str, r
         raise AHIQError(f"{path}: no {what} column in the header {header}; name it one of {', '.join(aliases)} "
                         "(pyiqa meta-info CSV: ref_name,dist_name,mos[,std])")
     return None
+
+
+def check_name(name: str, where: str) -> None:
+    """An image name a results file (``name,score`` lines) and a printed table can hold: no comma, no line break.
+    The one rule for label files, pairs files and folders."""
+    if any(c in name for c in ",\n\r"):
+        raise AHIQError(f"{where}: image name {name!r} holds a comma or a line break, which the 'name,score' "
+                        "results files and tables cannot hold; rename the file")
 
 
 def _is_number(text: str) -> bool:
@@ -146,10 +157,8 @@ def read_csv_labels(path: str) -> Labels:
         row = [cell.strip() for cell in row]
         if not row[i_ref] or not row[i_dis]:
             raise AHIQError(f"{path}:{lineno}: empty image name")
-        odd = next((n for n in (row[i_dis], row[i_ref]) if any(c in n for c in ",\n\r")), None)
-        if odd is not None:
-            raise AHIQError(f"{path}:{lineno}: image name {odd!r} holds a comma or a line break, which the "
-                            "'name,score' results files cannot hold; rename the file")
+        for name in (row[i_dis], row[i_ref]):
+            check_name(name, f"{path}:{lineno}")
         refuse_repeat(first_line, row[i_dis], path, lineno)
         refs.append(row[i_ref])
         names.append(row[i_dis])

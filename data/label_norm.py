@@ -69,6 +69,10 @@ class LabelNorm:
             raise AHIQError(f"{source}: label_norm {dict(norm)!r}: expected numbers mos_min, mos_max and true/false "
                             "lower_better")
         try:
-            return cls(float(values[0]), float(values[1]), values[2])
+            result = cls(float(values[0]), float(values[1]), values[2])
         except AHIQError as err:
-            raise AHIQError(f"{source}: {err}") from None
+            raise err.at(source) from None
+        if result.span == 0:  # training refuses such a list: scores would all map to one MOS
+            raise AHIQError(f"label_norm: its MOS range is {result.mos_min:g} to {result.mos_max:g}, no range at all; "
+                            "give the training range with --mos_range LO HI / mos_range=(lo, hi)", source=source)
+        return result

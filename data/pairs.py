@@ -10,7 +10,9 @@
 """
 from __future__ import annotations
 
+import logging
 import os
+from collections import Counter
 
 import numpy as np
 
@@ -25,9 +27,17 @@ Pair = tuple[str, str]
 
 
 def images_in(folder: str) -> list[str]:
+    """The image files of ``folder`` (by extension, :data:`IMAGE_EXTS`), sorted; the other files are counted by
+    extension in one log line, never skipped silently."""
     if not os.path.isdir(folder):
         raise AHIQError(f"{folder}: no such folder")
-    names = sorted(f for f in os.listdir(folder) if f.lower().endswith(IMAGE_EXTS))
+    entries = sorted(f for f in os.listdir(folder) if os.path.isfile(os.path.join(folder, f)))
+    names = [f for f in entries if f.lower().endswith(IMAGE_EXTS)]
+    skipped = Counter(os.path.splitext(f)[1].lower() or "(no extension)" for f in entries if f not in names)
+    if skipped:
+        logging.getLogger("ahiq.pairs").info(
+            "%s: skipped %d file(s) that are not images read here (%s); give one with --dis/--ref or a --pairs file "
+            "to score it anyway", folder, sum(skipped.values()), ", ".join(f"{e}: {n}" for e, n in skipped.items()))
     if not names:
         raise AHIQError(f"{folder}: no images ({', '.join(IMAGE_EXTS)})")
     return names
@@ -37,9 +47,10 @@ def _reference(name: str, rule: str) -> str:
     return name if rule == "same" else reference_name(name, rule)
 
 
-def match_folders(dis_dir: str, ref_dir: str, rule: str = "auto") -> list[Pair]:
-    """(distorted, reference) pairs of two folders (see the module docstring); ``rule``: auto, or one of
-    :data:`PAIR_RULES`. In one folder, an image a rule maps to itself is a reference and is not scored."""
+def match_folders(dis_dir: str, ref_dir: str, rule: str = "auto") -> tuple[list[Pair], str]:
+    """(distorted, reference) pairs of two folders (see the module docstring) and the rule that made them;
+    ``rule``: auto, or one of :data:`PAIR_RULES`. In one folder, an image a rule maps to itself is a reference and
+    is not scored."""
     if rule != "auto" and rule not in PAIR_RULES:
         raise AHIQError(f"--pair_rule {rule!r}: expected auto or one of {', '.join(PAIR_RULES)}")
     dis, refs = images_in(dis_dir), set(images_in(ref_dir))
@@ -49,7 +60,7 @@ def match_folders(dis_dir: str, ref_dir: str, rule: str = "auto") -> list[Pair]:
         scored = [d for d in dis if not (one_folder and _reference(d, name) == d)]
         missing = [d for d in scored if _reference(d, name) not in refs]
         if scored and not missing:
-            return [(os.path.join(dis_dir, d), os.path.join(ref_dir, _reference(d, name))) for d in scored]
+            return [(os.path.join(dis_dir, d), os.path.join(ref_dir, _reference(d, name))) for d in scored], name
         example = missing[0] if missing else dis[0]
         tried.append(f"{PAIR_RULES[name]}: {len(missing) if scored else len(dis)} of {len(dis)} without a reference "
                      f"(e.g. {example} -> {_reference(example, name)})")

@@ -36,7 +36,7 @@ from data.windows import WindowPolicy
 from engine.loop import Predictions, predict, score_crops
 from models import AHIQ, BN_STATS, BackboneSource, Checkpoint, build_checkpoint_model, read_checkpoint
 from models.config import check_crop
-from options.defaults import CHECKPOINTS, RELEASED_NAME
+from options.defaults import CHECKPOINTS, RELEASED_NAME, check_home
 from options.test_options import scoring_defaults
 from utils.checkpoint import choose_checkpoint
 from utils.device import check_device, configure_cuda
@@ -212,9 +212,10 @@ def build_scorer(checkpoint: Checkpoint, source: BackboneSource, policy: WindowP
     a checkpoint) are drawn from ``policy.seed`` as train.py draws them from --seed, so two runs score alike."""
     check_device(device)
     model = build_checkpoint_model(checkpoint, source, deform_impl, policy.seed, allow_other_backbones)
-    norm = LabelNorm.from_meta(checkpoint.state.get("ahiq") or {}, checkpoint.path) if checkpoint.state else None
     if mos_range is not None:  # given by the user (official files hold no range): MOS, higher is better
         norm = mos_range_norm(mos_range)
+    else:
+        norm = LabelNorm.from_meta(checkpoint.state.get("ahiq") or {}, checkpoint.path) if checkpoint.state else None
     return Scorer(model.to(device).eval(), policy, crops_per_forward, bn_stats, norm, checkpoint.path, amp_dtype)
 
 
@@ -235,6 +236,7 @@ def load_scorer(ckpt: str | None = None, checkpoints_dir: str = CHECKPOINTS, nam
     ``crops_per_forward``, ``bn_stats``, and ``amp_dtype`` (a torch dtype, CUDA only).
     """
     check_device(device)
+    check_home()
     configure_cuda(device, tf32)
     path = choose_checkpoint(ckpt, os.path.join(checkpoints_dir, name), load_epoch)
     source = BackboneSource(pretrained, vit_weights, resnet_weights, checkpoints_dir)

@@ -126,11 +126,17 @@ def load_used_weights(module: nn.Module, path: str, tag: str) -> None:
     if missing:
         raise AHIQError(f"{path}: not {tag} weights: {len(missing)} keys missing, e.g. {missing[:3]}; "
                         f"pass the timm state dict of {tag}")
-    wrong = [k for k, v in needed.items() if tuple(sd[k].shape) != tuple(v.shape)]
+    wrong = [k for k, v in needed.items()
+             if not isinstance(sd[k], torch.Tensor) or tuple(sd[k].shape) != tuple(v.shape)]
     if wrong:
         k = wrong[0]
-        raise AHIQError(f"{path}: not {tag} weights: {k} has shape {tuple(sd[k].shape)}, "
+        raise AHIQError(f"{path}: not {tag} weights: {k} has shape {tuple(getattr(sd[k], 'shape', ()))}, "
                         f"expected {tuple(needed[k].shape)}")
+    for k, v in needed.items():  # held to a checkpoint's rules: a NaN here would make every score NaN, silently
+        if v.is_floating_point() and not sd[k].is_floating_point():
+            raise AHIQError(f"{path}: {k} is {sd[k].dtype}, not floating point; not {tag} weights")
+        if sd[k].is_floating_point() and not torch.isfinite(sd[k]).all():
+            raise AHIQError(f"{path}: {k} holds NaN or infinite values; download or copy the {tag} weights again")
     module.load_state_dict({k: sd[k].float() if sd[k].is_floating_point() else sd[k] for k in needed}, strict=True,
                            assign=True)
     left = [n for n, t in [*module.named_parameters(), *module.named_buffers()] if t.is_meta]

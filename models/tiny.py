@@ -9,7 +9,7 @@ computation use the real architectures.
 from __future__ import annotations
 
 import torch.nn as nn
-from timm.models import register_model
+from timm.models import is_model, register_model
 from timm.models.resnet import Bottleneck, ResNet
 from timm.models.vision_transformer import VisionTransformer
 
@@ -20,6 +20,12 @@ TINY_RESNET = "ahiq_tiny_resnet"
 _FACTORY_ONLY = ("pretrained_cfg", "pretrained_cfg_overlay", "cache_dir")  # timm's, for its own builders
 
 
+def _register(fn):
+    """timm's ``register_model``, once per process: the hub entry imports this module afresh on every load, and a
+    second registration would print timm's overwrite warning each time."""
+    return fn if is_model(fn.__name__) else register_model(fn)
+
+
 def _own(kwargs: dict) -> dict:
     return {k: v for k, v in kwargs.items() if k not in _FACTORY_ONLY}
 
@@ -28,16 +34,16 @@ def _vit(patch_size: int, **kwargs) -> nn.Module:
     return VisionTransformer(patch_size=patch_size, embed_dim=32, depth=6, num_heads=2, mlp_ratio=2.0, **_own(kwargs))
 
 
-@register_model
+@_register
 def ahiq_tiny_vit_p8(pretrained: bool = False, **kwargs) -> nn.Module:
     return _vit(8, **kwargs)
 
 
-@register_model
+@_register
 def ahiq_tiny_vit_p16(pretrained: bool = False, **kwargs) -> nn.Module:
     return _vit(16, **kwargs)
 
 
-@register_model
+@_register
 def ahiq_tiny_resnet(pretrained: bool = False, **kwargs) -> nn.Module:
     return ResNet(Bottleneck, [3, 2, 1, 1], channels=(8, 16, 32, 64), stem_width=8, **_own(kwargs))

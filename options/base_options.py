@@ -14,6 +14,7 @@ import argparse
 import dataclasses
 import functools
 import json
+import logging
 import math
 import os
 from collections.abc import Callable, Mapping
@@ -23,7 +24,7 @@ from typing import Any, ClassVar
 from data.images import MAX_PIXELS
 from models import BRANCHES, DEFORM_IMPLS, FUSIONS, POOLINGS, RESNET_TAG, ModelConfig
 from models.config import check_crop
-from options.defaults import CHECKPOINTS, PROTOCOL_NAME, RELEASED_NAME, SEED, TRAIN_NAME
+from options.defaults import CHECKPOINTS, PROTOCOL_NAME, RELEASED_NAME, SEED, TRAIN_NAME, check_home
 from options.policy import ONCE, free, once, policy
 from utils.device import check_gpus, default_gpu_ids, default_workers
 from utils.errors import AHIQError
@@ -248,6 +249,12 @@ def parse_with_config(parser: argparse.ArgumentParser, argv: list[str] | None) -
         if not isinstance(saved, dict):
             raise AHIQError(f"{config}: not a saved configuration (expected a JSON object of options)")
         rerun = {a.dest: a for a in options_of(parser) if policy(a) != ONCE}
+        unknown = sorted(set(saved) - {a.dest for a in options_of(parser)} - {"switches_given"})
+        if unknown:  # e.g. train.py's options in a test.py rerun: said, never silently dropped
+            logging.getLogger("ahiq").warning("%s: %d option(s) that %s does not take are not used: %s", config,
+                                              len(unknown), parser.prog, ", ".join(unknown))
+        if isinstance(saved.get("gpu_ids"), int) and not isinstance(saved["gpu_ids"], bool):
+            saved["gpu_ids"] = str(saved["gpu_ids"])  # "gpu_ids": -1 written by hand means --gpu_ids -1
         values = {k: v for k, v in saved.items() if k in rerun and not (k in SWITCHES and v is None)}  # None: older
         given_then = saved.get("switches_given")  # files written before it hold None for a switch not given
         for key, value in values.items():
@@ -321,6 +328,7 @@ def parse(cls: type[RunConfig], argv: list[str] | None, resolve: tuple = ()) -> 
 def build(cls: type[RunConfig], values: Mapping[str, Any], resolve: tuple = ()) -> RunConfig:
     """The frozen ``cls`` holding ``values``: checked, then the ``resolve`` functions applied (each takes and changes
     the namespace, e.g. the dataset preset), then frozen. Nothing is built or loaded."""
+    check_home()
     opt = argparse.Namespace(**values)
     if opt.crop_size is not None:
         check_crop(opt.crop_size, opt.patch_size)

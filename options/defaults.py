@@ -8,6 +8,8 @@ alike. The library (``data/``, ``models/``, ``engine/loop.py``) holds no protoco
 """
 import os
 
+from utils.errors import AHIQError
+
 SEED = 1919  # the official setup_seed(1919): training, the test ensemble's random windows, new split files
 TEST_BATCH = 10  # the official test batch; with --random_windows official it also decides the windows
 N_ENSEMBLE = 20  # crops averaged per test image (official)
@@ -16,5 +18,12 @@ CROPS_PER_FORWARD = 50  # crop pairs per model forward when scoring: memory, nev
 # Paths nobody gives are found from the checkout (or $AHIQ_HOME), not from the working folder.
 HOME = os.environ.get("AHIQ_HOME") or os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 CHECKPOINTS = os.path.join(HOME, "checkpoints")  # run folders; download.sh's released checkpoint and backbones/
+
+
+def check_home() -> None:
+    """$AHIQ_HOME, when set, is an absolute path: a relative one would move with the working folder."""
+    if not os.path.isabs(HOME):
+        raise AHIQError(f"AHIQ_HOME={HOME}: give an absolute path (a relative one depends on the working folder), "
+                        f"e.g. AHIQ_HOME={os.path.abspath(HOME)}")
 RELEASED_NAME = "ahiq_pipal"  # the released checkpoint's folder (download.sh): scored from, never trained into
 TRAIN_NAME, PROTOCOL_NAME = "ahiq_train", "ahiq_protocol"  # train.py's and protocol.py's default run folders

@@ -33,6 +33,9 @@ def predict_parser() -> argparse.ArgumentParser:
     free(g.add_argument("--dataset", default="pairs", help="what your data is called in the metrics and figures"))
     free(g.add_argument("--maps", metavar="DIR", help="also write per pair a PNG panel of the patch score, weight and "
                         "contribution maps over the image, and the maps as .npz, to DIR"))
+    free(g.add_argument("--overwrite", action="store_true",
+                        help="replace an existing --csv file and the maps of the same pairs in --maps (refused "
+                             "otherwise)"))
     g.add_argument("--mos_scale", action="store_true", help="report scores in MOS units of the training list")
     g.add_argument("--mos_range", type=float, nargs=2, metavar=("LO", "HI"),
                    help="training MOS range for --mos_scale when the checkpoint has none (official files)")
@@ -53,6 +56,7 @@ class PredictConfig(RunConfig, RunFields, ModelFields, ScoringFields, WindowFiel
     csv: str | None
     dataset: str
     maps: str | None
+    overwrite: bool
     mos_scale: bool
     mos_range: tuple[float, ...] | None
 

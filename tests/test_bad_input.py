@@ -262,3 +262,30 @@ def test_test_py_checks_the_list_and_images_before_building_the_model(tmp_path, 
         test_entry.main(["--test_ref_path", data["ref"], "--test_dis_path", data["dis"], "--test_list", data["list"],
                        "--ckpt", head, "--gpu_ids", "-1", "--checkpoints_dir", str(tmp_path), "--crop_size", "32",
                        "--vit_weights", str(tmp_path / "absent_vit.safetensors")])
+
+
+@pytest.mark.parametrize("damage, message", [
+    (lambda t: t.fill_(float("nan")), r"holds NaN or infinite values; download or copy"),
+    (lambda t: t.fill_(float("inf")), r"holds NaN or infinite values"),
+    (lambda t: t.to(torch.int64), r"is torch\.int64, not floating point"),
+])
+def test_backbone_files_are_held_to_a_checkpoints_rules(tmp_path, damage, message):
+    """A NaN, infinite or integer tensor in a backbone weights file stops in one line naming the file and the tensor
+    (it used to give the score nan with exit 0)."""
+    import timm
+    from safetensors.torch import save_file
+
+    from models import build_model
+    from models.tiny import TINY_RESNET, TINY_VIT
+
+    files = {}
+    for role, name in (("vit", TINY_VIT[8]), ("resnet", TINY_RESNET)):
+        sd = {k: v.contiguous() for k, v in timm.create_model(name, pretrained=False).state_dict().items()}
+        if role == "vit":
+            key = next(k for k in sd if k.endswith("blocks.0.attn.qkv.weight"))
+            sd[key] = damage(sd[key].clone())
+        files[role] = str(tmp_path / f"{role}.safetensors")
+        save_file(sd, files[role])
+    with pytest.raises(AHIQError, match=rf"vit\.safetensors: .*blocks\.0\.attn\.qkv\.weight {message}"):
+        build_model(8, vit_name=TINY_VIT[8], resnet_name=TINY_RESNET, head_width=16, vit_weights=files["vit"],
+                    resnet_weights=files["resnet"])

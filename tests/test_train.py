@@ -171,3 +171,33 @@ def test_saved_heads_use_exactly_the_official_parameter_names(two_epoch_run):
     head = {"down_channel", "feat_smoothing.0", "feat_smoothing.2", "conv1.0", "conv_attent.0", "conv.0"}
     assert set(ckpt["deform_net_model_state_dict"]) == {f"{m}.{p}" for m in deform for p in ("weight", "bias")}
     assert set(ckpt["regressor_model_state_dict"]) == {f"{m}.{p}" for m in head for p in ("weight", "bias")}
+
+
+def test_a_diverged_run_stops_in_one_line_and_keeps_no_diverged_weights(train_sets, tmp_path):
+    """--learning_rate 1e30 with one step an epoch (batch 9 of 9 pairs): the step's loss is finite, the weights it
+    leaves are not; validation sees NaN/inf predictions and the run stops naming the epoch and the option, before
+    any file of that epoch is written (it used to end 'done: best SRCC -1.0000' with exit 0)."""
+    args = train_args(train_sets, tmp_path, "diverged", "--n_epoch", "2", "--learning_rate", "1e30",
+                      "--batch_size", "9")
+    with pytest.raises(AHIQError, match=r"epoch 1: \d+ of 6 validation predictions are NaN or infinite: the model "
+                                        r"diverged .*no best\.pth was written.*--learning_rate than 1e\+30"):
+        train.main(args)
+    assert not list((tmp_path / "diverged").glob("*.pth"))
+
+
+def test_a_crash_after_last_pth_is_completed_by_resume(train_sets, tmp_path):
+    """Killed after the first epoch's last.pth and before its best.pth (the files are written in that order; the
+    first validated epoch is always the best): a plain start says to --resume, and --resume writes the missing
+    best.pth from last.pth's weights. The run folder is never stuck."""
+    args = train_args(train_sets, tmp_path, "crashed", "--n_epoch", "1")
+    train.main(args)
+    run = tmp_path / "crashed"
+    (run / "best.pth").unlink()
+    with pytest.raises(AHIQError, match="already holds checkpoints.*pass --resume"):
+        train.main(args)
+    train.main(args + ["--resume"])
+    restored = torch.load(run / "best.pth", weights_only=True)
+    assert restored["ahiq"]["epochs_trained"] == 1
+    for key, sd in heads_of(run / "last.pth").items():
+        for name, tensor in sd.items():
+            assert torch.equal(restored[key][name], tensor)

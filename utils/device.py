@@ -42,7 +42,11 @@ def configure_cuda(device: str, tf32: bool = True) -> None:
 
 
 def check_device(device: str) -> None:
-    if not str(device).startswith("cuda"):
+    """A device the API may be given: ``"cpu"``, ``"cuda"`` or ``"cuda:N"`` of a GPU this machine has."""
+    text = str(device)
+    if text != "cpu" and not (text == "cuda" or text.startswith("cuda:") and text[5:].isdigit()):
+        raise AHIQError(f"device {device!r}: expected 'cpu', 'cuda' or 'cuda:N'")
+    if text == "cpu":
         return
     if not torch.cuda.is_available():
         raise AHIQError(f"device {device!r}: CUDA is not available here; use device='cpu'")

@@ -93,30 +93,25 @@ def remove_stale_temporaries(folder: str) -> list[str]:
     return stale
 
 
-class FolderLock:
-    """An exclusive lock on a run folder (``.lock`` inside it), held for the life of the process.
+class Lock:
+    """An exclusive lock on the file ``path``, held until :meth:`release` or the end of the process.
 
     It is a kernel lock (``flock``): a crashed or killed process releases it at once, so it never stays stuck. A
-    second process asking for it stops immediately with a message naming the folder.
+    second process asking for it stops immediately with the one-line message ``busy``.
     """
 
-    def __init__(self, folder: str, what: str = "a run") -> None:
-        self.path = os.path.join(folder, LOCK_FILE)
-        for own in (self.path, os.path.join(folder, LOG_FILE)):  # never written through a link to elsewhere
-            if os.path.islink(own):
-                raise AHIQError(f"{own}: is a symbolic link; the run folder's own files are not written through "
-                                "links: remove it (it is recreated)")
+    def __init__(self, path: str, busy: str) -> None:
+        self.path = path
         try:
-            os.makedirs(folder, exist_ok=True)
-            self.fd = os.open(self.path, os.O_RDWR | os.O_CREAT | getattr(os, "O_NOFOLLOW", 0), 0o644)
+            os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+            self.fd = os.open(path, os.O_RDWR | os.O_CREAT | getattr(os, "O_NOFOLLOW", 0), 0o644)
         except OSError as err:
-            raise file_error(self.path, err, "created") from None
+            raise file_error(path, err, "created") from None
         try:
             fcntl.flock(self.fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
             os.close(self.fd)
-            raise AHIQError(f"{folder}: another process is using this run folder ({what}); wait for it to end or "
-                            "choose another --name") from None
+            raise AHIQError(busy) from None
         os.ftruncate(self.fd, 0)
         os.write(self.fd, f"{os.getpid()}\n".encode())
 
@@ -125,3 +120,16 @@ class FolderLock:
             fcntl.flock(self.fd, fcntl.LOCK_UN)
             os.close(self.fd)
             self.fd = None
+
+
+class FolderLock(Lock):
+    """A run folder's one owner: the :class:`Lock` of ``.lock`` inside it, for the life of the run."""
+
+    def __init__(self, folder: str, what: str = "a run") -> None:
+        path = os.path.join(folder, LOCK_FILE)
+        for own in (path, os.path.join(folder, LOG_FILE)):  # never written through a link to elsewhere
+            if os.path.islink(own):
+                raise AHIQError(f"{own}: is a symbolic link; the run folder's own files are not written through "
+                                "links: remove it (it is recreated)")
+        super().__init__(path, f"{folder}: another process is using this run folder ({what}); wait for it to end or "
+                               "choose another --name")
