@@ -15,6 +15,7 @@ import utils.interrupt  # noqa: F401 - first: Ctrl-C while the libraries import 
 
 # isort: split
 
+import contextlib
 import csv
 import io
 import json
@@ -29,7 +30,7 @@ from data.pairs import PAIR_RULES, match_folders, pairs_file, with_reference
 from engine.runtime import configure_device, device_of, policy_of, scorer_for, scoring_checkpoint
 from engine.scorer import Scorer
 from options.predict_options import parse_predict_options
-from utils.errors import AHIQError, run_cli
+from utils.errors import AHIQError, Interrupted, run_cli
 from utils.files import atomic_write, file_error
 from utils.metrics import iqa_metrics, metrics_line
 from utils.plots import maps_panel_png, optional_figure, scatter_png
@@ -120,17 +121,27 @@ def write_maps(scorer: Scorer, pairs: list[tuple[str, str]], folder: str, batch_
                ) -> list[float]:
     """Scores of ``pairs`` and, per pair, ``STEM_maps.png`` (the panel) and ``STEM_maps.npz`` (f, w, contribution,
     covered, windows, score) in ``folder``; pairs are scored ``batch_size`` at a time, so memory stays bounded."""
-    scores, stems = [], map_stems(pairs)
-    for start in range(0, len(pairs), batch_size):
-        chunk = pairs[start:start + batch_size]
-        done = scorer.score_maps(chunk, batch_size, num_workers, images=True)
-        for (dis, _), stem, maps in zip(chunk, stems[start:], done):
-            buf = io.BytesIO()
-            np.savez(buf, **maps.arrays())
-            atomic_write(os.path.join(folder, stem + "_maps.npz"), buf.getvalue())
-            atomic_write(os.path.join(folder, stem + "_maps.png"),
-                         maps_panel_png(*maps.images, maps, os.path.basename(dis)))
-            scores.append(maps.score)
+    scores, stems, writing = [], map_stems(pairs), None
+    try:
+        for start in range(0, len(pairs), batch_size):
+            chunk = pairs[start:start + batch_size]
+            done = scorer.score_maps(chunk, batch_size, num_workers, progress=True, images=True)
+            for (dis, _), stem, maps in zip(chunk, stems[start:], done):
+                buf = io.BytesIO()
+                np.savez(buf, **maps.arrays())
+                png = maps_panel_png(*maps.images, maps, os.path.basename(dis))
+                writing = stem
+                atomic_write(os.path.join(folder, stem + "_maps.npz"), buf.getvalue())
+                atomic_write(os.path.join(folder, stem + "_maps.png"), png)
+                writing = None
+                scores.append(maps.score)
+    except KeyboardInterrupt as stop:  # Ctrl-C or SIGTERM: say what is there; a pair is whole or absent
+        for name in ((writing + "_maps.npz", writing + "_maps.png") if writing else ()):
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(os.path.join(folder, name))
+        said = stop.message if isinstance(stop, Interrupted) else "interrupted"
+        raise Interrupted(f"{said} after {len(scores)} of {len(pairs)} pairs: their maps (.png and .npz each) are "
+                          f"in {folder}; a pair is written whole or not at all", getattr(stop, "code", 130)) from None
     log.info("wrote the maps of %d pairs to %s (*_maps.png, *_maps.npz)", len(pairs), folder)
     return scores
 
@@ -147,7 +158,7 @@ def main(argv: list[str] | None = None) -> list[float]:
     if opt.maps:
         scores = np.asarray(write_maps(scorer, pairs, opt.maps, opt.batch_size, opt.num_workers))
     else:
-        scores = scorer.score_files(pairs, opt.batch_size, opt.num_workers, progress=len(pairs) > 1)
+        scores = scorer.score_files(pairs, opt.batch_size, opt.num_workers, progress=True)  # crops: grids too
     if mos is not None and len(scores) > 1:
         report_metrics(opt, scores, mos)
     unit = "normalised, higher is better"

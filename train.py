@@ -194,17 +194,21 @@ def checkpoint_path(opt) -> str | None:
         path = os.path.join(opt.run_dir, "last.pth")
         if not os.path.isfile(path):
             epochs = sorted(glob.glob(os.path.join(opt.run_dir, "epoch_*.pth")), key=os.path.getmtime)
+            others = glob.glob(os.path.join(opt.run_dir, "*.pth"))
             hint = (f"; continue from the weights of {os.path.basename(epochs[-1])} with --load_epoch "
                     f"{os.path.basename(epochs[-1])[6:-4]} (no optimizer state)" if epochs else
+                    "; it holds weights only (no training state): start a new run with another --name" if others else
                     "; start without --resume")
             raise AHIQError(f"{path}: nothing to resume from{hint}")
         return path
     if opt.load_epoch >= 0:
         return find_checkpoint(opt.run_dir, opt.load_epoch)
-    existing = glob.glob(os.path.join(opt.run_dir, "*.pth"))
+    existing = sorted(glob.glob(os.path.join(opt.run_dir, "*.pth")))
     if existing:
-        raise AHIQError(f"{opt.run_dir}: already holds checkpoints ({os.path.basename(existing[0])}, ...); pass "
-                        "--resume to continue that run, or choose another --name (nothing was overwritten)")
+        resumable = os.path.isfile(os.path.join(opt.run_dir, "last.pth"))
+        raise AHIQError(f"{opt.run_dir}: already holds checkpoints ({os.path.basename(existing[0])}, ...); "
+                        + ("pass --resume to continue that run, or choose another --name" if resumable else
+                           "choose another --name (no last.pth to resume from)") + " (nothing was overwritten)")
     return None
 
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import hashlib
 import io
 import os
+import unicodedata
 
 import cv2
 import numpy as np
@@ -65,10 +66,24 @@ def decode_rgb(path: str) -> np.ndarray:
     return cv2.cvtColor(img, cv2.COLOR_BGR2RGB)
 
 
+def _other_spelling(path: str) -> str:
+    """A hint when the folder holds the file under the same name in another Unicode normalisation (a list written
+    on one system, files copied from macOS: 'é' as one code point or as 'e' + accent)."""
+    folder, name = os.path.split(path)
+    try:
+        entries = os.listdir(folder or ".")
+    except OSError:
+        return ""
+    same = [e for e in entries if e != name and unicodedata.normalize("NFC", e) == unicodedata.normalize("NFC", name)]
+    return (f" (the folder holds {same[0]!r}: the same name with its accents encoded otherwise, NFC vs NFD; rename "
+            "the file or fix the list)") if same else ""
+
+
 def image_size(path: str, max_pixels: int = MAX_PIXELS) -> tuple[int, int]:
     """(height, width) from the file header, without decoding the pixels; more than ``max_pixels`` is refused."""
     if not os.path.isfile(path):
-        raise AHIQError(f"{path}: image not found; check the image folder options and the list file")
+        raise AHIQError(f"{path}: image not found; check the image folder options and the list file"
+                        + _other_spelling(path))
     pillow_limit = Image.MAX_IMAGE_PIXELS
     Image.MAX_IMAGE_PIXELS = None  # the limit is ours, checked below; Pillow's would decide first (or only warn)
     try:

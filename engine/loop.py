@@ -119,15 +119,17 @@ def _first_rows(keys: list[Hashable]) -> tuple[list[int], list[int]]:
 @torch.inference_mode()
 def score_batch(model: AHIQ, dis: torch.Tensor, ref: torch.Tensor, counts: list[int], keys: list[Hashable],
                 cache: ReferenceCache, chunk: ChunkSize, amp_dtype: torch.dtype | None = None,
-                dis_keys: list[Hashable] | None = None, keep_maps: bool = False) -> BatchScores:
+                dis_keys: list[Hashable] | None = None, keep_maps: bool = False,
+                on_crops: Callable[[int], None] | None = None) -> BatchScores:
     """Scores of B images from their N crops (N, 3, S, S), uint8 or [0, 1] float: ``counts[b]`` consecutive crops
     per image, each image's score the mean over its crops (as in the official test).
 
     ``keys[n]`` names the reference crop of ``ref[n]`` (reference image and window): the reference features of a
     key not in ``cache`` are computed once, in chunks, and every distorted crop with that key is scored against
     them. ``dis_keys[n]`` names the distorted crop (image and window): a window drawn twice for one image is scored
-    once and counted twice. The result equals scoring every pair on its own (beyond float rounding). The cache is
-    then released for this batch's keys.
+    once and counted twice. ``on_crops(k)``: called as each chunk of distorted crops is done (k crops; progress).
+    The result equals scoring every pair on its own (beyond float rounding). The cache is then released for this
+    batch's keys.
     """
     device = model.device
     missing = [i for i in _first_rows(keys)[0] if keys[i] not in cache.features]  # a row per key to compute
@@ -139,6 +141,7 @@ def score_batch(model: AHIQ, dis: torch.Tensor, ref: torch.Tensor, counts: list[
             cache.features[keys[i]] = feats[j:j + 1]
 
     unique, inverse = _first_rows(dis_keys if dis_keys is not None else list(range(len(keys))))
+    copies = Counter(inverse)  # how many crops each computed row stands for
     scores = torch.empty(len(unique))
     f_maps: list[torch.Tensor] = []
     w_maps: list[torch.Tensor] = []
@@ -154,6 +157,8 @@ def score_batch(model: AHIQ, dis: torch.Tensor, ref: torch.Tensor, counts: list[
             f_maps.append(f[:, 0].cpu())
             if w is not None:
                 w_maps.append(w[:, 0].cpu())
+        if on_crops is not None:
+            on_crops(sum(copies[j] for j in range(rows.start, rows.stop)))
 
     _in_chunks(len(missing), chunk, references, device)
     _in_chunks(len(unique), chunk, distorted, device)
@@ -270,15 +275,18 @@ def predict(model: AHIQ, dataset: PairDataset, indices: list[int] | None, batch_
                         pin_memory=device.type == "cuda", collate_fn=collate_crops, worker_init_fn=own_process_group)
     done: dict[int, tuple[str, float, float]] = {}
     maps: dict[int, BatchScores] = {}
-    for batch in tqdm(loader, desc=desc, disable=not progress, dynamic_ncols=True, leave=False):
+    total = sum(map(len, keys.values())) if not released else None  # counted in crops: a long grid moves too
+    bar = tqdm(total=total, desc=desc, unit="crop", disable=not progress, dynamic_ncols=True, leave=False)
+    for batch in loader:
         index, counts = batch["index"].tolist(), batch["counts"]
         if released:  # fixed ensembles: every image has the same number of crops
             stack = (len(counts), counts[0], *batch["dis"].shape[1:])
             scores = score_batch_per_call(model, batch["dis"].view(stack), batch["ref"].view(stack), amp_dtype)
+            bar.update(sum(counts))
         else:
             windows = [(i, top, left) for i in index for _, top, left in keys[i]]
             out = score_batch(model, batch["dis"], batch["ref"], counts, [key for i in index for key in keys[i]],
-                              cache, chunk, amp_dtype, dis_keys=windows, keep_maps=keep_maps)
+                              cache, chunk, amp_dtype, dis_keys=windows, keep_maps=keep_maps, on_crops=bar.update)
             scores = out.scores
             if keep_maps:
                 bounds = np.cumsum([0, *counts])
@@ -287,8 +295,10 @@ def predict(model: AHIQ, dataset: PairDataset, indices: list[int] | None, batch_
         for i, name, score, label in zip(index, batch["name"], scores.tolist(), batch["label"].tolist()):
             done[i] = (name, score, label)
         if stop is not None and stop():
+            bar.close()
             model.train(was_training)
             raise ScoringStopped()
+    bar.close()
     model.train(was_training)
     rows = [done[i] for i in indices]
     return Predictions(np.asarray(indices, dtype=np.int64), [r[0] for r in rows],

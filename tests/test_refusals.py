@@ -165,3 +165,43 @@ def test_hub_loads_after_the_first_print_no_registry_warning(tiny_ckpt):
         warnings.simplefilter("error")  # timm's "Overwriting ... in registry" would fail here
         again = torch.hub.load(str(REPO), "ahiq", source="local", pretrained=False, ckpt=tiny_ckpt, n_ensemble=1)
     assert type(again).__name__ == type(hub).__name__ == "Metric"
+
+
+def test_a_name_in_another_unicode_normalisation_is_pointed_at(tmp_path):
+    import unicodedata
+
+    from data.images import image_size
+    nfd = unicodedata.normalize("NFD", "café.png")
+    shutil.copy(REPO / "tests" / "conftest.py", tmp_path / nfd)  # any file: only the name is looked up
+    with pytest.raises(AHIQError, match=r"image not found.*the same name with its accents encoded otherwise"):
+        image_size(str(tmp_path / unicodedata.normalize("NFC", "café.png")))
+
+
+def test_predict_shows_progress_in_crops_for_one_large_grid(tmp_path, pair_dir, tiny_ckpt, capsys):
+    predict.main(_predict(tiny_ckpt, "--dis", pair_dir["dis_files"][0], "--ref", pair_dir["ref_file"]))
+    err = capsys.readouterr().err
+    assert "crop" in err  # tqdm's bar counts crops, so a single image's grid moves while it is scored
+
+
+@pytest.mark.slow
+def test_sigterm_during_maps_says_what_was_finished(tmp_path, tiny_ckpt):
+    """SIGTERM while predict.py writes maps: one line with how many pairs are finished and where, exit 143, and no
+    pair half written."""
+    import signal
+    import time
+
+    data = make_pipal_set(tmp_path / "many", n_refs=1, n_dis=40, size=(40, 40), seed=2)
+    maps = tmp_path / "maps"
+    proc = subprocess.Popen([sys.executable, "predict.py", "--dis_dir", data["dis"], "--ref", os.path.join(
+        data["ref"], "A0000.bmp"), "--maps", str(maps), "--batch_size", "1", *_predict(tiny_ckpt)[0:]],
+        cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    deadline = time.monotonic() + 120
+    while not list(maps.glob("*_maps.png")) and time.monotonic() < deadline:  # the first pair is written
+        time.sleep(0.05)
+    proc.send_signal(signal.SIGTERM)
+    _, err = proc.communicate(timeout=120)
+    last = err.strip().splitlines()[-1]
+    assert proc.returncode == 143 and last.startswith("error: stopped by SIGTERM after "), err[-2000:]
+    assert f"of 40 pairs: their maps (.png and .npz each) are in {maps}" in last
+    pngs, npzs = ({p.name.rsplit("_maps", 1)[0] for p in maps.glob(f"*_maps.{e}")} for e in ("png", "npz"))
+    assert pngs == npzs and len(pngs) == int(last.split("after ")[1].split(" of")[0])

@@ -5,6 +5,7 @@ from __future__ import annotations
 import copy
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -201,3 +202,51 @@ def test_a_crash_after_last_pth_is_completed_by_resume(train_sets, tmp_path):
     for key, sd in heads_of(run / "last.pth").items():
         for name, tensor in sd.items():
             assert torch.equal(restored[key][name], tensor)
+
+
+def test_a_folder_with_weights_only_is_never_stuck(train_sets, tmp_path, two_epoch_run):
+    """A folder holding best.pth but no last.pth (protocol.py --keep best, or a hand-made one): a start and a resume
+    each say the same way out (another --name), instead of sending the user from one to the other."""
+    run = tmp_path / "kept"
+    run.mkdir()
+    shutil.copy(two_epoch_run / "best.pth", run / "best.pth")
+    with pytest.raises(AHIQError, match=r"already holds checkpoints \(best\.pth, \.\.\.\); choose another --name "
+                                        r"\(no last\.pth to resume from\)"):
+        train.main(train_args(train_sets, tmp_path, "kept", "--n_epoch", "1"))
+    with pytest.raises(AHIQError, match=r"last\.pth: nothing to resume from; it holds weights only .*another --name"):
+        train.main(train_args(train_sets, tmp_path, "kept", "--n_epoch", "1", "--resume"))
+
+
+class _Killed(BaseException):
+    """Stands for kill -9: nothing after it runs (no handler catches a BaseException that is not an Exception)."""
+
+
+@pytest.mark.parametrize("saves_done", [0, 1, 2])
+def test_a_crash_at_any_save_of_the_first_epoch_leaves_a_folder_that_goes_on(train_sets, tmp_path, monkeypatch,
+                                                                             saves_done):
+    """The first epoch writes last.pth, best.pth, epoch_1.pth (atomic files, in that order); the process dies
+    before the first, second or third. Then exactly one of a plain start and --resume is accepted, the other's
+    message names it, and the run ends with all three files."""
+    args = train_args(train_sets, tmp_path, "killed", "--n_epoch", "1", "--save_interval", "1")
+    real, calls = train.save_weights, []
+
+    def dies(path, *a, **k):
+        if len(calls) == saves_done:
+            raise _Killed(path)
+        calls.append(path)
+        real(path, *a, **k)
+
+    monkeypatch.setattr(train, "save_weights", dies)
+    with pytest.raises(_Killed):
+        train.main(args)
+    monkeypatch.setattr(train, "save_weights", real)
+    run = tmp_path / "killed"
+    if (run / "last.pth").exists():
+        with pytest.raises(AHIQError, match="pass --resume"):
+            train.main(args)
+        train.main(args + ["--resume"])
+    else:
+        with pytest.raises(AHIQError, match="nothing to resume from; start without --resume"):
+            train.main(args + ["--resume"])
+        train.main(args)
+    assert sorted(p.name for p in run.glob("*.pth")) == ["best.pth", "epoch_1.pth", "last.pth"]

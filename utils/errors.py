@@ -35,6 +35,19 @@ class AHIQError(Exception):
         return AHIQError(self.message, source=source, kind=self.kind)
 
 
+class Interrupted(KeyboardInterrupt):
+    """Ctrl-C or SIGTERM, said in one line (with what was finished, when the code that was stopped knows) and with
+    the shell's exit code for the signal (130, 143)."""
+
+    def __init__(self, message: str = "interrupted", code: int = 130) -> None:
+        super().__init__(message)
+        self.message, self.code = message, code
+
+
+def _terminated(signum, _frame) -> None:
+    raise Interrupted("stopped by SIGTERM", 128 + signum)
+
+
 def run_cli(main: Callable[[], object]) -> None:
     """Run an entry point. An :class:`AHIQError` (the project's own checks and file operations name the file) or
     Ctrl-C ends it with a one-line message and exit code 2/130; any other OS error (from a library: CUDA, shared
@@ -43,6 +56,7 @@ def run_cli(main: Callable[[], object]) -> None:
     debug = os.environ.get("AHIQ_DEBUG", "") not in ("", "0")
     if threading.current_thread() is threading.main_thread():
         signal.signal(signal.SIGINT, signal.default_int_handler)  # Ctrl-C raises again (utils/interrupt.py)
+        signal.signal(signal.SIGTERM, _terminated)  # train.py's loop takes it over while it trains (StopRequest)
     try:
         main()
     except AHIQError as err:
@@ -55,9 +69,9 @@ def run_cli(main: Callable[[], object]) -> None:
             raise
         print(f"error: {describe(err)}; rerun with AHIQ_DEBUG=1 for the full traceback", file=sys.stderr)
         sys.exit(1)
-    except KeyboardInterrupt:
-        print("error: interrupted", file=sys.stderr)
-        sys.exit(130)
+    except KeyboardInterrupt as err:
+        print(f"error: {err.message if isinstance(err, Interrupted) else 'interrupted'}", file=sys.stderr)
+        sys.exit(err.code if isinstance(err, Interrupted) else 130)
 
 
 def describe(err: BaseException) -> str:
