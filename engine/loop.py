@@ -277,29 +277,29 @@ def predict(model: AHIQ, dataset: PairDataset, indices: list[int] | None, batch_
     maps: dict[int, BatchScores] = {}
     total = sum(map(len, keys.values())) if not released else None  # counted in crops: a long grid moves too
     bar = tqdm(total=total, desc=desc, unit="crop", disable=not progress, dynamic_ncols=True, leave=False)
-    for batch in loader:
-        index, counts = batch["index"].tolist(), batch["counts"]
-        if released:  # fixed ensembles: every image has the same number of crops
-            stack = (len(counts), counts[0], *batch["dis"].shape[1:])
-            scores = score_batch_per_call(model, batch["dis"].view(stack), batch["ref"].view(stack), amp_dtype)
-            bar.update(sum(counts))
-        else:
-            windows = [(i, top, left) for i in index for _, top, left in keys[i]]
-            out = score_batch(model, batch["dis"], batch["ref"], counts, [key for i in index for key in keys[i]],
-                              cache, chunk, amp_dtype, dis_keys=windows, keep_maps=keep_maps, on_crops=bar.update)
-            scores = out.scores
-            if keep_maps:
-                bounds = np.cumsum([0, *counts])
-                for j, (i, lo, hi) in enumerate(zip(index, bounds[:-1], bounds[1:])):
-                    maps[i] = BatchScores(out.scores[j], out.f[lo:hi], None if out.w is None else out.w[lo:hi])
-        for i, name, score, label in zip(index, batch["name"], scores.tolist(), batch["label"].tolist()):
-            done[i] = (name, score, label)
-        if stop is not None and stop():
-            bar.close()
-            model.train(was_training)
-            raise ScoringStopped()
-    bar.close()
-    model.train(was_training)
+    try:
+        for batch in loader:
+            index, counts = batch["index"].tolist(), batch["counts"]
+            if released:  # fixed ensembles: every image has the same number of crops
+                stack = (len(counts), counts[0], *batch["dis"].shape[1:])
+                scores = score_batch_per_call(model, batch["dis"].view(stack), batch["ref"].view(stack), amp_dtype)
+                bar.update(sum(counts))
+            else:
+                windows = [(i, top, left) for i in index for _, top, left in keys[i]]
+                out = score_batch(model, batch["dis"], batch["ref"], counts, [key for i in index for key in keys[i]],
+                                  cache, chunk, amp_dtype, dis_keys=windows, keep_maps=keep_maps, on_crops=bar.update)
+                scores = out.scores
+                if keep_maps:
+                    bounds = np.cumsum([0, *counts])
+                    for j, (i, lo, hi) in enumerate(zip(index, bounds[:-1], bounds[1:])):
+                        maps[i] = BatchScores(out.scores[j], out.f[lo:hi], None if out.w is None else out.w[lo:hi])
+            for i, name, score, label in zip(index, batch["name"], scores.tolist(), batch["label"].tolist()):
+                done[i] = (name, score, label)
+            if stop is not None and stop():
+                raise ScoringStopped()
+    finally:  # the bar erased and the model's mode put back, also when a batch fails or a stop comes
+        bar.close()
+        model.train(was_training)
     rows = [done[i] for i in indices]
     return Predictions(np.asarray(indices, dtype=np.int64), [r[0] for r in rows],
                        np.asarray([r[1] for r in rows], dtype=np.float64), np.asarray([r[2] for r in rows]),

@@ -54,9 +54,19 @@ def run_cli(main: Callable[[], object]) -> None:
     memory, a codec) is printed with its cause and where it was raised, exit code 1. ``AHIQ_DEBUG=1`` shows the
     full traceback of any of them."""
     debug = os.environ.get("AHIQ_DEBUG", "") not in ("", "0")
+    before = {}
     if threading.current_thread() is threading.main_thread():
+        before = {sig: signal.getsignal(sig) for sig in (signal.SIGINT, signal.SIGTERM)}
         signal.signal(signal.SIGINT, signal.default_int_handler)  # Ctrl-C raises again (utils/interrupt.py)
         signal.signal(signal.SIGTERM, _terminated)  # train.py's loop takes it over while it trains (StopRequest)
+    try:
+        _run(main, debug)
+    finally:  # an entry point run in-process (the tests, a notebook) leaves the handlers it found
+        for sig, handler in before.items():
+            signal.signal(sig, handler)
+
+
+def _run(main: Callable[[], object], debug: bool) -> None:
     try:
         main()
     except AHIQError as err:
