@@ -38,9 +38,25 @@ def needs_fixtures() -> pytest.MarkDecorator:
 
 @pytest.fixture(scope="session")
 def backbone_files(tmp_path_factory) -> dict:
-    """Random full timm backbones (with head and all blocks) saved as local weight files, per patch size."""
-    folder = tmp_path_factory.mktemp("backbones")
-    files = {}
+    """Random full timm backbones (with head and all blocks) saved as local weight files, per patch size: ~780 MB,
+    written once for all xdist workers of a run (the first writes them under a lock, the others wait and read)."""
+    import fcntl
+
+    if os.environ.get("PYTEST_XDIST_WORKER"):  # the run's folder holds one per worker: share it among them
+        folder = tmp_path_factory.getbasetemp().parent / "backbones"
+        folder.mkdir(exist_ok=True)
+    else:
+        folder = tmp_path_factory.mktemp("backbones")
+    files = {"resnet": str(folder / "resnet50.pth"), **{p: str(folder / f"vit_p{p}.safetensors") for p in VIT_TAGS}}
+    with open(folder / ".lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        if not (folder / "done").exists():
+            _write_backbones(files)
+            (folder / "done").write_text("")
+    return files
+
+
+def _write_backbones(files: dict) -> None:
     torch.manual_seed(123)
     resnet = timm.create_model(RESNET_TAG, pretrained=False)
     # Non-trivial BatchNorm statistics, so a wrong eval/train mode would change the features.
@@ -48,13 +64,10 @@ def backbone_files(tmp_path_factory) -> dict:
         if isinstance(m, torch.nn.BatchNorm2d):
             m.running_mean.uniform_(-0.2, 0.2)
             m.running_var.uniform_(0.5, 1.5)
-    files["resnet"] = str(folder / "resnet50.pth")
     torch.save(resnet.state_dict(), files["resnet"])
     for patch, tag in VIT_TAGS.items():
         vit = timm.create_model(tag, pretrained=False)
-        files[patch] = str(folder / f"vit_p{patch}.safetensors")
         save_file({k: v.contiguous() for k, v in vit.state_dict().items()}, files[patch])
-    return files
 
 
 @pytest.fixture(scope="session")
