@@ -101,6 +101,7 @@ def _scaled_steps(model, batches, optimizer, scheduler, scaler) -> list[float]:
                            lambda t: lambda: (t.item(), False), lambda *_: None, progress=False).losses
 
 
+@pytest.mark.slow
 def test_the_fp16_loss_scale_is_saved_and_restored_exactly(model_factory, tmp_path, backbone_files):
     """The fp16 path's checkpoint round trip as the CPU runs it: a GradScaler (growing every 2 steps, so its state
     moves) through train.save and train.restore, then more steps equal to an uninterrupted run."""

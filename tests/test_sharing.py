@@ -157,6 +157,7 @@ def _released_test_loop(backbones: OfficialStyleBackbones, heads: dict, data: di
     return scores
 
 
+@pytest.mark.slow
 def test_bn_stats_batch_replays_the_released_test_loop(tmp_path, model_factory, backbone_files):
     """--bn_stats batch against the released loop on the real architectures, random weights with real BatchNorm
     statistics: 6 images of 2 references in batches of 4, so the first batch mixes both references and the second

@@ -52,6 +52,7 @@ def _read_results(path) -> tuple[list[str], np.ndarray]:
     return [ln.split(",")[0] for ln in lines], np.array([float(ln.split(",")[1]) for ln in lines])
 
 
+@pytest.mark.slow
 def test_scores_equal_the_official_computation(tmp_path, pipal_set, backbone_files, official_ckpt):
     ckpt, heads = official_ckpt
     result = test_script.main(_args(pipal_set, tmp_path, backbone_files, ckpt, "--n_ensemble", "5",
