@@ -27,7 +27,7 @@ import numpy as np
 from data.datasets import check_name
 from data.label_norm import LabelNorm
 from data.pairs import PAIR_RULES, match_folders, pairs_file, with_reference
-from engine.runtime import configure_device, device_of, policy_of, scorer_for, scoring_checkpoint
+from engine.runtime import configure_device, device_of, onnx_scorer_for, policy_of, scorer_for, scoring_checkpoint
 from engine.scorer import Scorer
 from options.predict_options import parse_predict_options
 from utils.errors import AHIQError, Interrupted, run_cli
@@ -152,9 +152,12 @@ def main(argv: list[str] | None = None) -> list[float]:
     pairs, mos = pairs_of(opt)
     check_outputs(opt, pairs)  # before anything slow: nothing is scored that could not be written
     device = device_of(opt)
-    checkpoint = scoring_checkpoint(opt)
-    scorer = scorer_for(opt, checkpoint, policy_of(opt, checkpoint.config.crop_size), device,
-                        configure_device(opt, device), opt.mos_range)
+    if opt.backend == "onnxruntime":
+        scorer = onnx_scorer_for(opt, device)
+    else:
+        checkpoint = scoring_checkpoint(opt)
+        scorer = scorer_for(opt, checkpoint, policy_of(opt, checkpoint.config.crop_size), device,
+                            configure_device(opt, device), opt.mos_range)
     if opt.maps:
         scores = np.asarray(write_maps(scorer, pairs, opt.maps, opt.batch_size, opt.num_workers))
     else:

@@ -204,7 +204,35 @@ def measure(args: argparse.Namespace, model, baseline, dis: torch.Tensor, ref: t
     if args.process:
         model.eval()
         out["process"] = whole_process(args, model, base_rate, folder)
+    if args.onnx:
+        out["onnx"] = onnx_speed(args, model.eval(), dis, ref, folder)
     return out
+
+
+def onnx_speed(args: argparse.Namespace, model, dis: torch.Tensor, ref: torch.Tensor, folder: str) -> dict:
+    """The same crop pairs (every pair on its own: no reference sharing) scored by PyTorch and by the model's ONNX
+    export in ONNX Runtime (CPU), in chunks of --crops_per_forward; images/s of each, the file's size and the largest
+    relative score difference."""
+    import onnxruntime as ort
+
+    from tools.export_onnx import export
+    path = os.path.join(folder, "model.onnx")
+    export(model.cpu(), path, args.crop, {"crop_size": args.crop, "patch_size": model.patch_size})
+    session = ort.InferenceSession(path, providers=["CPUExecutionProvider"])
+    d, r = (x.flatten(0, 1).float().div(255) for x in (dis, ref))
+    step = args.crops_per_forward
+
+    def run_onnx() -> np.ndarray:
+        parts = [session.run(["score"], {"dis": d[i:i + step].numpy(), "ref": r[i:i + step].numpy()})[0]
+                 for i in range(0, len(d), step)]
+        return np.concatenate(parts).reshape(dis.shape[:2]).mean(axis=1)
+
+    t_torch, s_torch = timed(lambda: project_scores(model.cpu(), dis, ref, step), "cpu", args.repeats)
+    t_onnx, s_onnx = timed(run_onnx, "cpu", args.repeats)
+    n = dis.shape[0]
+    return {"torch_images_per_s": n / t_torch, "onnx_images_per_s": n / t_onnx, "onnx_vs_torch": t_torch / t_onnx,
+            "bytes": os.path.getsize(path),
+            "max_rel_dev": float(np.max(np.abs(s_onnx - s_torch) / np.abs(s_torch)))}
 
 
 def whole_process(args: argparse.Namespace, model, base_rate: float, folder: str) -> dict:
@@ -266,6 +294,12 @@ def table(out: dict) -> str:
         rows.append(f"| scoring, {r['per_reference']} distorted per reference, {r['amp']} (images/s) | baseline "
                     f"{r['baseline_images_per_s']:.4g}, shared {r['shared_images_per_s']:.4g} ({r['speedup']:.2f}x), "
                     f"max rel. deviation {r['max_rel_dev']:.1e} |")
+    if "onnx" in out:
+        r = out["onnx"]
+        rows.append(f"| ONNX Runtime vs PyTorch, CPU, pairs on their own (images/s) | PyTorch "
+                    f"{r['torch_images_per_s']:.4g}, ONNX Runtime {r['onnx_images_per_s']:.4g} "
+                    f"({r['onnx_vs_torch']:.2f}x); file {r['bytes'] / 2 ** 20:.0f} MiB; max rel. deviation "
+                    f"{r['max_rel_dev']:.1e} |")
     if "process" in out:
         r = out["process"]
         rows.append(f"| whole test.py process, {r['images']} distorted images of one reference (s) | baseline's "
@@ -290,6 +324,8 @@ def main(argv: list[str] | None = None) -> dict:
                    help="also score with k distorted images per reference, shared against the baseline, for each k")
     p.add_argument("--process", type=int, default=0, metavar="K",
                    help="also time whole test.py processes on K distorted images of one reference")
+    p.add_argument("--onnx", action="store_true",
+                   help="also score the same crops with the model's ONNX export in ONNX Runtime (CPU)")
     p.add_argument("--out", help="also write the results as JSON here")
     args = p.parse_args(argv)
     if args.device.startswith("cuda"):

@@ -15,7 +15,7 @@ import torch
 from data.datasets import SplitChoice, pair_dataset, read_labels, select_rows
 from data.pair_dataset import PairDataset
 from data.windows import WindowPolicy
-from engine.scorer import Scorer, build_scorer, window_policy
+from engine.scorer import Scorer, build_scorer, onnx_scorer, window_policy
 from models import BackboneSource, Checkpoint, read_checkpoint
 from options.base_options import RunConfig
 from utils.checkpoint import choose_checkpoint
@@ -85,6 +85,16 @@ def scorer_for(cfg: RunConfig, checkpoint: Checkpoint, policy: WindowPolicy, dev
     """The scorer of :func:`scoring_checkpoint`, built by the one assembly with the configuration's settings."""
     return build_scorer(checkpoint, backbone_source(cfg), policy, device, cfg.deform_impl, mos_range,
                         cfg.crops_per_forward, cfg.bn_stats, amp_dtype, cfg.allow_other_backbones)
+
+
+def onnx_scorer_for(cfg: RunConfig, device: str) -> Scorer:
+    """The scorer of an exported model (--backend onnxruntime: --ckpt is the .onnx file), with the configuration's
+    window and scoring settings; the crop size is the export's (a --crop_size given must match it)."""
+    crop = cfg.crop_size if "crop_size" in cfg.switches_given else None
+    return onnx_scorer(cfg.ckpt, device, cfg.mos_range, crop_size=crop, n_ensemble=cfg.n_ensemble, seed=cfg.seed,
+                       random_windows=cfg.random_windows, windows=cfg.windows, batch_size=cfg.batch_size,
+                       resize=cfg.resize, size=cfg.size, max_pixels=cfg.max_pixels,
+                       crops_per_forward=cfg.crops_per_forward, bn_stats=cfg.bn_stats)
 
 
 def save_options(cfg: RunConfig, phase: str) -> None:

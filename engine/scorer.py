@@ -36,6 +36,7 @@ from data.windows import WindowPolicy
 from engine.loop import Predictions, predict, score_crops
 from models import AHIQ, BN_STATS, BackboneSource, Checkpoint, build_checkpoint_model, read_checkpoint
 from models.config import check_crop
+from models.onnx_runtime import BACKENDS, OnnxAHIQ
 from options.defaults import CHECKPOINTS, RELEASED_NAME, check_home
 from options.test_options import scoring_defaults
 from utils.checkpoint import choose_checkpoint
@@ -97,6 +98,9 @@ class Scorer:
                      progress: bool = False) -> list[ImageMaps]:
         """The maps of images ``indices`` of ``dataset`` on their own pixel grids (as scored: after --resize or
         --flip), from the forward that scores them (ResNet BatchNorm with running statistics)."""
+        if not isinstance(self.model, AHIQ):
+            raise AHIQError(f"{self.checkpoint}: patch maps need the PyTorch model (an export returns scores only); "
+                            "use --backend torch with the checkpoint")
         scorer = replace(self, bn_stats="running")  # per-call statistics depend on the batch
         out = scorer.score_dataset(dataset, batch_size, num_workers, progress, indices, keep_maps=True)
         return [image_maps(out.maps[i].scores.item(), out.maps[i].f, out.maps[i].w, dataset.windows(i),
@@ -219,11 +223,34 @@ def build_scorer(checkpoint: Checkpoint, source: BackboneSource, policy: WindowP
     return Scorer(model.to(device).eval(), policy, crops_per_forward, bn_stats, norm, checkpoint.path, amp_dtype)
 
 
+def onnx_scorer(path: str, device: str = "cpu", mos_range: tuple[float, float] | None = None,
+                **settings: Any) -> Scorer:
+    """A :class:`Scorer` of an exported model (``python -m tools.export_onnx``) run by ONNX Runtime: the same
+    windows, batches and reference sharing as PyTorch's; the crop size and the training MOS range come from the
+    file's metadata. Patch maps and per-call BatchNorm need the PyTorch model."""
+    check_device(device)
+    model = OnnxAHIQ(path, device)
+    s = api_settings(**settings)
+    crop = int(model.meta["crop_size"])
+    if s["crop_size"] not in (None, crop):
+        raise AHIQError(f"{path}: exported at crop size {crop}; --crop_size {s['crop_size']} needs another export "
+                        f"(python -m tools.export_onnx --crop_size {s['crop_size']})")
+    if s["bn_stats"] != "running":
+        raise AHIQError(f"{path}: --bn_stats {s['bn_stats']} needs the PyTorch model (the export uses the running "
+                        "statistics); drop it or use --backend torch")
+    if mos_range is not None:
+        norm = mos_range_norm(mos_range)
+    else:
+        norm = LabelNorm.from_meta({"label_norm": model.meta.get("label_norm")}, path)
+    return Scorer(model, window_policy(s, crop), s["crops_per_forward"], "running", norm, path)
+
+
 def load_scorer(ckpt: str | None = None, checkpoints_dir: str = CHECKPOINTS, name: str = RELEASED_NAME,
                 device: str = "cpu", pretrained: bool = True, vit_weights: str | None = None,
                 resnet_weights: str | None = None, deform_impl: str = "gemm",
                 mos_range: tuple[float, float] | None = None, model: dict | None = None, load_epoch: int = -1,
-                tf32: bool = True, allow_other_backbones: bool = False, **settings: Any) -> Scorer:
+                tf32: bool = True, allow_other_backbones: bool = False, backend: str = "torch",
+                **settings: Any) -> Scorer:
     """A :class:`Scorer` for a checkpoint (default: the one test.py would pick in ``checkpoints_dir/name``).
 
     The architecture and the trained crop size come from the checkpoint; ``model`` may give
@@ -233,8 +260,15 @@ def load_scorer(ckpt: str | None = None, checkpoints_dir: str = CHECKPOINTS, nam
     ``allow_other_backbones``. On CUDA, ``tf32`` as test.py's ``--tf32``/``--no_tf32`` (:func:`configure_cuda`).
     ``settings``: test.py's scoring options by name, defaults as there (:func:`api_settings`): ``n_ensemble``,
     ``seed``, ``random_windows``, ``windows``, ``batch_size``, ``resize``/``size``, ``max_pixels``, ``crop_size``,
-    ``crops_per_forward``, ``bn_stats``, and ``amp_dtype`` (a torch dtype, CUDA only).
+    ``crops_per_forward``, ``bn_stats``, and ``amp_dtype`` (a torch dtype, CUDA only). ``backend="onnxruntime"``:
+    ``ckpt`` is an exported ``.onnx`` file (:func:`onnx_scorer`).
     """
+    if backend not in BACKENDS:
+        raise AHIQError(f"backend {backend!r}: expected one of {', '.join(BACKENDS)}")
+    if backend == "onnxruntime":
+        if ckpt is None:
+            raise AHIQError("backend='onnxruntime' needs ckpt='model.onnx' (python -m tools.export_onnx)")
+        return onnx_scorer(ckpt, device, mos_range, **settings)
     check_device(device)
     check_home()
     configure_cuda(device, tf32)
@@ -313,6 +347,8 @@ class Metric(nn.Module):
         super().__init__()
         self.scorer, self.as_loss = scorer, as_loss
         self.net = scorer.model
+        if as_loss and not isinstance(self.net, AHIQ):
+            raise AHIQError("as_loss=True differentiates the PyTorch model; an ONNX export has no gradients")
         if as_loss:
             self.net.requires_grad_(False)  # gradients flow to the images, never into the metric
 

@@ -6,6 +6,7 @@ from dataclasses import dataclass
 
 from data.pairs import PAIR_RULES
 from models.ahiq import check_maps
+from models.onnx_runtime import BACKENDS
 from options.base_options import HelpFormatter, ModelFields, RunConfig, RunFields, model_parser, parse, run_parser
 from options.data_options import ImageFields, WindowFields, image_parser, windows_parser
 from options.policy import free
@@ -33,6 +34,9 @@ def predict_parser() -> argparse.ArgumentParser:
     free(g.add_argument("--dataset", default="pairs", help="what your data is called in the metrics and figures"))
     free(g.add_argument("--maps", metavar="DIR", help="also write per pair a PNG panel of the patch score, weight and "
                         "contribution maps over the image, and the maps as .npz, to DIR"))
+    free(g.add_argument("--backend", default="torch", choices=BACKENDS,
+                        help="'onnxruntime': --ckpt is a file python -m tools.export_onnx wrote, run by ONNX Runtime "
+                             "(the same windows and scores; no --maps)"))
     free(g.add_argument("--overwrite", action="store_true",
                         help="replace an existing --csv file and the maps of the same pairs in --maps (refused "
                              "otherwise)"))
@@ -56,6 +60,7 @@ class PredictConfig(RunConfig, RunFields, ModelFields, ScoringFields, WindowFiel
     csv: str | None
     dataset: str
     maps: str | None
+    backend: str
     overwrite: bool
     mos_scale: bool
     mos_range: tuple[float, ...] | None
@@ -70,6 +75,9 @@ def parse_predict_options(argv: list[str] | None = None) -> PredictConfig:
     if sum(map(bool, layouts.values())) != 1:
         raise AHIQError(f"give one of: {'; '.join(layouts)} (see python predict.py --help)")
     check_maps(opt.bn_stats, bool(opt.maps))  # at the door, before anything is loaded
+    if opt.backend == "onnxruntime" and (opt.maps or not opt.ckpt):
+        raise AHIQError("--backend onnxruntime needs --ckpt FILE.onnx (python -m tools.export_onnx) and gives scores "
+                        "only (no --maps)")
     if opt.load_epoch >= 0 and opt.ckpt:
         raise AHIQError("pass either --ckpt FILE or --load_epoch N (a file of the run folder), not both")
     return opt

@@ -1,0 +1,169 @@
+"""Export an AHIQ checkpoint (ours, official or pyiqa; ablations included) with its backbones to ONNX, checked
+against the PyTorch model before it is kept.
+
+    python -m tools.export_onnx --ckpt checkpoints/ahiq_pipal/AHIQ_vit_p8_epoch33.pth --out ahiq.onnx
+
+The graph maps distorted and reference crops, float32 RGB in [0, 1] of shape (B, 3, S, S) with a dynamic batch B,
+to their (B,) scores; S is the crop size (the checkpoint's, or --crop_size), fixed in the graph (the ViT's position
+embedding is resampled to it at export, exactly as PyTorch resamples it). Windows and image decoding are not in the
+graph: predict.py and the API (``--backend onnxruntime``) do them as for PyTorch (docs/deploy.md). The file's
+metadata holds the crop size, the model configuration, the training MOS range, the checkpoint's sha256 and the
+backbones' provenance (models/onnx_runtime.py). ONNX Runtime then scores random crops, and the export is refused
+(nothing written) unless it agrees with PyTorch within --tolerance, relative to the scores' scale.
+"""
+from __future__ import annotations
+
+import utils.interrupt  # noqa: F401 - first: Ctrl-C while the libraries import is one line
+
+# isort: split
+
+import argparse
+import contextlib
+import hashlib
+import json
+import os
+import warnings
+from collections.abc import Iterator
+
+import numpy as np
+import torch
+import torch.nn as nn
+
+from engine.scorer import load_scorer
+from models.onnx_runtime import FORMAT, onnxruntime
+from options.defaults import CHECKPOINTS, SEED
+from utils.errors import AHIQError, run_cli
+
+
+class _Scores(nn.Module):
+    """The exported function: (dis, ref) crops -> (B,) scores."""
+
+    def __init__(self, model: nn.Module) -> None:
+        super().__init__()
+        self.model = model
+
+    def forward(self, dis: torch.Tensor, ref: torch.Tensor) -> torch.Tensor:
+        return self.model(dis, ref).view(-1)
+
+
+@contextlib.contextmanager
+def fixed_position_embedding(model: nn.Module, example: tuple[torch.Tensor, torch.Tensor]) -> Iterator[None]:
+    """timm resamples a ViT's position embedding to the input's grid on every call (bicubic with antialiasing, which
+    ONNX has no operator for). Within this block the resampling returns, call by call, the tensors an eager forward
+    of ``example`` computed, so the graph holds exactly PyTorch's values for this crop size."""
+    import timm.models.vision_transformer as vision_transformer
+
+    original = vision_transformer.resample_abs_pos_embed
+    seen: list[torch.Tensor] = []
+
+    def record(*args, **kwargs):
+        out = original(*args, **kwargs)
+        seen.append(out.detach().clone())
+        return out
+
+    vision_transformer.resample_abs_pos_embed = record
+    try:
+        with torch.no_grad():
+            model(*example)
+        replayed = iter(seen)
+        vision_transformer.resample_abs_pos_embed = lambda *args, **kwargs: next(replayed)
+        yield
+    finally:
+        vision_transformer.resample_abs_pos_embed = original
+
+
+def sha256_of(path: str) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        while chunk := f.read(1 << 20):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def export(model: nn.Module, out: str, crop: int, meta: dict, opset: int = 17, tolerance: float = 1e-5,
+           check_batch: int = 3) -> dict:
+    """Write ``model`` (an AHIQ on the CPU, gemm deformable convolution) as ONNX to ``out`` with ``meta``, after
+    ONNX Runtime has scored ``check_batch`` random crop pairs (and one alone) within ``tolerance`` of PyTorch;
+    returns the measured differences. Nothing is left at ``out`` when the check fails."""
+    import onnx
+
+    ort = onnxruntime()
+    model = model.eval()
+    wrapper = _Scores(model).eval()
+    g = torch.Generator().manual_seed(0)
+    example = tuple(torch.rand(2, 3, crop, crop, generator=g) for _ in range(2))
+    tmp = f"{out}.part.{os.getpid()}"
+    try:
+        with fixed_position_embedding(model, example), warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # the tracer's notes on shape checks that hold for every batch size
+            torch.onnx.export(wrapper, example, tmp, input_names=["dis", "ref"], output_names=["score"],
+                              dynamic_axes={"dis": {0: "batch"}, "ref": {0: "batch"}, "score": {0: "batch"}},
+                              opset_version=opset, dynamo=False)
+        session = ort.InferenceSession(tmp, providers=["CPUExecutionProvider"])
+        measured = {}
+        for b in (check_batch, 1):
+            dis, ref = (torch.rand(b, 3, crop, crop, generator=g) for _ in range(2))
+            with torch.no_grad():
+                expected = wrapper(dis, ref).numpy()
+            got = session.run(["score"], {"dis": dis.numpy(), "ref": ref.numpy()})[0]
+            measured[f"batch_{b}"] = float(np.max(np.abs(got - expected)) / max(float(np.max(np.abs(expected))),
+                                                                                  1e-12))
+        worst = max(measured.values())
+        if not worst <= tolerance:
+            raise AHIQError(f"{out}: ONNX Runtime's scores differ from PyTorch's by {worst:.2e} relative (more than "
+                            f"--tolerance {tolerance:g}); nothing was written")
+        proto = onnx.load(tmp)
+        for key, value in {"ahiq_format": FORMAT, **meta}.items():
+            proto.metadata_props.add(key=key, value=json.dumps(value))
+        onnx.save(proto, tmp)
+        os.replace(tmp, out)
+    finally:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+    return {"max_rel_diff": measured, "bytes": os.path.getsize(out)}
+
+
+def export_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(description="Export an AHIQ checkpoint with its backbones to ONNX (checked against "
+                                            "PyTorch with ONNX Runtime before it is kept).")
+    p.add_argument("--ckpt", required=True, help="an AHIQ checkpoint (ours, official or pyiqa)")
+    p.add_argument("--out", required=True, help="the .onnx file to write")
+    p.add_argument("--checkpoints_dir", default=CHECKPOINTS, help="where download.sh put backbones/")
+    p.add_argument("--vit_weights", default=None, help="ViT weights file (else download.sh's, else the hub)")
+    p.add_argument("--resnet_weights", default=None, help="ResNet weights file (else download.sh's, else the hub)")
+    p.add_argument("--no_pretrained", action="store_true", help="random backbones drawn from --seed (tests)")
+    p.add_argument("--seed", type=int, default=SEED, help="seed of random backbones")
+    p.add_argument("--allow_other_backbones", action="store_true",
+                   help="export with backbones other than those the checkpoint records")
+    p.add_argument("--patch_size", type=int, default=None, choices=(8, 16),
+                   help="official files only (they hold no configuration): the ViT patch size")
+    p.add_argument("--crop_size", type=int, default=None, help="crop side in the graph (default: the checkpoint's)")
+    p.add_argument("--opset", type=int, default=17, help="ONNX opset (GridSample needs 16 or more)")
+    p.add_argument("--tolerance", type=float, default=1e-5, help="largest relative difference accepted")
+    return p
+
+
+def main(argv: list[str] | None = None) -> dict:
+    opt = export_parser().parse_args(argv)
+    onnxruntime()  # before anything slow: missing, one line
+    settings = {"crop_size": opt.crop_size} if opt.crop_size else {}
+    scorer = load_scorer(opt.ckpt, opt.checkpoints_dir, pretrained=not opt.no_pretrained, vit_weights=opt.vit_weights,
+                         resnet_weights=opt.resnet_weights, deform_impl="gemm",
+                         model={"patch_size": opt.patch_size} if opt.patch_size else None, seed=opt.seed,
+                         allow_other_backbones=opt.allow_other_backbones, **settings)
+    model = scorer.model
+    meta = {"crop_size": scorer.crop_size, "patch_size": model.patch_size,
+            "input": "dis, ref: float32 RGB in [0, 1], (batch, 3, crop_size, crop_size); output score: (batch,), "
+                     "higher is better",
+            "model": model.config.to_dict(), "label_norm": scorer.label_norm.to_dict() if scorer.label_norm else None,
+            "checkpoint": os.path.basename(opt.ckpt), "checkpoint_sha256": sha256_of(opt.ckpt),
+            "backbones": model.backbones,
+            "exported_with": {"torch": torch.__version__, "onnxruntime": onnxruntime().__version__}}
+    result = export(model, opt.out, scorer.crop_size, meta, opset=opt.opset, tolerance=opt.tolerance)
+    print(f"wrote {opt.out} ({result['bytes'] / 2 ** 20:.1f} MiB); ONNX Runtime vs PyTorch, largest relative "
+          f"difference: {max(result['max_rel_diff'].values()):.1e}")
+    return result
+
+
+if __name__ == "__main__":
+    run_cli(main)
