@@ -215,7 +215,7 @@ def onnx_speed(args: argparse.Namespace, model, dis: torch.Tensor, ref: torch.Te
     relative score difference."""
     import onnxruntime as ort
 
-    from tools.export_onnx import export
+    from models.onnx_runtime import export
     path = os.path.join(folder, "model.onnx")
     export(model.cpu(), path, args.crop, {"crop_size": args.crop, "patch_size": model.patch_size})
     session = ort.InferenceSession(path, providers=["CPUExecutionProvider"])

@@ -198,6 +198,14 @@ def mos_range_norm(mos_range: Sequence[float]) -> LabelNorm:
     return LabelNorm(lo, hi)
 
 
+def training_norm(mos_range: Sequence[float] | None, meta: Mapping[str, Any], path: str | None) -> LabelNorm | None:
+    """The training labels' range: the one the user gives (official files hold none; MOS, higher is better), else
+    the one ``meta`` (a checkpoint's or an export's metadata) records, else None."""
+    if mos_range is not None:
+        return mos_range_norm(mos_range)
+    return LabelNorm.from_meta(meta, path)
+
+
 def window_policy(values: Mapping[str, Any], crop: int, **override: Any) -> WindowPolicy:
     """The :class:`data.windows.WindowPolicy` of scoring options (the names of test.py's: ``n_ensemble``, ``seed``,
     ``random_windows``, ``windows``, ``batch_size``, ``resize`` + ``size``, ``max_pixels``) at ``crop``; ``override``
@@ -216,10 +224,7 @@ def build_scorer(checkpoint: Checkpoint, source: BackboneSource, policy: WindowP
     a checkpoint) are drawn from ``policy.seed`` as train.py draws them from --seed, so two runs score alike."""
     check_device(device)
     model = build_checkpoint_model(checkpoint, source, deform_impl, policy.seed, allow_other_backbones)
-    if mos_range is not None:  # given by the user (official files hold no range): MOS, higher is better
-        norm = mos_range_norm(mos_range)
-    else:
-        norm = LabelNorm.from_meta(checkpoint.state.get("ahiq") or {}, checkpoint.path) if checkpoint.state else None
+    norm = training_norm(mos_range, (checkpoint.state or {}).get("ahiq") or {}, checkpoint.path)
     return Scorer(model.to(device).eval(), policy, crops_per_forward, bn_stats, norm, checkpoint.path, amp_dtype)
 
 
@@ -238,10 +243,7 @@ def onnx_scorer(path: str, device: str = "cpu", mos_range: tuple[float, float] |
     if s["bn_stats"] != "running":
         raise AHIQError(f"{path}: --bn_stats {s['bn_stats']} needs the PyTorch model (the export uses the running "
                         "statistics); drop it or use --backend torch")
-    if mos_range is not None:
-        norm = mos_range_norm(mos_range)
-    else:
-        norm = LabelNorm.from_meta({"label_norm": model.meta.get("label_norm")}, path)
+    norm = training_norm(mos_range, {"label_norm": model.meta.get("label_norm")}, path)
     return Scorer(model, window_policy(s, crop), s["crops_per_forward"], "running", norm, path)
 
 

@@ -15,10 +15,10 @@ import torch
 import predict
 from engine.scorer import load_scorer
 from models import BackboneSource, ModelConfig, build_from_config
+from models.onnx_runtime import sha256_of
 from models.tiny import TINY_RESNET, TINY_VIT
 from tests.conftest import FIXTURES, needs_fixtures
 from tools.export_onnx import main as export_main
-from tools.export_onnx import sha256_of
 from utils.checkpoint import save_weights
 from utils.errors import AHIQError
 

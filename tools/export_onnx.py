@@ -18,109 +18,14 @@ import utils.interrupt  # noqa: F401 - first: Ctrl-C while the libraries import 
 # isort: split
 
 import argparse
-import contextlib
-import hashlib
-import json
 import os
-import warnings
-from collections.abc import Iterator
 
-import numpy as np
 import torch
-import torch.nn as nn
 
 from engine.scorer import load_scorer
-from models.onnx_runtime import FORMAT, onnxruntime
+from models.onnx_runtime import export, onnxruntime, sha256_of
 from options.defaults import CHECKPOINTS, SEED
-from utils.errors import AHIQError, run_cli
-
-
-class _Scores(nn.Module):
-    """The exported function: (dis, ref) crops -> (B,) scores."""
-
-    def __init__(self, model: nn.Module) -> None:
-        super().__init__()
-        self.model = model
-
-    def forward(self, dis: torch.Tensor, ref: torch.Tensor) -> torch.Tensor:
-        return self.model(dis, ref).view(-1)
-
-
-@contextlib.contextmanager
-def fixed_position_embedding(model: nn.Module, example: tuple[torch.Tensor, torch.Tensor]) -> Iterator[None]:
-    """timm resamples a ViT's position embedding to the input's grid on every call (bicubic with antialiasing, which
-    ONNX has no operator for). Within this block the resampling returns, call by call, the tensors an eager forward
-    of ``example`` computed, so the graph holds exactly PyTorch's values for this crop size."""
-    import timm.models.vision_transformer as vision_transformer
-
-    original = vision_transformer.resample_abs_pos_embed
-    seen: list[torch.Tensor] = []
-
-    def record(*args, **kwargs):
-        out = original(*args, **kwargs)
-        seen.append(out.detach().clone())
-        return out
-
-    vision_transformer.resample_abs_pos_embed = record
-    try:
-        with torch.no_grad():
-            model(*example)
-        replayed = iter(seen)
-        vision_transformer.resample_abs_pos_embed = lambda *args, **kwargs: next(replayed)
-        yield
-    finally:
-        vision_transformer.resample_abs_pos_embed = original
-
-
-def sha256_of(path: str) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        while chunk := f.read(1 << 20):
-            digest.update(chunk)
-    return digest.hexdigest()
-
-
-def export(model: nn.Module, out: str, crop: int, meta: dict, opset: int = 17, tolerance: float = 1e-5,
-           check_batch: int = 3) -> dict:
-    """Write ``model`` (an AHIQ on the CPU, gemm deformable convolution) as ONNX to ``out`` with ``meta``, after
-    ONNX Runtime has scored ``check_batch`` random crop pairs (and one alone) within ``tolerance`` of PyTorch;
-    returns the measured differences. Nothing is left at ``out`` when the check fails."""
-    import onnx
-
-    ort = onnxruntime()
-    model = model.eval()
-    wrapper = _Scores(model).eval()
-    g = torch.Generator().manual_seed(0)
-    example = tuple(torch.rand(2, 3, crop, crop, generator=g) for _ in range(2))
-    tmp = f"{out}.part.{os.getpid()}"
-    try:
-        with fixed_position_embedding(model, example), warnings.catch_warnings():
-            warnings.simplefilter("ignore")  # the tracer's notes on shape checks that hold for every batch size
-            torch.onnx.export(wrapper, example, tmp, input_names=["dis", "ref"], output_names=["score"],
-                              dynamic_axes={"dis": {0: "batch"}, "ref": {0: "batch"}, "score": {0: "batch"}},
-                              opset_version=opset, dynamo=False)
-        session = ort.InferenceSession(tmp, providers=["CPUExecutionProvider"])
-        measured = {}
-        for b in (check_batch, 1):
-            dis, ref = (torch.rand(b, 3, crop, crop, generator=g) for _ in range(2))
-            with torch.no_grad():
-                expected = wrapper(dis, ref).numpy()
-            got = session.run(["score"], {"dis": dis.numpy(), "ref": ref.numpy()})[0]
-            measured[f"batch_{b}"] = float(np.max(np.abs(got - expected)) / max(float(np.max(np.abs(expected))),
-                                                                                  1e-12))
-        worst = max(measured.values())
-        if not worst <= tolerance:
-            raise AHIQError(f"{out}: ONNX Runtime's scores differ from PyTorch's by {worst:.2e} relative (more than "
-                            f"--tolerance {tolerance:g}); nothing was written")
-        proto = onnx.load(tmp)
-        for key, value in {"ahiq_format": FORMAT, **meta}.items():
-            proto.metadata_props.add(key=key, value=json.dumps(value))
-        onnx.save(proto, tmp)
-        os.replace(tmp, out)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-    return {"max_rel_diff": measured, "bytes": os.path.getsize(out)}
+from utils.errors import run_cli
 
 
 def export_parser() -> argparse.ArgumentParser:
