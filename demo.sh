@@ -1,7 +1,7 @@
 #!/bin/sh
 # The main job on an embedded demo dataset: generate a small synthetic full-reference dataset (PIPAL layout),
 # train AHIQ briefly, test on held-out reference images, and print SRCC/PLCC and where everything is.
-# About 2.5 minutes on 2 CPU cores (6 epochs; DEMO_EPOCHS=N for more); uses a GPU when one is there. Each run
+# About 2.5-3 minutes on 2 CPU cores (6 epochs; DEMO_EPOCHS=N for more); uses a GPU when one is there. Each run
 # replaces the previous one's folder (demo_runs/demo). See README, "Quick start".
 set -e
 cd "$(dirname "$0")"
