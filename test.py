@@ -28,8 +28,9 @@ from options.base_options import RunConfig
 from options.test_options import parse_test_options
 from utils.errors import AHIQError, run_cli
 from utils.files import Lock, atomic_write, read_text
-from utils.metrics import MIN_FIT_IMAGES, fit_logistic4, iqa_metrics, logistic4, logistic_fit_problem, metrics_line
+from utils.metrics import MIN_FIT_IMAGES, fit_logistic4, fmt, iqa_metrics, logistic4, logistic_fit_problem, metrics_line
 from utils.plots import optional_figure, scatter_png, worst_png
+from utils.stats import CI_METRICS, bootstrap_intervals, group_metrics
 
 log = logging.getLogger("ahiq.test")
 
@@ -84,6 +85,26 @@ def write_worst(scorer, dataset, index: np.ndarray, preds: np.ndarray, labels: n
     atomic_write(path, worst_png(rows, title))
     log.info("wrote %s", path)
     return path
+
+
+def paper_tables(dataset, index: np.ndarray, preds: np.ndarray, labels: np.ndarray, opt: RunConfig) -> dict:
+    """What papers report beside the overall numbers: SRCC/PLCC per distortion type and level (where the list's
+    names or columns say them; small groups marked) and seeded bootstrap intervals (over references when they
+    repeat, so an image's siblings are not counted as independent)."""
+    out = {f"by_{key}": group_metrics(preds, labels, [values[i] for i in index])
+           for key, values in dataset.groups.items()}
+    if opt.bootstrap > 0:
+        refs = [dataset.reference_key(i) for i in index]
+        out["intervals"] = bootstrap_intervals(preds, labels, refs if len(set(refs)) < len(refs) else None,
+                                               opt.bootstrap, opt.seed)
+        ci = out["intervals"]
+        log.info("95%% intervals (%d resamples of %s): %s", ci["resamples"], ci["resampled"].split(" ")[0],
+                 "  ".join(f"{m.upper()} [{fmt(ci[m][0])}, {fmt(ci[m][1])}]" for m in CI_METRICS))
+    for key in dataset.groups:
+        table = out[f"by_{key}"]
+        log.info("per distortion %s: %d groups in the metrics file (%d with too few images)", key, len(table),
+                 sum(g["srcc"] is None for g in table.values()))
+    return out
 
 
 def main(argv: list[str] | None = None) -> dict:
@@ -163,6 +184,7 @@ def score(opt: RunConfig, out_path: str) -> dict:
     labelled = dataset.norm is not None and len(labels) > 1
     if labelled and dataset.norm.span > 0:
         metrics = iqa_metrics(preds, labels)
+        metrics.update(paper_tables(dataset, out.index, preds, labels, opt))
         metrics_path = metrics_file(opt.run_dir, opt.test_file_name)
         atomic_write(metrics_path, json.dumps({**metrics, "n_images": len(names), "list": opt.test_list,
                                                "dataset": runtime.dataset_name(opt, opt.test_list),

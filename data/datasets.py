@@ -90,6 +90,31 @@ class Labels:
         return len(self.names)
 
 
+def distortion_groups(labels: Labels, dataset: str) -> dict[str, list[str]]:
+    """Each image's distortion type and level where its name or its list says them: ``type``/``level`` columns of a
+    CSV list; else the preset's naming: KADID-10k / TID2013 ``I01_01_05.png`` and CSIQ ``ref.AWGN.1.png`` (type,
+    level), LIVE ``jp2k/img29.bmp`` (the folder is the type), PIPAL ``A0001_03_12.bmp`` (its algorithm ``group``,
+    then the ``subtype`` within it: PIPAL has no levels). Only what every name of the list says is returned (a dict
+    of lists, possibly empty)."""
+    out = {key: list(labels.columns[key]) for key in ("type", "level") if key in labels.columns}
+    if out:
+        return out
+    first, second = ("group", "subtype") if dataset == "pipal" else ("type", "level")
+    found: dict[str, list[str]] = {first: [], second: []}
+    for name in labels.names:
+        folder, base = os.path.split(name)
+        stem = os.path.splitext(base)[0]
+        parts = stem.split(".") if dataset == "csiq" else stem.split("_")
+        if dataset == "live":
+            parts = [stem, folder] if folder else []
+        if len(parts) < 2:
+            return {}
+        found[first].append(parts[1])
+        if len(parts) >= 3:
+            found[second].append(parts[2])
+    return {k: v for k, v in found.items() if len(v) == len(labels.names)}
+
+
 def reference_name(name: str, rule: str) -> str:
     """The reference image of a distorted image named by a PIPAL-style list."""
     if rule == "pipal":

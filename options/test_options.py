@@ -95,6 +95,9 @@ def test_parser() -> argparse.ArgumentParser:
     free(g.add_argument("--worst", type=int, default=0, metavar="N",
                         help="lists with MOS: also draw the N images furthest from their MOS after the logistic fit, "
                              "with their patch maps ({stem}_worst.png beside the predictions)"))
+    free(g.add_argument("--bootstrap", type=int, default=1000, metavar="N",
+                        help="lists with MOS: 95%% intervals of SRCC/PLCC/KRCC/RMSE from N seeded resamples (of "
+                             "references when they repeat, else of images); 0: none"))
     free(g.add_argument("--submission", default=None, metavar="DIR",
                         help="also write the NTIRE 2022 package (output.txt, readme.txt, submission.zip) to DIR"))
     # accepted as the official test options accept them (training data, how split files are made), not shown
@@ -115,6 +118,7 @@ class TestConfig(RunConfig, TestDataFields, TrainDataFields, ImageFields, Window
     overwrite: bool
     flip: bool
     worst: int
+    bootstrap: int
     submission: str | None
 
 

@@ -1,0 +1,100 @@
+"""Compare two models' results on the same list: each metric of both, the difference A - B with its seeded paired
+bootstrap interval (over references when they repeat), and Williams' test for the dependent correlations (PLCC; SRCC
+on ranks); overall and per distortion type (utils/stats.py).
+
+    python -m tools.compare A_results.txt B_results.txt --list PIPAL_NTIRE_Valid_MOS.txt [--dataset pipal]
+
+A and B are test.py results files ('name,score' lines) of the same images; the list gives their MOS.
+"""
+from __future__ import annotations
+
+import utils.interrupt  # noqa: F401 - first: Ctrl-C while the libraries import is one line
+
+# isort: split
+
+import argparse
+import json
+
+import numpy as np
+
+from data.datasets import PRESETS, distortion_groups, read_labels
+from data.label_norm import LabelNorm
+from data.pipal import read_list
+from options.data_options import label_parser
+from options.defaults import SEED
+from utils.errors import AHIQError, run_cli
+from utils.files import atomic_write
+from utils.stats import CI_METRICS, compare_models
+
+MIN_COMPARED = 5
+
+
+def compare_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(description="Compare two results files of the same list: differences with intervals "
+                                            "and significance.", parents=[label_parser()])
+    p.add_argument("a", help="results of model A ('name,score' lines, test.py's)")
+    p.add_argument("b", help="results of model B, the same images")
+    p.add_argument("--list", required=True, help="the label list both were scored on (with MOS)")
+    p.add_argument("--bootstrap", type=int, default=1000, help="paired resamples for the intervals")
+    p.add_argument("--seed", type=int, default=SEED, help="seed of the resampling")
+    p.add_argument("--out", default=None, help="also write the comparison as JSON here")
+    return p
+
+
+def scores_by_name(path: str) -> dict[str, float]:
+    names, scores = read_list(path)
+    if scores is None:
+        raise AHIQError(f"{path}: holds names without scores; give a results file of test.py ('name,score' lines)")
+    return dict(zip(names, scores.tolist()))
+
+
+def main(argv: list[str] | None = None) -> dict:
+    opt = compare_parser().parse_args(argv)
+    preset = PRESETS[opt.dataset]
+    labels = read_labels(opt.list, opt.list_format or preset.list_format, preset.ref_rule)
+    if labels.raw is None:
+        raise AHIQError(f"{opt.list}: has no MOS; the comparison needs a list with scores")
+    a, b = scores_by_name(opt.a), scores_by_name(opt.b)
+    rows = [i for i, n in enumerate(labels.names) if n in a and n in b]
+    missing = [n for n in labels.names if n not in a or n not in b]
+    if missing:
+        where = opt.a if missing[0] not in a else opt.b
+        raise AHIQError(f"{where}: has no score for {missing[0]} ({len(missing)} listed image(s) lack one in A or B); "
+                        "compare results of the same list")
+    lower = opt.label_direction == "lower_better" if opt.label_direction else preset.lower_better
+    mos = LabelNorm.fit(labels.raw, lower).apply(labels.raw)
+    pa = np.asarray([a[labels.names[i]] for i in rows])
+    pb = np.asarray([b[labels.names[i]] for i in rows])
+    repeated = len(set(labels.refs)) < len(labels.refs)
+    groups = labels.refs if repeated else None
+    result = {"a": opt.a, "b": opt.b, "list": opt.list,
+              "overall": compare_models(pa, pb, mos, groups, opt.bootstrap, opt.seed)}
+    for key, values in distortion_groups(labels, opt.dataset).items():
+        result[f"by_{key}"] = {}
+        for value in sorted(set(values)):
+            pick = [i for i, v in enumerate(values) if v == value]
+            if len(pick) < MIN_COMPARED:
+                result[f"by_{key}"][value] = {"n": len(pick), "note": f"too few images ({len(pick)})"}
+                continue
+            sub = None if groups is None else [groups[i] for i in pick]
+            result[f"by_{key}"][value] = compare_models(pa[pick], pb[pick], mos[pick], sub, opt.bootstrap, opt.seed)
+    print(table(result["overall"]))
+    if opt.out:
+        atomic_write(opt.out, json.dumps(result, indent=2, allow_nan=False))
+    return result
+
+
+def table(c: dict) -> str:
+    lines = [f"{c['n']} images; {int(c['level'] * 100)}% intervals from {c['resamples']} paired resamples of "
+             f"{c['resampled']}",
+             f"{'metric':<6}  {'A':>8}  {'B':>8}  {'A - B':>8}  interval of A - B      Williams p"]
+    for m in CI_METRICS:
+        r = c[m]
+        lo, hi = ("n/a" if v is None else f"{v:+.4f}" for v in r["diff_interval"])
+        p = f"{r['williams_p']:.3g}" if "williams_p" in r else "-"
+        lines.append(f"{m.upper():<6}  {r['a']:8.4f}  {r['b']:8.4f}  {r['diff']:+8.4f}  [{lo}, {hi}]  {p:>10}")
+    return "\n".join(lines)
+
+
+if __name__ == "__main__":
+    run_cli(main)

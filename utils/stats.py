@@ -1,0 +1,117 @@
+"""Reading IQA results the way papers report them (ITU-T P.1401 is the reference): metrics per distortion type and
+level, bootstrap confidence intervals (over images, or over reference images when references repeat), and the
+difference between two models on the same images with its interval and Williams' test for dependent correlations.
+
+Every resampling is seeded, so a report is reproducible. SciPy is imported where a test is computed.
+"""
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import numpy as np
+
+from utils.metrics import iqa_metrics
+
+CI_METRICS = ("srcc", "plcc", "krcc", "rmse")
+MIN_GROUP = 3  # a correlation of fewer images says nothing: the group is listed, its numbers are None
+
+
+def _interval(values: list[float], level: float) -> list[float | None]:
+    """The percentile interval of bootstrap values (NaN draws, e.g. a resample of constant scores, left out); None
+    where nothing finite is left (strict JSON)."""
+    values = np.asarray(values, np.float64)
+    values = values[np.isfinite(values)]
+    if not values.size:
+        return [None, None]
+    tail = (1 - level) / 2 * 100
+    return [float(np.percentile(values, tail)), float(np.percentile(values, 100 - tail))]
+
+
+def _resample_rows(groups: Sequence | None, n: int, rng: np.random.Generator) -> np.ndarray:
+    """Row indices of one bootstrap resample: images drawn with replacement, or whole reference groups (every image
+    of each drawn reference), so the images of one content are not counted as independent."""
+    if groups is None:
+        return rng.integers(0, n, size=n)
+    keys, inverse = np.unique(np.asarray(groups), return_inverse=True)
+    members = [np.flatnonzero(inverse == k) for k in range(len(keys))]
+    return np.concatenate([members[k] for k in rng.integers(0, len(keys), size=len(keys))])
+
+
+def _point(pred: np.ndarray, label: np.ndarray) -> dict[str, float]:
+    """SRCC, PLCC, KRCC and RMSE without the logistic fit (the bootstrap's inner loop)."""
+    from scipy import stats
+    return {"srcc": stats.spearmanr(pred, label)[0], "plcc": stats.pearsonr(pred, label)[0],
+            "krcc": stats.kendalltau(pred, label)[0], "rmse": float(np.sqrt(np.mean((pred - label) ** 2)))}
+
+
+def bootstrap_intervals(pred: np.ndarray, label: np.ndarray, groups: Sequence | None = None, n_boot: int = 1000,
+                        seed: int = 0, level: float = 0.95) -> dict:
+    """Percentile intervals of SRCC, PLCC, KRCC and RMSE over ``n_boot`` resamples (:func:`_resample_rows`;
+    ``groups``: each image's reference, resampled whole when given)."""
+    pred, label = np.asarray(pred, np.float64), np.asarray(label, np.float64)
+    rng = np.random.default_rng(seed)
+    draws = {m: [] for m in CI_METRICS}
+    with np.errstate(all="ignore"):
+        for _ in range(n_boot):
+            rows = _resample_rows(groups, len(pred), rng)
+            for m, v in _point(pred[rows], label[rows]).items():
+                draws[m].append(v)
+    out = {m: _interval(v, level) for m, v in draws.items()}
+    return {**out, "level": level, "resamples": n_boot, "seed": seed,
+            "resampled": "references (all images of each drawn reference)" if groups is not None else "images"}
+
+
+def group_metrics(pred: np.ndarray, label: np.ndarray, keys: Sequence[str]) -> dict[str, dict]:
+    """SRCC and PLCC (with n) per group (a distortion type or level); groups under :data:`MIN_GROUP` images are
+    listed with None and the reason, never left out."""
+    pred, label, keys = np.asarray(pred, np.float64), np.asarray(label, np.float64), np.asarray(keys)
+    out = {}
+    for key in sorted(set(keys.tolist())):
+        rows = keys == key
+        n = int(rows.sum())
+        if n < MIN_GROUP or np.ptp(label[rows]) == 0 or np.ptp(pred[rows]) == 0:
+            out[key] = {"n": n, "srcc": None, "plcc": None,
+                        "note": f"too few images ({n})" if n < MIN_GROUP else "constant scores or labels"}
+            continue
+        m = iqa_metrics(pred[rows], label[rows])
+        out[key] = {"n": n, "srcc": m["srcc"], "plcc": m["plcc"], "note": None}
+    return out
+
+
+def williams_test(r12: float, r13: float, r23: float, n: int) -> tuple[float, float]:
+    """Williams' t for H0: r12 = r13, two correlations that share variable 1 (the MOS) measured on the same n
+    images, given r23 (the two models' correlation); returns (t, two-sided p) with n - 3 degrees of freedom
+    (Williams 1959; Steiger 1980, eq. 14)."""
+    from scipy import stats
+    det = 1 - r12 ** 2 - r13 ** 2 - r23 ** 2 + 2 * r12 * r13 * r23
+    mean = (r12 + r13) / 2
+    t = (r12 - r13) * np.sqrt((n - 1) * (1 + r23) / (2 * (n - 1) / (n - 3) * det + mean ** 2 * (1 - r23) ** 3))
+    return float(t), float(2 * stats.t.sf(abs(t), n - 3))
+
+
+def compare_models(pred_a: np.ndarray, pred_b: np.ndarray, label: np.ndarray, groups: Sequence | None = None,
+                   n_boot: int = 1000, seed: int = 0, level: float = 0.95) -> dict:
+    """Model A against model B on the same images: each metric of both, the difference A - B with its paired
+    bootstrap interval, and for PLCC and SRCC Williams' test (SRCC on ranks)."""
+    from scipy import stats
+    a, b, y = (np.asarray(x, np.float64) for x in (pred_a, pred_b, label))
+    rng = np.random.default_rng(seed)
+    diffs = {m: [] for m in CI_METRICS}
+    with np.errstate(all="ignore"):
+        for _ in range(n_boot):
+            rows = _resample_rows(groups, len(y), rng)
+            pa, pb = _point(a[rows], y[rows]), _point(b[rows], y[rows])
+            for m in CI_METRICS:
+                diffs[m].append(pa[m] - pb[m])
+    pa, pb = _point(a, y), _point(b, y)
+    out: dict = {"n": len(y), "level": level, "resamples": n_boot, "seed": seed,
+                 "resampled": "references" if groups is not None else "images"}
+    for m in CI_METRICS:
+        out[m] = {"a": float(pa[m]), "b": float(pb[m]), "diff": float(pa[m] - pb[m]),
+                  "diff_interval": _interval(diffs[m], level)}
+    ranks = [stats.rankdata(x) for x in (y, a, b)]
+    for m, (ya, aa, bb) in (("plcc", (y, a, b)), ("srcc", ranks)):
+        r23 = float(np.corrcoef(aa, bb)[0, 1])
+        t, p = williams_test(float(np.corrcoef(ya, aa)[0, 1]), float(np.corrcoef(ya, bb)[0, 1]), r23, len(y))
+        out[m]["williams_t"], out[m]["williams_p"] = t, p
+    return out
