@@ -27,6 +27,7 @@ import numpy as np
 from data.datasets import check_name
 from data.label_norm import LabelNorm
 from data.pairs import PAIR_RULES, match_folders, pairs_file, with_reference
+from data.score_mapping import load_mapping
 from engine.runtime import configure_device, device_of, onnx_scorer_for, policy_of, scorer_for, scoring_checkpoint
 from engine.scorer import Scorer
 from options.predict_options import parse_predict_options
@@ -149,6 +150,7 @@ def write_maps(scorer: Scorer, pairs: list[tuple[str, str]], folder: str, batch_
 def main(argv: list[str] | None = None) -> list[float]:
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     opt = parse_predict_options(argv)
+    mapping = load_mapping(opt.mapping) if opt.mapping else None  # before anything slow
     pairs, mos = pairs_of(opt)
     check_outputs(opt, pairs)  # before anything slow: nothing is scored that could not be written
     device = device_of(opt)
@@ -168,6 +170,9 @@ def main(argv: list[str] | None = None) -> list[float]:
     if opt.mos_scale:
         scores = scorer.to_mos(scores)
         unit = "DMOS units, lower is better" if scorer.labels_are_dmos else "MOS units, higher is better"
+    if mapping is not None:
+        scores = mapping(scores)
+        unit = mapping.units
     print(table(pairs, scores, unit))
     if opt.csv:
         buf = io.StringIO()

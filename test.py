@@ -23,6 +23,7 @@ import zipfile
 import numpy as np
 import torch
 
+from data.score_mapping import fit_mapping, load_mapping
 from engine import runtime
 from options.base_options import RunConfig
 from options.test_options import parse_test_options
@@ -152,6 +153,9 @@ def score(opt: RunConfig, out_path: str) -> dict:
     checkpoint = runtime.scoring_checkpoint(opt)
     policy = runtime.policy_of(opt, checkpoint.config.crop_size)
     dataset = runtime.load_dataset(opt, "test", opt.split_part or "test", policy, flip=opt.flip)  # images checked first
+    mapping = load_mapping(opt.mapping) if opt.mapping else None  # before anything slow
+    if opt.fit_mapping and (dataset.labels is None or len(dataset) < 2):
+        raise AHIQError(f"{opt.test_list}: has no MOS to fit --fit_mapping to; score a list with MOS")
     if opt.worst and dataset.labels is None:
         raise AHIQError(f"{opt.test_list}: has no MOS, and --worst {opt.worst} draws the images furthest from their "
                         "MOS; drop --worst, or score a list with MOS")
@@ -203,8 +207,19 @@ def score(opt: RunConfig, out_path: str) -> dict:
         if metrics["plcc_logistic_note"]:
             log.info("no logistic-mapped PLCC: %s", metrics["plcc_logistic_note"])
         result.update(metrics, trained=trained)
+        if opt.fit_mapping:
+            raw = dataset.raw_scores[out.index]
+            fitted = fit_mapping(preds, raw, dataset.norm, opt.test_list, ckpt_path)
+            fitted.save(opt.fit_mapping)
+            log.info("wrote %s: scores -> %s (rising logistic on %d images)", opt.fit_mapping, fitted.units, fitted.n)
+            result["mapping"] = opt.fit_mapping
         if opt.worst:
             result["worst"] = write_worst(scorer, dataset, out.index, preds, labels, opt)
+    if mapping is not None:
+        mapped_path = os.path.splitext(out_path)[0] + "_mapped.txt"
+        atomic_write(mapped_path, format_predictions(names, mapping(preds)))
+        log.info("wrote %s: the scores in %s", mapped_path, mapping.units)
+        result["mapped"] = mapped_path
     if opt.submission:
         zip_path = write_submission(opt.submission, predictions, seconds / len(names), device, opt.n_ensemble)
         atomic_write(source_file(package), json.dumps(source, indent=2))

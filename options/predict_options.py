@@ -41,6 +41,9 @@ def predict_parser() -> argparse.ArgumentParser:
                         help="replace an existing --csv file and the maps of the same pairs in --maps (refused "
                              "otherwise)"))
     g.add_argument("--mos_scale", action="store_true", help="report scores in MOS units of the training list")
+    g.add_argument("--mapping", default=None, metavar="FILE",
+                   help="report scores on the MOS scale of a mapping test.py --fit_mapping saved (a calibrated "
+                        "scale of that list)")
     g.add_argument("--mos_range", type=float, nargs=2, metavar=("LO", "HI"),
                    help="training MOS range for --mos_scale when the checkpoint has none (official files)")
     return p
@@ -63,6 +66,7 @@ class PredictConfig(RunConfig, RunFields, ModelFields, ScoringFields, WindowFiel
     backend: str
     overwrite: bool
     mos_scale: bool
+    mapping: str | None
     mos_range: tuple[float, ...] | None
 
 
@@ -78,6 +82,9 @@ def parse_predict_options(argv: list[str] | None = None) -> PredictConfig:
     if opt.backend == "onnxruntime" and (opt.maps or not opt.ckpt):
         raise AHIQError("--backend onnxruntime needs --ckpt FILE.onnx (python -m tools.export_onnx) and gives scores "
                         "only (no --maps)")
+    if opt.mapping and opt.mos_scale:
+        raise AHIQError("give either --mos_scale (the training list's range) or --mapping FILE (a fitted scale), "
+                        "not both")
     if opt.load_epoch >= 0 and opt.ckpt:
         raise AHIQError("pass either --ckpt FILE or --load_epoch N (a file of the run folder), not both")
     return opt

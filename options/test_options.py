@@ -95,6 +95,12 @@ def test_parser() -> argparse.ArgumentParser:
     free(g.add_argument("--worst", type=int, default=0, metavar="N",
                         help="lists with MOS: also draw the N images furthest from their MOS after the logistic fit, "
                              "with their patch maps ({stem}_worst.png beside the predictions)"))
+    free(g.add_argument("--fit_mapping", default=None, metavar="FILE",
+                        help="lists with MOS: fit the rising logistic from scores to this list's MOS and save it as "
+                             "FILE (JSON), for --mapping in predict.py, test.py and the API"))
+    free(g.add_argument("--mapping", default=None, metavar="FILE",
+                        help="also write the scores on the MOS scale of a saved mapping (--fit_mapping) to "
+                             "{stem}_mapped.txt"))
     free(g.add_argument("--bootstrap", type=int, default=1000, metavar="N",
                         help="lists with MOS: 95%% intervals of SRCC/PLCC/KRCC/RMSE from N seeded resamples (of "
                              "references when they repeat, else of images); 0: none"))
@@ -118,6 +124,8 @@ class TestConfig(RunConfig, TestDataFields, TrainDataFields, ImageFields, Window
     overwrite: bool
     flip: bool
     worst: int
+    fit_mapping: str | None
+    mapping: str | None
     bootstrap: int
     submission: str | None
 

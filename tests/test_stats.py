@@ -3,6 +3,8 @@ between two models with Williams' test (utils/stats.py, tools/compare.py, test.p
 from __future__ import annotations
 
 import json
+import re
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -115,3 +117,49 @@ def test_compare_two_results_files(tmp_path, pipal_set):
     (tmp_path / "c.txt").write_text("".join(f"{n},1\n" for n in names[1:]))
     with pytest.raises(AHIQError, match=rf"c\.txt: has no score for {names[0]}"):
         compare_main([str(tmp_path / "a.txt"), str(tmp_path / "c.txt"), "--list", pipal_set["list"]])
+
+
+def test_a_fitted_mapping_puts_scores_on_a_lists_mos_scale(tmp_path, tiny_ckpt, capsys):
+    """test.py --fit_mapping on a list with MOS saves the rising logistic and the list's range; predict.py and
+    test.py --mapping report scores in that list's units (DMOS stays DMOS)."""
+    import predict
+    from data.label_norm import LabelNorm
+    from data.score_mapping import fit_mapping, load_mapping
+    from tests.conftest import make_pipal_set
+    data = make_pipal_set(tmp_path / "set", n_refs=3, n_dis=4, size=(40, 40), seed=5)
+    common = ["--test_ref_path", data["ref"], "--test_dis_path", data["dis"], "--test_list", data["list"], "--ckpt",
+              tiny_ckpt, "--crop_size", "32", "--n_ensemble", "1", "--no_pretrained", "--gpu_ids", "-1",
+              "--num_workers", "0", "--checkpoints_dir", str(tmp_path), "--bootstrap", "0"]
+    rng = np.random.default_rng(0)
+    mos = read_labels(data["list"], "pipal", "pipal").raw
+    scores = (mos - mos.min()) / np.ptp(mos) * 0.2 + 0.4 + rng.normal(0, 0.005, len(mos))
+    mapping = fit_mapping(scores, mos, LabelNorm.fit(mos), data["list"], None)
+    mapping.save(str(tmp_path / "m.json"))
+    again = load_mapping(str(tmp_path / "m.json"))
+    mapped = again(np.sort(scores))
+    assert np.all(np.diff(mapped) >= 0) and mos.min() - 1 < mapped[0] and mapped[-1] < mos.max() + 1
+    assert np.corrcoef(again(scores), mos)[0, 1] > 0.9 and "MOS, higher is better" in again.units
+    dmos = LabelNorm.fit(100 - mos, lower_better=True)
+    assert np.all(np.diff(fit_mapping(scores, 100 - mos, dmos, "d.txt", None)(np.sort(scores))) <= 0)  # DMOS falls
+    with pytest.raises(AHIQError, match=r"backwards\.txt: no mapping fitted: the predictions rank the labels "
+                                        r"backwards"):
+        fit_mapping(-scores, mos, LabelNorm.fit(mos), "backwards.txt", None)
+    (tmp_path / "junk.json").write_text("{}")
+    with pytest.raises(AHIQError, match=r"junk\.json: not a score mapping of this project"):
+        predict.main(["--dis", f"{data['dis']}/{data['names'][0]}", "--ref", f"{data['ref']}/A0000.bmp",
+                      "--mapping", str(tmp_path / "junk.json")])
+    # through test.py: --mapping writes the scores on the mapping's scale beside the results
+    applied = test_entry.main(common + ["--name", "apply", "--mapping", str(tmp_path / "m.json")])
+    rows = [line.split(",") for line in Path(applied["mapped"]).read_text().splitlines()]
+    raw = [line.split(",") for line in Path(applied["predictions"]).read_text().splitlines()]
+    assert [r[0] for r in rows] == [r[0] for r in raw]
+    np.testing.assert_allclose([float(r[1]) for r in rows], again(np.array([float(r[1]) for r in raw])), rtol=1e-6)
+    # --fit_mapping: a file when the rising logistic fits this model's scores, else one line saying why
+    probe = test_entry.main(common + ["--name", "probe"])
+    fit = common + ["--name", "fit", "--fit_mapping", str(tmp_path / "tiny_map.json")]
+    if probe["plcc_logistic"] is not None:
+        assert test_entry.main(fit)["mapping"] == str(tmp_path / "tiny_map.json")
+        assert load_mapping(str(tmp_path / "tiny_map.json")).n == len(data["names"])
+    else:
+        with pytest.raises(AHIQError, match=r"list\.txt: no mapping fitted: " + re.escape(probe["plcc_logistic_note"])):
+            test_entry.main(fit)
