@@ -129,13 +129,16 @@ def write_maps(scorer: Scorer, pairs: list[tuple[str, str]], folder: str, batch_
             done = scorer.score_maps(chunk, batch_size, num_workers, progress=True, images=True)
             for (dis, _), stem, maps in zip(chunk, stems[start:], done):
                 buf = io.BytesIO()
-                np.savez(buf, **maps.arrays())
+                np.savez_compressed(buf, **maps.arrays())
                 png = maps_panel_png(*maps.images, maps, os.path.basename(dis))
                 writing = stem
                 atomic_write(os.path.join(folder, stem + "_maps.npz"), buf.getvalue())
                 atomic_write(os.path.join(folder, stem + "_maps.png"), png)
                 writing = None
                 scores.append(maps.score)
+                if maps.covered.mean() < 0.5 and scorer.policy.layout == "ensemble":
+                    log.info("%s: %.0f%% of the image is outside the %d windows; --windows grid covers every pixel",
+                             os.path.basename(dis), 100 * (1 - maps.covered.mean()), len(maps.windows))
     except KeyboardInterrupt as stop:  # Ctrl-C or SIGTERM: say what is there; a pair is whole or absent
         for name in ((writing + "_maps.npz", writing + "_maps.png") if writing else ()):
             with contextlib.suppress(FileNotFoundError):
@@ -173,6 +176,8 @@ def main(argv: list[str] | None = None) -> list[float]:
     if mapping is not None:
         scores = mapping(scores)
         unit = mapping.units
+    if scorer.warning:
+        unit = f"{unit}; {scorer.warning}"
     print(table(pairs, scores, unit))
     if opt.csv:
         buf = io.StringIO()

@@ -81,7 +81,9 @@ def write_worst(scorer, dataset, index: np.ndarray, preds: np.ndarray, labels: n
              float(fitted[j]), float(labels[j])) for i, j, m in zip(chosen, worst, maps)]
     fit = "the logistic fit" if params is not None else "a linear fit (the logistic fit is not sound)"
     title = (f"{len(rows)} images furthest from their MOS after {fit}: {os.path.basename(opt.test_list)}, "
-             f"{opt.name} (MOS min-max normalised)")
+             f"{os.path.basename(opt.run_dir)} (MOS min-max normalised)")
+    if scorer.warning:
+        title = f"{scorer.warning}. {title}"
     path = os.path.splitext(os.path.join(opt.run_dir, opt.test_file_name))[0] + "_worst.png"
     atomic_write(path, worst_png(rows, title))
     log.info("wrote %s", path)
@@ -183,6 +185,8 @@ def score(opt: RunConfig, out_path: str) -> dict:
     atomic_write(out_path, predictions)
     atomic_write(source_file(out_path), json.dumps(source, indent=2))
     log.info("wrote %s (%.3f s per image)", out_path, seconds / len(names))
+    if scorer.warning:
+        log.warning(scorer.warning)
     result = {"predictions": out_path, "seconds_per_image": seconds / len(names), "checkpoint": ckpt_path,
               "n_images": len(names)}
     labelled = dataset.norm is not None and len(labels) > 1
@@ -190,7 +194,8 @@ def score(opt: RunConfig, out_path: str) -> dict:
         metrics = iqa_metrics(preds, labels)
         metrics.update(paper_tables(dataset, out.index, preds, labels, opt))
         metrics_path = metrics_file(opt.run_dir, opt.test_file_name)
-        atomic_write(metrics_path, json.dumps({**metrics, "n_images": len(names), "list": opt.test_list,
+        atomic_write(metrics_path, json.dumps({**metrics, "warning": scorer.warning, "n_images": len(names),
+                                               "list": opt.test_list,
                                                "dataset": runtime.dataset_name(opt, opt.test_list),
                                                "lower_better": opt.lower_better,
                                                "split": {"file": opt.split_file, "index": opt.split_index,
@@ -199,8 +204,10 @@ def score(opt: RunConfig, out_path: str) -> dict:
                                                "n_ensemble": opt.n_ensemble},
                                               indent=2, allow_nan=False))
         plot_path = os.path.splitext(out_path)[0] + "_scatter.png"
-        png = optional_figure(lambda: scatter_png(preds, labels, metrics, os.path.basename(opt.test_list)),
-                              plot_path)
+        title = f"{os.path.basename(opt.test_list)}, {os.path.basename(ckpt_path or 'random head')}"
+        if scorer.warning:
+            title = f"{scorer.warning}. {title}"
+        png = optional_figure(lambda: scatter_png(preds, labels, metrics, title), plot_path)
         if png is not None:
             atomic_write(plot_path, png)
         log.info("%s  -> %s, %s", metrics_line(metrics), metrics_path, plot_path)

@@ -74,6 +74,12 @@ class Scorer:
         return self.policy.crop
 
     @property
+    def warning(self) -> str | None:
+        """What every table and figure of these scores must say, or None."""
+        return ("RANDOM BACKBONES (--no_pretrained): these scores mean nothing about image quality"
+                if self.model.random_backbones else None)
+
+    @property
     def labels_are_dmos(self) -> bool:
         """The training labels were DMOS (LIVE, CSIQ): :meth:`to_mos` gives DMOS, where lower is better. Scores
         themselves are always higher-is-better."""

@@ -172,6 +172,12 @@ class AHIQ(nn.Module):
         return next(self.regressor.parameters()).device
 
     @property
+    def random_backbones(self) -> bool:
+        """Whether a backbone has random weights (--no_pretrained): its scores mean nothing, and every table and
+        figure says so."""
+        return any(r.get("source") == "random" for r in self.backbones.values())
+
+    @property
     def pool(self):
         """How patch maps become a score (the head's pooling)."""
         return self.regressor.pool

@@ -90,6 +90,10 @@ class OnnxAHIQ(nn.Module):
     def device(self) -> torch.device:
         return self._anchor.device
 
+    @property
+    def random_backbones(self) -> bool:
+        return any(r.get("source") == "random" for r in (self.meta.get("backbones") or {}).values())
+
     @staticmethod
     def pool(f: torch.Tensor, w: torch.Tensor | None) -> torch.Tensor:
         return f.mean(dim=(2, 3))

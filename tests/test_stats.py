@@ -163,3 +163,18 @@ def test_a_fitted_mapping_puts_scores_on_a_lists_mos_scale(tmp_path, tiny_ckpt, 
     else:
         with pytest.raises(AHIQError, match=r"list\.txt: no mapping fitted: " + re.escape(probe["plcc_logistic_note"])):
             test_entry.main(fit)
+
+
+def test_scores_of_random_backbones_say_so_everywhere(tmp_path, pipal_set, tiny_ckpt, capsys):
+    """--no_pretrained: the metrics file, the log and predict.py's table carry the warning (the figures' titles
+    too: they are drawn from the same text)."""
+    import predict
+    test_entry.main(["--test_ref_path", pipal_set["ref"], "--test_dis_path", pipal_set["dis"], "--test_list",
+                     pipal_set["list"], "--ckpt", tiny_ckpt, "--checkpoints_dir", str(tmp_path), "--name", "r",
+                     "--crop_size", "32", "--n_ensemble", "1", "--no_pretrained", "--gpu_ids", "-1",
+                     "--bootstrap", "0"])
+    saved = json.loads((tmp_path / "r" / "results_metrics.json").read_text())
+    assert saved["warning"].startswith("RANDOM BACKBONES (--no_pretrained)")
+    predict.main(["--dis", f"{pipal_set['dis']}/{pipal_set['names'][0]}", "--ref", f"{pipal_set['ref']}/A0000.bmp",
+                  "--ckpt", tiny_ckpt, "--crop_size", "32", "--n_ensemble", "1", "--no_pretrained", "--gpu_ids", "-1"])
+    assert "RANDOM BACKBONES" in capsys.readouterr().out

@@ -69,7 +69,8 @@ def optional_figure(make, what: str):
         return None
 
 
-def _maps_row(fig, axes, dis: np.ndarray, ref: np.ndarray, maps, titles: tuple[str, str]) -> None:
+def _maps_row(fig, axes, dis: np.ndarray, ref: np.ndarray, maps, titles: tuple[str, str],
+              limits: dict[str, tuple[float, float]] | None = None, headers: bool = True) -> None:
     """One row of five panels: distorted, reference, then the score, weight and contribution maps laid over the
     distorted image (grey where no window covered it), each map with its colour bar."""
     import matplotlib
@@ -79,21 +80,26 @@ def _maps_row(fig, axes, dis: np.ndarray, ref: np.ndarray, maps, titles: tuple[s
     axes[1].imshow(ref)
     axes[1].set_title(titles[1], fontsize=9)
     grey = dis.astype(np.float32).mean(axis=2)
-    panels = (("patch score f", maps.f, "viridis"), ("patch weight w", maps.w, "magma"),
-              ("contribution f*w/sum(w)", maps.contribution, "coolwarm"))
-    for ax, (name, values, cmap) in zip(axes[2:], panels):
+    for ax, (name, values, cmap) in zip(axes[2:], _panels(maps)):
         ax.imshow(grey, cmap="gray", vmin=0, vmax=255)
         if values is None:
             ax.set_title(f"{name}: none (mean pooling)", fontsize=9)
         else:
-            colours = matplotlib.colormaps[cmap].with_extremes(bad="0.6")
-            shown = ax.imshow(np.ma.masked_invalid(values), cmap=colours, alpha=0.7)
+            colours = matplotlib.colormaps[cmap].with_extremes(bad="0.6")  # sequential: one-sided values
+            lo, hi = (limits or {}).get(name, (None, None))
+            shown = ax.imshow(np.ma.masked_invalid(values), cmap=colours, alpha=0.7, vmin=lo, vmax=hi)
             fig.colorbar(shown, ax=ax, fraction=0.046, pad=0.03)
-            uncovered = "" if maps.covered.all() else f" (grey: {100 * (1 - maps.covered.mean()):.0f}% not covered)"
-            ax.set_title(name + uncovered, fontsize=9)
+            uncovered = "" if maps.covered.all() else f"grey: {100 * (1 - maps.covered.mean()):.0f}% not covered"
+            ax.set_title("\n".join(filter(None, (name if headers else "", uncovered))), fontsize=9)
     for ax in axes:
         ax.set_xticks([])
         ax.set_yticks([])
+
+
+def _panels(maps) -> tuple[tuple[str, np.ndarray | None, str], ...]:
+    """The map panels: name, values, a sequential colour map (the weights and contributions are never negative)."""
+    return (("patch score f", maps.f, "viridis"), ("patch weight w", maps.w, "magma"),
+            ("contribution f*w/sum(w)", maps.contribution, "inferno"))
 
 
 def _shorten(text: str, limit: int = 60) -> str:
@@ -121,9 +127,15 @@ def worst_png(rows: list[tuple[str, np.ndarray, np.ndarray, object, float, float
     panel_w = 3.0
     fig, axes = plt.subplots(len(rows), 5, figsize=(5 * panel_w, len(rows) * (panel_w * h / w + 0.5) + 0.6),
                              squeeze=False)
-    for ax_row, (name, dis, ref, maps, fitted, mos) in zip(axes, rows):
+    limits = {}  # one colour scale per kind of map over all rows, so rows compare
+    for name, *_ in _panels(rows[0][3]):
+        values = [v for r in rows for n, v, _ in _panels(r[3]) if n == name and v is not None]
+        if values:
+            limits[name] = (float(min(np.nanmin(v) for v in values)), float(max(np.nanmax(v) for v in values)))
+    for i, (ax_row, (name, dis, ref, maps, fitted, mos)) in enumerate(zip(axes, rows)):
         _maps_row(fig, ax_row, dis, ref, maps, (f"{_shorten(name, 34)}: score {maps.score:.3f}\n"
-                                                f"fitted {fitted:.3f}, MOS {mos:.3f}", "reference"))
+                                                f"fitted {fitted:.3f}, MOS {mos:.3f}", "reference" if i == 0 else ""),
+                  limits, headers=i == 0)
     fig.suptitle("\n".join(textwrap.wrap(title, 110)), fontsize=11)
     fig.tight_layout()
     return _png(fig)

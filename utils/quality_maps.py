@@ -27,11 +27,13 @@ class ImageMaps:
     images: tuple[np.ndarray, np.ndarray] | None = None  # distorted and reference as scored, when asked for
 
     def arrays(self) -> dict[str, np.ndarray]:
-        """The maps as named float arrays (``np.savez``)."""
-        out = {"f": self.f, "contribution": self.contribution, "covered": self.covered,
-               "score": np.float64(self.score), "windows": np.asarray(self.windows, np.int64).reshape(-1, 2)}
+        """The maps as named arrays (``np.savez_compressed``): f, w and the contribution as float16 (about 3
+        significant digits, far below what the maps can show; the score itself is kept in float64)."""
+        out = {"f": self.f.astype(np.float16), "contribution": self.contribution.astype(np.float16),
+               "covered": self.covered, "score": np.float64(self.score),
+               "windows": np.asarray(self.windows, np.int64).reshape(-1, 2)}
         if self.w is not None:
-            out["w"] = self.w
+            out["w"] = self.w.astype(np.float16)
         return out
 
 
