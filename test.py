@@ -101,8 +101,11 @@ def paper_tables(dataset, index: np.ndarray, preds: np.ndarray, labels: np.ndarr
         out["intervals"] = bootstrap_intervals(preds, labels, refs if len(set(refs)) < len(refs) else None,
                                                opt.bootstrap, opt.seed)
         ci = out["intervals"]
-        log.info("95%% intervals (%d resamples of %s): %s", ci["resamples"], ci["resampled"].split(" ")[0],
-                 "  ".join(f"{m.upper()} [{fmt(ci[m][0])}, {fmt(ci[m][1])}]" for m in CI_METRICS))
+        if ci["resamples"]:
+            log.info("95%% intervals (%d resamples of %s): %s", ci["resamples"], ci["resampled"].split(" ")[0],
+                     "  ".join(f"{m.upper()} [{fmt(ci[m][0])}, {fmt(ci[m][1])}]" for m in CI_METRICS))
+        else:
+            log.info("no intervals: %s", ci["note"])
     for key in dataset.groups:
         table = out[f"by_{key}"]
         log.info("per distortion %s: %d groups in the metrics file (%d with too few images)", key, len(table),

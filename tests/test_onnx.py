@@ -60,6 +60,7 @@ def _tiny_checkpoint(path: Path, **switches) -> torch.nn.Module:
     return model
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("switches", [{}, {"fusion": "conv", "pooling": "mean"}])
 def test_an_export_scores_like_the_model_in_onnx_runtime_alone(tmp_path, switches):
     model = _tiny_checkpoint(tmp_path / "tiny.pth", **switches)

@@ -59,6 +59,11 @@ def test_bootstrap_intervals_are_seeded_cover_the_estimate_and_resample_whole_re
     assert np.diff(one["srcc"])[0] > np.diff(flat["srcc"])[0]
 
 
+def test_too_few_images_get_no_interval():
+    out = bootstrap_intervals(np.arange(6.0), np.arange(6.0), None, n_boot=100)
+    assert out["srcc"] == [None, None] and out["resamples"] == 0 and "too few images (6)" in out["note"]
+
+
 def test_groups_too_small_are_listed_not_hidden():
     table = group_metrics(np.arange(7.0), np.arange(7.0) ** 2, ["a"] * 5 + ["b"] * 2)
     assert table["a"]["srcc"] == pytest.approx(1.0) and table["a"]["n"] == 5
@@ -87,14 +92,16 @@ def test_distortion_groups_of_other_layouts():
     assert distortion_groups(labels(["a.png", "b_1.png"]), "kadid10k") == {}  # not every name says it
 
 
-def test_test_py_writes_per_type_tables_and_intervals(tmp_path, pipal_set, tiny_ckpt):
+def test_test_py_writes_per_type_tables_and_intervals(tmp_path, tiny_ckpt):
+    from tests.conftest import make_pipal_set
+    pipal_set = make_pipal_set(tmp_path / "set", n_refs=5, n_dis=4, size=(40, 40), seed=6)  # 20 images, 5 refs
     result = test_entry.main(["--test_ref_path", pipal_set["ref"], "--test_dis_path", pipal_set["dis"],
                               "--test_list", pipal_set["list"], "--ckpt", tiny_ckpt, "--checkpoints_dir",
                               str(tmp_path), "--name", "t", "--crop_size", "32", "--n_ensemble", "1",
                               "--no_pretrained", "--gpu_ids", "-1", "--num_workers", "0", "--bootstrap", "200"])
     saved = json.loads((tmp_path / "t" / "results_metrics.json").read_text())
     assert set(saved["by_group"]) == {"00"} and saved["by_group"]["00"]["n"] == len(pipal_set["names"])
-    assert set(saved["by_subtype"]) == {"00", "01", "02"}
+    assert set(saved["by_subtype"]) == {"00", "01", "02", "03"}
     assert saved["intervals"]["resamples"] == 200 and saved["intervals"]["resampled"].startswith("references")
     assert result["intervals"] == saved["intervals"]
 

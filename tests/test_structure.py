@@ -6,6 +6,7 @@ import ast
 from collections import OrderedDict
 from pathlib import Path
 
+import pytest
 import timm
 import torch
 import torch.nn as nn
@@ -123,6 +124,7 @@ class PyiqaAHIQ(nn.Module):
         self.regressor = PixelPrediction()
 
 
+@pytest.mark.slow
 def test_an_exported_checkpoint_loads_the_way_pyiqa_loads_it(tmp_path, backbone_files):
     torch.manual_seed(3)
     model = build_model(8, pretrained=False, vit_weights=backbone_files[8], resnet_weights=backbone_files["resnet"])

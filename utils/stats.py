@@ -13,6 +13,7 @@ import numpy as np
 from utils.metrics import iqa_metrics
 
 CI_METRICS = ("srcc", "plcc", "krcc", "rmse")
+MIN_BOOTSTRAP = 20  # images (and 5 references when whole references are resampled): below, an interval says nothing
 MIN_GROUP = 3  # a correlation of fewer images says nothing: the group is listed, its numbers are None
 
 
@@ -49,6 +50,11 @@ def bootstrap_intervals(pred: np.ndarray, label: np.ndarray, groups: Sequence | 
     """Percentile intervals of SRCC, PLCC, KRCC and RMSE over ``n_boot`` resamples (:func:`_resample_rows`;
     ``groups``: each image's reference, resampled whole when given)."""
     pred, label = np.asarray(pred, np.float64), np.asarray(label, np.float64)
+    n_groups = len(set(groups)) if groups is not None else len(pred)
+    if len(pred) < MIN_BOOTSTRAP or n_groups < 5:
+        return {**{m: [None, None] for m in CI_METRICS}, "level": level, "resamples": 0, "seed": seed,
+                "resampled": "none", "note": f"too few images ({len(pred)}) or references ({n_groups}) for an "
+                                             f"interval: at least {MIN_BOOTSTRAP} images of 5 references"}
     rng = np.random.default_rng(seed)
     draws = {m: [] for m in CI_METRICS}
     with np.errstate(all="ignore"):
