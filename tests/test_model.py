@@ -196,3 +196,24 @@ def test_bf16_autocast_scores_stay_within_one_percent_of_fp32(model_factory):
     assert fp32.abs().min() > 1e-2  # a relative comparison that means something
     deviation = ((bf16 - fp32).abs() / fp32.abs()).max().item()
     assert 0 < deviation < 0.01, deviation
+
+
+def test_scores_leave_autocast_in_fp32(tiny_factory, monkeypatch):
+    """Under bf16 autocast (CPU here, standing for --amp on CUDA) the patch maps are pooled in fp32, so a score is
+    not rounded to bf16's 8 significant bits: nearby scores stay distinct (issue 30, item 2)."""
+    import contextlib
+
+    import engine.loop
+    from engine.loop import score_crops
+
+    monkeypatch.setattr(engine.loop, "autocast", lambda device, dtype: torch.autocast("cpu", dtype=torch.bfloat16)
+                        if dtype is not None else contextlib.nullcontext())
+    g = torch.Generator().manual_seed(0)
+    ref = torch.rand(1, 1, 3, 32, 32, generator=g).expand(16, 1, 3, 32, 32).contiguous()
+    dis = (ref + 0.3 * torch.rand(16, 1, 3, 32, 32, generator=g)).clamp(0, 1)
+    scores = score_crops(tiny_factory(8), dis, ref, amp_dtype=torch.bfloat16).scores
+    assert scores.dtype == torch.float32
+    torch.testing.assert_close(scores, score_crops(tiny_factory(8), dis, ref).scores, rtol=1e-2, atol=0)  # bf16 bars
+    as_bf16 = scores.to(torch.bfloat16).float()
+    assert not torch.equal(scores, as_bf16)  # values between bf16's steps survive
+    assert len(set(scores.tolist())) > len(set(as_bf16.tolist()))  # more distinct than bf16 could hold
