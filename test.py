@@ -82,10 +82,8 @@ def write_worst(scorer, dataset, index: np.ndarray, preds: np.ndarray, labels: n
     fit = "the logistic fit" if params is not None else "a linear fit (the logistic fit is not sound)"
     title = (f"{len(rows)} images furthest from their MOS after {fit}: {os.path.basename(opt.test_list)}, "
              f"{os.path.basename(opt.run_dir)} (MOS min-max normalised)")
-    if scorer.warning:
-        title = f"{scorer.warning}. {title}"
     path = os.path.splitext(os.path.join(opt.run_dir, opt.test_file_name))[0] + "_worst.png"
-    atomic_write(path, worst_png(rows, title))
+    atomic_write(path, worst_png(rows, scorer.marked(title)))
     log.info("wrote %s", path)
     return path
 
@@ -207,9 +205,7 @@ def score(opt: RunConfig, out_path: str) -> dict:
                                                "n_ensemble": opt.n_ensemble},
                                               indent=2, allow_nan=False))
         plot_path = os.path.splitext(out_path)[0] + "_scatter.png"
-        title = f"{os.path.basename(opt.test_list)}, {os.path.basename(ckpt_path or 'random head')}"
-        if scorer.warning:
-            title = f"{scorer.warning}. {title}"
+        title = scorer.marked(f"{os.path.basename(opt.test_list)}, {os.path.basename(ckpt_path or 'random head')}")
         png = optional_figure(lambda: scatter_png(preds, labels, metrics, title), plot_path)
         if png is not None:
             atomic_write(plot_path, png)

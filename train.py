@@ -422,7 +422,7 @@ def train(opt: RunConfig, info: DistInfo) -> TrainState:
                                    **{f"val_{k}": (metrics or {}).get(k) for k in METRIC_NAMES},
                                    "best": bool(metrics and metrics["improved"]),
                                    "seconds": time.perf_counter() - start})
-                    finish_epoch(save, state, loss, metrics)
+                    finish_epoch(save, state, loss)
     finally:
         if scalars:
             scalars.close()
@@ -443,26 +443,29 @@ def stop_run(save: Saver, state: TrainState, loss: float, info: DistInfo, what: 
     sys.exit(3)
 
 
-def finish_epoch(save: Saver, state: TrainState, loss: float, metrics: dict | None) -> None:
+def finish_epoch(save: Saver, state: TrainState, loss: float) -> None:
     """Rank 0's files after an epoch: last.pth first (a crash after it is resumed, and the resume writes what
-    follows it: :func:`complete_epoch_files`), then best.pth when validation improved, epoch_N.pth on schedule."""
+    follows it: :func:`complete_epoch_files`), then :func:`epoch_files`."""
     save("last.pth", state, loss, full=True)
-    if metrics is not None and metrics["improved"]:
-        save("best.pth", state, loss)
-    if state.epoch % save.opt.save_interval == 0:
-        save(f"epoch_{state.epoch}.pth", state, loss)
+    for name in epoch_files(state, save.opt.save_interval):
+        save(name, state, loss)
+
+
+def epoch_files(state: TrainState, save_interval: int) -> list[str]:
+    """The weight files an epoch ends with after last.pth: best.pth when it is the best epoch (validation improved
+    under --best_metric), epoch_N.pth on schedule."""
+    due = [("best.pth", state.best_epoch == state.epoch > 0),
+           (f"epoch_{state.epoch}.pth", state.epoch > 0 and state.epoch % save_interval == 0)]
+    return [name for name, wanted in due if wanted]
 
 
 def complete_epoch_files(save: Saver, state: TrainState, loss: float) -> list[str]:
-    """On an exact resume at an epoch boundary, the files :func:`finish_epoch` writes after last.pth, when a crash
-    left them unwritten (last.pth holds that epoch's weights): best.pth if that epoch was the best, epoch_N.pth on
-    schedule. Returns the files written."""
+    """On an exact resume at an epoch boundary, the :func:`epoch_files` a crash left unwritten (last.pth holds that
+    epoch's weights). Returns the files written."""
     done = []
-    wanted = [("best.pth", state.best_epoch == state.epoch > 0),
-              (f"epoch_{state.epoch}.pth", state.epoch > 0 and state.epoch % save.opt.save_interval == 0)]
-    for name, due in wanted:
+    for name in epoch_files(state, save.opt.save_interval):
         path = os.path.join(save.opt.run_dir, name)
-        if due and (not os.path.isfile(path) or _epochs_in(path) != state.epoch):
+        if not os.path.isfile(path) or _epochs_in(path) != state.epoch:
             done.append(save(name, state, loss))
     return done
 

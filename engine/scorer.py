@@ -79,6 +79,10 @@ class Scorer:
         return ("RANDOM BACKBONES (--no_pretrained): these scores mean nothing about image quality"
                 if self.model.random_backbones else None)
 
+    def marked(self, title: str) -> str:
+        """A figure's ``title`` with :attr:`warning` in front of it, when there is one."""
+        return f"{self.warning}. {title}" if self.warning else title
+
     @property
     def labels_are_dmos(self) -> bool:
         """The training labels were DMOS (LIVE, CSIQ): :meth:`to_mos` gives DMOS, where lower is better. Scores
@@ -159,11 +163,12 @@ class Scorer:
                            self.crop_size, tuple(dis.shape[-2:])) for i, (lo, hi) in enumerate(zip(bounds, bounds[1:]))]
         return out.scores, maps
 
-    def crop_pairs(self, dis: torch.Tensor, ref: torch.Tensor
+    def crop_pairs(self, dis: torch.Tensor, ref: torch.Tensor, policy: WindowPolicy | None = None
                    ) -> tuple[list[torch.Tensor], list[torch.Tensor], list[list[tuple[int, int]]]]:
         """Per pair of (B, 3, H, W) tensors (:func:`check_pair`), its (K, 3, S, S) distorted and reference crops and
-        its windows (:meth:`data.windows.WindowPolicy.crops`). Crops keep the tensors' autograd graph."""
-        crops = [self.policy.crops(d, r) for d, r in zip(dis, ref)]
+        its windows (:meth:`data.windows.WindowPolicy.crops` of ``policy``, default the scorer's). Crops keep the
+        tensors' autograd graph."""
+        crops = [(policy or self.policy).crops(d, r) for d, r in zip(dis, ref)]
         return [c[0] for c in crops], [c[1] for c in crops], [c[2] for c in crops]
 
 
@@ -389,8 +394,7 @@ class Metric(nn.Module):
         policy = self.scorer.policy
         if policy.layout == "ensemble" and policy.n > 9:
             policy = replace(policy, n=9)
-        crops = [policy.crops(d, r) for d, r in zip(dis, ref)]
-        d, r = torch.stack([c[0] for c in crops]), torch.stack([c[1] for c in crops])
+        d, r = (torch.stack(c) for c in self.scorer.crop_pairs(dis, ref, policy)[:2])
         device = self.net.device
         self.net.eval()
         with torch.no_grad():

@@ -29,6 +29,12 @@ DEFORM_IMPLS = ("gemm", "torchvision")
 BN_STATS = ("running", "batch")  # ResNet BatchNorm when scoring: running statistics, or each call's (released test.py)
 
 
+def any_random(backbones: dict) -> bool:
+    """Whether a record of backbones (:attr:`AHIQ.backbones`, a checkpoint's or an export's) holds random weights
+    (--no_pretrained): scores of such a model mean nothing, and every table and figure says so."""
+    return any(r.get("source") == "random" for r in backbones.values())
+
+
 def check_maps(bn_stats: str, keep_maps: bool) -> None:
     """Patch maps come from the forward with running BatchNorm statistics: per-call statistics (``bn_stats``
     batch) depend on the rest of the batch, so a crop's maps would too."""
@@ -173,9 +179,7 @@ class AHIQ(nn.Module):
 
     @property
     def random_backbones(self) -> bool:
-        """Whether a backbone has random weights (--no_pretrained): its scores mean nothing, and every table and
-        figure says so."""
-        return any(r.get("source") == "random" for r in self.backbones.values())
+        return any_random(self.backbones)
 
     @property
     def pool(self):

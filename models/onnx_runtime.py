@@ -21,7 +21,7 @@ import numpy as np
 import torch
 import torch.nn as nn
 
-from models.ahiq import ReferenceFeatures
+from models.ahiq import ReferenceFeatures, any_random
 from utils.errors import AHIQError
 
 META_KEYS = ("ahiq_format", "crop_size", "patch_size", "input", "model", "label_norm", "checkpoint",
@@ -92,7 +92,7 @@ class OnnxAHIQ(nn.Module):
 
     @property
     def random_backbones(self) -> bool:
-        return any(r.get("source") == "random" for r in (self.meta.get("backbones") or {}).values())
+        return any_random(self.meta.get("backbones") or {})
 
     @staticmethod
     def pool(f: torch.Tensor, w: torch.Tensor | None) -> torch.Tensor:
