@@ -64,7 +64,8 @@ def _import(name: str):
 
 def ahiq(pretrained: bool = True, device: str = "cpu", n_ensemble: int | None = None, as_loss: bool = False,
          cache_dir: str | None = None, ckpt: str | None = None, vit_weights: str | None = None,
-         resnet_weights: str | None = None, tf32: bool = True, allow_other_backbones: bool = False, **settings):
+         resnet_weights: str | None = None, tf32: bool = True, allow_other_backbones: bool = False,
+         mapping: str | None = None, **settings):
     """AHIQ trained on PIPAL (the released NTIRE 2022 checkpoint) on the pinned ViT-B/8 and ResNet-50 backbones.
 
     ``pretrained``: files not given are fetched into ``cache_dir`` (default: ``torch.hub.get_dir()/ahiq``): the
@@ -74,9 +75,11 @@ def ahiq(pretrained: bool = True, device: str = "cpu", n_ensemble: int | None = 
     ``ckpt`` is given (tests). ``settings``: test.py's scoring options by name, with their defaults from options/
     (:func:`engine.scorer.api_settings`: ``crops_per_forward``, ``seed``, ``random_windows``, ``amp_dtype``,
     ``bn_stats``, ...). On CUDA, ``tf32`` as test.py's ``--tf32``/``--no_tf32``. A checkpoint that records other
-    backbones than these is refused unless ``allow_other_backbones``.
+    backbones than these is refused unless ``allow_other_backbones``. ``mapping``: a file ``test.py --fit_mapping``
+    saved; scores then come in that list's MOS units (``metric.scorer.scale``; ``metric.lower_better`` for DMOS).
     """
     scoring, models, weights = _import("engine.scorer"), _import("models"), _import("models.weights")
+    scale = _import("data.score_mapping").load_mapping(mapping) if mapping is not None else None  # before downloads
     device_policy = _import("utils.device")
     device_policy.check_device(device)  # before anything is downloaded
     device_policy.configure_cuda(device, tf32)
@@ -91,4 +94,5 @@ def ahiq(pretrained: bool = True, device: str = "cpu", n_ensemble: int | None = 
     source = models.BackboneSource(pretrained, vit_weights, resnet_weights)
     scorer = scoring.api_scorer(models.read_checkpoint(ckpt), source, device, mos_range=None,
                                 allow_other_backbones=allow_other_backbones, **settings)
+    scorer.mapping = scale
     return scoring.Metric(scorer, as_loss)

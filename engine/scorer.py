@@ -10,8 +10,10 @@
     scores = metric("dis.png", "ref.png")          # paths, PIL images, HxWx3 uint8 arrays or tensors
 
 Scores: higher is better (``Metric.lower_better`` is False). They are on the scale the model was trained on, the
-training MOS min-max normalised to [0, 1]; ``scorer.to_mos`` maps them back to the training labels' units with the
-range stored in the checkpoint (or given); ``labels_are_dmos`` says those units are DMOS (lower is better).
+training MOS min-max normalised to [0, 1]; ``load_scorer(mapping="scale.json")`` (test.py --fit_mapping) returns
+them in the MOS units of the list the mapping was fitted on (``scorer.scale`` says which); ``scorer.to_mos`` maps them
+back to the training labels' units with the range stored in the checkpoint (or given); ``labels_are_dmos`` says those
+units are DMOS (lower is better).
 
 Windows (data/windows.py): with more than 9 crops per image they are random, drawn from the seed and a digest of the
 reference's 8-bit pixels; so a pair gets the same windows, and the same score, as a path, a PIL image, an array or a
@@ -32,6 +34,8 @@ from PIL import Image
 
 from data.label_norm import LabelNorm
 from data.pair_dataset import PairDataset
+from data.score_mapping import Mapping as ScoreMapping
+from data.score_mapping import load_mapping
 from data.windows import WindowPolicy
 from engine.loop import Predictions, predict, score_crops
 from models import AHIQ, BN_STATS, BackboneSource, Checkpoint, build_checkpoint_model, read_checkpoint
@@ -57,6 +61,7 @@ class Scorer:
     label_norm: LabelNorm | None = None  # how the training labels were normalised
     checkpoint: str | None = None
     amp_dtype: torch.dtype | None = None  # bf16/fp16 autocast on CUDA
+    mapping: ScoreMapping | None = None  # score_files/score_tensors/Metric give scores on this MOS scale (--mapping)
 
     def __post_init__(self) -> None:
         check_crop(self.policy.crop, self.model.patch_size)
@@ -82,6 +87,25 @@ class Scorer:
     def marked(self, title: str) -> str:
         """A figure's ``title`` with :attr:`warning` in front of it, when there is one."""
         return f"{self.warning}. {title}" if self.warning else title
+
+    @property
+    def scale(self) -> str:
+        """What the numbers :meth:`score_files` and :meth:`score_tensors` return mean (a saved mapping's units, else
+        the training scale)."""
+        return self.mapping.units if self.mapping else "the training MOS min-max normalised to [0, 1], higher is better"
+
+    @property
+    def lower_better(self) -> bool:
+        """The returned numbers fall as quality rises: only on a DMOS mapping's scale."""
+        return bool(self.mapping and self.mapping.norm.lower_better)
+
+    def on_scale(self, scores: np.ndarray | torch.Tensor) -> np.ndarray | torch.Tensor:
+        """Model scores on :attr:`scale` (unchanged without a mapping); a tensor stays a float32 tensor."""
+        if self.mapping is None:
+            return scores
+        if isinstance(scores, torch.Tensor):
+            return torch.from_numpy(self.mapping(scores.detach().cpu().numpy())).float()
+        return self.mapping(scores)
 
     @property
     def labels_are_dmos(self) -> bool:
@@ -131,8 +155,8 @@ class Scorer:
                     progress: bool = False) -> np.ndarray:
         """Scores of (distorted, reference) file pairs, in order. Windows as :class:`data.windows.WindowPolicy`
         draws them: a pair scores the same here, in test.py and as arrays or tensors; distorted images that share
-        a reference file share its features (computed once)."""
-        return self.score_dataset(self._file_pairs(pairs), batch_size, num_workers, progress).preds
+        a reference file share its features (computed once). On :attr:`scale` (a ``mapping``'s units when given)."""
+        return self.on_scale(self.score_dataset(self._file_pairs(pairs), batch_size, num_workers, progress).preds)
 
     def score_maps(self, pairs: Sequence[tuple[str, str]], batch_size: int = 1, num_workers: int = 0,
                    progress: bool = False, images: bool = False) -> list[ImageMaps]:
@@ -150,18 +174,19 @@ class Scorer:
                       ) -> torch.Tensor | tuple[torch.Tensor, list[ImageMaps]]:
         """Scores (B,) of (B, 3, H, W) image tensors in [0, 1], each pair on its windows (random ones keyed by its
         reference's pixels, as for files: neither its position nor the rest of the batch matters).
-        ``return_maps``: also each image's maps (:class:`utils.quality_maps.ImageMaps`)."""
+        ``return_maps``: also each image's maps (:class:`utils.quality_maps.ImageMaps`, on the model's scale). Scores
+        on :attr:`scale`."""
         check_pair(dis, ref)
         dis_crops, ref_crops, windows = self.crop_pairs(dis, ref)
         bn_stats = "running" if return_maps else self.bn_stats
         out = score_crops(self.model, torch.stack(dis_crops), torch.stack(ref_crops), self.crops_per_forward,
                           self.amp_dtype, bn_stats, keep_maps=return_maps)  # one size per call: K crops each
         if not return_maps:
-            return out.scores
+            return self.on_scale(out.scores)
         bounds = np.cumsum([0, *map(len, windows)])
         maps = [image_maps(out.scores[i].item(), out.f[lo:hi], None if out.w is None else out.w[lo:hi], windows[i],
                            self.crop_size, tuple(dis.shape[-2:])) for i, (lo, hi) in enumerate(zip(bounds, bounds[1:]))]
-        return out.scores, maps
+        return self.on_scale(out.scores), maps
 
     def crop_pairs(self, dis: torch.Tensor, ref: torch.Tensor, policy: WindowPolicy | None = None
                    ) -> tuple[list[torch.Tensor], list[torch.Tensor], list[list[tuple[int, int]]]]:
@@ -263,7 +288,7 @@ def load_scorer(ckpt: str | None = None, checkpoints_dir: str = CHECKPOINTS, nam
                 resnet_weights: str | None = None, deform_impl: str = "gemm",
                 mos_range: tuple[float, float] | None = None, model: dict | None = None, load_epoch: int = -1,
                 tf32: bool = True, allow_other_backbones: bool = False, backend: str = "torch",
-                **settings: Any) -> Scorer:
+                mapping: str | None = None, **settings: Any) -> Scorer:
     """A :class:`Scorer` for a checkpoint (default: the one test.py would pick in ``checkpoints_dir/name``).
 
     The architecture and the trained crop size come from the checkpoint; ``model`` may give
@@ -274,8 +299,17 @@ def load_scorer(ckpt: str | None = None, checkpoints_dir: str = CHECKPOINTS, nam
     ``settings``: test.py's scoring options by name, defaults as there (:func:`api_settings`): ``n_ensemble``,
     ``seed``, ``random_windows``, ``windows``, ``batch_size``, ``resize``/``size``, ``max_pixels``, ``crop_size``,
     ``crops_per_forward``, ``bn_stats``, and ``amp_dtype`` (a torch dtype, CUDA only). ``backend="onnxruntime"``:
-    ``ckpt`` is an exported ``.onnx`` file (:func:`onnx_scorer`).
+    ``ckpt`` is an exported ``.onnx`` file (:func:`onnx_scorer`). ``mapping``: a file ``test.py --fit_mapping`` saved;
+    the scorer then returns scores in that list's MOS units (:attr:`Scorer.scale`; the maps stay on the model's).
     """
+    scale = load_mapping(mapping) if mapping is not None else None  # before anything slow
+    return replace(_load_scorer(ckpt, checkpoints_dir, name, device, pretrained, vit_weights, resnet_weights,
+                                deform_impl, mos_range, model, load_epoch, tf32, allow_other_backbones, backend,
+                                **settings), mapping=scale)
+
+
+def _load_scorer(ckpt, checkpoints_dir, name, device, pretrained, vit_weights, resnet_weights, deform_impl, mos_range,
+                 model, load_epoch, tf32, allow_other_backbones, backend, **settings) -> Scorer:
     if backend not in BACKENDS:
         raise AHIQError(f"backend {backend!r}: expected one of {', '.join(BACKENDS)}")
     if backend == "onnxruntime":
@@ -354,12 +388,12 @@ class Metric(nn.Module):
     :class:`utils.quality_maps.ImageMaps`), each image's patch score, weight and contribution maps.
     """
 
-    lower_better = False  # higher scores mean better quality, whatever the training labels were
-
     def __init__(self, scorer: Scorer, as_loss: bool = False) -> None:
         super().__init__()
         self.scorer, self.as_loss = scorer, as_loss
         self.net = scorer.model
+        if as_loss and scorer.mapping is not None:
+            raise AHIQError("as_loss=True differentiates the model's own scores; load the scorer without mapping")
         if as_loss and not isinstance(self.net, AHIQ):
             raise AHIQError("as_loss=True differentiates the PyTorch model; an ONNX export has no gradients")
         if as_loss:
@@ -368,6 +402,12 @@ class Metric(nn.Module):
     @property
     def labels_are_dmos(self) -> bool:
         return self.scorer.labels_are_dmos
+
+    @property
+    def lower_better(self) -> bool:
+        """False: higher scores mean better quality, whatever the training labels were; True only on a DMOS
+        ``mapping``'s scale (:attr:`Scorer.lower_better`)."""
+        return self.scorer.lower_better
 
     def forward(self, dis, ref, return_maps: bool = False) -> torch.Tensor | tuple[torch.Tensor, list[ImageMaps]]:
         if self.as_loss and return_maps:
@@ -381,8 +421,8 @@ class Metric(nn.Module):
             pairs = list(zip(dis, ref))
             if return_maps:
                 maps = self.scorer.score_maps(pairs)
-                return torch.tensor([m.score for m in maps], dtype=torch.float32), maps
-            return torch.from_numpy(self.scorer.score_files(pairs)).float()
+                return self.scorer.on_scale(torch.tensor([m.score for m in maps], dtype=torch.float32)), maps
+            return torch.from_numpy(np.asarray(self.scorer.score_files(pairs))).float()
         if self.as_loss:
             return self.differentiable(dis, ref)
         return self.scorer.score_tensors(to_batch(dis, "dis"), to_batch(ref, "ref"), return_maps)

@@ -161,6 +161,18 @@ def test_a_fitted_mapping_puts_scores_on_a_lists_mos_scale(tmp_path, tiny_ckpt, 
     raw = [line.split(",") for line in Path(applied["predictions"]).read_text().splitlines()]
     assert [r[0] for r in rows] == [r[0] for r in raw]
     np.testing.assert_allclose([float(r[1]) for r in rows], again(np.array([float(r[1]) for r in raw])), rtol=1e-6)
+    # the API: load_scorer(mapping=...) returns the same numbers on that scale and says so; DMOS reads lower-better
+    from engine.scorer import Metric, load_scorer
+    pair = [(f"{data['dis']}/{data['names'][0]}", f"{data['ref']}/{data['names'][0][:5]}.bmp")]
+    settings = dict(pretrained=False, crop_size=32, n_ensemble=1)
+    plain = load_scorer(tiny_ckpt, str(tmp_path), **settings)
+    scaled = load_scorer(tiny_ckpt, str(tmp_path), mapping=str(tmp_path / "m.json"), **settings)
+    np.testing.assert_allclose(scaled.score_files(pair), again(plain.score_files(pair)), rtol=1e-6)
+    assert scaled.scale == again.units and "normalised" in plain.scale and not Metric(scaled).lower_better
+    fit_mapping(scores, 100 - mos, dmos, "d.txt", None).save(str(tmp_path / "d.json"))
+    assert Metric(load_scorer(tiny_ckpt, str(tmp_path), mapping=str(tmp_path / "d.json"), **settings)).lower_better
+    with pytest.raises(AHIQError, match=r"junk\.json: not a score mapping"):
+        load_scorer(tiny_ckpt, str(tmp_path), mapping=str(tmp_path / "junk.json"), **settings)
     # --fit_mapping: a file when the rising logistic fits this model's scores, else one line saying why
     probe = test_entry.main(common + ["--name", "probe"])
     fit = common + ["--name", "fit", "--fit_mapping", str(tmp_path / "tiny_map.json")]
