@@ -29,10 +29,11 @@ $PY train.py $COMMON --train_ref_path $DATA/ref --train_dis_path $DATA/dis --tra
     --val_ref_path $DATA/ref --val_dis_path $DATA/dis --val_list $DATA/val.txt \
     --n_epoch "${DEMO_EPOCHS:-6}" --batch_size 8 --learning_rate 3e-4 --T_max 1000 --save_interval 100
 $PY test.py $COMMON --test_ref_path $DATA/ref --test_dis_path $DATA/dis --test_list $DATA/test.txt \
-    --n_ensemble 5 --test_file_name test_predictions.txt --worst 3
+    --n_ensemble 5 --test_file_name test_predictions.txt --worst 3 --report
 echo
 echo "demo done:"
 echo "  predictions   $CKPTS/$RUN/test_predictions.txt (metrics in test_predictions_metrics.json)"
+echo "  report        $CKPTS/$RUN/test_predictions_report.html (one page: metrics, figures, a sortable table)"
 echo "  figures       $CKPTS/$RUN/test_predictions_scatter.png, test_predictions_worst.png (worst 3, with maps)"
 echo "  checkpoints   $CKPTS/$RUN/best.pth, last.pth"
 echo "  TensorBoard   tensorboard --logdir $CKPTS/$RUN/tensorboard"

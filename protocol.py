@@ -33,6 +33,7 @@ from options.data_options import PATH_DEFAULTS, apply_preset
 from options.policy import RESULT, RESUMABLE
 from options.protocol_options import parse_protocol_options
 from options.test_options import TestConfig, test_parser
+from utils import report
 from utils.distributed import init_distributed
 from utils.errors import AHIQError, run_cli
 from utils.files import atomic_write, read_text
@@ -75,7 +76,7 @@ def test_options(train_opt: RunConfig, opt: RunConfig, cross: str | None) -> Run
     values = vars(test_parser().parse_args([]))
     values.update({key: getattr(train_opt, key) for key in set(values) & set(train_opt.to_dict())
                    if key not in ("batch_size", "ckpt", "load_epoch")})
-    values.update(batch_size=opt.test_batch_size, n_ensemble=opt.n_ensemble)
+    values.update(batch_size=opt.test_batch_size, n_ensemble=opt.n_ensemble, report=opt.report)
     if cross is None:
         values.update(test_ref_path=train_opt.train_ref_path, test_dis_path=train_opt.train_dis_path,
                       test_list=train_opt.train_list, split_part="test", test_file_name=RESULTS_FILE)
@@ -120,6 +121,55 @@ def summarise(rows: list[dict]) -> dict:
     return summary
 
 
+def group_summary(details: list[dict]) -> dict:
+    """Per test set and grouping (``by_type``, ``by_level``, ...): per group, the median SRCC and PLCC over the
+    splits whose test part held enough of its images for a correlation (``splits``: how many), and its images per
+    split. A group no split could measure is listed with None."""
+    out: dict[str, dict] = {}
+    for d in details:
+        for key, groups in d["metrics"].items():
+            if not key.startswith("by_"):
+                continue
+            for name, g in groups.items():
+                out.setdefault(d["test_set"], {}).setdefault(key, {}).setdefault(name, []).append(g)
+    summary: dict[str, dict] = {}
+    for test_set, keys in out.items():
+        for key, groups in keys.items():
+            for name, gs in sorted(groups.items()):
+                measured = [g for g in gs if g.get("srcc") is not None]
+                summary.setdefault(test_set, {}).setdefault(key, {})[name] = {
+                    "splits": len(measured), "images_per_split": [g["n"] for g in gs],
+                    **{f"{m}_median": float(np.median([g[m] for g in measured])) if measured else None
+                       for m in ("srcc", "plcc")}}
+    return summary
+
+
+def write_report(opt: RunConfig, rows: list[dict], summary: dict, details: list[dict]) -> str:
+    """``protocol_report.html``: the summary, every split's numbers (sortable) and the per-group medians."""
+    groups = group_summary(details)
+    def stats(s: dict) -> list:
+        return [v for m in METRICS for v in (s[m]["median"], s[m]["mean"], s[m]["std"])]
+
+    head = ["test set", "runs", *(f"{m.upper()} {w}" for m in METRICS for w in ("median", "mean", "std"))]
+    sections = [("Summary", report.table(head, [(t, s["n"], *stats(s)) for t, s in summary.items()])
+                 + f'<p class="muted">{opt.n_splits} content-disjoint split(s) of '
+                   f"{report.esc(opt.split_file or 'column ' + str(opt.split_column))}; each split's best.pth "
+                   f"(--best_metric {report.esc(opt.best_metric)}); std: sample (n-1).</p>"),
+                ("Per split", report.table(["split", "test set", *METRICS, "rmse", "n_images", "epoch", "checkpoint"],
+                                           [[r[k] for k in ("split", "test_set", *METRICS, "rmse", "n_images",
+                                                            "epoch", "checkpoint")] for r in rows], sortable=True))]
+    for test_set, keys in groups.items():
+        tables = {key: {name: {"n": g["splits"], "srcc": g["srcc_median"], "plcc": g["plcc_median"],
+                               "note": None if g["splits"] else "too few images in every split"}
+                        for name, g in gs.items()} for key, gs in keys.items()}
+        sections.append((f"Per distortion group, {test_set}: medians over splits",
+                         report.group_tables(tables, count="splits measured")))
+    path = os.path.join(opt.run_dir, "protocol_report.html")
+    warning = next(filter(None, (d["metrics"].get("warning") for d in details)), None)  # test.py's, if any
+    atomic_write(path, report.page(f"AHIQ protocol on {opt.dataset}: {opt.name}", warning, sections))
+    return path
+
+
 def summary_table(summary: dict) -> str:
     def cell(s: dict) -> str:
         std = "-" if math.isnan(s["std"]) else f"{s['std']:.4f}"
@@ -134,7 +184,7 @@ def summary_table(summary: dict) -> str:
     return "\n".join(lines) + "\n"
 
 
-def write_results(opt: RunConfig, rows: list[dict], summary: dict) -> None:
+def write_results(opt: RunConfig, rows: list[dict], summary: dict, groups: dict) -> None:
     buf = io.StringIO()
     writer = csv.DictWriter(buf, fieldnames=["split", "test_set", *METRICS, "rmse", "n_images", "checkpoint", "epoch"],
                             extrasaction="ignore")
@@ -144,7 +194,8 @@ def write_results(opt: RunConfig, rows: list[dict], summary: dict) -> None:
     doc = {"dataset": opt.dataset, "best_metric": opt.best_metric,
            "checkpoint": f"best.pth of each split: the epoch (counted from 1) --best_metric {opt.best_metric} chose",
            "split_file": opt.split_file, "split_column": opt.split_column,
-           "n_splits": opt.n_splits, "std": "sample standard deviation (n-1)", "summary": summary}
+           "n_splits": opt.n_splits, "std": "sample standard deviation (n-1)", "summary": summary,
+           "groups": groups}
     atomic_write(os.path.join(opt.run_dir, "protocol_summary.json"), json.dumps(doc, indent=2) + "\n")
     atomic_write(os.path.join(opt.run_dir, "protocol_summary.txt"), summary_table(summary))
 
@@ -162,7 +213,7 @@ def main(argv: list[str] | None = None) -> dict:
             raise AHIQError(f"{opt.split_file}: holds {held} splits, --n_splits asks for {opt.n_splits}; pass "
                             f"--n_splits {held} or a new --split_file")
     save_options(opt, "protocol")
-    rows = []
+    rows, details = [], []
     for k in range(opt.n_splits):
         sub = split_options(opt, k)
         done = os.path.isfile(test_entry.metrics_file(sub.run_dir, RESULTS_FILE))
@@ -177,11 +228,15 @@ def main(argv: list[str] | None = None) -> dict:
             rows.append({"split": k, "test_set": test_set, **{m: metrics[m] for m in (*METRICS, "rmse")},
                          "n_images": metrics.get("n_images"), "checkpoint": metrics.get("checkpoint"),
                          "epoch": (metrics.get("trained") or {}).get("epochs_trained")})
-        write_results(opt, rows, summarise(rows))  # after every split, so an interrupted protocol keeps its results
+            details.append({"test_set": test_set, "metrics": metrics})
+        # after every split, so an interrupted protocol keeps its results
+        write_results(opt, rows, summarise(rows), group_summary(details))
         if opt.keep == "best":
             drop_resume_files(sub.run_dir)
     summary = summarise(rows)
     table = summary_table(summary)
+    if opt.report:
+        log.info("wrote %s", write_report(opt, rows, summary, details))
     print(f"\n{opt.dataset}: {opt.n_splits} split(s) of {opt.split_file or 'column ' + opt.split_column}\n{table}")
     print(f"per split: {os.path.join(opt.run_dir, 'protocol_results.csv')}; summary: "
           f"{os.path.join(opt.run_dir, 'protocol_summary.json')}")

@@ -25,12 +25,14 @@ import torch
 
 from data.score_mapping import fit_mapping, load_mapping
 from engine import runtime
+from models.config import describe_backbone
 from options.base_options import RunConfig
 from options.test_options import parse_test_options
+from utils import report
 from utils.errors import AHIQError, run_cli
-from utils.files import Lock, atomic_write, read_text
+from utils.files import Lock, atomic_write, read_bytes, read_text
 from utils.metrics import MIN_FIT_IMAGES, fit_logistic4, fmt, iqa_metrics, logistic4, logistic_fit_problem, metrics_line
-from utils.plots import optional_figure, scatter_png, worst_png
+from utils.plots import groups_png, optional_figure, scatter_png, worst_png
 from utils.stats import CI_METRICS, bootstrap_intervals, group_metrics
 
 log = logging.getLogger("ahiq.test")
@@ -67,23 +69,95 @@ def write_submission(folder: str, predictions: str, seconds_per_image: float, de
     return zip_path
 
 
+def fitted_labels(preds: np.ndarray, labels: np.ndarray) -> tuple[np.ndarray, str]:
+    """The predictions mapped to the (normalised) labels by the rising 4-parameter logistic, or by a straight line
+    when the logistic does not fit; and which fit it was, in words."""
+    params = fit_logistic4(preds, labels) if len(preds) >= MIN_FIT_IMAGES else None
+    if logistic_fit_problem(preds, labels, params):
+        return np.polyval(np.polyfit(preds, labels, 1), preds), "a linear fit (the logistic fit is not sound)"
+    return logistic4(preds, *params), "the logistic fit"
+
+
 def write_worst(scorer, dataset, index: np.ndarray, preds: np.ndarray, labels: np.ndarray, opt: RunConfig) -> str:
     """``{stem}_worst.png``: the ``--worst`` images furthest from their MOS after the 4-parameter logistic fit (a
     straight line when the logistic does not fit), each with its patch maps."""
-    params = fit_logistic4(preds, labels) if len(preds) >= MIN_FIT_IMAGES else None
-    if logistic_fit_problem(preds, labels, params):
-        params = None
-    fitted = logistic4(preds, *params) if params is not None else np.polyval(np.polyfit(preds, labels, 1), preds)
+    fitted, fit = fitted_labels(preds, labels)
     worst = np.argsort(-np.abs(fitted - labels), kind="stable")[:opt.worst]
     chosen = [int(index[i]) for i in worst]
     maps = scorer.dataset_maps(dataset, chosen, opt.batch_size, opt.num_workers)
     rows = [(dataset.names[i], dataset.load(dataset.paths(i)[0]), dataset.load(dataset.paths(i)[1]), m,
              float(fitted[j]), float(labels[j])) for i, j, m in zip(chosen, worst, maps)]
-    fit = "the logistic fit" if params is not None else "a linear fit (the logistic fit is not sound)"
     title = (f"{len(rows)} images furthest from their MOS after {fit}: {os.path.basename(opt.test_list)}, "
              f"{os.path.basename(opt.run_dir)} (MOS min-max normalised)")
     path = os.path.splitext(os.path.join(opt.run_dir, opt.test_file_name))[0] + "_worst.png"
     atomic_write(path, worst_png(rows, scorer.marked(title)))
+    log.info("wrote %s", path)
+    return path
+
+
+def write_groups_figure(tables: dict[str, dict], path: str, title: str) -> str | None:
+    """``{stem}_groups.png``: SRCC per distortion group with counts (None when the list names no groups)."""
+    if not any(tables.values()):
+        return None
+    png = optional_figure(lambda: groups_png(tables, title), path)
+    if png is None:
+        return None
+    atomic_write(path, png)
+    log.info("wrote %s", path)
+    return path
+
+
+def write_report(path: str, opt: RunConfig, run: dict, dataset, out, metrics: dict | None,
+                 figures: list[str]) -> str:
+    """``{stem}_report.html`` (--report): :mod:`utils.report`'s one self-contained page of this run."""
+    provenance = [("checkpoint", run["checkpoint"] or "none (random head)"),
+                  ("trained", ", ".join(f"{k} {v}" for k, v in run["trained"].items() if v is not None)
+                   or "no record (an official or pyiqa file)"),
+                  *((f"{part} backbone", describe_backbone(r)) for part, r in run["backbones"].items()),
+                  ("list", os.path.abspath(opt.test_list)), ("dataset", runtime.dataset_name(opt, opt.test_list)),
+                  ("split", f"{opt.split_file or opt.split_column} part {opt.split_part}" if opt.split_part else "all"),
+                  ("images", len(out.names)),
+                  ("windows", f"{opt.n_ensemble} per image, {opt.windows}, seed {opt.seed}, crop {run['crop']}"),
+                  ("device", f"{run['device']}, {run['seconds_per_image']:.4f} s per image"),
+                  ("written", time.strftime("%Y-%m-%d %H:%M:%S %Z")), ("torch", torch.__version__)]
+    sections = [("Run", report.table(("", ""), provenance)
+                 + "<details><summary>all options</summary><pre>" + report.esc(json.dumps(opt.to_dict(), indent=1))
+                 + "</pre></details>")]
+    labels = out.labels if metrics is not None else None
+    if metrics is not None:
+        ci = metrics.get("intervals") or {}
+        names = {"srcc": "SRCC", "plcc": "PLCC", "plcc_logistic": "PLCC after the logistic", "krcc": "KRCC",
+                 "rmse": "RMSE", "main_score": "main score (raw PLCC + SRCC)"}
+        rows = [(label, metrics[m], *((ci.get(m) or [None, None]) if m in CI_METRICS else ("", "")))
+                for m, label in names.items()]
+        note = (f"95% intervals: {ci['resamples']} seeded resamples of {ci['resampled']}" if ci.get("resamples")
+                else f"no intervals: {ci.get('note') or '--bootstrap 0'}")
+        if metrics.get("plcc_logistic_note"):
+            note += f"; no logistic PLCC: {metrics['plcc_logistic_note']}"
+        sections.append(("Metrics", report.table(("metric", "value", "95% low", "95% high"), rows)
+                         + f'<p class="muted">{report.esc(note)}. MOS min-max normalised to [0, 1] for RMSE.</p>'))
+        groups = {k: v for k, v in metrics.items() if k.startswith("by_") and v}
+        if groups:
+            sections.append(("Per distortion group", report.group_tables(groups)))
+    if figures:
+        sections.append(("Figures", "".join(report.image(read_bytes(f), os.path.basename(f)) for f in figures)))
+    keys = list(dataset.groups)
+    header = ["#", "image", "reference", *keys, "score"]
+    columns = [[i + 1 for i in range(len(out.names))], list(out.names),
+               [os.path.basename(dataset.paths(int(i))[1]) for i in out.index],
+               *([dataset.groups[k][int(i)] for i in out.index] for k in keys), [float(p) for p in out.preds]]
+    if labels is not None:
+        fitted, fit = fitted_labels(out.preds, labels)
+        header += ["fitted MOS", "MOS", "|fitted - MOS|"]
+        mos, fitted_mos = dataset.norm.invert(labels), dataset.norm.invert(fitted)
+        columns += [[float(v) for v in fitted_mos], [float(v) for v in mos],
+                    [float(v) for v in np.abs(fitted_mos - mos)]]
+    note = ("" if labels is None else f'<p class="muted">fitted MOS: the score through {report.esc(fit)}, in the '
+            "list's units.</p>")
+    sections.append(("Per image", note + report.filter_box(len(out.names))
+                     + report.table(header, list(zip(*columns)), sortable=True, table_id="images")))
+    title = f"AHIQ on {os.path.basename(opt.test_list)}: {os.path.basename(run['checkpoint'] or 'random head')}"
+    atomic_write(path, report.page(title, run["warning"], sections))
     log.info("wrote %s", path)
     return path
 
@@ -174,6 +248,7 @@ def score(opt: RunConfig, out_path: str) -> dict:
     ckpt_path = checkpoint.path
     meta = (checkpoint.state or {}).get("ahiq") or {}
     trained = {key: meta.get(key) for key in ("dataset", "epochs_trained", "best_metric")}  # None: official files
+    backbones = dict(getattr(scorer.model, "backbones", {}))
     del checkpoint
     runtime.save_options(opt, "test")
     log.info("scoring %d images of %s with %s (%d crops each, %s)", len(dataset), opt.test_list, ckpt_path,
@@ -189,7 +264,9 @@ def score(opt: RunConfig, out_path: str) -> dict:
     if scorer.warning:
         log.warning(scorer.warning)
     result = {"predictions": out_path, "seconds_per_image": seconds / len(names), "checkpoint": ckpt_path,
-              "n_images": len(names)}
+              "n_images": len(names), "warning": scorer.warning}
+    stem = os.path.splitext(out_path)[0]
+    figures, metrics = [], None
     labelled = dataset.norm is not None and len(labels) > 1
     if labelled and dataset.norm.span > 0:
         metrics = iqa_metrics(preds, labels)
@@ -204,11 +281,15 @@ def score(opt: RunConfig, out_path: str) -> dict:
                                                "checkpoint": ckpt_path, "trained": trained,
                                                "n_ensemble": opt.n_ensemble},
                                               indent=2, allow_nan=False))
-        plot_path = os.path.splitext(out_path)[0] + "_scatter.png"
+        plot_path = stem + "_scatter.png"
         title = scorer.marked(f"{os.path.basename(opt.test_list)}, {os.path.basename(ckpt_path or 'random head')}")
-        png = optional_figure(lambda: scatter_png(preds, labels, metrics, title), plot_path)
+        png = optional_figure(lambda: scatter_png(preds, labels, metrics, title, dataset.norm), plot_path)
         if png is not None:
             atomic_write(plot_path, png)
+            figures.append(plot_path)
+        groups = write_groups_figure({k: v for k, v in metrics.items() if k.startswith("by_")}, stem + "_groups.png",
+                                     title)
+        figures += [groups] if groups else []
         log.info("%s  -> %s, %s", metrics_line(metrics), metrics_path, plot_path)
         if metrics["plcc_logistic_note"]:
             log.info("no logistic-mapped PLCC: %s", metrics["plcc_logistic_note"])
@@ -221,11 +302,16 @@ def score(opt: RunConfig, out_path: str) -> dict:
             result["mapping"] = opt.fit_mapping
         if opt.worst:
             result["worst"] = write_worst(scorer, dataset, out.index, preds, labels, opt)
+            figures.append(result["worst"])
     if mapping is not None:
         mapped_path = os.path.splitext(out_path)[0] + "_mapped.txt"
         atomic_write(mapped_path, format_predictions(names, mapping(preds)))
         log.info("wrote %s: the scores in %s", mapped_path, mapping.units)
         result["mapped"] = mapped_path
+    if opt.report:
+        run = {"checkpoint": ckpt_path, "trained": trained, "backbones": backbones, "crop": policy.crop,
+               "device": device, "seconds_per_image": seconds / len(names), "warning": scorer.warning}
+        result["report"] = write_report(stem + "_report.html", opt, run, dataset, out, metrics, figures)
     if opt.submission:
         zip_path = write_submission(opt.submission, predictions, seconds / len(names), device, opt.n_ensemble)
         atomic_write(source_file(package), json.dumps(source, indent=2))

@@ -11,7 +11,7 @@ from options.base_options import HelpFormatter, parse
 from options.data_options import apply_preset
 from options.defaults import PROTOCOL_NAME, TEST_BATCH
 from options.policy import free
-from options.test_options import add_n_ensemble
+from options.test_options import add_n_ensemble, add_report
 from options.train_options import TrainConfig, check_train_options, train_parents
 from utils.errors import AHIQError
 
@@ -30,6 +30,8 @@ def protocol_parser() -> argparse.ArgumentParser:
                         help="checkpoints kept of a finished split: 'best' (best.pth, what its tests and later cross "
                              "tests use; last.pth and epoch_N.pth, ~3x larger and needed only to resume its training, "
                              "are removed) or 'all'"))
+    add_report(g, "also write protocol_report.html (one self-contained page: the summary, every split's numbers, "
+                  "per-group medians) and each split's test report")
     free(g.add_argument("--cross_data_root", default=None, help="root of the --cross_dataset data; None: --data_root"))
     return p
 
@@ -44,6 +46,7 @@ class ProtocolConfig(TrainConfig):
     cross_dataset: tuple[str, ...]
     keep: str
     cross_data_root: str | None
+    report: bool
 
 
 def protocol_splits(opt: argparse.Namespace) -> None:

@@ -69,6 +69,11 @@ def add_n_ensemble(group: argparse._ArgumentGroup) -> None:
                        help="crops averaged per image: 1 centre, 2-9 fixed windows, more: seeded random windows")
 
 
+def add_report(group: argparse._ArgumentGroup, what: str) -> None:
+    """--report, test.py's and protocol.py's (one self-contained HTML page: utils/report.py)."""
+    free(group.add_argument("--report", action="store_true", help=what))
+
+
 def scoring_defaults() -> dict:
     """The defaults of the scoring options (scoring, windows, images and the run's seed and pixel limit), by name:
     what the Python API and the hub use for the settings they are not given."""
@@ -104,6 +109,8 @@ def test_parser() -> argparse.ArgumentParser:
     free(g.add_argument("--bootstrap", type=int, default=1000, metavar="N",
                         help="lists with MOS: 95%% intervals of SRCC/PLCC/KRCC/RMSE from N seeded resamples (of "
                              "references when they repeat, else of images); 0: none"))
+    add_report(g, "also write {stem}_report.html: one self-contained page (no network) with the run's provenance, "
+                  "metrics and intervals, per-group tables, the figures and a sortable, filterable per-image table")
     free(g.add_argument("--submission", default=None, metavar="DIR",
                         help="also write the NTIRE 2022 package (output.txt, readme.txt, submission.zip) to DIR"))
     # accepted as the official test options accept them (training data, how split files are made), not shown
@@ -127,6 +134,7 @@ class TestConfig(RunConfig, TestDataFields, TrainDataFields, ImageFields, Window
     fit_mapping: str | None
     mapping: str | None
     bootstrap: int
+    report: bool
     submission: str | None
 
 

@@ -88,7 +88,7 @@ def test_same_list_for_training_and_validation_without_a_split_is_refused(data_r
 def test_protocol_runner_two_splits_with_a_cross_dataset_test(data_root, tmp_path, capsys):
     args = _common(tmp_path, "--name", "proto", "--dataset", "kadid10k", "--data_root",
                    str(data_root), "--n_splits", "2", "--n_epoch", "1", "--batch_size", "3", "--n_ensemble", "2",
-                   "--cross_dataset", "csiq")
+                   "--cross_dataset", "csiq", "--report")
     summary = protocol.main(args)
     run = tmp_path / "proto"
     rows = list(csv.DictReader(open(run / "protocol_results.csv")))
@@ -109,6 +109,18 @@ def test_protocol_runner_two_splits_with_a_cross_dataset_test(data_root, tmp_pat
     saved = json.loads((run / "protocol_summary.json").read_text())["summary"]
     assert saved["csiq (all)"]["plcc"]["values"] == summary["csiq (all)"]["plcc"]["values"]
     assert "kadid10k (test part)" in capsys.readouterr().out
+    # per distortion group: the median over splits of each split's own per-group numbers (test.py's metrics files)
+    groups = json.loads((run / "protocol_summary.json").read_text())["groups"]
+    per_split = [json.loads((run / f"split_{k}" / "cross_csiq_results_metrics.json").read_text())["by_type"]
+                 for k in (0, 1)]
+    for name, g in groups["csiq (all)"]["by_type"].items():
+        measured = [s[name]["srcc"] for s in per_split if s[name]["srcc"] is not None]
+        assert g["splits"] == len(measured) and g["images_per_split"] == [s[name]["n"] for s in per_split]
+        assert g["srcc_median"] == (pytest.approx(np.median(measured)) if measured else None)
+    assert any(g["splits"] for g in groups["csiq (all)"]["by_type"].values())
+    page = (run / "protocol_report.html").read_text()
+    assert "Per distortion group, csiq (all)" in page and page.count("<tr>") > 4 + 4 and "RANDOM BACKBONES" in page
+    assert (run / "split_1" / "test_results_report.html").is_file()  # each split's own report
     # a finished split keeps best.pth only (--keep best): last.pth and epoch_N.pth serve only to resume its training
     assert sorted(p.name for p in (run / "split_0").glob("*.pth")) == ["best.pth"]
     # running it again reuses every finished split: nothing is trained or rewritten

@@ -64,13 +64,18 @@ def file_error(path: str, err: OSError, doing: str) -> AHIQError:
     return AHIQError(f"{path}: cannot be {doing} ({what}); check the path, its permissions and the free space")
 
 
-def read_text(path: str) -> str:
-    """A text file as UTF-8 (a BOM is dropped); another encoding is a one-line error naming the file and line."""
+def read_bytes(path: str) -> bytes:
+    """A file's bytes; a failure is one line naming the file."""
     try:
         with open(path, "rb") as f:
-            data = f.read()
+            return f.read()
     except OSError as err:
         raise file_error(path, err, "read") from None
+
+
+def read_text(path: str) -> str:
+    """A text file as UTF-8 (a BOM is dropped); another encoding is a one-line error naming the file and line."""
+    data = read_bytes(path)
     try:
         return data.decode("utf-8-sig")
     except UnicodeDecodeError as err:

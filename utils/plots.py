@@ -12,20 +12,23 @@ from utils.errors import AHIQError
 from utils.metrics import fit_logistic4, logistic4
 
 
-def scatter_figure(preds: np.ndarray, labels: np.ndarray, metrics: dict, title: str = ""):
+def scatter_figure(preds: np.ndarray, labels: np.ndarray, metrics: dict, title: str = "", norm=None):
     """A matplotlib figure: predictions (x) against labels (y), the fitted logistic curve when the fit is sound,
-    metrics in the title (wrapped to fit), the legend outside the axes (it never hides a point)."""
+    metrics in the title (wrapped to fit), the legend outside the axes (it never hides a point). ``norm`` (the
+    list's :class:`data.label_norm.LabelNorm`): the labels and the curve in the list's own MOS (or DMOS) units."""
     plt = _pyplot()
     from matplotlib.ticker import MaxNLocator
 
+    units = (lambda y: y) if norm is None else norm.invert
     fig, ax = plt.subplots(figsize=(6.2, 4.5))
-    ax.scatter(preds, labels, s=8, alpha=0.6, label="images")
+    ax.scatter(preds, units(np.asarray(labels, float)), s=8, alpha=0.6, label="images")
     if metrics.get("plcc_logistic") is not None:
         params = fit_logistic4(np.asarray(preds, float), np.asarray(labels, float))
         xs = np.linspace(np.min(preds), np.max(preds), 200)
-        ax.plot(xs, logistic4(xs, *params), color="C3", label="4-parameter\nlogistic fit")
+        ax.plot(xs, units(logistic4(xs, *params)), color="C3", label="4-parameter\nlogistic fit")
     ax.set_xlabel("prediction")
-    ax.set_ylabel("MOS (min-max normalised)")
+    ax.set_ylabel("MOS (min-max normalised)" if norm is None else
+                  "DMOS (the list's units; lower is better)" if norm.lower_better else "MOS (the list's units)")
     ax.xaxis.set_major_locator(MaxNLocator(nbins=5))  # readable ticks, also on a narrow range
     ax.ticklabel_format(axis="x", useOffset=True, style="plain")
     ax.tick_params(axis="x", labelrotation=30)
@@ -42,8 +45,36 @@ def _num(value: float | None) -> str:
     return "n/a" if value is None else f"{value:.3f}"
 
 
-def scatter_png(preds: np.ndarray, labels: np.ndarray, metrics: dict, title: str = "") -> bytes:
-    return _png(scatter_figure(preds, labels, metrics, title), dpi=120)
+def scatter_png(preds: np.ndarray, labels: np.ndarray, metrics: dict, title: str = "", norm=None) -> bytes:
+    return _png(scatter_figure(preds, labels, metrics, title, norm), dpi=120)
+
+
+def groups_png(tables: dict[str, dict], title: str) -> bytes:
+    """SRCC per distortion group (:func:`utils.stats.group_metrics` tables: one panel per grouping), each bar with
+    its number of images; a group too small for a correlation is drawn as an empty row marked n/a."""
+    plt = _pyplot()
+    keys = [k for k, groups in tables.items() if groups]
+    heights = [0.8 + 0.24 * len(tables[k]) for k in keys]
+    fig, axes = plt.subplots(len(keys), 1, figsize=(7.5, sum(heights) + 0.8), squeeze=False,
+                             gridspec_kw={"height_ratios": heights})
+    for ax, key in zip(axes[:, 0], keys):
+        names = list(tables[key])
+        srcc = [tables[key][g].get("srcc") for g in names]
+        ys = np.arange(len(names))[::-1]
+        ax.barh(ys, [0 if v is None else v for v in srcc], color=["C0" if v is None or v >= 0 else "C3" for v in srcc])
+        for y, g, v in zip(ys, names, srcc):
+            label = f"n={tables[key][g]['n']}" + ("" if v is not None else "  SRCC n/a (too few images)")
+            ax.text(0.01 if v is None or v < 0.15 else v - 0.01, y, f"{v:.3f}  {label}" if v is not None else label,
+                    va="center", ha="left" if v is None or v < 0.15 else "right", fontsize=7,
+                    color="black" if v is None or v < 0.15 else "white")
+        ax.set_yticks(ys, [_shorten(str(g), 28) for g in names], fontsize=7)
+        ax.set_xlim(min(0.0, *(v for v in srcc if v is not None)) if any(v is not None for v in srcc) else 0, 1)
+        ax.axvline(0, color="0.5", linewidth=0.6)
+        ax.set_title(f"SRCC per {key.removeprefix('by_')}", fontsize=9)
+    axes[-1, 0].set_xlabel("SRCC")
+    fig.suptitle("\n".join(textwrap.wrap(title, 90)), fontsize=9)
+    fig.tight_layout()
+    return _png(fig)
 
 
 def _pyplot():
