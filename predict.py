@@ -26,7 +26,7 @@ import numpy as np
 
 from data.datasets import check_name
 from data.label_norm import LabelNorm
-from data.pairs import PAIR_RULES, match_folders, pairs_file, with_reference
+from data.pairs import PAIR_RULES, images_in, match_folders, pairs_file, with_reference
 from data.score_mapping import load_mapping
 from engine.runtime import configure_device, device_of, onnx_scorer_for, policy_of, scorer_for, scoring_checkpoint
 from engine.scorer import Scorer
@@ -48,6 +48,9 @@ def table(pairs: list[tuple[str, str]], scores, unit: str) -> str:
 
 def pairs_of(opt) -> tuple[list[tuple[str, str]], np.ndarray | None]:
     """The pairs the options name (the layouts of :mod:`data.pairs`) and their MOS when a pairs file has them."""
+    if opt.identical:
+        refs = [opt.ref] if opt.ref else [os.path.join(opt.ref_dir, name) for name in images_in(opt.ref_dir)]
+        return [(path, path) for path in refs], None
     if opt.pairs:
         return pairs_file(opt.pairs, opt.dis_dir, opt.ref_dir)
     if opt.dis:
@@ -179,6 +182,10 @@ def main(argv: list[str] | None = None) -> list[float]:
     if scorer.warning:
         unit = f"{unit}; {scorer.warning}"
     print(table(pairs, scores, unit))
+    if opt.identical:
+        print(f"an image against itself: mean {np.mean(scores):.4f} (min {np.min(scores):.4f}, max "
+              f"{np.max(scores):.4f}) over {len(scores)} image(s), {unit}: the score of no visible distortion for "
+              "this checkpoint (not 1: docs/reporting.md)")
     if opt.csv:
         buf = io.StringIO()
         writer = csv.writer(buf)

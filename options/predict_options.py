@@ -27,6 +27,9 @@ def predict_parser() -> argparse.ArgumentParser:
     g.add_argument("--pair_rule", default="auto", choices=("auto", *PAIR_RULES),
                    help="how --dis_dir images find their reference in --ref_dir: " + "; ".join(
                        f"'{k}': {v}" for k, v in PAIR_RULES.items()) + "; 'auto': the first that pairs every image")
+    g.add_argument("--identical", action="store_true",
+                   help="score each --ref image (or each image of --ref_dir) against itself: what this checkpoint "
+                        "gives an undistorted image (the 'identical images' anchor of its scale)")
     g.add_argument("--pairs", metavar="FILE", help="a CSV with a header naming the distorted and reference columns "
                    "(dis,ref[,mos]); relative paths from the file's folder, or from --dis_dir/--ref_dir")
     free(g.add_argument("--csv", help="also write 'dis,ref,score' rows to this CSV file (with a MOS column in --pairs: "
@@ -59,6 +62,7 @@ class PredictConfig(RunConfig, RunFields, ModelFields, ScoringFields, WindowFiel
     dis_dir: str | None
     ref_dir: str | None
     pair_rule: str
+    identical: bool
     pairs: str | None
     csv: str | None
     dataset: str
@@ -72,7 +76,12 @@ class PredictConfig(RunConfig, RunFields, ModelFields, ScoringFields, WindowFiel
 
 def parse_predict_options(argv: list[str] | None = None) -> PredictConfig:
     opt = parse(PredictConfig, argv)
-    layouts = {"--pairs FILE": opt.pairs and not (opt.dis or opt.ref),
+    given = [f"--{k}" for k in ("dis", "ref", "dis_dir", "ref_dir", "pairs") if getattr(opt, k)]
+    if opt.identical:
+        if given not in (["--ref"], ["--ref_dir"]):
+            raise AHIQError("--identical scores images against themselves: give --ref FILE or --ref_dir DIR alone")
+    layouts = {"--identical --ref FILE | --ref_dir DIR": opt.identical,
+               "--pairs FILE": opt.pairs and not (opt.dis or opt.ref),
                "--dis FILE --ref FILE": opt.dis and opt.ref and not (opt.dis_dir or opt.ref_dir or opt.pairs),
                "--dis_dir DIR --ref_dir DIR": opt.dis_dir and opt.ref_dir and not (opt.dis or opt.ref or opt.pairs),
                "--dis_dir DIR --ref FILE": opt.dis_dir and opt.ref and not (opt.dis or opt.ref_dir or opt.pairs)}

@@ -111,8 +111,17 @@ def test_predict_takes_the_layouts_researchers_have(tmp_path, ckpt, capsys):
     with pytest.raises(AHIQError, match=r"bad\.csv: no reference column in the header"):
         (tmp_path / "bad.csv").write_text("kadid/I01_01_01.png,kadid/I01.png\n")
         predict.main(["--pairs", str(tmp_path / "bad.csv"), *common])
-    with pytest.raises(AHIQError, match="give one of: --pairs FILE; --dis FILE --ref FILE"):
+    with pytest.raises(AHIQError, match="give one of: .*--pairs FILE; --dis FILE --ref FILE"):
         predict.main(["--dis", str(kadid / "I01_01_01.png"), "--ref_dir", str(kadid), *common])
+    # the identical-images anchor: each image against itself, the same score as the pair (X, X) given by hand
+    capsys.readouterr()
+    anchor = predict.main(["--identical", "--ref_dir", str(kadid), *common])
+    by_hand = [predict.main(["--dis", str(kadid / n), "--ref", str(kadid / n), *common])[0]
+               for n in ("I01.png", "I01_01_01.png", "I01_01_02.png")]
+    np.testing.assert_allclose(anchor, by_hand, rtol=1e-6)
+    assert f"an image against itself: mean {np.mean(anchor):.4f}" in capsys.readouterr().out
+    with pytest.raises(AHIQError, match="--identical scores images against themselves: give --ref FILE or"):
+        predict.main(["--identical", "--dis_dir", str(kadid), "--ref_dir", str(kadid), *common])
 
 
 def test_official_checkpoint_needs_a_mos_range(tmp_path, pipal_set, backbone_files, model_factory):
