@@ -80,11 +80,11 @@ def parse_predict_options(argv: list[str] | None = None) -> PredictConfig:
     if opt.identical:
         if given not in (["--ref"], ["--ref_dir"]):
             raise AHIQError("--identical scores images against themselves: give --ref FILE or --ref_dir DIR alone")
-    layouts = {"--identical --ref FILE | --ref_dir DIR": opt.identical,
-               "--pairs FILE": opt.pairs and not (opt.dis or opt.ref),
+    layouts = {"--pairs FILE": opt.pairs and not (opt.dis or opt.ref),
                "--dis FILE --ref FILE": opt.dis and opt.ref and not (opt.dis_dir or opt.ref_dir or opt.pairs),
                "--dis_dir DIR --ref_dir DIR": opt.dis_dir and opt.ref_dir and not (opt.dis or opt.ref or opt.pairs),
-               "--dis_dir DIR --ref FILE": opt.dis_dir and opt.ref and not (opt.dis or opt.ref_dir or opt.pairs)}
+               "--dis_dir DIR --ref FILE": opt.dis_dir and opt.ref and not (opt.dis or opt.ref_dir or opt.pairs),
+               "--identical --ref FILE (or --ref_dir DIR)": opt.identical}
     if sum(map(bool, layouts.values())) != 1:
         raise AHIQError(f"give one of: {'; '.join(layouts)} (see python predict.py --help)")
     check_maps(opt.bn_stats, bool(opt.maps))  # at the door, before anything is loaded

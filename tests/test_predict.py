@@ -111,7 +111,7 @@ def test_predict_takes_the_layouts_researchers_have(tmp_path, ckpt, capsys):
     with pytest.raises(AHIQError, match=r"bad\.csv: no reference column in the header"):
         (tmp_path / "bad.csv").write_text("kadid/I01_01_01.png,kadid/I01.png\n")
         predict.main(["--pairs", str(tmp_path / "bad.csv"), *common])
-    with pytest.raises(AHIQError, match="give one of: .*--pairs FILE; --dis FILE --ref FILE"):
+    with pytest.raises(AHIQError, match="give one of: --pairs FILE; --dis FILE --ref FILE"):
         predict.main(["--dis", str(kadid / "I01_01_01.png"), "--ref_dir", str(kadid), *common])
     # the identical-images anchor: each image against itself, the same score as the pair (X, X) given by hand
     capsys.readouterr()
