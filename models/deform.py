@@ -1,7 +1,7 @@
 """Deformable convolution (Dai et al. 2017, v1: no modulation) as bilinear sampling + matrix products.
 
 Computes what ``torchvision.ops.deform_conv2d`` computes (offsets laid out as (dy, dx) per kernel tap, row-major
-taps; samples outside the map read zero), but with ``F.grid_sample`` and one GEMM per kernel tap. Unlike
+taps; samples outside the map read zero), but with ``F.grid_sample`` and GEMMs. Unlike
 torchvision's kernel it runs in bf16/fp16 under autocast (tensor cores on GPUs), is multi-threaded on the CPU, and
 its backward computes only the gradients that are needed (AHIQ never needs the gradient of the frozen CNN
 features, which dominates torchvision's CPU backward).
@@ -12,43 +12,83 @@ import torch
 import torch.nn.functional as F
 
 BATCHED_GEMM_MIN_PIXELS = 1024
+SAMPLE_CHUNK_BYTES = 512 * 2 ** 20  # fp32 samples of all taps held at once in the bf16/fp16 path (~6 images at 224)
 
 
 def deform_conv2d_gemm(x: torch.Tensor, offset: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None,
                        padding: int = 1) -> torch.Tensor:
-    """Stride 1, dilation 1, one offset group; ``offset`` (B, 2*kh*kw, H, W); output (B, C_out, H, W)."""
+    """Stride 1, dilation 1, one offset group; ``offset`` (B, 2*kh*kw, H, W); output (B, C_out, H, W).
+
+    Sampling positions and their bilinear weights are fp32 whatever the autocast dtype: in bf16 a position near row
+    40 is stored to 0.25 px and an offset under 0.125 px vanishes (~10% error). In fp32 (and fp64) each kernel tap is
+    sampled and multiplied in turn (measured fastest on the CPU). In bf16/fp16 (autocast, or half inputs) the input
+    is cast to fp32 once, all taps are sampled in one call, cast to the compute dtype once and reduced by one GEMM
+    (fp32 accumulation inside it, not between taps), and the bias is added in the compute dtype: the output keeps it.
+    """
     b, c, h, w = x.shape
     c_out, _, kh, kw = weight.shape
-    # Sampling positions and their bilinear weights in fp32 whatever the autocast dtype: in bf16 a position near
-    # row 40 is stored to 0.25 px and an offset under 0.125 px vanishes (~10% error); the samples go back to x's dtype.
     exact = torch.promote_types(offset.dtype, torch.float32)  # fp32, or fp64 for fp64 inputs
     offset = offset.to(exact)
     ys = torch.arange(h, device=x.device, dtype=exact).view(1, h, 1)
     xs = torch.arange(w, device=x.device, dtype=exact).view(1, 1, w)
     # align_corners=True maps pixel centre i to -1 + 2i/(n-1): the pixel coordinates torchvision samples at.
     scale_y, scale_x = 2.0 / max(h - 1, 1), 2.0 / max(w - 1, 1)
+
+    def grid(k: int) -> torch.Tensor:  # (B, H, W, 2) sampling grid of kernel tap k
+        i, j = divmod(k, kw)
+        py = ys + (i - padding) + offset[:, 2 * k]
+        px = xs + (j - padding) + offset[:, 2 * k + 1]
+        return torch.stack((px * scale_x - 1, py * scale_y - 1), dim=-1)
+
+    source = x.to(exact)  # one cast for every tap
+    compute = compute_dtype(x)
+    if compute in (torch.float16, torch.bfloat16):
+        return _reduced_precision(source, torch.cat([grid(k) for k in range(kh * kw)], dim=1), weight, bias,
+                                  compute)
     # measured on the CPU: batched GEMMs win at 56x56 (224 crops), one flat GEMM wins at 12x12 (48 crops), also in
     # training; the threshold sits between
     batched = h * w >= BATCHED_GEMM_MIN_PIXELS
     out = None
-    for i in range(kh):
-        for j in range(kw):
-            k = i * kw + j
-            py = ys + (i - padding) + offset[:, 2 * k]
-            px = xs + (j - padding) + offset[:, 2 * k + 1]
-            grid = torch.stack((px * scale_x - 1, py * scale_y - 1), dim=-1)
-            sampled = F.grid_sample(x.to(exact), grid, mode="bilinear", padding_mode="zeros", align_corners=True)
-            sampled = sampled.to(x.dtype)
-            w_k = weight[:, :, i, j]
-            if batched:  # (C_out, C) times (B, C, H*W): GEMMs on the samples as laid out, no permuted copy
-                sampled = sampled.flatten(2)
-                out = torch.matmul(w_k, sampled) if out is None else torch.baddbmm(out, w_k.expand(b, -1, -1), sampled)
-            else:  # small maps: one GEMM over all images (per-image GEMMs would be too thin to be efficient)
-                tap = torch.einsum("oc,bchw->bohw", w_k, sampled)
-                out = tap if out is None else out + tap
+    for k in range(kh * kw):
+        sampled = F.grid_sample(source, grid(k), mode="bilinear", padding_mode="zeros", align_corners=True)
+        sampled = sampled.to(x.dtype)
+        w_k = weight[:, :, k // kw, k % kw]
+        if batched:  # (C_out, C) times (B, C, H*W): GEMMs on the samples as laid out, no permuted copy
+            sampled = sampled.flatten(2)
+            out = torch.matmul(w_k, sampled) if out is None else torch.baddbmm(out, w_k.expand(b, -1, -1), sampled)
+        else:  # small maps: one GEMM over all images (per-image GEMMs would be too thin to be efficient)
+            tap = torch.einsum("oc,bchw->bohw", w_k, sampled)
+            out = tap if out is None else out + tap
     out = out.view(b, c_out, h, w)
     if bias is not None:
         out = out + bias.view(1, c_out, 1, 1)
+    return out
+
+
+def compute_dtype(x: torch.Tensor) -> torch.dtype:
+    """The dtype the products run in: autocast's when it is on for ``x``'s device, else ``x``'s."""
+    kind = x.device.type
+    return torch.get_autocast_dtype(kind) if torch.is_autocast_enabled(kind) else x.dtype
+
+
+def _reduced_precision(source: torch.Tensor, grids: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None,
+                       compute: torch.dtype) -> torch.Tensor:
+    """The bf16/fp16 path: ``grids`` (B, taps*H, W, 2) holds every tap's grid; images are taken in chunks of at
+    most :data:`SAMPLE_CHUNK_BYTES` of fp32 samples, so a large batch does not hold all taps of all images at once."""
+    b, c, h, w = source.shape
+    c_out, taps = weight.shape[0], grids.shape[1] // h
+    flat = weight.to(compute).reshape(c_out, c * taps)  # (C_out, C*taps): channel-major, tap-minor, as sampled
+    per_chunk = max(1, SAMPLE_CHUNK_BYTES // (c * taps * h * w * source.element_size()))
+    outs = []
+    for lo in range(0, b, per_chunk):
+        sampled = F.grid_sample(source[lo:lo + per_chunk], grids[lo:lo + per_chunk], mode="bilinear",
+                                padding_mode="zeros", align_corners=True)  # (n, C, taps*H, W)
+        sampled = sampled.to(compute).view(-1, c * taps, h * w)
+        # bmm on the samples as laid out (matmul of a matrix by a stack would copy them transposed)
+        outs.append(torch.bmm(flat.expand(len(sampled), -1, -1), sampled))
+    out = (outs[0] if len(outs) == 1 else torch.cat(outs)).view(b, c_out, h, w)
+    if bias is not None:
+        out = out + bias.to(compute).view(1, c_out, 1, 1)
     return out
 
 
