@@ -133,41 +133,45 @@ def score_batch(model: AHIQ, dis: torch.Tensor, ref: torch.Tensor, counts: list[
     """
     device = model.device
     missing = [i for i in _first_rows(keys)[0] if keys[i] not in cache.features]  # a row per key to compute
+    unique, inverse = _first_rows(dis_keys if dis_keys is not None else list(range(len(keys))))
+    # one copy of the batch to the device (asynchronous from the loader's pinned memory) and one of the rows to
+    # take, then every chunk is indexed on the device: no pageable copy, no wait per chunk
+    dis, ref = dis.to(device, non_blocking=True), ref.to(device, non_blocking=True)
+    rows_at = torch.tensor(missing + unique, dtype=torch.long).to(device, non_blocking=True)
+    missing_at, unique_at = rows_at[:len(missing)], rows_at[len(missing):]
 
     def references(rows: slice) -> None:
         with autocast(device, amp_dtype):
-            feats = model.reference(to_unit(ref[missing[rows]], device))
+            feats = model.reference(to_unit(ref[missing_at[rows]], device))
         for j, i in enumerate(missing[rows]):
             cache.features[keys[i]] = feats[j:j + 1]
 
-    unique, inverse = _first_rows(dis_keys if dis_keys is not None else list(range(len(keys))))
     copies = Counter(inverse)  # how many crops each computed row stands for
-    scores = torch.empty(len(unique))
+    scores = torch.empty(len(unique), device=device)  # read back once, at the end of the batch
     f_maps: list[torch.Tensor] = []
     w_maps: list[torch.Tensor] = []
 
     def distorted(rows: slice) -> None:
-        picked = unique[rows]
-        feats = ReferenceFeatures.cat([cache.features[keys[i]] for i in picked])
+        feats = ReferenceFeatures.cat([cache.features[keys[i]] for i in unique[rows]])
         with autocast(device, amp_dtype):
-            f, w = model.score_maps(to_unit(dis[picked], device), feats)
+            f, w = model.score_maps(to_unit(dis[unique_at[rows]], device), feats)
         f, w = f.float(), None if w is None else w.float()  # pooled in fp32: a score is never rounded to bf16
-        scores[rows] = model.pool(f, w).flatten().cpu()
+        scores[rows] = model.pool(f, w).flatten()
         if keep_maps:
-            f_maps.append(f[:, 0].cpu())
+            f_maps.append(f[:, 0])
             if w is not None:
-                w_maps.append(w[:, 0].cpu())
+                w_maps.append(w[:, 0])
         if on_crops is not None:
             on_crops(sum(copies[j] for j in range(rows.start, rows.stop)))
 
     _in_chunks(len(missing), chunk, references, device)
     _in_chunks(len(unique), chunk, distorted, device)
     cache.release(keys)
-    per_crop = scores[inverse]
+    per_crop = scores.cpu()[inverse]
     out = BatchScores(torch.stack([part.mean() for part in per_crop.split(list(counts))]))
     if keep_maps:
-        out.f = torch.cat(f_maps)[inverse]
-        out.w = torch.cat(w_maps)[inverse] if w_maps else None
+        out.f = torch.cat(f_maps).cpu()[inverse]
+        out.w = torch.cat(w_maps).cpu()[inverse] if w_maps else None
     return out
 
 
@@ -179,12 +183,13 @@ def score_batch_per_call(model: AHIQ, dis: torch.Tensor, ref: torch.Tensor, amp_
     ResNet's BatchNorm normalising with the statistics of each call (:meth:`models.AHIQ.batch_statistics`). Nothing
     is shared or chunked: the calls are the statistics."""
     device = model.device
-    total = torch.zeros(dis.shape[0], dtype=torch.float64)
+    dis, ref = dis.to(device, non_blocking=True), ref.to(device, non_blocking=True)
+    total = torch.zeros(dis.shape[0], dtype=torch.float64, device=device)  # read back once
     with model.batch_statistics(), autocast(device, amp_dtype):
         for k in range(dis.shape[1]):
             feats = model.reference(to_unit(ref[:, k], device))
-            total += model.score(to_unit(dis[:, k], device), feats).double().flatten().cpu()
-    return (total / dis.shape[1]).float()
+            total += model.score(to_unit(dis[:, k], device), feats).double().flatten()
+    return (total.cpu() / dis.shape[1]).float()
 
 
 def score_crops(model: AHIQ, dis: torch.Tensor, ref: torch.Tensor,
@@ -331,7 +336,7 @@ def train_one_epoch(model: torch.nn.Module, loader: DataLoader, optimizer: torch
     bar = tqdm(loader, desc=desc, disable=not progress, dynamic_ncols=True, leave=False)
     for batch in bar:
         dis, ref = to_unit(batch["dis"][:, 0], device), to_unit(batch["ref"][:, 0], device)
-        label = batch["label"].to(device, torch.float32, non_blocking=True)
+        label = batch["label"].to(device, non_blocking=True).float()  # converted on the device: the copy stays async
         with autocast(device, amp_dtype):
             pred = model(dis, ref)
         loss = F.mse_loss(pred.float().view(-1), label)

@@ -19,7 +19,7 @@ from engine.scorer import Scorer, build_scorer, onnx_scorer, window_policy
 from models import BackboneSource, Checkpoint, read_checkpoint
 from options.base_options import RunConfig
 from utils.checkpoint import choose_checkpoint
-from utils.device import amp_dtype, configure_cuda
+from utils.device import amp_dtype, configure_cuda, use_device
 from utils.files import OPTIONS_PREFIX, atomic_write
 
 
@@ -35,9 +35,11 @@ def backbone_source(cfg: RunConfig) -> BackboneSource:
 
 
 def configure_device(cfg: RunConfig, device: str) -> torch.dtype | None:
-    """The CUDA settings of :func:`utils.device.configure_cuda` (TF32 unless --no_tf32); returns the autocast dtype of
-    --amp/--amp_dtype on CUDA, or None (fp32; --amp on the CPU warns and runs fp32)."""
+    """The CUDA settings of :func:`utils.device.configure_cuda` (TF32 unless --no_tf32) and the run's GPU made the
+    current device (:func:`utils.device.use_device`); returns the autocast dtype of --amp/--amp_dtype on CUDA, or
+    None (fp32; --amp on the CPU warns and runs fp32)."""
     configure_cuda(device, cfg.tf32)
+    use_device(device)
     return amp_dtype(device, cfg.amp, cfg.amp_dtype)
 
 

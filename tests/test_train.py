@@ -107,6 +107,81 @@ def test_sigterm_saves_last_and_the_run_resumes_exactly(train_sets, tmp_path, tw
         torch.testing.assert_close(a[key], b[key], rtol=0, atol=0)
 
 
+def session_processes(sid: int) -> list[int]:
+    """Every process of session ``sid`` (a job started in its own session): what SLURM's cgroup tracking signals."""
+    pids = []
+    for entry in os.listdir("/proc"):
+        try:
+            with open(f"/proc/{entry}/stat") as f:
+                fields = f.read().rsplit(")", 1)[1].split()
+        except (OSError, IndexError):
+            continue
+        if int(fields[3]) == sid and fields[0] != "Z":  # session id; zombies are already gone
+            pids.append(int(entry))
+    return pids
+
+
+def _launch_train_sh(args: list[str], log: Path) -> subprocess.Popen:
+    """``sh train.sh ARGS`` in its own session with two DataLoader workers, started as a job scheduler starts it."""
+    from tests.test_distributed import _shell_env
+    with open(log, "w") as f:
+        return subprocess.Popen(["sh", "train.sh", *args, "--num_workers", "2"], cwd=REPO, stdout=f,
+                                stderr=subprocess.STDOUT, env=_shell_env(),
+                                start_new_session=True)
+
+
+def _wait_for(log: Path, marker: str, proc: subprocess.Popen) -> None:
+    deadline = time.time() + 240
+    while marker not in log.read_text() and time.time() < deadline and proc.poll() is None:
+        time.sleep(0.05)
+    assert proc.poll() is None, log.read_text()[-3000:]
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(not os.path.isdir("/proc"), reason="lists a job's processes from /proc (Linux)")
+def test_sigterm_to_every_process_of_the_job_saves_last_and_resumes_exactly(train_sets, tmp_path, two_epoch_run):
+    """SLURM with cgroup tracking (scancel, the time limit) sends SIGTERM to each process of the job: the trainer
+    and its DataLoader workers alike. The workers ignore it, the trainer finishes the step, saves last.pth and exits
+    with 3; --resume ends with the weights of an uninterrupted run (with workers or without: crops are drawn from
+    the seed, the epoch and the index)."""
+    args = train_args(train_sets, tmp_path, "stopped", "--n_epoch", "2")
+    log = tmp_path / "stopped.log"
+    proc = _launch_train_sh(args, log)
+    _wait_for(log, "loss=", proc)
+    job = session_processes(proc.pid)
+    assert len(job) >= 3, job  # train.sh's python (sh execs it) and two workers
+    for pid in job:
+        os.kill(pid, signal.SIGTERM)
+    assert proc.wait(timeout=240) == 3, log.read_text()[-3000:]
+    text = log.read_text()
+    assert "stopped by SIGTERM" in text and "--resume" in text, text[-3000:]
+    assert "DataLoader worker" not in text and "Traceback" not in text, text[-3000:]
+    state = torch.load(tmp_path / "stopped" / "last.pth", weights_only=True)["train_state"]
+    assert (state["epoch"], state["step"]) < (2, 0)
+    train.main(args + ["--resume"])
+    a, b = heads_of(two_epoch_run / "last.pth"), heads_of(tmp_path / "stopped" / "last.pth")
+    for key in a:
+        torch.testing.assert_close(a[key], b[key], rtol=0, atol=0)
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="PR_SET_PDEATHSIG is Linux's")
+def test_workers_do_not_outlive_a_killed_trainer(train_sets, tmp_path):
+    """kill -9 of the trainer (an OOM kill, a lost node): its DataLoader workers, which ignore SIGTERM, are gone
+    within two seconds (without PR_SET_PDEATHSIG they polled for their parent every 5 s)."""
+    log = tmp_path / "killed.log"
+    proc = _launch_train_sh(train_args(train_sets, tmp_path, "killed", "--n_epoch", "2"), log)
+    _wait_for(log, "loss=", proc)
+    workers = [pid for pid in session_processes(proc.pid) if pid != proc.pid]
+    assert len(workers) == 2, workers
+    proc.kill()
+    proc.wait(timeout=30)
+    start = time.time()
+    while session_processes(proc.pid) and time.time() - start < 10:
+        time.sleep(0.05)
+    assert not session_processes(proc.pid) and time.time() - start < 2.0, (workers, time.time() - start)
+
+
 @pytest.mark.slow
 def test_sigterm_during_validation_is_acted_on_at_the_next_validation_batch(train_sets, tmp_path):
     """The stop comes while epoch 1 validates (60 images, batches of 2): last.pth holds epoch 1 complete (not a step

@@ -41,6 +41,15 @@ def configure_cuda(device: str, tf32: bool = True) -> None:
         torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = bool(tf32)
 
 
+def use_device(device: str) -> None:
+    """A GPU run's device made the process's current CUDA device: the DataLoader's pin-memory thread, cuDNN handles
+    and any tensor made without a device then live on it, not on GPU 0 (``--gpu_ids 3`` would otherwise also open a
+    context on GPU 0). Entry points call it (test.py, predict.py, train.py); the API leaves the caller's current
+    device alone. Nothing on the CPU."""
+    if str(device).startswith("cuda"):
+        torch.cuda.set_device(torch.device(device))
+
+
 def check_device(device: str) -> None:
     """A device the API may be given: ``"cpu"``, ``"cuda"`` or ``"cuda:N"`` of a GPU this machine has."""
     text = str(device)

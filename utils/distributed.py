@@ -21,6 +21,7 @@ import numpy as np
 import torch
 import torch.distributed as dist
 
+from utils.device import use_device
 from utils.errors import AHIQError
 
 
@@ -67,12 +68,13 @@ def init_distributed(device: str, gpu_ids: list[int] | None = None) -> DistInfo:
     torchrun with one process there is none, unless ``AHIQ_FORCE_DDP=1`` (the GPU check: DDP and NCCL on one GPU)."""
     forced = os.environ.get("AHIQ_FORCE_DDP", "") not in ("", "0") and "RANK" in os.environ
     if int(os.environ.get("WORLD_SIZE", "1")) <= 1 and not forced:
+        use_device(device)
         return DistInfo(device=device)
     rank, world, local = (int(os.environ[k]) for k in ("RANK", "WORLD_SIZE", "LOCAL_RANK"))
     local_world = int(os.environ.get("LOCAL_WORLD_SIZE", world))
     device = rank_device(device, gpu_ids or [0], local, local_world)
     if device.startswith("cuda"):
-        torch.cuda.set_device(device)
+        use_device(device)
         dist.init_process_group(backend_for(device), device_id=torch.device(device))
     else:
         dist.init_process_group(backend_for(device))
@@ -113,7 +115,9 @@ def reduce_step(loss: torch.Tensor, stop: bool, info: DistInfo) -> Callable[[], 
     if not info.enabled:
         value = loss.detach()
         return lambda: (value.item(), stop)
-    t = torch.stack([loss.detach().float().reshape(()), torch.tensor(float(stop), device=loss.device)])
+    value = loss.detach().float().reshape(())
+    # the stop flag made on the device by a fill kernel: no host-to-device copy, which would wait for the forward
+    t = torch.stack([value, torch.full_like(value, float(stop))])
     work = dist.all_reduce(_check_device(t, info), op=dist.ReduceOp.SUM, async_op=True)
 
     def result() -> tuple[float, bool]:
