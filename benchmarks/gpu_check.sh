@@ -1,5 +1,6 @@
 #!/bin/sh
-# The GPU check: everything only a GPU can check, in one run (goal: under 6 minutes on one H100/H200-class GPU)
+# The GPU check: everything only a GPU can check, in one run under one deadline (--deadline, 290 s: under 5 minutes
+# with start-up on one H100/H200-class GPU)
 # (see benchmarks/gpu_check.py). Prints a one-screen summary; writes results/gpu_check.json (or the file given
 # with --out). Without CUDA it says so in one line and exits nonzero.
 set -e

@@ -12,6 +12,8 @@ import torch
 import torch.nn.functional as F
 
 BATCHED_GEMM_MIN_PIXELS = 1024
+GRID_DTYPE = torch.float32  # the least precision of sampling positions and weights (benchmarks.gpu_check's own test
+# lowers it to bf16 to show that the check catches a grid built in bf16)
 SAMPLE_CHUNK_BYTES = 512 * 2 ** 20  # fp32 samples of all taps held at once in the bf16/fp16 path (~6 images at 224)
 
 
@@ -27,7 +29,7 @@ def deform_conv2d_gemm(x: torch.Tensor, offset: torch.Tensor, weight: torch.Tens
     """
     b, c, h, w = x.shape
     c_out, _, kh, kw = weight.shape
-    exact = torch.promote_types(offset.dtype, torch.float32)  # fp32, or fp64 for fp64 inputs
+    exact = torch.promote_types(offset.dtype, GRID_DTYPE)  # fp32, or fp64 for fp64 inputs
     offset = offset.to(exact)
     ys = torch.arange(h, device=x.device, dtype=exact).view(1, h, 1)
     xs = torch.arange(w, device=x.device, dtype=exact).view(1, 1, w)
