@@ -28,9 +28,11 @@ from data.datasets import check_name
 from data.label_norm import LabelNorm
 from data.pairs import PAIR_RULES, images_in, match_folders, pairs_file, with_reference
 from data.score_mapping import load_mapping
+from engine.jobs import score_list
 from engine.runtime import configure_device, device_of, onnx_scorer_for, policy_of, scorer_for, scoring_checkpoint
 from engine.scorer import Scorer
 from options.predict_options import parse_predict_options
+from utils.distributed import DistInfo, init_distributed, shutdown
 from utils.errors import AHIQError, Interrupted, run_cli
 from utils.files import atomic_write, file_error
 from utils.metrics import iqa_metrics, metrics_line
@@ -154,12 +156,23 @@ def write_maps(scorer: Scorer, pairs: list[tuple[str, str]], folder: str, batch_
 
 
 def main(argv: list[str] | None = None) -> list[float]:
+    """Score the pairs; under torchrun every process scores a share (by reference) and rank 0 reports them all."""
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     opt = parse_predict_options(argv)
+    info = init_distributed(device_of(opt), opt.gpu_list)
+    try:
+        return run(opt, info)
+    finally:
+        shutdown(info)
+
+
+def run(opt, info: DistInfo) -> list[float]:
     mapping = load_mapping(opt.mapping) if opt.mapping else None  # before anything slow
     pairs, mos = pairs_of(opt)
     check_outputs(opt, pairs)  # before anything slow: nothing is scored that could not be written
-    device = device_of(opt)
+    if opt.maps and info.enabled:
+        raise AHIQError("--maps writes each pair's files in one process; run predict.py without torchrun")
+    device = info.device
     if opt.backend == "onnxruntime":
         scorer = onnx_scorer_for(opt, device)
     else:
@@ -168,8 +181,11 @@ def main(argv: list[str] | None = None) -> list[float]:
                             configure_device(opt, device), opt.mos_range)
     if opt.maps:
         scores = np.asarray(write_maps(scorer, pairs, opt.maps, opt.batch_size, opt.num_workers))
-    else:
-        scores = scorer.score_files(pairs, opt.batch_size, opt.num_workers, progress=True)  # crops: grids too
+    else:  # shared over the processes of a torchrun job (engine/jobs.py); one process: all of them
+        out = score_list(scorer, scorer.file_pairs(pairs), info, opt.batch_size, opt.num_workers)
+        if out is None:  # another rank: rank 0 reports
+            return []
+        scores = out.preds
     if mos is not None and len(scores) > 1:
         report_metrics(opt, scores, mos)
     unit = "normalised, higher is better"

@@ -25,11 +25,14 @@ import torch
 
 from data.score_mapping import fit_mapping, load_mapping
 from engine import runtime
+from engine.jobs import Progress, score_list
 from models.config import describe_backbone
 from options.base_options import RunConfig
+from options.policy import RESULT
 from options.test_options import parse_test_options
 from utils import report
-from utils.errors import AHIQError, run_cli
+from utils.distributed import DistInfo, init_distributed, shutdown
+from utils.errors import AHIQError, StopRequest, run_cli
 from utils.files import Lock, atomic_write, read_bytes, read_text
 from utils.metrics import MIN_FIT_IMAGES, fit_logistic4, fmt, iqa_metrics, logistic4, logistic_fit_problem, metrics_line
 from utils.plots import groups_png, optional_figure, scatter_png, worst_png
@@ -214,19 +217,25 @@ def claim(results: str, source: dict, overwrite: bool) -> None:
 
 
 def run(opt: RunConfig) -> dict:
-    """Score the test set the configuration describes; returns paths, timing and metrics. The results file is this
-    run's alone while it runs (a lock beside it): a second run writing the same results is refused in one line."""
+    """Score the test set the configuration describes; returns paths, timing and metrics (rank 0 of a torchrun job;
+    the other ranks return an empty dict). The results file is this run's alone while it runs (a lock beside it): a
+    second run writing the same results is refused in one line."""
     out_path = os.path.join(opt.run_dir, opt.test_file_name)
+    info = init_distributed(runtime.device_of(opt), opt.gpu_list)
     lock = Lock(os.path.join(opt.run_dir, f".{opt.test_file_name}.lock"), f"{out_path}: another test.py run is "
-                "writing these results now; wait for it to end, or pass another --test_file_name")
+                "writing these results now; wait for it to end, or pass another --test_file_name") \
+        if info.is_main else None
     try:
-        return score(opt, out_path)
+        return score(opt, out_path, info)
     finally:
-        lock.release()
+        if lock is not None:
+            lock.release()
+        shutdown(info)
 
 
-def score(opt: RunConfig, out_path: str) -> dict:
-    """:func:`run` under its lock."""
+def score(opt: RunConfig, out_path: str, info: DistInfo) -> dict:
+    """:func:`run` under its lock: shared over the job's processes, recorded batch by batch, continued with
+    --resume (engine/jobs.py)."""
     checkpoint = runtime.scoring_checkpoint(opt)
     policy = runtime.policy_of(opt, checkpoint.config.crop_size)
     dataset = runtime.load_dataset(opt, "test", opt.split_part or "test", policy, flip=opt.flip)  # images checked first
@@ -240,9 +249,10 @@ def score(opt: RunConfig, out_path: str) -> dict:
               "list": os.path.abspath(opt.test_list), "split": [opt.split_file and os.path.abspath(opt.split_file),
                                                                  opt.split_index, opt.split_column, opt.split_part]}
     package = os.path.join(opt.submission, "output.txt") if opt.submission else None
-    for path in filter(None, (out_path, package)):
-        claim(path, source, opt.overwrite)
-    device = runtime.device_of(opt)
+    if info.is_main:
+        for path in filter(None, (out_path, package)):
+            claim(path, source, opt.overwrite)
+    device = info.device
     amp_dtype = runtime.configure_device(opt, device)
     scorer = runtime.scorer_for(opt, checkpoint, policy, device, amp_dtype)
     ckpt_path = checkpoint.path
@@ -250,16 +260,26 @@ def score(opt: RunConfig, out_path: str) -> dict:
     trained = {key: meta.get(key) for key in ("dataset", "epochs_trained", "best_metric")}  # None: official files
     backbones = dict(getattr(scorer.model, "backbones", {}))
     del checkpoint
-    runtime.save_options(opt, "test")
-    log.info("scoring %d images of %s with %s (%d crops each, %s)", len(dataset), opt.test_list, ckpt_path,
-             opt.n_ensemble, device)
+    if info.is_main:
+        runtime.save_options(opt, "test")
+    progress = Progress(out_path, {"source": source, "options": {k: getattr(opt, k) for k in opt.fields(RESULT)}},
+                        info, opt.resume, opt.overwrite)
     start = time.perf_counter()
-    out = scorer.score_dataset(dataset, opt.batch_size, opt.num_workers)
+    with StopRequest() as stop:  # from here a stop finishes the batch and records it
+        if info.is_main:
+            log.info("scoring %d images of %s with %s (%d crops each, %s%s)%s", len(dataset), opt.test_list,
+                     ckpt_path, opt.n_ensemble, device, f", {info.world_size} processes" if info.world_size > 1 else "",
+                     f"; {len(progress.done)} recorded by the stopped run" if progress.done else "")
+        out = score_list(scorer, dataset, info, opt.batch_size, opt.num_workers, progress, lambda: stop.signal)
+    if out is None:  # another rank of the job: rank 0 writes the results
+        progress.close()
+        return {}
     names, preds, labels = out.names, out.preds, out.labels
     seconds = time.perf_counter() - start
     predictions = format_predictions(names, preds)
     atomic_write(out_path, predictions)
     atomic_write(source_file(out_path), json.dumps(source, indent=2))
+    progress.finish()
     log.info("wrote %s (%.3f s per image)", out_path, seconds / len(names))
     if scorer.warning:
         log.warning(scorer.warning)

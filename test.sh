@@ -3,14 +3,15 @@
 # (its random windows, its batches, ResNet BatchNorm on each call's statistics; docs/fidelity.md).
 #   First: `sh download.sh`, and `python -m tools.prepare_pipal --pipal_root ... --out DIR --test_ref ... --test_dis
 #   ...` (PIPAL=DIR, default datasets/PIPAL): the test folders and list are found through the pipal preset.
-#   GPU_IDS=-1 runs on the CPU. Extra arguments go to test.py (e.g. --ckpt FILE, --amp); every other setting is
+#   GPU_IDS=-1 runs on the CPU; NPROC=K shares the images over K GPUs (torchrun; whole batches of the list per
+#   process, so the same predictions as one process up to float rounding). --resume continues a stopped run. Extra arguments go to test.py (e.g. --ckpt FILE, --amp); every other setting is
 #   test.py's default (options/), so a patch-16 checkpoint scores with `sh test.sh --ckpt FILE`.
 # Writes checkpoints/ahiq_pipal/ntire22_fr_test.txt and the submission package in results/ntire22_submission/.
 set -e
 cd "$(dirname "$0")"
 . tools/setup_env.sh
 echo "test.sh: replaying the released test.py: its random window stream (--random_windows official) and per-call BatchNorm (--bn_stats batch); --n_ensemble and --batch_size are test.py's defaults (options/)"
-exec $PY test.py \
+set -- \
     --dataset pipal \
     --data_root "${PIPAL:-datasets/PIPAL}" \
     --random_windows official \
@@ -19,3 +20,5 @@ exec $PY test.py \
     --test_file_name ntire22_fr_test.txt \
     --submission results/ntire22_submission \
     "$@"
+. tools/launch.sh
+ahiq_launch test.py "$@"

@@ -23,7 +23,6 @@ import math
 import os
 import random
 import shutil
-import signal
 import sys
 import time
 from collections.abc import Callable
@@ -62,7 +61,7 @@ from utils.distributed import (
     reduce_step,
     shutdown,
 )
-from utils.errors import AHIQError, run_cli
+from utils.errors import AHIQError, StopRequest, run_cli
 from utils.files import FolderLock, remove_stale_temporaries
 from utils.logger import EpochLog, Scalars, close_file_logs, setup_logging
 from utils.metrics import METRIC_NAMES, improves, iqa_metrics, metrics_line
@@ -80,28 +79,6 @@ class TrainState:
     best_plcc: float = -1.0
     best_epoch: int = 0  # the epoch best.pth holds, counted from 1 (0: none yet)
     world_size: int = 1  # processes the run had when saved: the rest of an epoch is sharded over them
-
-
-class StopRequest:
-    """While in its ``with`` block, SIGINT/SIGTERM ask the loop to finish the current step, save last.pth and exit;
-    the handlers that were there before are put back when the block ends (protocol.py trains several runs)."""
-
-    SIGNALS = (signal.SIGINT, signal.SIGTERM)
-
-    def __init__(self) -> None:
-        self.signal: str | None = None
-        self._before: dict = {}
-
-    def __enter__(self) -> StopRequest:
-        self._before = {sig: signal.signal(sig, self._handle) for sig in self.SIGNALS}
-        return self
-
-    def __exit__(self, *exc) -> None:
-        for sig, handler in self._before.items():
-            signal.signal(sig, handler)
-
-    def _handle(self, signum: int, _frame) -> None:
-        self.signal = signal.Signals(signum).name
 
 
 def rng_state() -> dict:

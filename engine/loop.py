@@ -255,7 +255,8 @@ def reference_shards(indices: list[int], reference_of: Callable[[int], Hashable]
 def predict(model: AHIQ, dataset: PairDataset, indices: list[int] | None, batch_size: int,
             num_workers: int, crops_per_forward: int, amp_dtype: torch.dtype | None = None,
             progress: bool = True, desc: str = "scoring", bn_stats: str = "running", keep_maps: bool = False,
-            stop: Callable[[], bool] | None = None) -> Predictions:
+            stop: Callable[[], bool] | None = None,
+            on_batch: Callable[[list[int], list[float]], None] | None = None) -> Predictions:
     """Predictions for the images ``indices`` of ``dataset`` (default: all), returned in the order of ``indices``.
 
     ``bn_stats`` running (default): the images are loaded grouped by reference, so each (reference, window) is
@@ -264,7 +265,8 @@ def predict(model: AHIQ, dataset: PairDataset, indices: list[int] | None, batch_
     computation, batches of ``batch_size`` in list order, two model calls per batch and crop index
     (:func:`score_batch_per_call`); an incomplete last batch (which the released loader drops) is scored the same
     way, with the statistics of its own crops. ``keep_maps``: also the patch maps of every crop (running only).
-    ``stop``: checked after every batch; when it returns True, :class:`ScoringStopped` is raised.
+    ``stop``: checked after every batch; when it returns True, :class:`ScoringStopped` is raised. ``on_batch``:
+    given each finished batch's dataset indices and scores (a job's record of its progress, engine/jobs.py).
     """
     indices = list(range(len(dataset))) if indices is None else list(indices)
     was_training = model.training
@@ -298,8 +300,11 @@ def predict(model: AHIQ, dataset: PairDataset, indices: list[int] | None, batch_
                     bounds = np.cumsum([0, *counts])
                     for j, (i, lo, hi) in enumerate(zip(index, bounds[:-1], bounds[1:])):
                         maps[i] = BatchScores(out.scores[j], out.f[lo:hi], None if out.w is None else out.w[lo:hi])
-            for i, name, score, label in zip(index, batch["name"], scores.tolist(), batch["label"].tolist()):
+            scores = scores.tolist()
+            for i, name, score, label in zip(index, batch["name"], scores, batch["label"].tolist()):
                 done[i] = (name, score, label)
+            if on_batch is not None:
+                on_batch(index, scores)
             if stop is not None and stop():
                 raise ScoringStopped()
     finally:  # the bar erased and the model's mode put back, also when a batch fails or a stop comes

@@ -122,11 +122,13 @@ class Scorer:
         return self.label_norm.invert(scores)
 
     def score_dataset(self, dataset: PairDataset, batch_size: int, num_workers: int = 0, progress: bool = True,
-                      indices: list[int] | None = None, keep_maps: bool = False) -> Predictions:
+                      indices: list[int] | None = None, keep_maps: bool = False, stop=None,
+                      on_batch=None) -> Predictions:
         """Predictions for the images ``indices`` of ``dataset`` (default: all; test.py's loop:
-        :func:`engine.predict`); ``keep_maps``: with their crops' patch maps (see :meth:`dataset_maps`)."""
+        :func:`engine.predict`); ``keep_maps``: with their crops' patch maps (see :meth:`dataset_maps`); ``stop``
+        and ``on_batch`` as :func:`engine.loop.predict`'s (a scoring job: engine/jobs.py)."""
         return predict(self.model, dataset, indices, batch_size, num_workers, self.crops_per_forward, self.amp_dtype,
-                       progress=progress, bn_stats=self.bn_stats, keep_maps=keep_maps)
+                       progress=progress, bn_stats=self.bn_stats, keep_maps=keep_maps, stop=stop, on_batch=on_batch)
 
     def dataset_maps(self, dataset: PairDataset, indices: list[int], batch_size: int, num_workers: int = 0,
                      progress: bool = False) -> list[ImageMaps]:
@@ -140,7 +142,8 @@ class Scorer:
         return [image_maps(out.maps[i].scores.item(), out.maps[i].f, out.maps[i].w, dataset.windows(i),
                            self.crop_size, dataset.sizes[i]) for i in indices]
 
-    def _file_pairs(self, pairs: Sequence[tuple[str, str]]) -> PairDataset:
+    def file_pairs(self, pairs: Sequence[tuple[str, str]]) -> PairDataset:
+        """(distorted, reference) file paths as the dataset the scoring loop reads (named by the distorted file)."""
         pairs = list(pairs)
         if not pairs:
             raise AHIQError("no pairs given; pass a list of (distorted, reference) file paths")
@@ -156,14 +159,14 @@ class Scorer:
         """Scores of (distorted, reference) file pairs, in order. Windows as :class:`data.windows.WindowPolicy`
         draws them: a pair scores the same here, in test.py and as arrays or tensors; distorted images that share
         a reference file share its features (computed once). On :attr:`scale` (a ``mapping``'s units when given)."""
-        return self.on_scale(self.score_dataset(self._file_pairs(pairs), batch_size, num_workers, progress).preds)
+        return self.on_scale(self.score_dataset(self.file_pairs(pairs), batch_size, num_workers, progress).preds)
 
     def score_maps(self, pairs: Sequence[tuple[str, str]], batch_size: int = 1, num_workers: int = 0,
                    progress: bool = False, images: bool = False) -> list[ImageMaps]:
         """Per (distorted, reference) file pair, its score and patch maps on the image's pixel grid
         (:class:`utils.quality_maps.ImageMaps`), from the windows and forward :meth:`score_files` uses;
         ``images``: with the two images as scored (``ImageMaps.images``, HxWx3 uint8)."""
-        dataset = self._file_pairs(pairs)
+        dataset = self.file_pairs(pairs)
         maps = self.dataset_maps(dataset, list(range(len(dataset))), batch_size, num_workers, progress)
         if images:
             for i, m in enumerate(maps):

@@ -36,8 +36,10 @@ def deform_conv2d_gemm(x: torch.Tensor, offset: torch.Tensor, weight: torch.Tens
     # align_corners=True maps pixel centre i to -1 + 2i/(n-1): the pixel coordinates torchvision samples at.
     scale_y, scale_x = 2.0 / max(h - 1, 1), 2.0 / max(w - 1, 1)
 
+    taps = [(i, j) for i in range(kh) for j in range(kw)]  # row-major, as the offsets are laid out
+
     def grid(k: int) -> torch.Tensor:  # (B, H, W, 2) sampling grid of kernel tap k
-        i, j = divmod(k, kw)
+        i, j = taps[k]
         py = ys + (i - padding) + offset[:, 2 * k]
         px = xs + (j - padding) + offset[:, 2 * k + 1]
         return torch.stack((px * scale_x - 1, py * scale_y - 1), dim=-1)
@@ -45,16 +47,16 @@ def deform_conv2d_gemm(x: torch.Tensor, offset: torch.Tensor, weight: torch.Tens
     source = x.to(exact)  # one cast for every tap
     compute = compute_dtype(x)
     if compute in (torch.float16, torch.bfloat16):
-        return _reduced_precision(source, torch.cat([grid(k) for k in range(kh * kw)], dim=1), weight, bias,
+        return _reduced_precision(source, torch.cat([grid(k) for k in range(len(taps))], dim=1), weight, bias,
                                   compute)
     # measured on the CPU: batched GEMMs win at 56x56 (224 crops), one flat GEMM wins at 12x12 (48 crops), also in
     # training; the threshold sits between
     batched = h * w >= BATCHED_GEMM_MIN_PIXELS
     out = None
-    for k in range(kh * kw):
+    for k, (i, j) in enumerate(taps):
         sampled = F.grid_sample(source, grid(k), mode="bilinear", padding_mode="zeros", align_corners=True)
         sampled = sampled.to(x.dtype)
-        w_k = weight[:, :, k // kw, k % kw]
+        w_k = weight[:, :, i, j]
         if batched:  # (C_out, C) times (B, C, H*W): GEMMs on the samples as laid out, no permuted copy
             sampled = sampled.flatten(2)
             out = torch.matmul(w_k, sampled) if out is None else torch.baddbmm(out, w_k.expand(b, -1, -1), sampled)

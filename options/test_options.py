@@ -33,7 +33,7 @@ from options.data_options import (
     windows_parser,
 )
 from options.defaults import CROPS_PER_FORWARD, N_ENSEMBLE, TEST_BATCH
-from options.policy import free
+from options.policy import free, once
 from utils.errors import AHIQError
 from utils.files import LOG_FILE, OPTIONS_PREFIX, RUN_FILE_EXTENSIONS, is_run_file
 
@@ -94,8 +94,12 @@ def test_parser() -> argparse.ArgumentParser:
     g.add_argument("--test_file_name", default="results.txt",
                    help="predictions file, a plain file name, written to the run folder (checkpoints_dir/name, or "
                         "beside --ckpt); {stem}_metrics.json, _scatter.png, _source.json go beside it")
+    once(g.add_argument("--resume", action="store_true",
+                        help="continue a stopped run (SIGINT/SIGTERM, a preemption) from the scores it recorded beside "
+                             "the results; with nothing recorded, start (safe to pass to every attempt of a job)"))
     free(g.add_argument("--overwrite", action="store_true",
-                        help="replace results of another checkpoint, list or split (refused otherwise)"))
+                        help="replace results of another checkpoint, list or split, or an interrupted run's recorded "
+                             "scores (refused otherwise)"))
     g.add_argument("--flip", action="store_true", help="flip both images horizontally before cropping")
     free(g.add_argument("--worst", type=int, default=0, metavar="N",
                         help="lists with MOS: also draw the N images furthest from their MOS after the logistic fit, "
@@ -128,6 +132,7 @@ class TestConfig(RunConfig, TestDataFields, TrainDataFields, ImageFields, Window
 
     parser = test_parser
     test_file_name: str
+    resume: bool
     overwrite: bool
     flip: bool
     worst: int

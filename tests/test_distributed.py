@@ -92,7 +92,7 @@ def test_nproc_larger_than_the_gpus_present_stops_in_one_line(tmp_path):
     assert proc.returncode == 2
     assert proc.stderr.strip().splitlines() == [
         f"error: NPROC={nproc} processes need one GPU each, but this machine has {torch.cuda.device_count()}; set "
-        f"NPROC to at most {torch.cuda.device_count()}, or GPU_IDS=-1 to train on the CPU"]
+        f"NPROC to at most {torch.cuda.device_count()}, or GPU_IDS=-1 to run on the CPU"]
     assert not any(tmp_path.iterdir())
 
 

@@ -6,9 +6,10 @@ Launch with ``torchrun --nproc_per_node=K train.py ...`` (or ``NPROC=K sh train.
 The process group is NCCL on GPUs and gloo on the CPU (:func:`backend_for`), with the same set-up code in
 production and in the CPU tests. NCCL has no CPU collectives, so every tensor this module hands to a collective is
 made on the rank's own device, and :func:`_check_device` refuses any other, on the CPU too: a CPU tensor on a GPU
-rank would fail at the first training step. Ranks exchange exactly two things: one (loss, stop) reduction per
-training step and the validation predictions (two all-gathers per validation); after a stop request they wait at
-one barrier for rank 0 to save.
+rank would fail at the first training step. Ranks exchange exactly two things in training: one (loss, stop)
+reduction per training step and the validation predictions (two all-gathers per validation); after a stop request
+they wait at one barrier for rank 0 to save. A scoring job (engine/jobs.py) exchanges whether any rank was stopped,
+once at its end, and then the predictions.
 No other module calls ``torch.distributed`` (a test checks this).
 """
 from __future__ import annotations
@@ -126,6 +127,15 @@ def reduce_step(loss: torch.Tensor, stop: bool, info: DistInfo) -> Callable[[], 
         return total / info.world_size, stops > 0
 
     return result
+
+
+def any_rank(flag: bool, info: DistInfo) -> bool:
+    """Whether ``flag`` is true on any rank (every rank must call it once at the same point; a scoring job's stop)."""
+    if not info.enabled:
+        return flag
+    t = torch.full((1,), float(flag), device=info.device)
+    dist.all_reduce(_check_device(t, info), op=dist.ReduceOp.MAX)
+    return bool(t.item() > 0)
 
 
 def gather_arrays(info: DistInfo, *arrays: np.ndarray) -> list[np.ndarray]:

@@ -48,6 +48,29 @@ def _terminated(signum, _frame) -> None:
     raise Interrupted("stopped by SIGTERM", 128 + signum)
 
 
+class StopRequest:
+    """While in its ``with`` block, SIGINT/SIGTERM only set :attr:`signal` (its name): a loop finishes its current
+    step (train.py: save last.pth; test.py: record the batch) and stops; the handlers that were there before are put
+    back when the block ends (protocol.py trains and tests several runs)."""
+
+    SIGNALS = (signal.SIGINT, signal.SIGTERM)
+
+    def __init__(self) -> None:
+        self.signal: str | None = None
+        self._before: dict = {}
+
+    def __enter__(self) -> StopRequest:
+        self._before = {sig: signal.signal(sig, self._handle) for sig in self.SIGNALS}
+        return self
+
+    def __exit__(self, *exc) -> None:
+        for sig, handler in self._before.items():
+            signal.signal(sig, handler)
+
+    def _handle(self, signum: int, _frame) -> None:
+        self.signal = signal.Signals(signum).name
+
+
 def run_cli(main: Callable[[], object]) -> None:
     """Run an entry point. An :class:`AHIQError` (the project's own checks and file operations name the file) or
     Ctrl-C ends it with a one-line message and exit code 2/130; any other OS error (from a library: CUDA, shared

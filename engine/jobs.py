@@ -1,0 +1,148 @@
+"""Scoring a list as a job (test.py): shared over the processes of a torchrun job, every finished batch recorded, and
+continued after a stop (``--resume``), so a million-pair scoring run survives a preemption and uses every GPU it has.
+
+- Sharing (:func:`shard`): with running BatchNorm statistics, whole reference groups per process (each reference
+  window computed on one process); the released computation (``--bn_stats batch``, ``--random_windows official``)
+  depends on each batch's images, so there each process takes whole batches of the list in list order: every batch
+  is the batch one process would form, and the predictions are the same.
+- Recording (:class:`Progress`): ``.{results}.progress/`` beside the results holds a header (what is scored, with
+  which result-changing options) and, per process and attempt, one ``index,score`` line per image, appended after
+  each batch; a stop loses at most the batch in flight. ``--resume`` reads every line back (any number of processes
+  wrote them), scores the rest and merges; the folder is removed once the results are written.
+- Stopping: SIGINT/SIGTERM finish the current batch; all processes then agree that the run stopped
+  (:func:`utils.distributed.any_rank`) and end with exit code 3 and one line.
+"""
+from __future__ import annotations
+
+import json
+import os
+import shutil
+from collections.abc import Callable
+
+import numpy as np
+
+from data.pair_dataset import PairDataset
+from engine.loop import Predictions, ScoringStopped, reference_shards
+from engine.scorer import Scorer
+from utils.distributed import DistInfo, any_rank, barrier, gather_arrays
+from utils.errors import AHIQError, Interrupted
+from utils.files import atomic_write, read_text
+
+FORMAT = "ahiq-progress-1"
+
+
+def shard(dataset: PairDataset, indices: list[int], scorer: Scorer, info: DistInfo, batch_size: int) -> list[int]:
+    """This process's share of ``indices`` (see the module's docstring)."""
+    if info.world_size == 1:
+        return list(indices)
+    if scorer.bn_stats == "batch" or scorer.policy.official:
+        blocks = [indices[i:i + batch_size] for i in range(0, len(indices), batch_size)]
+        return [i for block in blocks[info.rank::info.world_size] for i in block]
+    return reference_shards(indices, dataset.reference_key, info.world_size)[info.rank]
+
+
+class Progress:
+    """The finished images of one results file (see the module's docstring). ``header``: what must match for a
+    ``resume`` to continue; without ``resume`` an earlier run's progress is refused unless ``overwrite``."""
+
+    def __init__(self, results: str, header: dict, info: DistInfo, resume: bool, overwrite: bool) -> None:
+        self.folder = os.path.join(os.path.dirname(results), f".{os.path.basename(results)}.progress")
+        self.info = info
+        header_file = os.path.join(self.folder, "header.json")
+        if info.is_main:
+            if os.path.isdir(self.folder) and not resume:
+                if not overwrite:
+                    raise AHIQError(f"{results}: an interrupted run's scores of {len(self._read())} images are in "
+                                    f"{self.folder}; pass --resume to continue it, or --overwrite to start again")
+                shutil.rmtree(self.folder)
+            if os.path.isdir(self.folder):
+                self._check(header_file, header)
+            else:
+                os.makedirs(self.folder)
+                atomic_write(header_file, json.dumps({"format": FORMAT, **header}, indent=1, default=str))
+        barrier(info)  # every process sees the folder rank 0 checked or made
+        self.done = self._read()
+        self._file = open(os.path.join(self.folder, f"rank{info.rank}-pid{os.getpid()}.txt"), "a")
+
+    def _check(self, header_file: str, header: dict) -> None:
+        try:
+            saved = json.loads(read_text(header_file))
+        except (AHIQError, ValueError):
+            saved = None
+        if not isinstance(saved, dict) or saved.get("format") != FORMAT:
+            raise AHIQError(f"{self.folder}: not the progress of a test.py run; move it away and run again")
+        now = json.loads(json.dumps(header, default=str))
+        changed = []
+        for key, value in now.items():  # one level down for the options: name the option that changed
+            before = saved.get(key)
+            if isinstance(value, dict) and isinstance(before, dict):
+                changed += [f"--{k} {before.get(k)!r} then, {v!r} now" for k, v in value.items() if before.get(k) != v]
+            elif before != value:
+                changed.append(f"{key} {before} then, {value} now")
+        if changed:
+            raise AHIQError(f"{self.folder}: holds the progress of another run ({'; '.join(changed)[:400]}); run "
+                            "with the options it was started with, or --overwrite to start again")
+
+    def _read(self) -> dict[int, float]:
+        """Every recorded ``index,score`` line of every process and attempt (a line torn by a kill is skipped)."""
+        done: dict[int, float] = {}
+        for name in sorted(os.listdir(self.folder)) if os.path.isdir(self.folder) else []:
+            if not name.endswith(".txt"):
+                continue
+            for line in read_text(os.path.join(self.folder, name)).splitlines(keepends=True):
+                parts = line.rstrip("\n").split(",")
+                if line.endswith("\n") and len(parts) == 2:
+                    done[int(parts[0])] = float(parts[1])
+        return done
+
+    def record(self, index: list[int], scores: list[float]) -> None:
+        """One finished batch, on disk before the next one starts (flushed: a killed process keeps it)."""
+        self._file.write("".join(f"{i},{s!r}\n" for i, s in zip(index, scores)))
+        self._file.flush()
+
+    def close(self) -> None:
+        self._file.close()
+
+    def finish(self) -> None:
+        """The results are written: the progress is no longer needed."""
+        self.close()
+        if self.info.is_main:
+            shutil.rmtree(self.folder, ignore_errors=True)
+
+
+def score_list(scorer: Scorer, dataset: PairDataset, info: DistInfo, batch_size: int, num_workers: int,
+               progress: Progress | None = None, stop: Callable[[], str | None] | None = None
+               ) -> Predictions | None:
+    """Every image of ``dataset`` scored, shared over the job's processes, those ``progress`` holds taken from it;
+    rank 0 gets the predictions in list order, the others None. ``stop()`` names the signal that asked to stop, or
+    None; then every process ends at its next batch and :class:`utils.errors.Interrupted` (exit code 3) says how far
+    the run got."""
+    done = progress.done if progress is not None else {}
+    todo = [i for i in range(len(dataset)) if i not in done]
+    mine = shard(dataset, todo, scorer, info, batch_size)
+    out, stopped = None, False
+    try:
+        out = scorer.score_dataset(dataset, batch_size, num_workers, progress=info.is_main, indices=mine,
+                                   stop=(lambda: stop() is not None) if stop is not None else None,
+                                   on_batch=progress.record if progress is not None else None)
+    except ScoringStopped:
+        stopped = True
+    if any_rank(stopped, info):
+        if progress is not None:
+            progress.close()
+        finished = len(progress._read()) if progress is not None else 0
+        where = f"their scores are in {progress.folder}" if progress is not None else "nothing was kept"
+        raise Interrupted(f"stopped by {(stop and stop()) or 'another process'} after {finished} of {len(dataset)} "
+                          f"images: {where}; continue with --resume (the same command)", 3)
+    empty = np.zeros(0)
+    index, preds, labels = gather_arrays(info, *((out.index, out.preds, out.labels) if out is not None
+                                                 else (empty.astype(np.int64), empty, empty)))
+    if not info.is_main:
+        return None
+    earlier = np.array(sorted(done), dtype=np.int64)
+    index = np.concatenate([earlier, index.astype(np.int64)])
+    preds = np.concatenate([np.array([done[i] for i in earlier.tolist()]), preds])
+    labels = np.concatenate([dataset.labels[earlier] if dataset.labels is not None else np.full(len(earlier), np.nan),
+                             labels])
+    order = np.argsort(index, kind="stable")
+    return Predictions(index[order], [dataset.names[i] for i in index[order]], preds[order], labels[order])

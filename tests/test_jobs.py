@@ -1,0 +1,102 @@
+"""Scoring as a job (engine/jobs.py): test.py over two gloo processes gives the predictions of one process, in list
+order (running statistics: shared by reference; the released replay: whole batches); a stopped run
+continues with --resume to the results of an uninterrupted one; recorded progress is never dropped silently."""
+from __future__ import annotations
+
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+import predict
+import test as test_entry
+from tests.conftest import make_pipal_set
+from tests.test_distributed import _shell_env
+from utils.errors import AHIQError
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def _rows(path: Path) -> tuple[list[str], np.ndarray]:
+    rows = [line.split(",") for line in path.read_text().splitlines()]
+    return [r[0] for r in rows], np.array([float(r[1]) for r in rows])
+
+
+def _args(data: dict, ckpt: str, root: Path, name: str, *extra: str) -> list[str]:
+    return ["--test_ref_path", data["ref"], "--test_dis_path", data["dis"], "--test_list", data["list"], "--ckpt",
+            ckpt, "--crop_size", "32", "--no_pretrained", "--gpu_ids", "-1", "--num_workers", "0",
+            "--checkpoints_dir", str(root), "--name", name, "--bootstrap", "0", *extra]
+
+
+@pytest.mark.slow
+def test_two_processes_score_what_one_process_scores(tmp_path, tiny_ckpt):
+    data = make_pipal_set(tmp_path / "set", n_refs=3, n_dis=4, size=(40, 40), seed=4)  # 3 references: uneven shares
+    runs = {"shared": ["--n_ensemble", "12", "--batch_size", "2"],  # random windows keyed by pixels, running stats
+            "released": ["--n_ensemble", "12", "--batch_size", "2", "--random_windows", "official", "--bn_stats",
+                         "batch"]}
+    for kind, extra in runs.items():
+        test_entry.main(_args(data, tiny_ckpt, tmp_path, f"{kind}_1", *extra))
+        proc = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
+                               "test.py", *_args(data, tiny_ckpt, tmp_path, f"{kind}_2", *extra)], cwd=REPO,
+                              env=_shell_env(), capture_output=True, text=True, timeout=300)
+        assert proc.returncode == 0 and "2 processes" in proc.stderr, proc.stderr[-3000:]
+        names1, scores1 = _rows(tmp_path / f"{kind}_1" / "results.txt")
+        names2, scores2 = _rows(tmp_path / f"{kind}_2" / "results.txt")
+        assert names2 == names1 == data["names"]  # every image once, in list order
+        # released: the same batches, so the same BatchNorm statistics and windows; both up to float rounding (the
+        # CPU's vectorised sums depend on where tensors sit in memory: 1e-7 relative measured here)
+        np.testing.assert_allclose(scores2, scores1, rtol=1e-6)
+        assert not list((tmp_path / f"{kind}_2").glob(".*.progress"))  # removed once the results are written
+    # predict.py shares its pairs the same way; rank 0 writes the one CSV, rows in the order of the pairs
+    common = ["--dis_dir", data["dis"], "--ref_dir", data["ref"], "--ckpt", tiny_ckpt, "--crop_size", "32",
+              "--no_pretrained", "--gpu_ids", "-1", "--num_workers", "0", "--n_ensemble", "12"]
+    predict.main([*common, "--csv", str(tmp_path / "predict_1.csv")])
+    proc = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
+                           "predict.py", *common, "--csv", str(tmp_path / "predict_2.csv")], cwd=REPO,
+                          env=_shell_env(), capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    one, two = ((tmp_path / f"predict_{n}.csv").read_text().splitlines() for n in (1, 2))
+    assert [r.split(",")[:2] for r in two] == [r.split(",")[:2] for r in one] and len(one) == 13
+    np.testing.assert_allclose([float(r.split(",")[2]) for r in two[1:]], [float(r.split(",")[2]) for r in one[1:]],
+                               rtol=1e-6)
+
+
+@pytest.mark.slow
+def test_a_stopped_scoring_run_continues_with_resume(tmp_path, tiny_ckpt):
+    """SIGTERM while test.py scores: the batch in flight is finished and recorded, exit code 3 and one line; a run
+    without --resume is refused (the recorded scores are kept); --resume scores the rest, and the results equal an
+    uninterrupted run's."""
+    data = make_pipal_set(tmp_path / "set", n_refs=4, n_dis=5, size=(40, 40), seed=6)
+    extra = ("--n_ensemble", "12", "--batch_size", "3")
+    full = test_entry.main(_args(data, tiny_ckpt, tmp_path, "full", *extra))
+    log = tmp_path / "stopped.log"
+    with open(log, "w") as f:
+        proc = subprocess.Popen([sys.executable, "test.py", *_args(data, tiny_ckpt, tmp_path, "stopped", *extra)],
+                                cwd=REPO, stdout=f, stderr=subprocess.STDOUT, env=_shell_env())
+    deadline = time.time() + 120
+    while "scoring 20 images" not in log.read_text() and proc.poll() is None and time.time() < deadline:
+        time.sleep(0.01)
+    proc.send_signal(signal.SIGTERM)
+    assert proc.wait(timeout=120) == 3, log.read_text()[-3000:]
+    last = log.read_text().strip().splitlines()[-1]
+    assert last.startswith("error: stopped by SIGTERM after ") and "continue with --resume" in last, last
+    progress = tmp_path / "stopped" / ".results.txt.progress"
+    recorded = sum(len(p.read_text().splitlines()) for p in progress.glob("*.txt"))
+    assert 3 <= recorded < 20 and f"after {recorded} of 20 images" in last  # whole batches of 3
+    assert not (tmp_path / "stopped" / "results.txt").exists()
+    with pytest.raises(AHIQError, match=rf"an interrupted run's scores of {recorded} images are in .*\.progress; "
+                                        "pass --resume to continue it, or --overwrite to start again"):
+        test_entry.main(_args(data, tiny_ckpt, tmp_path, "stopped", *extra))
+    with pytest.raises(AHIQError, match=r"holds the progress of another run \(--n_ensemble 12 then, 5 now\)"):
+        test_entry.main(_args(data, tiny_ckpt, tmp_path, "stopped", "--n_ensemble", "5", "--batch_size", "3",
+                              "--resume"))
+    resumed = test_entry.main(_args(data, tiny_ckpt, tmp_path, "stopped", *extra, "--resume"))
+    names, scores = _rows(Path(resumed["predictions"]))
+    full_names, full_scores = _rows(Path(full["predictions"]))
+    assert names == full_names
+    np.testing.assert_allclose(scores, full_scores, rtol=1e-6)
+    assert resumed["srcc"] == pytest.approx(full["srcc"]) and not progress.exists()
