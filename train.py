@@ -227,6 +227,7 @@ class Saver:
 
     def __init__(self, opt, model: AHIQ, optimizer, scheduler, scaler, train_set: PairDataset) -> None:
         self.opt, self.model, self.optimizer, self.scheduler, self.scaler = opt, model, optimizer, scheduler, scaler
+        self.last_written: float | None = None  # when this process last wrote last.pth
         self.meta = {"label_norm": train_set.norm.to_dict(), "dataset": dataset_name(opt, opt.train_list),
                      "train_list": opt.train_list,
                      "split": {"file": opt.split_file, "index": opt.split_index, "column": opt.split_column},
@@ -243,6 +244,8 @@ class Saver:
                      "options": self.opt.to_dict()}
         meta = {**self.meta, "epochs_trained": state.epoch}  # counted from 1; the official "epoch" from 0
         save_weights(path, self.model, meta=meta, epoch=state.epoch - 1, loss=float(loss), **extra)
+        if name == "last.pth":
+            self.last_written = time.monotonic()
         return path
 
 
@@ -422,8 +425,13 @@ def stop_run(save: Saver, state: TrainState, loss: float, info: DistInfo, what: 
 
 def finish_epoch(save: Saver, state: TrainState, loss: float) -> None:
     """Rank 0's files after an epoch: last.pth first (a crash after it is resumed, and the resume writes what
-    follows it: :func:`complete_epoch_files`), then :func:`epoch_files`."""
-    save("last.pth", state, loss, full=True)
+    follows it: :func:`complete_epoch_files`), then :func:`epoch_files`. With --save_last_every S, last.pth only
+    when S seconds have passed since it was last written, after this process's first epoch (the folder can always
+    be resumed) and after the last epoch: a crash then resumes from an earlier epoch and replays the ones after it
+    exactly (rewriting their files with the same contents)."""
+    every, last = save.opt.save_last_every, save.last_written
+    if every <= 0 or last is None or state.epoch >= save.opt.n_epoch or time.monotonic() - last >= every:
+        save("last.pth", state, loss, full=True)
     for name in epoch_files(state, save.opt.save_interval):
         save(name, state, loss)
 

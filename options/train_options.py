@@ -44,6 +44,10 @@ def training_parser() -> argparse.ArgumentParser:
     g = p.add_argument_group("train")
     resumable(g.add_argument("--n_epoch", type=int, default=200, help="epochs to train"))
     free(g.add_argument("--save_interval", type=int, default=5, help="write epoch_N.pth every N epochs"))
+    free(g.add_argument("--save_last_every", type=float, default=0, metavar="SECONDS",
+                        help="write last.pth (~330 MB: everything a resume needs) at the end of an epoch only when "
+                             "SECONDS have passed since the last one; 0: every epoch. It is always written at the "
+                             "end of the run and on a stop; a crash costs at most SECONDS of epochs, replayed exactly"))
     g.add_argument("--learning_rate", type=float, default=1e-4, help="Adam learning rate")
     g.add_argument("--weight_decay", type=float, default=1e-5, help="Adam weight decay")
     g.add_argument("--batch_size", type=int, default=4, help="pairs per step (per process with torchrun)")
@@ -75,6 +79,7 @@ class TrainingFields:
 
     n_epoch: int
     save_interval: int
+    save_last_every: float
     learning_rate: float
     weight_decay: float
     batch_size: int
@@ -111,6 +116,8 @@ def parse_train_options(argv: list[str] | None = None) -> TrainConfig:
 
 def check_train_options(opt: RunConfig) -> RunConfig:
     check_positive(opt, "n_epoch", "save_interval", "batch_size", "val_freq", "T_max", "num_avg_val")
+    if not (opt.save_last_every >= 0 and opt.save_last_every != float("inf")):
+        raise AHIQError(f"--save_last_every {opt.save_last_every}: give seconds (0: last.pth after every epoch)")
     if opt.learning_rate <= 0 or opt.weight_decay < 0 or opt.eta_min < 0:
         raise AHIQError(f"--learning_rate {opt.learning_rate} must be positive, --weight_decay {opt.weight_decay} "
                         f"and --eta_min {opt.eta_min} not negative")

@@ -174,8 +174,11 @@ def test_only_a_torn_last_line_of_the_metrics_file_is_dropped(tmp_path):
         EpochLog.read(str(path))
 
 
-def test_tf32_is_on_by_default_on_cuda_and_off_with_no_tf32():
-    """The flags test.py, predict.py, train.py and the API set on CUDA (set here without a GPU: they are flags)."""
+def test_tf32_is_on_by_default_on_cuda_and_off_with_no_tf32(monkeypatch):
+    """The flags test.py, predict.py, train.py and the API set on CUDA (set here without a GPU: they are flags), and
+    the run's GPU made the current device (so nothing opens a context on GPU 0 for a run on GPU 3)."""
+    current = []
+    monkeypatch.setattr(torch.cuda, "set_device", lambda device: current.append(str(device)))
     flags = (torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32, torch.backends.cudnn.benchmark)
     try:
         torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = False
@@ -185,6 +188,8 @@ def test_tf32_is_on_by_default_on_cuda_and_off_with_no_tf32():
         assert not torch.backends.cuda.matmul.allow_tf32 and not torch.backends.cudnn.allow_tf32
         configure_device(parse_test_options(["--gpu_ids", "-1"]), "cpu")  # nothing changes on the CPU
         assert not torch.backends.cuda.matmul.allow_tf32
+        configure_device(parse_test_options(["--gpu_ids", "-1"]), "cuda:3")
+        assert current == ["cuda:0", "cuda:0", "cuda:3"]
     finally:
         torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32, torch.backends.cudnn.benchmark = flags
 

@@ -325,3 +325,36 @@ def test_a_crash_at_any_save_of_the_first_epoch_leaves_a_folder_that_goes_on(tra
             train.main(args + ["--resume"])
         train.main(args)
     assert sorted(p.name for p in run.glob("*.pth")) == ["best.pth", "epoch_1.pth", "last.pth"]
+
+
+def test_last_pth_on_a_time_interval_still_resumes_exactly(train_sets, tmp_path, two_epoch_run, monkeypatch):
+    """--save_last_every S writes last.pth after the first epoch, then only when S seconds have passed, and after the
+    last epoch; a crash resumes from the earlier last.pth and replays the epochs after it to the same weights."""
+    saved = []
+    original_call, original_finish = train.Saver.__call__, train.finish_epoch
+
+    def record(self, name, state, loss, full=False):
+        saved.append((name, state.epoch))
+        return original_call(self, name, state, loss, full)
+
+    def crash_after_epoch_2(save, state, loss):
+        original_finish(save, state, loss)
+        if state.epoch == 2:
+            raise RuntimeError("crash")
+
+    monkeypatch.setattr(train.Saver, "__call__", record)
+    monkeypatch.setattr(train, "finish_epoch", crash_after_epoch_2)
+    args = train_args(train_sets, tmp_path, "sparse", "--save_last_every", "3600")
+    with pytest.raises(RuntimeError, match="crash"):
+        train.main([*args, "--n_epoch", "3"])
+    assert [s for s in saved if s[0] == "last.pth"] == [("last.pth", 1)]  # epoch 2's skipped: under an hour
+    assert ("best.pth", 2) in saved or ("best.pth", 1) in saved
+    monkeypatch.setattr(train, "finish_epoch", original_finish)
+    saved.clear()
+    state = train.main([*args, "--n_epoch", "2", "--resume"])  # replays epoch 2; the last epoch writes last.pth
+    assert state.epoch == 2 and ("last.pth", 2) in saved
+    a, b = heads_of(two_epoch_run / "last.pth"), heads_of(tmp_path / "sparse" / "last.pth")
+    for key in a:
+        torch.testing.assert_close(a[key], b[key], rtol=0, atol=0)
+    with pytest.raises(AHIQError, match=r"--save_last_every -1.0: give seconds"):
+        train.main([*args, "--save_last_every", "-1"])
