@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import os
 import tempfile
 import time
@@ -30,6 +31,8 @@ from data.windows import crop_tensor_stack, crop_windows
 from engine.loop import ChunkSize, ReferenceCache, score_batch, score_crops
 from models import RESNET_TAG, VIT_TAGS, build_model
 from options.defaults import CROPS_PER_FORWARD, N_ENSEMBLE, SEED
+
+PIPAL_TRAIN_PAIRS = 23200  # PIPAL's training list: the 200-epoch estimate's steps
 
 
 def timed(fn: Callable[[], object], device: str, repeats: int) -> tuple[float, object]:
@@ -201,6 +204,17 @@ def measure(args: argparse.Namespace, model, baseline, dis: torch.Tensor, ref: t
                     "fp32_speedup": t_base_train / t_fast_train,
                     "baseline_peak_gib": peak_memory(base_step, device),
                     "fp32_peak_gib": peak_memory(fast_step, device)}
+    if device.startswith("cuda"):  # --amp's step, and what it makes of 200 PIPAL epochs (steps only)
+        def bf16_forward(d, r):
+            with torch.autocast("cuda", dtype=torch.bfloat16):
+                return model(d, r)
+
+        bf16_step = train_step_fn(bf16_forward, [p for m in model.trainable_parts().values() for p in m.parameters()],
+                                  td, tr, label)
+        t_bf16_train, _ = timed(bf16_step, device, max(args.repeats, 30))  # ~10 ms steps: a median of many
+        steps = 200 * math.ceil(PIPAL_TRAIN_PAIRS / b)
+        out["train"].update(bf16_pairs_per_s=b / t_bf16_train, bf16_step_ms=t_bf16_train * 1e3,
+                            pipal_200_epochs_steps_hours=steps * t_bf16_train / 3600)
     if args.process:
         model.eval()
         out["process"] = whole_process(args, model, base_rate, folder)
@@ -283,6 +297,10 @@ def table(out: dict) -> str:
             f"({t['fp32_speedup']:.2f}x), max rel. score deviation {t['fp32_max_rel_dev']:.1e} |",
             f"| train step, batch {tr['batch']} (pairs/s) | baseline {tr['baseline_pairs_per_s']:.4g}, project fp32 "
             f"{tr['fp32_pairs_per_s']:.4g} ({tr['fp32_speedup']:.2f}x) |"]
+    if "bf16_step_ms" in tr:
+        rows.append(f"| train step bf16, batch {tr['batch']} | {tr['bf16_step_ms']:.1f} ms "
+                    f"({tr['bf16_pairs_per_s']:.4g} pairs/s): 200 PIPAL epochs of steps "
+                    f"{tr['pipal_200_epochs_steps_hours']:.2f} h |")
     if "bf16_images_per_s" in t:
         rows.append(f"| test bf16 (images/s) | {t['bf16_images_per_s']:.4g} ({t['bf16_speedup']:.2f}x), max abs. "
                     f"deviation {t['bf16_max_abs_dev']:.2e}, SRCC vs fp32 {t['bf16_srcc_vs_fp32']:.4f} |")

@@ -455,7 +455,9 @@ def line(name: str, res: dict) -> str:
             t, tr = res["test"], res["train"]
             parts.append(f"test images/s: baseline {t['baseline_images_per_s']:.3g}, fp32 {t['fp32_images_per_s']:.3g}"
                          f", bf16 {t.get('bf16_images_per_s', float('nan')):.3g}; train pairs/s (batch {tr['batch']}):"
-                         f" baseline {tr['baseline_pairs_per_s']:.3g}, fp32 {tr['fp32_pairs_per_s']:.3g}")
+                         f" baseline {tr['baseline_pairs_per_s']:.3g}, fp32 {tr['fp32_pairs_per_s']:.3g}, bf16 "
+                         f"{tr.get('bf16_pairs_per_s', float('nan')):.3g} (200 PIPAL epochs of bf16 steps: "
+                         f"{tr.get('pipal_200_epochs_steps_hours', float('nan')):.2f} h)")
     if "error" in res:
         parts.append(res["error"])
     return "\n    ".join(parts)
