@@ -15,12 +15,12 @@ import utils.interrupt  # noqa: F401 - first: Ctrl-C while the libraries import 
 
 # isort: split
 
-import contextlib
 import csv
 import io
 import json
 import logging
 import os
+import signal
 
 import numpy as np
 
@@ -33,7 +33,7 @@ from engine.runtime import configure_device, device_of, onnx_scorer_for, policy_
 from engine.scorer import Scorer
 from options.predict_options import parse_predict_options
 from utils.distributed import DistInfo, init_distributed, shutdown
-from utils.errors import AHIQError, Interrupted, run_cli
+from utils.errors import AHIQError, Interrupted, StopRequest, run_cli
 from utils.files import atomic_write, file_error
 from utils.metrics import iqa_metrics, metrics_line
 from utils.plots import maps_panel_png, optional_figure, scatter_png
@@ -126,9 +126,10 @@ def map_stems(pairs: list[tuple[str, str]]) -> list[str]:
 def write_maps(scorer: Scorer, pairs: list[tuple[str, str]], folder: str, batch_size: int, num_workers: int
                ) -> list[float]:
     """Scores of ``pairs`` and, per pair, ``STEM_maps.png`` (the panel) and ``STEM_maps.npz`` (f, w, contribution,
-    covered, windows, score) in ``folder``; pairs are scored ``batch_size`` at a time, so memory stays bounded."""
-    scores, stems, writing = [], map_stems(pairs), None
-    try:
+    covered, windows, score) in ``folder``; pairs are scored ``batch_size`` at a time, so memory stays bounded.
+    SIGINT/SIGTERM finish the pairs in flight, then stop with one line saying how many are written."""
+    scores, stems = [], map_stems(pairs)
+    with StopRequest() as stop:
         for start in range(0, len(pairs), batch_size):
             chunk = pairs[start:start + batch_size]
             done = scorer.score_maps(chunk, batch_size, num_workers, progress=True, images=True)
@@ -136,21 +137,16 @@ def write_maps(scorer: Scorer, pairs: list[tuple[str, str]], folder: str, batch_
                 buf = io.BytesIO()
                 np.savez_compressed(buf, **maps.arrays())
                 png = maps_panel_png(*maps.images, maps, os.path.basename(dis))
-                writing = stem
                 atomic_write(os.path.join(folder, stem + "_maps.npz"), buf.getvalue())
                 atomic_write(os.path.join(folder, stem + "_maps.png"), png)
-                writing = None
                 scores.append(maps.score)
                 if maps.covered.mean() < 0.5 and scorer.policy.layout == "ensemble":
                     log.info("%s: %.0f%% of the image is outside the %d windows; --windows grid covers every pixel",
                              os.path.basename(dis), 100 * (1 - maps.covered.mean()), len(maps.windows))
-    except KeyboardInterrupt as stop:  # Ctrl-C or SIGTERM: say what is there; a pair is whole or absent
-        for name in ((writing + "_maps.npz", writing + "_maps.png") if writing else ()):
-            with contextlib.suppress(FileNotFoundError):
-                os.unlink(os.path.join(folder, name))
-        said = stop.message if isinstance(stop, Interrupted) else "interrupted"
-        raise Interrupted(f"{said} after {len(scores)} of {len(pairs)} pairs: their maps (.png and .npz each) are "
-                          f"in {folder}; a pair is written whole or not at all", getattr(stop, "code", 130)) from None
+            if stop.signal is not None and len(scores) < len(pairs):
+                raise Interrupted(f"stopped by {stop.signal} after {len(scores)} of {len(pairs)} pairs: their maps "
+                                  f"(.png and .npz each) are in {folder}; a pair is written whole or not at all",
+                                  128 + signal.Signals[stop.signal].value)
     log.info("wrote the maps of %d pairs to %s (*_maps.png, *_maps.npz)", len(pairs), folder)
     return scores
 
