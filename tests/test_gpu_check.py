@@ -24,12 +24,14 @@ def model():
     return build_model(8, pretrained=False).eval()
 
 
+@pytest.mark.slow  # the real architecture at a 224 crop's deformable map
 def test_the_precision_check_passes_a_correct_bf16_path(model):
     out = gpu_check.check_agreement(QUICK, model)
     assert out["ok"] and out["cpu_max_rel_dev"] <= gpu_check.BOUNDS["cpu"]
     assert out["bf16"]["ok"] and 0 < out["bf16"]["maps_f_rel_l2"] and out["bf16"]["pool_rel_err"] < 1e-6
 
 
+@pytest.mark.slow  # the real architecture at a 224 crop's deformable map
 def test_the_precision_check_fails_a_sampling_grid_in_bf16(model, monkeypatch):
     monkeypatch.setattr(deform, "GRID_DTYPE", torch.bfloat16)
     out = gpu_check.check_agreement(QUICK, model)
@@ -37,6 +39,7 @@ def test_the_precision_check_fails_a_sampling_grid_in_bf16(model, monkeypatch):
     assert out["deform"]["deform_bf16_rel_l2"] > gpu_check.BOUNDS["deform_bf16"]
 
 
+@pytest.mark.slow  # the real architecture at a 224 crop's deformable map
 def test_the_precision_check_fails_a_score_pooled_in_bf16(model, monkeypatch):
     pool = PixelPrediction.pool
     monkeypatch.setattr(PixelPrediction, "pool", staticmethod(
