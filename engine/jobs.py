@@ -52,7 +52,7 @@ class Progress:
         if info.is_main:
             if os.path.isdir(self.folder) and not resume:
                 if not overwrite:
-                    raise AHIQError(f"{results}: an interrupted run's scores of {len(self._read())} images are in "
+                    raise AHIQError(f"{results}: an interrupted run's scores of {len(self.recorded())} images are in "
                                     f"{self.folder}; pass --resume to continue it, or --overwrite to start again")
                 shutil.rmtree(self.folder)
             if os.path.isdir(self.folder):
@@ -61,7 +61,7 @@ class Progress:
                 os.makedirs(self.folder)
                 atomic_write(header_file, json.dumps({"format": FORMAT, **header}, indent=1, default=str))
         barrier(info)  # every process sees the folder rank 0 checked or made
-        self.done = self._read()
+        self.done = self.recorded()
         self._file = open(os.path.join(self.folder, f"rank{info.rank}-pid{os.getpid()}.txt"), "a")
 
     def _check(self, header_file: str, header: dict) -> None:
@@ -83,7 +83,7 @@ class Progress:
             raise AHIQError(f"{self.folder}: holds the progress of another run ({'; '.join(changed)[:400]}); run "
                             "with the options it was started with, or --overwrite to start again")
 
-    def _read(self) -> dict[int, float]:
+    def recorded(self) -> dict[int, float]:
         """Every recorded ``index,score`` line of every process and attempt (a line torn by a kill is skipped)."""
         done: dict[int, float] = {}
         for name in sorted(os.listdir(self.folder)) if os.path.isdir(self.folder) else []:
@@ -130,7 +130,7 @@ def score_list(scorer: Scorer, dataset: PairDataset, info: DistInfo, batch_size:
     if any_rank(stopped, info):
         if progress is not None:
             progress.close()
-        finished = len(progress._read()) if progress is not None else 0
+        finished = len(progress.recorded()) if progress is not None else 0
         where = f"their scores are in {progress.folder}" if progress is not None else "nothing was kept"
         raise Interrupted(f"stopped by {(stop and stop()) or 'another process'} after {finished} of {len(dataset)} "
                           f"images: {where}; continue with --resume (the same command)", 3)

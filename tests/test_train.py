@@ -19,6 +19,7 @@ from scipy import stats
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
 import train
+from benchmarks.gpu_check import job_pids
 from engine.loop import train_one_epoch
 from tests import ddp_validate
 from tests.conftest import heads_of, list_dataset, make_pipal_set, train_args
@@ -107,20 +108,6 @@ def test_sigterm_saves_last_and_the_run_resumes_exactly(train_sets, tmp_path, tw
         torch.testing.assert_close(a[key], b[key], rtol=0, atol=0)
 
 
-def session_processes(sid: int) -> list[int]:
-    """Every process of session ``sid`` (a job started in its own session): what SLURM's cgroup tracking signals."""
-    pids = []
-    for entry in os.listdir("/proc"):
-        try:
-            with open(f"/proc/{entry}/stat") as f:
-                fields = f.read().rsplit(")", 1)[1].split()
-        except (OSError, IndexError):
-            continue
-        if int(fields[3]) == sid and fields[0] != "Z":  # session id; zombies are already gone
-            pids.append(int(entry))
-    return pids
-
-
 def _launch_train_sh(args: list[str], log: Path) -> subprocess.Popen:
     """``sh train.sh ARGS`` in its own session with two DataLoader workers, started as a job scheduler starts it."""
     from tests.test_distributed import _shell_env
@@ -148,7 +135,7 @@ def test_sigterm_to_every_process_of_the_job_saves_last_and_resumes_exactly(trai
     log = tmp_path / "stopped.log"
     proc = _launch_train_sh(args, log)
     _wait_for(log, "loss=", proc)
-    job = session_processes(proc.pid)
+    job = job_pids(proc.pid)
     assert len(job) >= 3, job  # train.sh's python (sh execs it) and two workers
     for pid in job:
         os.kill(pid, signal.SIGTERM)
@@ -172,14 +159,14 @@ def test_workers_do_not_outlive_a_killed_trainer(train_sets, tmp_path):
     log = tmp_path / "killed.log"
     proc = _launch_train_sh(train_args(train_sets, tmp_path, "killed", "--n_epoch", "2"), log)
     _wait_for(log, "loss=", proc)
-    workers = [pid for pid in session_processes(proc.pid) if pid != proc.pid]
+    workers = [pid for pid in job_pids(proc.pid) if pid != proc.pid]
     assert len(workers) == 2, workers
     proc.kill()
     proc.wait(timeout=30)
     start = time.time()
-    while session_processes(proc.pid) and time.time() - start < 10:
+    while job_pids(proc.pid) and time.time() - start < 10:
         time.sleep(0.05)
-    assert not session_processes(proc.pid) and time.time() - start < 2.0, (workers, time.time() - start)
+    assert not job_pids(proc.pid) and time.time() - start < 2.0, (workers, time.time() - start)
 
 
 @pytest.mark.slow
