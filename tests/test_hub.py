@@ -40,6 +40,18 @@ def test_hub_metric_scores_what_test_py_scores(tmp_path, tiny_ckpt):
     scores = metric([d for d, _ in pairs], [r for _, r in pairs])
     assert scores.tolist() == pytest.approx(expected, rel=1e-6)
     assert len(set(expected)) == len(expected)  # the pairs differ: equal lists would not be a coincidence
+    # mapping=: the same scores on a fitted scale (here a DMOS one: the metric then says lower is better)
+    from data.label_norm import LabelNorm
+    from data.score_mapping import fit_mapping
+    fitted_on = np.linspace(min(expected), max(expected), 12)
+    dmos = 90 - 80 / (1 + np.exp(-(fitted_on - fitted_on.mean()) / (np.ptp(fitted_on) / 6)))  # falls as scores rise
+    mapping = fit_mapping(fitted_on, dmos, LabelNorm.fit(dmos, lower_better=True), "d.txt", None)
+    mapping.save(str(tmp_path / "dmos.json"))
+    mapped = torch.hub.load(str(REPO), "ahiq", source="local", pretrained=False, ckpt=tiny_ckpt, n_ensemble=12,
+                            crop_size=32, mapping=str(tmp_path / "dmos.json"))
+    assert mapped.lower_better and "DMOS" in mapped.scorer.scale
+    assert mapped([d for d, _ in pairs], [r for _, r in pairs]).tolist() == pytest.approx(
+        mapping(np.array(expected)).tolist(), rel=1e-5)
 
 
 USER_SCRIPT = """
