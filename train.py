@@ -54,6 +54,7 @@ from options.train_options import parse_train_options
 from utils.checkpoint import find_checkpoint, load_checkpoint, load_head_weights, save_weights
 from utils.distributed import (
     DistInfo,
+    any_rank,
     backend_for,
     barrier,
     gather_arrays,
@@ -158,8 +159,15 @@ def build_loaders(opt: RunConfig, info: DistInfo, crop_size: int
 
 def validate(model: AHIQ, val: Validation, info: DistInfo, opt: RunConfig, amp_dtype: torch.dtype | None,
              stop: Callable[[], bool] | None = None) -> tuple[dict, np.ndarray, np.ndarray]:
-    out = predict(model, val.dataset, val.indices, opt.val_batch_size, opt.num_workers, opt.crops_per_forward,
-                  amp_dtype, progress=info.is_main, desc="validate", stop=stop)
+    try:
+        out = predict(model, val.dataset, val.indices, opt.val_batch_size, opt.num_workers, opt.crops_per_forward,
+                      amp_dtype, progress=info.is_main, desc="validate", stop=stop)
+    except ScoringStopped:
+        out = None
+    # the ranks agree before they gather: a rank asked to stop after another had finished its share must not leave
+    # it waiting in the gather while it waits at the stop's barrier
+    if any_rank(out is None, info):
+        raise ScoringStopped()
     index, preds, labels = gather_arrays(info, out.index, out.preds, out.labels)
     order = np.argsort(index, kind="stable")
     return iqa_metrics(preds[order], labels[order]), preds[order], labels[order]

@@ -1,13 +1,17 @@
 """Helper run by tests/test_train.py, alone or under torchrun: validates a checkpoint with train.py's own
-sharded validation and writes the gathered predictions and metrics (rank 0) to a JSON file."""
+sharded validation and writes the gathered predictions and metrics (rank 0) to a JSON file. With STOP_RANK=R in the
+environment, rank R alone is asked to stop at its first batch: every rank must then stop (each writes
+``{out_file}.rank{r}``) instead of waiting for the others in a collective."""
 from __future__ import annotations
 
 import json
+import os
 import sys
 
 import torch
 
 import train
+from engine.loop import ScoringStopped
 from engine.runtime import backbone_source, device_of
 from models import build_from_config, load_weights
 from options.train_options import parse_train_options
@@ -21,7 +25,15 @@ def main(out_file: str, ckpt: str, argv: list[str]) -> None:
     _, _, _, val = train.build_loaders(opt, info, config.crop_size)
     model = build_from_config(config, backbone_source(opt), seed=opt.seed)  # random backbones: as train.py's
     load_weights(model, ckpt)
-    metrics, preds, labels = train.validate(model, val, info, opt, None)
+    stop_rank = os.environ.get("STOP_RANK")
+    stop = (lambda: True) if stop_rank is not None and int(stop_rank) == info.rank else None
+    try:
+        metrics, preds, labels = train.validate(model, val, info, opt, None, stop)
+    except ScoringStopped:
+        with open(f"{out_file}.rank{info.rank}", "w") as f:
+            json.dump({"stopped": True, "rank": info.rank}, f)
+        shutdown(info)
+        return
     if info.is_main:
         shard = val.indices
         with open(out_file, "w") as f:
