@@ -127,6 +127,9 @@ def score_list(scorer: Scorer, dataset: PairDataset, info: DistInfo, batch_size:
                                    on_batch=progress.record if progress is not None else None)
     except ScoringStopped:
         stopped = True
+        recorded = progress.recorded() if progress is not None else {}
+        if mine and all(i in recorded for i in mine):  # the stop came with this share's last batch: it is done
+            stopped, out = False, _predictions(dataset, mine, recorded)
     if any_rank(stopped, info):
         if progress is not None:
             progress.close()
@@ -134,15 +137,19 @@ def score_list(scorer: Scorer, dataset: PairDataset, info: DistInfo, batch_size:
         where = f"their scores are in {progress.folder}" if progress is not None else "nothing was kept"
         raise Interrupted(f"stopped by {(stop and stop()) or 'another process'} after {finished} of {len(dataset)} "
                           f"images: {where}; continue with --resume (the same command)", 3)
-    empty = np.zeros(0)
-    index, preds, labels = gather_arrays(info, *((out.index, out.preds, out.labels) if out is not None
-                                                 else (empty.astype(np.int64), empty, empty)))
+    index, preds, labels = gather_arrays(info, out.index, out.preds, out.labels)
     if not info.is_main:
         return None
-    earlier = np.array(sorted(done), dtype=np.int64)
-    index = np.concatenate([earlier, index.astype(np.int64)])
-    preds = np.concatenate([np.array([done[i] for i in earlier.tolist()]), preds])
-    labels = np.concatenate([dataset.labels[earlier] if dataset.labels is not None else np.full(len(earlier), np.nan),
-                             labels])
+    earlier = _predictions(dataset, sorted(done), done)
+    index = np.concatenate([earlier.index, index.astype(np.int64)])
+    preds, labels = np.concatenate([earlier.preds, preds]), np.concatenate([earlier.labels, labels])
     order = np.argsort(index, kind="stable")
     return Predictions(index[order], [dataset.names[i] for i in index[order]], preds[order], labels[order])
+
+
+def _predictions(dataset: PairDataset, indices: list[int], scores: dict[int, float]) -> Predictions:
+    """Predictions of ``indices`` from recorded ``scores`` (their labels from the dataset, NaN without any)."""
+    index = np.asarray(indices, dtype=np.int64)
+    labels = dataset.labels[index] if dataset.labels is not None else np.full(len(index), np.nan)
+    return Predictions(index, [dataset.names[i] for i in indices], np.array([scores[i] for i in indices],
+                                                                            dtype=np.float64), labels)

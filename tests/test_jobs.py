@@ -16,7 +16,7 @@ import predict
 import test as test_entry
 from tests.conftest import make_pipal_set
 from tests.test_distributed import _shell_env
-from utils.errors import AHIQError
+from utils.errors import AHIQError, Interrupted
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -100,3 +100,22 @@ def test_a_stopped_scoring_run_continues_with_resume(tmp_path, tiny_ckpt):
     assert names == full_names
     np.testing.assert_allclose(scores, full_scores, rtol=1e-6)
     assert resumed["srcc"] == pytest.approx(full["srcc"]) and not progress.exists()
+
+
+def test_a_stop_with_the_last_batch_finishes_the_list(tmp_path, tiny_ckpt):
+    """A stop that comes while the share's last batch is scored leaves nothing to continue: the job ends with every
+    prediction (equal to a run without a stop), not with exit code 3 and a --resume to do."""
+    from engine.jobs import Progress, score_list
+    from engine.scorer import load_scorer
+    from utils.distributed import DistInfo
+    data = make_pipal_set(tmp_path / "set", n_refs=2, n_dis=3, size=(40, 40), seed=7)
+    scorer = load_scorer(tiny_ckpt, str(tmp_path), pretrained=False, crop_size=32, n_ensemble=3)
+    dataset = scorer.file_pairs([(f"{data['dis']}/{n}", f"{data['ref']}/{n[:5]}.bmp") for n in data["names"]])
+    plain = score_list(scorer, dataset, DistInfo(), batch_size=6, num_workers=0)
+    progress = Progress(str(tmp_path / "r.txt"), {"what": "test"}, DistInfo(), resume=False, overwrite=False)
+    stopped = score_list(scorer, dataset, DistInfo(), 6, 0, progress, stop=lambda: "SIGTERM")  # one batch: the last
+    assert stopped.names == plain.names == data["names"]
+    np.testing.assert_array_equal(stopped.preds, plain.preds)
+    progress = Progress(str(tmp_path / "s.txt"), {"what": "test"}, DistInfo(), resume=False, overwrite=False)
+    with pytest.raises(Interrupted, match=r"stopped by SIGTERM after 2 of 6 images: their scores are in .*s\.txt"):
+        score_list(scorer, dataset, DistInfo(), 2, 0, progress, stop=lambda: "SIGTERM")  # three batches: stops
