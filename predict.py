@@ -16,6 +16,7 @@ import utils.interrupt  # noqa: F401 - first: Ctrl-C while the libraries import 
 # isort: split
 
 import csv
+import hashlib
 import io
 import json
 import logging
@@ -28,9 +29,10 @@ from data.datasets import check_name
 from data.label_norm import LabelNorm
 from data.pairs import PAIR_RULES, images_in, match_folders, pairs_file, with_reference
 from data.score_mapping import load_mapping
-from engine.jobs import score_list
+from engine.jobs import Progress, score_list
 from engine.runtime import configure_device, device_of, onnx_scorer_for, policy_of, scorer_for, scoring_checkpoint
 from engine.scorer import Scorer
+from options.policy import RESULT
 from options.predict_options import parse_predict_options
 from utils.distributed import DistInfo, init_distributed, shutdown
 from utils.errors import AHIQError, Interrupted, StopRequest, run_cli
@@ -178,8 +180,13 @@ def run(opt, info: DistInfo) -> list[float]:
     if opt.maps:
         scores = np.asarray(write_maps(scorer, pairs, opt.maps, opt.batch_size, opt.num_workers))
     else:  # shared over the processes of a torchrun job (engine/jobs.py); one process: all of them
-        out = score_list(scorer, scorer.file_pairs(pairs), info, opt.batch_size, opt.num_workers)
+        progress = job_progress(opt, pairs, info)
+        with StopRequest() as stop:  # a stop finishes the batch (recorded beside --csv) and says how far it got
+            out = score_list(scorer, scorer.file_pairs(pairs), info, opt.batch_size, opt.num_workers, progress,
+                             lambda: stop.signal)
         if out is None:  # another rank: rank 0 reports
+            if progress is not None:
+                progress.close()
             return []
         scores = out.preds
     if mos is not None and len(scores) > 1:
@@ -204,7 +211,19 @@ def run(opt, info: DistInfo) -> list[float]:
         writer.writerow(["dis", "ref", "score"])
         writer.writerows([d, r, f"{s:.9g}"] for (d, r), s in zip(pairs, scores))
         atomic_write(opt.csv, buf.getvalue())
+        if not opt.maps:
+            progress.finish()
     return [float(s) for s in scores]
+
+
+def job_progress(opt, pairs: list[tuple[str, str]], info: DistInfo) -> Progress | None:
+    """With --csv, every finished batch recorded beside it (:class:`engine.jobs.Progress`), keyed by the pairs (a
+    digest of their paths) and the options that change scores; without --csv nothing is kept."""
+    if not opt.csv:
+        return None
+    digest = hashlib.sha256("\n".join(f"{d}\t{r}" for d, r in pairs).encode()).hexdigest()[:16]
+    return Progress(opt.csv, {"pairs": digest, "options": {k: getattr(opt, k) for k in opt.fields(RESULT)}}, info,
+                    opt.resume, opt.overwrite)
 
 
 if __name__ == "__main__":

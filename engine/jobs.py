@@ -1,14 +1,16 @@
-"""Scoring a list as a job (test.py): shared over the processes of a torchrun job, every finished batch recorded, and
-continued after a stop (``--resume``), so a million-pair scoring run survives a preemption and uses every GPU it has.
+"""Scoring a list as a job (test.py, predict.py): shared over the processes of a torchrun job, every finished batch
+recorded, and continued after a stop (``--resume``), so a million-pair scoring run survives a preemption and uses
+every GPU it has.
 
 - Sharing (:func:`shard`): with running BatchNorm statistics, whole reference groups per process (each reference
   window computed on one process); the released computation (``--bn_stats batch``, ``--random_windows official``)
   depends on each batch's images, so there each process takes whole batches of the list in list order: every batch
   is the batch one process would form, and the predictions are the same.
-- Recording (:class:`Progress`): ``.{results}.progress/`` beside the results holds a header (what is scored, with
-  which result-changing options) and, per process and attempt, one ``index,score`` line per image, appended after
-  each batch; a stop loses at most the batch in flight. ``--resume`` reads every line back (any number of processes
-  wrote them), scores the rest and merges; the folder is removed once the results are written.
+- Recording (:class:`Progress`): ``.{results}.progress/`` beside the results (predict.py: beside ``--csv``) holds
+  a header (what is scored, with which result-changing options) and, per process and attempt, one ``index,score``
+  line per image, appended after each batch; a stop loses at most the batch in flight. ``--resume`` reads every
+  line back (any number of processes wrote them), scores the rest and merges; the folder is removed once the
+  results are written.
 - Stopping: SIGINT/SIGTERM finish the current batch; all processes then agree that the run stopped
   (:func:`utils.distributed.any_rank`) and end with exit code 3 and one line.
 """
@@ -133,10 +135,12 @@ def score_list(scorer: Scorer, dataset: PairDataset, info: DistInfo, batch_size:
     if any_rank(stopped, info):
         if progress is not None:
             progress.close()
-        finished = len(progress.recorded()) if progress is not None else 0
-        where = f"their scores are in {progress.folder}" if progress is not None else "nothing was kept"
-        raise Interrupted(f"stopped by {(stop and stop()) or 'another process'} after {finished} of {len(dataset)} "
-                          f"images: {where}; continue with --resume (the same command)", 3)
+        name = (stop and stop()) or "another process"
+        if progress is None:
+            raise Interrupted(f"stopped by {name}; nothing was kept (predict.py records its progress with --csv)", 3)
+        finished = len(progress.recorded())
+        raise Interrupted(f"stopped by {name} after {finished} of {len(dataset)} images: their scores are in "
+                          f"{progress.folder}; continue with --resume (the same command)", 3)
     index, preds, labels = gather_arrays(info, out.index, out.preds, out.labels)
     if not info.is_main:
         return None

@@ -10,7 +10,7 @@ from models.onnx_runtime import BACKENDS
 from options.base_options import HelpFormatter, ModelFields, RunConfig, RunFields, model_parser, parse, run_parser
 from options.data_options import ImageFields, WindowFields, image_parser, windows_parser
 from options.policy import free
-from options.test_options import ScoringFields, scoring_parser
+from options.test_options import ScoringFields, add_resume, scoring_parser
 from utils.errors import AHIQError
 
 
@@ -40,6 +40,7 @@ def predict_parser() -> argparse.ArgumentParser:
     free(g.add_argument("--backend", default="torch", choices=BACKENDS,
                         help="'onnxruntime': --ckpt is a file python -m tools.export_onnx wrote, run by ONNX Runtime "
                              "(the same windows and scores; no --maps)"))
+    add_resume(g, "--csv (a stopped run without --csv keeps nothing)")
     free(g.add_argument("--overwrite", action="store_true",
                         help="replace an existing --csv file and the maps of the same pairs in --maps (refused "
                              "otherwise)"))
@@ -68,6 +69,7 @@ class PredictConfig(RunConfig, RunFields, ModelFields, ScoringFields, WindowFiel
     dataset: str
     maps: str | None
     backend: str
+    resume: bool
     overwrite: bool
     mos_scale: bool
     mapping: str | None

@@ -69,6 +69,14 @@ def add_n_ensemble(group: argparse._ArgumentGroup) -> None:
                        help="crops averaged per image: 1 centre, 2-9 fixed windows, more: seeded random windows")
 
 
+def add_resume(group: argparse._ArgumentGroup, beside: str) -> None:
+    """--resume of a scoring job, test.py's and predict.py's (engine/jobs.py)."""
+    once(group.add_argument("--resume", action="store_true",
+                            help="continue a stopped run (SIGINT/SIGTERM, a preemption) from the scores it recorded "
+                                 f"beside {beside}; with nothing recorded, start (safe to pass to every attempt of a "
+                                 "job)"))
+
+
 def add_report(group: argparse._ArgumentGroup, what: str) -> None:
     """--report, test.py's and protocol.py's (one self-contained HTML page: utils/report.py)."""
     free(group.add_argument("--report", action="store_true", help=what))
@@ -94,9 +102,7 @@ def test_parser() -> argparse.ArgumentParser:
     g.add_argument("--test_file_name", default="results.txt",
                    help="predictions file, a plain file name, written to the run folder (checkpoints_dir/name, or "
                         "beside --ckpt); {stem}_metrics.json, _scatter.png, _source.json go beside it")
-    once(g.add_argument("--resume", action="store_true",
-                        help="continue a stopped run (SIGINT/SIGTERM, a preemption) from the scores it recorded beside "
-                             "the results; with nothing recorded, start (safe to pass to every attempt of a job)"))
+    add_resume(g, "the results")
     free(g.add_argument("--overwrite", action="store_true",
                         help="replace results of another checkpoint, list or split, or an interrupted run's recorded "
                              "scores (refused otherwise)"))

@@ -119,3 +119,32 @@ def test_a_stop_with_the_last_batch_finishes_the_list(tmp_path, tiny_ckpt):
     progress = Progress(str(tmp_path / "s.txt"), {"what": "test"}, DistInfo(), resume=False, overwrite=False)
     with pytest.raises(Interrupted, match=r"stopped by SIGTERM after 2 of 6 images: their scores are in .*s\.txt"):
         score_list(scorer, dataset, DistInfo(), 2, 0, progress, stop=lambda: "SIGTERM")  # three batches: stops
+
+
+@pytest.mark.slow
+def test_a_stopped_predict_run_with_csv_continues_with_resume(tmp_path, tiny_ckpt):
+    """predict.py records its batches beside --csv: SIGTERM stops it after the batch in flight (exit 3, one line),
+    and --resume writes the CSV an uninterrupted run writes."""
+    data = make_pipal_set(tmp_path / "set", n_refs=4, n_dis=5, size=(40, 40), seed=8)
+    common = ["--dis_dir", data["dis"], "--ref_dir", data["ref"], "--ckpt", tiny_ckpt, "--crop_size", "32",
+              "--no_pretrained", "--gpu_ids", "-1", "--num_workers", "0", "--n_ensemble", "12", "--batch_size", "3"]
+    predict.main([*common, "--csv", str(tmp_path / "full.csv")])
+    log = tmp_path / "stopped.log"
+    with open(log, "w") as f:
+        proc = subprocess.Popen([sys.executable, "predict.py", *common, "--csv", str(tmp_path / "stopped.csv")],
+                                cwd=REPO, stdout=f, stderr=subprocess.STDOUT, env=_shell_env())
+    deadline = time.time() + 120
+    while "scoring" not in log.read_text().split("pairs:")[-1] and proc.poll() is None and time.time() < deadline:
+        time.sleep(0.01)
+    proc.send_signal(signal.SIGTERM)
+    assert proc.wait(timeout=120) == 3, log.read_text()[-3000:]
+    assert "continue with --resume" in log.read_text().strip().splitlines()[-1]
+    assert (tmp_path / ".stopped.csv.progress").is_dir() and not (tmp_path / "stopped.csv").exists()
+    with pytest.raises(AHIQError, match="pass --resume to continue it"):
+        predict.main([*common, "--csv", str(tmp_path / "stopped.csv")])
+    predict.main([*common, "--csv", str(tmp_path / "stopped.csv"), "--resume"])
+    full, resumed = ((tmp_path / f"{n}.csv").read_text().splitlines() for n in ("full", "stopped"))
+    assert [r.split(",")[:2] for r in resumed] == [r.split(",")[:2] for r in full]
+    np.testing.assert_allclose([float(r.split(",")[2]) for r in resumed[1:]],
+                               [float(r.split(",")[2]) for r in full[1:]], rtol=1e-6)
+    assert not (tmp_path / ".stopped.csv.progress").exists()
