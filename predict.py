@@ -170,6 +170,7 @@ def run(opt, info: DistInfo) -> list[float]:
     check_outputs(opt, pairs)  # before anything slow: nothing is scored that could not be written
     if opt.maps and info.enabled:
         raise AHIQError("--maps writes each pair's files in one process; run predict.py without torchrun")
+    progress = None if opt.maps else job_progress(opt, pairs, info)  # an earlier run's progress: before the model
     device = info.device
     if opt.backend == "onnxruntime":
         scorer = onnx_scorer_for(opt, device)
@@ -180,7 +181,6 @@ def run(opt, info: DistInfo) -> list[float]:
     if opt.maps:
         scores = np.asarray(write_maps(scorer, pairs, opt.maps, opt.batch_size, opt.num_workers))
     else:  # shared over the processes of a torchrun job (engine/jobs.py); one process: all of them
-        progress = job_progress(opt, pairs, info)
         with StopRequest() as stop:  # a stop finishes the batch (recorded beside --csv) and says how far it got
             out = score_list(scorer, scorer.file_pairs(pairs), info, opt.batch_size, opt.num_workers, progress,
                              lambda: stop.signal)
@@ -211,8 +211,8 @@ def run(opt, info: DistInfo) -> list[float]:
         writer.writerow(["dis", "ref", "score"])
         writer.writerows([d, r, f"{s:.9g}"] for (d, r), s in zip(pairs, scores))
         atomic_write(opt.csv, buf.getvalue())
-        if not opt.maps:
-            progress.finish()
+    if progress is not None:
+        progress.finish()
     return [float(s) for s in scores]
 
 
