@@ -57,9 +57,10 @@ BOUNDS = {
     "maps_w": {"tf32": 2e-3, "bf16": 1e-2, "fp16": 2e-3},  # relative L2 of the patch weight maps
     "score_over_range": {"tf32": 3e-2, "bf16": 0.1, "fp16": 3e-2},  # max |score - fp32| / (fp32 max - min)
     "pool": 1e-5,  # max relative |score - fp64 pool of its own maps|: measured 1e-7; pooled in bf16: 3.5e-3
-    # the deformable convolution alone against torchvision in float64 (relative L2): measured fp32 ~1e-7, bf16
-    # 0.5%, fp16 0.07%; with the sampling grid in bf16, 9%
-    "deform_fp32": 1e-5, "deform_bf16": 1e-2, "deform_fp16": 2e-3,
+    # the deformable convolution alone (inputs in the compute dtype, as a bf16/fp16 layer hands them on) against
+    # torchvision in float64, relative L2: measured on the CPU at 64 channels fp32 2.4e-6, bf16 0.72%, fp16 0.089%;
+    # with the sampling grid in bf16, 9.0%
+    "deform_fp32": 1e-5, "deform_bf16": 3e-2, "deform_fp16": 5e-3,
 }
 
 
