@@ -306,26 +306,22 @@ def load_scorer(ckpt: str | None = None, checkpoints_dir: str = CHECKPOINTS, nam
     the scorer then returns scores in that list's MOS units (:attr:`Scorer.scale`; the maps stay on the model's).
     """
     scale = load_mapping(mapping) if mapping is not None else None  # before anything slow
-    return replace(_load_scorer(ckpt, checkpoints_dir, name, device, pretrained, vit_weights, resnet_weights,
-                                deform_impl, mos_range, model, load_epoch, tf32, allow_other_backbones, backend,
-                                **settings), mapping=scale)
-
-
-def _load_scorer(ckpt, checkpoints_dir, name, device, pretrained, vit_weights, resnet_weights, deform_impl, mos_range,
-                 model, load_epoch, tf32, allow_other_backbones, backend, **settings) -> Scorer:
     if backend not in BACKENDS:
         raise AHIQError(f"backend {backend!r}: expected one of {', '.join(BACKENDS)}")
     if backend == "onnxruntime":
         if ckpt is None:
             raise AHIQError("backend='onnxruntime' needs ckpt='model.onnx' (python -m tools.export_onnx)")
-        return onnx_scorer(ckpt, device, mos_range, **settings)
-    check_device(device)
-    check_home()
-    configure_cuda(device, tf32)
-    path = choose_checkpoint(ckpt, os.path.join(checkpoints_dir, name), load_epoch)
-    source = BackboneSource(pretrained, vit_weights, resnet_weights, checkpoints_dir)
-    return api_scorer(read_checkpoint(path, model), source, device, deform_impl, mos_range,
-                      allow_other_backbones, **settings)
+        scorer = onnx_scorer(ckpt, device, mos_range, **settings)
+    else:
+        check_device(device)
+        check_home()
+        configure_cuda(device, tf32)
+        path = choose_checkpoint(ckpt, os.path.join(checkpoints_dir, name), load_epoch)
+        source = BackboneSource(pretrained, vit_weights, resnet_weights, checkpoints_dir)
+        scorer = api_scorer(read_checkpoint(path, model), source, device, deform_impl, mos_range,
+                            allow_other_backbones, **settings)
+    scorer.mapping = scale
+    return scorer
 
 
 def api_settings(**given: Any) -> dict[str, Any]:
