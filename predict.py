@@ -222,7 +222,7 @@ def job_progress(opt, pairs: list[tuple[str, str]], info: DistInfo) -> Progress 
     if not opt.csv:
         return None
     digest = hashlib.sha256("\n".join(f"{d}\t{r}" for d, r in pairs).encode()).hexdigest()[:16]
-    return Progress(opt.csv, {"pairs": digest, "options": {k: getattr(opt, k) for k in opt.fields(RESULT)}}, info,
+    return Progress(opt.csv, {"pairs": digest, "options": opt.values(RESULT)}, info,
                     opt.resume, opt.overwrite)
 
 

@@ -262,7 +262,7 @@ def score(opt: RunConfig, out_path: str, info: DistInfo) -> dict:
     del checkpoint
     if info.is_main:
         runtime.save_options(opt, "test")
-    progress = Progress(out_path, {"source": source, "options": {k: getattr(opt, k) for k in opt.fields(RESULT)}},
+    progress = Progress(out_path, {"source": source, "options": opt.values(RESULT)},
                         info, opt.resume, opt.overwrite)
     start = time.perf_counter()
     with StopRequest() as stop:  # from here a stop finishes the batch and records it

@@ -132,6 +132,10 @@ class RunConfig:
     def fields(self, *policies: str) -> list[str]:
         return [name for name, pol in _policies(type(self)).items() if pol in policies]
 
+    def values(self, *policies: str) -> dict[str, Any]:
+        """The options of these policies by name (e.g. RESULT: what a continued job must keep)."""
+        return {name: getattr(self, name) for name in self.fields(*policies)}
+
     def to_dict(self) -> dict[str, Any]:
         """The options as JSON values (what opt_*.json and checkpoints hold)."""
         return json.loads(json.dumps(dataclasses.asdict(self)))
