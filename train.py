@@ -35,7 +35,8 @@ from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import DataLoader
 
 from data.pair_dataset import PairDataset
-from data.sampler import EpochSampler, own_process_group
+from data.sampler import EpochSampler
+from data.workers import end_workers, make_loader
 from engine.loop import ScoringStopped, predict, reference_shards, train_one_epoch
 from engine.runtime import (
     backbone_source,
@@ -142,11 +143,10 @@ def build_loaders(opt: RunConfig, info: DistInfo, crop_size: int
     if val_set.norm.span == 0:
         raise AHIQError(f"{source}: every validation score is {val_set.norm.mos_min:g}; SRCC/PLCC would be "
                         "undefined: validate on images of different quality")
-    workers = {"num_workers": opt.num_workers, "pin_memory": info.device.startswith("cuda"),
-               "persistent_workers": opt.num_workers > 0, "worker_init_fn": own_process_group}
     sampler = EpochSampler(len(train_set), opt.seed, info.rank, info.world_size)
-    train_loader = DataLoader(train_set, batch_size=opt.batch_size, sampler=sampler, drop_last=opt.drop_last,
-                              **workers)
+    train_loader = make_loader(train_set, batch_size=opt.batch_size, sampler=sampler, drop_last=opt.drop_last,
+                               num_workers=opt.num_workers, pin_memory=info.device.startswith("cuda"),
+                               persistent_workers=opt.num_workers > 0)  # ended by train(), on every path
     validated = list(range(len(val_set) - (len(val_set) % opt.batch_size if opt.drop_last else 0)))
     if len(validated) < 2:
         raise AHIQError(f"{source}: --drop_last leaves {len(validated)} of its {len(val_set)} images in whole "
@@ -411,7 +411,8 @@ def train(opt: RunConfig, info: DistInfo) -> TrainState:
                                    "best": bool(metrics and metrics["improved"]),
                                    "seconds": time.perf_counter() - start})
                     finish_epoch(save, state, loss)
-    finally:
+    finally:  # the workers persist over epochs and end with the run, also on a stop or an error
+        end_workers(train_loader)
         if scalars:
             scalars.close()
     if state.best_epoch:

@@ -22,7 +22,7 @@ from torch.utils.data import DataLoader, Subset
 from tqdm import tqdm
 
 from data.pair_dataset import PairDataset
-from data.sampler import own_process_group
+from data.workers import end_workers, make_loader
 from models import AHIQ
 from models.ahiq import ReferenceFeatures, check_maps
 from utils.device import autocast
@@ -278,14 +278,15 @@ def predict(model: AHIQ, dataset: PairDataset, indices: list[int] | None, batch_
     keys = {} if released else {i: dataset.crop_keys(i) for i in order}
     cache = ReferenceCache(Counter(key for row in keys.values() for key in row))
     chunk = ChunkSize(crops_per_forward)  # shrinks once for the whole loop if memory runs out
-    loader = DataLoader(Subset(dataset, order), batch_size=batch_size, shuffle=False, num_workers=num_workers,
-                        pin_memory=device.type == "cuda", collate_fn=collate_crops, worker_init_fn=own_process_group)
+    loader = make_loader(Subset(dataset, order), batch_size=batch_size, shuffle=False, num_workers=num_workers,
+                         pin_memory=device.type == "cuda", collate_fn=collate_crops)
     done: dict[int, tuple[str, float, float]] = {}
     maps: dict[int, BatchScores] = {}
     total = sum(map(len, keys.values())) if not released else None  # counted in crops: a long grid moves too
     bar = tqdm(total=total, desc=desc, unit="crop", disable=not progress, dynamic_ncols=True, leave=False)
+    batches = iter(loader)
     try:
-        for batch in loader:
+        for batch in batches:
             index, counts = batch["index"].tolist(), batch["counts"]
             if released:  # fixed ensembles: every image has the same number of crops
                 stack = (len(counts), counts[0], *batch["dis"].shape[1:])
@@ -307,7 +308,8 @@ def predict(model: AHIQ, dataset: PairDataset, indices: list[int] | None, batch_
                 on_batch(index, scores)
             if stop is not None and stop():
                 raise ScoringStopped()
-    finally:  # the bar erased and the model's mode put back, also when a batch fails or a stop comes
+    finally:  # workers ended, the bar erased and the model's mode put back, also when a batch fails or a stop comes
+        end_workers(batches)
         bar.close()
         model.train(was_training)
     rows = [done[i] for i in indices]

@@ -256,3 +256,27 @@ def make_fr_dataset(root: Path, preset: str, n_refs: int = 5, n_dis: int = 3, si
         text = "".join(f"{b},{s:.4f}\n" for _, b, s in rows)
     label_file.write_text(text)
     return {"root": str(root), "labels": str(label_file), "scores": scores, "refs": sorted({a for a, _, _ in rows})}
+
+
+def run_to_exit(cmd: list[str], log: Path, env: dict, timeout: float = 600, cwd: Path | None = None
+                ) -> tuple[int, float]:
+    """Run ``cmd`` (its own session, output to ``log``) to its end: its exit code and the seconds from its last
+    output to its exit, so a test can tell a process that lingers after its work (issue: workers at exit)."""
+    import signal
+    import subprocess
+    import time
+    with open(log, "w") as f:
+        proc = subprocess.Popen(cmd, stdout=f, stderr=subprocess.STDOUT, env=env, cwd=cwd or LISTS.parents[1],
+                                start_new_session=True)
+    size, last, start = -1, time.monotonic(), time.monotonic()
+    while proc.poll() is None:
+        now = log.stat().st_size
+        if now != size:
+            size, last = now, time.monotonic()
+        if time.monotonic() - start > timeout:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait()
+            raise AssertionError(f"{cmd[:3]} still running after {timeout:g} s, its last output "
+                                 f"{time.monotonic() - last:.0f} s before: {log.read_text()[-2000:]}")
+        time.sleep(0.05)
+    return proc.returncode, time.monotonic() - last

@@ -6,6 +6,7 @@ from __future__ import annotations
 import csv
 import json
 import os
+import sys
 
 import numpy as np
 import pytest
@@ -15,7 +16,8 @@ import protocol
 import test as test_script
 import train
 from engine.scorer import load_scorer
-from tests.conftest import TINY_ARGS, make_fr_dataset
+from tests.conftest import TINY_ARGS, make_fr_dataset, run_to_exit
+from tests.test_distributed import _shell_env
 from utils.errors import AHIQError
 
 
@@ -129,3 +131,15 @@ def test_protocol_runner_two_splits_with_a_cross_dataset_test(data_root, tmp_pat
     assert {p: os.stat(p).st_mtime_ns for p in run.glob("split_*/*.pth")} == stamps
     with pytest.raises(AHIQError, match="holds a protocol run with other options"):
         protocol.main([*args, "--n_epoch", "2"])
+
+
+@pytest.mark.slow
+def test_protocol_py_with_workers_exits_when_its_splits_are_done(data_root, tmp_path):
+    """protocol.py trains and tests its splits in one process, each with DataLoader workers (which ignore SIGTERM):
+    every loader's workers end with its run, and the process exits within seconds of its last line."""
+    log = tmp_path / "protocol.log"
+    args = _common(tmp_path, "--name", "proto", "--dataset", "kadid10k", "--data_root", str(data_root),
+                   "--n_splits", "2", "--n_epoch", "1", "--batch_size", "3", "--n_ensemble", "2", "--num_workers", "2")
+    code, linger = run_to_exit([sys.executable, "protocol.py", *args], log, _shell_env())
+    assert code == 0 and (tmp_path / "proto" / "protocol_summary.json").is_file(), log.read_text()[-3000:]
+    assert linger < 5, f"exited {linger:.1f} s after its last line"
