@@ -16,7 +16,6 @@ import utils.interrupt  # noqa: F401 - first: Ctrl-C while the libraries import 
 # isort: split
 
 import csv
-import hashlib
 import io
 import json
 import logging
@@ -39,6 +38,7 @@ from utils.errors import AHIQError, Interrupted, StopRequest, run_cli
 from utils.files import atomic_write, file_error
 from utils.metrics import iqa_metrics, metrics_line
 from utils.plots import maps_panel_png, optional_figure, scatter_png
+from utils.records import digest
 
 log = logging.getLogger("ahiq.predict")
 
@@ -178,6 +178,8 @@ def run(opt, info: DistInfo) -> list[float]:
         checkpoint = scoring_checkpoint(opt)
         scorer = scorer_for(opt, checkpoint, policy_of(opt, checkpoint.config.crop_size), device,
                             configure_device(opt, device), opt.mos_range)
+    if progress is not None:
+        progress.bind(scorer.weights())
     if opt.maps:
         scores = np.asarray(write_maps(scorer, pairs, opt.maps, opt.batch_size, opt.num_workers))
     else:  # shared over the processes of a torchrun job (engine/jobs.py); one process: all of them
@@ -221,9 +223,8 @@ def job_progress(opt, pairs: list[tuple[str, str]], info: DistInfo) -> Progress 
     digest of their paths) and the options that change scores; without --csv nothing is kept."""
     if not opt.csv:
         return None
-    digest = hashlib.sha256("\n".join(f"{d}\t{r}" for d, r in pairs).encode()).hexdigest()[:16]
-    return Progress(opt.csv, {"pairs": digest, "options": opt.values(RESULT)}, info,
-                    opt.resume, opt.overwrite)
+    return Progress(opt.csv, {"pairs": digest(f"{d}\t{r}" for d, r in pairs), "options": opt.values(RESULT)}, info,
+                    opt.resume, opt.overwrite, len(pairs))
 
 
 if __name__ == "__main__":

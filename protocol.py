@@ -37,6 +37,7 @@ from utils import report
 from utils.distributed import init_distributed
 from utils.errors import AHIQError, run_cli
 from utils.files import atomic_write, read_text
+from utils.records import differences
 
 log = logging.getLogger("ahiq.protocol")
 METRICS = ("srcc", "plcc", "krcc")
@@ -55,10 +56,9 @@ def check_same_protocol(opt: RunConfig) -> None:
         raise AHIQError(f"{path}: cannot be read as JSON ({err}); restore it, or choose another --name") from None
     if not isinstance(before, dict):
         raise AHIQError(f"{path}: not the options of a protocol run (a JSON object); choose another --name")
-    now = opt.to_dict()
-    diff = [k for k in opt.fields(RESULT, RESUMABLE) if k in before and before[k] != now[k]]
+    diff = differences({"options": before}, {"options": opt.values(RESULT, RESUMABLE)})
     if diff:
-        shown = "; ".join(f"--{k} {before.get(k)!r} then, {now.get(k)!r} now" for k in diff[:4])
+        shown = "; ".join(diff[:4])
         raise AHIQError(f"{opt.run_dir}: holds a protocol run with other options ({shown}); choose another --name "
                         "to start a new one (nothing was changed)")
 

@@ -25,7 +25,7 @@ import torch
 
 from data.score_mapping import fit_mapping, load_mapping
 from engine import runtime
-from engine.jobs import Progress, score_list
+from engine.jobs import Progress, list_digest, score_list
 from models.config import describe_backbone
 from options.base_options import RunConfig
 from options.policy import RESULT
@@ -262,8 +262,9 @@ def score(opt: RunConfig, out_path: str, info: DistInfo) -> dict:
     del checkpoint
     if info.is_main:
         runtime.save_options(opt, "test")
-    progress = Progress(out_path, {"source": source, "options": opt.values(RESULT)},
-                        info, opt.resume, opt.overwrite)
+    progress = Progress(out_path, {"source": source, "list": list_digest(dataset), "options": opt.values(RESULT)},
+                        info, opt.resume, opt.overwrite, len(dataset))
+    progress.bind(scorer.weights())
     start = time.perf_counter()
     with StopRequest() as stop:  # from here a stop finishes the batch and records it
         if info.is_main:

@@ -68,6 +68,7 @@ from utils.files import FolderLock, remove_stale_temporaries
 from utils.logger import EpochLog, Scalars, close_file_logs, setup_logging
 from utils.metrics import METRIC_NAMES, improves, iqa_metrics, metrics_line
 from utils.plots import optional_figure, scatter_figure
+from utils.records import differences
 
 log = logging.getLogger("ahiq.train")
 
@@ -282,20 +283,15 @@ def input_digests(opt: RunConfig) -> dict[str, str]:
 
 def check_resume_inputs(ckpt: dict, opt: RunConfig, path: str) -> None:
     """A resumed run reads the same label lists and split file it started with (same contents, not just paths)."""
-    saved = (ckpt.get("ahiq") or {}).get("inputs") or {}
-    now = input_digests(opt)
-    changed = [key for key in saved if key in now and saved[key] != now[key]]
+    changed = differences({"inputs": (ckpt.get("ahiq") or {}).get("inputs") or {}}, {"inputs": input_digests(opt)})
     if changed:
-        shown = ", ".join(f"--{k} {getattr(opt, k)}" for k in changed)
-        raise AHIQError(f"{path}: the contents of {shown} changed since this run started (the labels it trains on "
-                        "would change under it); restore the file, or start a new run with another --name")
+        raise AHIQError(f"{path}: {'; '.join(changed)} since this run started (the labels it trains on would change "
+                        "under it); restore the file, or start a new run with another --name")
 
 
 def check_resume_options(saved: dict, opt: RunConfig, path: str) -> None:
     """Every option that changes results (policy RESULT, options/) must be what the run was started with."""
-    now = opt.to_dict()
-    diff = [f"--{k} {saved[k]!r} then, {now[k]!r} now" for k in sorted(opt.fields(RESULT))
-            if k in saved and saved[k] != now[k]]
+    diff = differences({"options": saved}, {"options": opt.values(RESULT)})
     if diff:
         raise AHIQError(f"{path}: was trained with other options ({'; '.join(diff)}); resume with the same ones "
                         "(only --n_epoch may grow) or start a new run with another --name")

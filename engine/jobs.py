@@ -17,6 +17,7 @@ every GPU it has.
 from __future__ import annotations
 
 import json
+import math
 import os
 import shutil
 from collections.abc import Callable
@@ -29,6 +30,7 @@ from engine.scorer import Scorer
 from utils.distributed import DistInfo, any_rank, barrier, gather_arrays
 from utils.errors import AHIQError, Interrupted
 from utils.files import atomic_write, read_text
+from utils.records import differences, digest
 
 FORMAT = "ahiq-progress-1"
 
@@ -44,13 +46,15 @@ def shard(dataset: PairDataset, indices: list[int], scorer: Scorer, info: DistIn
 
 
 class Progress:
-    """The finished images of one results file (see the module's docstring). ``header``: what must match for a
-    ``resume`` to continue; without ``resume`` an earlier run's progress is refused unless ``overwrite``."""
+    """The finished images of one results file (see the module's docstring) of a list of ``n`` images. ``header``:
+    what decides the results (the list by content, the result options); :meth:`bind` adds the model's weights once
+    it is built. A ``resume`` continues only when both are what the stopped run recorded; without ``resume`` an
+    earlier run's progress is refused unless ``overwrite``."""
 
-    def __init__(self, results: str, header: dict, info: DistInfo, resume: bool, overwrite: bool) -> None:
+    def __init__(self, results: str, header: dict, info: DistInfo, resume: bool, overwrite: bool, n: int) -> None:
         self.folder = os.path.join(os.path.dirname(results), f".{os.path.basename(results)}.progress")
-        self.info = info
-        header_file = os.path.join(self.folder, "header.json")
+        self.info, self.n = info, n
+        self.header_file = os.path.join(self.folder, "header.json")
         if info.is_main:
             if os.path.isdir(self.folder) and not resume:
                 if not overwrite:
@@ -58,43 +62,63 @@ class Progress:
                                     f"{self.folder}; pass --resume to continue it, or --overwrite to start again")
                 shutil.rmtree(self.folder)
             if os.path.isdir(self.folder):
-                self._check(header_file, header)
+                self._check(header)
             else:
                 os.makedirs(self.folder)
-                atomic_write(header_file, json.dumps({"format": FORMAT, **header}, indent=1, default=str))
+                atomic_write(self.header_file, json.dumps({"format": FORMAT, **header}, indent=1, default=str))
         barrier(info)  # every process sees the folder rank 0 checked or made
         self.done = self.recorded()
         self._file = open(os.path.join(self.folder, f"rank{info.rank}-pid{os.getpid()}.txt"), "a")
 
-    def _check(self, header_file: str, header: dict) -> None:
+    def _saved(self) -> dict:
         try:
-            saved = json.loads(read_text(header_file))
+            saved = json.loads(read_text(self.header_file))
         except (AHIQError, ValueError):
             saved = None
         if not isinstance(saved, dict) or saved.get("format") != FORMAT:
-            raise AHIQError(f"{self.folder}: not the progress of a test.py run; move it away and run again")
-        now = json.loads(json.dumps(header, default=str))
-        changed = []
-        for key, value in now.items():  # one level down for the options: name the option that changed
-            before = saved.get(key)
-            if isinstance(value, dict) and isinstance(before, dict):
-                changed += [f"--{k} {before.get(k)!r} then, {v!r} now" for k, v in value.items() if before.get(k) != v]
-            elif before != value:
-                changed.append(f"{key} {before} then, {value} now")
+            raise AHIQError(f"{self.header_file}: not the progress header of a scoring run; move {self.folder} "
+                            "away, or pass --overwrite to start again")
+        return saved
+
+    def _check(self, now: dict) -> None:
+        changed = differences(self._saved(), now)
         if changed:
             raise AHIQError(f"{self.folder}: holds the progress of another run ({'; '.join(changed)[:400]}); run "
-                            "with the options it was started with, or --overwrite to start again")
+                            "with what it was started with, or --overwrite to start again")
+
+    def bind(self, weights: dict[str, str]) -> None:
+        """The digests of the weights that score (:meth:`engine.scorer.Scorer.weights`): recorded by a new run,
+        compared by a resumed one (a checkpoint or backbone file replaced at the same path is another model)."""
+        if self.info.is_main:
+            saved = self._saved()
+            if "weights" in saved:
+                self._check({"weights": weights})
+            else:
+                atomic_write(self.header_file, json.dumps({**saved, "weights": weights}, indent=1, default=str))
+        barrier(self.info)
 
     def recorded(self) -> dict[int, float]:
-        """Every recorded ``index,score`` line of every process and attempt (a line torn by a kill is skipped)."""
+        """Every recorded ``index,score`` line of every process and attempt, each checked: an index of the list,
+        recorded once, a finite score. Only a file's last line may be torn by a kill (no line end): it is skipped."""
         done: dict[int, float] = {}
+        where: dict[int, str] = {}
         for name in sorted(os.listdir(self.folder)) if os.path.isdir(self.folder) else []:
             if not name.endswith(".txt"):
                 continue
-            for line in read_text(os.path.join(self.folder, name)).splitlines(keepends=True):
-                parts = line.rstrip("\n").split(",")
-                if line.endswith("\n") and len(parts) == 2:
-                    done[int(parts[0])] = float(parts[1])
+            path = os.path.join(self.folder, name)
+            lines = read_text(path).splitlines(keepends=True)
+            for number, line in enumerate(lines, 1):
+                if not line.endswith("\n") and number == len(lines):
+                    continue
+                index, score = _record(line)
+                problem = ("is not an 'index,score' record" if index is None else
+                           f"names image {index}, outside the list's {self.n}" if not 0 <= index < self.n else
+                           f"scores image {index} {score}" if not math.isfinite(score) else
+                           f"records image {index} again (also {where[index]})" if index in where else None)
+                if problem:
+                    raise AHIQError(f"{path}, line {number}: {problem}; this progress cannot be trusted: restore "
+                                    "the file, or pass --overwrite to score the list again")
+                done[index], where[index] = score, f"{name}, line {number}"
         return done
 
     def record(self, index: list[int], scores: list[float]) -> None:
@@ -149,6 +173,21 @@ def score_list(scorer: Scorer, dataset: PairDataset, info: DistInfo, batch_size:
     preds, labels = np.concatenate([earlier.preds, preds]), np.concatenate([earlier.labels, labels])
     order = np.argsort(index, kind="stable")
     return Predictions(index[order], [dataset.names[i] for i in index[order]], preds[order], labels[order])
+
+
+def list_digest(dataset: PairDataset) -> str:
+    """The content of a scored list: each row's name, reference file and label, in order (a list edited in place,
+    reordered or relabelled is another list)."""
+    raw = dataset.raw_scores if dataset.raw_scores is not None else [None] * len(dataset)
+    return digest(f"{name}\t{os.path.basename(ref)}\t{label!r}" for (name, _, ref), label in zip(dataset.pairs, raw))
+
+
+def _record(line: str) -> tuple[int | None, float]:
+    parts = line.rstrip("\n").split(",")
+    try:
+        return (int(parts[0]), float(parts[1])) if len(parts) == 2 else (None, math.nan)
+    except ValueError:
+        return None, math.nan
 
 
 def _predictions(dataset: PairDataset, indices: list[int], scores: dict[int, float]) -> Predictions:

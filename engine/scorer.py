@@ -39,7 +39,7 @@ from data.score_mapping import load_mapping
 from data.windows import WindowPolicy
 from engine.loop import Predictions, predict, score_crops
 from models import AHIQ, BN_STATS, BackboneSource, Checkpoint, build_checkpoint_model, read_checkpoint
-from models.config import check_crop
+from models.config import check_crop, weights_digest
 from models.onnx_runtime import BACKENDS, OnnxAHIQ
 from options.defaults import CHECKPOINTS, RELEASED_NAME, check_home
 from options.test_options import scoring_defaults
@@ -47,6 +47,7 @@ from utils.checkpoint import choose_checkpoint
 from utils.device import check_device, configure_cuda
 from utils.errors import AHIQError
 from utils.quality_maps import ImageMaps, image_maps
+from utils.records import file_digest
 
 
 @dataclass
@@ -120,6 +121,13 @@ class Scorer:
             raise AHIQError(f"{self.checkpoint}: the checkpoint holds no training MOS range (official files do not); "
                             "give one with --mos_range LO HI / mos_range=(lo, hi)")
         return self.label_norm.invert(scores)
+
+    def weights(self) -> dict[str, str]:
+        """Digests of the weights that decide the scores: the head's and each backbone's (an export: its file's)."""
+        if isinstance(self.model, AHIQ):
+            head = weights_digest(nn.ModuleDict(self.model.trainable_parts()))
+            return {"head": head, **{part: r["digest"] for part, r in self.model.backbones.items()}}
+        return {"onnx": file_digest(self.model.path)[:16]}
 
     def score_dataset(self, dataset: PairDataset, batch_size: int, num_workers: int = 0, progress: bool = True,
                       indices: list[int] | None = None, keep_maps: bool = False, stop=None,

@@ -114,11 +114,11 @@ def test_a_stop_with_the_last_batch_finishes_the_list(tmp_path, tiny_ckpt):
     scorer = load_scorer(tiny_ckpt, str(tmp_path), pretrained=False, crop_size=32, n_ensemble=3)
     dataset = scorer.file_pairs([(f"{data['dis']}/{n}", f"{data['ref']}/{n[:5]}.bmp") for n in data["names"]])
     plain = score_list(scorer, dataset, DistInfo(), batch_size=6, num_workers=0)
-    progress = Progress(str(tmp_path / "r.txt"), {"what": "test"}, DistInfo(), resume=False, overwrite=False)
+    progress = Progress(str(tmp_path / "r.txt"), {"what": "test"}, DistInfo(), resume=False, overwrite=False, n=6)
     stopped = score_list(scorer, dataset, DistInfo(), 6, 0, progress, stop=lambda: "SIGTERM")  # one batch: the last
     assert stopped.names == plain.names == data["names"]
     np.testing.assert_array_equal(stopped.preds, plain.preds)
-    progress = Progress(str(tmp_path / "s.txt"), {"what": "test"}, DistInfo(), resume=False, overwrite=False)
+    progress = Progress(str(tmp_path / "s.txt"), {"what": "test"}, DistInfo(), resume=False, overwrite=False, n=6)
     with pytest.raises(Interrupted, match=r"stopped by SIGTERM after 2 of 6 images: their scores are in .*s\.txt"):
         score_list(scorer, dataset, DistInfo(), 2, 0, progress, stop=lambda: "SIGTERM")  # three batches: stops
 
@@ -153,3 +153,124 @@ def test_a_stopped_predict_run_with_csv_continues_with_resume(tmp_path, tiny_ckp
     np.testing.assert_allclose([float(r.split(",")[2]) for r in resumed[1:]],
                                [float(r.split(",")[2]) for r in full[1:]], rtol=1e-6)
     assert not (tmp_path / ".stopped.csv.progress").exists()
+
+
+def _stopped_after_one_batch(monkeypatch, argv: list[str]) -> Path:
+    """test.py ARGV stopped (as by SIGTERM) after its first batch; returns its progress folder."""
+    from utils.errors import StopRequest
+
+    class StopAtOnce(StopRequest):
+        def __enter__(self):
+            super().__enter__()
+            self.signal = "SIGTERM"
+            return self
+
+    with monkeypatch.context() as m:
+        m.setattr(test_entry, "StopRequest", StopAtOnce)
+        with pytest.raises(Interrupted, match="continue with --resume"):
+            test_entry.main(argv)
+    folder = Path(argv[argv.index("--checkpoints_dir") + 1]) / argv[argv.index("--name") + 1] / ".results.txt.progress"
+    assert folder.is_dir()
+    return folder
+
+
+def _tiny_backbone(path: Path, seed: int) -> str:
+    import timm
+    import torch
+    from safetensors.torch import save_file
+
+    from models.tiny import TINY_VIT
+    torch.manual_seed(seed)
+    save_file({k: v.contiguous() for k, v in timm.create_model(TINY_VIT[8]).state_dict().items()}, str(path))
+    return str(path)
+
+
+def test_a_resumed_scoring_run_refuses_a_list_checkpoint_or_backbone_changed_in_place(tmp_path, tiny_ckpt,
+                                                                                      tiny_factory, monkeypatch):
+    """The progress is bound to what decides the results, not to paths: a list edited in place (reordered), a
+    checkpoint or a backbone file replaced at the same path is refused on --resume, naming what changed."""
+    import shutil
+
+    from utils.checkpoint import save_weights
+    data = make_pipal_set(tmp_path / "set", n_refs=2, n_dis=3, size=(40, 40), seed=9)
+    ckpt = tmp_path / "model.pth"
+    shutil.copy(tiny_ckpt, ckpt)
+    vit = _tiny_backbone(tmp_path / "vit.safetensors", 1)
+    argv = _args(data, str(ckpt), tmp_path, "run", "--n_ensemble", "2", "--batch_size", "2", "--vit_weights", vit,
+                 "--allow_other_backbones")
+    _stopped_after_one_batch(monkeypatch, argv)
+    listed = Path(data["list"]).read_text()
+    Path(data["list"]).write_text("\n".join(reversed(listed.splitlines())) + "\n")  # same names, other order
+    with pytest.raises(AHIQError, match=r"\.results\.txt\.progress: holds the progress of another run \(the list's "
+                                        r"content \(names, references, labels\) changed\); .*--overwrite"):
+        test_entry.main([*argv, "--resume"])
+    Path(data["list"]).write_text(listed)
+    save_weights(str(ckpt), _other_head(tiny_factory))
+    with pytest.raises(AHIQError, match=r"another run \(the checkpoint's weights changed\)"):
+        test_entry.main([*argv, "--resume"])
+    shutil.copy(tiny_ckpt, ckpt)
+    _tiny_backbone(tmp_path / "vit.safetensors", 2)
+    with pytest.raises(AHIQError, match=r"another run \(the ViT backbone's weights changed\)"):
+        test_entry.main([*argv, "--resume"])
+    _tiny_backbone(tmp_path / "vit.safetensors", 1)
+    resumed = test_entry.main([*argv, "--resume"])  # everything as it was: it continues
+    assert resumed["n_images"] == 6
+
+
+def _other_head(tiny_factory):
+    """The tiny model with other regressor weights (its backbones unchanged)."""
+    import copy
+
+    import torch
+    model = copy.deepcopy(tiny_factory(8))
+    with torch.no_grad():
+        for p in model.regressor.parameters():
+            p.add_(0.01)
+    return model
+
+
+@pytest.mark.parametrize("line, problem", [
+    ("-1,0.123\n", "names image -1, outside the list's 6"), ("999,0.123\n", "names image 999, outside the list's 6"),
+    ("abc,0.5\n", "is not an 'index,score' record"), ("5,nan\n", "scores image 5 nan"),
+    ("0,0.5\n", r"records image 0 again \(also rank0-pid\d+\.txt, line 1\)")])
+def test_a_progress_record_that_cannot_be_trusted_is_refused_naming_file_and_line(tmp_path, tiny_ckpt, monkeypatch,
+                                                                                   line, problem):
+    data = make_pipal_set(tmp_path / "set", n_refs=2, n_dis=3, size=(40, 40), seed=10)
+    argv = _args(data, tiny_ckpt, tmp_path, "run", "--n_ensemble", "2", "--batch_size", "2")
+    folder = _stopped_after_one_batch(monkeypatch, argv)
+    (folder / "rank1-pid1.txt").write_text(line)
+    with pytest.raises(AHIQError, match=rf"rank1-pid1\.txt, line 1: {problem}; this progress cannot be trusted"):
+        test_entry.main([*argv, "--resume"])
+    (folder / "rank1-pid1.txt").write_text("3,0.5")  # a line torn by a kill (no line end) is dropped
+    resumed = test_entry.main([*argv, "--resume"])
+    assert resumed["n_images"] == 6
+
+
+def test_predict_progress_is_bound_to_the_weights_too(tmp_path, tiny_ckpt, tiny_factory, monkeypatch):
+    import shutil
+
+    from utils.checkpoint import save_weights
+    from utils.errors import StopRequest
+
+    class StopAtOnce(StopRequest):
+        def __enter__(self):
+            super().__enter__()
+            self.signal = "SIGTERM"
+            return self
+
+    data = make_pipal_set(tmp_path / "set", n_refs=2, n_dis=3, size=(40, 40), seed=11)
+    ckpt = tmp_path / "model.pth"
+    shutil.copy(tiny_ckpt, ckpt)
+    argv = ["--dis_dir", data["dis"], "--ref_dir", data["ref"], "--ckpt", str(ckpt), "--crop_size", "32",
+            "--no_pretrained", "--gpu_ids", "-1", "--num_workers", "0", "--n_ensemble", "2", "--batch_size", "2",
+            "--csv", str(tmp_path / "out.csv")]
+    with monkeypatch.context() as m:
+        m.setattr(predict, "StopRequest", StopAtOnce)
+        with pytest.raises(Interrupted):
+            predict.main(argv)
+    save_weights(str(ckpt), _other_head(tiny_factory))
+    with pytest.raises(AHIQError, match=r"\.out\.csv\.progress: holds the progress of another run \(the checkpoint's "
+                                        r"weights changed\)"):
+        predict.main([*argv, "--resume"])
+    shutil.copy(tiny_ckpt, ckpt)
+    assert len(predict.main([*argv, "--resume"])) == 6
