@@ -13,6 +13,7 @@ from __future__ import annotations
 import importlib
 import os
 import sys
+import warnings
 
 import torch
 
@@ -65,7 +66,7 @@ def _import(name: str):
 def ahiq(pretrained: bool = True, device: str = "cpu", n_ensemble: int | None = None, as_loss: bool = False,
          cache_dir: str | None = None, ckpt: str | None = None, vit_weights: str | None = None,
          resnet_weights: str | None = None, tf32: bool = True, allow_other_backbones: bool = False,
-         mapping: str | None = None, **settings):
+         mapping: str | None = None, allow_other_mapping: bool = False, **settings):
     """AHIQ trained on PIPAL (the released NTIRE 2022 checkpoint) on the pinned ViT-B/8 and ResNet-50 backbones.
 
     ``pretrained``: files not given are fetched into ``cache_dir`` (default: ``torch.hub.get_dir()/ahiq``): the
@@ -76,7 +77,8 @@ def ahiq(pretrained: bool = True, device: str = "cpu", n_ensemble: int | None = 
     (:func:`engine.scorer.api_settings`: ``crops_per_forward``, ``seed``, ``random_windows``, ``amp_dtype``,
     ``bn_stats``, ...). On CUDA, ``tf32`` as test.py's ``--tf32``/``--no_tf32``. A checkpoint that records other
     backbones than these is refused unless ``allow_other_backbones``. ``mapping``: a file ``test.py --fit_mapping``
-    saved; scores then come in that list's MOS units (``metric.scorer.scale``; ``metric.lower_better`` for DMOS).
+    saved; scores then come in that list's MOS units (``metric.scorer.scale``; ``metric.lower_better`` for DMOS),
+    refused when it was fitted for another model unless ``allow_other_mapping``.
     """
     scoring, models, weights = _import("engine.scorer"), _import("models"), _import("models.weights")
     scale = _import("data.score_mapping").load_mapping(mapping) if mapping is not None else None  # before downloads
@@ -94,5 +96,7 @@ def ahiq(pretrained: bool = True, device: str = "cpu", n_ensemble: int | None = 
     source = models.BackboneSource(pretrained, vit_weights, resnet_weights)
     scorer = scoring.api_scorer(models.read_checkpoint(ckpt), source, device, mos_range=None,
                                 allow_other_backbones=allow_other_backbones, **settings)
-    scorer.mapping = scale
+    note = scorer.use_mapping(scale, allow_other_mapping)
+    if note:
+        warnings.warn(note, stacklevel=2)
     return scoring.Metric(scorer, as_loss)

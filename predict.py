@@ -178,6 +178,9 @@ def run(opt, info: DistInfo) -> list[float]:
         checkpoint = scoring_checkpoint(opt)
         scorer = scorer_for(opt, checkpoint, policy_of(opt, checkpoint.config.crop_size), device,
                             configure_device(opt, device), opt.mos_range)
+    note = scorer.use_mapping(mapping, opt.allow_other_mapping)
+    if note and info.is_main:
+        log.warning(note)
     if progress is not None:
         progress.bind(scorer.weights())
     if opt.maps:

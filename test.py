@@ -255,6 +255,9 @@ def score(opt: RunConfig, out_path: str, info: DistInfo) -> dict:
     device = info.device
     amp_dtype = runtime.configure_device(opt, device)
     scorer = runtime.scorer_for(opt, checkpoint, policy, device, amp_dtype)
+    note = scorer.use_mapping(mapping, opt.allow_other_mapping)
+    if note and info.is_main:
+        log.warning(note)
     ckpt_path = checkpoint.path
     meta = (checkpoint.state or {}).get("ahiq") or {}
     trained = {key: meta.get(key) for key in ("dataset", "epochs_trained", "best_metric")}  # None: official files
@@ -317,7 +320,7 @@ def score(opt: RunConfig, out_path: str, info: DistInfo) -> dict:
         result.update(metrics, trained=trained)
         if opt.fit_mapping:
             raw = dataset.raw_scores[out.index]
-            fitted = fit_mapping(preds, raw, dataset.norm, opt.test_list, ckpt_path)
+            fitted = fit_mapping(preds, raw, dataset.norm, opt.test_list, ckpt_path, scorer.weights())
             fitted.save(opt.fit_mapping)
             log.info("wrote %s: scores -> %s (rising logistic on %d images)", opt.fit_mapping, fitted.units, fitted.n)
             result["mapping"] = opt.fit_mapping

@@ -15,6 +15,7 @@ from data.label_norm import LabelNorm
 from utils.errors import AHIQError
 from utils.files import atomic_write, read_text
 from utils.metrics import fit_logistic4, logistic4, logistic_fit_problem
+from utils.records import differences
 
 FORMAT = "ahiq-mapping-1"
 
@@ -29,6 +30,8 @@ class Mapping:
     fitted_on: str
     n: int
     checkpoint: str | None
+    weights: dict[str, str] | None = None  # digests of the weights it was fitted for (Scorer.weights); None: older
+    file: str | None = None  # where it was read from (messages)
 
     @property
     def units(self) -> str:
@@ -40,12 +43,25 @@ class Mapping:
 
     def save(self, path: str) -> None:
         atomic_write(path, json.dumps({"format": FORMAT, "params": list(self.params), "label_norm": self.norm.to_dict(),
-                                       "fitted_on": self.fitted_on, "n": self.n, "checkpoint": self.checkpoint},
-                                      indent=2))
+                                       "fitted_on": self.fitted_on, "n": self.n, "checkpoint": self.checkpoint,
+                                       "weights": self.weights}, indent=2))
+
+    def check_model(self, weights: dict[str, str], allow_other: bool = False) -> str | None:
+        """Refuse to put another model's scores on this scale (compared by the weights' digests, not by path) unless
+        ``allow_other``; returns a note when the file predates the record (it cannot tell)."""
+        if self.weights is None:
+            return (f"{self.file}: records no model digest (an older file): make sure it was fitted for "
+                    f"{self.checkpoint or 'this model'}, or fit it again with test.py --fit_mapping")
+        changed = differences(self.weights, weights)
+        if changed and not allow_other:
+            raise AHIQError(f"{self.file}: fitted for another model ({'; '.join(changed)} since it was fitted for "
+                            f"{self.checkpoint}); fit one for this model with test.py --fit_mapping FILE, or pass "
+                            "--allow_other_mapping (allow_other_mapping=True) to use it anyway")
+        return None
 
 
 def fit_mapping(scores: np.ndarray, raw_labels: np.ndarray, norm: LabelNorm, fitted_on: str,
-                checkpoint: str | None) -> Mapping:
+                checkpoint: str | None, weights: dict[str, str] | None = None) -> Mapping:
     """The mapping of ``scores`` to ``raw_labels`` (normalised by ``norm``); refused in one line when the rising
     logistic does not fit (too few images, a backwards ranking, a step)."""
     scores = np.asarray(scores, np.float64)
@@ -54,23 +70,54 @@ def fit_mapping(scores: np.ndarray, raw_labels: np.ndarray, norm: LabelNorm, fit
     problem = logistic_fit_problem(scores, labels, params)
     if problem:
         raise AHIQError(f"{fitted_on}: no mapping fitted: {problem}")
-    return Mapping(tuple(float(p) for p in params), norm, os.path.abspath(fitted_on), len(scores), checkpoint)
+    return Mapping(tuple(float(p) for p in params), norm, os.path.abspath(fitted_on), len(scores), checkpoint,
+                   weights)
 
 
 def load_mapping(path: str) -> Mapping:
-    """A mapping :meth:`Mapping.save` wrote; anything else is refused in one line naming the file."""
+    """A mapping :meth:`Mapping.save` wrote, checked as a checkpoint is: every field of its type, the logistic
+    rising (b1 > b2, scale b4 > 0) and finite over any score a model gives (-1 to 2); anything else is refused in
+    one line naming the file."""
     try:
         d = json.loads(read_text(path))
     except (AHIQError, ValueError) as err:
         raise AHIQError(f"{path}: cannot be read as a score mapping ({err}); fit one with test.py --fit_mapping "
                         "FILE") from None
-    ok = isinstance(d, dict) and d.get("format") == FORMAT and isinstance(d.get("params"), list) \
-        and len(d["params"]) == 4 and all(isinstance(p, (int, float)) and np.isfinite(p) for p in d["params"])
-    if not ok:
+    if not isinstance(d, dict) or d.get("format") != FORMAT:
         raise AHIQError(f"{path}: not a score mapping of this project (format {FORMAT}); fit one with test.py "
                         "--fit_mapping FILE")
+    problem = _field_problem(d)
+    if problem:
+        raise AHIQError(f"{path}: {problem}; fit the mapping again with test.py --fit_mapping FILE")
     norm = LabelNorm.from_meta({"label_norm": d.get("label_norm")}, path)
     if norm is None:
         raise AHIQError(f"{path}: holds no label range; fit the mapping again with test.py --fit_mapping FILE")
-    return Mapping(tuple(float(p) for p in d["params"]), norm, str(d.get("fitted_on")), int(d.get("n", 0)),
-                   d.get("checkpoint"))
+    b1, b2, b3, b4 = (float(p) for p in d["params"])
+    if not (b1 > b2 and b4 > 0):
+        raise AHIQError(f"{path}: params {d['params']} do not rise (need b1 > b2 and a scale b4 > 0): they would "
+                        "reverse or flatten the scale; fit the mapping again with test.py --fit_mapping FILE")
+    mapping = Mapping((b1, b2, b3, b4), norm, d["fitted_on"], d["n"], d.get("checkpoint"), d.get("weights"), path)
+    with np.errstate(over="ignore", invalid="ignore"):
+        if not np.isfinite(mapping(np.linspace(-1.0, 2.0, 61))).all():
+            raise AHIQError(f"{path}: params {d['params']} overflow (not finite) for scores between -1 and 2; fit the "
+                            "mapping again with test.py --fit_mapping FILE")
+    return mapping
+
+
+def _field_problem(d: dict) -> str | None:
+    """What is wrong with the fields of a mapping file, or None."""
+    def number(v) -> bool:
+        return isinstance(v, (int, float)) and not isinstance(v, bool) and bool(np.isfinite(v))
+
+    params, weights = d.get("params"), d.get("weights")
+    if not (isinstance(params, list) and len(params) == 4 and all(map(number, params))):
+        return f"params {params!r} are not 4 finite numbers"
+    if not (isinstance(d.get("n"), int) and not isinstance(d["n"], bool) and d["n"] > 0):
+        return f"n {d.get('n')!r} is not a positive whole number (the images it was fitted on)"
+    if not isinstance(d.get("fitted_on"), str):
+        return f"fitted_on {d.get('fitted_on')!r} is not a file name"
+    if not (d.get("checkpoint") is None or isinstance(d["checkpoint"], str)):
+        return f"checkpoint {d['checkpoint']!r} is not a file name"
+    if not (weights is None or isinstance(weights, dict) and all(isinstance(v, str) for v in weights.values())):
+        return f"weights {weights!r} are not digests"
+    return None

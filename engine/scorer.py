@@ -23,6 +23,7 @@ code, draws them by list position). The settings and their defaults are test.py'
 from __future__ import annotations
 
 import os
+import warnings
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, replace
 from typing import Any
@@ -121,6 +122,13 @@ class Scorer:
             raise AHIQError(f"{self.checkpoint}: the checkpoint holds no training MOS range (official files do not); "
                             "give one with --mos_range LO HI / mos_range=(lo, hi)")
         return self.label_norm.invert(scores)
+
+    def use_mapping(self, mapping: ScoreMapping | None, allow_other: bool = False) -> str | None:
+        """Scores on ``mapping``'s scale from now on, once it is known to be fitted for this model (refused
+        otherwise unless ``allow_other``); returns a note to show when the file cannot tell."""
+        note = mapping.check_model(self.weights(), allow_other) if mapping is not None else None
+        self.mapping = mapping
+        return note
 
     def weights(self) -> dict[str, str]:
         """Digests of the weights that decide the scores: the head's and each backbone's (an export: its file's)."""
@@ -299,7 +307,7 @@ def load_scorer(ckpt: str | None = None, checkpoints_dir: str = CHECKPOINTS, nam
                 resnet_weights: str | None = None, deform_impl: str = "gemm",
                 mos_range: tuple[float, float] | None = None, model: dict | None = None, load_epoch: int = -1,
                 tf32: bool = True, allow_other_backbones: bool = False, backend: str = "torch",
-                mapping: str | None = None, **settings: Any) -> Scorer:
+                mapping: str | None = None, allow_other_mapping: bool = False, **settings: Any) -> Scorer:
     """A :class:`Scorer` for a checkpoint (default: the one test.py would pick in ``checkpoints_dir/name``).
 
     The architecture and the trained crop size come from the checkpoint; ``model`` may give
@@ -311,7 +319,8 @@ def load_scorer(ckpt: str | None = None, checkpoints_dir: str = CHECKPOINTS, nam
     ``seed``, ``random_windows``, ``windows``, ``batch_size``, ``resize``/``size``, ``max_pixels``, ``crop_size``,
     ``crops_per_forward``, ``bn_stats``, and ``amp_dtype`` (a torch dtype, CUDA only). ``backend="onnxruntime"``:
     ``ckpt`` is an exported ``.onnx`` file (:func:`onnx_scorer`). ``mapping``: a file ``test.py --fit_mapping`` saved;
-    the scorer then returns scores in that list's MOS units (:attr:`Scorer.scale`; the maps stay on the model's).
+    the scorer then returns scores in that list's MOS units (:attr:`Scorer.scale`; the maps stay on the model's); a
+    mapping fitted for another model is refused unless ``allow_other_mapping``.
     """
     scale = load_mapping(mapping) if mapping is not None else None  # before anything slow
     if backend not in BACKENDS:
@@ -328,7 +337,9 @@ def load_scorer(ckpt: str | None = None, checkpoints_dir: str = CHECKPOINTS, nam
         source = BackboneSource(pretrained, vit_weights, resnet_weights, checkpoints_dir)
         scorer = api_scorer(read_checkpoint(path, model), source, device, deform_impl, mos_range,
                             allow_other_backbones, **settings)
-    scorer.mapping = scale
+    note = scorer.use_mapping(scale, allow_other_mapping)
+    if note:
+        warnings.warn(note, stacklevel=2)
     return scorer
 
 

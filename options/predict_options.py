@@ -48,6 +48,9 @@ def predict_parser() -> argparse.ArgumentParser:
     g.add_argument("--mapping", default=None, metavar="FILE",
                    help="report scores on the MOS scale of a mapping test.py --fit_mapping saved (a calibrated "
                         "scale of that list)")
+    free(g.add_argument("--allow_other_mapping", action="store_true",
+                        help="use a --mapping fitted for another model (refused otherwise: another model's scores "
+                             "mean something else on that scale)"))
     g.add_argument("--mos_range", type=float, nargs=2, metavar=("LO", "HI"),
                    help="training MOS range for --mos_scale when the checkpoint has none (official files)")
     return p
@@ -73,6 +76,7 @@ class PredictConfig(RunConfig, RunFields, ModelFields, ScoringFields, WindowFiel
     overwrite: bool
     mos_scale: bool
     mapping: str | None
+    allow_other_mapping: bool
     mos_range: tuple[float, ...] | None
 
 

@@ -116,6 +116,9 @@ def test_parser() -> argparse.ArgumentParser:
     free(g.add_argument("--mapping", default=None, metavar="FILE",
                         help="also write the scores on the MOS scale of a saved mapping (--fit_mapping) to "
                              "{stem}_mapped.txt"))
+    free(g.add_argument("--allow_other_mapping", action="store_true",
+                        help="use a --mapping fitted for another model (refused otherwise: another model's scores "
+                             "mean something else on that scale)"))
     free(g.add_argument("--bootstrap", type=int, default=1000, metavar="N",
                         help="lists with MOS: 95%% intervals of SRCC/PLCC/KRCC/RMSE from N seeded resamples (of "
                              "references when they repeat, else of images); 0: none"))
@@ -144,6 +147,7 @@ class TestConfig(RunConfig, TestDataFields, TrainDataFields, ImageFields, Window
     worst: int
     fit_mapping: str | None
     mapping: str | None
+    allow_other_mapping: bool
     bootstrap: int
     report: bool
     submission: str | None

@@ -166,11 +166,13 @@ def test_a_fitted_mapping_puts_scores_on_a_lists_mos_scale(tmp_path, tiny_ckpt, 
     pair = [(f"{data['dis']}/{data['names'][0]}", f"{data['ref']}/{data['names'][0][:5]}.bmp")]
     settings = dict(pretrained=False, crop_size=32, n_ensemble=1)
     plain = load_scorer(tiny_ckpt, str(tmp_path), **settings)
-    scaled = load_scorer(tiny_ckpt, str(tmp_path), mapping=str(tmp_path / "m.json"), **settings)
+    with pytest.warns(UserWarning, match=r"m\.json: records no model digest"):  # fitted without weights: can't tell
+        scaled = load_scorer(tiny_ckpt, str(tmp_path), mapping=str(tmp_path / "m.json"), **settings)
     np.testing.assert_allclose(scaled.score_files(pair), again(plain.score_files(pair)), rtol=1e-6)
     assert scaled.scale == again.units and "normalised" in plain.scale and not Metric(scaled).lower_better
     fit_mapping(scores, 100 - mos, dmos, "d.txt", None).save(str(tmp_path / "d.json"))
-    assert Metric(load_scorer(tiny_ckpt, str(tmp_path), mapping=str(tmp_path / "d.json"), **settings)).lower_better
+    with pytest.warns(UserWarning):
+        assert Metric(load_scorer(tiny_ckpt, str(tmp_path), mapping=str(tmp_path / "d.json"), **settings)).lower_better
     with pytest.raises(AHIQError, match=r"junk\.json: not a score mapping"):
         load_scorer(tiny_ckpt, str(tmp_path), mapping=str(tmp_path / "junk.json"), **settings)
     # --fit_mapping: a file when the rising logistic fits this model's scores, else one line saying why
@@ -197,3 +199,57 @@ def test_scores_of_random_backbones_say_so_everywhere(tmp_path, pipal_set, tiny_
     predict.main(["--dis", f"{pipal_set['dis']}/{pipal_set['names'][0]}", "--ref", f"{pipal_set['ref']}/A0000.bmp",
                   "--ckpt", tiny_ckpt, "--crop_size", "32", "--n_ensemble", "1", "--no_pretrained", "--gpu_ids", "-1"])
     assert "RANDOM BACKBONES" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize("change, problem", [
+    ({"params": [0, 1, 0.5, 0.1]}, r"do not rise \(need b1 > b2 and a scale b4 > 0\)"),  # falling: reverses the scale
+    ({"params": [1, 0, 0.5, 0]}, "do not rise"),  # a step
+    ({"params": [1e308, -1e308, 0.5, 0.1]}, r"overflow \(not finite\) for scores between -1 and 2"),
+    ({"params": [True, False, 0.5, 0.1]}, "are not 4 finite numbers"),
+    ({"n": "abc"}, "n 'abc' is not a positive whole number"), ({"n": None}, "n None is not a positive whole"),
+    ({"n": [1]}, r"n \[1\] is not a positive whole"), ({"n": 1e999}, "n inf is not a positive whole"),
+    ({"n": 0}, "n 0 is not a positive whole"), ({"fitted_on": 3}, "fitted_on 3 is not a file name"),
+    ({"weights": "abc"}, "weights 'abc' are not digests")])
+def test_a_mapping_file_is_checked_as_a_checkpoint_is(tmp_path, change, problem):
+    """Every field of its type and a rising, finite logistic; a bad file is one line naming it, also through
+    predict.py --mapping."""
+    import predict
+    from data.label_norm import LabelNorm
+    from data.score_mapping import Mapping, load_mapping
+    good = tmp_path / "good.json"
+    Mapping((1.0, 0.0, 0.5, 0.1), LabelNorm(0.0, 100.0, False), "list.txt", 10, None, {"head": "a"}).save(str(good))
+    assert load_mapping(str(good)).n == 10
+    bad = tmp_path / "bad.json"
+    text = json.dumps({**json.loads(good.read_text()), **change}).replace("Infinity", "1e999")
+    bad.write_text(text)
+    with pytest.raises(AHIQError, match=rf"bad\.json: .*{problem}"):
+        load_mapping(str(bad))
+    with pytest.raises(AHIQError, match=rf"bad\.json: .*{problem}"):
+        predict.main(["--dis", "x.png", "--ref", "y.png", "--mapping", str(bad)])
+
+
+def test_a_mapping_fitted_for_another_model_is_refused_by_its_weights(tmp_path, tiny_ckpt, tiny_factory):
+    """A mapping records the digests of the weights it was fitted for; another model (here: the same path, other
+    weights) is refused, named, unless allow_other_mapping / --allow_other_mapping."""
+    import shutil
+
+    from data.label_norm import LabelNorm
+    from data.score_mapping import fit_mapping
+    from engine.scorer import load_scorer
+    from tests.test_jobs import _other_head
+    from utils.checkpoint import save_weights
+    ckpt = tmp_path / "model.pth"
+    shutil.copy(tiny_ckpt, ckpt)
+    settings = dict(pretrained=False, crop_size=32, n_ensemble=1)
+    scorer = load_scorer(str(ckpt), str(tmp_path), **settings)
+    mos = np.linspace(10, 90, 12)
+    scores = 0.3 + 0.004 * mos + np.random.default_rng(0).normal(0, 0.01, 12)
+    fit_mapping(scores, mos, LabelNorm.fit(mos), "list.txt", str(ckpt), scorer.weights()).save(str(tmp_path / "m.json"))
+    assert load_scorer(str(ckpt), str(tmp_path), mapping=str(tmp_path / "m.json"), **settings).mapping is not None
+    save_weights(str(ckpt), _other_head(tiny_factory))
+    with pytest.raises(AHIQError, match=r"m\.json: fitted for another model \(the checkpoint's weights changed since "
+                                        r"it was fitted for .*model\.pth\); .*--allow_other_mapping"):
+        load_scorer(str(ckpt), str(tmp_path), mapping=str(tmp_path / "m.json"), **settings)
+    other = load_scorer(str(ckpt), str(tmp_path), mapping=str(tmp_path / "m.json"), allow_other_mapping=True,
+                        **settings)
+    assert other.mapping is not None
