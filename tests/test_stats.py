@@ -106,7 +106,9 @@ def test_test_py_writes_per_type_tables_and_intervals(tmp_path, tiny_ckpt):
     assert result["intervals"] == saved["intervals"]
 
 
-def test_compare_two_results_files(tmp_path, pipal_set):
+def test_compare_two_results_files(tmp_path):
+    from tests.conftest import make_pipal_set
+    pipal_set = make_pipal_set(tmp_path / "set", n_refs=5, n_dis=4, size=(8, 8), seed=3)  # intervals: 20 of 5 refs
     names = pipal_set["names"]
     mos = read_labels(pipal_set["list"], "pipal", "pipal").raw
     rng = np.random.default_rng(0)
@@ -124,6 +126,9 @@ def test_compare_two_results_files(tmp_path, pipal_set):
     (tmp_path / "c.txt").write_text("".join(f"{n},1\n" for n in names[1:]))
     with pytest.raises(AHIQError, match=rf"c\.txt: has no score for {names[0]}"):
         compare_main([str(tmp_path / "a.txt"), str(tmp_path / "c.txt"), "--list", pipal_set["list"]])
+    # the same intervals' minimum as test.py: 6 images of 2 references get none, and say why
+    short = compare_models(good[:6], bad[:6], mos[:6], [n[:5] for n in names[:6]], 200, 0)
+    assert short["resamples"] == 0 and short["plcc"]["diff_interval"] == [None, None] and "too few" in short["note"]
 
 
 def test_a_fitted_mapping_puts_scores_on_a_lists_mos_scale(tmp_path, tiny_ckpt, capsys):
@@ -253,3 +258,48 @@ def test_a_mapping_fitted_for_another_model_is_refused_by_its_weights(tmp_path, 
     other = load_scorer(str(ckpt), str(tmp_path), mapping=str(tmp_path / "m.json"), allow_other_mapping=True,
                         **settings)
     assert other.mapping is not None
+
+
+def _write_results(path: Path, names: list[str], scores) -> str:
+    path.write_text("".join(f"{n},{float(s)!r}\n" for n, s in zip(names, scores)))
+    return str(path)
+
+
+def test_compare_and_the_stats_api_on_degenerate_input(tmp_path, capsys):
+    """Too short lists, identical or constant inputs, NaN, bad --seed/--bootstrap: one line each, or a result with
+    None and its reason, never a traceback and never NaN in strict JSON."""
+    from tests.conftest import make_pipal_set
+    data = make_pipal_set(tmp_path / "set", n_refs=5, n_dis=4, size=(8, 8), seed=4)
+    names, mos = data["names"], read_labels(data["list"], "pipal", "pipal").raw
+    rng = np.random.default_rng(1)
+    a = _write_results(tmp_path / "a.txt", names, mos + rng.normal(0, 50, len(mos)))
+    args = ["--list", data["list"], "--bootstrap", "50"]
+    with pytest.raises(AHIQError, match=r"a\.txt: given as both A and B"):
+        compare_main([a, a, *args])
+    same = _write_results(tmp_path / "same.txt", names, [float(line.split(",")[1]) for line in
+                                                          Path(a).read_text().splitlines()])
+    out = compare_main([a, same, *args, "--out", str(tmp_path / "same.json")])  # identical content, two files
+    assert out["overall"]["srcc"]["williams_p"] is None
+    assert "rank the images alike" in out["overall"]["srcc"]["williams_note"]
+    json.loads((tmp_path / "same.json").read_text())  # strict JSON (allow_nan=False when written)
+    flat = _write_results(tmp_path / "flat.txt", names, [0.5] * len(names))  # a constant model
+    out = compare_main([a, flat, *args, "--out", str(tmp_path / "flat.json")])
+    assert out["overall"]["plcc"]["b"] is None and "constant" in out["overall"]["plcc"]["williams_note"]
+    assert "n/a" in capsys.readouterr().out
+    nan = _write_results(tmp_path / "nan.txt", names, [float("nan")] + [0.5] * (len(names) - 1))
+    with pytest.raises(AHIQError, match=r"nan\.txt:1: score 'nan' is not finite"):  # the file's reader
+        compare_main([a, nan, *args])
+    with pytest.raises(AHIQError, match=r"model B's scores: 1 of 20 values are NaN or infinite"):  # the API
+        compare_models(mos, np.r_[np.nan, mos[1:]], mos)
+    with pytest.raises(AHIQError, match=r"--bootstrap -5 --seed 0: both must be 0 or more"):
+        compare_main([a, flat, "--list", data["list"], "--bootstrap", "-5", "--seed", "0"])
+    with pytest.raises(AHIQError, match=r"--seed -1: both must be 0 or more"):
+        compare_main([a, flat, "--list", data["list"], "--seed", "-1"])
+    tiny = tmp_path / "tiny.txt"
+    tiny.write_text("".join(f"{n},{m}\n" for n, m in zip(names[:2], mos[:2])))
+    with pytest.raises(AHIQError, match=r"tiny\.txt: lists 2 image\(s\); a comparison needs 5 or more"):
+        compare_main([a, flat, "--list", str(tiny)])
+    # the API: a NaN prediction is refused, not an interval around a NaN point
+    with pytest.raises(AHIQError, match="the predictions: 1 of 20 values are NaN"):
+        bootstrap_intervals(np.r_[np.nan, mos[1:]], mos, None, n_boot=50)
+    assert williams_test(0.5, 0.5, 1.0, 20) is None and williams_test(0.5, 0.4, 0.3, 3) is None

@@ -14,6 +14,7 @@ import utils.interrupt  # noqa: F401 - first: Ctrl-C while the libraries import 
 
 import argparse
 import json
+import os
 
 import numpy as np
 
@@ -50,6 +51,10 @@ def scores_by_name(path: str) -> dict[str, float]:
 
 def main(argv: list[str] | None = None) -> dict:
     opt = compare_parser().parse_args(argv)
+    if opt.bootstrap < 0 or opt.seed < 0:
+        raise AHIQError(f"--bootstrap {opt.bootstrap} --seed {opt.seed}: both must be 0 or more")
+    if os.path.realpath(opt.a) == os.path.realpath(opt.b):
+        raise AHIQError(f"{opt.a}: given as both A and B; compare the results of two models")
     preset = PRESETS[opt.dataset]
     labels = read_labels(opt.list, opt.list_format or preset.list_format, preset.ref_rule)
     if labels.raw is None:
@@ -61,6 +66,8 @@ def main(argv: list[str] | None = None) -> dict:
         where = opt.a if missing[0] not in a else opt.b
         raise AHIQError(f"{where}: has no score for {missing[0]} ({len(missing)} listed image(s) lack one in A or B); "
                         "compare results of the same list")
+    if len(rows) < MIN_COMPARED:
+        raise AHIQError(f"{opt.list}: lists {len(rows)} image(s); a comparison needs {MIN_COMPARED} or more")
     lower = opt.label_direction == "lower_better" if opt.label_direction else preset.lower_better
     mos = LabelNorm.fit(labels.raw, lower).apply(labels.raw)
     pa = np.asarray([a[labels.names[i]] for i in rows])
@@ -85,15 +92,22 @@ def main(argv: list[str] | None = None) -> dict:
 
 
 def table(c: dict) -> str:
-    lines = [f"{c['n']} images; {int(c['level'] * 100)}% intervals from {c['resamples']} paired resamples of "
-             f"{c['resampled']}",
-             f"{'metric':<6}  {'A':>8}  {'B':>8}  {'A - B':>8}  interval of A - B      Williams p"]
+    def num(v, fmt: str = "8.4f") -> str:
+        return f"{'n/a':>8}" if v is None else format(v, fmt)
+
+    intervals = (f"{int(c['level'] * 100)}% intervals from {c['resamples']} paired resamples of {c['resampled']}"
+                 if c["resamples"] else f"no intervals: {c['note']}")
+    lines = [f"{c['n']} images; {intervals}",
+             f"{'metric':<6}  {'A':>8}  {'B':>8}  {'A - B':>8}  interval of A - B      Williams p (two-sided)"]
+    notes = []
     for m in CI_METRICS:
         r = c[m]
         lo, hi = ("n/a" if v is None else f"{v:+.4f}" for v in r["diff_interval"])
-        p = f"{r['williams_p']:.3g}" if "williams_p" in r else "-"
-        lines.append(f"{m.upper():<6}  {r['a']:8.4f}  {r['b']:8.4f}  {r['diff']:+8.4f}  [{lo}, {hi}]  {p:>10}")
-    return "\n".join(lines)
+        p = "-" if "williams_p" not in r else "n/a" if r["williams_p"] is None else f"{r['williams_p']:.3g}"
+        lines.append(f"{m.upper():<6}  {num(r['a'])}  {num(r['b'])}  {num(r['diff'], '+8.4f')}  [{lo}, {hi}]  {p:>10}")
+        if r.get("williams_note"):
+            notes.append(f"{m.upper()} Williams: {r['williams_note']}")
+    return "\n".join(lines + notes)
 
 
 if __name__ == "__main__":

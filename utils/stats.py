@@ -6,10 +6,12 @@ Every resampling is seeded, so a report is reproducible. SciPy is imported where
 """
 from __future__ import annotations
 
+import warnings
 from collections.abc import Sequence
 
 import numpy as np
 
+from utils.errors import AHIQError
 from utils.metrics import iqa_metrics
 
 CI_METRICS = ("srcc", "plcc", "krcc", "rmse")
@@ -41,8 +43,10 @@ def _resample_rows(groups: Sequence | None, n: int, rng: np.random.Generator) ->
 def _point(pred: np.ndarray, label: np.ndarray) -> dict[str, float]:
     """SRCC, PLCC, KRCC and RMSE without the logistic fit (the bootstrap's inner loop)."""
     from scipy import stats
-    return {"srcc": stats.spearmanr(pred, label)[0], "plcc": stats.pearsonr(pred, label)[0],
-            "krcc": stats.kendalltau(pred, label)[0], "rmse": float(np.sqrt(np.mean((pred - label) ** 2)))}
+    with warnings.catch_warnings():  # a constant resample or input: NaN, left out or reported as None by callers
+        warnings.simplefilter("ignore")
+        return {"srcc": stats.spearmanr(pred, label)[0], "plcc": stats.pearsonr(pred, label)[0],
+                "krcc": stats.kendalltau(pred, label)[0], "rmse": float(np.sqrt(np.mean((pred - label) ** 2)))}
 
 
 def bootstrap_intervals(pred: np.ndarray, label: np.ndarray, groups: Sequence | None = None, n_boot: int = 1000,
@@ -50,6 +54,8 @@ def bootstrap_intervals(pred: np.ndarray, label: np.ndarray, groups: Sequence | 
     """Percentile intervals of SRCC, PLCC, KRCC and RMSE over ``n_boot`` resamples (:func:`_resample_rows`;
     ``groups``: each image's reference, resampled whole when given)."""
     pred, label = np.asarray(pred, np.float64), np.asarray(label, np.float64)
+    check_finite("the predictions", pred)
+    check_finite("the labels", label)
     n_groups = len(set(groups)) if groups is not None else len(pred)
     if len(pred) < MIN_BOOTSTRAP or n_groups < 5:
         return {**{m: [None, None] for m in CI_METRICS}, "level": level, "resamples": 0, "seed": seed,
@@ -84,40 +90,74 @@ def group_metrics(pred: np.ndarray, label: np.ndarray, keys: Sequence[str]) -> d
     return out
 
 
-def williams_test(r12: float, r13: float, r23: float, n: int) -> tuple[float, float]:
+def check_finite(name: str, values: np.ndarray) -> None:
+    """Statistics of NaN or infinite values mean nothing (a NaN point inside a finite interval, a NaN in strict
+    JSON): refused in one line naming what holds them."""
+    bad = ~np.isfinite(np.asarray(values, np.float64))
+    if bad.any():
+        raise AHIQError(f"{name}: {int(bad.sum())} of {bad.size} values are NaN or infinite; statistics need finite "
+                        "scores (a diverged model, or a damaged results file)")
+
+
+def williams_test(r12: float, r13: float, r23: float, n: int) -> tuple[float, float] | None:
     """Williams' t for H0: r12 = r13, two correlations that share variable 1 (the MOS) measured on the same n
     images, given r23 (the two models' correlation); returns (t, two-sided p) with n - 3 degrees of freedom
-    (Williams 1959; Steiger 1980, eq. 14)."""
+    (Williams 1959; Steiger 1980, eq. 14), or None where it is undefined: fewer than 4 images, a correlation that
+    is not finite (constant scores or labels), or two models that rank alike (r23 = 1: nothing to compare)."""
     from scipy import stats
+    if n < 4 or not all(np.isfinite([r12, r13, r23])):
+        return None
     det = 1 - r12 ** 2 - r13 ** 2 - r23 ** 2 + 2 * r12 * r13 * r23
     mean = (r12 + r13) / 2
-    t = (r12 - r13) * np.sqrt((n - 1) * (1 + r23) / (2 * (n - 1) / (n - 3) * det + mean ** 2 * (1 - r23) ** 3))
+    denominator = 2 * (n - 1) / (n - 3) * det + mean ** 2 * (1 - r23) ** 3
+    if not denominator > 0:
+        return None
+    t = (r12 - r13) * np.sqrt((n - 1) * (1 + r23) / denominator)
     return float(t), float(2 * stats.t.sf(abs(t), n - 3))
+
+
+def _number(v: float) -> float | None:
+    return float(v) if np.isfinite(v) else None
 
 
 def compare_models(pred_a: np.ndarray, pred_b: np.ndarray, label: np.ndarray, groups: Sequence | None = None,
                    n_boot: int = 1000, seed: int = 0, level: float = 0.95) -> dict:
     """Model A against model B on the same images: each metric of both, the difference A - B with its paired
-    bootstrap interval, and for PLCC and SRCC Williams' test (SRCC on ranks)."""
+    bootstrap interval (with :func:`bootstrap_intervals`' minimum of images and references), and for PLCC and
+    SRCC Williams' test (SRCC on ranks; its p-value two-sided: H0 both correlate with the MOS alike). A value that
+    is undefined (constant scores or labels, models that rank alike, too few images) is None with a note."""
     from scipy import stats
     a, b, y = (np.asarray(x, np.float64) for x in (pred_a, pred_b, label))
+    for name, values in (("model A's scores", a), ("model B's scores", b), ("the labels", y)):
+        check_finite(name, values)
+    if not len(a) == len(b) == len(y) >= MIN_GROUP:
+        raise AHIQError(f"compare {len(a)}, {len(b)} scores with {len(y)} labels: give both models' scores of the "
+                        f"same {MIN_GROUP} or more images")
+    n_groups = len(set(groups)) if groups is not None else len(y)
+    enough = len(y) >= MIN_BOOTSTRAP and n_groups >= 5
     rng = np.random.default_rng(seed)
     diffs = {m: [] for m in CI_METRICS}
     with np.errstate(all="ignore"):
-        for _ in range(n_boot):
+        for _ in range(n_boot if enough else 0):
             rows = _resample_rows(groups, len(y), rng)
             pa, pb = _point(a[rows], y[rows]), _point(b[rows], y[rows])
             for m in CI_METRICS:
                 diffs[m].append(pa[m] - pb[m])
-    pa, pb = _point(a, y), _point(b, y)
-    out: dict = {"n": len(y), "level": level, "resamples": n_boot, "seed": seed,
-                 "resampled": "references" if groups is not None else "images"}
+        pa, pb = _point(a, y), _point(b, y)
+    out: dict = {"n": len(y), "level": level, "resamples": n_boot if enough else 0, "seed": seed,
+                 "resampled": ("references" if groups is not None else "images") if enough else "none",
+                 "note": None if enough else f"too few images ({len(y)}) or references ({n_groups}) for an interval: "
+                                             f"at least {MIN_BOOTSTRAP} images of 5 references"}
     for m in CI_METRICS:
-        out[m] = {"a": float(pa[m]), "b": float(pb[m]), "diff": float(pa[m] - pb[m]),
+        out[m] = {"a": _number(pa[m]), "b": _number(pb[m]), "diff": _number(pa[m] - pb[m]),
                   "diff_interval": _interval(diffs[m], level)}
     ranks = [stats.rankdata(x) for x in (y, a, b)]
-    for m, (ya, aa, bb) in (("plcc", (y, a, b)), ("srcc", ranks)):
-        r23 = float(np.corrcoef(aa, bb)[0, 1])
-        t, p = williams_test(float(np.corrcoef(ya, aa)[0, 1]), float(np.corrcoef(ya, bb)[0, 1]), r23, len(y))
-        out[m]["williams_t"], out[m]["williams_p"] = t, p
+    with np.errstate(all="ignore"):
+        for m, (ya, aa, bb) in (("plcc", (y, a, b)), ("srcc", ranks)):
+            r = [float(np.corrcoef(u, v)[0, 1]) for u, v in ((ya, aa), (ya, bb), (aa, bb))]
+            test = williams_test(*r, len(y))
+            out[m]["williams_t"], out[m]["williams_p"] = test if test else (None, None)
+            out[m]["williams_note"] = None if test else (
+                "undefined: constant scores or labels" if not all(np.isfinite(r)) else
+                "undefined: fewer than 4 images" if len(y) < 4 else "undefined: the two models rank the images alike")
     return out
