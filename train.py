@@ -378,9 +378,14 @@ def train(opt: RunConfig, info: DistInfo) -> TrainState:
             while state.epoch < opt.n_epoch:
                 start = time.perf_counter()
                 sampler.set_epoch(state.epoch, skip=state.step * opt.batch_size)
-                result = train_one_epoch(net, train_loader, optimizer, scheduler, device, amp_dtype, scaler,
-                                         lambda loss: reduce_step(loss, stop.signal is not None, info), on_step,
-                                         info.is_main, desc=f"epoch {state.epoch + 1}/{opt.n_epoch}")
+                try:
+                    result = train_one_epoch(net, train_loader, optimizer, scheduler, device, amp_dtype, scaler,
+                                             lambda loss: reduce_step(loss, stop.signal is not None, info), on_step,
+                                             info.is_main, desc=f"epoch {state.epoch + 1}/{opt.n_epoch}")
+                except AHIQError as err:
+                    if err.kind != "diverged":
+                        raise
+                    raise AHIQError(f"{err} {resume_hint(opt.run_dir)}", kind="diverged") from None
                 loss = float(np.mean(result.losses)) if result.losses else float("nan")
                 if result.interrupted:
                     state.step += len(result.losses)
@@ -417,6 +422,14 @@ def train(opt: RunConfig, info: DistInfo) -> TrainState:
     else:
         log.info("done: no validation gave SRCC/PLCC, so there is no best.pth; checkpoints in %s", opt.run_dir)
     return state
+
+
+def resume_hint(run_dir: str) -> str:
+    """Where a run that failed can continue from: its last.pth when there is one, else nowhere (say so)."""
+    last = os.path.join(run_dir, "last.pth")
+    if os.path.isfile(last):
+        return f"with --resume from {last} (its last saved epoch)"
+    return "by starting again: no last.pth was written yet, so there is nothing to resume"
 
 
 def stop_run(save: Saver, state: TrainState, loss: float, info: DistInfo, what: str) -> NoReturn:

@@ -67,16 +67,21 @@ def decode_rgb(path: str) -> np.ndarray:
 
 
 def _other_spelling(path: str) -> str:
-    """A hint when the folder holds the file under the same name in another Unicode normalisation (a list written
-    on one system, files copied from macOS: 'é' as one code point or as 'e' + accent)."""
+    """A hint when the folder holds the file under the same name in another Unicode normalisation."""
     folder, name = os.path.split(path)
     try:
         entries = os.listdir(folder or ".")
     except OSError:
         return ""
+    return other_spelling(name, entries)
+
+
+def other_spelling(name: str, entries) -> str:
+    """`` (...)`` naming the entry that is ``name`` in another Unicode normalisation (a list written on one system,
+    files copied from macOS: 'é' as one code point, NFC, or as 'e' + accent, NFD), else ''."""
     same = [e for e in entries if e != name and unicodedata.normalize("NFC", e) == unicodedata.normalize("NFC", name)]
-    return (f" (the folder holds {same[0]!r}: the same name with its accents encoded otherwise, NFC vs NFD; rename "
-            "the file or fix the list)") if same else ""
+    return (f" (the folder holds {same[0]!r}: the same name in another Unicode normalisation, its accents encoded "
+            "otherwise, NFC vs NFD; rename the file or fix the list)") if same else ""
 
 
 def image_size(path: str, max_pixels: int = MAX_PIXELS) -> tuple[int, int]:

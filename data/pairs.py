@@ -17,6 +17,7 @@ from collections import Counter
 import numpy as np
 
 from data.datasets import read_csv_labels, reference_name
+from data.images import other_spelling
 from utils.errors import AHIQError
 
 IMAGE_EXTS = (".bmp", ".png", ".jpg", ".jpeg", ".tif", ".tiff", ".webp")
@@ -63,7 +64,8 @@ def match_folders(dis_dir: str, ref_dir: str, rule: str = "auto") -> tuple[list[
             return [(os.path.join(dis_dir, d), os.path.join(ref_dir, _reference(d, name))) for d in scored], name
         example = missing[0] if missing else dis[0]
         tried.append(f"{PAIR_RULES[name]}: {len(missing) if scored else len(dis)} of {len(dis)} without a reference "
-                     f"(e.g. {example} -> {_reference(example, name)})")
+                     f"(e.g. {example} -> {_reference(example, name)}"
+                     f"{other_spelling(_reference(example, name), refs)})")
     raise AHIQError(f"{dis_dir} against {ref_dir}: no rule pairs every image with a reference; tried "
                     f"{'; '.join(tried)}. Give --ref FILE for one reference for all, or --pairs FILE (a CSV with "
                     "dis,ref columns)")

@@ -354,7 +354,7 @@ def train_one_epoch(model: torch.nn.Module, loader: DataLoader, optimizer: torch
         if not math.isfinite(mean_loss):
             raise AHIQError(f"the training loss became {mean_loss} at step {len(losses) + 1} of this epoch (no weight "
                             "was changed by it); lower --learning_rate, or drop --amp / use --amp_dtype bf16, then "
-                            "continue with --resume from last.pth")
+                            "continue", kind="diverged")  # the caller says from where
         if scaler is not None:
             scaler.step(optimizer)
             scaler.update()

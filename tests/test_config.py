@@ -222,3 +222,10 @@ def test_each_configuration_class_has_exactly_its_parsers_options():
     for cls in (TrainConfig, TestConfig, PredictConfig, ProtocolConfig):
         fields = {f.name for f in dataclasses.fields(cls)} - {"switches_given"}
         assert fields == {a.dest for a in options_of(cls.parser())}, cls.__name__
+
+
+def test_a_diverged_first_epoch_does_not_point_at_a_last_pth_that_is_not_there(train_sets, tmp_path):
+    with pytest.raises(AHIQError, match=r"the training loss became (nan|inf) .*then continue by starting again: no "
+                                        r"last\.pth was written yet"):
+        train.main(train_args(train_sets, tmp_path, "run", "--n_epoch", "1", "--learning_rate", "1e30"))
+    assert not (tmp_path / "run" / "last.pth").exists()

@@ -173,8 +173,15 @@ def test_a_name_in_another_unicode_normalisation_is_pointed_at(tmp_path):
     from data.images import image_size
     nfd = unicodedata.normalize("NFD", "café.png")
     shutil.copy(REPO / "tests" / "conftest.py", tmp_path / nfd)  # any file: only the name is looked up
-    with pytest.raises(AHIQError, match=r"image not found.*the same name with its accents encoded otherwise"):
+    with pytest.raises(AHIQError, match=r"image not found.*the same name in another Unicode normalisation.*NFC vs "
+                                        "NFD"):
         image_size(str(tmp_path / unicodedata.normalize("NFC", "café.png")))
+    # predict.py's folders paired by name: the reference spelled otherwise is named too
+    from data.pairs import match_folders
+    (tmp_path / "dis").mkdir()
+    shutil.copy(REPO / "tests" / "conftest.py", tmp_path / "dis" / unicodedata.normalize("NFC", "café.png"))
+    with pytest.raises(AHIQError, match=r"no rule pairs every image.*another Unicode normalisation"):
+        match_folders(str(tmp_path / "dis"), str(tmp_path), "same")
 
 
 def test_predict_shows_progress_in_crops_for_one_large_grid(tmp_path, pair_dir, tiny_ckpt, capsys):
