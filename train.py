@@ -55,13 +55,14 @@ from options.train_options import parse_train_options
 from utils.checkpoint import find_checkpoint, load_checkpoint, load_head_weights, save_weights
 from utils.distributed import (
     DistInfo,
-    any_rank,
     backend_for,
     barrier,
+    failed_elsewhere,
     gather_arrays,
     init_distributed,
     reduce_step,
     shutdown,
+    worst_outcome,
 )
 from utils.errors import AHIQError, StopRequest, run_cli
 from utils.files import FolderLock, remove_stale_temporaries
@@ -160,14 +161,20 @@ def build_loaders(opt: RunConfig, info: DistInfo, crop_size: int
 
 def validate(model: AHIQ, val: Validation, info: DistInfo, opt: RunConfig, amp_dtype: torch.dtype | None,
              stop: Callable[[], bool] | None = None) -> tuple[dict, np.ndarray, np.ndarray]:
+    out, outcome, failure = None, "done", None
     try:
         out = predict(model, val.dataset, val.indices, opt.val_batch_size, opt.num_workers, opt.crops_per_forward,
                       amp_dtype, progress=info.is_main, desc="validate", stop=stop)
     except ScoringStopped:
-        out = None
-    # the ranks agree before they gather: a rank asked to stop after another had finished its share must not leave
-    # it waiting in the gather while it waits at the stop's barrier
-    if any_rank(out is None, info):
+        outcome = "stopped"
+    except AHIQError as err:  # a damaged validation image of this rank's share
+        outcome, failure = "failed", err
+    # the ranks agree before they gather: a rank asked to stop (or failed) after another had finished its share must
+    # not leave it waiting in the gather
+    outcome = worst_outcome(outcome, info)
+    if outcome == "failed":
+        raise failure or failed_elsewhere()
+    if outcome == "stopped":
         raise ScoringStopped()
     index, preds, labels = gather_arrays(info, out.index, out.preds, out.labels)
     order = np.argsort(index, kind="stable")

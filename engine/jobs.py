@@ -12,7 +12,7 @@ every GPU it has.
   line back (any number of processes wrote them), scores the rest and merges; the folder is removed once the
   results are written.
 - Stopping: SIGINT/SIGTERM finish the current batch; all processes then agree that the run stopped
-  (:func:`utils.distributed.any_rank`) and end with exit code 3 and one line.
+  (:func:`utils.distributed.worst_outcome`) and end with exit code 3 and one line.
 """
 from __future__ import annotations
 
@@ -27,9 +27,9 @@ import numpy as np
 from data.pair_dataset import PairDataset
 from engine.loop import Predictions, ScoringStopped, reference_shards
 from engine.scorer import Scorer
-from utils.distributed import DistInfo, any_rank, barrier, gather_arrays
+from utils.distributed import DistInfo, barrier, failed_elsewhere, gather_arrays, worst_outcome
 from utils.errors import AHIQError, Interrupted
-from utils.files import atomic_write, read_text
+from utils.files import atomic_write, file_error, read_text
 from utils.records import differences, digest
 
 FORMAT = "ahiq-progress-1"
@@ -68,7 +68,11 @@ class Progress:
                 atomic_write(self.header_file, json.dumps({"format": FORMAT, **header}, indent=1, default=str))
         barrier(info)  # every process sees the folder rank 0 checked or made
         self.done = self.recorded()
-        self._file = open(os.path.join(self.folder, f"rank{info.rank}-pid{os.getpid()}.txt"), "a")
+        self._path = os.path.join(self.folder, f"rank{info.rank}-pid{os.getpid()}.txt")
+        try:
+            self._file = open(self._path, "a")
+        except OSError as err:
+            raise file_error(self._path, err, "written") from None
 
     def _saved(self) -> dict:
         try:
@@ -123,11 +127,17 @@ class Progress:
 
     def record(self, index: list[int], scores: list[float]) -> None:
         """One finished batch, on disk before the next one starts (flushed: a killed process keeps it)."""
-        self._file.write("".join(f"{i},{s!r}\n" for i, s in zip(index, scores)))
-        self._file.flush()
+        try:
+            self._file.write("".join(f"{i},{s!r}\n" for i, s in zip(index, scores)))
+            self._file.flush()
+        except OSError as err:  # a full disk: what was flushed before stays, and --resume continues from it
+            raise file_error(self._path, err, "written") from None
 
     def close(self) -> None:
-        self._file.close()
+        try:
+            self._file.close()
+        except OSError:  # a batch that a full disk refused (said when recorded): the lines flushed before stay
+            pass
 
     def finish(self) -> None:
         """The results are written: the progress is no longer needed."""
@@ -146,19 +156,24 @@ def score_list(scorer: Scorer, dataset: PairDataset, info: DistInfo, batch_size:
     done = progress.done if progress is not None else {}
     todo = [i for i in range(len(dataset)) if i not in done]
     mine = shard(dataset, todo, scorer, info, batch_size)
-    out, stopped = None, False
+    out, outcome, failure = None, "done", None
     try:
         out = scorer.score_dataset(dataset, batch_size, num_workers, progress=info.is_main, indices=mine,
                                    stop=(lambda: stop() is not None) if stop is not None else None,
                                    on_batch=progress.record if progress is not None else None)
     except ScoringStopped:
-        stopped = True
+        outcome = "stopped"
         recorded = progress.recorded() if progress is not None else {}
         if mine and all(i in recorded for i in mine):  # the stop came with this share's last batch: it is done
-            stopped, out = False, _predictions(dataset, mine, recorded)
-    if any_rank(stopped, info):
-        if progress is not None:
-            progress.close()
+            outcome, out = "done", _predictions(dataset, mine, recorded)
+    except AHIQError as err:  # e.g. a damaged image of this share: the other processes must hear of it
+        outcome, failure = "failed", err
+    outcome = worst_outcome(outcome, info)
+    if outcome != "done" and progress is not None:
+        progress.close()  # what was recorded stays: --resume continues once the cause is fixed
+    if outcome == "failed":
+        raise failure or failed_elsewhere()
+    if outcome == "stopped":
         name = (stop and stop()) or "another process"
         if progress is None:
             raise Interrupted(f"stopped by {name}; nothing was kept (predict.py records its progress with --csv)", 3)

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import dataclasses
 import hashlib
+import logging
 import os
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -249,8 +250,13 @@ def describe_backbone(record: Mapping[str, Any]) -> str:
 def check_backbones(model: AHIQ, ckpt: Mapping[str, Any], path: str) -> None:
     """A checkpoint that records its backbones (this project's, since they are recorded) is used only with the same
     backbone weights: the scores of a head mean nothing on other features. Official and pyiqa files record none."""
-    saved = (ckpt.get("ahiq") or {}).get("backbones") if isinstance(ckpt.get("ahiq"), Mapping) else None
+    meta = ckpt.get("ahiq")
+    saved = meta.get("backbones") if isinstance(meta, Mapping) else None
     if saved is None:
+        if isinstance(meta, Mapping) and "epochs_trained" in meta:  # this project's, from before the record or edited
+            logging.getLogger("ahiq.models").warning(
+                "%s: records no backbones (written before they were recorded, or edited): whether it is scored on "
+                "the backbones it was trained on cannot be checked", path)
         return
     if not isinstance(saved, Mapping) or not all(isinstance(r, Mapping) and isinstance(r.get("digest"), str)
                                                  for r in saved.values()):

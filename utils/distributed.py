@@ -129,13 +129,25 @@ def reduce_step(loss: torch.Tensor, stop: bool, info: DistInfo) -> Callable[[], 
     return result
 
 
-def any_rank(flag: bool, info: DistInfo) -> bool:
-    """Whether ``flag`` is true on any rank (every rank must call it once at the same point; a scoring job's stop)."""
+OUTCOMES = ("done", "stopped", "failed")  # of a step every rank takes, in rising order of what the others must know
+
+
+def worst_outcome(outcome: str, info: DistInfo) -> str:
+    """The worst of every rank's ``outcome`` (:data:`OUTCOMES`) of a shared step, so that all ranks act alike: a
+    rank that failed (a damaged image of its share) or was asked to stop is known to the others before they meet
+    in a gather, which they would otherwise wait in, or crash in when the failed rank exits. Every rank must call
+    it once at the same point."""
     if not info.enabled:
-        return flag
-    t = torch.full((1,), float(flag), device=info.device)
+        return outcome
+    t = torch.full((1,), float(OUTCOMES.index(outcome)), device=info.device)
     dist.all_reduce(_check_device(t, info), op=dist.ReduceOp.MAX)
-    return bool(t.item() > 0)
+    return OUTCOMES[int(t.item())]
+
+
+def failed_elsewhere() -> AHIQError:
+    """What a rank says when another rank of its job failed (that rank names the cause)."""
+    return AHIQError("another process of this job failed (its error is printed above); this one stopped with it",
+                     kind="peer")
 
 
 def gather_arrays(info: DistInfo, *arrays: np.ndarray) -> list[np.ndarray]:
