@@ -298,7 +298,7 @@ def check_resume_inputs(ckpt: dict, opt: RunConfig, path: str) -> None:
 
 def check_resume_options(saved: dict, opt: RunConfig, path: str) -> None:
     """Every option that changes results (policy RESULT, options/) must be what the run was started with."""
-    diff = differences({"options": saved}, {"options": opt.values(RESULT)})
+    diff = differences({"options": saved}, {"options": dict(sorted(opt.values(RESULT).items()))})
     if diff:
         raise AHIQError(f"{path}: was trained with other options ({'; '.join(diff)}); resume with the same ones "
                         "(only --n_epoch may grow) or start a new run with another --name")
