@@ -28,11 +28,11 @@ import test as test_entry
 import train as train_script
 from data.splits import read_splits
 from engine.runtime import device_of, save_options
-from options.base_options import RunConfig, build
+from options.base_options import RunConfig, build, defaults_of
 from options.data_options import PATH_DEFAULTS, apply_preset
 from options.policy import RESULT, RESUMABLE
 from options.protocol_options import parse_protocol_options
-from options.test_options import TestConfig, test_parser
+from options.test_options import TestConfig
 from utils import report
 from utils.distributed import init_distributed
 from utils.errors import AHIQError, run_cli
@@ -73,7 +73,7 @@ def split_options(opt: RunConfig, k: int) -> RunConfig:
 def test_options(train_opt: RunConfig, opt: RunConfig, cross: str | None) -> RunConfig:
     """test.py's options: every test.py option that training also has is copied, then the test set is set: the
     split's test part, or a whole other dataset (its preset resolved again)."""
-    values = vars(test_parser().parse_args([]))
+    values = defaults_of(TestConfig)
     values.update({key: getattr(train_opt, key) for key in set(values) & set(train_opt.to_dict())
                    if key not in ("batch_size", "ckpt", "load_epoch")})
     values.update(batch_size=opt.test_batch_size, n_ensemble=opt.n_ensemble, report=opt.report)

@@ -1,12 +1,15 @@
-"""Options every entry point shares (the run, the model) and how options become a frozen run configuration.
+"""How options are written and become a frozen run configuration; the options every entry point shares (the run,
+the model, the backbone weights).
 
-Parsers are built from small parents (``parents=[run_parser(), model_parser(), ...]``), so each option is defined
-once, with its default and its policy beside it (options/policy.py: RESULT, RESUMABLE, FREE or ONCE).
+Each option is written once, as a field of an option group (a frozen dataclass): its type (the annotation), default,
+help, choices and policy (options/policy.py: RESULT, RESUMABLE, FREE or ONCE), with :func:`option`. An entry point's
+configuration class combines groups; its command line is generated from them (:func:`parser_of`), and so are the
+defaults the Python API uses (:func:`defaults_of`, no parser). To change an option, edit its field.
 
-:func:`parse` turns the command line (and ``--config FILE``) into a frozen dataclass made from the parser's options:
-checked and resolved once (dataset preset paths), never written afterwards. What is derived from it (run folder,
-GPU ids, the model switches given) are properties computed from its fields; what depends on the machine (the
-device of a rank, the autocast dtype) is computed by engine/runtime.py and utils/device.py and passed as values.
+:func:`parse` turns the command line (and ``--config FILE``) into the frozen configuration: checked and resolved
+once (dataset preset paths), never written afterwards. What is derived from it (run folder, GPU ids, the model
+switches given) are properties of the groups; what depends on the machine (the device of a rank, the autocast dtype)
+is computed by engine/runtime.py and utils/device.py and passed as values.
 """
 from __future__ import annotations
 
@@ -17,154 +20,132 @@ import json
 import logging
 import math
 import os
-from collections.abc import Callable, Mapping
+import typing
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, ClassVar
 
 from data.images import MAX_PIXELS
-from models import BRANCHES, DEFORM_IMPLS, FUSIONS, POOLINGS, RESNET_TAG, ModelConfig
+from models import BRANCHES, DEFORM_IMPLS, FUSIONS, POOLINGS, RESNET_TAG, VIT_TAGS, ModelConfig
 from models.config import check_crop
 from options.defaults import CHECKPOINTS, PROTOCOL_NAME, RELEASED_NAME, SEED, TRAIN_NAME, check_home
-from options.policy import ONCE, free, once, policy
+from options.policy import FREE, ONCE, RESULT, policy
 from utils.device import check_gpus, default_gpu_ids, default_workers
 from utils.errors import AHIQError
 from utils.files import read_text
 
 
-def run_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(add_help=False)
-    g = p.add_argument_group("run")
-    once(g.add_argument("--config", default=None, metavar="FILE",
-                        help="rerun from a saved opt_*.json of a run folder; options given on the command line win"))
-    free(g.add_argument("--checkpoints_dir", default=CHECKPOINTS,
-                        help="runs are stored in checkpoints_dir/name (default: the checkout's, or $AHIQ_HOME's)"))
-    free(g.add_argument("--name", default=None,
-                        help=f"the run folder under --checkpoints_dir (train.py: {TRAIN_NAME}, protocol.py: "
-                             f"{PROTOCOL_NAME}; test.py, predict.py: the folder of --ckpt, else {RELEASED_NAME}, the "
-                             "released model's)"))
-    free(g.add_argument("--load_epoch", type=int, default=-1,
-                        help="load epoch_N.pth of the run folder; -1: best.pth, else the latest epoch, else the "
-                             "only .pth"))
-    free(g.add_argument("--ckpt", default=None, help="checkpoint file to load (official or ours), instead of the run "
-                                                     "folder"))
-    g.add_argument("--seed", type=int, default=SEED, help="random seed")
-    free(g.add_argument("--gpu_ids", default=default_gpu_ids(),
-                        help="GPU ids, e.g. '0' or '0,1'; '-1' runs on the CPU (default: GPU 0 if there is one)"))
-    free(g.add_argument("--num_workers", type=int, default=default_workers(),
-                        help="DataLoader worker processes (default: this machine's cores, at most 8)"))
-    free(g.add_argument("--max_pixels", type=int, default=MAX_PIXELS,
-                        help="images with more pixels are refused from their header (damaged or hostile files)"))
-    g.add_argument("--amp", action="store_true", help="mixed precision on CUDA (see --amp_dtype); fp32 otherwise")
-    g.add_argument("--amp_dtype", default="bf16", choices=("bf16", "fp16"),
-                   help="autocast dtype for --amp; in training fp16 adds a GradScaler")
-    g.add_argument("--tf32", action="store_true", default=True,
-                   help="TF32 matrix products and convolutions on CUDA (the default), as the official code's PyTorch "
-                        "1.10 ran them: faster fp32")
-    g.add_argument("--no_tf32", dest="tf32", action="store_false", help="strict fp32 on CUDA (no TF32)")
+def option(default: Any = None, help: str = "", *, policy: str = RESULT, choices: Sequence | None = None,
+           metavar: str | None = None, nargs: int | str | None = None, factory: Callable[[], Any] | None = None,
+           text: bool = False, negative: tuple[str, str] | None = None) -> Any:
+    """One option, written once: a field of an option group (a frozen dataclass) with its default (``factory``: a
+    default computed when the parser is made, e.g. this machine's GPUs), help, choices and policy
+    (options/policy.py). The command-line flag is the field's name; its type comes from the annotation (``text``:
+    read as text and converted by :func:`build`); ``negative``: the flag and help that turn a default-on switch off.
+    The parser is generated from these fields (:func:`parser_of`)."""
+    meta = {"help": help, "policy": policy, "choices": choices, "metavar": metavar, "nargs": nargs, "text": text,
+            "negative": negative}
+    if factory is not None:
+        return dataclasses.field(default_factory=factory, metadata=meta)
+    return dataclasses.field(default=default, metadata=meta)
+
+
+def option_fields(cls: type) -> list[dataclasses.Field]:
+    """The options of a configuration class (its fields made by :func:`option`), in definition order."""
+    return [f for f in dataclasses.fields(cls) if "policy" in f.metadata]
+
+
+def default_of(f: dataclasses.Field) -> Any:
+    return f.default_factory() if f.default is dataclasses.MISSING else f.default
+
+
+def defaults_of(*groups: type) -> dict[str, Any]:
+    """The defaults of the options of these groups, by name, without building a parser (the API, the hub)."""
+    return {f.name: default_of(f) for group in groups for f in option_fields(group)}
+
+
+def _groups(cls: type) -> list[type]:
+    """The option groups a configuration class is made of: every class in its MRO with a ``TITLE`` of its own."""
+    return [c for c in cls.__mro__ if "TITLE" in c.__dict__]
+
+
+def _own_options(group: type) -> list[dataclasses.Field]:
+    own = group.__dict__.get("__annotations__", {})
+    return [f for f in option_fields(group) if f.name in own]
+
+
+def _add_option(g: argparse._ArgumentGroup, f: dataclasses.Field, hint: Any, default: Any, hidden: bool) -> None:
+    m = f.metadata
+    kind = next((a for a in typing.get_args(hint) if a is not type(None)), hint) if typing.get_args(hint) and \
+        typing.get_origin(hint) is not tuple else hint
+    kw: dict[str, Any] = {"default": default, "help": argparse.SUPPRESS if hidden else m["help"]}
+    if kind is bool:
+        action = g.add_argument(f"--{f.name}", action="store_true", **kw)
+        if m["negative"]:
+            flag, text = m["negative"]
+            g.add_argument(flag, dest=f.name, action="store_false", help=argparse.SUPPRESS if hidden else text)
+    else:
+        if typing.get_origin(kind) is tuple and not m["text"]:
+            kind = typing.get_args(kind)[0]
+        if kind in (int, float) and not m["text"]:
+            kw["type"] = kind
+        for key in ("choices", "metavar", "nargs"):
+            if m[key] is not None:
+                kw[key] = m[key]
+        action = g.add_argument(f"--{f.name}", **kw)
+    action.policy = m["policy"]
+
+
+def parser_of(cls: type) -> argparse.ArgumentParser:
+    """The command line of a configuration class, generated from its option groups (:func:`option`): one argument
+    group per group, in the class's order; ``DEFAULTS`` (an entry point's own defaults) and ``HIDDEN`` (groups taken
+    but not shown) are class attributes."""
+    p = argparse.ArgumentParser(description=getattr(cls, "DESCRIPTION", None), formatter_class=HelpFormatter,
+                                add_help="DESCRIPTION" in cls.__dict__)
+    defaults, hidden = getattr(cls, "DEFAULTS", {}), getattr(cls, "HIDDEN", ())
+    for group in reversed(_groups(cls)):
+        hints = typing.get_type_hints(group)
+        g = p.add_argument_group(group.TITLE)
+        for f in _own_options(group):
+            _add_option(g, f, hints[f.name], defaults.get(f.name, default_of(f)),
+                        any(issubclass(group, h) and f.name in h.__dict__.get("__annotations__", {}) for h in hidden))
     return p
 
 
-SWITCHES = tuple(f.name for f in dataclasses.fields(ModelConfig))  # every ModelConfig field is an option
-
-
-def model_parser() -> argparse.ArgumentParser:
-    """The model switches and where the backbone weights come from.
-
-    The switches' defaults are those of NEW runs (train.py, protocol.py, a scorer without a checkpoint): edit one here
-    for an ablation and the run's checkpoints carry it. Scoring a checkpoint uses the architecture saved in it (the
-    paper's, :data:`models.config.PAPER`, for official and pyiqa files); a switch given on the command line must agree
-    with it.
-    """
-    p = argparse.ArgumentParser(add_help=False)
-    g = p.add_argument_group("model (new runs; a checkpoint is scored with its own)")
-    g.add_argument("--patch_size", type=int, default=8, choices=(8, 16), help="ViT patch size")
-    g.add_argument("--crop_size", type=int, default=224,
-                   help="crop side, a multiple of --patch_size (scoring: the checkpoint's unless given)")
-    g.add_argument("--vit_name", default=None, help="timm ViT name with its tag; None: the pinned tag of --patch_size")
-    g.add_argument("--resnet_name", default=RESNET_TAG, help="timm ResNet name with its tag")
-    g.add_argument("--vit_blocks", default="0,1,2,3,4", help="increasing ViT blocks whose outputs are used")
-    g.add_argument("--cnn_blocks", default="layer1.0,layer1.1,layer1.2", help="ResNet blocks used, all of one stage")
-    g.add_argument("--fusion", default="deform", choices=FUSIONS, help="how CNN features are fused")
-    g.add_argument("--branches", default="hybrid", choices=BRANCHES, help="feature branches feeding the head")
-    g.add_argument("--pooling", default="weighted", choices=POOLINGS,
-                   help="weighted: sum(f*w)/sum(w) over patches (paper); mean: the plain mean of f")
-    g.add_argument("--head_width", type=int, default=256,
-                   help="channels of the fusion and the head: w, 2w, 4w (the paper: 256)")
-    g = p.add_argument_group("backbone weights and kernels")
-    free(g.add_argument("--vit_weights", default=None,
-                        help="ViT weights from a local timm state dict (.pth/.safetensors) instead of the hub"))
-    free(g.add_argument("--resnet_weights", default=None,
-                        help="ResNet weights from a local timm state dict (.pth/.safetensors) instead of the hub"))
-    g.add_argument("--no_pretrained", action="store_true",
-                   help="random backbones drawn from --seed (tests, offline demos): scores are meaningless")
-    free(g.add_argument("--allow_other_backbones", action="store_true",
-                        help="score or resume a checkpoint with backbone weights other than those it was trained on "
-                             "(refused otherwise: the scores would mean something else)"))
-    free(g.add_argument("--deform_impl", default="gemm", choices=DEFORM_IMPLS,
-                        help="deformable conv: 'gemm' (bilinear sampling + GEMM; faster, autocast-friendly) or "
-                             "torchvision's kernel; both compute the same function"))
-    return p
-
-
-class HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
-    """Each option's default once, where it means something: not for switches (their default is 'off', or the
-    other switch's), not for None."""
-
-    def _get_help_string(self, action: argparse.Action) -> str:
-        if action.nargs == 0 or action.default in (None, argparse.SUPPRESS) or "%(default)" in (action.help or ""):
-            return action.help or ""
-        return super()._get_help_string(action)
-
-
-@dataclass(frozen=True, kw_only=True)
-class RunConfig:
-    """Base of the frozen configurations :func:`parse` makes: each entry point's class (``TrainConfig``,
-    ``TestConfig``, ...) combines the typed field groups of its parsers (``RunFields``, ``ModelFields``, ...), so an
-    editor finds every option's field, type and users; ``parser`` is the entry point's parser, where each option's
-    default, help and policy stand. Derived values are properties of the groups."""
-
-    parser: ClassVar[Callable[[], argparse.ArgumentParser]]
-    switches_given: tuple[str, ...] = ()  # the model switches given on the command line or in --config (ONCE)
-
-    def policy(self, name: str) -> str:
-        return _policies(type(self))[name]
-
-    def fields(self, *policies: str) -> list[str]:
-        return [name for name, pol in _policies(type(self)).items() if pol in policies]
-
-    def values(self, *policies: str) -> dict[str, Any]:
-        """The options of these policies by name (e.g. RESULT: what a continued job must keep)."""
-        return {name: getattr(self, name) for name in self.fields(*policies)}
-
-    def to_dict(self) -> dict[str, Any]:
-        """The options as JSON values (what opt_*.json and checkpoints hold)."""
-        return json.loads(json.dumps(dataclasses.asdict(self)))
-
-    def replace(self, **changes: Any) -> RunConfig:
-        return dataclasses.replace(self, **changes)
-
-
-@functools.cache
-def _policies(cls: type[RunConfig]) -> dict[str, str]:
-    return {**{a.dest: policy(a) for a in options_of(cls.parser())}, "switches_given": ONCE}
+def group_parser(*groups: type) -> argparse.ArgumentParser:
+    """A parent parser of these option groups (the tools that take a few of them: ``parents=[...]``)."""
+    return parser_of(type("Options", groups, {"__module__": __name__}))
 
 
 @dataclass(frozen=True, kw_only=True)
 class RunFields:
-    """:func:`run_parser`'s options."""
+    """The run: where it is stored, what it loads, the seed, the devices and precision."""
 
-    config: str | None
-    checkpoints_dir: str
-    name: str | None
-    load_epoch: int
-    ckpt: str | None
-    seed: int
-    gpu_ids: str
-    num_workers: int
-    max_pixels: int
-    amp: bool
-    amp_dtype: str
-    tf32: bool
+    TITLE: ClassVar[str] = "run"
+    config: str | None = option(None, "rerun from a saved opt_*.json of a run folder; options given on the command "
+                                      "line win", policy=ONCE, metavar="FILE")
+    checkpoints_dir: str = option(CHECKPOINTS, "runs are stored in checkpoints_dir/name (default: the checkout's, or "
+                                               "$AHIQ_HOME's)", policy=FREE)
+    name: str | None = option(None, f"the run folder under --checkpoints_dir (train.py: {TRAIN_NAME}, protocol.py: "
+                                    f"{PROTOCOL_NAME}; test.py, predict.py: the folder of --ckpt, else "
+                                    f"{RELEASED_NAME}, the released model's)", policy=FREE)
+    load_epoch: int = option(-1, "load epoch_N.pth of the run folder; -1: best.pth, else the latest epoch, else the "
+                                 "only .pth", policy=FREE)
+    ckpt: str | None = option(None, "checkpoint file to load (official or ours), instead of the run folder",
+                              policy=FREE)
+    seed: int = option(SEED, "random seed")
+    gpu_ids: str = option(help="GPU ids, e.g. '0' or '0,1'; '-1' runs on the CPU (default: GPU 0 if there is one)",
+                          policy=FREE, factory=default_gpu_ids)
+    num_workers: int = option(help="DataLoader worker processes (default: this machine's cores, at most 8)",
+                              policy=FREE, factory=default_workers)
+    max_pixels: int = option(MAX_PIXELS, "images with more pixels are refused from their header (damaged or hostile "
+                                         "files)", policy=FREE)
+    amp: bool = option(False, "mixed precision on CUDA (see --amp_dtype); fp32 otherwise")
+    amp_dtype: str = option("bf16", "autocast dtype for --amp; in training fp16 adds a GradScaler",
+                            choices=("bf16", "fp16"))
+    tf32: bool = option(True, "TF32 matrix products and convolutions on CUDA (the default), as the official code's "
+                              "PyTorch 1.10 ran them: faster fp32", negative=("--no_tf32", "strict fp32 on CUDA (no "
+                                                                                            "TF32)"))
 
     @property
     def run_dir(self) -> str:
@@ -185,25 +166,95 @@ class RunFields:
                             "-1") from None
 
 
+SWITCHES = tuple(f.name for f in dataclasses.fields(ModelConfig))  # every ModelConfig field is an option
+
+
 @dataclass(frozen=True, kw_only=True)
 class ModelFields:
-    """:func:`model_parser`'s options."""
+    """The model switches and where the backbone weights come from.
 
-    patch_size: int
-    crop_size: int
-    vit_name: str | None
-    resnet_name: str
-    vit_blocks: tuple[int, ...]
-    cnn_blocks: tuple[str, ...]
-    fusion: str
-    branches: str
-    pooling: str
-    head_width: int
-    vit_weights: str | None
-    resnet_weights: str | None
-    no_pretrained: bool
-    allow_other_backbones: bool
-    deform_impl: str
+    The switches' defaults are those of NEW runs (train.py, protocol.py, a scorer without a checkpoint): edit one here
+    for an ablation and the run's checkpoints carry it. Scoring a checkpoint uses the architecture saved in it (the
+    paper's, :data:`models.config.PAPER`, for official and pyiqa files); a switch given on the command line must agree
+    with it.
+    """
+
+    TITLE: ClassVar[str] = "model (new runs; a checkpoint is scored with its own)"
+    patch_size: int = option(8, "ViT patch size", choices=tuple(VIT_TAGS))
+    crop_size: int = option(224, "crop side, a multiple of --patch_size (scoring: the checkpoint's unless given)")
+    vit_name: str | None = option(None, "timm ViT name with its tag; None: the pinned tag of --patch_size")
+    resnet_name: str = option(RESNET_TAG, "timm ResNet name with its tag")
+    vit_blocks: tuple[int, ...] = option((0, 1, 2, 3, 4), "increasing ViT blocks whose outputs are used, e.g. 0,1,2",
+                                         text=True)
+    cnn_blocks: tuple[str, ...] = option(("layer1.0", "layer1.1", "layer1.2"), "ResNet blocks used, all of one "
+                                         "stage, e.g. layer1.0,layer1.1", text=True)
+    fusion: str = option("deform", "how CNN features are fused", choices=FUSIONS)
+    branches: str = option("hybrid", "feature branches feeding the head", choices=BRANCHES)
+    pooling: str = option("weighted", "weighted: sum(f*w)/sum(w) over patches (paper); mean: the plain mean of f",
+                          choices=POOLINGS)
+    head_width: int = option(256, "channels of the fusion and the head: w, 2w, 4w (the paper: 256)")
+
+
+@dataclass(frozen=True, kw_only=True)
+class BackboneFields:
+    """Where the backbone weights come from and which kernels run: how, not what (except --no_pretrained)."""
+
+    TITLE: ClassVar[str] = "backbone weights and kernels"
+    vit_weights: str | None = option(None, "ViT weights from a local timm state dict (.pth/.safetensors) instead of "
+                                           "the hub", policy=FREE)
+    resnet_weights: str | None = option(None, "ResNet weights from a local timm state dict (.pth/.safetensors) "
+                                              "instead of the hub", policy=FREE)
+    no_pretrained: bool = option(False, "random backbones drawn from --seed (tests, offline demos): scores are "
+                                        "meaningless")
+    allow_other_backbones: bool = option(False, "score or resume a checkpoint with backbone weights other than those "
+                                                "it was trained on (refused otherwise: the scores would mean "
+                                                "something else)", policy=FREE)
+    deform_impl: str = option("gemm", "deformable conv: 'gemm' (bilinear sampling + GEMM; faster, autocast-friendly) "
+                                      "or torchvision's kernel; both compute the same function", choices=DEFORM_IMPLS,
+                              policy=FREE)
+
+
+class HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
+    """Each option's default once, where it means something: not for switches (their default is 'off', or the
+    other switch's), not for None, not where the help says what it is."""
+
+    def _get_help_string(self, action: argparse.Action) -> str:
+        if action.nargs == 0 or action.default in (None, argparse.SUPPRESS) or "default" in (action.help or ""):
+            return action.help or ""
+        if isinstance(action.default, tuple):
+            return f"{action.help} (default: {','.join(map(str, action.default)) or 'none'})"
+        return super()._get_help_string(action)
+
+
+@dataclass(frozen=True, kw_only=True)
+class RunConfig:
+    """Base of the frozen configurations :func:`parse` makes: each entry point's class (``TrainConfig``,
+    ``TestConfig``, ...) combines option groups (``RunFields``, ``ModelFields``, ...), each option written once as a
+    field (:func:`option`: its type, default, help and policy), and the parser is generated from them
+    (:func:`parser_of`). Derived values are properties of the groups."""
+
+    switches_given: tuple[str, ...] = ()  # the model switches given on the command line or in --config (ONCE)
+
+    @classmethod
+    def parser(cls) -> argparse.ArgumentParser:
+        return parser_of(cls)
+
+    def policy(self, name: str) -> str:
+        return _policies(type(self))[name]
+
+    def fields(self, *policies: str) -> list[str]:
+        return [name for name, pol in _policies(type(self)).items() if pol in policies]
+
+    def values(self, *policies: str) -> dict[str, Any]:
+        """The options of these policies by name (e.g. RESULT: what a continued job must keep)."""
+        return {name: getattr(self, name) for name in self.fields(*policies)}
+
+    def to_dict(self) -> dict[str, Any]:
+        """The options as JSON values (what opt_*.json and checkpoints hold)."""
+        return json.loads(json.dumps(dataclasses.asdict(self)))
+
+    def replace(self, **changes: Any) -> RunConfig:
+        return dataclasses.replace(self, **changes)
 
     @property
     def model_switches(self) -> dict[str, Any]:
@@ -212,9 +263,13 @@ class ModelFields:
 
     @property
     def given_switches(self) -> dict[str, Any]:
-        """The model switches given on the command line or in ``--config``: what a checkpoint must agree with (the
-        configuration's ``switches_given``, :class:`RunConfig`)."""
+        """The model switches given on the command line or in ``--config``: what a checkpoint must agree with."""
         return {k: getattr(self, k) for k in self.switches_given if getattr(self, k) is not None}
+
+
+@functools.cache
+def _policies(cls: type[RunConfig]) -> dict[str, str]:
+    return {**{f.name: f.metadata["policy"] for f in option_fields(cls)}, "switches_given": ONCE}
 
 
 def options_of(parser: argparse.ArgumentParser) -> list[argparse.Action]:
@@ -227,13 +282,8 @@ def options_of(parser: argparse.ArgumentParser) -> list[argparse.Action]:
 
 
 def freeze(cls: type[RunConfig], values: Mapping[str, Any]) -> RunConfig:
-    """The frozen ``cls`` holding ``values`` (lists become tuples). Its fields are exactly its parser's options and
-    ``switches_given`` (:func:`parse_with_config`); a difference is a programming error, named."""
+    """The frozen ``cls`` holding ``values`` (lists become tuples)."""
     names = {f.name for f in dataclasses.fields(cls)}
-    options = {a.dest for a in options_of(cls.parser())} | {"switches_given"}
-    if names != options:
-        raise RuntimeError(f"{cls.__name__}: fields without an option {sorted(names - options)}, options without a "
-                           f"field {sorted(options - names)}")
     return cls(**{k: tuple(v) if isinstance(v, list) else v for k, v in values.items() if k in names})
 
 

@@ -1,16 +1,18 @@
 """Data options: image folders and label lists (the official names and defaults), dataset presets, label direction
-and content-disjoint splits. Parsers compose with ``parents=[...]``; :func:`apply_preset` resolves the preset
+and content-disjoint splits, as option groups (options/base_options.py); :func:`apply_preset` resolves the preset
 before the configuration is frozen."""
 from __future__ import annotations
 
 import argparse
 import os
 from dataclasses import dataclass
+from typing import ClassVar
 
 from data.datasets import LIST_FORMATS, PRESETS, SplitChoice, parse_ratios
 from data.windows import WINDOW_LAYOUTS, WINDOW_MODES
+from options.base_options import option
 from options.defaults import NUM_AVG_VAL
-from options.policy import free
+from options.policy import FREE
 from utils.errors import AHIQError
 
 # The official defaults of the data paths: the PIPAL layout of the preset (tools/prepare_pipal.py writes it), relative
@@ -22,126 +24,75 @@ PATH_DEFAULTS = {f"{phase}_{key}": value + ("/" if key.endswith("path") else "")
                  for key, value in zip(("ref_path", "dis_path", "list"), folders)}
 
 
-def train_data_parser() -> argparse.ArgumentParser:
-    """The official training/validation data options (train.py, protocol.py)."""
-    p = argparse.ArgumentParser(add_help=False)
-    g = p.add_argument_group("data")
-    for key, help_text in (("train_ref_path", "folder of the training reference images"),
-                           ("train_dis_path", "folder of the training distorted images"),
-                           ("val_ref_path", "folder of the validation reference images"),
-                           ("val_dis_path", "folder of the validation distorted images"),
-                           ("train_list", "training labels (see --list_format)"),
-                           ("val_list", "validation labels (see --list_format)")):
-        g.add_argument(f"--{key}", default=PATH_DEFAULTS[key], help=help_text)
-    g.add_argument("--num_crop", type=int, default=1,
-                   help="random crops per training sample (official option; only 1, the official value, is supported)")
-    g.add_argument("--num_avg_val", type=int, default=NUM_AVG_VAL, help="fixed windows averaged in validation")
-    return p
-
-
 @dataclass(frozen=True, kw_only=True)
 class TrainDataFields:
-    """:func:`train_data_parser`'s options."""
+    """The official training/validation data options (train.py, protocol.py; test.py takes them, unshown)."""
 
-    train_ref_path: str
-    train_dis_path: str
-    val_ref_path: str
-    val_dis_path: str
-    train_list: str
-    val_list: str
-    num_crop: int
-    num_avg_val: int
-
-
-def test_data_parser() -> argparse.ArgumentParser:
-    """The official test data options (test.py)."""
-    p = argparse.ArgumentParser(add_help=False)
-    g = p.add_argument_group("test data")
-    g.add_argument("--test_ref_path", default=PATH_DEFAULTS["test_ref_path"], help="folder of the reference images")
-    g.add_argument("--test_dis_path", default=PATH_DEFAULTS["test_dis_path"], help="folder of the distorted images")
-    g.add_argument("--test_list", default=PATH_DEFAULTS["test_list"],
-                   help="labels: 'name,MOS' or 'name' lines, or a CSV with --list_format csv")
-    g.add_argument("--split_part", default=None, choices=("train", "val", "test", "all"),
-                   help="with --split_file/--split_column: the part of the split to score (default: test)")
-    return p
+    TITLE: ClassVar[str] = "data"
+    train_ref_path: str = option(PATH_DEFAULTS["train_ref_path"], "folder of the training reference images")
+    train_dis_path: str = option(PATH_DEFAULTS["train_dis_path"], "folder of the training distorted images")
+    val_ref_path: str = option(PATH_DEFAULTS["val_ref_path"], "folder of the validation reference images")
+    val_dis_path: str = option(PATH_DEFAULTS["val_dis_path"], "folder of the validation distorted images")
+    train_list: str = option(PATH_DEFAULTS["train_list"], "training labels (see --list_format)")
+    val_list: str = option(PATH_DEFAULTS["val_list"], "validation labels (see --list_format)")
+    num_crop: int = option(1, "random crops per training sample (official option; only 1, the official value, is "
+                              "supported)")
+    num_avg_val: int = option(NUM_AVG_VAL, "fixed windows averaged in validation")
 
 
 @dataclass(frozen=True, kw_only=True)
 class TestDataFields:
-    """:func:`test_data_parser`'s options."""
+    """The official test data options (test.py)."""
 
-    test_ref_path: str
-    test_dis_path: str
-    test_list: str
-    split_part: str | None
-
-
-def image_parser() -> argparse.ArgumentParser:
-    """How images become crops (train.py, test.py, protocol.py)."""
-    p = argparse.ArgumentParser(add_help=False)
-    g = p.add_argument_group("images")
-    g.add_argument("--resize", action="store_true",
-                   help="resize both images to --size x --size before cropping (needed for images smaller than "
-                        "--crop_size)")
-    g.add_argument("--size", type=int, default=224, help="side length used by --resize")
-    return p
+    TITLE: ClassVar[str] = "test data"
+    test_ref_path: str = option(PATH_DEFAULTS["test_ref_path"], "folder of the reference images")
+    test_dis_path: str = option(PATH_DEFAULTS["test_dis_path"], "folder of the distorted images")
+    test_list: str = option(PATH_DEFAULTS["test_list"], "labels: 'name,MOS' or 'name' lines, or a CSV with "
+                                                        "--list_format csv")
+    split_part: str | None = option(None, "with --split_file/--split_column: the part of the split to score "
+                                          "(default: test)", choices=("train", "val", "test", "all"))
 
 
 @dataclass(frozen=True, kw_only=True)
 class ImageFields:
-    """:func:`image_parser`'s options."""
+    """How images become crops (train.py, test.py, predict.py, protocol.py)."""
 
-    resize: bool
-    size: int
-
-
-def windows_parser() -> argparse.ArgumentParser:
-    """Which windows an image is scored on (train.py validation, test.py, predict.py, protocol.py)."""
-    p = argparse.ArgumentParser(add_help=False)
-    g = p.add_argument_group("windows")
-    g.add_argument("--windows", default="ensemble", choices=WINDOW_LAYOUTS,
-                   help="'ensemble': --n_ensemble (or --num_avg_val) crops per image; 'grid': the crops that cover "
-                        "every pixel of the image (stride at most the crop size, as many as its size needs), for "
-                        "images much larger than the crop")
-    g.add_argument("--random_windows", default="reference", choices=WINDOW_MODES,
-                   help="more than 9 crops per image: 'reference' draws them from --seed and the reference's name (all "
-                        "distorted images of a reference share windows and reference features); 'official' is the "
-                        "released test.py's stream (numpy seeded with --seed, one draw per batch of --batch_size)")
-    return p
+    TITLE: ClassVar[str] = "images"
+    resize: bool = option(False, "resize both images to --size x --size before cropping (needed for images smaller "
+                                 "than --crop_size)")
+    size: int = option(224, "side length used by --resize")
 
 
 @dataclass(frozen=True, kw_only=True)
 class WindowFields:
-    """:func:`windows_parser`'s options."""
+    """Which windows an image is scored on (train.py validation, test.py, predict.py, protocol.py)."""
 
-    windows: str
-    random_windows: str
-
-
-def label_parser() -> argparse.ArgumentParser:
-    """Dataset preset, label format and direction (train.py, test.py, protocol.py, tools/make_splits.py)."""
-    p = argparse.ArgumentParser(add_help=False)
-    g = p.add_argument_group("datasets (see docs/datasets.md)")
-    g.add_argument("--dataset", default="pipal", choices=sorted(PRESETS),
-                   help="preset: label format, label direction, and (with --data_root) the folder layout")
-    free(g.add_argument("--data_root", default=None,
-                        help="dataset root: fills the image folders and label files the preset names, unless given"))
-    g.add_argument("--list_format", default=None, choices=LIST_FORMATS,
-                   help="label files: 'pipal' (name,score lines) or 'csv' (pyiqa meta-info); None: the preset's")
-    g.add_argument("--label_direction", default=None, choices=("higher_better", "lower_better"),
-                   help="lower_better (DMOS) labels are flipped before normalising; None: the preset's")
-    return p
+    TITLE: ClassVar[str] = "windows"
+    windows: str = option("ensemble", "'ensemble': --n_ensemble (or --num_avg_val) crops per image; 'grid': the "
+                                      "crops that cover every pixel of the image (stride at most the crop size, as "
+                                      "many as its size needs), for images much larger than the crop",
+                          choices=WINDOW_LAYOUTS)
+    random_windows: str = option("reference", "more than 9 crops per image: 'reference' draws them from --seed and "
+                                              "a digest of the reference's pixels (all distorted images of a "
+                                              "reference share windows and reference features); 'official' is the "
+                                              "released test.py's stream (numpy seeded with --seed, one draw per "
+                                              "batch of --batch_size)", choices=WINDOW_MODES)
 
 
 @dataclass(frozen=True, kw_only=True)
 class LabelFields:
-    """:func:`label_parser`'s options; the format and direction are the preset's when not given
-    (:func:`apply_preset`)."""
+    """Dataset preset, label format and direction (train.py, test.py, protocol.py, tools); the format and direction
+    are the preset's when not given (:func:`apply_preset`)."""
 
-    dataset: str
-    data_root: str | None
-    list_format: str
-    label_direction: str
+    TITLE: ClassVar[str] = "datasets (see docs/datasets.md)"
+    dataset: str = option("pipal", "preset: label format, label direction, and (with --data_root) the folder layout",
+                          choices=sorted(PRESETS))
+    data_root: str | None = option(None, "dataset root: fills the image folders and label files the preset names, "
+                                         "unless given", policy=FREE)
+    list_format: str | None = option(None, "label files: 'pipal' (name,score lines) or 'csv' (pyiqa meta-info); "
+                                           "None: the preset's", choices=LIST_FORMATS)
+    label_direction: str | None = option(None, "lower_better (DMOS) labels are flipped before normalising; None: the "
+                                               "preset's", choices=("higher_better", "lower_better"))
 
     @property
     def lower_better(self) -> bool:
@@ -153,45 +104,27 @@ class LabelFields:
         return PRESETS[self.dataset].ref_rule
 
 
-def split_making_parser() -> argparse.ArgumentParser:
-    """How a new split file is made (train.py, protocol.py, tools/make_splits.py)."""
-    p = argparse.ArgumentParser(add_help=False)
-    g = p.add_argument_group("making split files")
-    g.add_argument("--split_ratios", default="6,2,2", help="train,val,test proportions of references (new files)")
-    free(g.add_argument("--n_splits", type=int, default=10, help="splits in a new --split_file"))
-    g.add_argument("--split_seed", type=int, default=None, help="seed of a new --split_file; None: --seed")
-    return p
-
-
 @dataclass(frozen=True, kw_only=True)
 class SplitMakingFields:
-    """:func:`split_making_parser`'s options."""
+    """How a new split file is made (train.py, protocol.py, tools/make_splits.py; test.py takes them, unshown)."""
 
-    split_ratios: str
-    n_splits: int
-    split_seed: int | None
-
-
-def split_parser() -> argparse.ArgumentParser:
-    """Which split to use (train.py, test.py, protocol.py)."""
-    p = argparse.ArgumentParser(add_help=False, parents=[split_making_parser()])
-    g = p.add_argument_group("splits")
-    g.add_argument("--split_file", default=None,
-                   help="JSON file of content-disjoint splits (made with the --split_* settings if missing, reused if "
-                        "present); selects the rows of the label files by reference image")
-    g.add_argument("--split_index", type=int, default=0, help="which split of --split_file")
-    g.add_argument("--split_column", default=None,
-                   help="instead of --split_file: a CSV column whose values (train/val/test) select the rows")
-    return p
+    TITLE: ClassVar[str] = "making split files"
+    split_ratios: str = option("6,2,2", "train,val,test proportions of references (new files)")
+    n_splits: int = option(10, "splits in a new --split_file", policy=FREE)
+    split_seed: int | None = option(None, "seed of a new --split_file; None: --seed")
 
 
 @dataclass(frozen=True, kw_only=True)
 class SplitFields(SplitMakingFields):
-    """:func:`split_parser`'s options."""
+    """Which split to use (train.py, test.py, protocol.py)."""
 
-    split_file: str | None
-    split_index: int
-    split_column: str | None
+    TITLE: ClassVar[str] = "splits"
+    split_file: str | None = option(None, "JSON file of content-disjoint splits: selects the rows of the label files "
+                                          "by reference image (train.py and protocol.py make a missing one with the "
+                                          "--split_* settings; test.py needs it to exist)")
+    split_index: int = option(0, "which split of --split_file")
+    split_column: str | None = option(None, "instead of --split_file: a CSV column whose values (train/val/test) "
+                                            "select the rows")
 
     def split(self, create: bool = False) -> SplitChoice:
         """The split the options choose (``create``: a missing split file may be made, as train.py does); a new

@@ -5,48 +5,42 @@ import argparse
 import logging
 import os
 from dataclasses import dataclass
+from typing import ClassVar
 
 from data.datasets import PRESETS
-from options.base_options import HelpFormatter, parse
+from options.base_options import option, parse
 from options.data_options import apply_preset
 from options.defaults import PROTOCOL_NAME, TEST_BATCH
-from options.policy import free
-from options.test_options import add_n_ensemble, add_report
-from options.train_options import TrainConfig, check_train_options, train_parents
+from options.policy import FREE
+from options.test_options import n_ensemble_option, report_option
+from options.train_options import TrainConfig, check_train_options
 from utils.errors import AHIQError
 
 
-def protocol_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(description="Train and test AHIQ on K content-disjoint splits and report median / "
-                                            "mean +- std.", parents=train_parents(),
-                                formatter_class=HelpFormatter)
-    p.set_defaults(name=PROTOCOL_NAME)  # never the released model's folder
-    g = p.add_argument_group("protocol")
-    add_n_ensemble(g)
-    free(g.add_argument("--test_batch_size", type=int, default=TEST_BATCH, help="images per batch when testing"))
-    free(g.add_argument("--cross_dataset", nargs="*", default=[], choices=sorted(PRESETS),
-                        help="also test each split's model on these whole datasets"))
-    free(g.add_argument("--keep", default="best", choices=("best", "all"),
-                        help="checkpoints kept of a finished split: 'best' (best.pth, what its tests and later cross "
-                             "tests use; last.pth and epoch_N.pth, ~3x larger and needed only to resume its training, "
-                             "are removed) or 'all'"))
-    add_report(g, "also write protocol_report.html (one self-contained page: the summary, every split's numbers, "
-                  "per-group medians) and each split's test report")
-    free(g.add_argument("--cross_data_root", default=None, help="root of the --cross_dataset data; None: --data_root"))
-    return p
+@dataclass(frozen=True, kw_only=True)
+class ProtocolFields:
+    """How each split's model is tested."""
+
+    TITLE: ClassVar[str] = "protocol"
+    n_ensemble: int = n_ensemble_option()
+    test_batch_size: int = option(TEST_BATCH, "images per batch when testing", policy=FREE)
+    cross_dataset: tuple[str, ...] = option((), "also test each split's model on these whole datasets", policy=FREE,
+                                            nargs="*", choices=sorted(PRESETS))
+    keep: str = option("best", "checkpoints kept of a finished split: 'best' (best.pth, what its tests and later "
+                               "cross tests use; last.pth and epoch_N.pth, ~3x larger and needed only to resume its "
+                               "training, are removed) or 'all'", policy=FREE, choices=("best", "all"))
+    report: bool = report_option("also write protocol_report.html (one self-contained page: the summary, every "
+                                 "split's numbers, per-group medians) and each split's test report")
+    cross_data_root: str | None = option(None, "root of the --cross_dataset data; None: --data_root", policy=FREE)
 
 
 @dataclass(frozen=True, kw_only=True)
-class ProtocolConfig(TrainConfig):
-    """protocol.py's configuration: every train.py option and :func:`protocol_parser`'s own."""
+class ProtocolConfig(ProtocolFields, TrainConfig):
+    """protocol.py's configuration: every train.py option and its own."""
 
-    parser = protocol_parser
-    n_ensemble: int
-    test_batch_size: int
-    cross_dataset: tuple[str, ...]
-    keep: str
-    cross_data_root: str | None
-    report: bool
+    DESCRIPTION: ClassVar[str] = ("Train and test AHIQ on K content-disjoint splits and report median / mean +- "
+                                  "std.")
+    DEFAULTS: ClassVar[dict] = {"name": PROTOCOL_NAME}  # never the released model's folder
 
 
 def protocol_splits(opt: argparse.Namespace) -> None:

@@ -1,19 +1,18 @@
 """train.py options: the official training options (names, defaults) and the project's additions."""
 from __future__ import annotations
 
-import argparse
 from dataclasses import dataclass
+from typing import ClassVar
 
 from data.pair_dataset import FLIP_AXES
 from options.base_options import (
-    HelpFormatter,
+    BackboneFields,
     ModelFields,
     RunConfig,
     RunFields,
     check_positive,
-    model_parser,
+    option,
     parse,
-    run_parser,
 )
 from options.data_options import (
     ImageFields,
@@ -22,92 +21,54 @@ from options.data_options import (
     TrainDataFields,
     WindowFields,
     apply_preset,
-    image_parser,
-    label_parser,
-    split_parser,
-    train_data_parser,
-    windows_parser,
 )
 from options.defaults import CROPS_PER_FORWARD, TEST_BATCH, TRAIN_NAME
-from options.policy import free, once, resumable
+from options.policy import FREE, ONCE, RESUMABLE
 from utils.errors import AHIQError
 from utils.metrics import BEST_METRICS
 
 
-def train_parents() -> list[argparse.ArgumentParser]:
-    return [train_data_parser(), image_parser(), windows_parser(), label_parser(), split_parser(), run_parser(),
-            model_parser(), training_parser()]
-
-
-def training_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(add_help=False)
-    g = p.add_argument_group("train")
-    resumable(g.add_argument("--n_epoch", type=int, default=200, help="epochs to train"))
-    free(g.add_argument("--save_interval", type=int, default=5, help="write epoch_N.pth every N epochs"))
-    free(g.add_argument("--save_last_every", type=float, default=0, metavar="SECONDS",
-                        help="write last.pth (~330 MB: everything a resume needs) at the end of an epoch only when "
-                             "SECONDS have passed since the last one; 0: every epoch. It is always written at the "
-                             "end of the run and on a stop; a crash costs at most SECONDS of epochs, replayed exactly"))
-    g.add_argument("--learning_rate", type=float, default=1e-4, help="Adam learning rate")
-    g.add_argument("--weight_decay", type=float, default=1e-5, help="Adam weight decay")
-    g.add_argument("--batch_size", type=int, default=4, help="pairs per step (per process with torchrun)")
-    g.add_argument("--val_freq", type=int, default=1, help="validate every N epochs")
-    g.add_argument("--T_max", type=int, default=50, help="CosineAnnealingLR period, in iterations (official)")
-    g.add_argument("--flip_axis", default="vertical", choices=FLIP_AXES,
-                   help="axis of the random flip (p=0.5) of training crops; vertical is what the official code does "
-                        "(np.fliplr on C x H x W) and what the released checkpoint was trained with")
-    g.add_argument("--eta_min", type=float, default=0, help="CosineAnnealingLR minimum learning rate")
-    g.add_argument("--drop_last", action="store_true",
-                   help="as the released loaders: drop each epoch's last incomplete training batch, and validate on "
-                        "the list's first images in whole batches of --batch_size (the rest unscored)")
-    g.add_argument("--best_metric", default="srcc_or_plcc", choices=BEST_METRICS,
-                   help="which epoch best.pth holds (the log, metrics.png and protocol.py say the same): "
-                        "'srcc_or_plcc' is the official rule (saved when SRCC or PLCC improves); 'srcc', 'plcc' or "
-                        "'main_score' (PLCC + SRCC): when that one improves")
-    once(g.add_argument("--resume", action="store_true", help="continue from last.pth in checkpoints_dir/name"))
-    free(g.add_argument("--val_batch_size", type=int, default=TEST_BATCH, help="images per validation batch"))
-    free(g.add_argument("--crops_per_forward", type=int, default=CROPS_PER_FORWARD,
-                        help="crop pairs per forward in validation"))
-    free(g.add_argument("--wandb", default=None, metavar="PROJECT",
-                        help="also log the scalars to this Weights & Biases project (needs `pip install wandb`)"))
-    return p
-
-
 @dataclass(frozen=True, kw_only=True)
 class TrainingFields:
-    """:func:`training_parser`'s options."""
+    """The training schedule and what a run writes."""
 
-    n_epoch: int
-    save_interval: int
-    save_last_every: float
-    learning_rate: float
-    weight_decay: float
-    batch_size: int
-    val_freq: int
-    T_max: int
-    flip_axis: str
-    eta_min: float
-    drop_last: bool
-    best_metric: str
-    resume: bool
-    val_batch_size: int
-    crops_per_forward: int
-    wandb: str | None
-
-
-def train_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(description="Train AHIQ (deformable fusion + head; the backbones stay frozen).",
-                                parents=train_parents(), formatter_class=HelpFormatter)
-    p.set_defaults(name=TRAIN_NAME)  # never the released model's folder
-    return p
+    TITLE: ClassVar[str] = "train"
+    n_epoch: int = option(200, "epochs to train", policy=RESUMABLE)
+    save_interval: int = option(5, "write epoch_N.pth every N epochs", policy=FREE)
+    save_last_every: float = option(0, "write last.pth (~330 MB: everything a resume needs) at the end of an epoch "
+                                       "only when SECONDS have passed since the last one; 0: every epoch. It is "
+                                       "always written at the end of the run and on a stop; a crash costs at most "
+                                       "SECONDS of epochs, replayed exactly", policy=FREE, metavar="SECONDS")
+    learning_rate: float = option(1e-4, "Adam learning rate")
+    weight_decay: float = option(1e-5, "Adam weight decay")
+    batch_size: int = option(4, "pairs per step (per process with torchrun)")
+    val_freq: int = option(1, "validate every N epochs")
+    T_max: int = option(50, "CosineAnnealingLR period, in iterations (official)")
+    flip_axis: str = option("vertical", "axis of the random flip (p=0.5) of training crops; vertical is what the "
+                                        "official code does (np.fliplr on C x H x W) and what the released "
+                                        "checkpoint was trained with", choices=FLIP_AXES)
+    eta_min: float = option(0, "CosineAnnealingLR minimum learning rate")
+    drop_last: bool = option(False, "as the released loaders: drop each epoch's last incomplete training batch, and "
+                                    "validate on the list's first images in whole batches of --batch_size (the rest "
+                                    "unscored)")
+    best_metric: str = option("srcc_or_plcc", "which epoch best.pth holds (the log, metrics.png and protocol.py say "
+                                              "the same): 'srcc_or_plcc' is the official rule (saved when SRCC or "
+                                              "PLCC improves); 'srcc', 'plcc' or 'main_score' (PLCC + SRCC): when "
+                                              "that one improves", choices=BEST_METRICS)
+    resume: bool = option(False, "continue from last.pth in checkpoints_dir/name", policy=ONCE)
+    val_batch_size: int = option(TEST_BATCH, "images per validation batch", policy=FREE)
+    crops_per_forward: int = option(CROPS_PER_FORWARD, "crop pairs per forward in validation", policy=FREE)
+    wandb: str | None = option(None, "also log the scalars to this Weights & Biases project (needs `pip install "
+                                     "wandb`)", policy=FREE, metavar="PROJECT")
 
 
 @dataclass(frozen=True, kw_only=True)
-class TrainConfig(RunConfig, TrainDataFields, ImageFields, WindowFields, LabelFields, SplitFields, RunFields,
-                  ModelFields, TrainingFields):
-    """train.py's configuration: :func:`train_parser`'s options."""
+class TrainConfig(TrainingFields, BackboneFields, ModelFields, RunFields, SplitFields, LabelFields, WindowFields,
+                  ImageFields, TrainDataFields, RunConfig):
+    """train.py's configuration."""
 
-    parser = train_parser
+    DESCRIPTION: ClassVar[str] = "Train AHIQ (deformable fusion + head; the backbones stay frozen)."
+    DEFAULTS: ClassVar[dict] = {"name": TRAIN_NAME}  # never the released model's folder
 
 
 def parse_train_options(argv: list[str] | None = None) -> TrainConfig:

@@ -34,7 +34,7 @@ from utils.files import FolderLock
 JSON = st.recursive(st.none() | st.booleans() | st.integers(-2 ** 70, 2 ** 70) | st.floats() | st.text(max_size=8),
                     lambda inner: st.lists(inner, max_size=3) | st.dictionaries(st.text(max_size=4), inner,
                                                                                 max_size=2), max_leaves=4)
-TEST_KEYS = sorted(a.dest for a in options_of(test_options.test_parser()) if a.dest != "config")
+TEST_KEYS = sorted(a.dest for a in options_of(test_options.TestConfig.parser()) if a.dest != "config")
 
 
 @settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])

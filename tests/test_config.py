@@ -208,20 +208,30 @@ def test_a_mid_epoch_resume_keeps_the_number_of_processes(train_sets, tmp_path):
         train.main(train_args(train_sets, tmp_path, "procs", "--n_epoch", "2", "--resume"))
 
 
-def test_each_configuration_class_has_exactly_its_parsers_options():
-    """The typed configurations (one field per option, for an editor's go-to-definition) and the parsers (defaults,
-    help, policy) cannot drift apart: a field without an option or an option without a field fails here."""
+def test_the_command_line_and_the_api_defaults_come_from_the_option_fields(monkeypatch):
+    """Each option is written once, as a field of its group: every entry point's parser takes each field under its
+    name with the field's default (or the entry point's own), and an edited default reaches the parsers and the
+    API's defaults alike, with no second place to edit."""
     import dataclasses
 
-    from options.base_options import options_of
+    from options.base_options import default_of, option_fields, options_of
     from options.predict_options import PredictConfig
     from options.protocol_options import ProtocolConfig
-    from options.test_options import TestConfig
+    from options.test_options import ScoringFields, TestConfig, scoring_defaults
     from options.train_options import TrainConfig
 
     for cls in (TrainConfig, TestConfig, PredictConfig, ProtocolConfig):
-        fields = {f.name for f in dataclasses.fields(cls)} - {"switches_given"}
-        assert fields == {a.dest for a in options_of(cls.parser())}, cls.__name__
+        fields = option_fields(cls)
+        parser = cls.parser()
+        assert {a.dest for a in options_of(parser)} == {f.name for f in fields}, cls.__name__
+        parsed = parser.parse_args([])
+        for f in fields:
+            assert getattr(parsed, f.name) == getattr(cls, "DEFAULTS", {}).get(f.name, default_of(f)), f.name
+    field = next(f for f in dataclasses.fields(ScoringFields) if f.name == "n_ensemble")
+    monkeypatch.setattr(field, "default", 7)
+    assert TestConfig.parser().parse_args([]).n_ensemble == PredictConfig.parser().parse_args([]).n_ensemble == 7
+    assert scoring_defaults()["n_ensemble"] == 7
+    assert parse_test_options(["--gpu_ids", "-1"]).n_ensemble == 7
 
 
 def test_a_diverged_first_epoch_does_not_point_at_a_last_pth_that_is_not_there(train_sets, tmp_path):

@@ -125,8 +125,8 @@ def test_an_edited_default_in_options_is_carried_by_new_checkpoints_only(train_s
     shutil.copytree(REPO, copy, ignore=shutil.ignore_patterns(".venv", ".git", "checkpoints", "__pycache__"))
     options = copy / "options" / "base_options.py"
     text = options.read_text()
-    assert text.count('"--fusion", default="deform"') == 1
-    options.write_text(text.replace('"--fusion", default="deform"', '"--fusion", default="conv"'))
+    assert text.count('fusion: str = option("deform"') == 1  # the option's one definition
+    options.write_text(text.replace('fusion: str = option("deform"', 'fusion: str = option("conv"'))
     run = tmp_path / "ckpts" / "edited"
     run.mkdir(parents=True)
     official = tiny_factory(8)  # the paper's fusion; an official-format file holds no configuration
@@ -152,8 +152,8 @@ def test_switches_given_must_agree_and_defaults_do_not_count(tiny_ckpt):
 
 
 def test_help_shows_each_default_once_and_truly(capsys):
-    from options.test_options import test_parser
-    text = " ".join(test_parser().format_help().split())
+    from options.test_options import TestConfig
+    text = " ".join(TestConfig.parser().format_help().split())
     assert "(default: True)" not in text and "(default: None)" not in text
     assert text.count("(default: 20)") == 1 and "--fusion {deform,conv,none} how CNN features are fused (default: " \
         "deform)" in text

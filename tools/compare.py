@@ -21,7 +21,8 @@ import numpy as np
 from data.datasets import PRESETS, distortion_groups, read_labels
 from data.label_norm import LabelNorm
 from data.pipal import read_list
-from options.data_options import label_parser
+from options.base_options import group_parser
+from options.data_options import LabelFields
 from options.defaults import SEED
 from utils.errors import AHIQError, run_cli
 from utils.files import atomic_write
@@ -32,7 +33,7 @@ MIN_COMPARED = 5
 
 def compare_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(description="Compare two results files of the same list: differences with intervals "
-                                            "and significance.", parents=[label_parser()])
+                                            "and significance.", parents=[group_parser(LabelFields)])
     p.add_argument("a", help="results of model A ('name,score' lines, test.py's)")
     p.add_argument("b", help="results of model B, the same images")
     p.add_argument("--list", required=True, help="the label list both were scored on (with MOS)")

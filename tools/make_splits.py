@@ -13,14 +13,15 @@ import logging
 
 from data.datasets import PRESETS, parse_ratios, read_labels
 from data.splits import PARTS, load_or_create_splits
-from options.data_options import label_parser, preset_paths, split_making_parser
+from options.base_options import group_parser
+from options.data_options import LabelFields, SplitMakingFields, preset_paths
 from options.defaults import SEED
 from utils.errors import AHIQError, run_cli
 
 
 def make_splits_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(description="Make (or check) a content-disjoint split file for a label file.",
-                                parents=[label_parser(), split_making_parser()])
+                                parents=[group_parser(LabelFields, SplitMakingFields)])
     p.add_argument("--labels", default=None, help="label file; default: the preset's under --data_root")
     p.add_argument("--out", required=True, help="the split file to write (an existing one is only checked)")
     p.add_argument("--seed", type=int, default=SEED, help="seed, when --split_seed is not given")
