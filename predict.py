@@ -29,11 +29,18 @@ from data.label_norm import LabelNorm
 from data.pairs import PAIR_RULES, images_in, match_folders, pairs_file, with_reference
 from data.score_mapping import load_mapping
 from engine.jobs import Progress, score_list
-from engine.runtime import configure_device, device_of, onnx_scorer_for, policy_of, scorer_for, scoring_checkpoint
+from engine.runtime import (
+    configure_device,
+    onnx_scorer_for,
+    policy_of,
+    process_group,
+    scorer_for,
+    scoring_checkpoint,
+)
 from engine.scorer import Scorer
 from options.policy import RESULT
 from options.predict_options import parse_predict_options
-from utils.distributed import DistInfo, init_distributed, shutdown
+from utils.distributed import DistInfo
 from utils.errors import AHIQError, Interrupted, StopRequest, run_cli
 from utils.files import atomic_write, file_error
 from utils.metrics import iqa_metrics, metrics_line
@@ -157,11 +164,8 @@ def main(argv: list[str] | None = None) -> list[float]:
     """Score the pairs; under torchrun every process scores a share (by reference) and rank 0 reports them all."""
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     opt = parse_predict_options(argv)
-    info = init_distributed(device_of(opt), opt.gpu_list)
-    try:
+    with process_group(opt) as info:
         return run(opt, info)
-    finally:
-        shutdown(info)
 
 
 def run(opt, info: DistInfo) -> list[float]:

@@ -31,7 +31,7 @@ from options.base_options import RunConfig
 from options.policy import RESULT
 from options.test_options import parse_test_options
 from utils import report
-from utils.distributed import DistInfo, init_distributed, shutdown
+from utils.distributed import DistInfo
 from utils.errors import AHIQError, StopRequest, run_cli
 from utils.files import Lock, atomic_write, read_bytes, read_text
 from utils.metrics import MIN_FIT_IMAGES, fit_logistic4, fmt, iqa_metrics, logistic4, logistic_fit_problem, metrics_line
@@ -221,16 +221,15 @@ def run(opt: RunConfig) -> dict:
     the other ranks return an empty dict). The results file is this run's alone while it runs (a lock beside it): a
     second run writing the same results is refused in one line."""
     out_path = os.path.join(opt.run_dir, opt.test_file_name)
-    info = init_distributed(runtime.device_of(opt), opt.gpu_list)
-    lock = Lock(os.path.join(opt.run_dir, f".{opt.test_file_name}.lock"), f"{out_path}: another test.py run is "
-                "writing these results now; wait for it to end, or pass another --test_file_name") \
-        if info.is_main else None
-    try:
-        return score(opt, out_path, info)
-    finally:
-        if lock is not None:
-            lock.release()
-        shutdown(info)
+    with runtime.process_group(opt) as info:
+        lock = Lock(os.path.join(opt.run_dir, f".{opt.test_file_name}.lock"), f"{out_path}: another test.py run is "
+                    "writing these results now; wait for it to end, or pass another --test_file_name") \
+            if info.is_main else None
+        try:
+            return score(opt, out_path, info)
+        finally:
+            if lock is not None:
+                lock.release()
 
 
 def score(opt: RunConfig, out_path: str, info: DistInfo) -> dict:

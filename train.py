@@ -42,9 +42,9 @@ from engine.runtime import (
     backbone_source,
     configure_device,
     dataset_name,
-    device_of,
     load_dataset,
     policy_of,
+    process_group,
     save_options,
 )
 from models import AHIQ, Checkpoint, build_from_config, read_checkpoint
@@ -59,9 +59,7 @@ from utils.distributed import (
     barrier,
     failed_elsewhere,
     gather_arrays,
-    init_distributed,
     reduce_step,
-    shutdown,
     worst_outcome,
 )
 from utils.errors import AHIQError, StopRequest, run_cli
@@ -306,11 +304,8 @@ def check_resume_options(saved: dict, opt: RunConfig, path: str) -> None:
 
 def main(argv: list[str] | None = None) -> TrainState:
     opt = parse_train_options(argv)
-    info = init_distributed(device_of(opt), opt.gpu_list)
-    try:
+    with process_group(opt) as info:
         return run(opt, info)
-    finally:
-        shutdown(info)
 
 
 def run(opt: RunConfig, info: DistInfo) -> TrainState:

@@ -7,8 +7,10 @@ assembled by :func:`engine.scorer.build_scorer`, the function the Python API and
 """
 from __future__ import annotations
 
+import contextlib
 import json
 import os
+from collections.abc import Iterator
 
 import torch
 
@@ -20,6 +22,7 @@ from models import BackboneSource, Checkpoint, read_checkpoint
 from options.base_options import RunConfig
 from utils.checkpoint import choose_checkpoint
 from utils.device import amp_dtype, configure_cuda, use_device
+from utils.distributed import DistInfo, init_distributed, shutdown
 from utils.files import OPTIONS_PREFIX, atomic_write
 
 
@@ -27,6 +30,17 @@ def device_of(cfg: RunConfig) -> str:
     """The device of a single-process run: the first GPU of --gpu_ids, or the CPU (torchrun gives each rank its own:
     :func:`utils.distributed.init_distributed`)."""
     return f"cuda:{cfg.gpu_list[0]}" if cfg.gpu_list else "cpu"
+
+
+@contextlib.contextmanager
+def process_group(cfg: RunConfig) -> Iterator[DistInfo]:
+    """This process's place in its torchrun job (alone: a group of one), left when the block ends, however it
+    ends."""
+    info = init_distributed(device_of(cfg), cfg.gpu_list)
+    try:
+        yield info
+    finally:
+        shutdown(info)
 
 
 def backbone_source(cfg: RunConfig) -> BackboneSource:
