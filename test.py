@@ -36,6 +36,7 @@ from utils.errors import AHIQError, StopRequest, run_cli
 from utils.files import Lock, atomic_write, read_bytes, read_text
 from utils.metrics import MIN_FIT_IMAGES, fit_logistic4, fmt, iqa_metrics, logistic4, logistic_fit_problem, metrics_line
 from utils.plots import groups_png, optional_figure, scatter_png, worst_png
+from utils.records import differences
 from utils.stats import CI_METRICS, bootstrap_intervals, group_metrics
 
 log = logging.getLogger("ahiq.test")
@@ -118,7 +119,7 @@ def write_report(path: str, opt: RunConfig, run: dict, dataset, out, metrics: di
                    or "no record (an official or pyiqa file)"),
                   *((f"{part} backbone", describe_backbone(r)) for part, r in run["backbones"].items()),
                   ("list", os.path.abspath(opt.test_list)), ("dataset", runtime.dataset_name(opt, opt.test_list)),
-                  ("split", f"{opt.split_file or opt.split_column} part {opt.split_part}" if opt.split_part else "all"),
+                  ("split", scored_split(opt)["described"]),
                   ("images", len(out.names)),
                   ("windows", f"{opt.n_ensemble} per image, {opt.windows}, seed {opt.seed}, crop {run['crop']}"),
                   ("device", f"{run['device']}, {run['seconds_per_image']:.4f} s per image"),
@@ -193,6 +194,18 @@ def main(argv: list[str] | None = None) -> dict:
     return run(parse_test_options(argv))
 
 
+def scored_split(opt: RunConfig) -> dict:
+    """What of the list was scored, as the report, the metrics file and the log name it: the split file (or column),
+    its index and the part actually used (the test part unless --split_part says otherwise); every row without a
+    split."""
+    split = opt.split()
+    if not split.active:
+        return {"file": None, "index": None, "column": None, "part": "all", "described": "every row, no split"}
+    part = opt.split_part or "test"
+    return {"file": opt.split_file, "index": None if opt.split_column else opt.split_index,
+            "column": opt.split_column, "part": part, "described": f"{split.describe()}, part {part}"}
+
+
 def source_file(results: str) -> str:
     """Where test.py records what ``results`` holds the predictions of (``{stem}_source.json`` beside it)."""
     return os.path.splitext(results)[0] + "_source.json"
@@ -210,7 +223,7 @@ def claim(results: str, source: dict, overwrite: bool) -> None:
     if not isinstance(before, dict):
         raise AHIQError(f"{results}: exists, and test.py has no record of what it holds; pass another "
                         "--test_file_name (or --submission folder), or --overwrite to replace it")
-    changed = [f"{key} {before.get(key)} then, {source[key]} now" for key in source if before.get(key) != source[key]]
+    changed = differences(before, source)
     if changed:
         raise AHIQError(f"{results}: holds the predictions of another run ({'; '.join(changed)}); pass another "
                         "--test_file_name (or --submission folder), or --overwrite to replace it")
@@ -270,8 +283,9 @@ def score(opt: RunConfig, out_path: str, info: DistInfo) -> dict:
     start = time.perf_counter()
     with StopRequest() as stop:  # from here a stop finishes the batch and records it
         if info.is_main:
-            log.info("scoring %d images of %s with %s (%d crops each, %s%s)%s", len(dataset), opt.test_list,
-                     ckpt_path, opt.n_ensemble, device, f", {info.world_size} processes" if info.world_size > 1 else "",
+            log.info("scoring %d images of %s (%s) with %s (%d crops each, %s%s)%s", len(dataset), opt.test_list,
+                     scored_split(opt)["described"], ckpt_path, opt.n_ensemble, device,
+                     f", {info.world_size} processes" if info.world_size > 1 else "",
                      f"; {len(progress.done)} recorded by the stopped run" if progress.done else "")
         out = score_list(scorer, dataset, info, opt.batch_size, opt.num_workers, progress, lambda: stop.signal)
     if out is None:  # another rank of the job: rank 0 writes the results
@@ -299,8 +313,7 @@ def score(opt: RunConfig, out_path: str, info: DistInfo) -> dict:
                                                "list": opt.test_list,
                                                "dataset": runtime.dataset_name(opt, opt.test_list),
                                                "lower_better": opt.lower_better,
-                                               "split": {"file": opt.split_file, "index": opt.split_index,
-                                                         "column": opt.split_column, "part": opt.split_part or "test"},
+                                               "split": scored_split(opt),
                                                "checkpoint": ckpt_path, "trained": trained,
                                                "n_ensemble": opt.n_ensemble},
                                               indent=2, allow_nan=False))

@@ -33,8 +33,8 @@ def test_results_go_beside_the_checkpoint_and_are_never_replaced_by_another_run(
     assert first["predictions"] == str(ckpt.parent / "results.txt")  # beside the checkpoint, not ahiq_pipal/
     before = Path(first["predictions"]).read_text()
     assert test_entry.main(_args(one, str(ckpt)))["predictions"] == first["predictions"]  # the same run again: fine
-    with pytest.raises(AHIQError, match=r"results\.txt: holds the predictions of another run \(list .*one/list\.txt "
-                                        r"then, .*two/list\.txt now\); pass another --test_file_name"):
+    with pytest.raises(AHIQError, match=r"results\.txt: holds the predictions of another run \(list .*one/list\.txt' "
+                                        r"then, .*two/list\.txt' now\); pass another --test_file_name"):
         test_entry.main(_args(two, str(ckpt)))
     assert Path(first["predictions"]).read_text() == before  # untouched
     other = test_entry.main(_args(two, str(ckpt), "--test_file_name", "two.txt"))

@@ -41,13 +41,21 @@ def test_csv_dataset_of_non_square_images_trains_and_tests_on_its_split(data_roo
     train.main(_common(tmp_path, "--name", "csv", "--n_epoch", "1", "--batch_size", "3", *data))
     splits = json.loads(split_file.read_text())["splits"]
     assert [len(splits[0][p]) for p in ("train", "val", "test")] == [3, 1, 1]
-    result = test_script.main(_common(tmp_path, "--name", "csv", "--n_ensemble", "3", *data))
+    result = test_script.main(_common(tmp_path, "--name", "csv", "--n_ensemble", "3", "--report", *data))
     lines = (tmp_path / "csv" / "results.txt").read_text().splitlines()
     test_ref = splits[0]["test"][0]  # 'I0r.png': its three distorted images, in label-file order
     assert [line.split(",")[0] for line in lines] == [f"{test_ref[:-4]}_01_{d:02d}.png" for d in (1, 2, 3)]
     assert result["n_images"] == 3 and np.isfinite(result["srcc"])
     metrics = json.loads((tmp_path / "csv" / "results_metrics.json").read_text())
-    assert metrics["split"] == {"file": str(split_file), "index": 0, "column": None, "part": "test"}
+    described = f"split 0 of {split_file}, part test"  # the part used without --split_part: named everywhere
+    assert metrics["split"] == {"file": str(split_file), "index": 0, "column": None, "part": "test",
+                                "described": described}
+    assert described in (tmp_path / "csv" / "results_report.html").read_text()
+    val = test_script.main(_common(tmp_path, "--name", "csv", "--n_ensemble", "3", "--report", "--split_part", "val",
+                                   "--test_file_name", "val.txt", *data))
+    assert val["n_images"] == 3
+    metrics = json.loads((tmp_path / "csv" / "val_metrics.json").read_text())
+    assert metrics["split"]["part"] == "val" and "part val" in (tmp_path / "csv" / "val_report.html").read_text()
     # validation used the val part: the log names the split and three validation pairs
     assert "validating on 3 (split 0 of" in (tmp_path / "csv" / "log.txt").read_text()
     # test.py never makes a split file: a mistyped path would test on a split the model may have trained on
