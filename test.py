@@ -277,7 +277,7 @@ def score(opt: RunConfig, out_path: str, info: DistInfo) -> dict:
     del checkpoint
     if info.is_main:
         runtime.save_options(opt, "test")
-    progress = Progress(out_path, {"source": source, "list": list_digest(dataset), "options": opt.values(RESULT)},
+    progress = Progress(out_path, {"source": source, "rows": list_digest(dataset), "options": opt.values(RESULT)},
                         info, opt.resume, opt.overwrite, len(dataset))
     progress.bind(scorer.weights())
     start = time.perf_counter()

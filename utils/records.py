@@ -14,7 +14,7 @@ from typing import Any
 
 # How a key of a record is named in a message; keys under "options" are named as the option (--key).
 WORDS = {
-    "list": "the list's content (names, references, labels)",
+    "rows": "the list's content (names, references, labels)",
     "pairs": "the pairs (their paths)",
     "head": "the checkpoint's weights",
     "vit": "the ViT backbone's weights",
