@@ -139,3 +139,19 @@ def test_a_full_disk_while_progress_or_a_mapping_is_written(full_disk):
         mapping.save(str(full_disk / "scale.json"))
     assert sorted(p.name for p in full_disk.iterdir()) == [".results.txt.progress", "filler"]  # no temporary left
     np.testing.assert_array_equal(mapping(np.array([0.5])), [50.0])
+
+
+def test_a_full_disk_while_test_py_writes_its_figures_and_report(full_disk, tmp_path, tiny_ckpt):
+    """The results come first (small); the figures and the report then meet the full disk: one line naming the file,
+    the results intact, no temporary left."""
+    import test as test_entry
+    data = make_pipal_set(tmp_path / "set", n_refs=2, n_dis=3, size=(40, 40), seed=3)
+    args = ["--test_ref_path", data["ref"], "--test_dis_path", data["dis"], "--test_list", data["list"], "--ckpt",
+            tiny_ckpt, "--crop_size", "32", "--no_pretrained", "--gpu_ids", "-1", "--num_workers", "0",
+            "--n_ensemble", "1", "--checkpoints_dir", str(full_disk), "--name", "run", "--bootstrap", "0", "--report"]
+    with pytest.raises(AHIQError, match=r"run/results_\w+\.(png|html|json): cannot be written \(the disk is full\)"):
+        test_entry.main(args)
+    results = (full_disk / "run" / "results.txt").read_text().splitlines()
+    assert [line.split(",")[0] for line in results] == data["names"]
+    from utils.files import TMP_PREFIX
+    assert not [p.name for p in (full_disk / "run").iterdir() if p.name.startswith(TMP_PREFIX)]
