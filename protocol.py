@@ -147,6 +147,7 @@ def group_summary(details: list[dict]) -> dict:
 def write_report(opt: RunConfig, rows: list[dict], summary: dict, details: list[dict]) -> str:
     """``protocol_report.html``: the summary, every split's numbers (sortable) and the per-group medians."""
     groups = group_summary(details)
+
     def stats(s: dict) -> list:
         return [v for m in METRICS for v in (s[m]["median"], s[m]["mean"], s[m]["std"])]
 

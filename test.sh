@@ -4,8 +4,9 @@
 #   First: `sh download.sh`, and `python -m tools.prepare_pipal --pipal_root ... --out DIR --test_ref ... --test_dis
 #   ...` (PIPAL=DIR, default datasets/PIPAL): the test folders and list are found through the pipal preset.
 #   GPU_IDS=-1 runs on the CPU; NPROC=K shares the images over K GPUs (torchrun; whole batches of the list per
-#   process, so the same predictions as one process up to float rounding). --resume continues a stopped run. Extra arguments go to test.py (e.g. --ckpt FILE, --amp); every other setting is
-#   test.py's default (options/), so a patch-16 checkpoint scores with `sh test.sh --ckpt FILE`.
+#   process, so the same predictions as one process up to float rounding). --resume continues a stopped run.
+#   Extra arguments go to test.py (e.g. --ckpt FILE, --amp); every other setting is test.py's default (options/).
+#   The model is the checkpoint's own (an official file holds none: the paper's, patch 8; add --patch_size 16).
 # Writes checkpoints/ahiq_pipal/ntire22_fr_test.txt and the submission package in results/ntire22_submission/.
 set -e
 cd "$(dirname "$0")"

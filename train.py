@@ -113,8 +113,6 @@ class Validation:
     name: str  # what the validation data is called in TensorBoard: the preset with --data_root, else the list's name
 
 
-
-
 def build_loaders(opt: RunConfig, info: DistInfo, crop_size: int
                   ) -> tuple[PairDataset, DataLoader, EpochSampler, Validation]:
     split = opt.split(create=True)
@@ -154,7 +152,6 @@ def build_loaders(opt: RunConfig, info: DistInfo, crop_size: int
     shard = reference_shards(validated, val_set.reference_key, info.world_size)[info.rank]
     listed = opt.train_list if split.active else opt.val_list
     return train_set, train_loader, sampler, Validation(val_set, shard, dataset_name(opt, listed))
-
 
 
 def validate(model: AHIQ, val: Validation, info: DistInfo, opt: RunConfig, amp_dtype: torch.dtype | None,

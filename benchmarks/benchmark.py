@@ -329,7 +329,7 @@ def table(out: dict) -> str:
 def main(argv: list[str] | None = None) -> dict:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
-    p.add_argument("--patch_size", type=int, default=8, choices=(8, 16))
+    p.add_argument("--patch_size", type=int, default=8, choices=tuple(VIT_TAGS))
     p.add_argument("--images", type=int, default=10)
     p.add_argument("--size", type=int, default=288)
     p.add_argument("--crop", type=int, default=224)

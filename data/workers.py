@@ -12,7 +12,6 @@ from __future__ import annotations
 import atexit
 import ctypes
 import multiprocessing
-import multiprocessing.util  # registers Python's own exit clean-up before ours: ours runs first (atexit is LIFO)
 import os
 import signal
 import sys

@@ -2,8 +2,9 @@
 scorer; and the options file it leaves in its run folder.
 
 The one place where option values meet the library (``models/``, ``data/``, ``engine/scorer.py``), shared by train.py,
-test.py, predict.py and protocol.py; the library itself takes plain arguments, and every scorer is
-assembled by :func:`engine.scorer.build_scorer`, the function the Python API and the hub entry use too.
+test.py, predict.py and protocol.py; the library itself takes plain arguments. Every PyTorch scorer is assembled by
+:func:`engine.scorer.build_scorer` (the Python API and the hub entry too), an export's by
+:func:`engine.scorer.onnx_scorer`.
 """
 from __future__ import annotations
 

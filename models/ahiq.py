@@ -41,6 +41,8 @@ def check_maps(bn_stats: str, keep_maps: bool) -> None:
     if keep_maps and bn_stats == "batch":
         raise AHIQError("patch maps are computed with --bn_stats running only (per-call statistics depend on the "
                         "batch); drop --bn_stats batch")
+
+
 FUSIONS = ("deform", "conv", "none")
 BRANCHES = ("hybrid", "vit", "cnn")
 POOLINGS = ("weighted", "mean")

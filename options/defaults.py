@@ -1,5 +1,5 @@
 """The defaults that several options and entry points share, each written once: the official protocol's numbers
-(DESIGN.md section 4) and where runs are stored.
+(the released train.py and test.py; README's training section) and where runs are stored.
 
 The option modules take their defaults from here or write them in the option itself (each option's default is in
 exactly one of the two); the Python API and the hub take theirs from the options (:func:`options.test_options.
@@ -25,5 +25,7 @@ def check_home() -> None:
     if not os.path.isabs(HOME):
         raise AHIQError(f"AHIQ_HOME={HOME}: give an absolute path (a relative one depends on the working folder), "
                         f"e.g. AHIQ_HOME={os.path.abspath(HOME)}")
+
+
 RELEASED_NAME = "ahiq_pipal"  # the released checkpoint's folder (download.sh): scored from, never trained into
 TRAIN_NAME, PROTOCOL_NAME = "ahiq_train", "ahiq_protocol"  # train.py's and protocol.py's default run folders

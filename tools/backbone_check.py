@@ -8,7 +8,7 @@ import utils.interrupt  # noqa: F401 - first: Ctrl-C while the libraries import 
 import argparse
 import socket
 
-from models import BackboneSource, ModelConfig
+from models import VIT_TAGS, BackboneSource, ModelConfig
 from options.defaults import CHECKPOINTS
 
 
@@ -16,7 +16,7 @@ def backbone_check_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(description="Print where the pinned backbone weights can come from: files, hub or "
                                             "random.")
     p.add_argument("--checkpoints_dir", default=CHECKPOINTS, help="where download.sh put backbones/")
-    p.add_argument("--patch_size", type=int, default=8, choices=(8, 16), help="ViT patch size")
+    p.add_argument("--patch_size", type=int, default=8, choices=tuple(VIT_TAGS), help="ViT patch size")
     return p
 
 

@@ -23,6 +23,7 @@ import os
 import torch
 
 from engine.scorer import load_scorer
+from models import VIT_TAGS
 from models.onnx_runtime import export, onnxruntime, sha256_of
 from options.defaults import CHECKPOINTS, SEED
 from utils.errors import run_cli
@@ -40,7 +41,7 @@ def export_parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int, default=SEED, help="seed of random backbones")
     p.add_argument("--allow_other_backbones", action="store_true",
                    help="export with backbones other than those the checkpoint records")
-    p.add_argument("--patch_size", type=int, default=None, choices=(8, 16),
+    p.add_argument("--patch_size", type=int, default=None, choices=tuple(VIT_TAGS),
                    help="official files only (they hold no configuration): the ViT patch size")
     p.add_argument("--crop_size", type=int, default=None, help="crop side in the graph (default: the checkpoint's)")
     p.add_argument("--opset", type=int, default=17, help="ONNX opset (GridSample needs 16 or more)")
