@@ -41,6 +41,7 @@ from utils.records import differences
 
 log = logging.getLogger("ahiq.protocol")
 METRICS = ("srcc", "plcc", "krcc")
+ROW = ("split", "test_set", *METRICS, "rmse", "rmse_mapped", "n_images", "epoch", "checkpoint")  # a results row
 RESULTS_FILE = "test_results.txt"
 
 
@@ -156,9 +157,8 @@ def write_report(opt: RunConfig, rows: list[dict], summary: dict, details: list[
                  + f'<p class="muted">{opt.n_splits} content-disjoint split(s) of '
                    f"{report.esc(opt.split_file or 'column ' + str(opt.split_column))}; each split's best.pth "
                    f"(--best_metric {report.esc(opt.best_metric)}); std: sample (n-1).</p>"),
-                ("Per split", report.table(["split", "test set", *METRICS, "rmse", "n_images", "epoch", "checkpoint"],
-                                           [[r[k] for k in ("split", "test_set", *METRICS, "rmse", "n_images",
-                                                            "epoch", "checkpoint")] for r in rows], sortable=True))]
+                ("Per split", report.table([k.replace("_", " ") for k in ROW], [[r[k] for k in ROW] for r in rows],
+                                           sortable=True))]
     for test_set, keys in groups.items():
         tables = {key: {name: {"n": g["splits"], "srcc": g["srcc_median"], "plcc": g["plcc_median"],
                                "note": None if g["splits"] else "too few images in every split"}
@@ -187,8 +187,7 @@ def summary_table(summary: dict) -> str:
 
 def write_results(opt: RunConfig, rows: list[dict], summary: dict, groups: dict) -> None:
     buf = io.StringIO()
-    writer = csv.DictWriter(buf, fieldnames=["split", "test_set", *METRICS, "rmse", "n_images", "checkpoint", "epoch"],
-                            extrasaction="ignore")
+    writer = csv.DictWriter(buf, fieldnames=ROW, extrasaction="ignore")
     writer.writeheader()
     writer.writerows(rows)
     atomic_write(os.path.join(opt.run_dir, "protocol_results.csv"), buf.getvalue())
@@ -226,8 +225,7 @@ def main(argv: list[str] | None = None) -> dict:
         tests += [(f"{cross} (all)", test_options(sub, opt, cross)) for cross in opt.cross_dataset]
         for test_set, topt in tests:
             metrics = test_once(topt)
-            rows.append({"split": k, "test_set": test_set, **{m: metrics[m] for m in (*METRICS, "rmse")},
-                         "n_images": metrics.get("n_images"), "checkpoint": metrics.get("checkpoint"),
+            rows.append({**{key: metrics.get(key) for key in ROW}, "split": k, "test_set": test_set,
                          "epoch": (metrics.get("trained") or {}).get("epochs_trained")})
             details.append({"test_set": test_set, "metrics": metrics})
         # after every split, so an interrupted protocol keeps its results

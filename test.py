@@ -37,7 +37,7 @@ from utils.files import Lock, atomic_write, read_bytes, read_text
 from utils.metrics import MIN_FIT_IMAGES, fit_logistic4, fmt, iqa_metrics, logistic4, logistic_fit_problem, metrics_line
 from utils.plots import groups_png, optional_figure, scatter_png, worst_png
 from utils.records import differences
-from utils.stats import CI_METRICS, bootstrap_intervals, group_metrics
+from utils.stats import CI_METRICS, bootstrap_intervals, group_metrics, p1401
 
 log = logging.getLogger("ahiq.test")
 
@@ -131,15 +131,18 @@ def write_report(path: str, opt: RunConfig, run: dict, dataset, out, metrics: di
     if metrics is not None:
         ci = metrics.get("intervals") or {}
         names = {"srcc": "SRCC", "plcc": "PLCC", "plcc_logistic": "PLCC after the logistic", "krcc": "KRCC",
-                 "rmse": "RMSE", "main_score": "main score (raw PLCC + SRCC)"}
+                 "rmse": "RMSE (normalised MOS)", "rmse_mapped": "RMSE after the logistic (MOS units, P.1401)",
+                 "outlier_ratio": "outlier ratio (P.1401, 2 std)", "main_score": "main score (raw PLCC + SRCC)"}
         rows = [(label, metrics[m], *((ci.get(m) or [None, None]) if m in CI_METRICS else ("", "")))
                 for m, label in names.items()]
         note = (f"95% intervals: {ci['resamples']} seeded resamples of {ci['resampled']}" if ci.get("resamples")
                 else f"no intervals: {ci.get('note') or '--bootstrap 0'}")
         if metrics.get("plcc_logistic_note"):
             note += f"; no logistic PLCC: {metrics['plcc_logistic_note']}"
+        if metrics.get("p1401_note"):
+            note += f"; P.1401: {metrics['p1401_note']}"
         sections.append(("Metrics", report.table(("metric", "value", "95% low", "95% high"), rows)
-                         + f'<p class="muted">{report.esc(note)}. MOS min-max normalised to [0, 1] for RMSE.</p>'))
+                         + f'<p class="muted">{report.esc(note)}.</p>'))
         groups = {k: v for k, v in metrics.items() if k.startswith("by_") and v}
         if groups:
             sections.append(("Per distortion group", report.group_tables(groups)))
@@ -307,6 +310,8 @@ def score(opt: RunConfig, out_path: str, info: DistInfo) -> dict:
     labelled = dataset.norm is not None and len(labels) > 1
     if labelled and dataset.norm.span > 0:
         metrics = iqa_metrics(preds, labels)
+        metrics.update(p1401(preds, labels, dataset.norm.span,
+                             None if dataset.rating_std is None else dataset.rating_std[out.index]))
         metrics.update(paper_tables(dataset, out.index, preds, labels, opt))
         metrics_path = metrics_file(opt.run_dir, opt.test_file_name)
         atomic_write(metrics_path, json.dumps({**metrics, "warning": scorer.warning, "n_images": len(names),
@@ -329,6 +334,10 @@ def score(opt: RunConfig, out_path: str, info: DistInfo) -> dict:
         log.info("%s  -> %s, %s", metrics_line(metrics), metrics_path, plot_path)
         if metrics["plcc_logistic_note"]:
             log.info("no logistic-mapped PLCC: %s", metrics["plcc_logistic_note"])
+        log.info("P.1401: RMSE after the logistic %s (%s units)%s%s", fmt(metrics["rmse_mapped"]),
+                 os.path.basename(opt.test_list), "" if metrics["outlier_ratio"] is None else
+                 f", outlier ratio {metrics['outlier_ratio']:.4f}", f"; {metrics['p1401_note']}"
+                 if metrics["p1401_note"] else "")
         result.update(metrics, trained=trained)
         if opt.fit_mapping:
             raw = dataset.raw_scores[out.index]

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import csv
 import io
+import math
 import os
 from dataclasses import dataclass, field
 
@@ -282,12 +283,35 @@ def select_rows(labels: Labels, part: str, split: SplitChoice) -> Labels:
     return labels.subset(rows)
 
 
+STD_COLUMNS = ("std", "mos_std", "dmos_std")  # a column of the std of each image's ratings; or "var", its square
+
+
+def rating_std(labels: Labels) -> np.ndarray | None:
+    """The standard deviation of each image's ratings, in the labels' units, from a CSV column (``std``,
+    ``mos_std``, ``dmos_std``, or ``var`` as its square), or None; a value that is not a non-negative number is
+    refused naming the file and row."""
+    name = next((c for c in (*STD_COLUMNS, "var") if c in labels.columns), None)
+    if name is None:
+        return None
+    values = []
+    for row, text in enumerate(labels.columns[name], 1):
+        try:
+            value = float(text)
+        except ValueError:
+            value = math.nan
+        if not (math.isfinite(value) and value >= 0):
+            raise AHIQError(f"{labels.path}: row {row}: {name} {text!r} is not a non-negative number")
+        values.append(math.sqrt(value) if name == "var" else value)
+    return np.asarray(values, np.float64)
+
+
 def pair_dataset(ref_dir: str, dis_dir: str, labels: Labels, lower_better: bool = False, **kwargs) -> PairDataset:
-    """A :class:`PairDataset` of labelled rows; images are checked when it is built."""
+    """A :class:`PairDataset` of labelled rows (with the std of their ratings where the list gives it); images are
+    checked when it is built."""
     pairs = [(name, os.path.join(dis_dir, name), os.path.join(ref_dir, ref))
              for name, ref in zip(labels.names, labels.refs)]
     try:
-        return PairDataset(pairs, labels.raw, lower_better=lower_better, **kwargs)
+        return PairDataset(pairs, labels.raw, lower_better=lower_better, rating_std=rating_std(labels), **kwargs)
     except AHIQError as err:
         if err.kind == "label_range" and err.source is None:
             raise err.at(labels.path) from None

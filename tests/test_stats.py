@@ -303,3 +303,79 @@ def test_compare_and_the_stats_api_on_degenerate_input(tmp_path, capsys):
     with pytest.raises(AHIQError, match="the predictions: 1 of 20 values are NaN"):
         bootstrap_intervals(np.r_[np.nan, mos[1:]], mos, None, n_boot=50)
     assert williams_test(0.5, 0.5, 1.0, 20) is None and williams_test(0.5, 0.4, 0.3, 3) is None
+
+
+def _hand_fit(pred: np.ndarray, label: np.ndarray) -> np.ndarray:
+    """An independent least-squares fit of the 4-parameter logistic (scipy, unconstrained, from a good start)."""
+    from scipy import optimize
+
+    def curve(x, b1, b2, b3, b4):
+        return (b1 - b2) / (1 + np.exp(-(x - b3) / b4)) + b2
+    return optimize.curve_fit(curve, pred, label, p0=[label.max(), label.min(), np.median(pred), 0.1],
+                              maxfev=20000)[0]
+
+
+def test_p1401_rmse_after_the_mapping_and_the_outlier_ratio_by_hand():
+    from utils.stats import p1401
+    rng = np.random.default_rng(3)
+    pred = rng.uniform(0, 1, 60)
+    label = (0.9 - 0.1) / (1 + np.exp(-(pred - 0.5) / 0.12)) + 0.1 + rng.normal(0, 0.03, 60)
+    span = 80.0  # the list's MOS range: RMSE in MOS units is the normalised one times it
+    std = np.full(60, 0.03 * span)  # two std: about 5% outliers
+    b1, b2, b3, b4 = _hand_fit(pred, label)
+    error = ((b1 - b2) / (1 + np.exp(-(pred - b3) / b4)) + b2 - label) * span
+    out = p1401(pred, label, span, std)
+    assert out["rmse_mapped"] == pytest.approx(np.sqrt(np.sum(error ** 2) / (60 - 4)), rel=1e-4)
+    assert out["outliers"] == int(np.sum(np.abs(error) > 2 * std)) and out["outlier_ratio"] == out["outliers"] / 60
+    assert 0 < out["outlier_ratio"] < 0.2
+    without = p1401(pred, label, span)
+    assert without["outlier_ratio"] is None and "no per-image std" in without["p1401_note"]
+    assert p1401(pred[:4], label[:4])["rmse_mapped"] is None  # no degree of freedom left
+
+
+def test_p1401_tests_between_two_models_by_hand():
+    from scipy import stats
+
+    from utils.stats import mapped_tests
+    rng = np.random.default_rng(4)
+    label = rng.uniform(0, 1, 80)
+    a = label + rng.normal(0, 0.05, 80)
+    b = label + rng.normal(0, 0.15, 80)
+    out = mapped_tests(a, b, label, units=10.0)
+    mapped = {}
+    for name, pred in (("a", a), ("b", b)):
+        b1, b2, b3, b4 = _hand_fit(pred, label)
+        mapped[name] = (b1 - b2) / (1 + np.exp(-(pred - b3) / b4)) + b2
+    r = {k: np.corrcoef(v, label)[0, 1] for k, v in mapped.items()}
+    z = (np.arctanh(r["a"]) - np.arctanh(r["b"])) / np.sqrt(2 / 77)
+    assert out["plcc_mapped"]["fisher_z"] == pytest.approx(z, rel=1e-3)
+    assert out["plcc_mapped"]["p"] == pytest.approx(2 * stats.norm.sf(abs(z)), rel=1e-2)
+    assert out["plcc_mapped"]["p"] < 0.01
+    rmse = {k: np.sqrt(np.sum((v - label) ** 2) / 76) * 10 for k, v in mapped.items()}
+    f = (rmse["a"] / rmse["b"]) ** 2
+    assert out["rmse_mapped"]["a"] == pytest.approx(rmse["a"], rel=1e-4)
+    assert out["rmse_mapped"]["f"] == pytest.approx(f, rel=1e-3)
+    assert out["rmse_mapped"]["p"] == pytest.approx(2 * stats.f.cdf(f, 76, 76), rel=1e-2)  # A better: F < 1
+    same = mapped_tests(a, a, label)
+    assert same["plcc_mapped"]["p"] == pytest.approx(1.0) and same["rmse_mapped"]["p"] == pytest.approx(1.0)
+
+
+def test_test_py_reports_p1401_with_a_std_column(tmp_path, tiny_ckpt):
+    """A CSV list with a std column: the metrics file holds RMSE after the mapping (or why not) and the outlier
+    ratio's inputs; a std that is not a number is refused naming the row."""
+    from tests.conftest import make_pipal_set
+    data = make_pipal_set(tmp_path / "set", n_refs=2, n_dis=4, size=(40, 40), seed=6)
+    rows = [line.split(",") for line in Path(data["list"]).read_text().splitlines()]
+    csv_list = tmp_path / "list.csv"
+    csv_list.write_text("dist_img,ref_img,dmos,std\n" + "".join(f"{n},{n[:5]}.bmp,{m},{0.5 + i % 3}\n"
+                                                              for i, (n, m) in enumerate(rows)))
+    args = ["--test_ref_path", data["ref"], "--test_dis_path", data["dis"], "--test_list", str(csv_list),
+            "--list_format", "csv", "--label_direction", "higher_better", "--ckpt", tiny_ckpt, "--crop_size", "32",
+            "--no_pretrained", "--gpu_ids", "-1", "--num_workers", "0", "--n_ensemble", "1", "--bootstrap", "0",
+            "--checkpoints_dir", str(tmp_path), "--name", "run"]
+    result = test_entry.main(args)
+    assert "rmse_mapped" in result and "outlier_ratio" in result
+    assert (result["rmse_mapped"] is None) == (result["p1401_note"] is not None and result["outlier_ratio"] is None)
+    csv_list.write_text(csv_list.read_text().replace(",1.5\n", ",abc\n", 1))
+    with pytest.raises(AHIQError, match=r"list\.csv: row \d+: std 'abc' is not a non-negative number"):
+        test_entry.main([*args, "--overwrite"])

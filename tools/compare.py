@@ -70,13 +70,14 @@ def main(argv: list[str] | None = None) -> dict:
     if len(rows) < MIN_COMPARED:
         raise AHIQError(f"{opt.list}: lists {len(rows)} image(s); a comparison needs {MIN_COMPARED} or more")
     lower = opt.label_direction == "lower_better" if opt.label_direction else preset.lower_better
-    mos = LabelNorm.fit(labels.raw, lower).apply(labels.raw)
+    norm = LabelNorm.fit(labels.raw, lower)
+    mos = norm.apply(labels.raw)
     pa = np.asarray([a[labels.names[i]] for i in rows])
     pb = np.asarray([b[labels.names[i]] for i in rows])
     repeated = len(set(labels.refs)) < len(labels.refs)
     groups = labels.refs if repeated else None
     result = {"a": opt.a, "b": opt.b, "list": opt.list,
-              "overall": compare_models(pa, pb, mos, groups, opt.bootstrap, opt.seed)}
+              "overall": compare_models(pa, pb, mos, groups, opt.bootstrap, opt.seed, units=norm.span)}
     for key, values in distortion_groups(labels, opt.dataset).items():
         result[f"by_{key}"] = {}
         for value in sorted(set(values)):
@@ -85,7 +86,8 @@ def main(argv: list[str] | None = None) -> dict:
                 result[f"by_{key}"][value] = {"n": len(pick), "note": f"too few images ({len(pick)})"}
                 continue
             sub = None if groups is None else [groups[i] for i in pick]
-            result[f"by_{key}"][value] = compare_models(pa[pick], pb[pick], mos[pick], sub, opt.bootstrap, opt.seed)
+            result[f"by_{key}"][value] = compare_models(pa[pick], pb[pick], mos[pick], sub, opt.bootstrap, opt.seed,
+                                                        units=norm.span)
     print(table(result["overall"]))
     if opt.out:
         atomic_write(opt.out, json.dumps(result, indent=2, allow_nan=False))
@@ -108,6 +110,14 @@ def table(c: dict) -> str:
         lines.append(f"{m.upper():<6}  {num(r['a'])}  {num(r['b'])}  {num(r['diff'], '+8.4f')}  [{lo}, {hi}]  {p:>10}")
         if r.get("williams_note"):
             notes.append(f"{m.upper()} Williams: {r['williams_note']}")
+    t = c["p1401"]
+    if t["note"]:
+        notes.append(f"P.1401 tests on mapped values: n/a ({t['note']})")
+    else:
+        p, r = t["plcc_mapped"], t["rmse_mapped"]
+        notes.append(f"P.1401, after each model's logistic: PLCC {p['a']:.4f} vs {p['b']:.4f}, Fisher z "
+                     f"{p['fisher_z']:+.3f}, p {p['p']:.3g}; RMSE (MOS units) {r['a']:.4g} vs {r['b']:.4g}, F "
+                     f"{r['f']:.3f}, p {r['p']:.3g} (p-values two-sided)")
     return "\n".join(lines + notes)
 
 

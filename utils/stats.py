@@ -12,7 +12,7 @@ from collections.abc import Sequence
 import numpy as np
 
 from utils.errors import AHIQError
-from utils.metrics import iqa_metrics
+from utils.metrics import fit_logistic4, iqa_metrics, logistic4, logistic_fit_problem
 
 CI_METRICS = ("srcc", "plcc", "krcc", "rmse")
 MIN_BOOTSTRAP = 20  # images (and 5 references when whole references are resampled): below, an interval says nothing
@@ -121,11 +121,12 @@ def _number(v: float) -> float | None:
 
 
 def compare_models(pred_a: np.ndarray, pred_b: np.ndarray, label: np.ndarray, groups: Sequence | None = None,
-                   n_boot: int = 1000, seed: int = 0, level: float = 0.95) -> dict:
+                   n_boot: int = 1000, seed: int = 0, level: float = 0.95, units: float = 1.0) -> dict:
     """Model A against model B on the same images: each metric of both, the difference A - B with its paired
     bootstrap interval (with :func:`bootstrap_intervals`' minimum of images and references), and for PLCC and
     SRCC Williams' test (SRCC on ranks; its p-value two-sided: H0 both correlate with the MOS alike). A value that
-    is undefined (constant scores or labels, models that rank alike, too few images) is None with a note."""
+    is undefined (constant scores or labels, models that rank alike, too few images) is None with a note.
+    ``p1401``: P.1401's tests on the mapped values (:func:`mapped_tests`; RMSE times ``units``)."""
     from scipy import stats
     a, b, y = (np.asarray(x, np.float64) for x in (pred_a, pred_b, label))
     for name, values in (("model A's scores", a), ("model B's scores", b), ("the labels", y)):
@@ -160,4 +161,60 @@ def compare_models(pred_a: np.ndarray, pred_b: np.ndarray, label: np.ndarray, gr
             out[m]["williams_note"] = None if test else (
                 "undefined: constant scores or labels" if not all(np.isfinite(r)) else
                 "undefined: fewer than 4 images" if len(y) < 4 else "undefined: the two models rank the images alike")
+    out["p1401"] = mapped_tests(a, b, y, units)
     return out
+
+
+MAPPING_DOF = 4  # parameters of the 4-parameter logistic: P.1401's d in RMSE* = sqrt(sum(error^2) / (N - d))
+OUTLIER_SIGMAS = 2.0  # an outlier: |mapped - MOS| above this many standard deviations of the image's ratings
+
+
+def p1401(pred: np.ndarray, label: np.ndarray, units: float = 1.0, std: np.ndarray | None = None) -> dict:
+    """ITU-T P.1401's statistics of predictions after the rising 4-parameter logistic fitted to the labels:
+    ``rmse_mapped``, the RMSE of the mapped predictions with the mapping's 4 degrees of freedom taken out
+    (sqrt(sum(error^2) / (N - 4))), in the labels' units times ``units`` (test.py: the list's MOS span, so MOS
+    units); ``outlier_ratio``, the share of images whose mapped error exceeds 2 standard deviations of their ratings
+    (``std``, in the same units; VQEG FR-TV's definition, P.1401's without the number of ratings per image); None
+    with the reason where the mapping does not fit or no std is known."""
+    pred, label = np.asarray(pred, np.float64), np.asarray(label, np.float64)
+    params = fit_logistic4(pred, label) if len(pred) > MAPPING_DOF else None
+    problem = logistic_fit_problem(pred, label, params) if len(pred) > MAPPING_DOF else \
+        f"{len(pred)} images: the mapping's {MAPPING_DOF} parameters leave no degree of freedom"
+    out = {"rmse_mapped": None, "outlier_ratio": None, "outliers": None, "p1401_note": problem}
+    if problem:
+        return out
+    error = (logistic4(pred, *params) - label) * units
+    out["rmse_mapped"] = float(np.sqrt(np.sum(error ** 2) / (len(pred) - MAPPING_DOF)))
+    if std is None:
+        out["p1401_note"] = "no outlier ratio: the list gives no per-image std of the ratings (a 'std' column)"
+    else:
+        std = np.asarray(std, np.float64)
+        check_finite("the std column", std)
+        outliers = int(np.sum(np.abs(error) > OUTLIER_SIGMAS * std))
+        out["outlier_ratio"], out["outliers"] = outliers / len(pred), outliers
+    return out
+
+
+def mapped_tests(a: np.ndarray, b: np.ndarray, label: np.ndarray, units: float = 1.0) -> dict:
+    """P.1401's tests between two models on the same images, each after its own logistic mapping: PLCC by Fisher's
+    z (z = (atanh r_a - atanh r_b) / sqrt(2 / (N - 3))) and RMSE by the F-test (F = (RMSE_a / RMSE_b)^2 with
+    N - 4 and N - 4 degrees of freedom); p-values two-sided (H0: the models are equally good by that measure).
+    RMSE in the labels' units times ``units``. None with the reason where a mapping does not fit."""
+    from scipy import stats
+    out: dict = {"n": len(label)}
+    fits = {}
+    for name, pred in (("a", a), ("b", b)):
+        params = fit_logistic4(pred, label) if len(pred) > MAPPING_DOF else None
+        problem = logistic_fit_problem(pred, label, params) if len(pred) > MAPPING_DOF else "too few images"
+        if problem:
+            return {**out, "plcc_mapped": None, "rmse_mapped": None, "note": f"model {name.upper()}: {problem}"}
+        fits[name] = logistic4(pred, *params)
+    n, dof = len(label), len(label) - MAPPING_DOF
+    r = {k: float(np.corrcoef(v, label)[0, 1]) for k, v in fits.items()}
+    rmse = {k: float(np.sqrt(np.sum((v - label) ** 2) / dof)) * units for k, v in fits.items()}
+    z = (np.arctanh(min(r["a"], 1 - 1e-15)) - np.arctanh(min(r["b"], 1 - 1e-15))) / np.sqrt(2 / (n - 3))
+    f = (rmse["a"] / rmse["b"]) ** 2 if rmse["b"] > 0 else np.inf
+    p_f = float(min(1.0, 2 * min(stats.f.cdf(f, dof, dof), stats.f.sf(f, dof, dof))))
+    return {**out, "note": None,
+            "plcc_mapped": {"a": r["a"], "b": r["b"], "fisher_z": float(z), "p": float(2 * stats.norm.sf(abs(z)))},
+            "rmse_mapped": {"a": rmse["a"], "b": rmse["b"], "f": float(f), "p": p_f}}
