@@ -95,15 +95,15 @@ def _run(main: Callable[[], object], debug: bool) -> None:
     except AHIQError as err:
         if debug:
             raise
-        print(f"error: {err}", file=sys.stderr)
+        _say(f"error: {err}")
         sys.exit(2)
     except OSError as err:
         if debug:
             raise
-        print(f"error: {describe(err)}; rerun with AHIQ_DEBUG=1 for the full traceback", file=sys.stderr)
+        _say(f"error: {describe(err)}; rerun with AHIQ_DEBUG=1 for the full traceback")
         sys.exit(1)
     except KeyboardInterrupt as err:
-        print(f"error: {err.message if isinstance(err, Interrupted) else 'interrupted'}", file=sys.stderr)
+        _say(f"error: {err.message if isinstance(err, Interrupted) else 'interrupted'}")
         sys.exit(err.code if isinstance(err, Interrupted) else 130)
 
 
@@ -117,3 +117,10 @@ def describe(err: BaseException) -> str:
     if cause is not None:
         text += f", caused by {type(cause).__name__}: {cause}"
     return text
+
+
+def _say(line: str) -> None:
+    """One line to stderr in one write: the processes of a torchrun job share the stream, and their lines must not
+    interleave (print writes the line and its end separately)."""
+    sys.stderr.write(line + "\n")
+    sys.stderr.flush()
