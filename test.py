@@ -173,12 +173,15 @@ def paper_tables(dataset, index: np.ndarray, preds: np.ndarray, labels: np.ndarr
     """What papers report beside the overall numbers: SRCC/PLCC per distortion type and level (where the list's
     names or columns say them; small groups marked) and seeded bootstrap intervals (over references when they
     repeat, so an image's siblings are not counted as independent)."""
-    out = {f"by_{key}": group_metrics(preds, labels, [values[i] for i in index])
+    refs = [dataset.reference_key(i) for i in index]
+    grouped = refs if len(set(refs)) < len(refs) else None  # resample whole references when they repeat
+    grouping = dataset.grouping
+    out = {f"by_{key}": group_metrics(preds, labels, [values[i] for i in index], grouped, opt.bootstrap, opt.seed,
+                                      names=lambda code, key=key: grouping.name_of(key, code))
            for key, values in dataset.groups.items()}
+    out["groups_from"] = grouping.why if grouping is not None else None
     if opt.bootstrap > 0:
-        refs = [dataset.reference_key(i) for i in index]
-        out["intervals"] = bootstrap_intervals(preds, labels, refs if len(set(refs)) < len(refs) else None,
-                                               opt.bootstrap, opt.seed)
+        out["intervals"] = bootstrap_intervals(preds, labels, grouped, opt.bootstrap, opt.seed)
         ci = out["intervals"]
         if ci["resamples"]:
             log.info("95%% intervals (%d resamples of %s): %s", ci["resamples"], ci["resampled"].split(" ")[0],
@@ -187,8 +190,8 @@ def paper_tables(dataset, index: np.ndarray, preds: np.ndarray, labels: np.ndarr
             log.info("no intervals: %s", ci["note"])
     for key in dataset.groups:
         table = out[f"by_{key}"]
-        log.info("per distortion %s: %d groups in the metrics file (%d with too few images)", key, len(table),
-                 sum(g["srcc"] is None for g in table.values()))
+        log.info("per distortion %s (from %s): %d groups in the metrics file (%d with too few images)", key,
+                 grouping.why, len(table), sum(g["srcc"] is None for g in table.values()))
     return out
 
 

@@ -21,6 +21,7 @@ import csv
 import io
 import math
 import os
+import re
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -91,29 +92,69 @@ class Labels:
         return len(self.names)
 
 
-def distortion_groups(labels: Labels, dataset: str) -> dict[str, list[str]]:
-    """Each image's distortion type and level where its name or its list says them: ``type``/``level`` columns of a
-    CSV list; else the preset's naming: KADID-10k / TID2013 ``I01_01_05.png`` and CSIQ ``ref.AWGN.1.png`` (type,
-    level), LIVE ``jp2k/img29.bmp`` (the folder is the type), PIPAL ``A0001_03_12.bmp`` (its algorithm ``group``,
-    then the ``subtype`` within it: PIPAL has no levels). Only what every name of the list says is returned (a dict
-    of lists, possibly empty)."""
-    out = {key: list(labels.columns[key]) for key in ("type", "level") if key in labels.columns}
-    if out:
-        return out
-    first, second = ("group", "subtype") if dataset == "pipal" else ("type", "level")
-    found: dict[str, list[str]] = {first: [], second: []}
-    for name in labels.names:
-        folder, base = os.path.split(name)
-        stem = os.path.splitext(base)[0]
-        parts = stem.split(".") if dataset == "csiq" else stem.split("_")
-        if dataset == "live":
-            parts = [stem, folder] if folder else []
-        if len(parts) < 2:
-            return {}
-        found[first].append(parts[1])
-        if len(parts) >= 3:
-            found[second].append(parts[2])
-    return {k: v for k, v in found.items() if len(v) == len(labels.names)}
+# The distortion types of the public datasets, by the code their file names carry (the datasets' own papers).
+TYPE_NAMES = {
+    "kadid10k": dict(enumerate((
+        "gaussian blur", "lens blur", "motion blur", "color diffusion", "color shift", "color quantization",
+        "color saturation 1", "color saturation 2", "JPEG2000", "JPEG", "white noise", "white noise in color "
+        "component", "impulse noise", "multiplicative noise", "denoise", "brighten", "darken", "mean shift",
+        "jitter", "non-eccentricity patch", "pixelate", "quantization", "color block", "high sharpen",
+        "contrast change"), 1)),
+    "tid2013": dict(enumerate((
+        "additive Gaussian noise", "additive noise in color components", "spatially correlated noise",
+        "masked noise", "high frequency noise", "impulse noise", "quantization noise", "Gaussian blur",
+        "image denoising", "JPEG compression", "JPEG2000 compression", "JPEG transmission errors",
+        "JPEG2000 transmission errors", "non eccentricity pattern noise", "local block-wise distortions",
+        "mean shift (intensity shift)", "contrast change", "change of color saturation",
+        "multiplicative Gaussian noise", "comfort noise", "lossy compression of noisy images",
+        "image color quantization with dither", "chromatic aberrations", "sparse sampling and reconstruction"), 1)),
+    "csiq": {"AWGN": "additive white Gaussian noise", "BLUR": "Gaussian blur", "contrast": "global contrast "
+             "decrement", "fnoise": "additive pink Gaussian noise", "JPEG": "JPEG", "jpeg2000": "JPEG2000"},
+    "live": {"jp2k": "JPEG2000", "jpeg": "JPEG", "wn": "white noise", "gblur": "Gaussian blur",
+             "fastfading": "fast fading (JPEG2000 over a Rayleigh channel)"},
+}
+
+# How names say their distortion, tried in order; each: (name, pattern of the file name, keys of its groups)
+NAMINGS = (
+    ("pipal", re.compile(r"^A\d{4}_(\d+)_(\d+)\.\w+$"), ("group", "subtype")),  # PIPAL: no levels; group, subtype
+    ("kadid10k", re.compile(r"^I\d+_(\d{2})_(\d{2})\.\w+$"), ("type", "level")),  # KADID-10k: I01_01_05.png
+    ("tid2013", re.compile(r"^[iI]\d+_(\d{2})_(\d)\.\w+$"), ("type", "level")),  # TID2013: i01_01_5.bmp
+    ("csiq", re.compile(r"^[^.]+\.([^.]+)\.(\d+)\.\w+$"), ("type", "level")),  # CSIQ: 1600.AWGN.1.png
+    ("live", re.compile(r"^([^/]+)/[^/]+$"), ("type",)),  # LIVE: jp2k/img29.bmp (the folder is the type)
+)
+
+
+@dataclass(frozen=True)
+class Grouping:
+    """Each image's distortion groups (``type``/``level``, or PIPAL's ``group``/``subtype``) and how they were found:
+    ``rule`` names the naming that every file name of the list follows (or the list's columns), None where none
+    does (then ``keys`` is empty and ``why`` says so)."""
+
+    keys: dict[str, list[str]]
+    rule: str | None
+    why: str
+
+    def name_of(self, key: str, code: str) -> str | None:
+        """The public name of a type code under this naming (KADID-10k, TID2013, CSIQ, LIVE), or None."""
+        names = TYPE_NAMES.get(self.rule or "", {})
+        return names.get(int(code) if code.isdigit() else code) if key == "type" else None
+
+
+def distortion_groups(labels: Labels) -> Grouping:
+    """Each image's distortion type and level from the list itself, whatever the dataset preset: ``type``/``level``
+    columns of a CSV list, else the naming every file name follows (:data:`NAMINGS`: PIPAL, KADID-10k, TID2013,
+    CSIQ, LIVE). A list whose names follow no single naming has no groups, and says why."""
+    found = {key: list(labels.columns[key]) for key in ("type", "level") if key in labels.columns}
+    if found:
+        return Grouping(found, "columns", f"the list's {'/'.join(found)} column(s)")
+    names = [name.replace(os.sep, "/") for name in labels.names]
+    for rule, pattern, keys in NAMINGS:
+        matches = [pattern.match(n if rule == "live" else n.rsplit("/", 1)[-1]) for n in names]
+        if names and all(matches):
+            return Grouping({key: [m.group(i + 1) for m in matches] for i, key in enumerate(keys)}, rule,
+                            f"{rule}-style file names")
+    return Grouping({}, None, "the file names follow no known naming (PIPAL, KADID-10k, TID2013, CSIQ, LIVE) and "
+                              "the list has no type/level columns")
 
 
 def reference_name(name: str, rule: str) -> str:
@@ -311,7 +352,8 @@ def pair_dataset(ref_dir: str, dis_dir: str, labels: Labels, lower_better: bool 
     pairs = [(name, os.path.join(dis_dir, name), os.path.join(ref_dir, ref))
              for name, ref in zip(labels.names, labels.refs)]
     try:
-        return PairDataset(pairs, labels.raw, lower_better=lower_better, rating_std=rating_std(labels), **kwargs)
+        return PairDataset(pairs, labels.raw, lower_better=lower_better, rating_std=rating_std(labels),
+                           grouping=distortion_groups(labels), **kwargs)
     except AHIQError as err:
         if err.kind == "label_range" and err.source is None:
             raise err.at(labels.path) from None

@@ -38,10 +38,10 @@ class PairDataset(Dataset):
 
     def __init__(self, pairs: Sequence[tuple[str, str, str]], raw_scores: np.ndarray | None, policy: WindowPolicy,
                  flip: bool = False, lower_better: bool = False, norm: LabelNorm | None = None,
-                 flip_axis: str = "vertical", groups: dict[str, list[str]] | None = None,
-                 rating_std: np.ndarray | None = None) -> None:
+                 flip_axis: str = "vertical", rating_std: np.ndarray | None = None, grouping=None) -> None:
         self.pairs = list(pairs)
-        self.groups = groups or {}  # per image, its distortion type and level where known (data.datasets)
+        self.grouping = grouping  # data.datasets.Grouping: each image's distortion type and level, and how found
+        self.groups = grouping.keys if grouping is not None else {}
         self.rating_std = rating_std  # per image, the std of its ratings in the labels' units, where the list has it
         self.names = [name for name, _, _ in self.pairs]
         self.policy, self.crop, self.flip = policy, policy.crop, flip

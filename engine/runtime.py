@@ -15,7 +15,7 @@ from collections.abc import Iterator
 
 import torch
 
-from data.datasets import SplitChoice, distortion_groups, pair_dataset, read_labels, select_rows
+from data.datasets import SplitChoice, pair_dataset, read_labels, select_rows
 from data.pair_dataset import PairDataset
 from data.windows import WindowPolicy
 from engine.scorer import Scorer, build_scorer, onnx_scorer, window_policy
@@ -74,8 +74,7 @@ def load_dataset(cfg: RunConfig, phase: str, part: str, policy: WindowPolicy, sp
     training crops' random flip."""
     ref_dir, dis_dir, label_file = phase_files(cfg, phase)
     labels = select_rows(read_labels(label_file, cfg.list_format, cfg.ref_rule), part, split or cfg.split())
-    return pair_dataset(ref_dir, dis_dir, labels, cfg.lower_better, policy=policy, flip=flip, flip_axis=flip_axis,
-                        groups=distortion_groups(labels, cfg.dataset))
+    return pair_dataset(ref_dir, dis_dir, labels, cfg.lower_better, policy=policy, flip=flip, flip_axis=flip_axis)
 
 
 def dataset_name(cfg: RunConfig, listed: str) -> str:

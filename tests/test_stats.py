@@ -67,29 +67,51 @@ def test_too_few_images_get_no_interval():
 def test_groups_too_small_are_listed_not_hidden():
     table = group_metrics(np.arange(7.0), np.arange(7.0) ** 2, ["a"] * 5 + ["b"] * 2)
     assert table["a"]["srcc"] == pytest.approx(1.0) and table["a"]["n"] == 5
-    assert table["b"] == {"n": 2, "srcc": None, "plcc": None, "note": "too few images (2)"}
+    assert table["b"]["n"] == 2 and table["b"]["srcc"] is None and table["b"]["note"] == "too few images (2)"
+
+
+def test_per_group_intervals_with_the_whole_lists_minimum():
+    """A group of 40 images of 8 references gets 95% intervals (resampled by reference) around its point values; one
+    of 12 images gets none, and says why; names come from the naming's table."""
+    rng = np.random.default_rng(5)
+    label = rng.uniform(0, 1, 52)
+    pred = label + rng.normal(0, 0.1, 52)
+    keys = ["01"] * 40 + ["02"] * 12
+    refs = [f"r{i % 8}" for i in range(52)]
+    table = group_metrics(pred, label, keys, refs, n_boot=300, seed=1, names={"01": "gaussian blur"}.get)
+    big, small = table["01"], table["02"]
+    assert big["name"] == "gaussian blur" and small["name"] is None
+    assert big["srcc_interval"][0] < big["srcc"] < big["srcc_interval"][1]
+    assert big["plcc_interval"][0] < big["plcc"] < big["plcc_interval"][1]
+    assert small["srcc"] is not None and small["srcc_interval"] == [None, None] and "no interval" in small["note"]
+    assert table == group_metrics(pred, label, keys, refs, n_boot=300, seed=1, names={"01": "gaussian blur"}.get)
 
 
 @needs_fixtures()
 def test_distortion_types_and_levels_from_real_lists():
     pipal = read_labels(str(LISTS / "pipal22_train_mos.txt"), "pipal", "pipal")
-    groups = distortion_groups(pipal, "pipal")
-    assert len(set(groups["group"])) == 7 and len(set(groups["subtype"])) == 27  # PIPAL's algorithm groups
+    groups = distortion_groups(pipal)
+    assert groups.rule == "pipal" and len(set(groups.keys["group"])) == 7 and len(set(groups.keys["subtype"])) == 27
     kadid = read_labels(str(FIXTURES / "kadid10k" / "kadid10k_mos.txt"), "pipal", "prefix")
-    k = distortion_groups(kadid, "kadid10k")
-    assert len(set(k["type"])) == 25 and set(k["level"]) == {"01", "02", "03", "04", "05"}
+    k = distortion_groups(kadid)
+    assert len(set(k.keys["type"])) == 25 and set(k.keys["level"]) == {"01", "02", "03", "04", "05"}
+    assert k.name_of("type", "01") == "gaussian blur" and k.name_of("type", "25") == "contrast change"
     assert read_labels(str(LISTS / "ntire22_fr_test_names.txt"), "pipal", "pipal").raw is None
 
 
-def test_distortion_groups_of_other_layouts():
+def test_distortion_groups_come_from_the_names_whatever_the_preset():
     def labels(names, columns=None):
         return Labels("x", names, names, None, columns or {})
 
-    assert distortion_groups(labels(["jp2k/img1.bmp", "wn/img2.bmp"]), "live") == {"type": ["jp2k", "wn"]}
-    assert distortion_groups(labels(["r.AWGN.1.png", "r.BLUR.5.png"]), "csiq") == {"type": ["AWGN", "BLUR"],
-                                                                                 "level": ["1", "5"]}
-    assert distortion_groups(labels(["a.png"], {"type": ["blur"]}), "pipal") == {"type": ["blur"]}
-    assert distortion_groups(labels(["a.png", "b_1.png"]), "kadid10k") == {}  # not every name says it
+    live = distortion_groups(labels(["jp2k/img1.bmp", "wn/img2.bmp"]))
+    assert live.keys == {"type": ["jp2k", "wn"]} and live.name_of("type", "wn") == "white noise"
+    csiq = distortion_groups(labels(["r.AWGN.1.png", "r.BLUR.5.png"]))
+    assert csiq.keys == {"type": ["AWGN", "BLUR"], "level": ["1", "5"]} and csiq.rule == "csiq"
+    tid = distortion_groups(labels(["i01_08_5.bmp", "I02_24_1.BMP"]))
+    assert tid.rule == "tid2013" and tid.name_of("type", "24") == "sparse sampling and reconstruction"
+    assert distortion_groups(labels(["a.png"], {"type": ["blur"]})).keys == {"type": ["blur"]}
+    none = distortion_groups(labels(["a.png", "b_1.png"]))  # not every name says it
+    assert none.keys == {} and "follow no known naming" in none.why
 
 
 def test_test_py_writes_per_type_tables_and_intervals(tmp_path, tiny_ckpt):

@@ -78,7 +78,9 @@ def main(argv: list[str] | None = None) -> dict:
     groups = labels.refs if repeated else None
     result = {"a": opt.a, "b": opt.b, "list": opt.list,
               "overall": compare_models(pa, pb, mos, groups, opt.bootstrap, opt.seed, units=norm.span)}
-    for key, values in distortion_groups(labels, opt.dataset).items():
+    grouping = distortion_groups(labels)
+    result["groups_from"] = grouping.why
+    for key, values in grouping.keys.items():
         result[f"by_{key}"] = {}
         for value in sorted(set(values)):
             pick = [i for i, v in enumerate(values) if v == value]

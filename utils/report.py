@@ -97,13 +97,21 @@ def image(png: bytes, alt: str) -> str:
 
 
 def group_tables(tables: dict[str, dict], count: str = "images") -> str:
-    """Per-group tables (``by_type``, ``by_level``, ...: :func:`utils.stats.group_metrics`), side by side; a group
-    too small for a correlation shows n/a and why. ``count``: what each group's ``n`` counts."""
+    """Per-group tables (``by_type``, ``by_level``, ...: :func:`utils.stats.group_metrics`), side by side: each
+    group's code with its dataset's name for it, its intervals where computed; a group too small for a correlation
+    shows n/a and why. ``count``: what each group's ``n`` counts."""
+    def span(interval) -> str:
+        return "" if not interval or interval[0] is None else f"[{interval[0]:.3f}, {interval[1]:.3f}]"
+
     parts = []
     for key, groups in tables.items():
-        rows = [(name, g["n"], g.get("srcc"), g.get("plcc"), g.get("note") or "") for name, g in groups.items()]
-        parts.append(f"<div><h3>per {esc(key.removeprefix('by_'))}</h3>"
-                     f"{table(('group', count, 'SRCC', 'PLCC', 'note'), rows, sortable=True)}</div>")
+        ranged = any(g.get("srcc_interval") for g in groups.values())
+        head = ("group", count, "SRCC", *(("95%",) if ranged else ()), "PLCC", *(("95%",) if ranged else ()), "note")
+        rows = [(f"{code} {g['name']}" if g.get("name") else code, g["n"], g.get("srcc"),
+                 *((span(g.get("srcc_interval")),) if ranged else ()), g.get("plcc"),
+                 *((span(g.get("plcc_interval")),) if ranged else ()), g.get("note") or "")
+                for code, g in groups.items()]
+        parts.append(f"<div><h3>per {esc(key.removeprefix('by_'))}</h3>{table(head, rows, sortable=True)}</div>")
     return f'<div class="groups">{"".join(parts)}</div>'
 
 

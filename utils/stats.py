@@ -7,7 +7,7 @@ Every resampling is seeded, so a report is reproducible. SciPy is imported where
 from __future__ import annotations
 
 import warnings
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 import numpy as np
 
@@ -73,21 +73,50 @@ def bootstrap_intervals(pred: np.ndarray, label: np.ndarray, groups: Sequence | 
             "resampled": "references (all images of each drawn reference)" if groups is not None else "images"}
 
 
-def group_metrics(pred: np.ndarray, label: np.ndarray, keys: Sequence[str]) -> dict[str, dict]:
-    """SRCC and PLCC (with n) per group (a distortion type or level); groups under :data:`MIN_GROUP` images are
-    listed with None and the reason, never left out."""
+def group_metrics(pred: np.ndarray, label: np.ndarray, keys: Sequence[str], refs: Sequence | None = None,
+                  n_boot: int = 0, seed: int = 0, names: Callable[[str], str | None] | None = None,
+                  level: float = 0.95) -> dict[str, dict]:
+    """SRCC and PLCC (with n) per group (a distortion type or level), with ``names(code)``'s name beside the code and,
+    with ``n_boot``, 95% intervals of both over resamples of the group's images (of its references, ``refs``, when
+    given) with :func:`bootstrap_intervals`' minimum; groups under :data:`MIN_GROUP` images are listed with None
+    and the reason, never left out."""
     pred, label, keys = np.asarray(pred, np.float64), np.asarray(label, np.float64), np.asarray(keys)
     out = {}
     for key in sorted(set(keys.tolist())):
-        rows = keys == key
-        n = int(rows.sum())
+        rows = np.flatnonzero(keys == key)
+        n = len(rows)
+        entry = {"n": n, "name": names(key) if names else None}
         if n < MIN_GROUP or np.ptp(label[rows]) == 0 or np.ptp(pred[rows]) == 0:
-            out[key] = {"n": n, "srcc": None, "plcc": None,
+            out[key] = {**entry, "srcc": None, "plcc": None, "srcc_interval": [None, None],
+                        "plcc_interval": [None, None],
                         "note": f"too few images ({n})" if n < MIN_GROUP else "constant scores or labels"}
             continue
         m = iqa_metrics(pred[rows], label[rows])
-        out[key] = {"n": n, "srcc": m["srcc"], "plcc": m["plcc"], "note": None}
+        sub = None if refs is None else [refs[i] for i in rows]
+        ci = _correlation_intervals(pred[rows], label[rows], sub, n_boot, seed, level) if n_boot else None
+        out[key] = {**entry, "srcc": m["srcc"], "plcc": m["plcc"],
+                    "srcc_interval": ci["srcc"] if ci else [None, None],
+                    "plcc_interval": ci["plcc"] if ci else [None, None], "note": ci["note"] if ci else None}
     return out
+
+
+def _correlation_intervals(pred: np.ndarray, label: np.ndarray, groups: Sequence | None, n_boot: int, seed: int,
+                           level: float) -> dict:
+    """Percentile intervals of SRCC and PLCC alone (a group's table), with :func:`bootstrap_intervals`' minimum."""
+    from scipy import stats
+    n_groups = len(set(groups)) if groups is not None else len(pred)
+    if len(pred) < MIN_BOOTSTRAP or n_groups < 5:
+        return {"srcc": [None, None], "plcc": [None, None],
+                "note": f"no interval: {len(pred)} images of {n_groups} references (at least {MIN_BOOTSTRAP} of 5)"}
+    rng = np.random.default_rng(seed)
+    draws = {"srcc": [], "plcc": []}
+    with warnings.catch_warnings(), np.errstate(all="ignore"):
+        warnings.simplefilter("ignore")
+        for _ in range(n_boot):
+            rows = _resample_rows(groups, len(pred), rng)
+            draws["srcc"].append(stats.spearmanr(pred[rows], label[rows])[0])
+            draws["plcc"].append(stats.pearsonr(pred[rows], label[rows])[0])
+    return {m: _interval(v, level) for m, v in draws.items()} | {"note": None}
 
 
 def check_finite(name: str, values: np.ndarray) -> None:
