@@ -401,9 +401,9 @@ class Metric(nn.Module):
 
     ``dis`` and ``ref``: file paths (or lists of them; scored exactly as test.py scores them), PIL images, HxWx3
     uint8 RGB arrays, or (B, 3, H, W) tensors in [0, 1]. ``as_loss=True``: a differentiable function of ``dis``
-    (fixed windows, at most 9; no inference mode, no uint8 round trip) for use as a perceptual loss, e.g.
-    ``loss = -metric(output, target).mean()``. ``return_maps=True``: (scores, list of
-    :class:`utils.quality_maps.ImageMaps`), each image's patch score, weight and contribution maps.
+    (fixed windows, at most 9; no inference mode, no uint8 round trip), still the score (higher is better), as
+    pyiqa's ``as_loss``; to minimise, use :meth:`loss` (``1 - score``, averaged). ``return_maps=True``: (scores,
+    list of :class:`utils.quality_maps.ImageMaps`), each image's patch score, weight and contribution maps.
     """
 
     def __init__(self, scorer: Scorer, as_loss: bool = False) -> None:
@@ -444,6 +444,13 @@ class Metric(nn.Module):
         if self.as_loss:
             return self.differentiable(dis, ref)
         return self.scorer.score_tensors(to_batch(dis, "dis"), to_batch(ref, "ref"), return_maps)
+
+    def loss(self, dis: torch.Tensor, ref: torch.Tensor) -> torch.Tensor:
+        """A perceptual loss to minimise (``as_loss=True``): ``1 - score`` averaged over the batch, so that an
+        optimiser that lowers it raises the quality AHIQ sees in ``dis`` (scores are higher-is-better)."""
+        if not self.as_loss:
+            raise AHIQError("Metric.loss needs as_loss=True (a differentiable score)")
+        return (1 - self.differentiable(dis, ref)).mean()
 
     def differentiable(self, dis: torch.Tensor, ref: torch.Tensor) -> torch.Tensor:
         """Scores (B,) that backpropagate to ``dis``: the mean over each pair's fixed windows (the policy's, at most

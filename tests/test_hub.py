@@ -130,6 +130,29 @@ def test_as_loss_is_differentiable_with_respect_to_the_distorted_image(tiny_ckpt
     assert numeric.item() == pytest.approx((dis.grad * v).sum().item(), rel=1e-3, abs=1e-9)
 
 
+def test_minimising_the_loss_raises_the_score_of_a_distorted_image(tiny_ckpt):
+    """The documented way to train against AHIQ: a few Adam steps on ``metric.loss`` (1 - score) raise the score of
+    the distorted image; the loss without as_loss is refused."""
+    metric = Metric(torch.hub.load(str(REPO), "ahiq", source="local", pretrained=False, ckpt=tiny_ckpt, n_ensemble=5,
+                                   crop_size=32).scorer, as_loss=True)
+    g = torch.Generator().manual_seed(1)
+    ref = torch.rand(1, 3, 40, 40, generator=g)
+    dis = (ref + 0.3 * torch.randn(ref.shape, generator=g)).clamp(0, 1).requires_grad_(True)
+    before = metric(dis, ref).item()
+    optimiser = torch.optim.Adam([dis], lr=1e-3)
+    for _ in range(5):
+        optimiser.zero_grad()
+        loss = metric.loss(dis, ref)
+        loss.backward()
+        optimiser.step()
+        with torch.no_grad():
+            dis.clamp_(0, 1)  # images stay in [0, 1]
+    after = metric(dis, ref).item()
+    assert after > before and metric.loss(dis, ref).item() == pytest.approx(1 - after, rel=1e-6)
+    with pytest.raises(AHIQError, match="Metric.loss needs as_loss=True"):
+        Metric(metric.scorer).loss(dis, ref)
+
+
 class _Quiet(http.server.SimpleHTTPRequestHandler):
     def log_message(self, *args):
         pass
