@@ -401,3 +401,26 @@ def test_test_py_reports_p1401_with_a_std_column(tmp_path, tiny_ckpt):
     csv_list.write_text(csv_list.read_text().replace(",1.5\n", ",abc\n", 1))
     with pytest.raises(AHIQError, match=r"list\.csv: row \d+: std 'abc' is not a non-negative number"):
         test_entry.main([*args, "--overwrite"])
+
+
+def test_compare_takes_test_py_split_options_and_prints_per_group_tables(tmp_path, capsys):
+    """A researcher compares two models on a split's test part as test.py scored it, without writing a sub-list;
+    the per-group table is printed, with the type names of the list's naming."""
+    from data.splits import load_or_create_splits
+    from tests.conftest import make_pipal_set
+    data = make_pipal_set(tmp_path / "set", n_refs=10, n_dis=6, size=(8, 8), seed=7)
+    names, mos = data["names"], read_labels(data["list"], "pipal", "pipal").raw
+    labels = read_labels(data["list"], "pipal", "pipal")
+    splits = load_or_create_splits(str(tmp_path / "splits.json"), labels, (0.5, 0.0, 0.5), 2, 3)
+    rng = np.random.default_rng(2)
+    a = _write_results(tmp_path / "a.txt", names, mos + rng.normal(0, 50, len(mos)))
+    b = _write_results(tmp_path / "b.txt", names, mos + rng.normal(0, 300, len(mos)))
+    out = compare_main([a, b, "--list", data["list"], "--bootstrap", "50", "--split_file", str(tmp_path / "splits.json"),
+                        "--split_index", "1"])
+    test_refs = set(splits[1]["test"])
+    assert out["overall"]["n"] == sum(ref in test_refs for ref in labels.refs) < len(names)
+    assert out["split"].endswith("part test") and "by_group" in out
+    printed = capsys.readouterr().out
+    assert "per group (pipal-style file names)" in printed and "per subtype" in printed
+    with pytest.raises(AHIQError, match="--split_part val has no effect without --split_file"):
+        compare_main([a, b, "--list", data["list"], "--split_part", "val"])

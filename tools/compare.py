@@ -18,7 +18,7 @@ import os
 
 import numpy as np
 
-from data.datasets import PRESETS, distortion_groups, read_labels
+from data.datasets import PRESETS, SplitChoice, distortion_groups, read_labels, select_rows
 from data.label_norm import LabelNorm
 from data.pipal import read_list
 from options.base_options import group_parser
@@ -34,6 +34,11 @@ MIN_COMPARED = 5
 def compare_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(description="Compare two results files of the same list: differences with intervals "
                                             "and significance.", parents=[group_parser(LabelFields)])
+    p.add_argument("--split_file", default=None, help="the split file the results were scored on (test.py's)")
+    p.add_argument("--split_index", type=int, default=0, help="which split of --split_file")
+    p.add_argument("--split_column", default=None, help="instead of --split_file: the CSV column of the split")
+    p.add_argument("--split_part", default=None, choices=("train", "val", "test", "all"),
+                   help="the part of the split compared (default: test, as test.py)")
     p.add_argument("a", help="results of model A ('name,score' lines, test.py's)")
     p.add_argument("b", help="results of model B, the same images")
     p.add_argument("--list", required=True, help="the label list both were scored on (with MOS)")
@@ -58,6 +63,11 @@ def main(argv: list[str] | None = None) -> dict:
         raise AHIQError(f"{opt.a}: given as both A and B; compare the results of two models")
     preset = PRESETS[opt.dataset]
     labels = read_labels(opt.list, opt.list_format or preset.list_format, preset.ref_rule)
+    split = SplitChoice(opt.split_file, opt.split_index, opt.split_column)
+    if split.active:  # the rows test.py scored with the same options
+        labels = select_rows(labels, opt.split_part or "test", split)
+    elif opt.split_part:
+        raise AHIQError(f"--split_part {opt.split_part} has no effect without --split_file or --split_column")
     if labels.raw is None:
         raise AHIQError(f"{opt.list}: has no MOS; the comparison needs a list with scores")
     a, b = scores_by_name(opt.a), scores_by_name(opt.b)
@@ -77,6 +87,7 @@ def main(argv: list[str] | None = None) -> dict:
     repeated = len(set(labels.refs)) < len(labels.refs)
     groups = labels.refs if repeated else None
     result = {"a": opt.a, "b": opt.b, "list": opt.list,
+              "split": f"{split.describe()}, part {opt.split_part or 'test'}" if split.active else "every row",
               "overall": compare_models(pa, pb, mos, groups, opt.bootstrap, opt.seed, units=norm.span)}
     grouping = distortion_groups(labels)
     result["groups_from"] = grouping.why
@@ -91,6 +102,8 @@ def main(argv: list[str] | None = None) -> dict:
             result[f"by_{key}"][value] = compare_models(pa[pick], pb[pick], mos[pick], sub, opt.bootstrap, opt.seed,
                                                         units=norm.span)
     print(table(result["overall"]))
+    for key in grouping.keys:
+        print(group_table(key, result[f"by_{key}"], grouping))
     if opt.out:
         atomic_write(opt.out, json.dumps(result, indent=2, allow_nan=False))
     return result
@@ -121,6 +134,24 @@ def table(c: dict) -> str:
                      f"{p['fisher_z']:+.3f}, p {p['p']:.3g}; RMSE (MOS units) {r['a']:.4g} vs {r['b']:.4g}, F "
                      f"{r['f']:.3f}, p {r['p']:.3g} (p-values two-sided)")
     return "\n".join(lines + notes)
+
+
+def group_table(key: str, groups: dict, grouping) -> str:
+    """Per distortion group: SRCC of A and B, the difference with its interval, Williams' p (two-sided)."""
+    lines = [f"per {key} ({grouping.why}):", f"{key:<28}  {'n':>5}  {'SRCC A':>8}  {'SRCC B':>8}  {'A - B':>8}  "
+                                              "interval of A - B      Williams p"]
+    for code, c in groups.items():
+        label = f"{code} {grouping.name_of(key, code) or ''}".strip()[:28]
+        if "srcc" not in c:
+            lines.append(f"{label:<28}  {c['n']:>5}  {c['note']}")
+            continue
+        r = c["srcc"]
+        lo, hi = ("n/a" if v is None else f"{v:+.4f}" for v in r["diff_interval"])
+        p = "n/a" if r["williams_p"] is None else f"{r['williams_p']:.3g}"
+        cells = ["n/a" if v is None else f"{v:.4f}" for v in (r["a"], r["b"])]
+        diff = "n/a" if r["diff"] is None else f"{r['diff']:+.4f}"
+        lines.append(f"{label:<28}  {c['n']:>5}  {cells[0]:>8}  {cells[1]:>8}  {diff:>8}  [{lo}, {hi}]  {p:>10}")
+    return "\n".join(lines)
 
 
 if __name__ == "__main__":
