@@ -415,8 +415,8 @@ def test_compare_takes_test_py_split_options_and_prints_per_group_tables(tmp_pat
     rng = np.random.default_rng(2)
     a = _write_results(tmp_path / "a.txt", names, mos + rng.normal(0, 50, len(mos)))
     b = _write_results(tmp_path / "b.txt", names, mos + rng.normal(0, 300, len(mos)))
-    out = compare_main([a, b, "--list", data["list"], "--bootstrap", "50", "--split_file", str(tmp_path / "splits.json"),
-                        "--split_index", "1"])
+    out = compare_main([a, b, "--list", data["list"], "--bootstrap", "50", "--split_file",
+                        str(tmp_path / "splits.json"), "--split_index", "1"])
     test_refs = set(splits[1]["test"])
     assert out["overall"]["n"] == sum(ref in test_refs for ref in labels.refs) < len(names)
     assert out["split"].endswith("part test") and "by_group" in out
