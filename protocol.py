@@ -16,6 +16,7 @@ import utils.interrupt  # noqa: F401 - first: Ctrl-C while the libraries import 
 # isort: split
 
 import csv
+import glob
 import io
 import json
 import logging
@@ -159,6 +160,11 @@ def write_report(opt: RunConfig, rows: list[dict], summary: dict, details: list[
                    f"(--best_metric {report.esc(opt.best_metric)}); std: sample (n-1).</p>"),
                 ("Per split", report.table([k.replace("_", " ") for k in ROW], [[r[k] for k in ROW] for r in rows],
                                            sortable=True))]
+    reports = sorted(glob.glob(os.path.join(opt.run_dir, "split_*", "*_report.html")))
+    if reports:  # each split's own test report, linked relative to this page
+        links = " ".join(f'<a href="{report.esc(os.path.relpath(r, opt.run_dir))}">'
+                         f"{report.esc(os.path.relpath(r, opt.run_dir))}</a>" for r in reports)
+        sections.append(("Each split's test report", f"<p>{links}</p>"))
     for test_set, keys in groups.items():
         tables = {key: {name: {"n": g["splits"], "srcc": g["srcc_median"], "plcc": g["plcc_median"],
                                "note": None if g["splits"] else "too few images in every split"}

@@ -254,10 +254,17 @@ class Saver:
                      "train_state": {**asdict(state), "rng": rng_state()},
                      "options": self.opt.to_dict()}
         meta = {**self.meta, "epochs_trained": state.epoch}  # counted from 1; the official "epoch" from 0
+        if state.best_epoch:  # the validation that chose best.pth (best.pth: its own epoch's)
+            meta["best_validation"] = {"epoch": state.best_epoch, "srcc": _finite(state.best_srcc),
+                                       "plcc": _finite(state.best_plcc)}
         save_weights(path, self.model, meta=meta, epoch=state.epoch - 1, loss=float(loss), **extra)
         if name == "last.pth":
             self.last_written = time.monotonic()
         return path
+
+
+def _finite(value: float) -> float | None:
+    return float(value) if math.isfinite(value) else None
 
 
 def run_config(opt, resume_from: str | None) -> Checkpoint:
@@ -360,6 +367,8 @@ def train(opt: RunConfig, info: DistInfo) -> TrainState:
                  len(val.dataset), opt.split().describe(), info.world_size, device,
                  f", DDP over {backend_for(device)}" if info.enabled else "",
                  f"; continuing from {resume_from} at epoch {state.epoch + 1}" if resume_from else "")
+    if info.is_main:
+        log.info("model: %s", ", ".join(f"{k} {v}" for k, v in asdict(config).items()))
     save = Saver(opt, model, optimizer, scheduler, scaler, train_set)
     if info.is_main and opt.resume and state.step == 0:
         for path in complete_epoch_files(save, state, resumed_loss):

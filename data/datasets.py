@@ -312,7 +312,7 @@ def select_rows(labels: Labels, part: str, split: SplitChoice) -> Labels:
         if not split.create and not os.path.exists(split.file):
             raise AHIQError(f"{split.file}: no such split file; it is written by train.py (or `python -m "
                             "tools.make_splits`): pass the file the model was trained with")
-        splits = load_or_create_splits(split.file, labels, split.ratios, split.n_splits, split.seed)
+        splits = load_or_create_splits(split.file, labels, split.ratios, split.n_splits, split.seed, split.create)
         if not 0 <= split.index < len(splits):
             raise AHIQError(f"{split.file}: --split_index {split.index} out of range (the file holds "
                             f"{len(splits)} splits, 0-{len(splits) - 1})")

@@ -82,10 +82,11 @@ def read_splits(path: str) -> dict:
 
 
 def load_or_create_splits(path: str, labels, ratios: tuple[float, float, float], n_splits: int,
-                          seed: int) -> list[dict[str, list[str]]]:
+                          seed: int, note_reuse: bool = True) -> list[dict[str, list[str]]]:
     """The splits in ``path``; when the file does not exist, made from the references of ``labels`` and saved.
 
-    A file is reused as it is (its own seed and ratios win); it must cover every reference of ``labels``.
+    A file is reused as it is (its own seed and ratios win; ``note_reuse``: said in one line when they differ from
+    the ones a new file would get); it must cover every reference of ``labels``.
     """
     if not os.path.exists(path):
         splits = make_splits(labels.refs, ratios, n_splits, seed)
@@ -94,9 +95,11 @@ def load_or_create_splits(path: str, labels, ratios: tuple[float, float, float],
                  len(set(labels.refs)), "/".join(str(len(splits[0][p])) for p in PARTS), seed)
         return splits
     doc = read_splits(path)
-    if doc.get("seed") != seed or [float(r) for r in doc.get("ratios", [])] != [float(r) for r in ratios]:
-        log.warning("%s: reusing its splits (seed %s, ratios %s); the --split_seed/--split_ratios given apply to new "
-                    "files only", path, doc.get("seed"), doc.get("ratios"))
+    if note_reuse and (doc.get("seed") != seed or [float(r) for r in doc.get("ratios", [])] !=
+                       [float(r) for r in ratios]):
+        log.info("%s: reusing its splits (seed %s, ratios %s); a new file would get seed %s, ratios %s "
+                 "(--split_seed/--split_ratios make new files only)", path, doc.get("seed"), doc.get("ratios"), seed,
+                 list(ratios))
     split_refs = {r for s in doc["splits"] for p in PARTS for r in s[p]}
     unknown = sorted(set(labels.refs) - split_refs)
     if unknown:

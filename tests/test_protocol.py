@@ -130,7 +130,8 @@ def test_protocol_runner_two_splits_with_a_cross_dataset_test(data_root, tmp_pat
     assert any(g["splits"] for g in groups["csiq (all)"]["by_type"].values())
     page = (run / "protocol_report.html").read_text()
     assert "Per distortion group, csiq (all)" in page and page.count("<tr>") > 4 + 4 and "RANDOM BACKBONES" in page
-    assert (run / "split_1" / "test_results_report.html").is_file()  # each split's own report
+    assert (run / "split_1" / "test_results_report.html").is_file()  # each split's own report, linked
+    assert 'href="split_1/test_results_report.html"' in page and 'href="split_0/cross_csiq_results_report.html"' in page
     # a finished split keeps best.pth only (--keep best): last.pth and epoch_N.pth serve only to resume its training
     assert sorted(p.name for p in (run / "split_0").glob("*.pth")) == ["best.pth"]
     # running it again reuses every finished split: nothing is trained or rewritten

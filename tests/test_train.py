@@ -362,3 +362,14 @@ def test_last_pth_on_a_time_interval_still_resumes_exactly(train_sets, tmp_path,
         torch.testing.assert_close(a[key], b[key], rtol=0, atol=0)
     with pytest.raises(AHIQError, match=r"--save_last_every -1.0: give seconds"):
         train.main([*args, "--save_last_every", "-1"])
+
+
+def test_the_log_names_the_model_and_best_pth_holds_the_validation_that_chose_it(train_sets, tmp_path):
+    from tests.conftest import train_args
+    from utils.checkpoint import load_checkpoint
+    train.main(train_args(train_sets, tmp_path, "run", "--n_epoch", "2"))
+    log = (tmp_path / "run" / "log.txt").read_text()
+    assert "model: patch_size 8, vit_name ahiq_tiny_vit_p8" in log and "crop_size 32, head_width 16" in log
+    meta = load_checkpoint(str(tmp_path / "run" / "best.pth"))["ahiq"]
+    best = meta["best_validation"]
+    assert best["epoch"] == meta["epochs_trained"] and f"epoch {best['epoch']}: SRCC {best['srcc']:.4f}" in log
