@@ -37,6 +37,8 @@ echo "  report        $CKPTS/$RUN/test_predictions_report.html (one page: metric
 echo "  figures       $CKPTS/$RUN/test_predictions_scatter.png, test_predictions_worst.png (worst 3, with maps)"
 echo "  checkpoints   $CKPTS/$RUN/best.pth, last.pth"
 echo "  TensorBoard   tensorboard --logdir $CKPTS/$RUN/tensorboard"
+echo "The held-out part has 2 reference images (32 pairs): too few for 95% intervals, which need 20 images of 5"
+echo "references (test.py says so in its log and report); a real test list gets them, per distortion type too."
 if [ "$BACKBONES" = "random" ]; then
     echo "With random backbones the held-out correlations are expected near chance (README, 'Quick start')."
 fi

@@ -89,10 +89,11 @@ def write_worst(scorer, dataset, index: np.ndarray, preds: np.ndarray, labels: n
     worst = np.argsort(-np.abs(fitted - labels), kind="stable")[:opt.worst]
     chosen = [int(index[i]) for i in worst]
     maps = scorer.dataset_maps(dataset, chosen, opt.batch_size, opt.num_workers)
+    fitted_mos, mos = dataset.norm.invert(fitted), dataset.norm.invert(labels)  # the list's units, as the scatter
     rows = [(dataset.names[i], dataset.load(dataset.paths(i)[0]), dataset.load(dataset.paths(i)[1]), m,
-             float(fitted[j]), float(labels[j])) for i, j, m in zip(chosen, worst, maps)]
+             float(fitted_mos[j]), float(mos[j])) for i, j, m in zip(chosen, worst, maps)]
     title = (f"{len(rows)} images furthest from their MOS after {fit}: {os.path.basename(opt.test_list)}, "
-             f"{os.path.basename(opt.run_dir)} (MOS min-max normalised)")
+             f"{os.path.basename(opt.run_dir)} (the list's {'DMOS' if dataset.norm.lower_better else 'MOS'} units)")
     path = os.path.splitext(os.path.join(opt.run_dir, opt.test_file_name))[0] + "_worst.png"
     atomic_write(path, worst_png(rows, scorer.marked(title)))
     log.info("wrote %s", path)

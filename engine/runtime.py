@@ -79,8 +79,10 @@ def load_dataset(cfg: RunConfig, phase: str, part: str, policy: WindowPolicy, sp
 
 def dataset_name(cfg: RunConfig, listed: str) -> str:
     """What the data is called in checkpoints, logs, metrics and TensorBoard: the preset's name when its layout is
-    used (--data_root), else the stem of the label file ``listed`` (your own data is never called 'pipal')."""
-    return cfg.dataset if cfg.data_root else os.path.splitext(os.path.basename(listed))[0]
+    used (--data_root) or another preset than the default is named (train.py, test.py and protocol.py then agree),
+    else the stem of the label file ``listed`` (your own data is never called 'pipal')."""
+    named = cfg.data_root or cfg.dataset != "pipal"
+    return cfg.dataset if named else os.path.splitext(os.path.basename(listed))[0]
 
 
 def policy_of(cfg: RunConfig, crop: int, **override) -> WindowPolicy:

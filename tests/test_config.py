@@ -239,3 +239,11 @@ def test_a_diverged_first_epoch_does_not_point_at_a_last_pth_that_is_not_there(t
                                         r"last\.pth was written yet"):
         train.main(train_args(train_sets, tmp_path, "run", "--n_epoch", "1", "--learning_rate", "1e30"))
     assert not (tmp_path / "run" / "last.pth").exists()
+
+
+def test_a_named_preset_names_the_data_everywhere_the_default_one_does_not():
+    from engine.runtime import dataset_name
+    kadid = parse_test_options(["--dataset", "kadid10k", "--test_list", "lists/mos.txt", "--gpu_ids", "-1"])
+    assert dataset_name(kadid, kadid.test_list) == "kadid10k"  # as protocol.py and train.py call it
+    own = parse_test_options(["--test_list", "lists/mine.txt", "--gpu_ids", "-1"])
+    assert dataset_name(own, own.test_list) == "mine"  # your own data is never called 'pipal'

@@ -151,8 +151,8 @@ class EpochLog:
                             (best["epoch"], best["val_srcc"]), textcoords="offset points",
                             xytext=(-6 if right else 6, -26), ha="right" if right else "left", fontsize=8)
         val_ax.set(xlabel="epoch", ylabel="validation")
-        if val_ax.get_legend_handles_labels()[0]:
-            val_ax.legend(loc="lower right", fontsize=8)
+        if val_ax.get_legend_handles_labels()[0]:  # outside the axes: it never hides a curve
+            val_ax.legend(loc="upper left", bbox_to_anchor=(1.02, 1.0), fontsize=8, frameon=False)
         for ax in (loss_ax, val_ax):
             ax.xaxis.set_major_locator(MaxNLocator(integer=True))
         fig.suptitle(os.path.basename(os.path.dirname(os.path.abspath(self.path))), fontsize=10)

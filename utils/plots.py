@@ -165,7 +165,7 @@ def worst_png(rows: list[tuple[str, np.ndarray, np.ndarray, object, float, float
             limits[name] = (float(min(np.nanmin(v) for v in values)), float(max(np.nanmax(v) for v in values)))
     for i, (ax_row, (name, dis, ref, maps, fitted, mos)) in enumerate(zip(axes, rows)):
         _maps_row(fig, ax_row, dis, ref, maps, (f"{_shorten(name, 34)}: score {maps.score:.3f}\n"
-                                                f"fitted {fitted:.3f}, MOS {mos:.3f}", "reference" if i == 0 else ""),
+                                                f"fitted {fitted:.4g}, MOS {mos:.4g}", "reference" if i == 0 else ""),
                   limits, headers=i == 0)
     fig.suptitle("\n".join(textwrap.wrap(title, 110)), fontsize=11)
     fig.tight_layout()
