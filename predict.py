@@ -111,13 +111,13 @@ def report_metrics(opt, scores: np.ndarray, mos: np.ndarray) -> dict:
     normalises a list), printed; with --csv also ``{stem}_metrics.json`` and ``{stem}_scatter.png`` beside it."""
     labels = LabelNorm.fit(mos, lower_better=False).apply(mos)
     metrics = iqa_metrics(scores, labels)
-    print(f"{opt.dataset}, {len(scores)} pairs: {metrics_line(metrics)}")
+    print(f"{opt.data_name}, {len(scores)} pairs: {metrics_line(metrics)}")
     if opt.csv:
         stem = os.path.splitext(opt.csv)[0]
         atomic_write(stem + "_metrics.json", json.dumps({**metrics, "n_images": len(scores), "pairs": opt.pairs,
-                                                         "dataset": opt.dataset, "checkpoint": opt.ckpt},
+                                                         "dataset": opt.data_name, "checkpoint": opt.ckpt},
                                                         indent=2, allow_nan=False))
-        png = optional_figure(lambda: scatter_png(scores, labels, metrics, f"{opt.dataset}: {opt.pairs}"),
+        png = optional_figure(lambda: scatter_png(scores, labels, metrics, f"{opt.data_name}: {opt.pairs}"),
                               stem + "_scatter.png")
         if png is not None:
             atomic_write(stem + "_scatter.png", png)

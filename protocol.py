@@ -42,7 +42,8 @@ from utils.records import differences
 
 log = logging.getLogger("ahiq.protocol")
 METRICS = ("srcc", "plcc", "krcc")
-ROW = ("split", "test_set", *METRICS, "rmse", "rmse_mapped", "n_images", "epoch", "checkpoint")  # a results row
+# one row of protocol_results.csv and the report's per-split table
+ROW = ("split", "test_set", *METRICS, "rmse", "rmse_mapped", "outlier_ratio", "n_images", "epoch", "checkpoint")
 RESULTS_FILE = "test_results.txt"
 
 

@@ -323,6 +323,7 @@ def load_scorer(ckpt: str | None = None, checkpoints_dir: str = CHECKPOINTS, nam
     mapping fitted for another model is refused unless ``allow_other_mapping``.
     """
     scale = load_mapping(mapping) if mapping is not None else None  # before anything slow
+    api_settings(**settings)  # a misspelt setting is named before any file is looked for
     if backend not in BACKENDS:
         raise AHIQError(f"backend {backend!r}: expected one of {', '.join(BACKENDS)}")
     if backend == "onnxruntime":
@@ -343,14 +344,20 @@ def load_scorer(ckpt: str | None = None, checkpoints_dir: str = CHECKPOINTS, nam
     return scorer
 
 
+API_NAMES = {"no_pretrained": "pretrained=False", "gpu_ids": "device='cuda:0'", "no_tf32": "tf32=False",
+             "amp": "amp_dtype=torch.bfloat16"}  # test.py options that load_scorer and the hub take otherwise
+
+
 def api_settings(**given: Any) -> dict[str, Any]:
     """The scoring settings of the API and the hub: test.py's option defaults (options/), replaced by ``given``;
     a name test.py does not know is refused."""
     defaults = scoring_defaults()
     unknown = sorted(set(given) - set(defaults) - {"amp_dtype", "crop_size"})
     if unknown:
-        raise AHIQError(f"unknown scoring setting(s) {', '.join(unknown)}; known: "
-                        f"{', '.join(sorted({*defaults, 'amp_dtype', 'crop_size'}))}")
+        api = {k: v for k, v in API_NAMES.items() if k in unknown}  # command-line names the API spells otherwise
+        raise AHIQError(f"unknown scoring setting(s) {', '.join(unknown)}"
+                        + (f" (in Python: {', '.join(api.values())})" if api else "")
+                        + f"; known: {', '.join(sorted({*defaults, 'amp_dtype', 'crop_size'}))}")
     return {**defaults, "amp_dtype": None, "crop_size": None, **given}
 
 

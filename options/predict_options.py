@@ -34,7 +34,8 @@ class PairsFields:
                                metavar="FILE")
     csv: str | None = option(None, "also write 'dis,ref,score' rows to this CSV file (with a MOS column in --pairs: "
                                    "its {stem}_metrics.json and {stem}_scatter.png beside it)", policy=FREE)
-    dataset: str = option("pairs", "what your data is called in the metrics and figures", policy=FREE)
+    data_name: str = option("pairs", "what your pairs are called in the metrics and figures (train.py's and test.py's "
+                                     "--dataset is a preset; predict.py has none)", policy=FREE)
     maps: str | None = option(None, "also write per pair a PNG panel of the patch score, weight and contribution maps "
                                     "over the image, and the maps as .npz, to DIR", policy=FREE, metavar="DIR")
     backend: str = option("torch", "'onnxruntime': --ckpt is a file python -m tools.export_onnx wrote, run by ONNX "

@@ -195,3 +195,9 @@ def test_pretrained_is_fetched_with_sha256_checks_and_offline_is_one_line(tmp_pa
     monkeypatch.setenv("AHIQ_CKPT_URL", f"http://127.0.0.1:{closed}/ckpt.pth")
     with pytest.raises(AHIQError, match=r"cannot download http://127\.0\.0\.1:\d+/ckpt\.pth \(offline\?.*download\.sh"):
         torch.hub.load(str(REPO), "ahiq", source="local", cache_dir=str(tmp_path / "empty"))
+
+
+def test_a_command_line_name_given_to_the_api_is_named_with_its_python_spelling(tmp_path):
+    from engine.scorer import load_scorer
+    with pytest.raises(AHIQError, match=r"unknown scoring setting\(s\) no_pretrained \(in Python: pretrained=False\)"):
+        load_scorer(checkpoints_dir=str(tmp_path), no_pretrained=True)  # named before the missing run folder
