@@ -31,6 +31,7 @@ from options.base_options import RunConfig
 from options.policy import RESULT
 from options.test_options import parse_test_options
 from utils import report
+from utils.checkpoint import meta_of
 from utils.distributed import DistInfo
 from utils.errors import AHIQError, StopRequest, run_cli
 from utils.files import Lock, atomic_write, read_bytes, read_text
@@ -278,7 +279,7 @@ def score(opt: RunConfig, out_path: str, info: DistInfo) -> dict:
     if note and info.is_main:
         log.warning(note)
     ckpt_path = checkpoint.path
-    meta = (checkpoint.state or {}).get("ahiq") or {}
+    meta = meta_of(checkpoint.state or {})
     trained = {key: meta.get(key) for key in ("dataset", "epochs_trained", "best_metric")}  # None: official files
     backbones = dict(getattr(scorer.model, "backbones", {}))
     del checkpoint

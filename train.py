@@ -52,7 +52,7 @@ from models.config import check_backbones
 from options.base_options import RunConfig
 from options.policy import RESULT
 from options.train_options import parse_train_options
-from utils.checkpoint import find_checkpoint, load_checkpoint, load_head_weights, save_weights
+from utils.checkpoint import find_checkpoint, load_checkpoint, load_head_weights, meta_of, save_weights
 from utils.distributed import (
     DistInfo,
     backend_for,
@@ -292,7 +292,7 @@ def input_digests(opt: RunConfig) -> dict[str, str]:
 
 def check_resume_inputs(ckpt: dict, opt: RunConfig, path: str) -> None:
     """A resumed run reads the same label lists and split file it started with (same contents, not just paths)."""
-    changed = differences({"inputs": (ckpt.get("ahiq") or {}).get("inputs") or {}}, {"inputs": input_digests(opt)})
+    changed = differences({"inputs": meta_of(ckpt).get("inputs") or {}}, {"inputs": input_digests(opt)})
     if changed:
         raise AHIQError(f"{path}: {'; '.join(changed)} since this run started (the labels it trains on would change "
                         "under it); restore the file, or start a new run with another --name")
@@ -482,8 +482,7 @@ def complete_epoch_files(save: Saver, state: TrainState, loss: float) -> list[st
 
 
 def _epochs_in(path: str) -> int | None:
-    meta = load_checkpoint(path).get("ahiq") or {}
-    return meta.get("epochs_trained") if isinstance(meta, dict) else None
+    return meta_of(load_checkpoint(path)).get("epochs_trained")
 
 
 def validate_epoch(model: AHIQ, val: Validation, info: DistInfo, opt: RunConfig, amp_dtype: torch.dtype | None,

@@ -44,7 +44,7 @@ from models.config import check_crop, weights_digest
 from models.onnx_runtime import BACKENDS, OnnxAHIQ
 from options.defaults import CHECKPOINTS, RELEASED_NAME, check_home
 from options.test_options import scoring_defaults
-from utils.checkpoint import choose_checkpoint
+from utils.checkpoint import choose_checkpoint, meta_of
 from utils.device import check_device, configure_cuda
 from utils.errors import AHIQError
 from utils.quality_maps import ImageMaps, image_maps
@@ -279,7 +279,7 @@ def build_scorer(checkpoint: Checkpoint, source: BackboneSource, policy: WindowP
     a checkpoint) are drawn from ``policy.seed`` as train.py draws them from --seed, so two runs score alike."""
     check_device(device)
     model = build_checkpoint_model(checkpoint, source, deform_impl, policy.seed, allow_other_backbones)
-    norm = training_norm(mos_range, (checkpoint.state or {}).get("ahiq") or {}, checkpoint.path)
+    norm = training_norm(mos_range, meta_of(checkpoint.state or {}), checkpoint.path)
     return Scorer(model.to(device).eval(), policy, crops_per_forward, bn_stats, norm, checkpoint.path, amp_dtype)
 
 

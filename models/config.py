@@ -24,7 +24,7 @@ from models.ahiq import AHIQ, BRANCHES, FUSIONS, POOLINGS
 from models.backbones import CNN_BLOCKS, RESNET_TAG, VIT_BLOCKS, VIT_TAGS, build_backbones
 from models.tiny import TINY_RESNET, TINY_VIT
 from models.weights import weight_files
-from utils.checkpoint import load_checkpoint, load_head_weights
+from utils.checkpoint import load_checkpoint, load_head_weights, meta_of
 from utils.errors import AHIQError
 
 
@@ -121,8 +121,8 @@ ARCH_FIELDS = tuple(f.name for f in dataclasses.fields(ModelConfig) if f.name !=
 
 def config_from_checkpoint(ckpt: Mapping[str, Any], path: str) -> ModelConfig | None:
     """The configuration a checkpoint was trained with; None for official and pyiqa files (they hold none)."""
-    meta = ckpt.get("ahiq")
-    if not isinstance(meta, Mapping):
+    meta = meta_of(ckpt)
+    if not meta:
         return None
     try:
         if isinstance(meta.get("model"), Mapping):
@@ -250,10 +250,10 @@ def describe_backbone(record: Mapping[str, Any]) -> str:
 def check_backbones(model: AHIQ, ckpt: Mapping[str, Any], path: str) -> None:
     """A checkpoint that records its backbones (this project's, since they are recorded) is used only with the same
     backbone weights: the scores of a head mean nothing on other features. Official and pyiqa files record none."""
-    meta = ckpt.get("ahiq")
-    saved = meta.get("backbones") if isinstance(meta, Mapping) else None
+    meta = meta_of(ckpt)
+    saved = meta.get("backbones")
     if saved is None:
-        if isinstance(meta, Mapping) and "epochs_trained" in meta:  # this project's, from before the record or edited
+        if "epochs_trained" in meta:  # this project's, from before the record or edited
             logging.getLogger("ahiq.models").warning(
                 "%s: records no backbones (written before they were recorded, or edited): whether it is scored on "
                 "the backbones it was trained on cannot be checked", path)

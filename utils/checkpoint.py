@@ -128,6 +128,18 @@ def load_head_weights(model: nn.Module, ckpt: Mapping[str, Any], path: str) -> N
             module.load_state_dict(sd)
 
 
+META_KEY = "ahiq"  # the project's own record in a checkpoint, beside the official keys
+
+
+def meta_of(ckpt: Mapping[str, Any]) -> dict[str, Any]:
+    """The project's record in a checkpoint: ``model`` (its configuration), ``backbones`` (source and digest of each),
+    ``label_norm``, ``dataset``, ``train_list``, ``split``, ``inputs`` (digests of the lists), ``best_metric``,
+    ``epochs_trained`` and ``best_validation`` (train.py's :class:`Saver`). Empty for official and pyiqa files (and
+    for a record that is not a mapping: nothing of it can be trusted)."""
+    meta = ckpt.get(META_KEY)
+    return dict(meta) if isinstance(meta, Mapping) else {}
+
+
 def save_weights(path: str, model: nn.Module, meta: Mapping[str, Any] | None = None, **extra: Any) -> None:
     """Save the trainable parts under the two official keys and pyiqa's ``params`` key (the same tensors, stored
     once), the ``ahiq`` metadata (the model's configuration first, then where its backbones came from:
@@ -135,7 +147,7 @@ def save_weights(path: str, model: nn.Module, meta: Mapping[str, Any] | None = N
     parts = _on_cpu(model.trainable_state_dict())
     ckpt: dict[str, Any] = {key: parts.get(part, {}) for part, key in OFFICIAL_KEYS.items()}  # both, always
     ckpt["params"] = {f"{part}.{k}": v for part, sd in parts.items() for k, v in sd.items()}
-    ckpt["ahiq"] = {"model": model.config.to_dict(), "backbones": getattr(model, "backbones", None), **(meta or {})}
+    ckpt[META_KEY] = {"model": model.config.to_dict(), "backbones": getattr(model, "backbones", None), **(meta or {})}
     ckpt.update(_on_cpu(extra))
     atomic_torch_save(ckpt, path)
 
