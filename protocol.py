@@ -18,10 +18,12 @@ import utils.interrupt  # noqa: F401 - first: Ctrl-C while the libraries import 
 import csv
 import glob
 import io
+import itertools
 import json
 import logging
 import math
 import os
+import warnings
 
 import numpy as np
 
@@ -29,11 +31,12 @@ import test as test_entry
 import train as train_script
 from data.splits import read_splits
 from engine.runtime import device_of, save_options
-from options.base_options import RunConfig, build, defaults_of
+from options.base_options import RunConfig, build, defaults_of, options_of
 from options.data_options import PATH_DEFAULTS, apply_preset
 from options.policy import RESULT, RESUMABLE
-from options.protocol_options import parse_protocol_options
+from options.protocol_options import ProtocolConfig, parse_protocol_options
 from options.test_options import TestConfig
+from options.train_options import check_train_options
 from utils import report
 from utils.distributed import init_distributed
 from utils.errors import AHIQError, run_cli
@@ -210,9 +213,19 @@ def write_results(opt: RunConfig, rows: list[dict], summary: dict, groups: dict)
 def main(argv: list[str] | None = None) -> dict:
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     opt = parse_protocol_options(argv)
+    variants = ablation_variants(opt)  # an unknown key or value is refused before anything runs
     info = init_distributed(device_of(opt), opt.gpu_list)
     if info.enabled:
         raise AHIQError("protocol.py runs in one process; start it with python, not torchrun")
+    if not variants:
+        return run_protocol(opt, info)[0]
+    results = {label: run_protocol(vopt, info)[1] for label, vopt in variants}
+    return write_ablation(opt, results)
+
+
+def run_protocol(opt: RunConfig, info) -> tuple[dict, list[dict]]:
+    """Train and test every split in ``opt.run_dir`` (finished splits reused, an interrupted one resumed); the
+    summary over splits and the rows of every split and test set."""
     check_same_protocol(opt)
     if opt.split_file and os.path.exists(opt.split_file):
         held = len(read_splits(opt.split_file)["splits"])
@@ -246,7 +259,103 @@ def main(argv: list[str] | None = None) -> dict:
     print(f"\n{opt.dataset}: {opt.n_splits} split(s) of {opt.split_file or 'column ' + opt.split_column}\n{table}")
     print(f"per split: {os.path.join(opt.run_dir, 'protocol_results.csv')}; summary: "
           f"{os.path.join(opt.run_dir, 'protocol_summary.json')}")
-    return summary
+    return summary, rows
+
+
+LIST_OPTIONS = ("vit_blocks", "cnn_blocks")  # options whose one value holds commas: their values split at ';'
+
+
+def ablation_variants(opt: RunConfig) -> list[tuple[str, RunConfig]]:
+    """The baseline (the options as given) and each variant of ``--vary`` (one factor at a time, or every
+    combination with ``--factorial``), each a protocol in its own folder under the run folder, all on the run's one
+    split file; [] without --vary. A key that is not a model or training option, or a value it does not take, is
+    refused in one line."""
+    if not opt.vary:
+        return []
+    actions = {a.dest: a for a in options_of(ProtocolConfig.parser())}
+    varied: dict[str, list] = {}
+    changeable = set(opt.fields(RESULT, RESUMABLE)) - {"dataset", "data_root", "split_file", "split_column"}
+    for spec in opt.vary:
+        key, sep, text = spec.partition("=")
+        if not sep or key not in changeable:
+            raise AHIQError(f"--vary {spec!r}: give KEY=V1[,V2...] with KEY a model or training option ("
+                            f"{', '.join(sorted(changeable))})")
+        action = actions[key]
+        for value in filter(None, text.split(";" if key in LIST_OPTIONS else ",")):
+            try:
+                parsed = {"true": True, "false": False}[value.lower()] if action.nargs == 0 else \
+                    (action.type or str)(value)
+            except (KeyError, ValueError):
+                raise AHIQError(f"--vary {key}={value}: not a value --{key} takes") from None
+            if action.choices is not None and parsed not in action.choices:
+                raise AHIQError(f"--vary {key}={value}: --{key} takes one of {', '.join(map(str, action.choices))}")
+            varied.setdefault(key, []).append((value, parsed))
+    if opt.factorial:
+        combos = [dict(c) for c in itertools.product(*([(k, v) for v in vs] for k, vs in varied.items()))]
+    else:
+        combos = [{k: v} for k, vs in varied.items() for v in vs]
+    runs = [("baseline", {})] + [(",".join(f"{k}={text}" for k, (text, _) in c.items()),
+                                  {k: parsed for k, (_, parsed) in c.items()}) for c in combos]
+    out = []
+    for label, changes in runs:
+        values = {**opt.to_dict(), **changes, "name": f"{opt.name}/{label}", "split_file": opt.split_file,
+                  "vary": (), "factorial": False}
+        out.append((label, check_train_options(build(ProtocolConfig, values))))  # checked as a command line is
+    return out
+
+
+def write_ablation(opt: RunConfig, results: dict[str, list[dict]]) -> dict:
+    """``ablation.json`` and ``ablation.md`` in the run folder: per variant and test set, SRCC/PLCC/KRCC median and
+    mean +- std over splits, and against the baseline the mean of the per-split differences, in how many splits it
+    is higher, and a paired t-test over the same splits (two-sided; None with fewer than 2 splits or no spread)."""
+    from scipy import stats
+    base = results["baseline"]
+    table: dict = {}
+    for label, rows in results.items():
+        for test_set in sorted({r["test_set"] for r in rows}):
+            mine = {r["split"]: r for r in rows if r["test_set"] == test_set}
+            theirs = {r["split"]: r for r in base if r["test_set"] == test_set}
+            entry = {"splits": len(mine)}
+            for m in METRICS:
+                values = np.asarray([mine[k][m] for k in sorted(mine)], np.float64)
+                entry[m] = {"median": float(np.median(values)), "mean": float(np.mean(values)),
+                            "std": float(np.std(values, ddof=1)) if len(values) > 1 else None}
+                paired = [(mine[k][m], theirs[k][m]) for k in sorted(mine) if k in theirs]
+                if label != "baseline" and paired:
+                    diff = np.asarray([a - b for a, b in paired], np.float64)
+                    with warnings.catch_warnings():
+                        warnings.simplefilter("ignore")
+                        p = float(stats.ttest_rel(*zip(*paired)).pvalue) if len(diff) > 1 else math.nan
+                    entry[m].update(diff_mean=float(diff.mean()), higher_in=int(np.sum(diff > 0)), pairs=len(diff),
+                                    p_paired_t=p if math.isfinite(p) else None,
+                                    direction="higher" if diff.mean() > 0 else "lower" if diff.mean() < 0 else "same")
+            table.setdefault(test_set, {})[label] = entry
+    doc = {"baseline": "the options as given", "varied": list(opt.vary), "factorial": opt.factorial,
+           "split_file": opt.split_file, "n_splits": opt.n_splits, "std": "sample (n-1)",
+           "test": "paired t-test over the same splits, two-sided", "table": table}
+    atomic_write(os.path.join(opt.run_dir, "ablation.json"), json.dumps(doc, indent=2, allow_nan=False) + "\n")
+    text = ablation_markdown(table, opt.n_splits)
+    atomic_write(os.path.join(opt.run_dir, "ablation.md"), text)
+    print(f"\n{text}\nablation: {os.path.join(opt.run_dir, 'ablation.md')}")
+    return doc
+
+
+def ablation_markdown(table: dict, n_splits: int) -> str:
+    def cell(e: dict) -> str:
+        s = f"{e['median']:.4f} ({e['mean']:.4f} +- {e['std']:.4f})" if e["std"] is not None else f"{e['median']:.4f}"
+        if "diff_mean" in e:
+            p = "n/a" if e["p_paired_t"] is None else f"{e['p_paired_t']:.3g}"
+            s += f"; {e['diff_mean']:+.4f}, higher in {e['higher_in']}/{e['pairs']}, p {p}"
+        return s
+
+    lines = []
+    for test_set, variants in table.items():
+        lines += [f"### {test_set}: median (mean +- std) over {n_splits} splits; against the baseline: mean "
+                  "difference, splits where higher, paired t-test p (two-sided)", "",
+                  "| variant | " + " | ".join(m.upper() for m in METRICS) + " |", "|---" * (len(METRICS) + 1) + "|"]
+        lines += [f"| {label} | " + " | ".join(cell(e[m]) for m in METRICS) + " |" for label, e in variants.items()]
+        lines.append("")
+    return "\n".join(lines)
 
 
 if __name__ == "__main__":

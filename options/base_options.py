@@ -37,14 +37,15 @@ from utils.files import read_text
 
 def option(default: Any = None, help: str = "", *, policy: str = RESULT, choices: Sequence | None = None,
            metavar: str | None = None, nargs: int | str | None = None, factory: Callable[[], Any] | None = None,
-           text: bool = False, negative: tuple[str, str] | None = None) -> Any:
+           text: bool = False, negative: tuple[str, str] | None = None, repeat: bool = False) -> Any:
     """One option, written once: a field of an option group (a frozen dataclass) with its default (``factory``: a
     default computed when the parser is made, e.g. this machine's GPUs), help, choices and policy
     (options/policy.py). The command-line flag is the field's name; its type comes from the annotation (``text``:
-    read as text and converted by :func:`build`); ``negative``: the flag and help that turn a default-on switch off.
-    The parser is generated from these fields (:func:`parser_of`)."""
+    read as text and converted by :func:`build`); ``negative``: the flag and help that turn a default-on switch off;
+    ``repeat``: a list option that may be given several times (each adds its values). The parser is generated from
+    these fields (:func:`parser_of`)."""
     meta = {"help": help, "policy": policy, "choices": choices, "metavar": metavar, "nargs": nargs, "text": text,
-            "negative": negative}
+            "negative": negative, "repeat": repeat}
     if factory is not None:
         return dataclasses.field(default_factory=factory, metadata=meta)
     return dataclasses.field(default=default, metadata=meta)
@@ -92,6 +93,8 @@ def _add_option(g: argparse._ArgumentGroup, f: dataclasses.Field, hint: Any, def
         for key in ("choices", "metavar", "nargs"):
             if m[key] is not None:
                 kw[key] = m[key]
+        if m["repeat"]:  # argparse extends a list it made: the field's empty tuple is restored by freeze()
+            kw.update(action="extend", default=None)
         action = g.add_argument(f"--{f.name}", **kw)
     action.policy = m["policy"]
 
@@ -282,9 +285,11 @@ def options_of(parser: argparse.ArgumentParser) -> list[argparse.Action]:
 
 
 def freeze(cls: type[RunConfig], values: Mapping[str, Any]) -> RunConfig:
-    """The frozen ``cls`` holding ``values`` (lists become tuples)."""
-    names = {f.name for f in dataclasses.fields(cls)}
-    return cls(**{k: tuple(v) if isinstance(v, list) else v for k, v in values.items() if k in names})
+    """The frozen ``cls`` holding ``values`` (lists become tuples; a repeatable option never given, its default)."""
+    fields = {f.name: f for f in dataclasses.fields(cls)}
+    values = {k: default_of(fields[k]) if v is None and fields[k].metadata.get("repeat") else v
+              for k, v in values.items() if k in fields}
+    return cls(**{k: tuple(v) if isinstance(v, list) else v for k, v in values.items()})
 
 
 def parse_with_config(parser: argparse.ArgumentParser, argv: list[str] | None) -> argparse.Namespace:

@@ -32,6 +32,13 @@ class ProtocolFields:
     report: bool = report_option("also write protocol_report.html (one self-contained page: the summary, every "
                                  "split's numbers, per-group medians) and each split's test report")
     cross_data_root: str | None = option(None, "root of the --cross_dataset data; None: --data_root", policy=FREE)
+    vary: tuple[str, ...] = option((), "an ablation: train and test the options as given (the baseline) and, on the "
+                                       "same splits, each variant KEY=VALUE (one factor at a time; values separated "
+                                       "by commas, or by ';' for a list option such as vit_blocks=0,1,2;0,1); any "
+                                       "model or training option; repeatable. Writes ablation.json and ablation.md",
+                                   policy=FREE, nargs="+", metavar="KEY=V1[,V2...]", repeat=True)
+    factorial: bool = option(False, "with --vary: every combination of the varied values, not one factor at a time",
+                             policy=FREE)
 
 
 @dataclass(frozen=True, kw_only=True)

@@ -152,3 +152,35 @@ def test_protocol_py_with_workers_exits_when_its_splits_are_done(data_root, tmp_
     code, linger = run_to_exit([sys.executable, "protocol.py", *args], log, _shell_env())
     assert code == 0 and (tmp_path / "proto" / "protocol_summary.json").is_file(), log.read_text()[-3000:]
     assert linger < 5, f"exited {linger:.1f} s after its last line"
+
+
+def test_an_ablation_trains_the_baseline_and_each_variant_on_the_same_splits(data_root, tmp_path, capsys):
+    """protocol.py --vary: the baseline and each variant on the same splits, each in its own folder with its
+    configuration in its checkpoints; the table (ablation.json/.md) pairs the splits; a rerun reuses everything; an
+    unknown key is refused before anything runs."""
+    from utils.checkpoint import load_checkpoint, meta_of
+    args = _common(tmp_path, "--name", "abl", "--dataset", "kadid10k", "--data_root", str(data_root), "--n_splits",
+                   "2", "--n_epoch", "1", "--batch_size", "3", "--n_ensemble", "2", "--vary", "fusion=conv")
+    with pytest.raises(AHIQError, match=r"--vary 'gpu_ids=1': give KEY=V1\[,V2...\] with KEY a model or training"):
+        protocol.main([*args, "--vary", "gpu_ids=1"])
+    assert not (tmp_path / "abl").exists()
+    doc = protocol.main(args)
+    run = tmp_path / "abl"
+    for variant, fusion in (("baseline", "deform"), ("fusion=conv", "conv")):
+        for k in (0, 1):
+            assert meta_of(load_checkpoint(str(run / variant / f"split_{k}" / "best.pth")))["model"]["fusion"] == fusion
+    assert json.loads((run / "baseline" / "split_0" / "opt_train.json").read_text())["split_file"] == \
+        json.loads((run / "fusion=conv" / "split_0" / "opt_train.json").read_text())["split_file"] == \
+        str(run / "splits.json")  # the same splits
+    table = doc["table"]["kadid10k (test part)"]
+    rows = list(csv.DictReader(open(run / "fusion=conv" / "protocol_results.csv")))
+    base = list(csv.DictReader(open(run / "baseline" / "protocol_results.csv")))
+    diffs = [float(r["srcc"]) - float(b["srcc"]) for r, b in zip(rows, base)]
+    conv = table["fusion=conv"]["srcc"]
+    assert conv["pairs"] == 2 and conv["diff_mean"] == pytest.approx(np.mean(diffs))
+    assert conv["higher_in"] == sum(d > 0 for d in diffs) and "diff_mean" not in table["baseline"]["srcc"]
+    assert json.loads((run / "ablation.json").read_text())["table"] == doc["table"]
+    assert "| fusion=conv |" in (run / "ablation.md").read_text()
+    stamps = {p: os.stat(p).st_mtime_ns for p in run.glob("*/split_*/*.pth")}
+    assert protocol.main(args)["table"] == doc["table"]  # a rerun: nothing trained again
+    assert {p: os.stat(p).st_mtime_ns for p in run.glob("*/split_*/*.pth")} == stamps
