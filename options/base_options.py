@@ -93,8 +93,8 @@ def _add_option(g: argparse._ArgumentGroup, f: dataclasses.Field, hint: Any, def
         for key in ("choices", "metavar", "nargs"):
             if m[key] is not None:
                 kw[key] = m[key]
-        if m["repeat"]:  # argparse extends a list it made: the field's empty tuple is restored by freeze()
-            kw.update(action="extend", default=None)
+        if m["repeat"]:  # argparse extends a copy of its default, which must be a list (frozen as a tuple)
+            kw.update(action="extend", default=list(default))
         action = g.add_argument(f"--{f.name}", **kw)
     action.policy = m["policy"]
 
@@ -285,11 +285,9 @@ def options_of(parser: argparse.ArgumentParser) -> list[argparse.Action]:
 
 
 def freeze(cls: type[RunConfig], values: Mapping[str, Any]) -> RunConfig:
-    """The frozen ``cls`` holding ``values`` (lists become tuples; a repeatable option never given, its default)."""
-    fields = {f.name: f for f in dataclasses.fields(cls)}
-    values = {k: default_of(fields[k]) if v is None and fields[k].metadata.get("repeat") else v
-              for k, v in values.items() if k in fields}
-    return cls(**{k: tuple(v) if isinstance(v, list) else v for k, v in values.items()})
+    """The frozen ``cls`` holding ``values`` (lists become tuples)."""
+    names = {f.name for f in dataclasses.fields(cls)}
+    return cls(**{k: tuple(v) if isinstance(v, list) else v for k, v in values.items() if k in names})
 
 
 def parse_with_config(parser: argparse.ArgumentParser, argv: list[str] | None) -> argparse.Namespace:

@@ -226,7 +226,9 @@ def test_the_command_line_and_the_api_defaults_come_from_the_option_fields(monke
         assert {a.dest for a in options_of(parser)} == {f.name for f in fields}, cls.__name__
         parsed = parser.parse_args([])
         for f in fields:
-            assert getattr(parsed, f.name) == getattr(cls, "DEFAULTS", {}).get(f.name, default_of(f)), f.name
+            value = getattr(parsed, f.name)
+            value = tuple(value) if isinstance(value, list) else value  # frozen as a tuple
+            assert value == getattr(cls, "DEFAULTS", {}).get(f.name, default_of(f)), f.name
     field = next(f for f in dataclasses.fields(ScoringFields) if f.name == "n_ensemble")
     monkeypatch.setattr(field, "default", 7)
     assert TestConfig.parser().parse_args([]).n_ensemble == PredictConfig.parser().parse_args([]).n_ensemble == 7
