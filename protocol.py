@@ -17,12 +17,14 @@ import utils.interrupt  # noqa: F401 - first: Ctrl-C while the libraries import 
 
 import csv
 import glob
+import importlib
 import io
 import itertools
 import json
 import logging
 import math
 import os
+import shlex
 import warnings
 
 import numpy as np
@@ -48,6 +50,7 @@ METRICS = ("srcc", "plcc", "krcc")
 # one row of protocol_results.csv and the report's per-split table
 ROW = ("split", "test_set", *METRICS, "rmse", "rmse_mapped", "outlier_ratio", "n_images", "epoch", "checkpoint")
 RESULTS_FILE = "test_results.txt"
+REPO = os.path.dirname(os.path.abspath(__file__))
 
 
 def check_same_protocol(opt: RunConfig) -> None:
@@ -217,10 +220,110 @@ def main(argv: list[str] | None = None) -> dict:
     info = init_distributed(device_of(opt), opt.gpu_list)
     if info.enabled:
         raise AHIQError("protocol.py runs in one process; start it with python, not torchrun")
+    runs = variants or [("", opt)]
+    if opt.launcher == "slurm":
+        pending = submit_or_collect(opt, runs)
+        if pending:
+            return {"pending": pending}
     if not variants:
         return run_protocol(opt, info)[0]
     results = {label: run_protocol(vopt, info)[1] for label, vopt in variants}
     return write_ablation(opt, results)
+
+
+def run_split(opt: RunConfig, k: int, info) -> RunConfig:
+    """Split ``k``: trained (resumed when an earlier attempt left last.pth; skipped when it was tested already) and
+    tested on each test set (a metrics file already there is kept); its options are returned. The one body of a
+    split, run here (``--launcher local``) or as a SLURM job (:class:`SplitJob`)."""
+    sub = split_options(opt, k)
+    if not os.path.isfile(test_entry.metrics_file(sub.run_dir, RESULTS_FILE)):
+        log.info("split %d/%d: training in %s%s", k + 1, opt.n_splits, sub.run_dir, " (resuming)" if sub.resume else "")
+        train_script.run(sub, info)
+    for _, topt in split_tests(opt, sub):
+        test_once(topt)
+    if opt.keep == "best":
+        drop_resume_files(sub.run_dir)
+    return sub
+
+
+def split_done(opt: RunConfig, k: int) -> bool:
+    """Split ``k`` of ``opt`` is trained and every test set of it scored (its metrics files are there)."""
+    sub = split_options(opt, k)
+    return all(os.path.isfile(test_entry.metrics_file(sub.run_dir, topt.test_file_name))
+               for _, topt in split_tests(opt, sub))
+
+
+def split_tests(opt: RunConfig, sub: RunConfig) -> list[tuple[str, RunConfig]]:
+    """The test sets of one split's model: its split's test part, then each --cross_dataset whole."""
+    tests = [(f"{opt.dataset} (test part)", test_options(sub, opt, None))]
+    return tests + [(f"{cross} (all)", test_options(sub, opt, cross)) for cross in opt.cross_dataset]
+
+
+class SplitJob:
+    """A SLURM job (submitit): train and test one split of one variant, with the options ``values``. Preempted or
+    out of time, submitit calls :meth:`checkpoint` and the job is requeued; it continues from the split's last.pth
+    (train.py's resume is exact). The GPU is the one SLURM gives the job."""
+
+    def __init__(self, values: dict, k: int) -> None:
+        self.values, self.k = values, k
+
+    def __call__(self) -> str:
+        opt = build(ProtocolConfig, self.values)
+        return run_split(opt, self.k, init_distributed(device_of(opt), opt.gpu_list)).run_dir
+
+    def checkpoint(self, *args, **kwargs):
+        import submitit
+        return submitit.helpers.DelayedSubmission(SplitJob(self.values, self.k))
+
+
+ACTIVE = ("PENDING", "RUNNING", "REQUEUED", "CONFIGURING", "COMPLETING", "RESIZING", "SUSPENDED", "UNKNOWN")
+
+
+def submit_or_collect(opt: RunConfig, runs: list[tuple[str, RunConfig]]) -> list[str]:
+    """``--launcher slurm``: every split of every run that is neither finished nor running (by the job id recorded
+    in ``slurm_jobs.json``) is submitted as one job (:class:`SplitJob`; a failed one again, with the reason of its
+    failure said); returns what is not finished yet ([]: everything is, and the tables can be written)."""
+    try:
+        import submitit
+    except ImportError:
+        raise AHIQError("--launcher slurm needs submitit: pip install -r requirements-slurm.txt (or drop "
+                        "--launcher slurm)") from None
+    record_path = os.path.join(opt.run_dir, "slurm_jobs.json")
+    record = json.loads(read_text(record_path)) if os.path.isfile(record_path) else {}
+    job_class = importlib.import_module("protocol").SplitJob  # by module name: the job imports it from the checkout
+    executor = submitit.SlurmExecutor(folder=os.path.join(opt.run_dir, "slurm", "%j"))
+    extra = dict(kv.split("=", 1) for kv in opt.slurm_opt)
+    executor.update_parameters(
+        job_name=f"ahiq-{opt.name}", time=opt.slurm_time, gpus_per_node=opt.slurm_gpus or None, ntasks_per_node=1,
+        partition=opt.slurm_partition, account=opt.slurm_account, constraint=opt.slurm_constraint,
+        signal_delay_s=120, additional_parameters=extra or None,
+        setup=[f"export PYTHONPATH={shlex.quote(REPO)}${{PYTHONPATH:+:$PYTHONPATH}}"])  # the job imports protocol
+    pending, states = [], {}
+    for label, vopt in runs:
+        values = {**vopt.to_dict(), "gpu_ids": "0" if opt.slurm_gpus else "-1", "launcher": "local"}
+        for k in range(vopt.n_splits):
+            key = f"{label}/split_{k}" if label else f"split_{k}"
+            if split_done(vopt, k):
+                states[key] = "done"
+                continue
+            job_id = record.get(key)
+            state = submitit.SlurmJob(os.path.join(opt.run_dir, "slurm", "%j"), job_id).state if job_id else None
+            if state in ACTIVE:
+                states[key] = f"{state.lower()} (job {job_id})"
+            else:
+                if job_id:
+                    log.warning("%s: job %s ended %s without finishing; submitting it again", key, job_id, state)
+                job = executor.submit(job_class(values, k))
+                record[key] = job.job_id
+                states[key] = f"submitted (job {job.job_id})"
+            pending.append(key)
+        atomic_write(record_path, json.dumps(record, indent=1) + "\n")
+    for key, state in states.items():
+        print(f"{key}: {state}")
+    if pending:
+        print(f"{len(pending)} of {len(states)} run(s) not finished; run the same command again to collect them "
+              f"(job ids in {record_path})")
+    return pending
 
 
 def run_protocol(opt: RunConfig, info) -> tuple[dict, list[dict]]:
@@ -235,23 +338,14 @@ def run_protocol(opt: RunConfig, info) -> tuple[dict, list[dict]]:
     save_options(opt, "protocol")
     rows, details = [], []
     for k in range(opt.n_splits):
-        sub = split_options(opt, k)
-        done = os.path.isfile(test_entry.metrics_file(sub.run_dir, RESULTS_FILE))
-        if not done:
-            log.info("split %d/%d: training in %s%s", k + 1, opt.n_splits, sub.run_dir,
-                     " (resuming)" if sub.resume else "")
-            train_script.run(sub, info)
-        tests = [(f"{opt.dataset} (test part)", test_options(sub, opt, None))]
-        tests += [(f"{cross} (all)", test_options(sub, opt, cross)) for cross in opt.cross_dataset]
-        for test_set, topt in tests:
-            metrics = test_once(topt)
+        sub = run_split(opt, k, info)
+        for test_set, topt in split_tests(opt, sub):
+            metrics = test_once(topt)  # the file run_split wrote
             rows.append({**{key: metrics.get(key) for key in ROW}, "split": k, "test_set": test_set,
                          "epoch": (metrics.get("trained") or {}).get("epochs_trained")})
             details.append({"test_set": test_set, "metrics": metrics})
         # after every split, so an interrupted protocol keeps its results
         write_results(opt, rows, summarise(rows), group_summary(details))
-        if opt.keep == "best":
-            drop_resume_files(sub.run_dir)
     summary = summarise(rows)
     table = summary_table(summary)
     if opt.report:

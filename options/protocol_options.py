@@ -42,7 +42,27 @@ class ProtocolFields:
 
 
 @dataclass(frozen=True, kw_only=True)
-class ProtocolConfig(ProtocolFields, TrainConfig):
+class LauncherFields:
+    """Where the runs of a protocol or an ablation run: here, or as jobs of a SLURM cluster (through submitit)."""
+
+    TITLE: ClassVar[str] = "launcher"
+    launcher: str = option("local", "'local': the runs one after another in this process; 'slurm': one job per "
+                                    "variant and split through submitit (pip install submitit), which returns at once; "
+                                    "the same command again collects finished runs, reports running ones, resubmits "
+                                    "failed ones and writes the tables once all are done", policy=FREE,
+                           choices=("local", "slurm"))
+    slurm_partition: str | None = option(None, "SLURM partition of the jobs", policy=FREE)
+    slurm_time: int = option(240, "time limit of a job in minutes; a job stopped by it (or preempted) is requeued and "
+                                  "continues from its last.pth", policy=FREE, metavar="MINUTES")
+    slurm_gpus: int = option(1, "GPUs per job", policy=FREE)
+    slurm_account: str | None = option(None, "SLURM account to charge", policy=FREE)
+    slurm_constraint: str | None = option(None, "SLURM constraint (a GPU type, e.g. a100)", policy=FREE)
+    slurm_opt: tuple[str, ...] = option((), "any other sbatch option, as KEY=VALUE (e.g. qos=high); repeatable",
+                                        policy=FREE, nargs="+", metavar="KEY=VALUE", repeat=True)
+
+
+@dataclass(frozen=True, kw_only=True)
+class ProtocolConfig(LauncherFields, ProtocolFields, TrainConfig):
     """protocol.py's configuration: every train.py option and its own."""
 
     DESCRIPTION: ClassVar[str] = ("Train and test AHIQ on K content-disjoint splits and report median / mean +- "

@@ -184,3 +184,67 @@ def test_an_ablation_trains_the_baseline_and_each_variant_on_the_same_splits(dat
     stamps = {p: os.stat(p).st_mtime_ns for p in run.glob("*/split_*/*.pth")}
     assert protocol.main(args)["table"] == doc["table"]  # a rerun: nothing trained again
     assert {p: os.stat(p).st_mtime_ns for p in run.glob("*/split_*/*.pth")} == stamps
+
+
+SBATCH = """#!/bin/sh
+# stand-in sbatch: keeps the script it is given, answers with a job id
+n=$(cat "$FAKE_SLURM/next" 2>/dev/null || echo 4242)
+echo $((n + 1)) > "$FAKE_SLURM/next"
+for last; do :; done
+cp "$last" "$FAKE_SLURM/job_$n.sh"
+echo "Submitted batch job $n"
+"""
+SACCT = """#!/bin/sh
+# stand-in sacct: every job asked for is in the state $FAKE_SLURM/state holds
+state=$(cat "$FAKE_SLURM/state")
+echo "JobID|State|NodeList"
+for arg; do case $arg in -j) take=1 ;; *) [ "$take" = 1 ] && for id in $(echo "$arg" | tr , ' '); do
+  echo "$id|$state|node1"; done; take=0 ;; esac; done
+"""
+
+
+def test_an_ablation_on_slurm_through_submitit(data_root, tmp_path, monkeypatch, capsys):
+    """--launcher slurm against a stand-in sbatch/sacct/srun: one job per variant and split with the signal, GPUs,
+    time, partition, account and extra options asked for; the same command again submits nothing while the jobs
+    run, resubmits a failed one, and once the jobs have run (here: their pickled calls, as submitit runs them)
+    writes the table the local launcher writes."""
+    submitit = pytest.importorskip("submitit", reason="an optional extra (requirements-slurm.txt)")
+    fake = tmp_path / "slurm_bin"
+    fake.mkdir()
+    for name, text in (("sbatch", SBATCH), ("sacct", SACCT), ("srun", "#!/bin/sh\nexit 1\n")):
+        (fake / name).write_text(text)
+        (fake / name).chmod(0o755)
+    monkeypatch.setenv("PATH", f"{fake}:{os.environ['PATH']}")
+    monkeypatch.setenv("FAKE_SLURM", str(fake))
+    (fake / "state").write_text("RUNNING")
+    args = _common(tmp_path, "--name", "abl", "--dataset", "kadid10k", "--data_root", str(data_root), "--n_splits",
+                   "2", "--n_epoch", "1", "--batch_size", "3", "--n_ensemble", "2", "--vary", "fusion=conv",
+                   "--launcher", "slurm", "--slurm_partition", "gpu", "--slurm_time", "90", "--slurm_account", "lab",
+                   "--slurm_opt", "qos=high")
+    out = protocol.main(args)
+    assert sorted(out["pending"]) == ["baseline/split_0", "baseline/split_1", "fusion=conv/split_0",
+                                      "fusion=conv/split_1"]
+    scripts = sorted(fake.glob("job_*.sh"))
+    assert len(scripts) == 4
+    text = scripts[0].read_text()
+    for line in ("#SBATCH --signal=USR2@120", "#SBATCH --gpus-per-node=1", "#SBATCH --time=90",
+                 "#SBATCH --partition=gpu", "#SBATCH --account=lab", "#SBATCH --qos=high",
+                 f"export PYTHONPATH={protocol.REPO}"):
+        assert line in text, (line, text)
+    assert protocol.main(args)["pending"] and len(list(fake.glob("job_*.sh"))) == 4  # running: nothing submitted
+    assert "running (job 4242)" in capsys.readouterr().out
+    (fake / "state").write_text("FAILED")
+    protocol.main(args)
+    assert len(list(fake.glob("job_*.sh"))) == 8  # failed: each submitted again
+    run = tmp_path / "abl"
+    record = json.loads((run / "slurm_jobs.json").read_text())
+    for job_id in record.values():  # run the jobs as submitit would, from what was submitted (on this CPU)
+        job = submitit.core.utils.DelayedSubmission.load(run / "slurm" / job_id / f"{job_id}_submitted.pkl")
+        assert job.function.values["gpu_ids"] == "0"  # the job's own GPU, where SLURM gives one
+        job.function.values["gpu_ids"] = "-1"
+        again = job.function.checkpoint()  # preempted or out of time: requeued as the same split, from last.pth
+        assert (again.function.values, again.function.k) == (job.function.values, job.function.k)
+        job.result()
+    doc = protocol.main(args)  # everything finished: the tables
+    assert set(doc["table"]["kadid10k (test part)"]) == {"baseline", "fusion=conv"}
+    assert (run / "ablation.md").is_file()

@@ -4,7 +4,7 @@
 # used as it is, nothing installed); else .venv, created on the first run, with PyTorch and the requirements.
 # AHIQ_DEV=1 (run_tests.sh) adds requirements-onnx.txt (the optional ONNX extra, tested) and requirements-dev.txt.
 REQS="requirements.txt"
-[ "${AHIQ_DEV:-0}" = 1 ] && REQS="$REQS requirements-onnx.txt requirements-dev.txt"
+[ "${AHIQ_DEV:-0}" = 1 ] && REQS="$REQS requirements-onnx.txt requirements-slurm.txt requirements-dev.txt"
 _ahiq_ready() { "$1" tools/check_requirements.py $REQS >/dev/null 2>&1; }
 if [ -n "${VIRTUAL_ENV:-}" ] || [ -n "${CONDA_PREFIX:-}" ]; then
     PY=python
