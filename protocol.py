@@ -430,6 +430,19 @@ def write_ablation(opt: RunConfig, results: dict[str, list[dict]]) -> dict:
     atomic_write(os.path.join(opt.run_dir, "ablation.json"), json.dumps(doc, indent=2, allow_nan=False) + "\n")
     text = ablation_markdown(table, opt.n_splits)
     atomic_write(os.path.join(opt.run_dir, "ablation.md"), text)
+    if opt.report:  # the same table as a page, linking each variant's protocol report
+        sections = []
+        for test_set, variants in table.items():
+            rows = [(label, m.upper(), e[m]["median"], e[m]["mean"], e[m]["std"], e[m].get("diff_mean"),
+                     f"{e[m]['higher_in']}/{e[m]['pairs']}" if "pairs" in e[m] else "", e[m].get("p_paired_t"))
+                    for label, e in variants.items() for m in METRICS]
+            sections.append((test_set, report.table(("variant", "metric", "median", "mean", "std", "mean diff",
+                                                     "higher in", "paired t p"), rows, sortable=True)))
+        links = " ".join(f'<a href="{report.esc(label)}/protocol_report.html">{report.esc(label)}</a>'
+                         for label in results)
+        sections.append(("Each variant's protocol report", f"<p>{links}</p>"))
+        atomic_write(os.path.join(opt.run_dir, "ablation_report.html"),
+                     report.page(f"AHIQ ablation on {opt.dataset}: {opt.name}", None, sections))
     print(f"\n{text}\nablation: {os.path.join(opt.run_dir, 'ablation.md')}")
     return doc
 

@@ -320,10 +320,10 @@ def run(opt: RunConfig, info: DistInfo) -> TrainState:
     try:
         return train(opt, info)
     finally:
+        close_file_logs(opt.run_dir)  # the run's log.txt is the run's: what follows (protocol.py's next split) is not
         if lock:
             lock.release()
         if new and not os.path.exists(os.path.join(opt.run_dir, "opt_train.json")):  # written once training starts
-            close_file_logs(opt.run_dir)
             shutil.rmtree(opt.run_dir, ignore_errors=True)
 
 

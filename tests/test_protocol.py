@@ -181,6 +181,7 @@ def test_an_ablation_trains_the_baseline_and_each_variant_on_the_same_splits(dat
     assert conv["higher_in"] == sum(d > 0 for d in diffs) and "diff_mean" not in table["baseline"]["srcc"]
     assert json.loads((run / "ablation.json").read_text())["table"] == doc["table"]
     assert "| fusion=conv |" in (run / "ablation.md").read_text()
+    assert not (run / "ablation_report.html").exists()  # only with --report
     stamps = {p: os.stat(p).st_mtime_ns for p in run.glob("*/split_*/*.pth")}
     assert protocol.main(args)["table"] == doc["table"]  # a rerun: nothing trained again
     assert {p: os.stat(p).st_mtime_ns for p in run.glob("*/split_*/*.pth")} == stamps
@@ -245,6 +246,9 @@ def test_an_ablation_on_slurm_through_submitit(data_root, tmp_path, monkeypatch,
         again = job.function.checkpoint()  # preempted or out of time: requeued as the same split, from last.pth
         assert (again.function.values, again.function.k) == (job.function.values, job.function.k)
         job.result()
-    doc = protocol.main(args)  # everything finished: the tables
+    doc = protocol.main([*args, "--report"])  # everything finished: the tables (and the page)
     assert set(doc["table"]["kadid10k (test part)"]) == {"baseline", "fusion=conv"}
     assert (run / "ablation.md").is_file()
+    page = (run / "ablation_report.html").read_text()
+    assert 'href="fusion=conv/protocol_report.html"' in page
+    assert (run / "fusion=conv" / "protocol_report.html").is_file()
