@@ -166,6 +166,8 @@ def test_an_ablation_trains_the_baseline_and_each_variant_on_the_same_splits(dat
     assert not (tmp_path / "abl").exists()
     doc = protocol.main(args)
     run = tmp_path / "abl"
+    import logging  # each run's log.txt is detached when it ends: nothing later lands in the last split's log
+    assert not [h for h in logging.getLogger().handlers if isinstance(h, logging.FileHandler)]
     for variant, fusion in (("baseline", "deform"), ("fusion=conv", "conv")):
         for k in (0, 1):
             assert meta_of(load_checkpoint(str(run / variant / f"split_{k}" / "best.pth")))["model"]["fusion"] == fusion
