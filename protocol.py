@@ -31,6 +31,9 @@ import numpy as np
 
 import test as test_entry
 import train as train_script
+from data.datasets import read_labels, select_rows
+from data.label_norm import LabelNorm
+from data.pipal import read_list
 from data.splits import read_splits
 from engine.runtime import device_of, save_options
 from options.base_options import RunConfig, build, defaults_of, options_of
@@ -44,6 +47,7 @@ from utils.distributed import init_distributed
 from utils.errors import AHIQError, run_cli
 from utils.files import atomic_write, read_text
 from utils.records import differences
+from utils.stats import compare_models
 
 log = logging.getLogger("ahiq.protocol")
 METRICS = ("srcc", "plcc", "krcc")
@@ -228,7 +232,7 @@ def main(argv: list[str] | None = None) -> dict:
     if not variants:
         return run_protocol(opt, info)[0]
     results = {label: run_protocol(vopt, info)[1] for label, vopt in variants}
-    return write_ablation(opt, results)
+    return write_ablation(opt, results, dict(variants))
 
 
 def run_split(opt: RunConfig, k: int, info) -> RunConfig:
@@ -398,10 +402,28 @@ def ablation_variants(opt: RunConfig) -> list[tuple[str, RunConfig]]:
     return out
 
 
-def write_ablation(opt: RunConfig, results: dict[str, list[dict]]) -> dict:
+def same_images_test(variant: RunConfig, baseline: RunConfig, k: int) -> dict:
+    """tools.compare's test on split ``k``'s test part: the variant's and the baseline's predictions of the same
+    images against their MOS, Williams' test for SRCC and PLCC (two-sided p; None where undefined)."""
+    topt = test_options(split_options(variant, k), variant, None)
+    labels = select_rows(read_labels(topt.test_list, topt.list_format, topt.ref_rule), "test", topt.split())
+    preds = []
+    for opt in (variant, baseline):
+        names, scores = read_list(os.path.join(split_options(opt, k).run_dir, RESULTS_FILE))
+        by_name = dict(zip(names, scores.tolist()))
+        preds.append(np.asarray([by_name[n] for n in labels.names], np.float64))
+    mos = LabelNorm.fit(labels.raw, topt.lower_better).apply(labels.raw)
+    c = compare_models(*preds, mos, labels.refs, n_boot=0)
+    return {"split": k, "n": c["n"], "srcc_williams_p": c["srcc"]["williams_p"],
+            "plcc_williams_p": c["plcc"]["williams_p"]}
+
+
+def write_ablation(opt: RunConfig, results: dict[str, list[dict]], runs: dict[str, RunConfig] | None = None) -> dict:
     """``ablation.json`` and ``ablation.md`` in the run folder: per variant and test set, SRCC/PLCC/KRCC median and
     mean +- std over splits, and against the baseline the mean of the per-split differences, in how many splits it
-    is higher, and a paired t-test over the same splits (two-sided; None with fewer than 2 splits or no spread)."""
+    is higher, and a paired t-test over the same splits (two-sided; None with fewer than 2 splits or no spread);
+    with ``runs`` (each variant's options), per split the test between the two models on the same images
+    (:func:`same_images_test`, the split's test part)."""
     from scipy import stats
     base = results["baseline"]
     table: dict = {}
@@ -423,6 +445,8 @@ def write_ablation(opt: RunConfig, results: dict[str, list[dict]]) -> dict:
                     entry[m].update(diff_mean=float(diff.mean()), higher_in=int(np.sum(diff > 0)), pairs=len(diff),
                                     p_paired_t=p if math.isfinite(p) else None,
                                     direction="higher" if diff.mean() > 0 else "lower" if diff.mean() < 0 else "same")
+            if runs and label != "baseline" and test_set == f"{opt.dataset} (test part)":
+                entry["same_images"] = [same_images_test(runs[label], runs["baseline"], k) for k in sorted(mine)]
             table.setdefault(test_set, {})[label] = entry
     doc = {"baseline": "the options as given", "varied": list(opt.vary), "factorial": opt.factorial,
            "split_file": opt.split_file, "n_splits": opt.n_splits, "std": "sample (n-1)",
@@ -447,6 +471,10 @@ def write_ablation(opt: RunConfig, results: dict[str, list[dict]]) -> dict:
     return doc
 
 
+def _p(value: float | None) -> str:
+    return "n/a" if value is None else f"{value:.3g}"
+
+
 def ablation_markdown(table: dict, n_splits: int) -> str:
     def cell(e: dict) -> str:
         s = f"{e['median']:.4f} ({e['mean']:.4f} +- {e['std']:.4f})" if e["std"] is not None else f"{e['median']:.4f}"
@@ -461,6 +489,13 @@ def ablation_markdown(table: dict, n_splits: int) -> str:
                   "difference, splits where higher, paired t-test p (two-sided)", "",
                   "| variant | " + " | ".join(m.upper() for m in METRICS) + " |", "|---" * (len(METRICS) + 1) + "|"]
         lines += [f"| {label} | " + " | ".join(cell(e[m]) for m in METRICS) + " |" for label, e in variants.items()]
+        lines.append("")
+        for label, e in variants.items():
+            if e.get("same_images"):
+                tests = "; ".join(f"split {t['split']}: {_p(t['srcc_williams_p'])}, {_p(t['plcc_williams_p'])}"
+                                  for t in e["same_images"])
+                lines.append(f"- {label}, Williams' test against the baseline on each split's images (SRCC p, PLCC "
+                             f"p, two-sided): {tests}")
         lines.append("")
     return "\n".join(lines)
 

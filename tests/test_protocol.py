@@ -182,6 +182,11 @@ def test_an_ablation_trains_the_baseline_and_each_variant_on_the_same_splits(dat
     assert conv["pairs"] == 2 and conv["diff_mean"] == pytest.approx(np.mean(diffs))
     assert conv["higher_in"] == sum(d > 0 for d in diffs) and "diff_mean" not in table["baseline"]["srcc"]
     assert json.loads((run / "ablation.json").read_text())["table"] == doc["table"]
+    # per split, tools.compare's test on the same images: each split's 3 test images, too few for Williams' test
+    # (it needs 4), which says so with null rather than a number
+    same = table["fusion=conv"]["same_images"]
+    assert [(t["split"], t["n"], t["srcc_williams_p"]) for t in same] == [(0, 3, None), (1, 3, None)]
+    assert "Williams' test against the baseline" in (run / "ablation.md").read_text()
     assert "| fusion=conv |" in (run / "ablation.md").read_text()
     assert not (run / "ablation_report.html").exists()  # only with --report
     stamps = {p: os.stat(p).st_mtime_ns for p in run.glob("*/split_*/*.pth")}
