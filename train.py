@@ -17,7 +17,6 @@ import utils.interrupt  # noqa: F401 - first: Ctrl-C while the libraries import 
 # isort: split
 
 import glob
-import hashlib
 import logging
 import math
 import os
@@ -67,7 +66,7 @@ from utils.files import FolderLock, remove_stale_temporaries
 from utils.logger import EpochLog, Scalars, close_file_logs, setup_logging
 from utils.metrics import METRIC_NAMES, improves, iqa_metrics, metrics_line
 from utils.plots import optional_figure, scatter_figure
-from utils.records import differences
+from utils.records import differences, file_digest
 
 log = logging.getLogger("ahiq.train")
 
@@ -285,8 +284,7 @@ def input_digests(opt: RunConfig) -> dict[str, str]:
     out = {}
     for key, path in files.items():
         if path and os.path.isfile(path):
-            with open(path, "rb") as f:
-                out[key] = hashlib.sha256(f.read()).hexdigest()
+            out[key] = file_digest(path)
     return out
 
 

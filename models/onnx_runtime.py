@@ -10,7 +10,6 @@ backbones came from. ONNX Runtime is an optional extra (requirements-onnx.txt): 
 from __future__ import annotations
 
 import contextlib
-import hashlib
 import json
 import os
 import warnings
@@ -142,14 +141,6 @@ def fixed_position_embedding(model: nn.Module, example: tuple[torch.Tensor, torc
         yield
     finally:
         vision_transformer.resample_abs_pos_embed = original
-
-
-def sha256_of(path: str) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        while chunk := f.read(1 << 20):
-            digest.update(chunk)
-    return digest.hexdigest()
 
 
 def export(model: nn.Module, out: str, crop: int, meta: dict, opset: int = 17, tolerance: float = 1e-5,

@@ -15,12 +15,12 @@ import torch
 import predict
 from engine.scorer import load_scorer
 from models import BackboneSource, ModelConfig, build_from_config
-from models.onnx_runtime import sha256_of
 from models.tiny import TINY_RESNET, TINY_VIT
 from tests.conftest import FIXTURES, needs_fixtures
 from tools.export_onnx import main as export_main
 from utils.checkpoint import save_weights
 from utils.errors import AHIQError
+from utils.records import file_digest
 
 pytest.importorskip("onnxruntime", reason="ONNX Runtime is an optional extra (requirements-onnx.txt)")
 
@@ -76,7 +76,7 @@ def test_the_export_records_what_it_is_and_refuses_a_failed_check(tmp_path):
     export_main(["--ckpt", str(tmp_path / "tiny.pth"), "--out", str(tmp_path / "tiny.onnx"), "--no_pretrained"])
     from models.onnx_runtime import read_metadata
     meta = read_metadata(str(tmp_path / "tiny.onnx"))
-    assert meta["checkpoint_sha256"] == sha256_of(str(tmp_path / "tiny.pth")) and meta["model"]["head_width"] == 16
+    assert meta["checkpoint_sha256"] == file_digest(str(tmp_path / "tiny.pth")) and meta["model"]["head_width"] == 16
     assert meta["label_norm"]["mos_max"] == 5.0 and meta["backbones"]["vit"]["source"] == "random"
     with pytest.raises(AHIQError, match=r"bad\.onnx: ONNX Runtime's scores differ from PyTorch's by .*nothing was "
                                         r"written"):

@@ -24,9 +24,10 @@ import torch
 
 from engine.scorer import load_scorer
 from models import VIT_TAGS
-from models.onnx_runtime import export, onnxruntime, sha256_of
+from models.onnx_runtime import export, onnxruntime
 from options.defaults import CHECKPOINTS, SEED
 from utils.errors import run_cli
+from utils.records import file_digest
 
 
 def export_parser() -> argparse.ArgumentParser:
@@ -62,7 +63,7 @@ def main(argv: list[str] | None = None) -> dict:
             "input": "dis, ref: float32 RGB in [0, 1], (batch, 3, crop_size, crop_size); output score: (batch,), "
                      "higher is better",
             "model": model.config.to_dict(), "label_norm": scorer.label_norm.to_dict() if scorer.label_norm else None,
-            "checkpoint": os.path.basename(opt.ckpt), "checkpoint_sha256": sha256_of(opt.ckpt),
+            "checkpoint": os.path.basename(opt.ckpt), "checkpoint_sha256": file_digest(opt.ckpt),
             "backbones": model.backbones,
             "exported_with": {"torch": torch.__version__, "onnxruntime": onnxruntime().__version__}}
     result = export(model, opt.out, scorer.crop_size, meta, opset=opt.opset, tolerance=opt.tolerance)

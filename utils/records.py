@@ -57,20 +57,19 @@ def _phrase(path: tuple[str, ...], before: Any, value: Any) -> str:
     return f"{'.'.join(path)} {before!r} then, {value!r} now"
 
 
-def differences(saved: Mapping, now: Mapping, keys: Iterable[str] | None = None, _path: tuple[str, ...] = ()
-                ) -> list[str]:
-    """One phrase per value of ``now`` (or of its ``keys``) that ``saved`` records otherwise: ``--opt A then, B now``
+def differences(saved: Mapping, now: Mapping, _path: tuple[str, ...] = ()) -> list[str]:
+    """One phrase per value of ``now`` that ``saved`` records otherwise: ``--opt A then, B now``
     under ``options``, ``the content of --train_list changed`` under ``inputs``, ``the checkpoint's weights
     changed`` for a content of :data:`WORDS` (digests are not worth showing). Nested records are compared key by
     key; a key the saved record lacks (written by an older version) is not compared."""
     saved, now = _plain(dict(saved)), _plain(dict(now))
     out: list[str] = []
-    for key in (now if keys is None else keys):
+    for key in now:
         if key not in saved or key not in now:
             continue
         before, value, path = saved[key], now[key], (*_path, key)
         if isinstance(before, dict) and isinstance(value, dict):
-            out += differences(before, value, None, path)
+            out += differences(before, value, path)
         elif before != value:
             out.append(_phrase(path, before, value))
     return out
