@@ -182,11 +182,12 @@ def run(opt, info: DistInfo) -> list[float]:
         checkpoint = scoring_checkpoint(opt)
         scorer = scorer_for(opt, checkpoint, policy_of(opt, checkpoint.config.crop_size), device,
                             configure_device(opt, device), opt.mos_range)
-    note = scorer.use_mapping(mapping, opt.allow_other_mapping)
+    weights = scorer.weights() if mapping is not None or progress is not None else None  # once, when asked for
+    note = mapping.check_model(weights, opt.allow_other_mapping) if mapping is not None else None
     if note and info.is_main:
         log.warning(note)
     if progress is not None:
-        progress.bind(scorer.weights())
+        progress.bind(weights)
     if opt.maps:
         scores = np.asarray(write_maps(scorer, pairs, opt.maps, opt.batch_size, opt.num_workers))
     else:  # shared over the processes of a torchrun job (engine/jobs.py); one process: all of them

@@ -121,7 +121,7 @@ def write_report(path: str, opt: RunConfig, run: dict, dataset, out, metrics: di
                    or "no record (an official or pyiqa file)"),
                   *((f"{part} backbone", describe_backbone(r)) for part, r in run["backbones"].items()),
                   ("list", os.path.abspath(opt.test_list)), ("dataset", runtime.dataset_name(opt, opt.test_list)),
-                  ("split", scored_split(opt)["described"]),
+                  ("split", run["split"]),
                   ("images", len(out.names)),
                   ("windows", f"{opt.n_ensemble} per image, {opt.windows}, seed {opt.seed}, crop {run['crop']}"),
                   ("device", f"{run['device']}, {run['seconds_per_image']:.4f} s per image"),
@@ -275,7 +275,8 @@ def score(opt: RunConfig, out_path: str, info: DistInfo) -> dict:
     device = info.device
     amp_dtype = runtime.configure_device(opt, device)
     scorer = runtime.scorer_for(opt, checkpoint, policy, device, amp_dtype)
-    note = scorer.use_mapping(mapping, opt.allow_other_mapping)
+    weights = scorer.weights()  # digested once: the progress, the mapping's check and a fitted mapping record them
+    note = mapping.check_model(weights, opt.allow_other_mapping) if mapping is not None else None
     if note and info.is_main:
         log.warning(note)
     ckpt_path = checkpoint.path
@@ -287,12 +288,13 @@ def score(opt: RunConfig, out_path: str, info: DistInfo) -> dict:
         runtime.save_options(opt, "test")
     progress = Progress(out_path, {"source": source, "rows": list_digest(dataset), "options": opt.values(RESULT)},
                         info, opt.resume, opt.overwrite, len(dataset))
-    progress.bind(scorer.weights())
+    progress.bind(weights)
+    scored = scored_split(opt)
     start = time.perf_counter()
     with StopRequest() as stop:  # from here a stop finishes the batch and records it
         if info.is_main:
             log.info("scoring %d images of %s (%s) with %s (%d crops each, %s%s)%s", len(dataset), opt.test_list,
-                     scored_split(opt)["described"], ckpt_path, opt.n_ensemble, device,
+                     scored["described"], ckpt_path, opt.n_ensemble, device,
                      f", {info.world_size} processes" if info.world_size > 1 else "",
                      f"; {len(progress.done)} recorded by the stopped run" if progress.done else "")
         out = score_list(scorer, dataset, info, opt.batch_size, opt.num_workers, progress, lambda: stop.signal)
@@ -323,7 +325,7 @@ def score(opt: RunConfig, out_path: str, info: DistInfo) -> dict:
                                                "list": opt.test_list,
                                                "dataset": runtime.dataset_name(opt, opt.test_list),
                                                "lower_better": opt.lower_better,
-                                               "split": scored_split(opt),
+                                               "split": scored,
                                                "checkpoint": ckpt_path, "trained": trained,
                                                "n_ensemble": opt.n_ensemble},
                                               indent=2, allow_nan=False))
@@ -346,7 +348,7 @@ def score(opt: RunConfig, out_path: str, info: DistInfo) -> dict:
         result.update(metrics, trained=trained)
         if opt.fit_mapping:
             raw = dataset.raw_scores[out.index]
-            fitted = fit_mapping(preds, raw, dataset.norm, opt.test_list, ckpt_path, scorer.weights())
+            fitted = fit_mapping(preds, raw, dataset.norm, opt.test_list, ckpt_path, weights)
             fitted.save(opt.fit_mapping)
             log.info("wrote %s: scores -> %s (rising logistic on %d images)", opt.fit_mapping, fitted.units, fitted.n)
             result["mapping"] = opt.fit_mapping
@@ -360,7 +362,8 @@ def score(opt: RunConfig, out_path: str, info: DistInfo) -> dict:
         result["mapped"] = mapped_path
     if opt.report:
         run = {"checkpoint": ckpt_path, "trained": trained, "backbones": backbones, "crop": policy.crop,
-               "device": device, "seconds_per_image": seconds / len(names), "warning": scorer.warning}
+               "device": device, "seconds_per_image": seconds / len(names), "warning": scorer.warning,
+               "split": scored["described"]}
         result["report"] = write_report(stem + "_report.html", opt, run, dataset, out, metrics, figures)
     if opt.submission:
         zip_path = write_submission(opt.submission, predictions, seconds / len(names), device, opt.n_ensemble)
