@@ -235,19 +235,18 @@ def main(argv: list[str] | None = None) -> dict:
     return write_ablation(opt, results, dict(variants))
 
 
-def run_split(opt: RunConfig, k: int, info) -> RunConfig:
+def run_split(opt: RunConfig, k: int, info) -> tuple[str, list[tuple[str, dict]]]:
     """Split ``k``: trained (resumed when an earlier attempt left last.pth; skipped when it was tested already) and
-    tested on each test set (a metrics file already there is kept); its options are returned. The one body of a
-    split, run here (``--launcher local``) or as a SLURM job (:class:`SplitJob`)."""
+    tested on each test set (a metrics file already there is kept); its run folder and each test set's metrics. The
+    one body of a split, run here (``--launcher local``) or as a SLURM job (:class:`SplitJob`)."""
     sub = split_options(opt, k)
     if not os.path.isfile(test_entry.metrics_file(sub.run_dir, RESULTS_FILE)):
         log.info("split %d/%d: training in %s%s", k + 1, opt.n_splits, sub.run_dir, " (resuming)" if sub.resume else "")
         train_script.run(sub, info)
-    for _, topt in split_tests(opt, sub):
-        test_once(topt)
+    tested = [(test_set, test_once(topt)) for test_set, topt in split_tests(opt, sub)]
     if opt.keep == "best":
         drop_resume_files(sub.run_dir)
-    return sub
+    return sub.run_dir, tested
 
 
 def split_done(opt: RunConfig, k: int) -> bool:
@@ -273,7 +272,7 @@ class SplitJob:
 
     def __call__(self) -> str:
         opt = build(ProtocolConfig, self.values)
-        return run_split(opt, self.k, init_distributed(device_of(opt), opt.gpu_list)).run_dir
+        return run_split(opt, self.k, init_distributed(device_of(opt), opt.gpu_list))[0]
 
     def checkpoint(self, *args, **kwargs):
         import submitit
@@ -342,9 +341,7 @@ def run_protocol(opt: RunConfig, info) -> tuple[dict, list[dict]]:
     save_options(opt, "protocol")
     rows, details = [], []
     for k in range(opt.n_splits):
-        sub = run_split(opt, k, info)
-        for test_set, topt in split_tests(opt, sub):
-            metrics = test_once(topt)  # the file run_split wrote
+        for test_set, metrics in run_split(opt, k, info)[1]:
             rows.append({**{key: metrics.get(key) for key in ROW}, "split": k, "test_set": test_set,
                          "epoch": (metrics.get("trained") or {}).get("epochs_trained")})
             details.append({"test_set": test_set, "metrics": metrics})
