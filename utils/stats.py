@@ -16,6 +16,7 @@ from utils.metrics import fit_logistic4, iqa_metrics, logistic4, logistic_fit_pr
 
 CI_METRICS = ("srcc", "plcc", "krcc", "rmse")
 MIN_BOOTSTRAP = 20  # images (and 5 references when whole references are resampled): below, an interval says nothing
+MIN_REFERENCES = 5
 MIN_GROUP = 3  # a correlation of fewer images says nothing: the group is listed, its numbers are None
 
 
@@ -28,6 +29,16 @@ def _interval(values: list[float], level: float) -> list[float | None]:
         return [None, None]
     tail = (1 - level) / 2 * 100
     return [float(np.percentile(values, tail)), float(np.percentile(values, 100 - tail))]
+
+
+def _too_few(n: int, groups: Sequence | None) -> str | None:
+    """Why ``n`` images (of the references ``groups`` when they are resampled whole) get no interval, or None: the
+    one minimum of every interval here (the whole list, a distortion group, a comparison of two models)."""
+    refs = len(set(groups)) if groups is not None else n
+    if n < MIN_BOOTSTRAP or refs < MIN_REFERENCES:
+        return (f"too few images ({n}) or references ({refs}) for an interval: at least {MIN_BOOTSTRAP} images of "
+                f"{MIN_REFERENCES} references")
+    return None
 
 
 def _resample_rows(groups: Sequence | None, n: int, rng: np.random.Generator) -> np.ndarray:
@@ -56,11 +67,10 @@ def bootstrap_intervals(pred: np.ndarray, label: np.ndarray, groups: Sequence | 
     pred, label = np.asarray(pred, np.float64), np.asarray(label, np.float64)
     check_finite("the predictions", pred)
     check_finite("the labels", label)
-    n_groups = len(set(groups)) if groups is not None else len(pred)
-    if len(pred) < MIN_BOOTSTRAP or n_groups < 5:
+    problem = _too_few(len(pred), groups)
+    if problem:
         return {**{m: [None, None] for m in CI_METRICS}, "level": level, "resamples": 0, "seed": seed,
-                "resampled": "none", "note": f"too few images ({len(pred)}) or references ({n_groups}) for an "
-                                             f"interval: at least {MIN_BOOTSTRAP} images of 5 references"}
+                "resampled": "none", "note": problem}
     rng = np.random.default_rng(seed)
     draws = {m: [] for m in CI_METRICS}
     with np.errstate(all="ignore"):
@@ -104,10 +114,9 @@ def _correlation_intervals(pred: np.ndarray, label: np.ndarray, groups: Sequence
                            level: float) -> dict:
     """Percentile intervals of SRCC and PLCC alone (a group's table), with :func:`bootstrap_intervals`' minimum."""
     from scipy import stats
-    n_groups = len(set(groups)) if groups is not None else len(pred)
-    if len(pred) < MIN_BOOTSTRAP or n_groups < 5:
-        return {"srcc": [None, None], "plcc": [None, None],
-                "note": f"no interval: {len(pred)} images of {n_groups} references (at least {MIN_BOOTSTRAP} of 5)"}
+    problem = _too_few(len(pred), groups)
+    if problem:
+        return {"srcc": [None, None], "plcc": [None, None], "note": f"no interval: {problem}"}
     rng = np.random.default_rng(seed)
     draws = {"srcc": [], "plcc": []}
     with warnings.catch_warnings(), np.errstate(all="ignore"):
@@ -163,8 +172,8 @@ def compare_models(pred_a: np.ndarray, pred_b: np.ndarray, label: np.ndarray, gr
     if not len(a) == len(b) == len(y) >= MIN_GROUP:
         raise AHIQError(f"compare {len(a)}, {len(b)} scores with {len(y)} labels: give both models' scores of the "
                         f"same {MIN_GROUP} or more images")
-    n_groups = len(set(groups)) if groups is not None else len(y)
-    enough = len(y) >= MIN_BOOTSTRAP and n_groups >= 5
+    too_few = _too_few(len(y), groups)
+    enough = too_few is None
     rng = np.random.default_rng(seed)
     diffs = {m: [] for m in CI_METRICS}
     with np.errstate(all="ignore"):
@@ -176,8 +185,7 @@ def compare_models(pred_a: np.ndarray, pred_b: np.ndarray, label: np.ndarray, gr
         pa, pb = _point(a, y), _point(b, y)
     out: dict = {"n": len(y), "level": level, "resamples": n_boot if enough else 0, "seed": seed,
                  "resampled": ("references" if groups is not None else "images") if enough else "none",
-                 "note": None if enough else f"too few images ({len(y)}) or references ({n_groups}) for an interval: "
-                                             f"at least {MIN_BOOTSTRAP} images of 5 references"}
+                 "note": too_few}
     for m in CI_METRICS:
         out[m] = {"a": _number(pa[m]), "b": _number(pb[m]), "diff": _number(pa[m] - pb[m]),
                   "diff_interval": _interval(diffs[m], level)}
@@ -198,6 +206,15 @@ MAPPING_DOF = 4  # parameters of the 4-parameter logistic: P.1401's d in RMSE* =
 OUTLIER_SIGMAS = 2.0  # an outlier: |mapped - MOS| above this many standard deviations of the image's ratings
 
 
+def _mapping(pred: np.ndarray, label: np.ndarray) -> tuple[np.ndarray | None, str | None]:
+    """The rising logistic from ``pred`` to ``label`` and why it says nothing (None: sound), with the degree of
+    freedom P.1401's statistics need left after its 4 parameters."""
+    if len(pred) <= MAPPING_DOF:
+        return None, f"{len(pred)} images: the mapping's {MAPPING_DOF} parameters leave no degree of freedom"
+    params = fit_logistic4(pred, label)
+    return params, logistic_fit_problem(pred, label, params)
+
+
 def p1401(pred: np.ndarray, label: np.ndarray, units: float = 1.0, std: np.ndarray | None = None) -> dict:
     """ITU-T P.1401's statistics of predictions after the rising 4-parameter logistic fitted to the labels:
     ``rmse_mapped``, the RMSE of the mapped predictions with the mapping's 4 degrees of freedom taken out
@@ -206,9 +223,7 @@ def p1401(pred: np.ndarray, label: np.ndarray, units: float = 1.0, std: np.ndarr
     (``std``, in the same units; VQEG FR-TV's definition, P.1401's without the number of ratings per image); None
     with the reason where the mapping does not fit or no std is known."""
     pred, label = np.asarray(pred, np.float64), np.asarray(label, np.float64)
-    params = fit_logistic4(pred, label) if len(pred) > MAPPING_DOF else None
-    problem = logistic_fit_problem(pred, label, params) if len(pred) > MAPPING_DOF else \
-        f"{len(pred)} images: the mapping's {MAPPING_DOF} parameters leave no degree of freedom"
+    params, problem = _mapping(pred, label)
     out = {"rmse_mapped": None, "outlier_ratio": None, "outliers": None, "p1401_note": problem}
     if problem:
         return out
@@ -233,8 +248,7 @@ def mapped_tests(a: np.ndarray, b: np.ndarray, label: np.ndarray, units: float =
     out: dict = {"n": len(label)}
     fits = {}
     for name, pred in (("a", a), ("b", b)):
-        params = fit_logistic4(pred, label) if len(pred) > MAPPING_DOF else None
-        problem = logistic_fit_problem(pred, label, params) if len(pred) > MAPPING_DOF else "too few images"
+        params, problem = _mapping(pred, label)
         if problem:
             return {**out, "plcc_mapped": None, "rmse_mapped": None, "note": f"model {name.upper()}: {problem}"}
         fits[name] = logistic4(pred, *params)
