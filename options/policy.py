@@ -1,13 +1,12 @@
 """What each option's value means for a run that continues (``--resume``, a protocol run again) or is rerun
-(``--config``): its policy, set where the option is defined.
+(``--config``): its policy, given where the option is written (``option(..., policy=...)``, options/base_options.py).
 
 - ``RESULT`` (the default): changes what is computed; a resumed run or a continued protocol must keep it.
-- ``RESUMABLE`` (``resumable(...)``): changes what is computed, but a resumed run may change it (``--n_epoch``:
-  train on); a continued protocol must keep it.
-- ``FREE`` (``free(...)``): where and how fast it runs (devices, workers, paths of weight files); may change on
-  ``--resume``, and is still taken from a saved configuration by ``--config``.
-- ``ONCE`` (``once(...)``): an action of this invocation (``--config``, ``--resume``); never taken from a saved
-  configuration.
+- ``RESUMABLE``: changes what is computed, but a resumed run may change it (``--n_epoch``: train on); a continued
+  protocol must keep it.
+- ``FREE``: where and how fast it runs (devices, workers, paths of weight files); may change on ``--resume``, and is
+  still taken from a saved configuration by ``--config``.
+- ``ONCE``: an action of this invocation (``--config``, ``--resume``); never taken from a saved configuration.
 """
 from __future__ import annotations
 
@@ -16,22 +15,6 @@ import argparse
 RESULT, RESUMABLE, FREE, ONCE = "result", "resumable", "free", "once"
 
 
-def _with(action: argparse.Action, value: str) -> argparse.Action:
-    action.policy = value
-    return action
-
-
-def free(action: argparse.Action) -> argparse.Action:
-    return _with(action, FREE)
-
-
-def resumable(action: argparse.Action) -> argparse.Action:
-    return _with(action, RESUMABLE)
-
-
-def once(action: argparse.Action) -> argparse.Action:
-    return _with(action, ONCE)
-
-
 def policy(action: argparse.Action) -> str:
+    """The policy of a generated parser's option (``parser_of`` sets it on each action)."""
     return getattr(action, "policy", RESULT)
