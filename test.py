@@ -141,8 +141,8 @@ def write_report(path: str, opt: RunConfig, run: dict, dataset, out, metrics: di
                 else f"no intervals: {ci.get('note') or '--bootstrap 0'}")
         if metrics.get("plcc_logistic_note"):
             note += f"; no logistic PLCC: {metrics['plcc_logistic_note']}"
-        if metrics.get("p1401_note"):
-            note += f"; P.1401: {metrics['p1401_note']}"
+        if metrics.get("p1401_note") and metrics["p1401_note"] != metrics.get("plcc_logistic_note"):
+            note += f"; P.1401: {metrics['p1401_note']}"  # the same unsound fit is said once
         sections.append(("Metrics", report.table(("metric", "value", "95% low", "95% high"), rows)
                          + f'<p class="muted">{report.esc(note)}.</p>'))
         groups = {k: v for k, v in metrics.items() if k.startswith("by_") and v}

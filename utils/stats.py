@@ -36,7 +36,7 @@ def _too_few(n: int, groups: Sequence | None) -> str | None:
     one minimum of every interval here (the whole list, a distortion group, a comparison of two models)."""
     refs = len(set(groups)) if groups is not None else n
     if n < MIN_BOOTSTRAP or refs < MIN_REFERENCES:
-        return (f"too few images ({n}) or references ({refs}) for an interval: at least {MIN_BOOTSTRAP} images of "
+        return (f"too few images ({n}) or references ({refs}): an interval needs at least {MIN_BOOTSTRAP} images of "
                 f"{MIN_REFERENCES} references")
     return None
 
