@@ -23,8 +23,10 @@ import itertools
 import json
 import logging
 import math
+import multiprocessing
 import os
 import shlex
+import sys
 import warnings
 
 import numpy as np
@@ -35,7 +37,7 @@ from data.datasets import read_labels, select_rows
 from data.label_norm import LabelNorm
 from data.pipal import read_list
 from data.splits import read_splits
-from engine.runtime import device_of, save_options
+from engine.runtime import device_of, process_group, save_options
 from options.base_options import RunConfig, build, defaults_of, options_of
 from options.data_options import PATH_DEFAULTS, apply_preset
 from options.policy import RESULT, RESUMABLE
@@ -43,8 +45,8 @@ from options.protocol_options import ProtocolConfig, parse_protocol_options
 from options.test_options import TestConfig
 from options.train_options import check_train_options
 from utils import report
-from utils.distributed import init_distributed
-from utils.errors import AHIQError, run_cli
+from utils.distributed import barrier, init_distributed
+from utils.errors import AHIQError, StopRequest, run_cli
 from utils.files import atomic_write, read_text
 from utils.records import differences
 from utils.stats import compare_models
@@ -103,14 +105,15 @@ def test_options(train_opt: RunConfig, opt: RunConfig, cross: str | None) -> Run
     return build(TestConfig, values, (apply_preset,))
 
 
-def test_once(topt: RunConfig) -> dict:
-    """test.py's metrics for these options; reused from an earlier run's metrics file when it is there."""
+def test_once(topt: RunConfig, info) -> dict:
+    """test.py's metrics for these options (rank 0 of a job of several processes; the others: {}); reused from an
+    earlier run's metrics file when it is there."""
     metrics_path = test_entry.metrics_file(topt.run_dir, topt.test_file_name)
     if os.path.isfile(metrics_path):
         with open(metrics_path) as f:
             return json.load(f)
     result = test_entry.run(topt)
-    if "srcc" not in result:
+    if info.is_main and "srcc" not in result:
         raise AHIQError(f"{topt.test_list}: the test labels have no scores; the protocol needs them")
     return result
 
@@ -229,6 +232,8 @@ def main(argv: list[str] | None = None) -> dict:
         pending = submit_or_collect(opt, runs)
         if pending:
             return {"pending": pending}
+    elif opt.parallel > 1:
+        run_parallel(opt, runs)  # then the tables below, from the finished runs
     if not variants:
         return run_protocol(opt, info)[0]
     results = {label: run_protocol(vopt, info)[1] for label, vopt in variants}
@@ -243,8 +248,9 @@ def run_split(opt: RunConfig, k: int, info) -> tuple[str, list[tuple[str, dict]]
     if not os.path.isfile(test_entry.metrics_file(sub.run_dir, RESULTS_FILE)):
         log.info("split %d/%d: training in %s%s", k + 1, opt.n_splits, sub.run_dir, " (resuming)" if sub.resume else "")
         train_script.run(sub, info)
-    tested = [(test_set, test_once(topt)) for test_set, topt in split_tests(opt, sub)]
-    if opt.keep == "best":
+        barrier(info)  # rank 0 may still be writing best.pth, which every rank's tests load
+    tested = [(test_set, test_once(topt, info)) for test_set, topt in split_tests(opt, sub)]
+    if opt.keep == "best" and info.is_main:
         drop_resume_files(sub.run_dir)
     return sub.run_dir, tested
 
@@ -262,17 +268,93 @@ def split_tests(opt: RunConfig, sub: RunConfig) -> list[tuple[str, RunConfig]]:
     return tests + [(f"{cross} (all)", test_options(sub, opt, cross)) for cross in opt.cross_dataset]
 
 
+def run_parallel(opt: RunConfig, runs: list[tuple[str, RunConfig]]) -> None:
+    """``--parallel K``: every split of every run that is not finished, K at a time, each in its own process on its
+    own device (GPU ``i`` of --gpu_ids for slot ``i``; on the CPU, the cores shared) with its console in
+    ``logs/``. A stop signal reaches every running split (each saves its last.pth) and ends this with code 3; a
+    failed split is named with its log, the others run on, and the command fails at the end."""
+    jobs = [(label, vopt, k) for label, vopt in runs for k in range(vopt.n_splits) if not split_done(vopt, k)]
+    if not jobs:
+        return
+    devices = [str(g) for g in opt.gpu_list] or ["-1"]
+    if opt.gpu_list and opt.parallel > len(devices):
+        raise AHIQError(f"--parallel {opt.parallel} trains {opt.parallel} splits at once, one per GPU, and --gpu_ids "
+                        f"names {len(devices)}: name {opt.parallel} GPUs (e.g. --gpu_ids "
+                        f"{','.join(map(str, range(opt.parallel)))}) or lower --parallel")
+    if opt.split_file:  # made once here: the runs would race to write it
+        labels = read_labels(opt.train_list, opt.list_format, opt.ref_rule)
+        select_rows(labels, "train", opt.split(create=True))
+    os.makedirs(os.path.join(opt.run_dir, "logs"), exist_ok=True)
+    threads = max(1, (os.cpu_count() or 1) // opt.parallel) if not opt.gpu_list else 0
+    context = multiprocessing.get_context("spawn")  # a fresh interpreter: no CUDA state or locks inherited
+    running: dict[int, tuple] = {}  # slot -> (process, key, console)
+    failed: list[str] = []
+    told: set[int] = set()  # the processes sent a stop
+    with StopRequest() as stop:
+        while running or (jobs and not stop.signal):
+            while jobs and not stop.signal and len(running) < opt.parallel:
+                slot = min(set(range(opt.parallel)) - set(running))
+                label, vopt, k = jobs.pop(0)
+                key = f"{label}/split_{k}" if label else f"split_{k}"
+                console = os.path.join(opt.run_dir, "logs", key.replace("/", "_") + ".txt")
+                values = {**vopt.to_dict(), "gpu_ids": devices[slot % len(devices)], "parallel": 1}
+                proc = context.Process(target=_split_process, args=(values, k, console, threads), name=key)
+                proc.start()
+                running[slot] = (proc, key, console)
+                log.info("%s: started (process %d, %s; console %s)", key, proc.pid,
+                         "CPU" if values["gpu_ids"] == "-1" else "GPU " + values["gpu_ids"], console)
+            for slot, (proc, key, console) in list(running.items()):
+                if stop.signal and proc.pid not in told:
+                    proc.terminate()  # SIGTERM: the split saves its last.pth and exits
+                    told.add(proc.pid)
+                proc.join(0.2)
+                if proc.exitcode is None:
+                    continue
+                del running[slot]
+                if proc.exitcode == 0:
+                    log.info("%s: done", key)
+                elif not stop.signal:
+                    failed.append(f"{key} (exit code {proc.exitcode}; {console})")
+                    log.error("%s failed with exit code %d: see %s", key, proc.exitcode, console)
+    if stop.signal:
+        log.warning("stopped by %s; every running split saved its last.pth: run the same command again to continue",
+                    stop.signal)
+        sys.exit(3)
+    if failed:
+        raise AHIQError(f"{len(failed)} split(s) failed: {'; '.join(failed)}; the others are kept: run the same "
+                        "command again to retry these")
+
+
+def _split_process(values: dict, k: int, console: str, threads: int) -> None:
+    """One split of :func:`run_parallel`, in its own process: its console to ``console``, its errors one line."""
+    with open(console, "a", buffering=1) as out:
+        os.dup2(out.fileno(), 1)
+        os.dup2(out.fileno(), 2)
+        sys.stdout = sys.stderr = out
+        logging.basicConfig(level=logging.INFO, format="%(message)s", stream=out, force=True)
+        if threads:
+            import torch
+            torch.set_num_threads(threads)
+        run_cli(SplitJob(values, k))
+
+
 class SplitJob:
-    """A SLURM job (submitit): train and test one split of one variant, with the options ``values``. Preempted or
-    out of time, submitit calls :meth:`checkpoint` and the job is requeued; it continues from the split's last.pth
-    (train.py's resume is exact). The GPU is the one SLURM gives the job."""
+    """One split of one variant, with the options ``values``: a SLURM job (submitit) or a process of
+    ``--parallel``. Preempted or out of time, submitit calls :meth:`checkpoint` and the job is requeued; it continues
+    from the split's last.pth (train.py's resume is exact). A job of several tasks (``--slurm_gpus``: one per GPU)
+    joins them in one process group from SLURM's variables: DDP training, then a shared scoring job per test set."""
 
     def __init__(self, values: dict, k: int) -> None:
         self.values, self.k = values, k
 
     def __call__(self) -> str:
         opt = build(ProtocolConfig, self.values)
-        return run_split(opt, self.k, init_distributed(device_of(opt), opt.gpu_list))[0]
+        if "SUBMITIT_FOLDER" in os.environ or "SUBMITIT_EXECUTOR" in os.environ:
+            import submitit
+            if submitit.JobEnvironment().num_tasks > 1:  # RANK, WORLD_SIZE, MASTER_ADDR, ... as torchrun sets them
+                submitit.helpers.TorchDistributedEnvironment().export(set_cuda_visible_devices=False)
+        with process_group(opt) as info:
+            return run_split(opt, self.k, info)[0]
 
     def checkpoint(self, *args, **kwargs):
         import submitit
@@ -297,7 +379,8 @@ def submit_or_collect(opt: RunConfig, runs: list[tuple[str, RunConfig]]) -> list
     executor = submitit.SlurmExecutor(folder=os.path.join(opt.run_dir, "slurm", "%j"))
     extra = dict(kv.split("=", 1) for kv in opt.slurm_opt)
     executor.update_parameters(
-        job_name=f"ahiq-{opt.name}", time=opt.slurm_time, gpus_per_node=opt.slurm_gpus or None, ntasks_per_node=1,
+        job_name=f"ahiq-{opt.name}", time=opt.slurm_time, gpus_per_node=opt.slurm_gpus or None,
+        ntasks_per_node=max(1, opt.slurm_gpus),
         partition=opt.slurm_partition, account=opt.slurm_account, constraint=opt.slurm_constraint,
         signal_delay_s=120, additional_parameters=extra or None,
         setup=[f"export PYTHONPATH={shlex.quote(REPO)}${{PYTHONPATH:+:$PYTHONPATH}}"])  # the job imports protocol
@@ -343,7 +426,8 @@ def run_protocol(opt: RunConfig, info) -> tuple[dict, list[dict]]:
     for k in range(opt.n_splits):
         for test_set, metrics in run_split(opt, k, info)[1]:
             rows.append({**{key: metrics.get(key) for key in ROW}, "split": k, "test_set": test_set,
-                         "epoch": (metrics.get("trained") or {}).get("epochs_trained")})
+                         "epoch": (metrics.get("trained") or {}).get("epochs_trained"),
+                         "groups": {key: v for key, v in metrics.items() if key.startswith("by_")}})
             details.append({"test_set": test_set, "metrics": metrics})
         # after every split, so an interrupted protocol keeps its results
         write_results(opt, rows, summarise(rows), group_summary(details))
@@ -415,33 +499,63 @@ def same_images_test(variant: RunConfig, baseline: RunConfig, k: int) -> dict:
             "plcc_williams_p": c["plcc"]["williams_p"]}
 
 
+def paired(mine: dict[int, float | None], theirs: dict[int, float | None]) -> dict:
+    """A variant's value against the baseline's over the splits both measured: the mean of the per-split
+    differences, in how many splits it is higher, a paired t-test (two-sided; None with fewer than 2 splits or no
+    spread) and which way the difference goes."""
+    from scipy import stats
+    pairs = [(mine[k], theirs[k]) for k in sorted(mine) if mine[k] is not None and theirs.get(k) is not None]
+    if not pairs:
+        return {"pairs": 0, "diff_mean": None, "higher_in": 0, "p_paired_t": None, "direction": None}
+    diff = np.asarray([a - b for a, b in pairs], np.float64)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        p = float(stats.ttest_rel(*zip(*pairs)).pvalue) if len(diff) > 1 else math.nan
+    return {"pairs": len(diff), "diff_mean": float(diff.mean()), "higher_in": int(np.sum(diff > 0)),
+            "p_paired_t": p if math.isfinite(p) else None,
+            "direction": "higher" if diff.mean() > 0 else "lower" if diff.mean() < 0 else "same"}
+
+
+def group_rows(rows: list[dict], test_set: str) -> dict[str, dict[str, dict[int, float | None]]]:
+    """Per grouping (``by_type``, ...) and group of one test set: each split's SRCC (None: too few images)."""
+    out: dict[str, dict[str, dict[int, float | None]]] = {}
+    for r in rows:
+        if r["test_set"] == test_set:
+            for key, groups in (r.get("groups") or {}).items():
+                for name, g in groups.items():
+                    label = f"{name} ({g['name']})" if g.get("name") else name
+                    out.setdefault(key, {}).setdefault(label, {})[r["split"]] = g.get("srcc")
+    return out
+
+
 def write_ablation(opt: RunConfig, results: dict[str, list[dict]], runs: dict[str, RunConfig] | None = None) -> dict:
     """``ablation.json`` and ``ablation.md`` in the run folder: per variant and test set, SRCC/PLCC/KRCC median and
-    mean +- std over splits, and against the baseline the mean of the per-split differences, in how many splits it
-    is higher, and a paired t-test over the same splits (two-sided; None with fewer than 2 splits or no spread);
-    with ``runs`` (each variant's options), per split the test between the two models on the same images
-    (:func:`same_images_test`, the split's test part)."""
-    from scipy import stats
+    mean +- std over splits and against the baseline :func:`paired`'s comparison over the same splits; per
+    distortion group (where the lists have groups) the median SRCC and the same comparison; with ``runs`` (each
+    variant's options), per split the test between the two models on the same images (:func:`same_images_test`,
+    the split's test part)."""
     base = results["baseline"]
     table: dict = {}
     for label, rows in results.items():
         for test_set in sorted({r["test_set"] for r in rows}):
             mine = {r["split"]: r for r in rows if r["test_set"] == test_set}
             theirs = {r["split"]: r for r in base if r["test_set"] == test_set}
-            entry = {"splits": len(mine)}
+            entry: dict = {"splits": len(mine)}
             for m in METRICS:
                 values = np.asarray([mine[k][m] for k in sorted(mine)], np.float64)
                 entry[m] = {"median": float(np.median(values)), "mean": float(np.mean(values)),
                             "std": float(np.std(values, ddof=1)) if len(values) > 1 else None}
-                paired = [(mine[k][m], theirs[k][m]) for k in sorted(mine) if k in theirs]
-                if label != "baseline" and paired:
-                    diff = np.asarray([a - b for a, b in paired], np.float64)
-                    with warnings.catch_warnings():
-                        warnings.simplefilter("ignore")
-                        p = float(stats.ttest_rel(*zip(*paired)).pvalue) if len(diff) > 1 else math.nan
-                    entry[m].update(diff_mean=float(diff.mean()), higher_in=int(np.sum(diff > 0)), pairs=len(diff),
-                                    p_paired_t=p if math.isfinite(p) else None,
-                                    direction="higher" if diff.mean() > 0 else "lower" if diff.mean() < 0 else "same")
+                if label != "baseline":
+                    entry[m].update(paired({k: r[m] for k, r in mine.items()}, {k: r[m] for k, r in theirs.items()}))
+            base_groups = group_rows(base, test_set)
+            for key, groups in group_rows(rows, test_set).items():
+                entry.setdefault("groups", {})[key] = {}
+                for name, by_split in groups.items():
+                    measured = [v for v in by_split.values() if v is not None]
+                    g = {"splits": len(measured), "srcc_median": float(np.median(measured)) if measured else None}
+                    if label != "baseline":
+                        g.update(paired(by_split, base_groups.get(key, {}).get(name, {})))
+                    entry["groups"][key][name] = g
             if runs and label != "baseline" and test_set == f"{opt.dataset} (test part)":
                 entry["same_images"] = [same_images_test(runs[label], runs["baseline"], k) for k in sorted(mine)]
             table.setdefault(test_set, {})[label] = entry
@@ -451,7 +565,7 @@ def write_ablation(opt: RunConfig, results: dict[str, list[dict]], runs: dict[st
     atomic_write(os.path.join(opt.run_dir, "ablation.json"), json.dumps(doc, indent=2, allow_nan=False) + "\n")
     text = ablation_markdown(table, opt.n_splits)
     atomic_write(os.path.join(opt.run_dir, "ablation.md"), text)
-    if opt.report:  # the same table as a page, linking each variant's protocol report
+    if opt.report:  # the same tables as a page, linking each variant's protocol report
         sections = []
         for test_set, variants in table.items():
             rows = [(label, m.upper(), e[m]["median"], e[m]["mean"], e[m]["std"], e[m].get("diff_mean"),
@@ -459,6 +573,14 @@ def write_ablation(opt: RunConfig, results: dict[str, list[dict]], runs: dict[st
                     for label, e in variants.items() for m in METRICS]
             sections.append((test_set, report.table(("variant", "metric", "median", "mean", "std", "mean diff",
                                                      "higher in", "paired t p"), rows, sortable=True)))
+            groups = [(key, name, label, g["srcc_median"], g["splits"], g.get("diff_mean"),
+                       f"{g['higher_in']}/{g['pairs']}" if "pairs" in g else "", g.get("p_paired_t"))
+                      for label, e in variants.items() for key, gs in e.get("groups", {}).items()
+                      for name, g in gs.items()]
+            if groups:
+                sections.append((f"{test_set}: per distortion group (SRCC)", report.table(
+                    ("grouping", "group", "variant", "median", "splits measured", "mean diff", "higher in",
+                     "paired t p"), groups, sortable=True)))
         links = " ".join(f'<a href="{report.esc(label)}/protocol_report.html">{report.esc(label)}</a>'
                          for label in results)
         sections.append(("Each variant's protocol report", f"<p>{links}</p>"))
@@ -472,13 +594,19 @@ def _p(value: float | None) -> str:
     return "n/a" if value is None else f"{value:.3g}"
 
 
+def _versus(e: dict) -> str:
+    """A comparison of :func:`paired` as a table cell's tail."""
+    if "pairs" not in e:
+        return ""
+    if not e["pairs"]:
+        return "; no split measured both"
+    return f"; {e['diff_mean']:+.4f}, higher in {e['higher_in']}/{e['pairs']}, p {_p(e['p_paired_t'])}"
+
+
 def ablation_markdown(table: dict, n_splits: int) -> str:
     def cell(e: dict) -> str:
         s = f"{e['median']:.4f} ({e['mean']:.4f} +- {e['std']:.4f})" if e["std"] is not None else f"{e['median']:.4f}"
-        if "diff_mean" in e:
-            p = "n/a" if e["p_paired_t"] is None else f"{e['p_paired_t']:.3g}"
-            s += f"; {e['diff_mean']:+.4f}, higher in {e['higher_in']}/{e['pairs']}, p {p}"
-        return s
+        return s + _versus(e)
 
     lines = []
     for test_set, variants in table.items():
@@ -494,6 +622,20 @@ def ablation_markdown(table: dict, n_splits: int) -> str:
                 lines.append(f"- {label}, Williams' test against the baseline on each split's images (SRCC p, PLCC "
                              f"p, two-sided): {tests}")
         lines.append("")
+        keys = dict.fromkeys(key for e in variants.values() for key in e.get("groups", {}))
+        for key in keys:  # per distortion type (or level): the median SRCC, and against the baseline
+            names = dict.fromkeys(n for e in variants.values() for n in e.get("groups", {}).get(key, {}))
+            lines += [f"#### {test_set}, SRCC {key.replace('_', ' ')}: median over the splits that measured it "
+                      "(splits); against the baseline as above", "",
+                      f"| {key[3:]} | " + " | ".join(variants) + " |", "|---" * (len(variants) + 1) + "|"]
+            for name in names:
+                cells = []
+                for e in variants.values():
+                    g = e.get("groups", {}).get(key, {}).get(name)
+                    cells.append("-" if g is None else "n/a (too few images)" if g["srcc_median"] is None else
+                                 f"{g['srcc_median']:.4f} ({g['splits']})" + _versus(g))
+                lines.append(f"| {name} | " + " | ".join(cells) + " |")
+            lines.append("")
     return "\n".join(lines)
 
 

@@ -37,7 +37,7 @@ def device_of(cfg: RunConfig) -> str:
 def process_group(cfg: RunConfig) -> Iterator[DistInfo]:
     """This process's place in its torchrun job (alone: a group of one), left when the block ends, however it
     ends."""
-    info = init_distributed(device_of(cfg), cfg.gpu_list)
+    info = init_distributed(device_of(cfg), cfg.gpu_list, cfg.dist_timeout)
     try:
         yield info
     finally:

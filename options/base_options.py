@@ -37,15 +37,16 @@ from utils.files import read_text
 
 def option(default: Any = None, help: str = "", *, policy: str = RESULT, choices: Sequence | None = None,
            metavar: str | None = None, nargs: int | str | None = None, factory: Callable[[], Any] | None = None,
-           text: bool = False, negative: tuple[str, str] | None = None, repeat: bool = False) -> Any:
+           text: bool = False, negative: tuple[str, str] | None = None, repeat: bool = False,
+           minimum: int | None = None) -> Any:
     """One option, written once: a field of an option group (a frozen dataclass) with its default (``factory``: a
     default computed when the parser is made, e.g. this machine's GPUs), help, choices and policy
     (options/policy.py). The command-line flag is the field's name; its type comes from the annotation (``text``:
     read as text and converted by :func:`build`); ``negative``: the flag and help that turn a default-on switch off;
-    ``repeat``: a list option that may be given several times (each adds its values). The parser is generated from
-    these fields (:func:`parser_of`)."""
+    ``repeat``: a list option that may be given several times (each adds its values); ``minimum``: the least value
+    :func:`build` accepts. The parser is generated from these fields (:func:`parser_of`)."""
     meta = {"help": help, "policy": policy, "choices": choices, "metavar": metavar, "nargs": nargs, "text": text,
-            "negative": negative, "repeat": repeat}
+            "negative": negative, "repeat": repeat, "minimum": minimum}
     if factory is not None:
         return dataclasses.field(default_factory=factory, metadata=meta)
     return dataclasses.field(default=default, metadata=meta)
@@ -140,9 +141,12 @@ class RunFields:
     gpu_ids: str = option(help="GPU ids, e.g. '0' or '0,1'; '-1' runs on the CPU (default: GPU 0 if there is one)",
                           policy=FREE, factory=default_gpu_ids)
     num_workers: int = option(help="DataLoader worker processes (default: this machine's cores, at most 8)",
-                              policy=FREE, factory=default_workers)
+                              policy=FREE, factory=default_workers, minimum=0)
     max_pixels: int = option(MAX_PIXELS, "images with more pixels are refused from their header (damaged or hostile "
-                                         "files)", policy=FREE)
+                                         "files)", policy=FREE, minimum=1)
+    dist_timeout: float = option(60, "with torchrun: minutes a process waits for the others at a collective (a scoring "
+                                     "job's processes meet once, at its end; training's at every step) before the "
+                                     "job fails", policy=FREE, metavar="MINUTES", minimum=1)
     amp: bool = option(False, "mixed precision on CUDA (see --amp_dtype); fp32 otherwise")
     amp_dtype: str = option("bf16", "autocast dtype for --amp; in training fp16 adds a GradScaler",
                             choices=("bf16", "fp16"))
@@ -370,11 +374,12 @@ def check_saved_value(action: argparse.Action, value: Any, where: str) -> None:
             fail(f"one of {', '.join(map(str, action.choices))}")
 
 
-def check_positive(opt: argparse.Namespace, *names: str, minimum: int = 1) -> None:
-    for name in names:
-        value = getattr(opt, name, None)
-        if value is not None and value < minimum:
-            raise AHIQError(f"--{name} must be at least {minimum}, got {value}")
+def check_minimums(cls: type, opt: argparse.Namespace) -> None:
+    """Every option of ``cls`` with a ``minimum`` at least that."""
+    for f in option_fields(cls):
+        low, value = f.metadata["minimum"], getattr(opt, f.name)
+        if low is not None and value is not None and value < low:
+            raise AHIQError(f"--{f.name} must be at least {low}, got {value}")
 
 
 def parse(cls: type[RunConfig], argv: list[str] | None, resolve: tuple = ()) -> RunConfig:
@@ -389,9 +394,7 @@ def build(cls: type[RunConfig], values: Mapping[str, Any], resolve: tuple = ()) 
     opt = argparse.Namespace(**values)
     if opt.crop_size is not None:
         check_crop(opt.crop_size, opt.patch_size)
-    check_positive(opt, "crops_per_forward", "batch_size", "val_batch_size", "n_ensemble", "num_avg_val")
-    check_positive(opt, "num_workers", minimum=0)
-    check_positive(opt, "max_pixels")
+    check_minimums(cls, opt)
     if not 0 <= opt.seed < 2 ** 32:
         raise AHIQError(f"--seed {opt.seed}: give an integer from 0 to {2 ** 32 - 1} (numpy's seed range)")
     _switch_lists(opt)

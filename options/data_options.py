@@ -37,7 +37,7 @@ class TrainDataFields:
     val_list: str = option(PATH_DEFAULTS["val_list"], "validation labels (see --list_format)")
     num_crop: int = option(1, "random crops per training sample (official option; only 1, the official value, is "
                               "supported)")
-    num_avg_val: int = option(NUM_AVG_VAL, "fixed windows averaged in validation")
+    num_avg_val: int = option(NUM_AVG_VAL, "fixed windows averaged in validation", minimum=1)
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -110,7 +110,7 @@ class SplitMakingFields:
 
     TITLE: ClassVar[str] = "making split files"
     split_ratios: str = option("6,2,2", "train,val,test proportions of references (new files)")
-    n_splits: int = option(10, "splits in a new --split_file", policy=FREE)
+    n_splits: int = option(10, "splits in a new --split_file", policy=FREE, minimum=1)
     split_seed: int | None = option(None, "seed of a new --split_file; None: --seed")
 
 

@@ -23,7 +23,8 @@ class ProtocolFields:
 
     TITLE: ClassVar[str] = "protocol"
     n_ensemble: int = n_ensemble_option()
-    test_batch_size: int = option(TEST_BATCH, "images per batch when testing", policy=FREE)
+    test_batch_size: int = option(TEST_BATCH, "images per batch when testing", policy=FREE,
+                                  minimum=1)
     cross_dataset: tuple[str, ...] = option((), "also test each split's model on these whole datasets", policy=FREE,
                                             nargs="*", choices=sorted(PRESETS))
     keep: str = option("best", "checkpoints kept of a finished split: 'best' (best.pth, what its tests and later "
@@ -51,10 +52,15 @@ class LauncherFields:
                                     "the same command again collects finished runs, reports running ones, resubmits "
                                     "failed ones and writes the tables once all are done", policy=FREE,
                            choices=("local", "slurm"))
+    parallel: int = option(1, "with --launcher local: train this many splits at once, each in its own process on its "
+                              "own GPU of --gpu_ids (on the CPU: the cores shared); consoles in the run folder's logs/",
+                           policy=FREE, metavar="K", minimum=1)
     slurm_partition: str | None = option(None, "SLURM partition of the jobs", policy=FREE)
     slurm_time: int = option(240, "time limit of a job in minutes; a job stopped by it (or preempted) is requeued and "
-                                  "continues from its last.pth", policy=FREE, metavar="MINUTES")
-    slurm_gpus: int = option(1, "GPUs per job", policy=FREE)
+                                  "continues from its last.pth", policy=FREE, metavar="MINUTES",
+                           minimum=1)
+    slurm_gpus: int = option(1, "GPUs per job: one process each (a SLURM task), joined in one torch.distributed group "
+                                "(DDP training, a shared scoring job); 0: a CPU job", policy=FREE, minimum=0)
     slurm_account: str | None = option(None, "SLURM account to charge", policy=FREE)
     slurm_constraint: str | None = option(None, "SLURM constraint (a GPU type, e.g. a100)", policy=FREE)
     slurm_opt: tuple[str, ...] = option((), "any other sbatch option, as KEY=VALUE (e.g. qos=high); repeatable",

@@ -35,7 +35,8 @@ from utils.files import LOG_FILE, OPTIONS_PREFIX, RUN_FILE_EXTENSIONS, is_run_fi
 def n_ensemble_option():
     """--n_ensemble, test.py's, predict.py's and protocol.py's (its default edited here reaches all, the API and the
     hub)."""
-    return option(N_ENSEMBLE, "crops averaged per image: 1 centre, 2-9 fixed windows, more: seeded random windows")
+    return option(N_ENSEMBLE, "crops averaged per image: 1 centre, 2-9 fixed windows, more: seeded random windows",
+                  minimum=1)
 
 
 def report_option(what: str):
@@ -48,9 +49,10 @@ class ScoringFields:
     """How images are scored (test.py and predict.py)."""
 
     TITLE: ClassVar[str] = "scoring"
-    batch_size: int = option(TEST_BATCH, "images per batch")
+    batch_size: int = option(TEST_BATCH, "images per batch", minimum=1)
     n_ensemble: int = n_ensemble_option()
-    crops_per_forward: int = option(CROPS_PER_FORWARD, "crop pairs per model forward (memory bound)", policy=FREE)
+    crops_per_forward: int = option(CROPS_PER_FORWARD, "crop pairs per model forward (memory bound)", policy=FREE,
+                                   minimum=1)
     bn_stats: str = option("running", "ResNet BatchNorm: 'running' statistics (as trained, pyiqa), or 'batch': the "
                                       "statistics of each model call, as the released test.py computed them "
                                       "(batches of --batch_size in list order, per crop index; see docs/fidelity.md)",

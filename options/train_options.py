@@ -10,7 +10,6 @@ from options.base_options import (
     ModelFields,
     RunConfig,
     RunFields,
-    check_positive,
     option,
     parse,
 )
@@ -33,17 +32,17 @@ class TrainingFields:
     """The training schedule and what a run writes."""
 
     TITLE: ClassVar[str] = "train"
-    n_epoch: int = option(200, "epochs to train", policy=RESUMABLE)
-    save_interval: int = option(5, "write epoch_N.pth every N epochs", policy=FREE)
+    n_epoch: int = option(200, "epochs to train", policy=RESUMABLE, minimum=1)
+    save_interval: int = option(5, "write epoch_N.pth every N epochs", policy=FREE, minimum=1)
     save_last_every: float = option(0, "write last.pth (~330 MB: everything a resume needs) at the end of an epoch "
                                        "only when SECONDS have passed since the last one; 0: every epoch. It is "
                                        "always written at the end of the run and on a stop; a crash costs at most "
                                        "SECONDS of epochs, replayed exactly", policy=FREE, metavar="SECONDS")
     learning_rate: float = option(1e-4, "Adam learning rate")
     weight_decay: float = option(1e-5, "Adam weight decay")
-    batch_size: int = option(4, "pairs per step (per process with torchrun)")
-    val_freq: int = option(1, "validate every N epochs")
-    T_max: int = option(50, "CosineAnnealingLR period, in iterations (official)")
+    batch_size: int = option(4, "pairs per step (per process with torchrun)", minimum=1)
+    val_freq: int = option(1, "validate every N epochs", minimum=1)
+    T_max: int = option(50, "CosineAnnealingLR period, in iterations (official)", minimum=1)
     flip_axis: str = option("vertical", "axis of the random flip (p=0.5) of training crops; vertical is what the "
                                         "official code does (np.fliplr on C x H x W) and what the released "
                                         "checkpoint was trained with", choices=FLIP_AXES)
@@ -56,8 +55,9 @@ class TrainingFields:
                                               "PLCC improves); 'srcc', 'plcc' or 'main_score' (PLCC + SRCC): when "
                                               "that one improves", choices=BEST_METRICS)
     resume: bool = option(False, "continue from last.pth in checkpoints_dir/name", policy=ONCE)
-    val_batch_size: int = option(TEST_BATCH, "images per validation batch", policy=FREE)
-    crops_per_forward: int = option(CROPS_PER_FORWARD, "crop pairs per forward in validation", policy=FREE)
+    val_batch_size: int = option(TEST_BATCH, "images per validation batch", policy=FREE, minimum=1)
+    crops_per_forward: int = option(CROPS_PER_FORWARD, "crop pairs per forward in validation", policy=FREE,
+                                   minimum=1)
     wandb: str | None = option(None, "also log the scalars to this Weights & Biases project (needs `pip install "
                                      "wandb`)", policy=FREE, metavar="PROJECT")
 
@@ -76,7 +76,6 @@ def parse_train_options(argv: list[str] | None = None) -> TrainConfig:
 
 
 def check_train_options(opt: RunConfig) -> RunConfig:
-    check_positive(opt, "n_epoch", "save_interval", "batch_size", "val_freq", "T_max", "num_avg_val")
     if not (opt.save_last_every >= 0 and opt.save_last_every != float("inf")):
         raise AHIQError(f"--save_last_every {opt.save_last_every}: give seconds (0: last.pth after every epoch)")
     if opt.learning_rate <= 0 or opt.weight_decay < 0 or opt.eta_min < 0:

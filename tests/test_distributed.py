@@ -235,3 +235,53 @@ def test_sigterm_from_torchrun_saves_last_and_resumes_exactly(tmp_path, nproc):
     for part in ("regressor_model_state_dict", "deform_net_model_state_dict"):
         for key in a[part]:
             torch.testing.assert_close(a[part][key], b[part][key], rtol=0, atol=0)
+
+
+def test_srun_without_torchrun_is_refused_in_one_line(monkeypatch):
+    """`srun python train.py` with 4 tasks starts 4 lone trainers in one run folder: refused, naming the fix."""
+    from utils.distributed import init_distributed
+    monkeypatch.setenv("SLURM_STEP_NUM_TASKS", "4")
+    monkeypatch.delenv("RANK", raising=False)
+    with pytest.raises(AHIQError, match=r"one of 4 processes srun started without torchrun.*srun "
+                                        r"--ntasks-per-node=1 torchrun"):
+        init_distributed("cpu")
+    monkeypatch.setenv("SLURM_STEP_NUM_TASKS", "1")  # one task (an sbatch script's own python): runs as ever
+    assert not init_distributed("cpu").enabled
+
+
+_LATE_RANK = """
+import os, sys, time
+sys.path.insert(0, os.getcwd())
+from utils.distributed import init_distributed, barrier
+info = init_distributed("cpu", timeout_min=float(sys.argv[1]))
+if info.rank == 1:
+    time.sleep(60)  # never meets rank 0
+start = time.time()
+try:
+    barrier(info)
+except Exception as err:
+    print(f"failed after {time.time() - start:.1f} s: {type(err).__name__}", flush=True)
+    os._exit(5)
+"""
+
+
+@pytest.mark.slow
+def test_a_rank_waits_for_the_others_as_long_as_the_timeout_says(tmp_path):
+    """init_distributed's timeout reaches the process group: a rank whose partner never arrives fails after it
+    (here 3 s), not after PyTorch's default (10 min for NCCL, 30 for gloo)."""
+    script = tmp_path / "late.py"
+    script.write_text(_LATE_RANK)
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    env = {**os.environ, "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(port), "WORLD_SIZE": "2",
+           "LOCAL_WORLD_SIZE": "2"}
+    procs = [subprocess.Popen([sys.executable, str(script), "0.05"], cwd=REPO, stdout=subprocess.PIPE, text=True,
+                              env={**env, "RANK": str(r), "LOCAL_RANK": str(r)}) for r in (0, 1)]
+    try:
+        out, _ = procs[0].communicate(timeout=60)
+    finally:
+        procs[1].kill()
+    assert procs[0].returncode == 5, out
+    seconds = float(out.split("failed after ")[1].split(" s")[0])
+    assert 2.5 <= seconds < 30, out

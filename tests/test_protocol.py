@@ -6,7 +6,10 @@ from __future__ import annotations
 import csv
 import json
 import os
+import signal
+import subprocess
 import sys
+import time
 
 import numpy as np
 import pytest
@@ -259,3 +262,89 @@ def test_an_ablation_on_slurm_through_submitit(data_root, tmp_path, monkeypatch,
     page = (run / "ablation_report.html").read_text()
     assert 'href="fusion=conv/protocol_report.html"' in page
     assert (run / "fusion=conv" / "protocol_report.html").is_file()
+
+
+def _rows(srcc: list[float], by_type: list[dict]) -> list[dict]:
+    """protocol rows of one test set, one per split: the metrics and the per-type SRCC (None: too few images)."""
+    return [{"split": k, "test_set": "kadid10k (test part)", "srcc": s, "plcc": s, "krcc": s,
+             "groups": {"by_type": {code: {"srcc": v, "name": "blur" if code == "01" else None}
+                                    for code, v in g.items()}}} for k, (s, g) in enumerate(zip(srcc, by_type))]
+
+
+def test_the_ablation_table_compares_each_distortion_type_over_the_same_splits(tmp_path):
+    """Per distortion type: the variant's median SRCC over the splits that measured it, and against the baseline the
+    mean per-split difference, the splits where it is higher and a paired t-test, over the splits both measured."""
+    from types import SimpleNamespace
+
+    from scipy import stats
+    opt = SimpleNamespace(run_dir=str(tmp_path), vary=("fusion=conv",), factorial=False, split_file="s.json",
+                          n_splits=3, report=True, dataset="kadid10k", name="abl")
+    base = _rows([0.8, 0.7, 0.9], [{"01": 0.5, "02": 0.6}, {"01": 0.4, "02": None}, {"01": 0.7, "02": 0.2}])
+    conv = _rows([0.7, 0.75, 0.8], [{"01": 0.6, "02": 0.5}, {"01": 0.45, "02": 0.3}, {"01": 0.65, "02": 0.1}])
+    doc = protocol.write_ablation(opt, {"baseline": base, "fusion=conv": conv})
+    groups = doc["table"]["kadid10k (test part)"]["fusion=conv"]["groups"]["by_type"]
+    blur = groups["01 (blur)"]
+    assert blur["srcc_median"] == pytest.approx(0.6) and blur["splits"] == 3 and blur["pairs"] == 3
+    assert blur["diff_mean"] == pytest.approx(np.mean([0.1, 0.05, -0.05])) and blur["higher_in"] == 2
+    assert blur["p_paired_t"] == pytest.approx(stats.ttest_rel([0.6, 0.45, 0.65], [0.5, 0.4, 0.7]).pvalue)
+    other = groups["02"]  # split 1: the baseline measured nothing there, so it is not paired
+    assert other["splits"] == 3 and other["pairs"] == 2 and other["diff_mean"] == pytest.approx(-0.1)
+    assert other["direction"] == "lower" and other["higher_in"] == 0
+    whole = doc["table"]["kadid10k (test part)"]["fusion=conv"]["srcc"]
+    assert whole["diff_mean"] == pytest.approx(np.mean([-0.1, 0.05, -0.1])) and whole["direction"] == "lower"
+    text = (tmp_path / "ablation.md").read_text()
+    row = next(line for line in text.splitlines() if line.startswith("| 01 (blur) |"))
+    assert "0.5000 (3)" in row and "0.6000 (3); +0.0333, higher in 2/3" in row
+    assert "per distortion group" in (tmp_path / "ablation_report.html").read_text()
+
+
+def test_parallel_splits_stopped_by_sigterm_continue_where_they_stopped(data_root, tmp_path):
+    """--parallel 2: two splits train at once, each in its own process with its console in logs/; SIGTERM to
+    protocol.py reaches both (each saves last.pth), exit code 3; the same command again continues them (from
+    last.pth) and writes the table; a third run reuses everything."""
+    args = _common(tmp_path, "--name", "par", "--dataset", "kadid10k", "--data_root", str(data_root), "--n_splits",
+                   "1", "--n_epoch", "3", "--batch_size", "3", "--n_ensemble", "2", "--vary", "fusion=conv",
+                   "--parallel", "2")
+    run = tmp_path / "par"
+    log = tmp_path / "par.log"
+    with open(log, "w") as f:
+        proc = subprocess.Popen([sys.executable, "protocol.py", *args], cwd=protocol.REPO, stdout=f,
+                                stderr=subprocess.STDOUT, env=_shell_env())
+    consoles = [run / "logs" / "baseline_split_0.txt", run / "logs" / "fusion=conv_split_0.txt"]
+    deadline = time.time() + 240
+    while not all(c.is_file() and "loss=" in c.read_text() for c in consoles) and time.time() < deadline \
+            and proc.poll() is None:
+        time.sleep(0.05)
+    proc.send_signal(signal.SIGTERM)
+    assert proc.wait(timeout=240) == 3, log.read_text()[-3000:]
+    assert "run the same command again to continue" in log.read_text()
+    stopped = [v for v in ("baseline", "fusion=conv") if (run / v / "split_0" / "last.pth").is_file()]
+    assert stopped, [c.read_text()[-2000:] for c in consoles]  # at least one was stopped while it trained
+    doc = protocol.main(args)
+    for v in stopped:
+        assert "resum" in (run / v / "split_0" / "log.txt").read_text()
+    assert set(doc["table"]["kadid10k (test part)"]) == {"baseline", "fusion=conv"}
+    stamps = {p: os.stat(p).st_mtime_ns for p in run.glob("*/split_*/*.pth")}
+    assert protocol.main(args)["table"] == doc["table"] and \
+        {p: os.stat(p).st_mtime_ns for p in run.glob("*/split_*/*.pth")} == stamps
+
+
+def test_a_split_job_of_two_tasks_trains_and_tests_in_one_process_group(data_root, tmp_path):
+    """A SLURM job of two tasks (--slurm_gpus 2) as submitit's own LocalExecutor runs it: both tasks join one gloo
+    group from submitit's variables, train the split with DDP and share its tests; rank 0 writes the results."""
+    submitit = pytest.importorskip("submitit", reason="an optional extra (requirements-slurm.txt)")
+    opt = protocol.parse_protocol_options(_common(tmp_path, "--name", "job", "--dataset", "kadid10k", "--data_root",
+                                                  str(data_root), "--n_splits", "1", "--n_epoch", "1",
+                                                  "--batch_size", "2", "--n_ensemble", "2"))
+    executor = submitit.LocalExecutor(folder=str(tmp_path / "submitit"))
+    executor.update_parameters(tasks_per_node=2, timeout_min=5)
+    job = executor.submit(protocol.SplitJob(opt.to_dict(), 0))
+    try:
+        results = job.results()
+    except Exception:
+        raise AssertionError(job.stderr()) from None
+    assert results[0] == str(tmp_path / "job" / "split_0")
+    text = (tmp_path / "job" / "split_0" / "log.txt").read_text()
+    assert "2 process(es) on cpu, DDP over gloo" in text, text[-2000:]
+    assert "2 processes" in job.stderr() + job.stdout()  # the tests' scoring job shared too
+    assert protocol.split_done(opt, 0)

@@ -17,6 +17,7 @@ from __future__ import annotations
 import os
 from collections.abc import Callable
 from dataclasses import dataclass
+from datetime import timedelta
 
 import numpy as np
 import torch
@@ -38,6 +39,7 @@ class DistInfo:
         return self.rank == 0
 
     group: bool = False  # in a process group (several ranks, or one with AHIQ_FORCE_DDP=1)
+    owner: bool = True  # this call made the group (and :func:`shutdown` ends it); False: joined one already there
 
     @property
     def enabled(self) -> bool:
@@ -64,9 +66,12 @@ def rank_device(device: str, gpu_ids: list[int], local_rank: int, local_world_si
     return f"cuda:{ids[local_rank]}"
 
 
-def init_distributed(device: str, gpu_ids: list[int] | None = None) -> DistInfo:
+def init_distributed(device: str, gpu_ids: list[int] | None = None, timeout_min: float = 60) -> DistInfo:
     """Join the torchrun process group when there is one; returns this rank's info (with its device). Under
-    torchrun with one process there is none, unless ``AHIQ_FORCE_DDP=1`` (the GPU check: DDP and NCCL on one GPU)."""
+    torchrun with one process there is none, unless ``AHIQ_FORCE_DDP=1`` (the GPU check: DDP and NCCL on one GPU).
+    A group this process is in already (protocol.py's SLURM job: training, then its tests) is joined, not made
+    again. ``timeout_min``: how long a rank waits at a collective for the others before the job fails."""
+    check_launch()
     forced = os.environ.get("AHIQ_FORCE_DDP", "") not in ("", "0") and "RANK" in os.environ
     if int(os.environ.get("WORLD_SIZE", "1")) <= 1 and not forced:
         use_device(device)
@@ -74,12 +79,25 @@ def init_distributed(device: str, gpu_ids: list[int] | None = None) -> DistInfo:
     rank, world, local = (int(os.environ[k]) for k in ("RANK", "WORLD_SIZE", "LOCAL_RANK"))
     local_world = int(os.environ.get("LOCAL_WORLD_SIZE", world))
     device = rank_device(device, gpu_ids or [0], local, local_world)
+    if dist.is_initialized():
+        return DistInfo(rank, world, local, device, group=True, owner=False)
+    kwargs = {"timeout": timedelta(minutes=timeout_min)}
     if device.startswith("cuda"):
         use_device(device)
-        dist.init_process_group(backend_for(device), device_id=torch.device(device))
-    else:
-        dist.init_process_group(backend_for(device))
+        kwargs["device_id"] = torch.device(device)
+    dist.init_process_group(backend_for(device), **kwargs)
     return DistInfo(rank, world, local, device, group=True)
+
+
+def check_launch() -> None:
+    """``srun python train.py`` (several tasks, no torchrun) starts processes that would each train alone and collide
+    on the run folder: refused in one line."""
+    tasks = int(os.environ.get("SLURM_STEP_NUM_TASKS", "1") or 1)
+    if tasks > 1 and "RANK" not in os.environ:
+        raise AHIQError(f"this is one of {tasks} processes srun started without torchrun (SLURM_STEP_NUM_TASKS="
+                        f"{tasks}): each would train alone, in the same run folder. Start one task per node that runs "
+                        "torchrun (srun --ntasks-per-node=1 torchrun --nproc_per_node=GPUS train.py ...), or use "
+                        "protocol.py --launcher slurm")
 
 
 def backend_for(device: str) -> str:
@@ -89,7 +107,7 @@ def backend_for(device: str) -> str:
 
 
 def shutdown(info: DistInfo) -> None:
-    if info.enabled and dist.is_initialized():
+    if info.enabled and info.owner and dist.is_initialized():
         dist.destroy_process_group()
 
 
