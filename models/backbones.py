@@ -81,6 +81,35 @@ class ResNetFeatures(nn.Module):
         return torch.cat(feats, dim=1)
 
 
+def fold_batch_norms(cnn: nn.Module) -> int:
+    """Each BatchNorm of a frozen ResNet folded into the convolution it follows (``convN``/``bnN`` of a block, a
+    shortcut's (conv, norm)): the same function with running statistics, without a pass over each map. Only for
+    scoring with running statistics (``--bn_stats batch`` needs the layers). Returns how many were folded."""
+    from torch.nn.utils.fusion import fuse_conv_bn_eval
+    pairs = []
+    for parent in cnn.modules():
+        children = dict(parent.named_children())
+        pairs += [(parent, f"conv{name[2:]}", name) for name, m in children.items()
+                  if name.startswith("bn") and isinstance(m, nn.BatchNorm2d)
+                  and isinstance(children.get(f"conv{name[2:]}"), nn.Conv2d)]
+        if isinstance(parent, nn.Sequential) and len(parent) == 2 and isinstance(parent[0], nn.Conv2d) \
+                and isinstance(parent[1], nn.BatchNorm2d):
+            pairs.append((parent, "0", "1"))
+    for parent, conv, bn in pairs:
+        setattr(parent, conv, fuse_conv_bn_eval(getattr(parent, conv).eval(), getattr(parent, bn).eval()))
+        setattr(parent, bn, nn.Identity())
+    return len(pairs)
+
+
+def cast_products(net: nn.Module, dtype: torch.dtype) -> None:
+    """The weights of a frozen backbone's convolutions and linear layers stored in ``dtype``: what autocast casts
+    them to at every call (frozen weights are not in its cache), cast once. Norms and added parameters (position
+    embeddings) stay fp32, as autocast runs them, so scores under autocast are unchanged."""
+    for m in net.modules():
+        if isinstance(m, (nn.Linear, nn.Conv2d)):
+            m.to(dtype)
+
+
 def _is_block(resnet: nn.Module, name: str) -> bool:
     parts = name.split(".")
     if len(parts) != 2 or not parts[0].startswith("layer") or not parts[1].isdigit():

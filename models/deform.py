@@ -8,6 +8,9 @@ features, which dominates torchvision's CPU backward).
 """
 from __future__ import annotations
 
+import functools
+import itertools
+
 import torch
 import torch.nn.functional as F
 
@@ -30,31 +33,27 @@ def deform_conv2d_gemm(x: torch.Tensor, offset: torch.Tensor, weight: torch.Tens
     b, c, h, w = x.shape
     c_out, _, kh, kw = weight.shape
     exact = torch.promote_types(offset.dtype, GRID_DTYPE)  # fp32, or fp64 for fp64 inputs
-    offset = offset.to(exact)
-    ys = torch.arange(h, device=x.device, dtype=exact).view(1, h, 1)
-    xs = torch.arange(w, device=x.device, dtype=exact).view(1, 1, w)
-    # align_corners=True maps pixel centre i to -1 + 2i/(n-1): the pixel coordinates torchvision samples at.
-    scale_y, scale_x = 2.0 / max(h - 1, 1), 2.0 / max(w - 1, 1)
-
     taps = [(i, j) for i in range(kh) for j in range(kw)]  # row-major, as the offsets are laid out
-
-    def grid(k: int) -> torch.Tensor:  # (B, H, W, 2) sampling grid of kernel tap k
-        i, j = taps[k]
-        py = ys + (i - padding) + offset[:, 2 * k]
-        px = xs + (j - padding) + offset[:, 2 * k + 1]
-        return torch.stack((px * scale_x - 1, py * scale_y - 1), dim=-1)
+    offset = offset.to(exact).view(b, len(taps), 2, h, w)
+    # every tap's grid in one broadcast (few kernels: a training step's launch count): (B, taps, H, W, 2).
+    # align_corners=True maps pixel centre i to -1 + 2i/(n-1): the pixel coordinates torchvision samples at.
+    ys = torch.arange(h, device=x.device, dtype=exact).view(1, 1, h, 1)
+    xs = torch.arange(w, device=x.device, dtype=exact).view(1, 1, 1, w)
+    steps = torch.tensor(taps, device=x.device, dtype=exact) - padding  # (taps, 2): (dy, dx) of each tap
+    py = ys + steps[:, 0].view(1, -1, 1, 1) + offset[:, :, 0]
+    px = xs + steps[:, 1].view(1, -1, 1, 1) + offset[:, :, 1]
+    grids = torch.stack((px * (2.0 / max(w - 1, 1)) - 1, py * (2.0 / max(h - 1, 1)) - 1), dim=-1)
 
     source = x.to(exact)  # one cast for every tap
     compute = compute_dtype(x)
     if compute in (torch.float16, torch.bfloat16):
-        return _reduced_precision(source, torch.cat([grid(k) for k in range(len(taps))], dim=1), weight, bias,
-                                  compute)
+        return _reduced_precision(source, grids.view(b, len(taps) * h, w, 2), weight, bias, compute)
     # measured on the CPU: batched GEMMs win at 56x56 (224 crops), one flat GEMM wins at 12x12 (48 crops), also in
     # training; the threshold sits between
     batched = h * w >= BATCHED_GEMM_MIN_PIXELS
     out = None
     for k, (i, j) in enumerate(taps):
-        sampled = F.grid_sample(source, grid(k), mode="bilinear", padding_mode="zeros", align_corners=True)
+        sampled = F.grid_sample(source, grids[:, k], mode="bilinear", padding_mode="zeros", align_corners=True)
         sampled = sampled.to(x.dtype)
         w_k = weight[:, :, i, j]
         if batched:  # (C_out, C) times (B, C, H*W): GEMMs on the samples as laid out, no permuted copy
@@ -108,18 +107,20 @@ def conv3x3_nearest_upsampled(x: torch.Tensor, weight: torch.Tensor, bias: torch
     for AHIQ (3840 channels upsampled 2x to 56x56 at 224) it avoids a 48 MB-per-image map and its copies.
     """
     c_out, c_in = weight.shape[:2]
-    phases = []
-    for a in range(factor):
-        for b in range(factor):
-            taps = [[0, 0, 0], [0, 0, 0], [0, 0, 0]]
-            for ki in range(3):
-                for kj in range(3):
-                    ri, rj = (a + ki - 1) // factor + 1, (b + kj - 1) // factor + 1
-                    taps[ri][rj] = taps[ri][rj] + weight[:, :, ki, kj]
-            zero = weight.new_zeros(c_out, c_in)
-            phases.append(torch.stack([torch.stack([t if torch.is_tensor(t) else zero for t in row], -1)
-                                       for row in taps], -2))
-    out = F.conv2d(x, torch.cat(phases), None if bias is None else bias.repeat(factor * factor), padding=1)
+    # the phases' kernels in one product (one kernel launch: a training step recomputes them): tap (ki, kj) of the
+    # 3x3 kernel lands on source tap (ri, rj) of phase (a, b)
+    phases = torch.einsum("oikl,abrskl->aboirs", weight, _phase_taps(factor, weight.device, weight.dtype))
+    out = F.conv2d(x, phases.reshape(factor * factor * c_out, c_in, 3, 3),
+                   None if bias is None else bias.repeat(factor * factor), padding=1)
     n, _, h, w = out.shape
     out = out.view(n, factor, factor, c_out, h, w).permute(0, 3, 4, 1, 5, 2)
     return out.reshape(n, c_out, h * factor, w * factor)
+
+
+@functools.lru_cache(maxsize=16)
+def _phase_taps(factor: int, device: torch.device, dtype: torch.dtype) -> torch.Tensor:
+    """(factor, factor, 3, 3, 3, 3) of 0/1: phase (a, b)'s source tap (ri, rj) takes kernel tap (ki, kj)."""
+    m = torch.zeros(factor, factor, 3, 3, 3, 3, dtype=dtype)
+    for a, b, ki, kj in itertools.product(range(factor), range(factor), range(3), range(3)):
+        m[a, b, (a + ki - 1) // factor + 1, (b + kj - 1) // factor + 1, ki, kj] = 1
+    return m.to(device)

@@ -217,3 +217,59 @@ def test_scores_leave_autocast_in_fp32(tiny_factory, monkeypatch):
     as_bf16 = scores.to(torch.bfloat16).float()
     assert not torch.equal(scores, as_bf16)  # values between bf16's steps survive
     assert len(set(scores.tolist())) > len(set(as_bf16.tolist()))  # more distinct than bf16 could hold
+
+
+def _with_trained_statistics(model: torch.nn.Module) -> torch.nn.Module:
+    """A copy whose ResNet BatchNorms hold statistics and affine weights far from their initial ones (so folding
+    them is not a no-op)."""
+    import copy
+    model = copy.deepcopy(model)
+    g = torch.Generator().manual_seed(3)
+    for m in model.cnn.modules():
+        if isinstance(m, torch.nn.BatchNorm2d):
+            for t, lo, hi in ((m.running_mean, -0.5, 0.5), (m.running_var, 0.3, 2.0), (m.weight.data, 0.5, 1.5),
+                              (m.bias.data, -0.3, 0.3)):
+                t.copy_(torch.rand(t.shape, generator=g) * (hi - lo) + lo)
+    return model
+
+
+def test_folded_batchnorms_score_as_the_running_statistics_do(tiny_factory, tiny_ckpt):
+    """The scorer's frozen ResNet with each BatchNorm folded into its convolution: no BatchNorm left, scores equal
+    to the unfolded model's within fp32 rounding; the released per-call statistics (--bn_stats batch) are kept."""
+    import copy
+
+    from models.backbones import fold_batch_norms
+    model = _with_trained_statistics(tiny_factory(8))
+    folded = copy.deepcopy(model)
+    assert fold_batch_norms(folded.cnn) == 11  # the stem, 3 per Bottleneck, the shortcut's
+    assert not [m for m in folded.cnn.modules() if isinstance(m, torch.nn.BatchNorm2d)]
+    dis, ref = torch.rand(4, 3, 32, 32), torch.rand(4, 3, 32, 32)
+    with torch.no_grad():
+        torch.testing.assert_close(folded(dis, ref), model(dis, ref), rtol=1e-5, atol=1e-6)
+        assert not torch.equal(folded.cnn(dis), tiny_factory(8).cnn(dis))  # the statistics mattered
+    from engine.scorer import load_scorer  # the scorer folds them only where running statistics are used
+    running, batch = (load_scorer(tiny_ckpt, pretrained=False, bn_stats=bn) for bn in ("running", "batch"))
+    assert not [m for m in running.model.cnn.modules() if isinstance(m, torch.nn.BatchNorm2d)]
+    assert [m for m in batch.model.cnn.modules() if isinstance(m, torch.nn.BatchNorm2d)]
+
+
+def test_frozen_weights_cast_once_score_as_autocast_casts_them(tiny_factory):
+    """Under bf16 autocast (the CPU's, as CUDA's runs), backbone convolutions and linear layers stored in bf16
+    give the very scores of fp32 weights that autocast casts at every call; casting the norms too would not."""
+    import copy
+
+    from models.backbones import cast_products
+    model = _with_trained_statistics(tiny_factory(8))
+    cast = copy.deepcopy(model)
+    for net in (cast.vit, cast.cnn):
+        cast_products(net, torch.bfloat16)
+    assert cast.vit.vit.blocks[0].attn.qkv.weight.dtype == torch.bfloat16
+    assert cast.vit.vit.blocks[0].norm1.weight.dtype == torch.float32
+    dis, ref = torch.rand(4, 3, 32, 32), torch.rand(4, 3, 32, 32)
+    with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16):
+        for net in ("vit", "cnn"):  # the features, before the head's coarse bf16 score
+            expected = getattr(model, net)(dis)
+            torch.testing.assert_close(getattr(cast, net)(dis), expected, rtol=0, atol=0)
+        torch.testing.assert_close(cast(dis, ref), model(dis, ref), rtol=0, atol=0)
+        whole = copy.deepcopy(model.vit).to(torch.bfloat16)  # norms and the position embedding in bf16 too
+        assert not torch.equal(whole(dis).float(), model.vit(dis))
