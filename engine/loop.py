@@ -331,8 +331,9 @@ StepSync = Callable[[torch.Tensor], Callable[[], tuple[float, bool]]]
 def train_one_epoch(model: torch.nn.Module, loader: DataLoader, optimizer: torch.optim.Optimizer,
                     scheduler: torch.optim.lr_scheduler.LRScheduler, device: str, amp_dtype: torch.dtype | None,
                     scaler: torch.amp.GradScaler | None, sync: StepSync, on_step: Callable[[float, float], None],
-                    progress: bool = True, desc: str = "train") -> StepResult:
-    """One pass over ``loader``; the LR scheduler steps every iteration (official).
+                    progress: bool = True, desc: str = "train", every: int = 1) -> StepResult:
+    """One pass over ``loader``; the LR scheduler steps every iteration (official). The progress bar shows the
+    loss of the first step and of every ``every``-th after.
 
     ``sync`` is the one exchange between ranks per step (:func:`utils.distributed.reduce_step`), started before
     backward and read after it: the loss averaged over ranks and whether any rank was asked to stop, so every rank
@@ -364,7 +365,8 @@ def train_one_epoch(model: torch.nn.Module, loader: DataLoader, optimizer: torch
         scheduler.step()
         losses.append(mean_loss)
         on_step(mean_loss, lr)
-        bar.set_postfix(loss=f"{mean_loss:.4f}")
+        if (len(losses) - 1) % every == 0:
+            bar.set_postfix(loss=f"{mean_loss:.4f}")
         if stop:
             return StepResult(losses, True)
     return StepResult(losses, False)

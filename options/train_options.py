@@ -58,6 +58,9 @@ class TrainingFields:
     val_batch_size: int = option(TEST_BATCH, "images per validation batch", policy=FREE, minimum=1)
     crops_per_forward: int = option(CROPS_PER_FORWARD, "crop pairs per forward in validation", policy=FREE,
                                    minimum=1)
+    log_every: int = option(10, "write the training loss and learning rate (TensorBoard, W&B, the progress bar) at "
+                                "step 1 and every N steps after (each write is host work beside the GPU's)",
+                            policy=FREE, metavar="N", minimum=1)
     wandb: str | None = option(None, "also log the scalars to this Weights & Biases project (needs `pip install "
                                      "wandb`)", policy=FREE, metavar="PROJECT")
 

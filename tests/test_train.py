@@ -31,7 +31,7 @@ REPO = Path(__file__).resolve().parents[1]
 @pytest.fixture(scope="module")
 def two_epoch_run(train_sets, tmp_path_factory) -> Path:
     ckpts = tmp_path_factory.mktemp("ckpts")
-    state = train.main(train_args(train_sets, ckpts, "full", "--n_epoch", "2"))
+    state = train.main(train_args(train_sets, ckpts, "full", "--n_epoch", "2", "--log_every", "1"))
     assert state.epoch == 2 and state.global_step == 10  # 9 pairs, batch 2: 5 steps an epoch, none dropped
     return ckpts / "full"
 
