@@ -12,9 +12,11 @@ not depend on them). Example: ``python -m benchmarks.benchmark --device cpu --im
 from __future__ import annotations
 
 import argparse
+import copy
 import json
 import math
 import os
+import re
 import tempfile
 import time
 from collections import Counter
@@ -144,7 +146,7 @@ def per_reference(args: argparse.Namespace, model, baseline_images_per_s: float,
             "amp": str(amp_dtype) if amp_dtype else "fp32"}
 
 
-def run(args: argparse.Namespace) -> dict:
+def run(args: argparse.Namespace, on_section: Callable[[dict], None] = lambda out: None) -> dict:
     device = args.device
     g = torch.Generator().manual_seed(1)
     images_dis = torch.randint(0, 256, (args.images, 3, args.size, args.size), generator=g, dtype=torch.uint8)
@@ -152,12 +154,17 @@ def run(args: argparse.Namespace) -> dict:
     dis, ref = crops(images_dis, args.n_ensemble, args.crop, SEED), crops(images_ref, args.n_ensemble, args.crop, SEED)
     with tempfile.TemporaryDirectory() as folder:
         model, baseline = make_models(args.patch_size, device, folder)
-        return measure(args, model, baseline, dis, ref, g, folder)
+        return measure(args, model, baseline, dis, ref, g, folder, on_section)
 
 
 def measure(args: argparse.Namespace, model, baseline, dis: torch.Tensor, ref: torch.Tensor, g: torch.Generator,
-            folder: str) -> dict:
+            folder: str, on_section: Callable[[dict], None] = lambda out: None) -> dict:
+    """Every section's numbers; ``on_section(out)`` after each (the GPU check keeps them as they come). Scoring uses
+    the model as test.py's scorer prepares it (:meth:`models.AHIQ.for_scoring`), training the model as built."""
     device = args.device
+    scoring = {None: copy.deepcopy(model).for_scoring()}
+    if device.startswith("cuda"):
+        scoring[torch.bfloat16] = copy.deepcopy(model).for_scoring(amp_dtype=torch.bfloat16)
     heads = (dict(model.deform_net.named_parameters()), dict(model.regressor.named_parameters()))
     frozen = {k: {n: p.detach() for n, p in sd.items()} for k, sd in zip(("d", "r"), heads)}
     out: dict = {"device": torch.cuda.get_device_name() if device.startswith("cuda") else "cpu",
@@ -165,26 +172,30 @@ def measure(args: argparse.Namespace, model, baseline, dis: torch.Tensor, ref: t
 
     t_base, s_base = timed(lambda: baseline_scores(baseline, (frozen["d"], frozen["r"]), dis, ref, args.batch, device),
                            device, args.repeats)
-    t_fast, s_fast = timed(lambda: project_scores(model, dis, ref, args.crops_per_forward), device, args.repeats)
+    t_fast, s_fast = timed(lambda: project_scores(scoring[None], dis, ref, args.crops_per_forward), device,
+                           args.repeats)
     out["test"] = {"baseline_images_per_s": args.images / t_base, "fp32_images_per_s": args.images / t_fast,
                    "fp32_speedup": t_base / t_fast,
                    "fp32_max_rel_dev": float(np.max(np.abs(s_fast - s_base) / np.abs(s_base)))}
     out["test"]["baseline_peak_gib"] = peak_memory(
         lambda: baseline_scores(baseline, (frozen["d"], frozen["r"]), dis, ref, args.batch, device), device)
-    out["test"]["fp32_peak_gib"] = peak_memory(lambda: project_scores(model, dis, ref, args.crops_per_forward),
-                                               device)
+    out["test"]["fp32_peak_gib"] = peak_memory(
+        lambda: project_scores(scoring[None], dis, ref, args.crops_per_forward), device)
     if device.startswith("cuda"):
-        t_bf16, s_bf16 = timed(lambda: project_scores(model, dis, ref, args.crops_per_forward, torch.bfloat16),
-                               device, args.repeats)
+        t_bf16, s_bf16 = timed(lambda: project_scores(scoring[torch.bfloat16], dis, ref, args.crops_per_forward,
+                                                      torch.bfloat16), device, args.repeats)
         out["test"].update({"bf16_images_per_s": args.images / t_bf16, "bf16_speedup": t_base / t_bf16,
                             "bf16_max_abs_dev": float(np.max(np.abs(s_bf16 - s_base))),
                             "bf16_srcc_vs_fp32": float(stats.spearmanr(s_bf16, s_base)[0])})
 
+    on_section(out)
     base_rate = out["test"]["baseline_images_per_s"]
-    out["per_reference"] = [per_reference(args, model, base_rate, device, k) for k in args.per_reference]
-    if device.startswith("cuda"):
-        out["per_reference"] += [per_reference(args, model, base_rate, device, k, torch.bfloat16)
-                                 for k in args.per_reference]
+    out["per_reference"] = []
+    for amp in scoring:
+        for k in args.per_reference:
+            out["per_reference"].append(per_reference(args, scoring[amp], base_rate, device, k, amp))
+            on_section(out)
+    scoring.clear()  # the copies' memory, before training is measured
     b = args.train_batch
     if b > args.images * args.n_ensemble:
         raise SystemExit(f"--train_batch {b} needs at least {b} crops: raise --images or --n_ensemble")
@@ -215,9 +226,11 @@ def measure(args: argparse.Namespace, model, baseline, dis: torch.Tensor, ref: t
         steps = 200 * math.ceil(PIPAL_TRAIN_PAIRS / b)
         out["train"].update(bf16_pairs_per_s=b / t_bf16_train, bf16_step_ms=t_bf16_train * 1e3,
                             pipal_200_epochs_steps_hours=steps * t_bf16_train / 3600)
+    on_section(out)
     if args.process:
         model.eval()
         out["process"] = whole_process(args, model, base_rate, folder)
+        on_section(out)
     if args.onnx:
         out["onnx"] = onnx_speed(args, model.eval(), dis, ref, folder)
     return out
@@ -252,7 +265,8 @@ def onnx_speed(args: argparse.Namespace, model, dis: torch.Tensor, ref: torch.Te
 def whole_process(args: argparse.Namespace, model, base_rate: float, folder: str) -> dict:
     """Wall seconds of whole ``python test.py`` processes (start-up, checks, building the model from weight files,
     decoding, scoring, writing) on ``--process`` distorted images of one reference, median of ``--repeats``, against
-    the baseline's scoring alone of as many images (its rate measured above, in this run)."""
+    the baseline's scoring alone of as many images (its rate measured above, in this run); and test.py's own images/s
+    (decoding and scoring, start-up not), in fp32 and, on CUDA, with --amp (bf16)."""
     import subprocess
     import sys
 
@@ -279,14 +293,21 @@ def whole_process(args: argparse.Namespace, model, base_rate: float, folder: str
            "--n_ensemble", str(args.n_ensemble), "--crop_size", str(args.crop), "--gpu_ids", gpu, "--num_workers", "0",
            "--overwrite"]
     repo = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-    times = []
-    for _ in range(max(1, args.repeats)):
-        start = time.perf_counter()
-        subprocess.run(cmd, cwd=repo, check=True, capture_output=True)
-        times.append(time.perf_counter() - start)
-    seconds = float(np.median(times))
-    return {"images": k, "seconds": seconds, "baseline_scoring_seconds": k / base_rate,
-            "speedup": k / base_rate / seconds}
+    out: dict = {"images": k, "baseline_scoring_seconds": k / base_rate}
+    for amp, extra in [("fp32", [])] + ([("bf16", ["--amp"])] if gpu != "-1" else []):
+        times, rates = [], []
+        for _ in range(max(1, args.repeats)):
+            start = time.perf_counter()
+            done = subprocess.run(cmd + extra, cwd=repo, check=True, capture_output=True, text=True)
+            times.append(time.perf_counter() - start)
+            said = re.search(r"\(([\d.]+) s per image\)", done.stderr + done.stdout)
+            if said:
+                rates.append(1 / max(float(said.group(1)), 1e-9))
+        prefix = "" if amp == "fp32" else "bf16_"
+        out[f"{prefix}seconds"] = float(np.median(times))
+        out[f"{prefix}scoring_images_per_s"] = float(np.median(rates)) if rates else None
+    out["speedup"] = k / base_rate / out["seconds"]
+    return out
 
 
 def table(out: dict) -> str:
@@ -323,10 +344,14 @@ def table(out: dict) -> str:
         rows.append(f"| whole test.py process, {r['images']} distorted images of one reference (s) | baseline's "
                     f"scoring alone {r['baseline_scoring_seconds']:.1f}, process {r['seconds']:.1f} "
                     f"({r['speedup']:.2f}x) |")
+        rates = [f"{amp} {r[key]:.4g}" for amp, key in (("fp32", "scoring_images_per_s"),
+                                                       ("bf16", "bf16_scoring_images_per_s")) if r.get(key)]
+        if rates:
+            rows.append(f"| test.py's own rate, decoding and scoring (images/s) | {', '.join(rates)} |")
     return "\n".join(rows)
 
 
-def main(argv: list[str] | None = None) -> dict:
+def main(argv: list[str] | None = None, on_section: Callable[[dict], None] = lambda out: None) -> dict:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     p.add_argument("--patch_size", type=int, default=8, choices=tuple(VIT_TAGS))
@@ -349,7 +374,7 @@ def main(argv: list[str] | None = None) -> dict:
     if args.device.startswith("cuda"):
         torch.backends.cuda.matmul.allow_tf32 = False  # fp32 means fp32 on both sides
         torch.backends.cudnn.allow_tf32 = False
-    out = run(args)
+    out = run(args, on_section)
     print(table(out))
     if args.out:
         with open(args.out, "w") as f:

@@ -40,7 +40,6 @@ from data.score_mapping import load_mapping
 from data.windows import WindowPolicy
 from engine.loop import Predictions, predict, score_crops
 from models import AHIQ, BN_STATS, BackboneSource, Checkpoint, build_checkpoint_model, read_checkpoint
-from models.backbones import cast_products, fold_batch_norms
 from models.config import check_crop, weights_digest
 from models.onnx_runtime import BACKENDS, OnnxAHIQ
 from options.defaults import CHECKPOINTS, RELEASED_NAME, check_home
@@ -281,12 +280,7 @@ def build_scorer(checkpoint: Checkpoint, source: BackboneSource, policy: WindowP
     check_device(device)
     model = build_checkpoint_model(checkpoint, source, deform_impl, policy.seed, allow_other_backbones)
     norm = training_norm(mos_range, meta_of(checkpoint.state or {}), checkpoint.path)
-    model = model.to(device).eval()
-    if bn_stats == "running" and model.cnn is not None:  # maps use running statistics too
-        fold_batch_norms(model.cnn)
-    if amp_dtype is not None:  # autocast's per-call casts of the frozen weights, made once
-        for net in filter(None, (model.vit, model.cnn)):
-            cast_products(net, amp_dtype)
+    model = model.to(device).for_scoring(bn_stats, amp_dtype)
     return Scorer(model, policy, crops_per_forward, bn_stats, norm, checkpoint.path, amp_dtype)
 
 

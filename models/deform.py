@@ -107,20 +107,31 @@ def conv3x3_nearest_upsampled(x: torch.Tensor, weight: torch.Tensor, bias: torch
     for AHIQ (3840 channels upsampled 2x to 56x56 at 224) it avoids a 48 MB-per-image map and its copies.
     """
     c_out, c_in = weight.shape[:2]
-    # the phases' kernels in one product (one kernel launch: a training step recomputes them): tap (ki, kj) of the
-    # 3x3 kernel lands on source tap (ri, rj) of phase (a, b)
-    phases = torch.einsum("oikl,abrskl->aboirs", weight, _phase_taps(factor, weight.device, weight.dtype))
-    out = F.conv2d(x, phases.reshape(factor * factor * c_out, c_in, 3, 3),
-                   None if bias is None else bias.repeat(factor * factor), padding=1)
+    # the phases' kernels in a few whole-tensor operations (a training step recomputes them; a loop over taps
+    # launched ~60 kernels at factor 2): source tap (ri, rj) of phase (a, b) sums the kernel taps (ki, kj) that land on
+    # it (at most 4 at factor 2, 9 at 4), gathered and added in one order everywhere (PyTorch, ONNX Runtime: the same
+    # sums), with a zero tap where there are fewer
+    flat = torch.cat([weight.flatten(2), weight.new_zeros(c_out, c_in, 1)], dim=-1)  # (o, i, 9 taps + a zero)
+    index = _phase_index(factor, weight.device)  # (most taps on one source tap, phases * 9)
+    phases = flat[:, :, index[0]]
+    for row in index[1:]:
+        phases = phases + flat[:, :, row]
+    phases = phases.unflatten(-1, (factor * factor, 3, 3)).permute(2, 0, 1, 3, 4).flatten(0, 1)
+    out = F.conv2d(x, phases, None if bias is None else bias.repeat(factor * factor), padding=1)
     n, _, h, w = out.shape
     out = out.view(n, factor, factor, c_out, h, w).permute(0, 3, 4, 1, 5, 2)
     return out.reshape(n, c_out, h * factor, w * factor)
 
 
 @functools.lru_cache(maxsize=16)
-def _phase_taps(factor: int, device: torch.device, dtype: torch.dtype) -> torch.Tensor:
-    """(factor, factor, 3, 3, 3, 3) of 0/1: phase (a, b)'s source tap (ri, rj) takes kernel tap (ki, kj)."""
-    m = torch.zeros(factor, factor, 3, 3, 3, 3, dtype=dtype)
-    for a, b, ki, kj in itertools.product(range(factor), range(factor), range(3), range(3)):
-        m[a, b, (a + ki - 1) // factor + 1, (b + kj - 1) // factor + 1, ki, kj] = 1
-    return m.to(device)
+def _phase_index(factor: int, device: torch.device) -> torch.Tensor:
+    """(M, factor * factor * 9): for each phase (a, b) and source tap (ri, rj), the kernel taps ki * 3 + kj that land
+    on it in increasing order, then 9 (the zero tap) up to M, the most any source tap takes. Made outside inference
+    mode, so training can use it too."""
+    with torch.inference_mode(False):
+        lists: list[list[int]] = [[] for _ in range(factor * factor * 9)]
+        for a, b, ki, kj in itertools.product(range(factor), range(factor), range(3), range(3)):
+            ri, rj = (a + ki - 1) // factor + 1, (b + kj - 1) // factor + 1
+            lists[(a * factor + b) * 9 + ri * 3 + rj].append(ki * 3 + kj)
+        most = max(map(len, lists))
+        return torch.tensor([taps + [9] * (most - len(taps)) for taps in lists], device=device).t().contiguous()

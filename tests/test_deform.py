@@ -97,3 +97,29 @@ def test_the_reduced_precision_path_gives_the_same_in_chunks_of_images(monkeypat
         chunked = deform_conv2d_gemm(x, offset, weight, bias, padding=1)
     torch.testing.assert_close(chunked, whole, rtol=0, atol=0)
     assert _relative_l2(whole, deform_conv2d_gemm(x, offset, weight, bias, padding=1)) < 0.01
+
+
+def _phase_kernels_by_loop(weight: torch.Tensor, factor: int) -> torch.Tensor:
+    """The upsampled convolution's phase kernels tap by tap (the reference: one addition per landing tap)."""
+    c_out, c_in = weight.shape[:2]
+    phases = []
+    for a in range(factor):
+        for b in range(factor):
+            taps = [[weight.new_zeros(c_out, c_in) for _ in range(3)] for _ in range(3)]
+            for ki in range(3):
+                for kj in range(3):
+                    ri, rj = (a + ki - 1) // factor + 1, (b + kj - 1) // factor + 1
+                    taps[ri][rj] = taps[ri][rj] + weight[:, :, ki, kj]
+            phases.append(torch.stack([torch.stack(row, -1) for row in taps], -2))
+    return torch.cat(phases)
+
+
+@pytest.mark.parametrize("factor", [1, 2, 4])
+def test_the_phase_kernels_are_the_tap_by_tap_sums_bit_for_bit(factor):
+    """Built in a few whole-tensor operations (gathers and additions in the loop's order), the phase kernels are the
+    loop's to the bit, at patch 8's factor 2 and patch 16's 4: the convolution sees the same numbers."""
+    weight, x = torch.randn(6, 5, 3, 3), torch.randn(2, 5, 4, 4)
+    expected = F.conv2d(x, _phase_kernels_by_loop(weight, factor), padding=1)
+    n, _, h, w = expected.shape
+    expected = expected.view(n, factor, factor, 6, h, w).permute(0, 3, 4, 1, 5, 2).reshape(n, 6, h * factor, w * factor)
+    assert torch.equal(conv3x3_nearest_upsampled(x, weight, None, factor), expected)

@@ -47,7 +47,8 @@ def test_the_metrics_file_survives_a_resume_and_tensorboard_names_the_dataset(tr
     rows = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
     assert [r["epoch"] for r in rows] == [1, 2] and rows[1]["train_loss"] != 9.0
     assert set(rows[0]) == {"epoch", "step", "train_loss", "lr", "val_srcc", "val_plcc", "val_plcc_logistic",
-                            "val_krcc", "val_rmse", "val_main_score", "best", "step_ms", "seconds"}  # every metric TensorBoard has
+                            "val_krcc", "val_rmse", "val_main_score", "best", "step_ms",
+                            "seconds"}  # every metric TensorBoard has
     assert 0 < rows[0]["step_ms"] * rows[0]["step"] / 1e3 <= rows[0]["seconds"]  # the training part of the epoch
     assert rows[0]["step"] == 5 and rows[1]["step"] == 10 and rows[1]["val_srcc"] is not None
     assert (run / "metrics.png").read_bytes()[:4] == b"\x89PNG"

@@ -33,11 +33,12 @@ def check_gpus(ids: tuple[int, ...], gpu_ids: str) -> None:
 
 
 def configure_cuda(device: str, tf32: bool = True) -> None:
-    """On CUDA: cuDNN autotuning (crop shapes are fixed, so it pays off) and TF32 matrix products and convolutions
+    """On CUDA: cuDNN autotuning (crop shapes are fixed, so it pays off; ``AHIQ_CUDNN_BENCHMARK=0`` skips it where a
+    process is too short to repay it: the GPU check's children) and TF32 matrix products and convolutions
     (``tf32``: on by default, as in the official environment; off for strict fp32). The same flags for test.py,
     predict.py, train.py and the API, so their scores match. Nothing on the CPU."""
     if str(device).startswith("cuda"):
-        torch.backends.cudnn.benchmark = True
+        torch.backends.cudnn.benchmark = os.environ.get("AHIQ_CUDNN_BENCHMARK", "1") != "0"
         torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = bool(tf32)
 
 

@@ -70,7 +70,8 @@ class Scalars:
 
 class EpochLog:
     """``{run_dir}/metrics.jsonl``: one JSON object per finished epoch (epoch, step, train loss, learning rate,
-    validation SRCC/PLCC/KRCC/RMSE, milliseconds a training step, seconds), appended and synced line by line, and ``metrics.png`` with the curves.
+    validation SRCC/PLCC/KRCC/RMSE, milliseconds a training step, seconds), appended and synced line by line, and
+    ``metrics.png`` with the curves.
 
     A new run starts the file afresh; a resumed run keeps the epochs its checkpoint has finished and drops any later
     ones (an epoch logged after the checkpoint was written) and a line torn by a kill.
