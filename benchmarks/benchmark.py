@@ -310,6 +310,13 @@ def whole_process(args: argparse.Namespace, model, base_rate: float, folder: str
     return out
 
 
+def test_py_rates(process: dict) -> str:
+    """test.py's own images/s of :func:`whole_process`, per precision measured ('' where none was)."""
+    return ", ".join(f"{amp} {process[key]:.4g}" for amp, key in (("fp32", "scoring_images_per_s"),
+                                                                  ("bf16", "bf16_scoring_images_per_s"))
+                     if process.get(key))
+
+
 def table(out: dict) -> str:
     t, tr = out["test"], out["train"]
     rows = [f"| device | {out['device']} |", "|---|---|",
@@ -344,10 +351,8 @@ def table(out: dict) -> str:
         rows.append(f"| whole test.py process, {r['images']} distorted images of one reference (s) | baseline's "
                     f"scoring alone {r['baseline_scoring_seconds']:.1f}, process {r['seconds']:.1f} "
                     f"({r['speedup']:.2f}x) |")
-        rates = [f"{amp} {r[key]:.4g}" for amp, key in (("fp32", "scoring_images_per_s"),
-                                                       ("bf16", "bf16_scoring_images_per_s")) if r.get(key)]
-        if rates:
-            rows.append(f"| test.py's own rate, decoding and scoring (images/s) | {', '.join(rates)} |")
+        if test_py_rates(r):
+            rows.append(f"| test.py's own rate, decoding and scoring (images/s) | {test_py_rates(r)} |")
     return "\n".join(rows)
 
 

@@ -499,10 +499,8 @@ def line(name: str, res: dict) -> str:
                          f"{tr['fp32_pairs_per_s']:.3g}, bf16 {tr.get('bf16_pairs_per_s', float('nan')):.3g} (200 "
                          f"PIPAL epochs of bf16 steps: {tr.get('pipal_200_epochs_steps_hours', float('nan')):.2f} h)")
         if "process" in res:
-            r = res["process"]
-            parts.append("test.py end to end, images/s: " + ", ".join(
-                f"{amp} {r[key]:.3g}" for amp, key in (("fp32", "scoring_images_per_s"),
-                                                       ("bf16", "bf16_scoring_images_per_s")) if r.get(key)))
+            from benchmarks.benchmark import test_py_rates
+            parts.append(f"test.py end to end, images/s: {test_py_rates(res['process'])}")
     if "error" in res:
         parts.append(res["error"])
     return "\n    ".join(parts)

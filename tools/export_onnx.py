@@ -26,18 +26,16 @@ from engine.scorer import load_scorer
 from models import VIT_TAGS
 from models.onnx_runtime import export, onnxruntime
 from options.defaults import CHECKPOINTS, SEED
+from tools.export_pyiqa import exporter_parser
 from utils.errors import run_cli
 from utils.records import file_digest
 
 
 def export_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(description="Export an AHIQ checkpoint with its backbones to ONNX (checked against "
-                                            "PyTorch with ONNX Runtime before it is kept).")
-    p.add_argument("--ckpt", required=True, help="an AHIQ checkpoint (ours, official or pyiqa)")
-    p.add_argument("--out", required=True, help="the .onnx file to write")
+    p = exporter_parser("Export an AHIQ checkpoint with its backbones to ONNX (checked against PyTorch with ONNX "
+                        "Runtime before it is kept).", "an AHIQ checkpoint (ours, official or pyiqa)",
+                        "the .onnx file to write", "else download.sh's, else the hub")
     p.add_argument("--checkpoints_dir", default=CHECKPOINTS, help="where download.sh put backbones/")
-    p.add_argument("--vit_weights", default=None, help="ViT weights file (else download.sh's, else the hub)")
-    p.add_argument("--resnet_weights", default=None, help="ResNet weights file (else download.sh's, else the hub)")
     p.add_argument("--no_pretrained", action="store_true", help="random backbones drawn from --seed (tests)")
     p.add_argument("--seed", type=int, default=SEED, help="seed of random backbones")
     p.add_argument("--allow_other_backbones", action="store_true",

@@ -49,14 +49,21 @@ def export(ckpt_path: str, out: str, vit_weights: str | None = None, resnet_weig
     return len(params)
 
 
-def export_pyiqa_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(description="Write a checkpoint as the file pyiqa's AHIQ loads with "
-                                            "pretrained_model_path (the heads plus the full pinned backbones).")
-    p.add_argument("--ckpt", required=True, help="an AHIQ checkpoint (ours or official) of the paper's model")
-    p.add_argument("--out", required=True, help="the file to write (about 440 MB)")
-    p.add_argument("--vit_weights", default=None, help="full timm state dict of the pinned ViT-B/8 (else the hub)")
-    p.add_argument("--resnet_weights", default=None, help="full timm state dict of the pinned ResNet-50 (else the hub)")
+def exporter_parser(description: str, ckpt: str, out: str, weights: str) -> argparse.ArgumentParser:
+    """What both exports take (this one and tools/export_onnx.py): the checkpoint, the file to write and the
+    backbones' weight files (``weights``: where they come from otherwise)."""
+    p = argparse.ArgumentParser(description=description)
+    p.add_argument("--ckpt", required=True, help=ckpt)
+    p.add_argument("--out", required=True, help=out)
+    for name, what in (("vit", "ViT"), ("resnet", "ResNet")):
+        p.add_argument(f"--{name}_weights", default=None, help=f"a timm state dict file of the {what} ({weights})")
     return p
+
+
+def export_pyiqa_parser() -> argparse.ArgumentParser:
+    return exporter_parser("Write a checkpoint as the file pyiqa's AHIQ loads with pretrained_model_path (the heads "
+                           "plus the full pinned backbones).", "an AHIQ checkpoint (ours or official) of the paper's "
+                           "model", "the file to write (about 440 MB)", "the whole model; else the hub's pinned one")
 
 
 def main(argv: list[str] | None = None) -> int:
