@@ -26,12 +26,17 @@ def _rising(x: np.ndarray, low: float, span: float, b3: float, b4: float) -> np.
     return logistic4(x, low + span, low, b3, b4)
 
 
+FIT_EVALUATIONS = 1000  # a start's evaluations at most (a step-like fit would take thousands, seconds each list)
+
+
 def fit_logistic4(pred: np.ndarray, label: np.ndarray) -> np.ndarray | None:
     """Least-squares parameters (b1, b2, b3, b4) of :func:`logistic4` mapping predictions to labels, constrained to
     rise (b1 >= b2, b4 > 0: labels are on a higher-is-better scale, DMOS flipped before normalising), so a model
-    that ranks backwards never gains from the mapping; None when no fit converges.
+    that ranks backwards never gains from the mapping; None when no start gives a finite fit.
 
-    Tries a few slopes for the starting point (a single start can stall) and keeps the best fit.
+    Tries a few slopes for the starting point (a single start can stall) and keeps the best fit. A sound fit
+    converges in about ten evaluations; one that turns into a step (b4 -> 0) never does, and is stopped after
+    :data:`FIT_EVALUATIONS` as it is (:func:`logistic_fit_problem` then names it a step).
     """
     from scipy import optimize  # imported when used: runs without labels never load SciPy
     best, best_sse = None, np.inf
@@ -43,7 +48,8 @@ def fit_logistic4(pred: np.ndarray, label: np.ndarray) -> np.ndarray | None:
         try:
             with warnings.catch_warnings():
                 warnings.simplefilter("ignore")
-                fitted, _ = optimize.curve_fit(_rising, pred, label, p0=p0, bounds=bounds, max_nfev=20000)
+                fitted = optimize.least_squares(lambda p: _rising(pred, *p) - label, p0, bounds=bounds, method="trf",
+                                                max_nfev=FIT_EVALUATIONS).x
         except (RuntimeError, ValueError):
             continue
         params = np.array([fitted[0] + fitted[1], fitted[0], fitted[2], fitted[3]])
