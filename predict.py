@@ -39,7 +39,7 @@ from engine.runtime import (
 )
 from engine.scorer import Scorer
 from options.policy import RESULT
-from options.predict_options import parse_predict_options
+from options.predict_options import PredictConfig, parse_predict_options
 from utils.distributed import DistInfo
 from utils.errors import AHIQError, Interrupted, StopRequest, run_cli
 from utils.files import atomic_write, file_error
@@ -57,7 +57,7 @@ def table(pairs: list[tuple[str, str]], scores, unit: str) -> str:
     return "\n".join(lines)
 
 
-def pairs_of(opt) -> tuple[list[tuple[str, str]], np.ndarray | None]:
+def pairs_of(opt: PredictConfig) -> tuple[list[tuple[str, str]], np.ndarray | None]:
     """The pairs the options name (the layouts of :mod:`data.pairs`) and their MOS when a pairs file has them."""
     if opt.identical:
         refs = [opt.ref] if opt.ref else [os.path.join(opt.ref_dir, name) for name in images_in(opt.ref_dir)]
@@ -74,7 +74,7 @@ def pairs_of(opt) -> tuple[list[tuple[str, str]], np.ndarray | None]:
     return pairs, None
 
 
-def check_outputs(opt, pairs: list[tuple[str, str]]) -> None:
+def check_outputs(opt: PredictConfig, pairs: list[tuple[str, str]]) -> None:
     """The pairs are each listed once (paths compared resolved) under names a table can hold, and the outputs can be
     written without replacing anything this run did not make (unless --overwrite): --csv a file, --maps a folder
     that is not one of the folders read for images (its PNGs would be taken for images next time)."""
@@ -106,7 +106,7 @@ def check_outputs(opt, pairs: list[tuple[str, str]]) -> None:
             raise file_error(opt.maps, err, "created") from None
 
 
-def report_metrics(opt, scores: np.ndarray, mos: np.ndarray) -> dict:
+def report_metrics(opt: PredictConfig, scores: np.ndarray, mos: np.ndarray) -> dict:
     """SRCC/PLCC/KRCC/RMSE of the scores against the pairs file's MOS (min-max normalised over the file, as test.py
     normalises a list), printed; with --csv also ``{stem}_metrics.json`` and ``{stem}_scatter.png`` beside it."""
     labels = LabelNorm.fit(mos, lower_better=False).apply(mos)
@@ -168,7 +168,7 @@ def main(argv: list[str] | None = None) -> list[float]:
         return run(opt, info)
 
 
-def run(opt, info: DistInfo) -> list[float]:
+def run(opt: PredictConfig, info: DistInfo) -> list[float]:
     mapping = load_mapping(opt.mapping) if opt.mapping else None  # before anything slow
     pairs, mos = pairs_of(opt)
     check_outputs(opt, pairs)  # before anything slow: nothing is scored that could not be written
@@ -226,7 +226,7 @@ def run(opt, info: DistInfo) -> list[float]:
     return [float(s) for s in scores]
 
 
-def job_progress(opt, pairs: list[tuple[str, str]], info: DistInfo) -> Progress | None:
+def job_progress(opt: PredictConfig, pairs: list[tuple[str, str]], info: DistInfo) -> Progress | None:
     """With --csv, every finished batch recorded beside it (:class:`engine.jobs.Progress`), keyed by the pairs (a
     digest of their paths) and the options that change scores; without --csv nothing is kept."""
     if not opt.csv:

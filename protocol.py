@@ -38,14 +38,14 @@ from data.label_norm import LabelNorm
 from data.pipal import read_list
 from data.splits import read_splits
 from engine.runtime import device_of, process_group, save_options
-from options.base_options import RunConfig, build, defaults_of, options_of
+from options.base_options import build, defaults_of, options_of
 from options.data_options import PATH_DEFAULTS, apply_preset
 from options.policy import RESULT, RESUMABLE
 from options.protocol_options import ProtocolConfig, parse_protocol_options
 from options.test_options import TestConfig
-from options.train_options import check_train_options
+from options.train_options import TrainConfig, check_train_options
 from utils import report
-from utils.distributed import barrier, init_distributed
+from utils.distributed import DistInfo, barrier, init_distributed
 from utils.errors import AHIQError, StopRequest, run_cli
 from utils.files import atomic_write, read_text
 from utils.records import differences
@@ -59,7 +59,7 @@ RESULTS_FILE = "test_results.txt"
 REPO = os.path.dirname(os.path.abspath(__file__))
 
 
-def check_same_protocol(opt: RunConfig) -> None:
+def check_same_protocol(opt: ProtocolConfig) -> None:
     """A protocol folder is continued only with the options that change results (policies RESULT and RESUMABLE) it
     was started with, so results are never mixed."""
     path = os.path.join(opt.run_dir, "opt_protocol.json")
@@ -78,14 +78,14 @@ def check_same_protocol(opt: RunConfig) -> None:
                         "to start a new one (nothing was changed)")
 
 
-def split_options(opt: RunConfig, k: int) -> RunConfig:
+def split_options(opt: ProtocolConfig, k: int) -> ProtocolConfig:
     """train.py's options for split ``k``: its own run folder; --resume when an earlier attempt left last.pth."""
     name = f"{opt.name}/split_{k}"
     resume = os.path.isfile(os.path.join(opt.checkpoints_dir, name, "last.pth"))
     return opt.replace(name=name, split_index=k, resume=resume)
 
 
-def test_options(train_opt: RunConfig, opt: RunConfig, cross: str | None) -> RunConfig:
+def test_options(train_opt: TrainConfig, opt: ProtocolConfig, cross: str | None) -> TestConfig:
     """test.py's options: every test.py option that training also has is copied, then the test set is set: the
     split's test part, or a whole other dataset (its preset resolved again)."""
     values = defaults_of(TestConfig)
@@ -105,7 +105,7 @@ def test_options(train_opt: RunConfig, opt: RunConfig, cross: str | None) -> Run
     return build(TestConfig, values, (apply_preset,))
 
 
-def test_once(topt: RunConfig, info) -> dict:
+def test_once(topt: TestConfig, info: DistInfo) -> dict:
     """test.py's metrics for these options (rank 0 of a job of several processes; the others: {}); reused from an
     earlier run's metrics file when it is there."""
     metrics_path = test_entry.metrics_file(topt.run_dir, topt.test_file_name)
@@ -160,7 +160,7 @@ def group_summary(details: list[dict]) -> dict:
     return summary
 
 
-def write_report(opt: RunConfig, rows: list[dict], summary: dict, details: list[dict]) -> str:
+def write_report(opt: ProtocolConfig, rows: list[dict], summary: dict, details: list[dict]) -> str:
     """``protocol_report.html``: the summary, every split's numbers (sortable) and the per-group medians."""
     groups = group_summary(details)
 
@@ -205,7 +205,7 @@ def summary_table(summary: dict) -> str:
     return "\n".join(lines) + "\n"
 
 
-def write_results(opt: RunConfig, rows: list[dict], summary: dict, groups: dict) -> None:
+def write_results(opt: ProtocolConfig, rows: list[dict], summary: dict, groups: dict) -> None:
     buf = io.StringIO()
     writer = csv.DictWriter(buf, fieldnames=ROW, extrasaction="ignore")
     writer.writeheader()
@@ -240,7 +240,7 @@ def main(argv: list[str] | None = None) -> dict:
     return write_ablation(opt, results, dict(variants))
 
 
-def run_split(opt: RunConfig, k: int, info) -> tuple[str, list[tuple[str, dict]]]:
+def run_split(opt: ProtocolConfig, k: int, info: DistInfo) -> tuple[str, list[tuple[str, dict]]]:
     """Split ``k``: trained (resumed when an earlier attempt left last.pth; skipped when it was tested already) and
     tested on each test set (a metrics file already there is kept); its run folder and each test set's metrics. The
     one body of a split, run here (``--launcher local``) or as a SLURM job (:class:`SplitJob`)."""
@@ -255,20 +255,20 @@ def run_split(opt: RunConfig, k: int, info) -> tuple[str, list[tuple[str, dict]]
     return sub.run_dir, tested
 
 
-def split_done(opt: RunConfig, k: int) -> bool:
+def split_done(opt: ProtocolConfig, k: int) -> bool:
     """Split ``k`` of ``opt`` is trained and every test set of it scored (its metrics files are there)."""
     sub = split_options(opt, k)
     return all(os.path.isfile(test_entry.metrics_file(sub.run_dir, topt.test_file_name))
                for _, topt in split_tests(opt, sub))
 
 
-def split_tests(opt: RunConfig, sub: RunConfig) -> list[tuple[str, RunConfig]]:
+def split_tests(opt: ProtocolConfig, sub: TrainConfig) -> list[tuple[str, TestConfig]]:
     """The test sets of one split's model: its split's test part, then each --cross_dataset whole."""
     tests = [(f"{opt.dataset} (test part)", test_options(sub, opt, None))]
     return tests + [(f"{cross} (all)", test_options(sub, opt, cross)) for cross in opt.cross_dataset]
 
 
-def run_parallel(opt: RunConfig, runs: list[tuple[str, RunConfig]]) -> None:
+def run_parallel(opt: ProtocolConfig, runs: list[tuple[str, ProtocolConfig]]) -> None:
     """``--parallel K``: every split of every run that is not finished, K at a time, each in its own process on its
     own device (GPU ``i`` of --gpu_ids for slot ``i``; on the CPU, the cores shared) with its console in
     ``logs/``. A stop signal reaches every running split (each saves its last.pth) and ends this with code 3; a
@@ -364,7 +364,7 @@ class SplitJob:
 ACTIVE = ("PENDING", "RUNNING", "REQUEUED", "CONFIGURING", "COMPLETING", "RESIZING", "SUSPENDED", "UNKNOWN")
 
 
-def submit_or_collect(opt: RunConfig, runs: list[tuple[str, RunConfig]]) -> list[str]:
+def submit_or_collect(opt: ProtocolConfig, runs: list[tuple[str, ProtocolConfig]]) -> list[str]:
     """``--launcher slurm``: every split of every run that is neither finished nor running (by the job id recorded
     in ``slurm_jobs.json``) is submitted as one job (:class:`SplitJob`; a failed one again, with the reason of its
     failure said); returns what is not finished yet ([]: everything is, and the tables can be written)."""
@@ -412,7 +412,7 @@ def submit_or_collect(opt: RunConfig, runs: list[tuple[str, RunConfig]]) -> list
     return pending
 
 
-def run_protocol(opt: RunConfig, info) -> tuple[dict, list[dict]]:
+def run_protocol(opt: ProtocolConfig, info: DistInfo) -> tuple[dict, list[dict]]:
     """Train and test every split in ``opt.run_dir`` (finished splits reused, an interrupted one resumed); the
     summary over splits and the rows of every split and test set."""
     check_same_protocol(opt)
@@ -444,7 +444,7 @@ def run_protocol(opt: RunConfig, info) -> tuple[dict, list[dict]]:
 LIST_OPTIONS = ("vit_blocks", "cnn_blocks")  # options whose one value holds commas: their values split at ';'
 
 
-def ablation_variants(opt: RunConfig) -> list[tuple[str, RunConfig]]:
+def ablation_variants(opt: ProtocolConfig) -> list[tuple[str, ProtocolConfig]]:
     """The baseline (the options as given) and each variant of ``--vary`` (one factor at a time, or every
     combination with ``--factorial``), each a protocol in its own folder under the run folder, all on the run's one
     split file; [] without --vary. A key that is not a model or training option, or a value it does not take, is
@@ -483,7 +483,7 @@ def ablation_variants(opt: RunConfig) -> list[tuple[str, RunConfig]]:
     return out
 
 
-def same_images_test(variant: RunConfig, baseline: RunConfig, k: int) -> dict:
+def same_images_test(variant: ProtocolConfig, baseline: ProtocolConfig, k: int) -> dict:
     """tools.compare's test on split ``k``'s test part: the variant's and the baseline's predictions of the same
     images against their MOS, Williams' test for SRCC and PLCC (two-sided p; None where undefined)."""
     topt = test_options(split_options(variant, k), variant, None)
@@ -528,7 +528,8 @@ def group_rows(rows: list[dict], test_set: str) -> dict[str, dict[str, dict[int,
     return out
 
 
-def write_ablation(opt: RunConfig, results: dict[str, list[dict]], runs: dict[str, RunConfig] | None = None) -> dict:
+def write_ablation(opt: ProtocolConfig, results: dict[str, list[dict]],
+                   runs: dict[str, ProtocolConfig] | None = None) -> dict:
     """``ablation.json`` and ``ablation.md`` in the run folder: per variant and test set, SRCC/PLCC/KRCC median and
     mean +- std over splits and against the baseline :func:`paired`'s comparison over the same splits; per
     distortion group (where the lists have groups) the median SRCC and the same comparison; with ``runs`` (each

@@ -27,9 +27,8 @@ from data.score_mapping import fit_mapping, load_mapping
 from engine import runtime
 from engine.jobs import Progress, list_digest, score_list
 from models.config import describe_backbone
-from options.base_options import RunConfig
 from options.policy import RESULT
-from options.test_options import parse_test_options
+from options.test_options import TestConfig, parse_test_options
 from utils import report
 from utils.checkpoint import meta_of
 from utils.distributed import DistInfo
@@ -83,7 +82,7 @@ def fitted_labels(preds: np.ndarray, labels: np.ndarray) -> tuple[np.ndarray, st
     return logistic4(preds, *params), "the logistic fit"
 
 
-def write_worst(scorer, dataset, index: np.ndarray, preds: np.ndarray, labels: np.ndarray, opt: RunConfig) -> str:
+def write_worst(scorer, dataset, index: np.ndarray, preds: np.ndarray, labels: np.ndarray, opt: TestConfig) -> str:
     """``{stem}_worst.png``: the ``--worst`` images furthest from their MOS after the 4-parameter logistic fit (a
     straight line when the logistic does not fit), each with its patch maps."""
     fitted, fit = fitted_labels(preds, labels)
@@ -113,7 +112,7 @@ def write_groups_figure(tables: dict[str, dict], path: str, title: str) -> str |
     return path
 
 
-def write_report(path: str, opt: RunConfig, run: dict, dataset, out, metrics: dict | None,
+def write_report(path: str, opt: TestConfig, run: dict, dataset, out, metrics: dict | None,
                  figures: list[str]) -> str:
     """``{stem}_report.html`` (--report): :mod:`utils.report`'s one self-contained page of this run."""
     provenance = [("checkpoint", run["checkpoint"] or "none (random head)"),
@@ -171,7 +170,7 @@ def write_report(path: str, opt: RunConfig, run: dict, dataset, out, metrics: di
     return path
 
 
-def paper_tables(dataset, index: np.ndarray, preds: np.ndarray, labels: np.ndarray, opt: RunConfig) -> dict:
+def paper_tables(dataset, index: np.ndarray, preds: np.ndarray, labels: np.ndarray, opt: TestConfig) -> dict:
     """What papers report beside the overall numbers: SRCC/PLCC per distortion type and level (where the list's
     names or columns say them; small groups marked) and seeded bootstrap intervals (over references when they
     repeat, so an image's siblings are not counted as independent)."""
@@ -202,7 +201,7 @@ def main(argv: list[str] | None = None) -> dict:
     return run(parse_test_options(argv))
 
 
-def scored_split(opt: RunConfig) -> dict:
+def scored_split(opt: TestConfig) -> dict:
     """What of the list was scored, as the report, the metrics file and the log name it: the split file (or column),
     its index and the part actually used (the test part unless --split_part says otherwise); every row without a
     split."""
@@ -237,7 +236,7 @@ def claim(results: str, source: dict, overwrite: bool) -> None:
                         "--test_file_name (or --submission folder), or --overwrite to replace it")
 
 
-def run(opt: RunConfig) -> dict:
+def run(opt: TestConfig) -> dict:
     """Score the test set the configuration describes; returns paths, timing and metrics (rank 0 of a torchrun job;
     the other ranks return an empty dict). The results file is this run's alone while it runs (a lock beside it): a
     second run writing the same results is refused in one line."""
@@ -253,7 +252,7 @@ def run(opt: RunConfig) -> dict:
                 lock.release()
 
 
-def score(opt: RunConfig, out_path: str, info: DistInfo) -> dict:
+def score(opt: TestConfig, out_path: str, info: DistInfo) -> dict:
     """:func:`run` under its lock: shared over the job's processes, recorded batch by batch, continued with
     --resume (engine/jobs.py)."""
     checkpoint = runtime.scoring_checkpoint(opt)

@@ -48,9 +48,8 @@ from engine.runtime import (
 )
 from models import AHIQ, Checkpoint, build_from_config, read_checkpoint
 from models.config import check_backbones
-from options.base_options import RunConfig
 from options.policy import RESULT
-from options.train_options import parse_train_options
+from options.train_options import TrainConfig, parse_train_options
 from utils.checkpoint import find_checkpoint, load_checkpoint, load_head_weights, meta_of, save_weights
 from utils.distributed import (
     DistInfo,
@@ -112,7 +111,7 @@ class Validation:
     name: str  # what the validation data is called in TensorBoard: the preset with --data_root, else the list's name
 
 
-def build_loaders(opt: RunConfig, info: DistInfo, crop_size: int
+def build_loaders(opt: TrainConfig, info: DistInfo, crop_size: int
                   ) -> tuple[PairDataset, DataLoader, EpochSampler, Validation]:
     split = opt.split(create=True)
     policy = policy_of(opt, crop_size, n_ensemble=opt.num_avg_val, batch_size=opt.val_batch_size)  # validation's
@@ -153,7 +152,7 @@ def build_loaders(opt: RunConfig, info: DistInfo, crop_size: int
     return train_set, train_loader, sampler, Validation(val_set, shard, dataset_name(opt, listed))
 
 
-def validate(model: AHIQ, val: Validation, info: DistInfo, opt: RunConfig, amp_dtype: torch.dtype | None,
+def validate(model: AHIQ, val: Validation, info: DistInfo, opt: TrainConfig, amp_dtype: torch.dtype | None,
              stop: Callable[[], bool] | None = None) -> tuple[dict, np.ndarray, np.ndarray]:
     out, outcome, failure = None, "done", None
     try:
@@ -175,7 +174,7 @@ def validate(model: AHIQ, val: Validation, info: DistInfo, opt: RunConfig, amp_d
     return iqa_metrics(preds[order], labels[order]), preds[order], labels[order]
 
 
-def checkpoint_path(opt) -> str | None:
+def checkpoint_path(opt: TrainConfig) -> str | None:
     """The file a run continues from: last.pth with --resume, epoch_N.pth with --load_epoch N, else none."""
     if opt.resume:
         path = os.path.join(opt.run_dir, "last.pth")
@@ -266,7 +265,7 @@ def _finite(value: float) -> float | None:
     return float(value) if math.isfinite(value) else None
 
 
-def run_config(opt, resume_from: str | None) -> Checkpoint:
+def run_config(opt: TrainConfig, resume_from: str | None) -> Checkpoint:
     """The checkpoint this run continues (read once) and the architecture of this run: the checkpoint's (switches
     given must agree), else the switches' (their defaults in options/ with those given)."""
     checkpoint = read_checkpoint(resume_from, opt.given_switches, opt.model_switches)
@@ -276,7 +275,7 @@ def run_config(opt, resume_from: str | None) -> Checkpoint:
     return checkpoint
 
 
-def input_digests(opt: RunConfig) -> dict[str, str]:
+def input_digests(opt: TrainConfig) -> dict[str, str]:
     """sha256 of the files whose contents decide the result under the same paths: the label lists and the split
     file (a list edited in place would move the label range and the samples under a resumed run)."""
     files = {"train_list": opt.train_list, "val_list": None if opt.split().active else opt.val_list,
@@ -288,7 +287,7 @@ def input_digests(opt: RunConfig) -> dict[str, str]:
     return out
 
 
-def check_resume_inputs(ckpt: dict, opt: RunConfig, path: str) -> None:
+def check_resume_inputs(ckpt: dict, opt: TrainConfig, path: str) -> None:
     """A resumed run reads the same label lists and split file it started with (same contents, not just paths)."""
     changed = differences({"inputs": meta_of(ckpt).get("inputs") or {}}, {"inputs": input_digests(opt)})
     if changed:
@@ -296,7 +295,7 @@ def check_resume_inputs(ckpt: dict, opt: RunConfig, path: str) -> None:
                         "under it); restore the file, or start a new run with another --name")
 
 
-def check_resume_options(saved: dict, opt: RunConfig, path: str) -> None:
+def check_resume_options(saved: dict, opt: TrainConfig, path: str) -> None:
     """Every option that changes results (policy RESULT, options/) must be what the run was started with."""
     diff = differences({"options": saved}, {"options": dict(sorted(opt.values(RESULT).items()))})
     if diff:
@@ -310,7 +309,7 @@ def main(argv: list[str] | None = None) -> TrainState:
         return run(opt, info)
 
 
-def run(opt: RunConfig, info: DistInfo) -> TrainState:
+def run(opt: TrainConfig, info: DistInfo) -> TrainState:
     """Train in ``opt.run_dir``, which this process owns (a lock) while it runs. A run folder this call made is
     removed again when the run fails before it starts training (bad data or options): no half-made folder is left."""
     new = info.is_main and not os.path.exists(opt.run_dir)
@@ -325,7 +324,7 @@ def run(opt: RunConfig, info: DistInfo) -> TrainState:
             shutil.rmtree(opt.run_dir, ignore_errors=True)
 
 
-def train(opt: RunConfig, info: DistInfo) -> TrainState:
+def train(opt: TrainConfig, info: DistInfo) -> TrainState:
     stale = remove_stale_temporaries(opt.run_dir) if info.is_main else []
     setup_logging(opt.run_dir, info.is_main)
     if stale:
@@ -488,7 +487,7 @@ def _epochs_in(path: str) -> int | None:
     return meta_of(load_checkpoint(path)).get("epochs_trained")
 
 
-def validate_epoch(model: AHIQ, val: Validation, info: DistInfo, opt: RunConfig, amp_dtype: torch.dtype | None,
+def validate_epoch(model: AHIQ, val: Validation, info: DistInfo, opt: TrainConfig, amp_dtype: torch.dtype | None,
                    state: TrainState, scalars: Scalars | None, stop: Callable[[], bool] | None = None) -> dict:
     """Validate, log, update the bests in ``state``; ``improved`` when the epoch beats the best by --best_metric (then
     best.pth is saved and the bests become this epoch's metrics). Scalars go per step with the dataset

@@ -135,7 +135,7 @@ def per_reference(args: argparse.Namespace, model, baseline_images_per_s: float,
                            [key for row in keys[rows] for key in row], cache, chunk, amp_dtype).scores
 
     def shared() -> np.ndarray:
-        cache, chunk = ReferenceCache(Counter(key for row in keys for key in row)), ChunkSize(args.crops_per_forward)
+        cache, chunk = ReferenceCache(Counter(row[0][0] for row in keys)), ChunkSize(args.crops_per_forward)
         return torch.cat([batch_scores(s, cache, chunk) for s in range(0, n, args.batch)]).double().numpy()
 
     t_shared, s_shared = timed(shared, device, args.repeats)

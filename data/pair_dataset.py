@@ -97,9 +97,12 @@ class PairDataset(Dataset):
     def reference_key(self, idx: int) -> str:
         return self.pairs[idx][2]
 
-    def crop_keys(self, idx: int) -> list[tuple[str, int, int]]:
-        """What identifies each reference crop of image ``idx``: (reference file, top, left)."""
-        return [(self.pairs[idx][2], top, left) for top, left in self.windows(idx)]
+    def crop_count(self, idx: int) -> int:
+        """How many crops image ``idx`` is scored on, known without decoding it (its windows are drawn where it is
+        loaded, :meth:`__getitem__`)."""
+        if self._official is not None:
+            return len(self._official[idx])
+        return len(self.policy.windows(*self.sizes[idx], 0))
 
     def __len__(self) -> int:
         return len(self.names)
@@ -132,4 +135,7 @@ class PairDataset(Dataset):
         if flip:  # the crops, as the official transform (crop, then flip)
             dis, ref = dis.flip(self.flip_dim), ref.flip(self.flip_dim)
         label = float("nan") if self.labels is None else float(self.labels[idx])
-        return {"dis": dis, "ref": ref, "name": self.names[idx], "label": label, "index": idx}
+        item = {"dis": dis, "ref": ref, "name": self.names[idx], "label": label, "index": idx}
+        if epoch is None:  # a scoring item says where its crops were cut (the reference cache's keys)
+            item["windows"] = windows
+        return item

@@ -55,24 +55,34 @@ class ChunkSize:
 
 
 class ReferenceCache:
-    """Reference features by key (reference image, window), each kept while distorted crops still need it.
+    """Reference features by key (reference image, window): ``key[0]`` names the reference. All of a reference's
+    windows are kept while distorted images of it are still ahead.
 
-    ``uses`` counts, per key, the distorted crops of the work ahead that need it; a key's features are freed when
-    its count reaches zero. Without counts every key is freed at the end of the batch (nothing is shared across
-    batches)."""
+    ``uses`` counts, per reference, the distorted images of the work ahead (known without decoding anything: the
+    windows themselves are drawn in the loader's workers); a reference's features are freed once its count reaches
+    zero. Without counts everything is freed at the end of the batch (nothing is shared across batches)."""
 
     def __init__(self, uses: Counter | None = None) -> None:
         self.features: dict[Hashable, ReferenceFeatures] = {}
         self.uses = uses
+        self._held: dict[Hashable, list[Hashable]] = {}  # per reference, the keys of its features
 
-    def release(self, keys: list[Hashable]) -> None:
+    def put(self, key: Hashable, features: ReferenceFeatures) -> None:
+        self.features[key] = features
+        self._held.setdefault(key[0], []).append(key)
+
+    def release(self, keys: list[Hashable], counts: list[int]) -> None:
+        """The batch's images are done: ``counts[b]`` consecutive ``keys`` are image b's crops."""
         if self.uses is None:
             self.features.clear()
+            self._held.clear()
             return
-        for key in keys:
-            self.uses[key] -= 1
-            if self.uses[key] <= 0:
-                self.features.pop(key, None)
+        for start in np.cumsum([0, *counts[:-1]]).tolist():
+            ref = keys[start][0]
+            self.uses[ref] -= 1
+            if self.uses[ref] <= 0:
+                for key in self._held.pop(ref, []):
+                    self.features.pop(key, None)
 
 
 def _in_chunks(n: int, chunk: ChunkSize, run: Callable[[slice], None], device: torch.device) -> None:
@@ -144,7 +154,7 @@ def score_batch(model: AHIQ, dis: torch.Tensor, ref: torch.Tensor, counts: list[
         with autocast(device, amp_dtype):
             feats = model.reference(to_unit(ref[missing_at[rows]], device))
         for j, i in enumerate(missing[rows]):
-            cache.features[keys[i]] = feats[j:j + 1]
+            cache.put(keys[i], feats[j:j + 1])
 
     copies = Counter(inverse)  # how many crops each computed row stands for
     scores = torch.empty(len(unique), device=device)  # read back once, at the end of the batch
@@ -166,7 +176,7 @@ def score_batch(model: AHIQ, dis: torch.Tensor, ref: torch.Tensor, counts: list[
 
     _in_chunks(len(missing), chunk, references, device)
     _in_chunks(len(unique), chunk, distorted, device)
-    cache.release(keys)
+    cache.release(keys, list(counts))
     per_crop = scores.cpu()[inverse]
     out = BatchScores(torch.stack([part.mean() for part in per_crop.split(list(counts))]))
     if keep_maps:
@@ -213,6 +223,7 @@ def collate_crops(items: list[dict]) -> dict:
     stack, ``counts`` crops per image."""
     return {"dis": torch.cat([it["dis"] for it in items]), "ref": torch.cat([it["ref"] for it in items]),
             "counts": [len(it["dis"]) for it in items], "name": [it["name"] for it in items],
+            "windows": [it["windows"] for it in items],
             "label": torch.tensor([it["label"] for it in items], dtype=torch.float64),
             "index": torch.tensor([it["index"] for it in items])}
 
@@ -275,14 +286,13 @@ def predict(model: AHIQ, dataset: PairDataset, indices: list[int] | None, batch_
     check_maps(bn_stats, keep_maps)
     released = bn_stats == "batch"
     order = indices if released else grouped_by_reference(indices, dataset.reference_key)
-    keys = {} if released else {i: dataset.crop_keys(i) for i in order}
-    cache = ReferenceCache(Counter(key for row in keys.values() for key in row))
+    cache = ReferenceCache(Counter(dataset.reference_key(i) for i in order))
     chunk = ChunkSize(crops_per_forward)  # shrinks once for the whole loop if memory runs out
     loader = make_loader(Subset(dataset, order), batch_size=batch_size, shuffle=False, num_workers=num_workers,
                          pin_memory=device.type == "cuda", collate_fn=collate_crops)
     done: dict[int, tuple[str, float, float]] = {}
     maps: dict[int, BatchScores] = {}
-    total = sum(map(len, keys.values())) if not released else None  # counted in crops: a long grid moves too
+    total = sum(map(dataset.crop_count, order)) if not released else None  # in crops: a long grid moves too
     bar = tqdm(total=total, desc=desc, unit="crop", disable=not progress, dynamic_ncols=True, leave=False)
     batches = iter(loader)
     try:
@@ -293,9 +303,11 @@ def predict(model: AHIQ, dataset: PairDataset, indices: list[int] | None, batch_
                 scores = score_batch_per_call(model, batch["dis"].view(stack), batch["ref"].view(stack), amp_dtype)
                 bar.update(sum(counts))
             else:
-                windows = [(i, top, left) for i in index for _, top, left in keys[i]]
-                out = score_batch(model, batch["dis"], batch["ref"], counts, [key for i in index for key in keys[i]],
-                                  cache, chunk, amp_dtype, dis_keys=windows, keep_maps=keep_maps, on_crops=bar.update)
+                drawn = list(zip(index, batch["windows"]))  # each image's windows, drawn in the loader's workers
+                keys = [(dataset.reference_key(i), top, left) for i, windows in drawn for top, left in windows]
+                dis_keys = [(i, top, left) for i, windows in drawn for top, left in windows]
+                out = score_batch(model, batch["dis"], batch["ref"], counts, keys, cache, chunk, amp_dtype,
+                                  dis_keys=dis_keys, keep_maps=keep_maps, on_crops=bar.update)
                 scores = out.scores
                 if keep_maps:
                     bounds = np.cumsum([0, *counts])

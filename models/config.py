@@ -151,8 +151,8 @@ def merge_config(saved: ModelConfig | None, given: Mapping[str, Any], path: str 
     A given switch that contradicts the checkpoint stops with one line naming both values; ``crop_size`` is not an
     architecture switch (any multiple of the patch size can be scored) and simply replaces the trained one.
     """
-    if saved is None:
-        return ModelConfig(**given)
+    if saved is None:  # an official or pyiqa file: the paper's model
+        return PAPER.replace(**given)
     for name in ("vit_name", "resnet_name"):  # a file never chooses which weights are fetched
         value = getattr(saved, name)
         if value not in TRUSTED_BACKBONES and given.get(name) != value:
@@ -302,7 +302,7 @@ def read_checkpoint(path: str | None, given: Mapping[str, Any] | None = None,
     dict and the architecture to build, checked against the switches ``given`` (:func:`merge_config`). No file
     (``path`` None): the architecture ``new`` describes (a new run's switches), else the paper's."""
     if path is None:
-        return Checkpoint(None, None, ModelConfig(**(new or given or {})))
+        return Checkpoint(None, None, PAPER.replace(**(new or given or {})))
     state = load_checkpoint(path)
     return Checkpoint(path, state, merge_config(config_from_checkpoint(state, path), dict(given or {}), path))
 

@@ -56,8 +56,8 @@ def test_shared_references_equal_scoring_every_pair_alone(tiny_factory, tmp_path
     live = []
     release = ReferenceCache.release
 
-    def watch(cache, keys):
-        release(cache, keys)
+    def watch(cache, keys, counts):
+        release(cache, keys, counts)
         live.append(len(cache.features))
 
     monkeypatch.setattr(ReferenceCache, "release", watch)
@@ -66,7 +66,7 @@ def test_shared_references_equal_scoring_every_pair_alone(tiny_factory, tmp_path
                        for i in range(len(ds))])
     assert out.names == ds.names and out.index.tolist() == list(range(len(ds)))  # list order kept
     np.testing.assert_allclose(out.preds, alone.double().numpy(), rtol=1e-5, atol=1e-7)
-    unique = {key for i in range(len(ds)) for key in ds.crop_keys(i)}  # (reference, window); 12 random may repeat
+    unique = {(ds.reference_key(i), *window) for i in range(len(ds)) for window in ds.windows(i)}  # 12 may repeat
     assert len(unique) <= 3 * n_crops and model.reference_rows == len(unique)  # each computed once
     windows = sum(len(set(ds.windows(i))) for i in range(len(ds)))  # a window drawn twice is scored once
     assert model.distorted_rows == windows

@@ -18,7 +18,7 @@ import argparse
 import timm
 import torch
 
-from models import ModelConfig, config_from_checkpoint
+from models import PAPER, config_from_checkpoint
 from models.backbones import read_state_dict
 from utils.checkpoint import OFFICIAL_KEYS, head_state_dicts, load_checkpoint
 from utils.errors import AHIQError, run_cli
@@ -35,8 +35,8 @@ def full_backbone(attr: str, tag: str, weights: str | None) -> dict[str, torch.T
 
 def export(ckpt_path: str, out: str, vit_weights: str | None = None, resnet_weights: str | None = None) -> int:
     ckpt = load_checkpoint(ckpt_path)
-    config = config_from_checkpoint(ckpt, ckpt_path) or ModelConfig()
-    if config.replace(crop_size=224) != ModelConfig():
+    config = config_from_checkpoint(ckpt, ckpt_path) or PAPER
+    if config.replace(crop_size=224) != PAPER:
         raise AHIQError(f"{ckpt_path}: pyiqa's AHIQ is the paper's model only (patch 8, pinned backbones, all "
                         "blocks, deformable fusion, weighted pooling); this checkpoint is another architecture")
     heads = head_state_dicts(ckpt, ckpt_path)
