@@ -5,4 +5,4 @@ set -e
 cd "$(dirname "$0")"
 AHIQ_DEV=1 . tools/setup_env.sh
 $PY -m ruff check .
-exec $PY -m pytest -q -n 2 tests "$@"  # two workers: the 2-core machines this is developed and checked on
+exec $PY -m pytest -q -n 2 --dist worksteal tests "$@"  # two workers: the 2-core machines this is developed and checked on

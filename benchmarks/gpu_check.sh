@@ -8,7 +8,8 @@
 set -e
 cd "$(dirname "$0")/.."
 MODULES="torch torchvision timm cv2 scipy safetensors tqdm"
-missing() {  # the modules $1 cannot import
+missing() {  # the modules $1 cannot import (all at once first: each import alone costs seconds)
+    "$1" -c "import $(echo $MODULES | tr ' ' ',')" 2>/dev/null && return
     for m in $MODULES; do "$1" -c "import $m" 2>/dev/null || printf '%s ' "$m"; done
 }
 PY=

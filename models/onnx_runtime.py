@@ -144,7 +144,7 @@ def fixed_position_embedding(model: nn.Module, example: tuple[torch.Tensor, torc
 
 
 def export(model: nn.Module, out: str, crop: int, meta: dict, opset: int = 17, tolerance: float = 1e-5,
-           check_batch: int = 3) -> dict:
+           check_batch: int = 2) -> dict:
     """Write ``model`` (an AHIQ on the CPU, gemm deformable convolution) as ONNX to ``out`` with ``meta``, after
     ONNX Runtime has scored ``check_batch`` random crop pairs (and one alone) within ``tolerance`` of PyTorch;
     returns the measured differences. Nothing is left at ``out`` when the check fails."""

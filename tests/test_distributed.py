@@ -191,9 +191,9 @@ def test_a_checkpoint_saved_with_more_gpus_visible_resumes(monkeypatch):
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("nproc", ["2", "1"])
-def test_sigterm_from_torchrun_saves_last_and_resumes_exactly(tmp_path, nproc):
-    """NPROC=2 GPU_IDS=-1 sh train.sh (and one process without torchrun) with two DataLoader workers per rank.
+def test_sigterm_from_torchrun_saves_last_and_resumes_exactly(tmp_path):
+    """NPROC=2 GPU_IDS=-1 sh train.sh with two DataLoader workers per rank (one process without torchrun:
+    tests/test_train.py, SIGTERM to every process of the job).
     SIGTERM to torchrun, which sends it to each rank's whole process group as it does on a real stop (and as SLURM
     does): the workers, in their own groups, survive it; both ranks finish the step, rank 0 saves last.pth and names
     it; --resume then ends with the weights of an uninterrupted run, and exits within seconds of its last line
@@ -205,7 +205,7 @@ def test_sigterm_from_torchrun_saves_last_and_resumes_exactly(tmp_path, nproc):
               train_set["list"], "--val_ref_path", val_set["ref"], "--val_dis_path", val_set["dis"], "--val_list",
               val_set["list"], *TINY_ARGS, "--checkpoints_dir", str(ckpts), "--crop_size", "32", "--num_workers",
               "2", "--num_avg_val", "1", "--batch_size", "1", "--n_epoch", "2", "--save_interval", "100"]
-    env = {**_shell_env(), "NPROC": nproc, "GPU_IDS": "-1", "OMP_NUM_THREADS": "1"}
+    env = {**_shell_env(), "NPROC": "2", "GPU_IDS": "-1", "OMP_NUM_THREADS": "1"}
 
     def launch(name: str, *extra: str) -> tuple[subprocess.Popen, Path]:
         log = tmp_path / f"{name}{len(extra)}.log"

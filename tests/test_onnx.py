@@ -136,4 +136,4 @@ def test_the_papers_architecture_exports_and_scores_alike(tmp_path, backbone_fil
     result = export_main(["--ckpt", str(tmp_path / "paper.pth"), "--out", str(tmp_path / "paper.onnx"),
                           "--vit_weights", backbone_files[8], "--resnet_weights", backbone_files["resnet"]])
     assert max(result["max_rel_diff"].values()) <= 1e-5 and result["bytes"] > 200e6
-    assert _standalone_matches(tmp_path / "paper.onnx", model, 2, 224, tmp_path)["crop_size"] == 224
+    assert _standalone_matches(tmp_path / "paper.onnx", model, 1, 224, tmp_path)["crop_size"] == 224

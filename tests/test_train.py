@@ -22,7 +22,7 @@ import train
 from benchmarks.gpu_check import job_pids
 from engine.loop import train_one_epoch
 from tests import ddp_validate
-from tests.conftest import heads_of, list_dataset, make_pipal_set, train_args
+from tests.conftest import heads_of, list_dataset, make_pipal_set, run_to_exit, train_args
 from utils.errors import AHIQError
 
 REPO = Path(__file__).resolve().parents[1]
@@ -129,8 +129,9 @@ def _wait_for(log: Path, marker: str, proc: subprocess.Popen) -> None:
 def test_sigterm_to_every_process_of_the_job_saves_last_and_resumes_exactly(train_sets, tmp_path, two_epoch_run):
     """SLURM with cgroup tracking (scancel, the time limit) sends SIGTERM to each process of the job: the trainer
     and its DataLoader workers alike. The workers ignore it, the trainer finishes the step, saves last.pth and exits
-    with 3; --resume ends with the weights of an uninterrupted run (with workers or without: crops are drawn from
-    the seed, the epoch and the index)."""
+    with 3; --resume (through train.sh, with its workers) ends with the weights of an uninterrupted run (with
+    workers or without: crops are drawn from the seed, the epoch and the index) and exits within seconds of its last
+    line (its workers ignore SIGTERM: Python's exit clean-up alone would wait for them forever)."""
     args = train_args(train_sets, tmp_path, "stopped", "--n_epoch", "2")
     log = tmp_path / "stopped.log"
     proc = _launch_train_sh(args, log)
@@ -145,7 +146,11 @@ def test_sigterm_to_every_process_of_the_job_saves_last_and_resumes_exactly(trai
     assert "DataLoader worker" not in text and "Traceback" not in text, text[-3000:]
     state = torch.load(tmp_path / "stopped" / "last.pth", weights_only=True)["train_state"]
     assert (state["epoch"], state["step"]) < (2, 0)
-    train.main(args + ["--resume"])
+    from tests.test_distributed import _shell_env
+    resumed = tmp_path / "resumed.log"
+    code, linger = run_to_exit(["sh", "train.sh", *args, "--num_workers", "2", "--resume"], resumed, _shell_env())
+    assert code == 0 and "done: best.pth holds epoch" in resumed.read_text(), resumed.read_text()[-3000:]
+    assert linger < 5, f"exited {linger:.1f} s after its last line"
     a, b = heads_of(two_epoch_run / "last.pth"), heads_of(tmp_path / "stopped" / "last.pth")
     for key in a:
         torch.testing.assert_close(a[key], b[key], rtol=0, atol=0)
