@@ -310,49 +310,45 @@ def whole_process(args: argparse.Namespace, model, base_rate: float, folder: str
     return out
 
 
-def test_py_rates(process: dict) -> str:
-    """test.py's own images/s of :func:`whole_process`, per precision measured ('' where none was)."""
-    return ", ".join(f"{amp} {process[key]:.4g}" for amp, key in (("fp32", "scoring_images_per_s"),
-                                                                  ("bf16", "bf16_scoring_images_per_s"))
-                     if process.get(key))
-
-
 def table(out: dict) -> str:
-    t, tr = out["test"], out["train"]
-    rows = [f"| device | {out['device']} |", "|---|---|",
-            f"| test, {out['n_ensemble']} crops of {out['crop']} on {out['size']}x{out['size']} (images/s) | "
-            f"baseline {t['baseline_images_per_s']:.4g}, project fp32 {t['fp32_images_per_s']:.4g} "
-            f"({t['fp32_speedup']:.2f}x), max rel. score deviation {t['fp32_max_rel_dev']:.1e} |",
-            f"| train step, batch {tr['batch']} (pairs/s) | baseline {tr['baseline_pairs_per_s']:.4g}, project fp32 "
-            f"{tr['fp32_pairs_per_s']:.4g} ({tr['fp32_speedup']:.2f}x) |"]
-    if "bf16_step_ms" in tr:
+    """The results as a markdown table, one row per measurement; only the sections that ran (a run cut short, as the
+    GPU check keeps it, shows what it finished)."""
+    t, tr = out.get("test"), out.get("train")
+    rows = [f"| device | {out['device']} |", "|---|---|"]
+    if t:
+        rows.append(f"| test, {out['n_ensemble']} crops of {out['crop']} on {out['size']}x{out['size']} (images/s) | "
+                    f"baseline {t['baseline_images_per_s']:.4g}, project fp32 {t['fp32_images_per_s']:.4g} "
+                    f"({t['fp32_speedup']:.2f}x), max rel. score deviation {t['fp32_max_rel_dev']:.1e} |")
+    if t and "bf16_images_per_s" in t:
+        rows.append(f"| test bf16 (images/s) | {t['bf16_images_per_s']:.4g} ({t['bf16_speedup']:.2f}x), max abs. "
+                    f"deviation {t['bf16_max_abs_dev']:.2e}, SRCC vs fp32 {t['bf16_srcc_vs_fp32']:.4f} |")
+    rows += [f"| scoring, {r['per_reference']} distorted per reference, {r['amp']} (images/s) | baseline "
+             f"{r['baseline_images_per_s']:.4g}, shared {r['shared_images_per_s']:.4g} ({r['speedup']:.2f}x), max "
+             f"rel. deviation {r['max_rel_dev']:.1e} |" for r in out.get("per_reference", [])]
+    if tr:
+        rows.append(f"| train step, batch {tr['batch']} (pairs/s) | baseline {tr['baseline_pairs_per_s']:.4g}, "
+                    f"project fp32 {tr['fp32_pairs_per_s']:.4g} ({tr['fp32_speedup']:.2f}x) |")
+    if tr and "bf16_step_ms" in tr:
         rows.append(f"| train step bf16, batch {tr['batch']} | {tr['bf16_step_ms']:.1f} ms "
                     f"({tr['bf16_pairs_per_s']:.4g} pairs/s): 200 PIPAL epochs of steps "
                     f"{tr['pipal_200_epochs_steps_hours']:.2f} h |")
-    if "bf16_images_per_s" in t:
-        rows.append(f"| test bf16 (images/s) | {t['bf16_images_per_s']:.4g} ({t['bf16_speedup']:.2f}x), max abs. "
-                    f"deviation {t['bf16_max_abs_dev']:.2e}, SRCC vs fp32 {t['bf16_srcc_vs_fp32']:.4f} |")
-    if t["fp32_peak_gib"] is not None:
+    if t and tr and t["fp32_peak_gib"] is not None:
         rows.append(f"| peak memory (GiB) | test: baseline {t['baseline_peak_gib']:.2f}, project "
                     f"{t['fp32_peak_gib']:.2f}; train: baseline {tr['baseline_peak_gib']:.2f}, project "
                     f"{tr['fp32_peak_gib']:.2f} |")
-    for r in out.get("per_reference", []):
-        rows.append(f"| scoring, {r['per_reference']} distorted per reference, {r['amp']} (images/s) | baseline "
-                    f"{r['baseline_images_per_s']:.4g}, shared {r['shared_images_per_s']:.4g} ({r['speedup']:.2f}x), "
-                    f"max rel. deviation {r['max_rel_dev']:.1e} |")
     if "onnx" in out:
-        r = out["onnx"]
+        o = out["onnx"]
         rows.append(f"| ONNX Runtime vs PyTorch, CPU, pairs on their own (images/s) | PyTorch "
-                    f"{r['torch_images_per_s']:.4g}, ONNX Runtime {r['onnx_images_per_s']:.4g} "
-                    f"({r['onnx_vs_torch']:.2f}x); file {r['bytes'] / 2 ** 20:.0f} MiB; max rel. deviation "
-                    f"{r['max_rel_dev']:.1e} |")
-    if "process" in out:
-        r = out["process"]
-        rows.append(f"| whole test.py process, {r['images']} distorted images of one reference (s) | baseline's "
-                    f"scoring alone {r['baseline_scoring_seconds']:.1f}, process {r['seconds']:.1f} "
-                    f"({r['speedup']:.2f}x) |")
-        if test_py_rates(r):
-            rows.append(f"| test.py's own rate, decoding and scoring (images/s) | {test_py_rates(r)} |")
+                    f"{o['torch_images_per_s']:.4g}, ONNX Runtime {o['onnx_images_per_s']:.4g} "
+                    f"({o['onnx_vs_torch']:.2f}x); file {o['bytes'] / 2 ** 20:.0f} MiB; max rel. deviation "
+                    f"{o['max_rel_dev']:.1e} |")
+    if "process" in out:  # and test.py's own rate (decoding and scoring: what it logs), per precision measured
+        p = out["process"]
+        rates = "".join(f", {amp} {p[key]:.4g} images/s" for amp, key in (
+            ("fp32", "scoring_images_per_s"), ("bf16", "bf16_scoring_images_per_s")) if p.get(key))
+        rows.append(f"| whole test.py process, {p['images']} distorted images of one reference (s) | baseline's "
+                    f"scoring alone {p['baseline_scoring_seconds']:.1f}, process {p['seconds']:.1f} "
+                    f"({p['speedup']:.2f}x){'; its own rate' + rates if rates else ''} |")
     return "\n".join(rows)
 
 
