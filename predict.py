@@ -164,7 +164,7 @@ def main(argv: list[str] | None = None) -> list[float]:
     """Score the pairs; under torchrun every process scores a share (by reference) and rank 0 reports them all."""
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     opt = parse_predict_options(argv)
-    with process_group(opt) as info:
+    with process_group(opt.run) as info:
         return run(opt, info)
 
 
@@ -181,7 +181,7 @@ def run(opt: PredictConfig, info: DistInfo) -> list[float]:
     else:
         checkpoint = scoring_checkpoint(opt)
         scorer = scorer_for(opt, checkpoint, policy_of(opt, checkpoint.config.crop_size), device,
-                            configure_device(opt, device), opt.mos_range)
+                            configure_device(opt.run, device), opt.mos_range)
     weights = scorer.weights() if mapping is not None or progress is not None else None  # once, when asked for
     note = mapping.check_model(weights, opt.allow_other_mapping) if mapping is not None else None
     if note and info.is_main:

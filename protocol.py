@@ -353,7 +353,7 @@ class SplitJob:
             import submitit
             if submitit.JobEnvironment().num_tasks > 1:  # RANK, WORLD_SIZE, MASTER_ADDR, ... as torchrun sets them
                 submitit.helpers.TorchDistributedEnvironment().export(set_cuda_visible_devices=False)
-        with process_group(opt) as info:
+        with process_group(opt.run) as info:
             return run_split(opt, self.k, info)[0]
 
     def checkpoint(self, *args, **kwargs):

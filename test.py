@@ -241,7 +241,7 @@ def run(opt: TestConfig) -> dict:
     the other ranks return an empty dict). The results file is this run's alone while it runs (a lock beside it): a
     second run writing the same results is refused in one line."""
     out_path = os.path.join(opt.run_dir, opt.test_file_name)
-    with runtime.process_group(opt) as info:
+    with runtime.process_group(opt.run) as info:
         lock = Lock(os.path.join(opt.run_dir, f".{opt.test_file_name}.lock"), f"{out_path}: another test.py run is "
                     "writing these results now; wait for it to end, or pass another --test_file_name") \
             if info.is_main else None
@@ -272,7 +272,7 @@ def score(opt: TestConfig, out_path: str, info: DistInfo) -> dict:
         for path in filter(None, (out_path, package)):
             claim(path, source, opt.overwrite)
     device = info.device
-    amp_dtype = runtime.configure_device(opt, device)
+    amp_dtype = runtime.configure_device(opt.run, device)
     scorer = runtime.scorer_for(opt, checkpoint, policy, device, amp_dtype)
     weights = scorer.weights()  # digested once: the progress, the mapping's check and a fitted mapping record them
     note = mapping.check_model(weights, opt.allow_other_mapping) if mapping is not None else None

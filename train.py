@@ -305,7 +305,7 @@ def check_resume_options(saved: dict, opt: TrainConfig, path: str) -> None:
 
 def main(argv: list[str] | None = None) -> TrainState:
     opt = parse_train_options(argv)
-    with process_group(opt) as info:
+    with process_group(opt.run) as info:
         return run(opt, info)
 
 
@@ -334,7 +334,7 @@ def train(opt: TrainConfig, info: DistInfo) -> TrainState:
     config, ckpt = checkpoint.config, checkpoint.state
     seed_everything(opt.seed)
     device = info.device
-    amp_dtype = configure_device(opt, device)
+    amp_dtype = configure_device(opt.run, device)
     train_set, train_loader, sampler, val = build_loaders(opt, info, config.crop_size)
     model = build_from_config(config, backbone_source(opt), opt.deform_impl, opt.seed).to(device)
     params = [p for part in model.trainable_parts().values() for p in part.parameters()]

@@ -126,6 +126,7 @@ class RunFields:
     """The run: where it is stored, what it loads, the seed, the devices and precision."""
 
     TITLE: ClassVar[str] = "run"
+    VIEW: ClassVar[str] = "run"  # cfg.run: these options as one group
     config: str | None = option(None, "rerun from a saved opt_*.json of a run folder; options given on the command "
                                       "line win", policy=ONCE, metavar="FILE")
     checkpoints_dir: str = option(CHECKPOINTS, "runs are stored in checkpoints_dir/name (default: the checkout's, or "
@@ -187,6 +188,7 @@ class ModelFields:
     """
 
     TITLE: ClassVar[str] = "model (new runs; a checkpoint is scored with its own)"
+    VIEW: ClassVar[str] = "model"  # cfg.model: these options as one group
     patch_size: int = option(8, "ViT patch size", choices=tuple(VIT_TAGS))
     crop_size: int = option(224, "crop side, a multiple of --patch_size (scoring: the checkpoint's unless given)")
     vit_name: str | None = option(None, "timm ViT name with its tag; None: the pinned tag of --patch_size")
@@ -207,6 +209,7 @@ class BackboneFields:
     """Where the backbone weights come from and which kernels run: how, not what (except --no_pretrained)."""
 
     TITLE: ClassVar[str] = "backbone weights and kernels"
+    VIEW: ClassVar[str] = "backbone"  # cfg.backbone: these options as one group
     vit_weights: str | None = option(None, "ViT weights from a local timm state dict (.pth/.safetensors) instead of "
                                            "the hub", policy=FREE)
     resnet_weights: str | None = option(None, "ResNet weights from a local timm state dict (.pth/.safetensors) "
@@ -238,9 +241,22 @@ class RunConfig:
     """Base of the frozen configurations :func:`parse` makes: each entry point's class (``TrainConfig``,
     ``TestConfig``, ...) combines option groups (``RunFields``, ``ModelFields``, ...), each option written once as a
     field (:func:`option`: its type, default, help and policy), and the parser is generated from them
-    (:func:`parser_of`). Derived values are properties of the groups."""
+    (:func:`parser_of`). Derived values are properties of the groups. Each group is also there as itself, under
+    its ``VIEW`` name (``cfg.model``: a ``ModelFields``, ``cfg.window``, ``cfg.train``, ...): a function that reads
+    one group is given and annotated with that group."""
 
     switches_given: tuple[str, ...] = ()  # the model switches given on the command line or in --config (ONCE)
+
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        super().__init_subclass__(**kwargs)
+        fields = {name for group in _groups(cls) for name in group.__dict__.get("__annotations__", {})}
+        for group in _groups(cls):
+            name = group.__dict__.get("VIEW")
+            if name in fields:
+                raise TypeError(f"{group.__name__}.VIEW {name!r} is also an option's name")
+            if name and name not in cls.__dict__:
+                setattr(cls, name, functools.cached_property(functools.partial(_view, group=group)))
+                getattr(cls, name).__set_name__(cls, name)
 
     @classmethod
     def parser(cls) -> argparse.ArgumentParser:
@@ -272,6 +288,11 @@ class RunConfig:
     def given_switches(self) -> dict[str, Any]:
         """The model switches given on the command line or in ``--config``: what a checkpoint must agree with."""
         return {k: getattr(self, k) for k in self.switches_given if getattr(self, k) is not None}
+
+
+def _view(cfg: RunConfig, group: type) -> Any:
+    """``group`` (an option group) holding ``cfg``'s values of its options: what ``cfg.<group.VIEW>`` returns."""
+    return group(**{f.name: getattr(cfg, f.name) for f in dataclasses.fields(group) if f.init})
 
 
 @functools.cache

@@ -22,6 +22,7 @@ class ProtocolFields:
     """How each split's model is tested."""
 
     TITLE: ClassVar[str] = "protocol"
+    VIEW: ClassVar[str] = "protocol"  # cfg.protocol: these options as one group
     n_ensemble: int = n_ensemble_option()
     test_batch_size: int = option(TEST_BATCH, "images per batch when testing", policy=FREE,
                                   minimum=1)
@@ -47,6 +48,7 @@ class LauncherFields:
     """Where the runs of a protocol or an ablation run: here, or as jobs of a SLURM cluster (through submitit)."""
 
     TITLE: ClassVar[str] = "launcher"
+    VIEW: ClassVar[str] = "launch"  # cfg.launch: these options as one group
     launcher: str = option("local", "'local': the runs one after another in this process; 'slurm': one job per "
                                     "variant and split through submitit (pip install submitit), which returns at once; "
                                     "the same command again collects finished runs, reports running ones, resubmits "

@@ -249,3 +249,29 @@ def test_a_named_preset_names_the_data_everywhere_the_default_one_does_not():
     assert dataset_name(kadid, kadid.test_list) == "kadid10k"  # as protocol.py and train.py call it
     own = parse_test_options(["--test_list", "lists/mine.txt", "--gpu_ids", "-1"])
     assert dataset_name(own, own.test_list) == "mine"  # your own data is never called 'pipal'
+
+
+@pytest.mark.parametrize("parse", ["train", "test", "predict", "protocol"])
+def test_each_option_group_is_there_as_itself(parse):
+    """cfg.model, cfg.window, cfg.train, ...: each group of an entry point's configuration as that group, holding
+    the configuration's values; every option of the configuration is in a group."""
+    import dataclasses
+
+    from options.base_options import _groups, option_fields
+    from options.predict_options import parse_predict_options
+    from options.protocol_options import parse_protocol_options
+    from options.train_options import parse_train_options
+    parsers = {"train": parse_train_options, "test": parse_test_options, "predict": parse_predict_options,
+               "protocol": parse_protocol_options}
+    extra = ["--dis", "a.png", "--ref", "b.png"] if parse == "predict" else []
+    cfg = parsers[parse](["--gpu_ids", "-1", "--seed", "7", "--fusion", "conv", *extra])
+    covered = set()
+    for group in _groups(type(cfg)):
+        view = getattr(cfg, group.VIEW)
+        assert type(view) is group and getattr(cfg, group.VIEW) is view  # made once
+        for f in dataclasses.fields(group):
+            assert getattr(view, f.name) == getattr(cfg, f.name), f.name
+            covered.add(f.name)
+    assert {f.name for f in option_fields(type(cfg))} <= covered
+    assert cfg.model.fusion == "conv" and cfg.run.seed == 7
+    assert dataclasses.replace(cfg, seed=8).run.seed == 8  # a replaced configuration has its own groups
