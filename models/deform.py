@@ -113,9 +113,9 @@ def conv3x3_nearest_upsampled(x: torch.Tensor, weight: torch.Tensor, bias: torch
     # sums), with a zero tap where there are fewer
     flat = torch.cat([weight.flatten(2), weight.new_zeros(c_out, c_in, 1)], dim=-1)  # (o, i, 9 taps + a zero)
     index = _phase_index(factor, weight.device)  # (most taps on one source tap, phases * 9)
-    phases = flat[:, :, index[0]]
+    phases = flat.index_select(-1, index[0])
     for row in index[1:]:
-        phases = phases + flat[:, :, row]
+        phases = phases + flat.index_select(-1, row)
     phases = phases.unflatten(-1, (factor * factor, 3, 3)).permute(2, 0, 1, 3, 4).flatten(0, 1)
     out = F.conv2d(x, phases, None if bias is None else bias.repeat(factor * factor), padding=1)
     n, _, h, w = out.shape
