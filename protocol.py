@@ -317,8 +317,8 @@ def run_parallel(opt: ProtocolConfig, runs: list[tuple[str, ProtocolConfig]]) ->
                     failed.append(f"{key} (exit code {proc.exitcode}; {console})")
                     log.error("%s failed with exit code %d: see %s", key, proc.exitcode, console)
     if stop.signal:
-        log.warning("stopped by %s; every running split saved its last.pth: run the same command again to continue",
-                    stop.signal)
+        log.warning("stopped by %s; each running split stopped at its next step and saved its last.pth: run the same "
+                    "command again to continue", stop.signal)
         sys.exit(3)
     if failed:
         raise AHIQError(f"{len(failed)} split(s) failed: {'; '.join(failed)}; the others are kept: run the same "
