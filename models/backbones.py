@@ -221,18 +221,17 @@ def _check_reachable(tag: str, host: str = "huggingface.co", timeout: float = 3.
                     "--vit_weights/--resnet_weights; --no_pretrained runs with random backbones (meaningless scores)")
 
 
-def build_backbones(patch_size: int = 8, pretrained: bool = True, vit_weights: str | None = None,
-                    resnet_weights: str | None = None, vit_name: str | None = None, resnet_name: str | None = None,
-                    vit_blocks: tuple[int, ...] = VIT_BLOCKS, cnn_blocks: tuple[str, ...] = CNN_BLOCKS,
-                    use_vit: bool = True, use_cnn: bool = True) -> tuple[ViTFeatures | None, ResNetFeatures | None]:
-    """Build the frozen ViT and ResNet feature extractors (None for a branch that is not used).
+def build_backbones(patch_size: int, pretrained: bool, vit_weights: str | None, resnet_weights: str | None,
+                    vit_name: str | None, resnet_name: str | None, vit_blocks: tuple[int, ...],
+                    cnn_blocks: tuple[str, ...], use_vit: bool, use_cnn: bool
+                    ) -> tuple[ViTFeatures | None, ResNetFeatures | None]:
+    """Build the frozen ViT and ResNet feature extractors of a checked :class:`models.ModelConfig`'s values (None
+    for a branch that is not used; :func:`models.config.build_from_config` is the one caller).
 
-    Names default to the pinned tags. A weights file wins over ``pretrained``; with neither, the backbones are random.
+    Names None: the pinned tags. A weights file wins over ``pretrained``; with neither, the backbones are random.
     A backbone whose weights come from a file is built on the meta device and then filled from the file: its random
     initialisation (seconds for a ViT-B on a CPU) is never computed.
     """
-    if vit_name is None and patch_size not in VIT_TAGS:
-        raise AHIQError(f"--patch_size {patch_size} is not supported; use 8 or 16")
     vit_tag, resnet_tag = vit_name or VIT_TAGS[patch_size], resnet_name or RESNET_TAG
     vit = cnn = None
     if use_vit:

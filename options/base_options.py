@@ -38,15 +38,15 @@ from utils.files import read_text
 def option(default: Any = None, help: str = "", *, policy: str = RESULT, choices: Sequence | None = None,
            metavar: str | None = None, nargs: int | str | None = None, factory: Callable[[], Any] | None = None,
            text: bool = False, negative: tuple[str, str] | None = None, repeat: bool = False,
-           minimum: int | None = None) -> Any:
+           minimum: int | None = None, maximum: int | None = None) -> Any:
     """One option, written once: a field of an option group (a frozen dataclass) with its default (``factory``: a
     default computed when the parser is made, e.g. this machine's GPUs), help, choices and policy
     (options/policy.py). The command-line flag is the field's name; its type comes from the annotation (``text``:
     read as text and converted by :func:`build`); ``negative``: the flag and help that turn a default-on switch off;
-    ``repeat``: a list option that may be given several times (each adds its values); ``minimum``: the least value
-    :func:`build` accepts. The parser is generated from these fields (:func:`parser_of`)."""
+    ``repeat``: a list option that may be given several times (each adds its values); ``minimum``, ``maximum``: the
+    range :func:`build` accepts. The parser is generated from these fields (:func:`parser_of`)."""
     meta = {"help": help, "policy": policy, "choices": choices, "metavar": metavar, "nargs": nargs, "text": text,
-            "negative": negative, "repeat": repeat, "minimum": minimum}
+            "negative": negative, "repeat": repeat, "minimum": minimum, "maximum": maximum}
     if factory is not None:
         return dataclasses.field(default_factory=factory, metadata=meta)
     return dataclasses.field(default=default, metadata=meta)
@@ -138,7 +138,7 @@ class RunFields:
                                  "only .pth", policy=FREE)
     ckpt: str | None = option(None, "checkpoint file to load (official or ours), instead of the run folder",
                               policy=FREE)
-    seed: int = option(SEED, "random seed")
+    seed: int = option(SEED, "random seed", minimum=0, maximum=2 ** 32 - 1)  # numpy's seed range
     gpu_ids: str = option(help="GPU ids, e.g. '0' or '0,1'; '-1' runs on the CPU (default: GPU 0 if there is one)",
                           policy=FREE, factory=default_gpu_ids)
     num_workers: int = option(help="DataLoader worker processes (default: this machine's cores, at most 8)",
@@ -395,12 +395,15 @@ def check_saved_value(action: argparse.Action, value: Any, where: str) -> None:
             fail(f"one of {', '.join(map(str, action.choices))}")
 
 
-def check_minimums(cls: type, opt: argparse.Namespace) -> None:
-    """Every option of ``cls`` with a ``minimum`` at least that."""
+def check_ranges(cls: type, opt: argparse.Namespace) -> None:
+    """Every option of ``cls`` with a ``minimum`` or ``maximum`` within it."""
     for f in option_fields(cls):
-        low, value = f.metadata["minimum"], getattr(opt, f.name)
-        if low is not None and value is not None and value < low:
+        low, high, value = f.metadata["minimum"], f.metadata["maximum"], getattr(opt, f.name)
+        if value is None or (low is None or value >= low) and (high is None or value <= high):
+            continue
+        if high is None:
             raise AHIQError(f"--{f.name} must be at least {low}, got {value}")
+        raise AHIQError(f"--{f.name} {value}: give a value from {low} to {high}")
 
 
 def parse(cls: type[RunConfig], argv: list[str] | None, resolve: tuple = ()) -> RunConfig:
@@ -415,9 +418,7 @@ def build(cls: type[RunConfig], values: Mapping[str, Any], resolve: tuple = ()) 
     opt = argparse.Namespace(**values)
     if opt.crop_size is not None:
         check_crop(opt.crop_size, opt.patch_size)
-    check_minimums(cls, opt)
-    if not 0 <= opt.seed < 2 ** 32:
-        raise AHIQError(f"--seed {opt.seed}: give an integer from 0 to {2 ** 32 - 1} (numpy's seed range)")
+    check_ranges(cls, opt)
     _switch_lists(opt)
     for step in resolve:
         step(opt)

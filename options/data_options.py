@@ -141,6 +141,13 @@ class SplitFields(SplitMakingFields):
                            self.n_splits, seed, create)
 
 
+def check_split_part(split_part: str | None, split_file: str | None, split_column: str | None) -> None:
+    """A --split_part names a part of a split: without --split_file or --split_column it is refused, not ignored."""
+    if split_part is not None and split_file is None and split_column is None:
+        raise AHIQError(f"--split_part {split_part} has no effect without --split_file or --split_column; drop it "
+                        "to use the whole list, or name the split")
+
+
 def preset_paths(dataset: str, data_root: str) -> dict[str, str]:
     """The image folders and label files of a preset under ``data_root``, by option name."""
     preset = PRESETS[dataset]

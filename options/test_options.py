@@ -25,6 +25,7 @@ from options.data_options import (
     TrainDataFields,
     WindowFields,
     apply_preset,
+    check_split_part,
 )
 from options.defaults import CROPS_PER_FORWARD, N_ENSEMBLE, TEST_BATCH
 from options.policy import FREE, ONCE
@@ -138,7 +139,5 @@ def parse_test_options(argv: list[str] | None = None) -> TestConfig:
     check_output_name(opt.test_file_name)
     if opt.worst < 0:
         raise AHIQError(f"--worst {opt.worst}: give a number of images (0: no figure)")
-    if opt.split_part is not None and opt.split_file is None and opt.split_column is None:
-        raise AHIQError(f"--split_part {opt.split_part} has no effect without --split_file or --split_column; drop "
-                        "it to score the whole list, or name the split")
+    check_split_part(opt.split_part, opt.split_file, opt.split_column)
     return opt

@@ -66,7 +66,7 @@ def test_saved_values_of_the_wrong_type_name_the_file_and_key(tmp_path, key, val
 
 @pytest.mark.parametrize("seed", ["-1", str(2 ** 64)])
 def test_a_seed_outside_numpy_range_is_refused(seed):
-    with pytest.raises(AHIQError, match=rf"--seed {seed}: give an integer from 0 to 4294967295"):
+    with pytest.raises(AHIQError, match=rf"--seed {seed}: give a value from 0 to 4294967295"):
         parse_test_options(["--seed", seed, "--gpu_ids", "-1"])
 
 

@@ -22,7 +22,7 @@ from data.datasets import PRESETS, SplitChoice, distortion_groups, read_labels, 
 from data.label_norm import LabelNorm
 from data.pipal import read_list
 from options.base_options import group_parser
-from options.data_options import LabelFields
+from options.data_options import LabelFields, check_split_part
 from options.defaults import SEED
 from utils.errors import AHIQError, run_cli
 from utils.files import atomic_write
@@ -63,11 +63,10 @@ def main(argv: list[str] | None = None) -> dict:
         raise AHIQError(f"{opt.a}: given as both A and B; compare the results of two models")
     preset = PRESETS[opt.dataset]
     labels = read_labels(opt.list, opt.list_format or preset.list_format, preset.ref_rule)
+    check_split_part(opt.split_part, opt.split_file, opt.split_column)
     split = SplitChoice(opt.split_file, opt.split_index, opt.split_column)
     if split.active:  # the rows test.py scored with the same options
         labels = select_rows(labels, opt.split_part or "test", split)
-    elif opt.split_part:
-        raise AHIQError(f"--split_part {opt.split_part} has no effect without --split_file or --split_column")
     if labels.raw is None:
         raise AHIQError(f"{opt.list}: has no MOS; the comparison needs a list with scores")
     a, b = scores_by_name(opt.a), scores_by_name(opt.b)
