@@ -137,32 +137,37 @@ def summarise(rows: list[dict]) -> dict:
     return summary
 
 
-def group_summary(details: list[dict]) -> dict:
+def group_rows(rows: list[dict], test_set: str) -> dict[str, dict[str, dict[int, dict]]]:
+    """Per grouping (``by_type``, ...) and group code of one test set: each split's metrics of that group (test.py's
+    ``by_*`` entries, which the rows carry)."""
+    out: dict[str, dict[str, dict[int, dict]]] = {}
+    for r in rows:
+        if r["test_set"] == test_set:
+            for key, groups in r["groups"].items():
+                for code, g in groups.items():
+                    out.setdefault(key, {}).setdefault(code, {})[r["split"]] = g
+    return out
+
+
+def group_summary(rows: list[dict]) -> dict:
     """Per test set and grouping (``by_type``, ``by_level``, ...): per group, the median SRCC and PLCC over the
     splits whose test part held enough of its images for a correlation (``splits``: how many), and its images per
     split. A group no split could measure is listed with None."""
-    out: dict[str, dict] = {}
-    for d in details:
-        for key, groups in d["metrics"].items():
-            if not key.startswith("by_"):
-                continue
-            for name, g in groups.items():
-                out.setdefault(d["test_set"], {}).setdefault(key, {}).setdefault(name, []).append(g)
     summary: dict[str, dict] = {}
-    for test_set, keys in out.items():
-        for key, groups in keys.items():
-            for name, gs in sorted(groups.items()):
-                measured = [g for g in gs if g.get("srcc") is not None]
-                summary.setdefault(test_set, {}).setdefault(key, {})[name] = {
-                    "splits": len(measured), "images_per_split": [g["n"] for g in gs],
+    for test_set in dict.fromkeys(r["test_set"] for r in rows):
+        for key, groups in group_rows(rows, test_set).items():
+            for code, by_split in sorted(groups.items()):
+                measured = [g for g in by_split.values() if g.get("srcc") is not None]
+                summary.setdefault(test_set, {}).setdefault(key, {})[code] = {
+                    "splits": len(measured), "images_per_split": [g.get("n") for g in by_split.values()],
                     **{f"{m}_median": float(np.median([g[m] for g in measured])) if measured else None
                        for m in ("srcc", "plcc")}}
     return summary
 
 
-def write_report(opt: ProtocolConfig, rows: list[dict], summary: dict, details: list[dict]) -> str:
+def write_report(opt: ProtocolConfig, rows: list[dict], summary: dict) -> str:
     """``protocol_report.html``: the summary, every split's numbers (sortable) and the per-group medians."""
-    groups = group_summary(details)
+    groups = group_summary(rows)
 
     def stats(s: dict) -> list:
         return [v for m in METRICS for v in (s[m]["median"], s[m]["mean"], s[m]["std"])]
@@ -186,7 +191,7 @@ def write_report(opt: ProtocolConfig, rows: list[dict], summary: dict, details: 
         sections.append((f"Per distortion group, {test_set}: medians over splits",
                          report.group_tables(tables, count="splits measured")))
     path = os.path.join(opt.run_dir, "protocol_report.html")
-    warning = next(filter(None, (d["metrics"].get("warning") for d in details)), None)  # test.py's, if any
+    warning = next(filter(None, (r["warning"] for r in rows)), None)  # test.py's, if any
     atomic_write(path, report.page(f"AHIQ protocol on {opt.dataset}: {opt.name}", warning, sections))
     return path
 
@@ -268,6 +273,11 @@ def split_tests(opt: ProtocolConfig, sub: TrainConfig) -> list[tuple[str, TestCo
     return tests + [(f"{cross} (all)", test_options(sub, opt, cross)) for cross in opt.cross_dataset]
 
 
+def run_key(label: str, k: int) -> str:
+    """How split ``k`` of the run ``label`` (a variant; '' without --vary) is named in logs and slurm_jobs.json."""
+    return f"{label}/split_{k}" if label else f"split_{k}"
+
+
 def run_parallel(opt: ProtocolConfig, runs: list[tuple[str, ProtocolConfig]]) -> None:
     """``--parallel K``: every split of every run that is not finished, K at a time, each in its own process on its
     own device (GPU ``i`` of --gpu_ids for slot ``i``; on the CPU, the cores shared) with its console in
@@ -295,7 +305,7 @@ def run_parallel(opt: ProtocolConfig, runs: list[tuple[str, ProtocolConfig]]) ->
             while jobs and not stop.signal and len(running) < opt.parallel:
                 slot = min(set(range(opt.parallel)) - set(running))
                 label, vopt, k = jobs.pop(0)
-                key = f"{label}/split_{k}" if label else f"split_{k}"
+                key = run_key(label, k)
                 console = os.path.join(opt.run_dir, "logs", key.replace("/", "_") + ".txt")
                 values = {**vopt.to_dict(), "gpu_ids": devices[slot % len(devices)], "parallel": 1}
                 proc = context.Process(target=_split_process, args=(values, k, console, threads), name=key)
@@ -388,7 +398,7 @@ def submit_or_collect(opt: ProtocolConfig, runs: list[tuple[str, ProtocolConfig]
     for label, vopt in runs:
         values = {**vopt.to_dict(), "gpu_ids": "0" if opt.slurm_gpus else "-1", "launcher": "local"}
         for k in range(vopt.n_splits):
-            key = f"{label}/split_{k}" if label else f"split_{k}"
+            key = run_key(label, k)
             if split_done(vopt, k):
                 states[key] = "done"
                 continue
@@ -422,19 +432,19 @@ def run_protocol(opt: ProtocolConfig, info: DistInfo) -> tuple[dict, list[dict]]
             raise AHIQError(f"{opt.split_file}: holds {held} splits, --n_splits asks for {opt.n_splits}; pass "
                             f"--n_splits {held} or a new --split_file")
     save_options(opt, "protocol")
-    rows, details = [], []
+    rows = []
     for k in range(opt.n_splits):
-        for test_set, metrics in run_split(opt, k, info)[1]:
+        for test_set, metrics in run_split(opt, k, info)[1]:  # one row per split and test set (the CSV's columns)
             rows.append({**{key: metrics.get(key) for key in ROW}, "split": k, "test_set": test_set,
                          "epoch": (metrics.get("trained") or {}).get("epochs_trained"),
-                         "groups": {key: v for key, v in metrics.items() if key.startswith("by_")}})
-            details.append({"test_set": test_set, "metrics": metrics})
+                         "groups": {key: v for key, v in metrics.items() if key.startswith("by_")},
+                         "warning": metrics.get("warning")})
         # after every split, so an interrupted protocol keeps its results
-        write_results(opt, rows, summarise(rows), group_summary(details))
+        write_results(opt, rows, summarise(rows), group_summary(rows))
     summary = summarise(rows)
     table = summary_table(summary)
     if opt.report:
-        log.info("wrote %s", write_report(opt, rows, summary, details))
+        log.info("wrote %s", write_report(opt, rows, summary))
     print(f"\n{opt.dataset}: {opt.n_splits} split(s) of {opt.split_file or 'column ' + opt.split_column}\n{table}")
     print(f"per split: {os.path.join(opt.run_dir, 'protocol_results.csv')}; summary: "
           f"{os.path.join(opt.run_dir, 'protocol_summary.json')}")
@@ -516,18 +526,6 @@ def paired(mine: dict[int, float | None], theirs: dict[int, float | None]) -> di
             "direction": "higher" if diff.mean() > 0 else "lower" if diff.mean() < 0 else "same"}
 
 
-def group_rows(rows: list[dict], test_set: str) -> dict[str, dict[str, dict[int, float | None]]]:
-    """Per grouping (``by_type``, ...) and group of one test set: each split's SRCC (None: too few images)."""
-    out: dict[str, dict[str, dict[int, float | None]]] = {}
-    for r in rows:
-        if r["test_set"] == test_set:
-            for key, groups in (r.get("groups") or {}).items():
-                for name, g in groups.items():
-                    label = f"{name} ({g['name']})" if g.get("name") else name
-                    out.setdefault(key, {}).setdefault(label, {})[r["split"]] = g.get("srcc")
-    return out
-
-
 def write_ablation(opt: ProtocolConfig, results: dict[str, list[dict]],
                    runs: dict[str, ProtocolConfig] | None = None) -> dict:
     """``ablation.json`` and ``ablation.md`` in the run folder: per variant and test set, SRCC/PLCC/KRCC median and
@@ -538,25 +536,28 @@ def write_ablation(opt: ProtocolConfig, results: dict[str, list[dict]],
     base = results["baseline"]
     table: dict = {}
     for label, rows in results.items():
-        for test_set in sorted({r["test_set"] for r in rows}):
+        summary, groups = summarise(rows), group_summary(rows)  # what each variant's own protocol reports
+        for test_set in sorted(summary):
             mine = {r["split"]: r for r in rows if r["test_set"] == test_set}
             theirs = {r["split"]: r for r in base if r["test_set"] == test_set}
             entry: dict = {"splits": len(mine)}
             for m in METRICS:
-                values = np.asarray([mine[k][m] for k in sorted(mine)], np.float64)
-                entry[m] = {"median": float(np.median(values)), "mean": float(np.mean(values)),
-                            "std": float(np.std(values, ddof=1)) if len(values) > 1 else None}
+                s = summary[test_set][m]
+                entry[m] = {"median": s["median"], "mean": s["mean"], "std": None if math.isnan(s["std"]) else s["std"]}
                 if label != "baseline":
                     entry[m].update(paired({k: r[m] for k, r in mine.items()}, {k: r[m] for k, r in theirs.items()}))
-            base_groups = group_rows(base, test_set)
-            for key, groups in group_rows(rows, test_set).items():
+            base_splits = group_rows(base, test_set)
+            for key, by_code in group_rows(rows, test_set).items():
                 entry.setdefault("groups", {})[key] = {}
-                for name, by_split in groups.items():
-                    measured = [v for v in by_split.values() if v is not None]
-                    g = {"splits": len(measured), "srcc_median": float(np.median(measured)) if measured else None}
+                for code, by_split in by_code.items():
+                    s = groups[test_set][key][code]
+                    g = {"splits": s["splits"], "srcc_median": s["srcc_median"]}
                     if label != "baseline":
-                        g.update(paired(by_split, base_groups.get(key, {}).get(name, {})))
-                    entry["groups"][key][name] = g
+                        base_group = base_splits.get(key, {}).get(code, {})
+                        g.update(paired({k: m.get("srcc") for k, m in by_split.items()},
+                                        {k: m.get("srcc") for k, m in base_group.items()}))
+                    name = next(iter(by_split.values())).get("name")
+                    entry["groups"][key][f"{code} ({name})" if name else code] = g
             if runs and label != "baseline" and test_set == f"{opt.dataset} (test part)":
                 entry["same_images"] = [same_images_test(runs[label], runs["baseline"], k) for k in sorted(mine)]
             table.setdefault(test_set, {})[label] = entry

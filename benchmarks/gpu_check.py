@@ -537,9 +537,15 @@ def main(argv: list[str] | None = None) -> int:
     os.makedirs(folder)
     before = signal.signal(signal.SIGTERM, stop_on_sigterm)
 
+    def save() -> None:  # every number kept as it comes
+        atomic_write(cfg.out, json.dumps(results, indent=2, default=str))
+
     def keep(name: str, partial: dict) -> None:  # a check's sections so far, written as each ends
         results["checks"][name] = {**partial, "ok": False, "partial": True}
-        atomic_write(cfg.out, json.dumps(results, indent=2, default=str))
+        save()
+
+    def so_far(name: str) -> dict:  # what a check that did not end had kept
+        return {k: v for k, v in results["checks"].get(name, {}).items() if k != "partial"}
 
     try:
         state: dict = {}
@@ -554,22 +560,20 @@ def main(argv: list[str] | None = None) -> int:
                 with time_limit(end - start):
                     res = checks[name]()
             except Deadline as err:  # the sections it finished stay
-                res = {**results["checks"].get(name, {}), "ok": False, "timed_out": True, "error": str(err)}
-                res.pop("partial", None)
+                res = {**so_far(name), "ok": False, "timed_out": True, "error": str(err)}
             except Exception as err:  # one failed check must not hide the others' numbers (nor its own so far)
-                res = {**results["checks"].get(name, {}), "ok": False, "error": f"{type(err).__name__}: {err}",
+                res = {**so_far(name), "ok": False, "error": f"{type(err).__name__}: {err}",
                        "traceback": traceback.format_exc()}
-                res.pop("partial", None)
             finally:
                 kill_children()
             res["seconds"] = time.perf_counter() - start
             results["checks"][name] = res
             results["seconds"] = time.perf_counter() - started
-            atomic_write(cfg.out, json.dumps(results, indent=2, default=str))  # every number kept as it comes
+            save()
             print("  " + line(name, res), flush=True)
         if "benchmark" in cfg.only:
             results["checks"]["goals"] = judge_goals(results)
-            atomic_write(cfg.out, json.dumps(results, indent=2, default=str))
+            save()
             print("  " + line("goals", results["checks"]["goals"]), flush=True)
     except KeyboardInterrupt:
         print(f"gpu_check: stopped; the numbers so far are in {cfg.out}", file=sys.stderr)

@@ -22,6 +22,10 @@ from data.windows import WindowPolicy
 from engine.scorer import Scorer, build_scorer, onnx_scorer, window_policy
 from models import BackboneSource, Checkpoint, read_checkpoint
 from options.base_options import RunFields
+from utils.checkpoint import choose_checkpoint
+from utils.device import amp_dtype, configure_cuda, use_device
+from utils.distributed import DistInfo, init_distributed, shutdown
+from utils.files import OPTIONS_PREFIX, atomic_write
 
 if TYPE_CHECKING:  # the entry points' configurations (their modules import this one)
     from options.predict_options import PredictConfig
@@ -29,10 +33,6 @@ if TYPE_CHECKING:  # the entry points' configurations (their modules import this
     from options.train_options import TrainConfig
 
     Entry = TrainConfig | TestConfig | PredictConfig  # any entry point's (protocol.py's is a TrainConfig)
-from utils.checkpoint import choose_checkpoint
-from utils.device import amp_dtype, configure_cuda, use_device
-from utils.distributed import DistInfo, init_distributed, shutdown
-from utils.files import OPTIONS_PREFIX, atomic_write
 
 
 def device_of(cfg: RunFields) -> str:

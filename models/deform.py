@@ -39,7 +39,7 @@ def deform_conv2d_gemm(x: torch.Tensor, offset: torch.Tensor, weight: torch.Tens
     # align_corners=True maps pixel centre i to -1 + 2i/(n-1): the pixel coordinates torchvision samples at.
     ys = torch.arange(h, device=x.device, dtype=exact).view(1, 1, h, 1)
     xs = torch.arange(w, device=x.device, dtype=exact).view(1, 1, 1, w)
-    steps = torch.tensor(taps, device=x.device, dtype=exact) - padding  # (taps, 2): (dy, dx) of each tap
+    steps = _tap_steps(kh, kw, padding, x.device, exact)  # (taps, 2): (dy, dx) of each tap
     py = ys + steps[:, 0].view(1, -1, 1, 1) + offset[:, :, 0]
     px = xs + steps[:, 1].view(1, -1, 1, 1) + offset[:, :, 1]
     grids = torch.stack((px * (2.0 / max(w - 1, 1)) - 1, py * (2.0 / max(h - 1, 1)) - 1), dim=-1)
@@ -121,6 +121,15 @@ def conv3x3_nearest_upsampled(x: torch.Tensor, weight: torch.Tensor, bias: torch
     n, _, h, w = out.shape
     out = out.view(n, factor, factor, c_out, h, w).permute(0, 3, 4, 1, 5, 2)
     return out.reshape(n, c_out, h * factor, w * factor)
+
+
+@functools.lru_cache(maxsize=16)
+def _tap_steps(kh: int, kw: int, padding: int, device: torch.device, dtype: torch.dtype) -> torch.Tensor:
+    """(kh * kw, 2): each kernel tap's (dy, dx) from the output pixel, row-major, as the offsets are laid out; made
+    once per device (not copied to it at every call), outside inference mode, so training can use it too."""
+    with torch.inference_mode(False):
+        return torch.tensor([(i - padding, j - padding) for i in range(kh) for j in range(kw)], device=device,
+                            dtype=dtype)
 
 
 @functools.lru_cache(maxsize=16)

@@ -126,7 +126,7 @@ class RunFields:
     """The run: where it is stored, what it loads, the seed, the devices and precision."""
 
     TITLE: ClassVar[str] = "run"
-    VIEW: ClassVar[str] = "run"  # cfg.run: these options as one group
+    VIEW: ClassVar[str] = "run"
     config: str | None = option(None, "rerun from a saved opt_*.json of a run folder; options given on the command "
                                       "line win", policy=ONCE, metavar="FILE")
     checkpoints_dir: str = option(CHECKPOINTS, "runs are stored in checkpoints_dir/name (default: the checkout's, or "
@@ -188,7 +188,7 @@ class ModelFields:
     """
 
     TITLE: ClassVar[str] = "model (new runs; a checkpoint is scored with its own)"
-    VIEW: ClassVar[str] = "model"  # cfg.model: these options as one group
+    VIEW: ClassVar[str] = "model"
     patch_size: int = option(8, "ViT patch size", choices=tuple(VIT_TAGS))
     crop_size: int = option(224, "crop side, a multiple of --patch_size (scoring: the checkpoint's unless given)")
     vit_name: str | None = option(None, "timm ViT name with its tag; None: the pinned tag of --patch_size")
@@ -209,7 +209,7 @@ class BackboneFields:
     """Where the backbone weights come from and which kernels run: how, not what (except --no_pretrained)."""
 
     TITLE: ClassVar[str] = "backbone weights and kernels"
-    VIEW: ClassVar[str] = "backbone"  # cfg.backbone: these options as one group
+    VIEW: ClassVar[str] = "backbone"
     vit_weights: str | None = option(None, "ViT weights from a local timm state dict (.pth/.safetensors) instead of "
                                            "the hub", policy=FREE)
     resnet_weights: str | None = option(None, "ResNet weights from a local timm state dict (.pth/.safetensors) "

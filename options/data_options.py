@@ -29,7 +29,7 @@ class TrainDataFields:
     """The official training/validation data options (train.py, protocol.py; test.py takes them, unshown)."""
 
     TITLE: ClassVar[str] = "data"
-    VIEW: ClassVar[str] = "data"  # cfg.data: these options as one group
+    VIEW: ClassVar[str] = "data"
     train_ref_path: str = option(PATH_DEFAULTS["train_ref_path"], "folder of the training reference images")
     train_dis_path: str = option(PATH_DEFAULTS["train_dis_path"], "folder of the training distorted images")
     val_ref_path: str = option(PATH_DEFAULTS["val_ref_path"], "folder of the validation reference images")
@@ -46,7 +46,7 @@ class TestDataFields:
     """The official test data options (test.py)."""
 
     TITLE: ClassVar[str] = "test data"
-    VIEW: ClassVar[str] = "test_data"  # cfg.test_data: these options as one group
+    VIEW: ClassVar[str] = "test_data"
     test_ref_path: str = option(PATH_DEFAULTS["test_ref_path"], "folder of the reference images")
     test_dis_path: str = option(PATH_DEFAULTS["test_dis_path"], "folder of the distorted images")
     test_list: str = option(PATH_DEFAULTS["test_list"], "labels: 'name,MOS' or 'name' lines, or a CSV with "
@@ -60,7 +60,7 @@ class ImageFields:
     """How images become crops (train.py, test.py, predict.py, protocol.py)."""
 
     TITLE: ClassVar[str] = "images"
-    VIEW: ClassVar[str] = "images"  # cfg.images: these options as one group
+    VIEW: ClassVar[str] = "images"
     resize: bool = option(False, "resize both images to --size x --size before cropping (needed for images smaller "
                                  "than --crop_size)")
     size: int = option(224, "side length used by --resize")
@@ -71,7 +71,7 @@ class WindowFields:
     """Which windows an image is scored on (train.py validation, test.py, predict.py, protocol.py)."""
 
     TITLE: ClassVar[str] = "windows"
-    VIEW: ClassVar[str] = "window"  # cfg.window: these options as one group
+    VIEW: ClassVar[str] = "window"
     windows: str = option("ensemble", "'ensemble': --n_ensemble (or --num_avg_val) crops per image; 'grid': the "
                                       "crops that cover every pixel of the image (stride at most the crop size, as "
                                       "many as its size needs), for images much larger than the crop",
@@ -89,7 +89,7 @@ class LabelFields:
     are the preset's when not given (:func:`apply_preset`)."""
 
     TITLE: ClassVar[str] = "datasets (see docs/datasets.md)"
-    VIEW: ClassVar[str] = "labels"  # cfg.labels: these options as one group
+    VIEW: ClassVar[str] = "labels"
     dataset: str = option("pipal", "preset: label format, label direction, and (with --data_root) the folder layout",
                           choices=sorted(PRESETS))
     data_root: str | None = option(None, "dataset root: fills the image folders and label files the preset names, "
@@ -114,7 +114,7 @@ class SplitMakingFields:
     """How a new split file is made (train.py, protocol.py, tools/make_splits.py; test.py takes them, unshown)."""
 
     TITLE: ClassVar[str] = "making split files"
-    VIEW: ClassVar[str] = "split_making"  # cfg.split_making: these options as one group
+    VIEW: ClassVar[str] = "split_making"
     split_ratios: str = option("6,2,2", "train,val,test proportions of references (new files)")
     n_splits: int = option(10, "splits in a new --split_file", policy=FREE, minimum=1)
     split_seed: int | None = option(None, "seed of a new --split_file; None: --seed")
@@ -125,7 +125,7 @@ class SplitFields(SplitMakingFields):
     """Which split to use (train.py, test.py, protocol.py)."""
 
     TITLE: ClassVar[str] = "splits"
-    VIEW: ClassVar[str] = "splits"  # cfg.splits: these options as one group
+    VIEW: ClassVar[str] = "splits"
     split_file: str | None = option(None, "JSON file of content-disjoint splits: selects the rows of the label files "
                                           "by reference image (train.py and protocol.py make a missing one with the "
                                           "--split_* settings; test.py needs it to exist)")

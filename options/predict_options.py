@@ -19,7 +19,7 @@ class PairsFields:
     """The pairs predict.py scores and how it reports them."""
 
     TITLE: ClassVar[str] = "pairs"
-    VIEW: ClassVar[str] = "pairing"  # cfg.pairing: these options as one group
+    VIEW: ClassVar[str] = "pairing"
     dis: str | None = option(None, "a distorted image (with --ref)")
     ref: str | None = option(None, "its reference image; with --dis_dir: the one reference of every image there")
     dis_dir: str | None = option(None, "a folder of distorted images (with --ref_dir or --ref)")

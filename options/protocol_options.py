@@ -22,7 +22,7 @@ class ProtocolFields:
     """How each split's model is tested."""
 
     TITLE: ClassVar[str] = "protocol"
-    VIEW: ClassVar[str] = "protocol"  # cfg.protocol: these options as one group
+    VIEW: ClassVar[str] = "protocol"
     n_ensemble: int = n_ensemble_option()
     test_batch_size: int = option(TEST_BATCH, "images per batch when testing", policy=FREE,
                                   minimum=1)
@@ -48,7 +48,7 @@ class LauncherFields:
     """Where the runs of a protocol or an ablation run: here, or as jobs of a SLURM cluster (through submitit)."""
 
     TITLE: ClassVar[str] = "launcher"
-    VIEW: ClassVar[str] = "launch"  # cfg.launch: these options as one group
+    VIEW: ClassVar[str] = "launch"
     launcher: str = option("local", "'local': the runs one after another in this process; 'slurm': one job per "
                                     "variant and split through submitit (pip install submitit), which returns at once; "
                                     "the same command again collects finished runs, reports running ones, resubmits "

@@ -50,7 +50,7 @@ class ScoringFields:
     """How images are scored (test.py and predict.py)."""
 
     TITLE: ClassVar[str] = "scoring"
-    VIEW: ClassVar[str] = "scoring"  # cfg.scoring: these options as one group
+    VIEW: ClassVar[str] = "scoring"
     batch_size: int = option(TEST_BATCH, "images per batch", minimum=1)
     n_ensemble: int = n_ensemble_option()
     crops_per_forward: int = option(CROPS_PER_FORWARD, "crop pairs per model forward (memory bound)", policy=FREE,
@@ -67,7 +67,7 @@ class JobFields:
     and a calibrated scale for its scores."""
 
     TITLE: ClassVar[str] = "job"
-    VIEW: ClassVar[str] = "job"  # cfg.job: these options as one group
+    VIEW: ClassVar[str] = "job"
     resume: bool = option(False, "continue a stopped run (SIGINT/SIGTERM, a preemption) from the scores it recorded "
                                  "beside its results (predict.py: beside --csv; without it nothing is kept); with "
                                  "nothing recorded, start (safe to pass to every attempt of a job)", policy=ONCE)
@@ -94,7 +94,7 @@ class TestFields:
     """test.py's own options."""
 
     TITLE: ClassVar[str] = "test"
-    VIEW: ClassVar[str] = "test"  # cfg.test: these options as one group
+    VIEW: ClassVar[str] = "test"
     test_file_name: str = option("results.txt", "predictions file, a plain file name, written to the run folder "
                                                 "(checkpoints_dir/name, or beside --ckpt); {stem}_metrics.json, "
                                                 "_scatter.png, _source.json go beside it")

@@ -32,7 +32,7 @@ class TrainingFields:
     """The training schedule and what a run writes."""
 
     TITLE: ClassVar[str] = "train"
-    VIEW: ClassVar[str] = "train"  # cfg.train: these options as one group
+    VIEW: ClassVar[str] = "train"
     n_epoch: int = option(200, "epochs to train", policy=RESUMABLE, minimum=1)
     save_interval: int = option(5, "write epoch_N.pth every N epochs", policy=FREE, minimum=1)
     save_last_every: float = option(0, "write last.pth (~330 MB: everything a resume needs) at the end of an epoch "

@@ -267,7 +267,7 @@ def test_an_ablation_on_slurm_through_submitit(data_root, tmp_path, monkeypatch,
 def _rows(srcc: list[float], by_type: list[dict]) -> list[dict]:
     """protocol rows of one test set, one per split: the metrics and the per-type SRCC (None: too few images)."""
     return [{"split": k, "test_set": "kadid10k (test part)", "srcc": s, "plcc": s, "krcc": s,
-             "groups": {"by_type": {code: {"srcc": v, "name": "blur" if code == "01" else None}
+             "groups": {"by_type": {code: {"srcc": v, "plcc": v, "name": "blur" if code == "01" else None}
                                     for code, v in g.items()}}} for k, (s, g) in enumerate(zip(srcc, by_type))]
 
 

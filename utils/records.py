@@ -57,19 +57,20 @@ def _phrase(path: tuple[str, ...], before: Any, value: Any) -> str:
     return f"{'.'.join(path)} {before!r} then, {value!r} now"
 
 
-def differences(saved: Mapping, now: Mapping, _path: tuple[str, ...] = ()) -> list[str]:
+def differences(saved: Mapping, now: Mapping) -> list[str]:
     """One phrase per value of ``now`` that ``saved`` records otherwise: ``--opt A then, B now``
     under ``options``, ``the content of --train_list changed`` under ``inputs``, ``the checkpoint's weights
     changed`` for a content of :data:`WORDS` (digests are not worth showing). Nested records are compared key by
     key; a key the saved record lacks (written by an older version) is not compared."""
-    saved, now = _plain(dict(saved)), _plain(dict(now))
+    return _differences(_plain(dict(saved)), _plain(dict(now)), ())
+
+
+def _differences(saved: dict, now: dict, path: tuple[str, ...]) -> list[str]:
     out: list[str] = []
-    for key in now:
-        if key not in saved or key not in now:
-            continue
-        before, value, path = saved[key], now[key], (*_path, key)
+    for key in (k for k in now if k in saved):  # in the order of now: the message names changes as listed
+        before, value = saved[key], now[key]
         if isinstance(before, dict) and isinstance(value, dict):
-            out += differences(before, value, path)
+            out += _differences(before, value, (*path, key))
         elif before != value:
-            out.append(_phrase(path, before, value))
+            out.append(_phrase((*path, key), before, value))
     return out
