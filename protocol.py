@@ -518,9 +518,12 @@ def paired(mine: dict[int, float | None], theirs: dict[int, float | None]) -> di
     if not pairs:
         return {"pairs": 0, "diff_mean": None, "higher_in": 0, "p_paired_t": None, "direction": None}
     diff = np.asarray([a - b for a, b in pairs], np.float64)
+    # no spread: equal differences (to float rounding: 0.5 - 0.6 and 0.1 - 0.2 differ in the 17th digit, which
+    # a t-test would read as certainty, p ~ 1e-16)
+    spread = len(diff) > 1 and np.ptp(diff) > 1e-9 * max(float(np.max(np.abs(diff))), 1e-12)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        p = float(stats.ttest_rel(*zip(*pairs)).pvalue) if len(diff) > 1 else math.nan
+        p = float(stats.ttest_rel(*zip(*pairs)).pvalue) if spread else math.nan
     return {"pairs": len(diff), "diff_mean": float(diff.mean()), "higher_in": int(np.sum(diff > 0)),
             "p_paired_t": p if math.isfinite(p) else None,
             "direction": "higher" if diff.mean() > 0 else "lower" if diff.mean() < 0 else "same"}

@@ -290,6 +290,7 @@ def test_the_ablation_table_compares_each_distortion_type_over_the_same_splits(t
     other = groups["02"]  # split 1: the baseline measured nothing there, so it is not paired
     assert other["splits"] == 3 and other["pairs"] == 2 and other["diff_mean"] == pytest.approx(-0.1)
     assert other["direction"] == "lower" and other["higher_in"] == 0
+    assert other["p_paired_t"] is None  # both differences -0.1 (to float rounding): no spread, no test
     whole = doc["table"]["kadid10k (test part)"]["fusion=conv"]["srcc"]
     assert whole["diff_mean"] == pytest.approx(np.mean([-0.1, 0.05, -0.1])) and whole["direction"] == "lower"
     text = (tmp_path / "ablation.md").read_text()
