@@ -248,8 +248,6 @@ def read_labels(path: str, list_format: str = "pipal", ref_rule: str = "pipal") 
     """The rows of a label file in either format (see the module docstring)."""
     if list_format == "csv":
         return read_csv_labels(path)
-    if list_format != "pipal":
-        raise AHIQError(f"--list_format {list_format!r}: expected one of {', '.join(LIST_FORMATS)}")
     if os.path.isfile(path):
         first = read_text(path).split("\n", 1)[0].lower()
         if any(column in first for column in REF_COLUMNS[:2] + DIS_COLUMNS[:2]):

@@ -45,8 +45,6 @@ class PairDataset(Dataset):
         self.rating_std = rating_std  # per image, the std of its ratings in the labels' units, where the list has it
         self.names = [name for name, _, _ in self.pairs]
         self.policy, self.crop, self.flip = policy, policy.crop, flip
-        if flip_axis not in FLIP_AXES:
-            raise AHIQError(f"flip axis {flip_axis!r}: expected one of {', '.join(FLIP_AXES)}")
         self.flip_dim = -2 if flip_axis == "vertical" else -1
         self.raw_scores, self.norm, self.labels = raw_scores, None, None
         if raw_scores is not None:

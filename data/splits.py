@@ -37,8 +37,6 @@ def part_counts(n: int, ratios: tuple[float, float, float]) -> list[int]:
 def make_splits(references, ratios: tuple[float, float, float], n_splits: int, seed: int) -> list[dict[str, list[str]]]:
     """``n_splits`` content-disjoint splits of the unique reference names (see the module docstring)."""
     refs = sorted(set(references))
-    if n_splits < 1:
-        raise AHIQError(f"--n_splits must be at least 1, got {n_splits}")
     counts = part_counts(len(refs), ratios)
     if counts[0] < 1:
         raise AHIQError(f"{len(refs)} reference images cannot be split {ratios}: no training reference left")

@@ -24,7 +24,8 @@ WINDOW_LAYOUTS = ("ensemble", "grid")  # n crops per image, or the windows that 
 
 @dataclass(frozen=True)
 class WindowPolicy:
-    """How an image becomes crops when it is scored; checked when made, trusted everywhere after.
+    """How an image becomes crops when it is scored: made from checked options by
+    :func:`options.data_options.window_policy`, trusted everywhere after.
 
     ``crop``: the crop side; ``n``: crops per image with ``layout="ensemble"`` (1 the centre, 2-9 the official fixed
     windows, more random ones); ``seed`` and ``mode`` draw the random ones: ``"reference"`` from the seed and the
@@ -41,21 +42,6 @@ class WindowPolicy:
     batch: int
     resize: int | None = None
     max_pixels: int = MAX_PIXELS
-
-    def __post_init__(self) -> None:
-        for name in ("crop", "n", "batch", "max_pixels"):
-            value = getattr(self, name)
-            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-                raise AHIQError(f"window setting {name} {value!r}: must be a positive integer")
-        if isinstance(self.seed, bool) or not isinstance(self.seed, int) or not 0 <= self.seed < 2 ** 32:
-            raise AHIQError(f"seed {self.seed!r}: give an integer from 0 to {2 ** 32 - 1}")
-        if self.mode not in WINDOW_MODES or self.layout not in WINDOW_LAYOUTS:
-            raise AHIQError(f"random windows {self.mode!r} / windows {self.layout!r}: expected one of "
-                            f"{', '.join(WINDOW_MODES)} / {', '.join(WINDOW_LAYOUTS)}")
-        if self.layout == "grid" and self.mode == "official":
-            raise AHIQError("--windows grid has no random windows; drop --random_windows official")
-        if self.resize is not None and self.resize < self.crop:
-            raise AHIQError(f"--size {self.resize} is smaller than the crop size {self.crop}")
 
     @property
     def keyed(self) -> bool:
@@ -115,8 +101,6 @@ def grid_windows(h: int, w: int, crop: int) -> list[Window]:
     """Windows that cover every pixel of an h x w image: per axis ceil((n - crop) / crop) + 1 offsets spread evenly
     from 0 to n - crop (the last flush with the border, steps of at most ``crop``), rows then columns."""
     def starts(n: int) -> list[int]:
-        if n < crop:
-            raise AHIQError(f"an image side of {n} is smaller than the crop size {crop}")
         k = -(-(n - crop) // crop) + 1
         return [0] if k == 1 else [round(i * (n - crop) / (k - 1)) for i in range(k)]
 

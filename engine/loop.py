@@ -42,8 +42,6 @@ class ChunkSize:
     so ``--crops_per_forward`` can be set high and the largest size that fits is found automatically."""
 
     def __init__(self, size: int) -> None:
-        if size < 1:
-            raise ValueError(f"crops per forward must be at least 1, got {size}")
         self.size = size
 
     def shrink(self) -> bool:

@@ -19,9 +19,10 @@ import torch
 from data.datasets import SplitChoice, pair_dataset, read_labels, select_rows
 from data.pair_dataset import PairDataset
 from data.windows import WindowPolicy
-from engine.scorer import Scorer, build_scorer, onnx_scorer, window_policy
+from engine.scorer import Scorer, build_scorer, onnx_scorer
 from models import BackboneSource, Checkpoint, read_checkpoint
 from options.base_options import RunFields
+from options.data_options import window_policy
 from utils.checkpoint import choose_checkpoint
 from utils.device import amp_dtype, configure_cuda, use_device
 from utils.distributed import DistInfo, init_distributed, shutdown

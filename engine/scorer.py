@@ -39,13 +39,15 @@ from data.score_mapping import Mapping as ScoreMapping
 from data.score_mapping import load_mapping
 from data.windows import WindowPolicy
 from engine.loop import Predictions, predict, score_crops
-from models import AHIQ, BN_STATS, BackboneSource, Checkpoint, build_checkpoint_model, read_checkpoint
+from models import AHIQ, BackboneSource, Checkpoint, build_checkpoint_model, read_checkpoint
 from models.config import check_crop, weights_digest
 from models.onnx_runtime import BACKENDS, OnnxAHIQ
+from options.base_options import check_value
+from options.data_options import window_policy
 from options.defaults import CHECKPOINTS, RELEASED_NAME, check_home
-from options.test_options import scoring_defaults
+from options.test_options import scoring_defaults, scoring_options
 from utils.checkpoint import choose_checkpoint, meta_of
-from utils.device import check_device, configure_cuda
+from utils.device import AMP_DTYPES, check_device, configure_cuda
 from utils.errors import AHIQError
 from utils.quality_maps import ImageMaps, image_maps
 from utils.records import file_digest
@@ -54,7 +56,7 @@ from utils.records import file_digest
 @dataclass
 class Scorer:
     """A model ready to score, with the :class:`data.windows.WindowPolicy` that decides each image's crops. Made by
-    :func:`build_scorer` (test.py, predict.py, protocol.py, :func:`load_scorer`, the hub)."""
+    :func:`build_scorer` (test.py, predict.py, protocol.py, :func:`load_scorer`, the hub) from checked settings."""
 
     model: AHIQ
     policy: WindowPolicy
@@ -64,17 +66,6 @@ class Scorer:
     checkpoint: str | None = None
     amp_dtype: torch.dtype | None = None  # bf16/fp16 autocast on CUDA
     mapping: ScoreMapping | None = None  # score_files/score_tensors/Metric give scores on this MOS scale (--mapping)
-
-    def __post_init__(self) -> None:
-        check_crop(self.policy.crop, self.model.patch_size)
-        if self.bn_stats not in BN_STATS:
-            raise AHIQError(f"bn_stats {self.bn_stats!r}: expected one of {', '.join(BN_STATS)}")
-        if self.policy.layout == "grid" and self.bn_stats == "batch":
-            raise AHIQError("--windows grid gives images different numbers of crops, which the released test.py's "
-                            "per-call BatchNorm (--bn_stats batch) cannot stack; use --bn_stats running")
-        if isinstance(self.crops_per_forward, bool) or not isinstance(self.crops_per_forward, int) \
-                or self.crops_per_forward < 1:
-            raise AHIQError(f"crops_per_forward {self.crops_per_forward!r}: must be a positive integer")
 
     @property
     def crop_size(self) -> int:
@@ -261,15 +252,6 @@ def training_norm(mos_range: Sequence[float] | None, meta: Mapping[str, Any], pa
     return LabelNorm.from_meta(meta, path)
 
 
-def window_policy(values: Mapping[str, Any], crop: int, **override: Any) -> WindowPolicy:
-    """The :class:`data.windows.WindowPolicy` of scoring options (the names of test.py's: ``n_ensemble``, ``seed``,
-    ``random_windows``, ``windows``, ``batch_size``, ``resize`` + ``size``, ``max_pixels``) at ``crop``; ``override``
-    replaces some (validation: ``n_ensemble=num_avg_val``). The one way from options or API settings to windows."""
-    v = {**values, **override}
-    return WindowPolicy(crop, v["n_ensemble"], v["seed"], v["random_windows"], v["windows"], v["batch_size"],
-                        v["size"] if v["resize"] else None, v["max_pixels"])
-
-
 def build_scorer(checkpoint: Checkpoint, source: BackboneSource, policy: WindowPolicy, device: str = "cpu",
                  deform_impl: str = "gemm", mos_range: tuple[float, float] | None = None, crops_per_forward: int = 1,
                  bn_stats: str = "running", amp_dtype: torch.dtype | None = None,
@@ -278,6 +260,7 @@ def build_scorer(checkpoint: Checkpoint, source: BackboneSource, policy: WindowP
     :func:`load_scorer` and the hub entry all come here). Random weights (backbones without files, a head without
     a checkpoint) are drawn from ``policy.seed`` as train.py draws them from --seed, so two runs score alike."""
     check_device(device)
+    check_crop(policy.crop, checkpoint.config.patch_size)
     model = build_checkpoint_model(checkpoint, source, deform_impl, policy.seed, allow_other_backbones)
     norm = training_norm(mos_range, meta_of(checkpoint.state or {}), checkpoint.path)
     model = model.to(device).for_scoring(bn_stats, amp_dtype)
@@ -350,16 +333,21 @@ API_NAMES = {"no_pretrained": "pretrained=False", "gpu_ids": "device='cuda:0'", 
 
 
 def api_settings(**given: Any) -> dict[str, Any]:
-    """The scoring settings of the API and the hub: test.py's option defaults (options/), replaced by ``given``;
-    a name test.py does not know is refused."""
-    defaults = scoring_defaults()
-    unknown = sorted(set(given) - set(defaults) - {"amp_dtype", "crop_size"})
+    """The scoring settings of the API and the hub: test.py's option defaults (options/), replaced by ``given``, each
+    checked as its option is (:func:`options.base_options.check_value`); a name test.py does not know is refused."""
+    known = scoring_options()
+    unknown = sorted(set(given) - set(known) - {"amp_dtype"})
     if unknown:
         api = {k: v for k, v in API_NAMES.items() if k in unknown}  # command-line names the API spells otherwise
         raise AHIQError(f"unknown scoring setting(s) {', '.join(unknown)}"
                         + (f" (in Python: {', '.join(api.values())})" if api else "")
-                        + f"; known: {', '.join(sorted({*defaults, 'amp_dtype', 'crop_size'}))}")
-    return {**defaults, "amp_dtype": None, "crop_size": None, **given}
+                        + f"; known: {', '.join(sorted({*known, 'amp_dtype'}))}")
+    for name, value in given.items():
+        if name == "amp_dtype" and value not in (None, *AMP_DTYPES.values()):
+            raise AHIQError(f"amp_dtype={value!r}: expected None, torch.bfloat16 or torch.float16")
+        if name != "amp_dtype" and not (name == "crop_size" and value is None):  # None: the checkpoint's
+            check_value(*known[name], value, f"{name}={value!r}")
+    return {**scoring_defaults(), "amp_dtype": None, "crop_size": None, **given}
 
 
 def api_scorer(checkpoint: Checkpoint, source: BackboneSource, device: str, deform_impl: str = "gemm",

@@ -30,7 +30,7 @@ from models import BRANCHES, DEFORM_IMPLS, FUSIONS, POOLINGS, RESNET_TAG, VIT_TA
 from models.config import check_crop
 from options.defaults import CHECKPOINTS, PROTOCOL_NAME, RELEASED_NAME, SEED, TRAIN_NAME, check_home
 from options.policy import FREE, ONCE, RESULT, policy
-from utils.device import check_gpus, default_gpu_ids, default_workers
+from utils.device import AMP_DTYPES, check_gpus, default_gpu_ids, default_workers
 from utils.errors import AHIQError
 from utils.files import read_text
 
@@ -38,15 +38,17 @@ from utils.files import read_text
 def option(default: Any = None, help: str = "", *, policy: str = RESULT, choices: Sequence | None = None,
            metavar: str | None = None, nargs: int | str | None = None, factory: Callable[[], Any] | None = None,
            text: bool = False, negative: tuple[str, str] | None = None, repeat: bool = False,
-           minimum: int | None = None, maximum: int | None = None) -> Any:
+           minimum: float | None = None, maximum: float | None = None, above: float | None = None) -> Any:
     """One option, written once: a field of an option group (a frozen dataclass) with its default (``factory``: a
     default computed when the parser is made, e.g. this machine's GPUs), help, choices and policy
     (options/policy.py). The command-line flag is the field's name; its type comes from the annotation (``text``:
     read as text and converted by :func:`build`); ``negative``: the flag and help that turn a default-on switch off;
-    ``repeat``: a list option that may be given several times (each adds its values); ``minimum``, ``maximum``: the
-    range :func:`build` accepts. The parser is generated from these fields (:func:`parser_of`)."""
+    ``repeat``: a list option that may be given several times (each adds its values); ``minimum``, ``maximum``,
+    ``above``: the values accepted (``above``: a bound the value must exceed). The parser is generated from these
+    fields (:func:`parser_of`); every value, from the command line, a saved configuration or the Python API, is
+    checked against them by :func:`check_value`."""
     meta = {"help": help, "policy": policy, "choices": choices, "metavar": metavar, "nargs": nargs, "text": text,
-            "negative": negative, "repeat": repeat, "minimum": minimum, "maximum": maximum}
+            "negative": negative, "repeat": repeat, "minimum": minimum, "maximum": maximum, "above": above}
     if factory is not None:
         return dataclasses.field(default_factory=factory, metadata=meta)
     return dataclasses.field(default=default, metadata=meta)
@@ -108,10 +110,9 @@ def parser_of(cls: type) -> argparse.ArgumentParser:
                                 add_help="DESCRIPTION" in cls.__dict__)
     defaults, hidden = getattr(cls, "DEFAULTS", {}), getattr(cls, "HIDDEN", ())
     for group in reversed(_groups(cls)):
-        hints = typing.get_type_hints(group)
         g = p.add_argument_group(group.TITLE)
         for f in _own_options(group):
-            _add_option(g, f, hints[f.name], defaults.get(f.name, default_of(f)),
+            _add_option(g, f, hint_of(f), defaults.get(f.name, default_of(f)),
                         any(issubclass(group, h) and f.name in h.__dict__.get("__annotations__", {}) for h in hidden))
     return p
 
@@ -150,7 +151,7 @@ class RunFields:
                                      "job fails", policy=FREE, metavar="MINUTES", minimum=1)
     amp: bool = option(False, "mixed precision on CUDA (see --amp_dtype); fp32 otherwise")
     amp_dtype: str = option("bf16", "autocast dtype for --amp; in training fp16 adds a GradScaler",
-                            choices=("bf16", "fp16"))
+                            choices=tuple(AMP_DTYPES))
     tf32: bool = option(True, "TF32 matrix products and convolutions on CUDA (the default), as the official code's "
                               "PyTorch 1.10 ran them: faster fp32", negative=("--no_tf32", "strict fp32 on CUDA (no "
                                                                                             "TF32)"))
@@ -315,9 +316,10 @@ def freeze(cls: type[RunConfig], values: Mapping[str, Any]) -> RunConfig:
     return cls(**{k: tuple(v) if isinstance(v, list) else v for k, v in values.items() if k in names})
 
 
-def parse_with_config(parser: argparse.ArgumentParser, argv: list[str] | None) -> argparse.Namespace:
+def parse_with_config(cls: type[RunConfig], argv: list[str] | None) -> argparse.Namespace:
     """Parse ``argv``; with ``--config FILE`` (a saved ``opt_*.json``) its values are the defaults, so every option
     given on the command line overrides it. ``ONCE`` options and saved options this parser lacks are ignored."""
+    parser = cls.parser()
     pre = argparse.ArgumentParser(add_help=False)
     pre.add_argument("--config", default=None)
     config = pre.parse_known_args(argv)[0].config
@@ -339,8 +341,12 @@ def parse_with_config(parser: argparse.ArgumentParser, argv: list[str] | None) -
             saved["gpu_ids"] = str(saved["gpu_ids"])  # "gpu_ids": -1 written by hand means --gpu_ids -1
         values = {k: v for k, v in saved.items() if k in rerun and not (k in SWITCHES and v is None)}  # None: older
         given_then = saved.get("switches_given")  # files written before it hold None for a switch not given
+        hints = option_hints(cls)
         for key, value in values.items():
-            check_saved_value(rerun[key], value, f"{config}: {key!r}")
+            kind = {bool: "true/false", int: "an integer", float: "a number", str: "a string", list: "a list",
+                    dict: "an object", type(None): "null"}.get(type(value), type(value).__name__)
+            check_value(*hints[key], value, f"{config}: {key!r} is {json.dumps(value)} ({kind})",
+                        f"; fix the file or give --{key} on the command line")
         parser.set_defaults(**values)
         if isinstance(given_then, list):
             values = {k: v for k, v in values.items() if k not in SWITCHES or k in given_then}
@@ -356,59 +362,78 @@ def parse_with_config(parser: argparse.ArgumentParser, argv: list[str] | None) -
     return opt
 
 
-def _json_type(value: Any) -> str:
-    return {bool: "true/false", int: "an integer", float: "a number", str: "a string", list: "a list",
-            dict: "an object", type(None): "null"}.get(type(value), type(value).__name__)
+_KINDS = {bool: "true or false", int: "an integer", float: "a finite number", str: "a string"}
 
 
-def check_saved_value(action: argparse.Action, value: Any, where: str) -> None:
-    """A value read from a saved configuration has the type and choices its option takes on the command line (JSON
-    says 32.0, "false" or null where the command line could not); an error names the file, the key and the value."""
-    def fail(expected: str) -> None:
-        raise AHIQError(f"{where} is {json.dumps(value)} ({_json_type(value)}), expected {expected}; fix the file or "
-                        f"give --{action.dest} on the command line")
+def _is(kind: type, value: Any) -> bool:
+    if kind is bool:
+        return isinstance(value, bool)
+    if kind is float:
+        return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+    return isinstance(value, kind) and not isinstance(value, bool)
 
-    if action.nargs == 0:  # store_true / store_false
-        if not isinstance(value, bool):
-            fail("true or false")
-        return
+
+def expected(f: dataclasses.Field, hint: Any, value: Any) -> str | None:
+    """What option ``f`` (annotated ``hint``) expects instead of ``value``, or None when it takes it: its type (JSON
+    and Python say 32.0, "false" or None where the command line could not), choices and range."""
+    m, args = f.metadata, typing.get_args(hint)
     if value is None:
-        if action.default is not None or action.required:
-            fail(f"a value (its default is {action.default!r})")
-        return
-    items = value if action.nargs not in (None, "?") else [value]
-    if action.nargs not in (None, "?"):
-        if not isinstance(value, list):
-            fail("a list")
-        if isinstance(action.nargs, int) and len(value) != action.nargs:
-            fail(f"a list of {action.nargs}")
+        return None if type(None) in args else "a value"
+    kind = next((a for a in args if a is not type(None)), hint) if typing.get_origin(hint) is not tuple and args \
+        else hint
+    items = [value]
+    if typing.get_origin(kind) is tuple:
+        if m["text"] and isinstance(value, str):
+            return None  # '0,1,2': read by build(), which checks the result
+        kind = typing.get_args(kind)[0]
+        if not isinstance(value, (list, tuple)) or isinstance(m["nargs"], int) and len(value) != m["nargs"]:
+            return f"a list of {m['nargs'] if isinstance(m['nargs'], int) else ''} {_KINDS[kind]}s".replace("  ", " ")
+        items = list(value)
     for item in items:
-        if action.type is int and (isinstance(item, bool) or not isinstance(item, int)):
-            fail("an integer")
-        if action.type is float and (isinstance(item, bool) or not isinstance(item, (int, float))
-                                     or not math.isfinite(item)):
-            fail("a finite number")
-        if action.type is None and not isinstance(item, str) and not (
-                action.dest in ("vit_blocks", "cnn_blocks") and isinstance(item, list)):  # saved as lists
-            fail("a string")
-        if action.choices is not None and item not in action.choices:
-            fail(f"one of {', '.join(map(str, action.choices))}")
+        if not _is(kind, item):
+            return _KINDS[kind]
+        if m["choices"] is not None and item not in m["choices"]:
+            return f"one of {', '.join(map(str, m['choices']))}"
+        low, high, above = m["minimum"], m["maximum"], m["above"]
+        if above is not None and not item > above:
+            return f"more than {above:g}"
+        if (low is not None and item < low) or (high is not None and item > high):
+            return f"{low} to {high}" if high is not None else f"at least {low}"
+    return None
 
 
-def check_ranges(cls: type, opt: argparse.Namespace) -> None:
-    """Every option of ``cls`` with a ``minimum`` or ``maximum`` within it."""
-    for f in option_fields(cls):
-        low, high, value = f.metadata["minimum"], f.metadata["maximum"], getattr(opt, f.name)
-        if value is None or (low is None or value >= low) and (high is None or value <= high):
-            continue
-        if high is None:
-            raise AHIQError(f"--{f.name} must be at least {low}, got {value}")
-        raise AHIQError(f"--{f.name} {value}: give a value from {low} to {high}")
+def check_value(f: dataclasses.Field, hint: Any, value: Any, where: str, fix: str = "") -> None:
+    """The one check of an option's value, wherever it enters: the command line (``where``: ``--seed 7``), a saved
+    configuration (``opt_train.json: 'seed' is 7.0``) or an API setting (``seed=7.0``); ``fix``: what to do, added
+    to the message."""
+    problem = expected(f, hint, value)
+    if problem:
+        raise AHIQError(f"{where}: expected {problem}{fix}")
+
+
+def hint_of(f: dataclasses.Field) -> Any:
+    """An option's annotation as a type (options are annotated with builtins only: ``int``, ``str | None``,
+    ``tuple[int, ...]``)."""
+    return eval(f.type, {}) if isinstance(f.type, str) else f.type  # noqa: S307 - our own source's annotations
+
+
+@functools.cache
+def option_hints(*groups: type) -> dict[str, tuple[dataclasses.Field, Any]]:
+    """The options of these groups (or configuration classes) by name, each with its annotation."""
+    return {f.name: (f, hint_of(f)) for group in groups for f in option_fields(group)}
+
+
+def check_options(opt: argparse.Namespace, *groups: type) -> None:
+    """The values in ``opt`` of the options of these groups (a configuration class, or the groups a tool's parser
+    takes from :func:`group_parser`)."""
+    for name, (f, hint) in option_hints(*groups).items():
+        value = getattr(opt, name)
+        check_value(f, hint, value, f"--{name} {','.join(map(str, value)) if isinstance(value, tuple) else value}")
 
 
 def parse(cls: type[RunConfig], argv: list[str] | None, resolve: tuple = ()) -> RunConfig:
     """The frozen ``cls`` of ``argv`` parsed by ``cls.parser()`` (with ``--config``); see :func:`build`."""
-    return build(cls, vars(parse_with_config(cls.parser(), argv)), resolve)
+    return build(cls, vars(parse_with_config(cls, argv)), resolve)
 
 
 def build(cls: type[RunConfig], values: Mapping[str, Any], resolve: tuple = ()) -> RunConfig:
@@ -418,8 +443,8 @@ def build(cls: type[RunConfig], values: Mapping[str, Any], resolve: tuple = ()) 
     opt = argparse.Namespace(**values)
     if opt.crop_size is not None:
         check_crop(opt.crop_size, opt.patch_size)
-    check_ranges(cls, opt)
     _switch_lists(opt)
+    check_options(opt, cls)
     for step in resolve:
         step(opt)
     cfg = freeze(cls, vars(opt))
@@ -428,17 +453,13 @@ def build(cls: type[RunConfig], values: Mapping[str, Any], resolve: tuple = ()) 
 
 
 def _switch_lists(opt: argparse.Namespace) -> None:
-    """--vit_blocks and --cnn_blocks as tuples ('0,1,2' on the command line; a list in a saved configuration)."""
+    """--vit_blocks and --cnn_blocks as tuples ('0,1,2' on the command line; a list in a saved configuration), whose
+    items :func:`build` then checks."""
     if isinstance(opt.vit_blocks, str):
         try:
             opt.vit_blocks = tuple(int(b) for b in opt.vit_blocks.split(","))
         except ValueError:
             raise AHIQError(f"--vit_blocks {opt.vit_blocks!r}: expected comma-separated block indices, e.g. "
                             "0,1,2,3,4") from None
-    for name, kind in (("vit_blocks", int), ("cnn_blocks", str)):
-        value = getattr(opt, name)
-        if isinstance(value, (list, tuple)) and not all(isinstance(b, kind) and not isinstance(b, bool)
-                                                        for b in value):
-            raise AHIQError(f"--{name} {value!r}: expected a list of block {'indices' if kind is int else 'names'}")
     if isinstance(opt.cnn_blocks, str):
         opt.cnn_blocks = tuple(b.strip() for b in opt.cnn_blocks.split(","))

@@ -5,11 +5,12 @@ from __future__ import annotations
 
 import argparse
 import os
+from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import ClassVar
+from typing import Any, ClassVar
 
 from data.datasets import LIST_FORMATS, PRESETS, SplitChoice, parse_ratios
-from data.windows import WINDOW_LAYOUTS, WINDOW_MODES
+from data.windows import WINDOW_LAYOUTS, WINDOW_MODES, WindowPolicy
 from options.base_options import option
 from options.defaults import NUM_AVG_VAL
 from options.policy import FREE
@@ -37,7 +38,7 @@ class TrainDataFields:
     train_list: str = option(PATH_DEFAULTS["train_list"], "training labels (see --list_format)")
     val_list: str = option(PATH_DEFAULTS["val_list"], "validation labels (see --list_format)")
     num_crop: int = option(1, "random crops per training sample (official option; only 1, the official value, is "
-                              "supported)")
+                              "supported)", choices=(1,))
     num_avg_val: int = option(NUM_AVG_VAL, "fixed windows averaged in validation", minimum=1)
 
 
@@ -63,7 +64,7 @@ class ImageFields:
     VIEW: ClassVar[str] = "images"
     resize: bool = option(False, "resize both images to --size x --size before cropping (needed for images smaller "
                                  "than --crop_size)")
-    size: int = option(224, "side length used by --resize")
+    size: int = option(224, "side length used by --resize", minimum=1)
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -81,6 +82,23 @@ class WindowFields:
                                               "reference share windows and reference features); 'official' is the "
                                               "released test.py's stream (numpy seeded with --seed, one draw per "
                                               "batch of --batch_size)", choices=WINDOW_MODES)
+
+
+def window_policy(values: Mapping[str, Any], crop: int, **override: Any) -> WindowPolicy:
+    """The :class:`data.windows.WindowPolicy` of scoring options or API settings by name (``n_ensemble``, ``seed``,
+    ``random_windows``, ``windows``, ``batch_size``, ``resize`` + ``size``, ``max_pixels``; their values checked
+    where they entered) at ``crop``; ``override`` replaces some (validation: ``n_ensemble=num_avg_val``). The one
+    way from options to windows, and where the settings that exclude each other are refused."""
+    v = {**values, **override}
+    if v["windows"] == "grid" and v["random_windows"] == "official":
+        raise AHIQError("--windows grid has no random windows; drop --random_windows official")
+    if v["windows"] == "grid" and v.get("bn_stats") == "batch":
+        raise AHIQError("--windows grid gives images different numbers of crops, which the released test.py's "
+                        "per-call BatchNorm (--bn_stats batch) cannot stack; use --bn_stats running")
+    if v["resize"] and v["size"] < crop:
+        raise AHIQError(f"--size {v['size']} is smaller than the crop size {crop}")
+    return WindowPolicy(crop, v["n_ensemble"], v["seed"], v["random_windows"], v["windows"], v["batch_size"],
+                        v["size"] if v["resize"] else None, v["max_pixels"])
 
 
 @dataclass(frozen=True, kw_only=True)

@@ -12,8 +12,9 @@ from options.base_options import (
     ModelFields,
     RunConfig,
     RunFields,
-    defaults_of,
+    default_of,
     option,
+    option_hints,
     parse,
 )
 from options.data_options import (
@@ -81,12 +82,18 @@ class JobFields:
                                               "model's scores mean something else on that scale)", policy=FREE)
 
 
+def scoring_options() -> dict:
+    """The scoring options (scoring, windows, images, the run's seed and pixel limit, the crop size) with their
+    annotations, by name: the settings the Python API and the hub take (no parser is built)."""
+    run, model = option_hints(RunFields), option_hints(ModelFields)
+    return {**option_hints(ScoringFields, WindowFields, ImageFields), "seed": run["seed"],
+            "max_pixels": run["max_pixels"], "crop_size": model["crop_size"]}
+
+
 def scoring_defaults() -> dict:
-    """The defaults of the scoring options (scoring, windows, images and the run's seed and pixel limit), by name:
-    what the Python API and the hub use for the settings they are not given (no parser is built)."""
-    run = defaults_of(RunFields)
-    return {**defaults_of(ScoringFields, WindowFields, ImageFields), "seed": run["seed"],
-            "max_pixels": run["max_pixels"]}
+    """The defaults of :func:`scoring_options`, by name: what the API and the hub use for the settings they are not
+    given."""
+    return {name: default_of(f) for name, (f, _) in scoring_options().items()}
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -101,13 +108,13 @@ class TestFields:
     flip: bool = option(False, "flip both images horizontally before cropping")
     worst: int = option(0, "lists with MOS: also draw the N images furthest from their MOS after the logistic fit, "
                            "with their patch maps ({stem}_worst.png beside the predictions)", policy=FREE,
-                        metavar="N")
+                        metavar="N", minimum=0)
     fit_mapping: str | None = option(None, "lists with MOS: fit the rising logistic from scores to this list's MOS "
                                            "and save it as FILE (JSON), for --mapping in predict.py, test.py and the "
                                            "API", policy=FREE, metavar="FILE")
     bootstrap: int = option(1000, "lists with MOS: 95%% intervals of SRCC/PLCC/KRCC/RMSE from N seeded resamples "
                                   "(of references when they repeat, else of images); 0: none", policy=FREE,
-                            metavar="N")
+                            metavar="N", minimum=0)
     report: bool = report_option("also write {stem}_report.html: one self-contained page (no network) with the run's "
                                  "provenance, metrics and intervals, per-group tables, the figures and a sortable, "
                                  "filterable per-image table")
@@ -137,7 +144,5 @@ def check_output_name(name: str) -> None:
 def parse_test_options(argv: list[str] | None = None) -> TestConfig:
     opt = parse(TestConfig, argv, (apply_preset,))
     check_output_name(opt.test_file_name)
-    if opt.worst < 0:
-        raise AHIQError(f"--worst {opt.worst}: give a number of images (0: no figure)")
     check_split_part(opt.split_part, opt.split_file, opt.split_column)
     return opt

@@ -38,16 +38,17 @@ class TrainingFields:
     save_last_every: float = option(0, "write last.pth (~330 MB: everything a resume needs) at the end of an epoch "
                                        "only when SECONDS have passed since the last one; 0: every epoch. It is "
                                        "always written at the end of the run and on a stop; a crash costs at most "
-                                       "SECONDS of epochs, replayed exactly", policy=FREE, metavar="SECONDS")
-    learning_rate: float = option(1e-4, "Adam learning rate")
-    weight_decay: float = option(1e-5, "Adam weight decay")
+                                       "SECONDS of epochs, replayed exactly", policy=FREE, metavar="SECONDS",
+                                   minimum=0)
+    learning_rate: float = option(1e-4, "Adam learning rate", above=0)
+    weight_decay: float = option(1e-5, "Adam weight decay", minimum=0)
     batch_size: int = option(4, "pairs per step (per process with torchrun)", minimum=1)
     val_freq: int = option(1, "validate every N epochs", minimum=1)
     T_max: int = option(50, "CosineAnnealingLR period, in iterations (official)", minimum=1)
     flip_axis: str = option("vertical", "axis of the random flip (p=0.5) of training crops; vertical is what the "
                                         "official code does (np.fliplr on C x H x W) and what the released "
                                         "checkpoint was trained with", choices=FLIP_AXES)
-    eta_min: float = option(0, "CosineAnnealingLR minimum learning rate")
+    eta_min: float = option(0, "CosineAnnealingLR minimum learning rate", minimum=0)
     drop_last: bool = option(False, "as the released loaders: drop each epoch's last incomplete training batch, and "
                                     "validate on the list's first images in whole batches of --batch_size (the rest "
                                     "unscored)")
@@ -80,14 +81,8 @@ def parse_train_options(argv: list[str] | None = None) -> TrainConfig:
 
 
 def check_train_options(opt: RunConfig) -> RunConfig:
-    if not (opt.save_last_every >= 0 and opt.save_last_every != float("inf")):
-        raise AHIQError(f"--save_last_every {opt.save_last_every}: give seconds (0: last.pth after every epoch)")
-    if opt.learning_rate <= 0 or opt.weight_decay < 0 or opt.eta_min < 0:
-        raise AHIQError(f"--learning_rate {opt.learning_rate} must be positive, --weight_decay {opt.weight_decay} "
-                        f"and --eta_min {opt.eta_min} not negative")
-    if opt.num_crop != 1:
-        raise AHIQError(f"--num_crop {opt.num_crop}: only 1 is supported (one random crop per training sample, as "
-                        "the released model was trained)")
+    """What the options' declarations cannot say: an optional package asked for, and options that exclude each
+    other."""
     if opt.wandb:
         try:
             import wandb  # noqa: F401 - optional; asked for, it must be there before any work starts

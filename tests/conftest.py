@@ -104,7 +104,8 @@ def tiny_factory():
 
 @pytest.fixture(scope="session")
 def tiny_ckpt(tmp_path_factory, tiny_factory) -> str:
-    """A checkpoint of the tiny AHIQ at crop size 32 (its configuration inside: load it with no switches)."""
+    """A checkpoint of the tiny AHIQ (its configuration inside, crop size 224: load it with no switches; tests
+    score it at 32 with --crop_size)."""
     path = tmp_path_factory.mktemp("tiny") / "tiny.pth"
     save_weights(str(path), tiny_factory(8))
     return str(path)

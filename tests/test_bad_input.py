@@ -55,17 +55,28 @@ def test_the_api_refuses_tensors_outside_the_documented_form(scorer, bad, messag
         scorer.score_tensors(bad, good)
 
 
-def test_the_api_refuses_other_misuse(scorer, tiny_factory):
+@pytest.mark.parametrize("settings, facts", [
+    ({"crops_per_forward": 0}, "crops_per_forward=0: expected at least 1"),
+    ({"n_ensemble": 2.0}, "n_ensemble=2.0: expected an integer"),
+    ({"seed": -1}, "seed=-1: expected 0 to 4294967295"),
+    ({"windows": "grid", "random_windows": "official"}, "grid.*official"),
+    ({"resize": True, "size": 16}, "size 16 .*crop size 224"),
+    ({"bn_stats": "batch", "windows": "grid"}, "grid.*bn_stats"),
+    ({"crop_size": 30}, "crop_size 30.*patch_size 8"),
+    ({"amp_dtype": "bf16"}, "amp_dtype='bf16'.*torch.bfloat16"),
+])
+def test_api_settings_are_checked_as_their_options_are(tiny_ckpt, settings, facts):
+    from engine.scorer import api_scorer
+    from models import BackboneSource, read_checkpoint
+    with pytest.raises(AHIQError, match=facts):
+        api_scorer(read_checkpoint(tiny_ckpt), BackboneSource(pretrained=False), "cpu", **settings)
+
+
+def test_the_api_refuses_other_misuse(scorer):
     with pytest.raises(AHIQError, match="no pairs given"):
         scorer.score_files([])
     with pytest.raises(AHIQError, match="expected \\(distorted, reference\\) file path pairs"):
         scorer.score_files(["a.png"])
-    with pytest.raises(AHIQError, match="--crop_size 30 must be a positive multiple of --patch_size 8"):
-        Scorer(tiny_factory(8), policy(30, 1), 50)
-    with pytest.raises(AHIQError, match="window setting n 0"):
-        policy(32, 0)
-    with pytest.raises(AHIQError, match="crops_per_forward 0"):
-        Scorer(tiny_factory(8), policy(32, 1), 0)
     assert scorer.score_tensors(torch.rand(2, 3, 40, 40), torch.rand(2, 3, 40, 40)).shape == (2,)  # valid input
 
 
@@ -161,14 +172,15 @@ def test_equal_labels_keep_the_predictions_and_stop(tmp_path, head):
 
 
 @pytest.mark.parametrize("entry, extra, message", [
-    ("test", ["--batch_size", "0"], "--batch_size must be at least 1, got 0"),
-    ("test", ["--n_ensemble", "0"], "--n_ensemble must be at least 1, got 0"),
-    ("test", ["--num_workers", "-1"], "--num_workers must be at least 0, got -1"),
-    ("test", ["--split_part", "val"], "--split_part val has no effect without --split_file"),
-    ("predict", ["--batch_size", "-2"], "--batch_size must be at least 1, got -2"),
-    ("train", ["--val_batch_size", "0"], "--val_batch_size must be at least 1, got 0"),
-    ("train", ["--learning_rate", "-1"], "--learning_rate -1.0 must be positive"),
-    ("train", ["--num_crop", "2"], "--num_crop 2: only 1 is supported"),
+    ("test", ["--batch_size", "0"], "--batch_size 0: .*at least 1"),
+    ("test", ["--n_ensemble", "0"], "--n_ensemble 0: .*at least 1"),
+    ("test", ["--num_workers", "-1"], "--num_workers -1: .*at least 0"),
+    ("test", ["--worst", "-1"], "--worst -1: .*at least 0"),
+    ("test", ["--split_part", "val"], "--split_part val .*--split_file"),
+    ("predict", ["--batch_size", "-2"], "--batch_size -2: .*at least 1"),
+    ("train", ["--val_batch_size", "0"], "--val_batch_size 0: .*at least 1"),
+    ("train", ["--learning_rate", "-1"], "--learning_rate -1.0: .*more than 0"),
+    ("train", ["--save_last_every", "inf"], "--save_last_every inf: .*finite"),
 ])
 def test_bad_option_values_stop_before_anything_loads(tmp_path, entry, extra, message):
     missing = str(tmp_path / "no_such.pth")  # would fail later, when loading: the option error must come first

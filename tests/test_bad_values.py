@@ -51,11 +51,12 @@ def test_any_json_value_in_a_saved_configuration_is_a_one_line_error_or_valid(tm
 
 
 @pytest.mark.parametrize("key, value, message", [
-    ("crop_size", 32.0, r"'crop_size' is 32\.0 \(a number\), expected an integer"),
-    ("num_workers", None, r"'num_workers' is null \(null\), expected a value"),
-    ("batch_size", 2.5, r"'batch_size' is 2\.5 \(a number\), expected an integer"),
-    ("resize", "false", r"'resize' is \"false\" \(a string\), expected true or false"),
-    ("windows", "all", r"'windows' is \"all\" \(a string\), expected one of ensemble, grid"),
+    ("crop_size", 32.0, r"'crop_size' is 32\.0 \(a number\): expected an integer.*--crop_size"),
+    ("num_workers", None, r"'num_workers' is null \(null\): expected a value"),
+    ("batch_size", 2.5, r"'batch_size' is 2\.5 \(a number\): expected an integer"),
+    ("resize", "false", r"'resize' is \"false\" \(a string\): expected true or false"),
+    ("windows", "all", r"'windows' is \"all\" \(a string\): expected one of ensemble, grid"),
+    ("seed", 2 ** 32, r"'seed' is 4294967296 \(an integer\): expected 0 to 4294967295"),
 ])
 def test_saved_values_of_the_wrong_type_name_the_file_and_key(tmp_path, key, value, message):
     path = tmp_path / "opt_test.json"
@@ -66,7 +67,7 @@ def test_saved_values_of_the_wrong_type_name_the_file_and_key(tmp_path, key, val
 
 @pytest.mark.parametrize("seed", ["-1", str(2 ** 64)])
 def test_a_seed_outside_numpy_range_is_refused(seed):
-    with pytest.raises(AHIQError, match=rf"--seed {seed}: give a value from 0 to 4294967295"):
+    with pytest.raises(AHIQError, match=rf"--seed {seed}: expected 0 to 4294967295"):
         parse_test_options(["--seed", seed, "--gpu_ids", "-1"])
 
 

@@ -13,7 +13,7 @@ from data.images import read_rgb
 from data.label_norm import LabelNorm
 from data.pipal import read_list
 from data.windows import crop_windows, fixed_windows, train_window
-from tests.conftest import FIXTURES, LISTS, list_dataset, needs_fixtures, policy
+from tests.conftest import FIXTURES, LISTS, list_dataset, needs_fixtures
 from utils.errors import AHIQError
 
 
@@ -113,8 +113,6 @@ def test_random_windows_seeded_by_seed_and_key():
     assert len(set(a)) > 10
     many = [t for i in range(200) for t, _ in crop_windows(230, 230, 224, 10, i, 0)]
     assert set(many) == set(range(7))  # every valid offset, the last one included
-    with pytest.raises(AHIQError, match="window setting n 0: must be a positive integer"):
-        policy(224, 0)
 
 
 def test_dataset_crops_match_windows(pipal_set):

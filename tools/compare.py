@@ -21,7 +21,7 @@ import numpy as np
 from data.datasets import PRESETS, SplitChoice, distortion_groups, read_labels, select_rows
 from data.label_norm import LabelNorm
 from data.pipal import read_list
-from options.base_options import group_parser
+from options.base_options import check_options, group_parser
 from options.data_options import LabelFields, check_split_part
 from options.defaults import SEED
 from utils.errors import AHIQError, run_cli
@@ -57,6 +57,7 @@ def scores_by_name(path: str) -> dict[str, float]:
 
 def main(argv: list[str] | None = None) -> dict:
     opt = compare_parser().parse_args(argv)
+    check_options(opt, LabelFields)
     if opt.bootstrap < 0 or opt.seed < 0:
         raise AHIQError(f"--bootstrap {opt.bootstrap} --seed {opt.seed}: both must be 0 or more")
     if os.path.realpath(opt.a) == os.path.realpath(opt.b):

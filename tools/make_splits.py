@@ -13,7 +13,7 @@ import logging
 
 from data.datasets import PRESETS, parse_ratios, read_labels
 from data.splits import PARTS, load_or_create_splits
-from options.base_options import group_parser
+from options.base_options import check_options, group_parser
 from options.data_options import LabelFields, SplitMakingFields, preset_paths
 from options.defaults import SEED
 from utils.errors import AHIQError, run_cli
@@ -31,6 +31,7 @@ def make_splits_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> list[dict]:
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     opt = make_splits_parser().parse_args(argv)
+    check_options(opt, LabelFields, SplitMakingFields)
     if opt.labels is None and opt.data_root is None:
         raise AHIQError("give --labels FILE, or --dataset with --data_root")
     preset = PRESETS[opt.dataset]

@@ -65,6 +65,9 @@ def check_device(device: str) -> None:
         raise AHIQError(f"device {device!r}: this machine has {torch.cuda.device_count()} GPU(s)")
 
 
+AMP_DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16}  # --amp_dtype's names
+
+
 def amp_dtype(device: str, amp: bool, name: str) -> torch.dtype | None:
     """The autocast dtype of --amp/--amp_dtype ``name`` (bf16, fp16) on CUDA; None for fp32 (--amp on the CPU warns
     and runs fp32)."""
@@ -73,7 +76,7 @@ def amp_dtype(device: str, amp: bool, name: str) -> torch.dtype | None:
     if not device.startswith("cuda"):
         logging.getLogger("ahiq").warning("--amp applies on CUDA only; running in fp32 on %s", device)
         return None
-    return {"bf16": torch.bfloat16, "fp16": torch.float16}[name]
+    return AMP_DTYPES[name]
 
 
 def autocast(device: torch.device | str, amp_dtype: torch.dtype | None) -> contextlib.AbstractContextManager:
