@@ -13,7 +13,6 @@ from __future__ import annotations
 import importlib
 import os
 import sys
-import warnings
 
 import torch
 
@@ -82,9 +81,7 @@ def ahiq(pretrained: bool = True, device: str = "cpu", n_ensemble: int | None = 
     """
     scoring, models, weights = _import("engine.scorer"), _import("models"), _import("models.weights")
     scale = _import("data.score_mapping").load_mapping(mapping) if mapping is not None else None  # before downloads
-    device_policy = _import("utils.device")
-    device_policy.check_device(device)  # before anything is downloaded
-    device_policy.configure_cuda(device, tf32)
+    _import("utils.device").check_device(device)  # before anything is downloaded
     if n_ensemble is not None:
         settings["n_ensemble"] = n_ensemble
     if pretrained:
@@ -95,8 +92,6 @@ def ahiq(pretrained: bool = True, device: str = "cpu", n_ensemble: int | None = 
         resnet_weights = resnet_weights or weights.fetch(files[models.RESNET_TAG], folder)
     source = models.BackboneSource(pretrained, vit_weights, resnet_weights)
     scorer = scoring.api_scorer(models.read_checkpoint(ckpt), source, device, mos_range=None,
-                                allow_other_backbones=allow_other_backbones, **settings)
-    note = scorer.use_mapping(scale, allow_other_mapping)
-    if note:
-        warnings.warn(note, stacklevel=2)
+                                allow_other_backbones=allow_other_backbones, tf32=tf32, mapping=scale,
+                                allow_other_mapping=allow_other_mapping, **settings)
     return scoring.Metric(scorer, as_loss)

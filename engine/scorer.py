@@ -313,18 +313,19 @@ def load_scorer(ckpt: str | None = None, checkpoints_dir: str = CHECKPOINTS, nam
     if backend == "onnxruntime":
         if ckpt is None:
             raise AHIQError("backend='onnxruntime' needs ckpt='model.onnx' (python -m tools.export_onnx)")
-        scorer = onnx_scorer(ckpt, device, mos_range, **settings)
-    else:
-        check_device(device)
-        check_home()
-        configure_cuda(device, tf32)
-        path = choose_checkpoint(ckpt, os.path.join(checkpoints_dir, name), load_epoch)
-        source = BackboneSource(pretrained, vit_weights, resnet_weights, checkpoints_dir)
-        scorer = api_scorer(read_checkpoint(path, model), source, device, deform_impl, mos_range,
-                            allow_other_backbones, **settings)
-    note = scorer.use_mapping(scale, allow_other_mapping)
+        return mapped(onnx_scorer(ckpt, device, mos_range, **settings), scale, allow_other_mapping)
+    check_home()
+    path = choose_checkpoint(ckpt, os.path.join(checkpoints_dir, name), load_epoch)
+    source = BackboneSource(pretrained, vit_weights, resnet_weights, checkpoints_dir)
+    return api_scorer(read_checkpoint(path, model), source, device, deform_impl, mos_range, allow_other_backbones,
+                      tf32, scale, allow_other_mapping, **settings)
+
+
+def mapped(scorer: Scorer, mapping: ScoreMapping | None, allow_other: bool) -> Scorer:
+    """``scorer`` giving scores on ``mapping``'s scale (:meth:`Scorer.use_mapping`); a note is warned."""
+    note = scorer.use_mapping(mapping, allow_other)
     if note:
-        warnings.warn(note, stacklevel=2)
+        warnings.warn(note, stacklevel=3)
     return scorer
 
 
@@ -351,13 +352,18 @@ def api_settings(**given: Any) -> dict[str, Any]:
 
 
 def api_scorer(checkpoint: Checkpoint, source: BackboneSource, device: str, deform_impl: str = "gemm",
-               mos_range: tuple[float, float] | None = None, allow_other_backbones: bool = False,
-               **settings: Any) -> Scorer:
-    """:func:`build_scorer` with settings by option name (:func:`api_settings`): :func:`load_scorer` and the hub."""
+               mos_range: tuple[float, float] | None = None, allow_other_backbones: bool = False, tf32: bool = True,
+               mapping: ScoreMapping | None = None, allow_other_mapping: bool = False, **settings: Any) -> Scorer:
+    """The scorer of :func:`load_scorer` and the hub, one assembly for both: settings by option name
+    (:func:`api_settings`), the CUDA settings (``tf32``: :func:`configure_cuda`), :func:`build_scorer`, and scores
+    on a loaded ``mapping``'s scale (:func:`mapped`)."""
     s = api_settings(**settings)
+    check_device(device)
+    configure_cuda(device, tf32)
     policy = window_policy(s, s["crop_size"] or checkpoint.config.crop_size)
-    return build_scorer(checkpoint, source, policy, device, deform_impl, mos_range, s["crops_per_forward"],
-                        s["bn_stats"], s["amp_dtype"], allow_other_backbones)
+    scorer = build_scorer(checkpoint, source, policy, device, deform_impl, mos_range, s["crops_per_forward"],
+                          s["bn_stats"], s["amp_dtype"], allow_other_backbones)
+    return mapped(scorer, mapping, allow_other_mapping)
 
 
 ImageLike = str | os.PathLike | Image.Image | np.ndarray | torch.Tensor
