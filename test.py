@@ -46,9 +46,15 @@ def format_predictions(names: list[str], preds: np.ndarray) -> str:
     return "".join(f"{name},{score:.9g}\n" for name, score in zip(names, preds))
 
 
+def beside(results: str, suffix: str) -> str:
+    """The file named after the results file ``results``, beside it: ``{stem}{suffix}`` (``_metrics.json``,
+    ``_source.json``, ``_scatter.png``, ``_groups.png``, ``_worst.png``, ``_mapped.txt``, ``_report.html``)."""
+    return os.path.splitext(results)[0] + suffix
+
+
 def metrics_file(run_dir: str, test_file_name: str) -> str:
-    """Where test.py writes the metrics of ``test_file_name`` (beside it, ``{stem}_metrics.json``)."""
-    return os.path.join(run_dir, os.path.splitext(test_file_name)[0] + "_metrics.json")
+    """Where test.py writes the metrics of ``test_file_name``."""
+    return beside(os.path.join(run_dir, test_file_name), "_metrics.json")
 
 
 def write_submission(folder: str, predictions: str, seconds_per_image: float, device: str, n_ensemble: int) -> str:
@@ -94,7 +100,7 @@ def write_worst(scorer, dataset, index: np.ndarray, preds: np.ndarray, labels: n
              float(fitted_mos[j]), float(mos[j])) for i, j, m in zip(chosen, worst, maps)]
     title = (f"{len(rows)} images furthest from their MOS after {fit}: {os.path.basename(opt.test_list)}, "
              f"{os.path.basename(opt.run_dir)} (the list's {'DMOS' if dataset.norm.lower_better else 'MOS'} units)")
-    path = os.path.splitext(os.path.join(opt.run_dir, opt.test_file_name))[0] + "_worst.png"
+    path = beside(os.path.join(opt.run_dir, opt.test_file_name), "_worst.png")
     atomic_write(path, worst_png(rows, scorer.marked(title)))
     log.info("wrote %s", path)
     return path
@@ -213,18 +219,13 @@ def scored_split(opt: TestConfig) -> dict:
             "column": opt.split_column, "part": part, "described": f"{split.describe()}, part {part}"}
 
 
-def source_file(results: str) -> str:
-    """Where test.py records what ``results`` holds the predictions of (``{stem}_source.json`` beside it)."""
-    return os.path.splitext(results)[0] + "_source.json"
-
-
 def claim(results: str, source: dict, overwrite: bool) -> None:
     """Refuse to replace ``results`` (and the files named after it) when they hold the predictions of another
     checkpoint, list or split, or of something test.py has no record of; ``overwrite`` replaces them anyway."""
     if overwrite or not os.path.exists(results):
         return
     try:
-        before = json.loads(read_text(source_file(results)))
+        before = json.loads(read_text(beside(results, "_source.json")))
     except (AHIQError, ValueError):
         before = None
     if not isinstance(before, dict):
@@ -304,14 +305,13 @@ def score(opt: TestConfig, out_path: str, info: DistInfo) -> dict:
     seconds = time.perf_counter() - start
     predictions = format_predictions(names, preds)
     atomic_write(out_path, predictions)
-    atomic_write(source_file(out_path), json.dumps(source, indent=2))
+    atomic_write(beside(out_path, "_source.json"), json.dumps(source, indent=2))
     progress.finish()
     log.info("wrote %s (%.3f s per image)", out_path, seconds / len(names))
     if scorer.warning:
         log.warning(scorer.warning)
     result = {"predictions": out_path, "seconds_per_image": seconds / len(names), "checkpoint": ckpt_path,
               "n_images": len(names), "warning": scorer.warning}
-    stem = os.path.splitext(out_path)[0]
     figures, metrics = [], None
     labelled = dataset.norm is not None and len(labels) > 1
     if labelled and dataset.norm.span > 0:
@@ -328,14 +328,14 @@ def score(opt: TestConfig, out_path: str, info: DistInfo) -> dict:
                                                "checkpoint": ckpt_path, "trained": trained,
                                                "n_ensemble": opt.n_ensemble},
                                               indent=2, allow_nan=False))
-        plot_path = stem + "_scatter.png"
+        plot_path = beside(out_path, "_scatter.png")
         title = scorer.marked(f"{os.path.basename(opt.test_list)}, {os.path.basename(ckpt_path or 'random head')}")
         png = optional_figure(lambda: scatter_png(preds, labels, metrics, title, dataset.norm), plot_path)
         if png is not None:
             atomic_write(plot_path, png)
             figures.append(plot_path)
-        groups = write_groups_figure({k: v for k, v in metrics.items() if k.startswith("by_")}, stem + "_groups.png",
-                                     title)
+        groups = write_groups_figure({k: v for k, v in metrics.items() if k.startswith("by_")},
+                                     beside(out_path, "_groups.png"), title)
         figures += [groups] if groups else []
         log.info("%s  -> %s, %s", metrics_line(metrics), metrics_path, plot_path)
         if metrics["plcc_logistic_note"]:
@@ -355,7 +355,7 @@ def score(opt: TestConfig, out_path: str, info: DistInfo) -> dict:
             result["worst"] = write_worst(scorer, dataset, out.index, preds, labels, opt)
             figures.append(result["worst"])
     if mapping is not None:
-        mapped_path = os.path.splitext(out_path)[0] + "_mapped.txt"
+        mapped_path = beside(out_path, "_mapped.txt")
         atomic_write(mapped_path, format_predictions(names, mapping(preds)))
         log.info("wrote %s: the scores in %s", mapped_path, mapping.units)
         result["mapped"] = mapped_path
@@ -363,10 +363,10 @@ def score(opt: TestConfig, out_path: str, info: DistInfo) -> dict:
         run = {"checkpoint": ckpt_path, "trained": trained, "backbones": backbones, "crop": policy.crop,
                "device": device, "seconds_per_image": seconds / len(names), "warning": scorer.warning,
                "split": scored["described"]}
-        result["report"] = write_report(stem + "_report.html", opt, run, dataset, out, metrics, figures)
+        result["report"] = write_report(beside(out_path, "_report.html"), opt, run, dataset, out, metrics, figures)
     if opt.submission:
         zip_path = write_submission(opt.submission, predictions, seconds / len(names), device, opt.n_ensemble)
-        atomic_write(source_file(package), json.dumps(source, indent=2))
+        atomic_write(beside(package, "_source.json"), json.dumps(source, indent=2))
         log.info("wrote the NTIRE submission package %s", zip_path)
     if labelled and dataset.norm.span == 0:
         raise AHIQError(f"{opt.test_list}: every listed score is {dataset.norm.mos_min:g}, so SRCC/PLCC are undefined "

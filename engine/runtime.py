@@ -97,7 +97,7 @@ def dataset_name(cfg: TrainConfig | TestConfig, listed: str) -> str:
 def policy_of(cfg: Entry, crop: int, **override) -> WindowPolicy:
     """The run's one :class:`data.windows.WindowPolicy` at ``crop`` (the checkpoint's or the model's crop size);
     ``override``: e.g. validation's ``n_ensemble=num_avg_val, batch_size=val_batch_size``."""
-    return window_policy(cfg.to_dict(), crop, **override)
+    return window_policy(vars(cfg), crop, **override)
 
 
 def scoring_checkpoint(cfg: TestConfig | PredictConfig) -> Checkpoint:

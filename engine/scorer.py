@@ -307,7 +307,8 @@ def load_scorer(ckpt: str | None = None, checkpoints_dir: str = CHECKPOINTS, nam
     mapping fitted for another model is refused unless ``allow_other_mapping``.
     """
     scale = load_mapping(mapping) if mapping is not None else None  # before anything slow
-    api_settings(**settings)  # a misspelt setting is named before any file is looked for
+    api_settings(**settings)  # a misspelt setting or a device this machine lacks is named before any file is read
+    check_device(device)
     if backend not in BACKENDS:
         raise AHIQError(f"backend {backend!r}: expected one of {', '.join(BACKENDS)}")
     if backend == "onnxruntime":

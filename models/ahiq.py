@@ -55,8 +55,6 @@ class DeformFusion(nn.Module):
     def __init__(self, patch_size: int = 8, in_channels: int = VIT_CHANNELS, cnn_channels: int = CNN_CHANNELS,
                  hidden: int = 512, impl: str = "gemm", fusion: str = "deform", cnn_reduction: int = 4) -> None:
         super().__init__()
-        if impl not in DEFORM_IMPLS or fusion not in FUSIONS:
-            raise ValueError(f"unknown fusion {fusion!r} or implementation {impl!r}")
         factor = patch_size // cnn_reduction
         if factor < 1 or factor & (factor - 1) or patch_size % cnn_reduction:
             raise ValueError(f"CNN features at 1/{cnn_reduction} cannot be brought to the 1/{patch_size} ViT grid")
@@ -81,10 +79,8 @@ class DeformFusion(nn.Module):
         """
         if self.fusion != "deform":
             return None
-        (hc, wc), (hv, wv) = cnn_size, vit_ref.shape[-2:]
-        if hc % hv or wc % wv or hc // hv != wc // wv:
-            raise ValueError(f"CNN map {hc}x{wc} is not an integer multiple of the ViT grid {hv}x{wv}")
-        return conv3x3_nearest_upsampled(vit_ref, self.conv_offset.weight, self.conv_offset.bias, hc // hv)
+        return conv3x3_nearest_upsampled(vit_ref, self.conv_offset.weight, self.conv_offset.bias,
+                                         cnn_size[0] // vit_ref.shape[-2])
 
     def fuse(self, cnn_feat: torch.Tensor, offset: torch.Tensor | None) -> torch.Tensor:
         """The fused CNN map on the ViT grid; ``offset`` holds one row per row of ``cnn_feat``."""
@@ -105,8 +101,6 @@ class PixelPrediction(nn.Module):
                  pooling: str = "weighted") -> None:
         """``width``: 256 in the paper (down_channel 256, feat_smoothing 1024 and 512, conv1 256: w, 4w, 2w, w)."""
         super().__init__()
-        if pooling not in POOLINGS:
-            raise ValueError(f"unknown pooling {pooling!r}")
         self.pooling = pooling
         self.down_channel = nn.Conv2d(in_channels, width, kernel_size=1)
         self.feat_smoothing = nn.Sequential(

@@ -26,6 +26,9 @@ from models.tiny import TINY_RESNET, TINY_VIT
 from models.weights import weight_files
 from utils.checkpoint import load_checkpoint, load_head_weights, meta_of
 from utils.errors import AHIQError
+from utils.values import expected
+
+CHOICES = {"fusion": FUSIONS, "branches": BRANCHES, "pooling": POOLINGS}
 
 
 def check_crop(crop_size: int, patch_size: int) -> None:
@@ -62,37 +65,22 @@ class ModelConfig:
         self.check()
 
     def _check_types(self) -> None:
-        """Every field has its type (a checkpoint's metadata or a saved configuration may say "8" or 32.0), and the
-        backbone names are timm model names (never a hub location a file could choose: "hf-hub:...")."""
-        def is_int(v: Any) -> bool:
-            return isinstance(v, int) and not isinstance(v, bool)
-
-        wrong = [(k, v, "a positive integer") for k, v in (("patch_size", self.patch_size),
-                                                           ("crop_size", self.crop_size),
-                                                           ("head_width", self.head_width))
-                 if not is_int(v) or v < 1]
-        wrong += [(k, v, "a timm model name") for k, v in (("vit_name", self.vit_name),
-                                                           ("resnet_name", self.resnet_name))
-                  if v is not None and (not isinstance(v, str) or ":" in v or "/" in v)]
-        wrong += [(k, v, "a string") for k, v in (("fusion", self.fusion), ("branches", self.branches),
-                                                  ("pooling", self.pooling)) if not isinstance(v, str)]
-        if not isinstance(self.vit_blocks, (list, tuple)) or not all(map(is_int, self.vit_blocks)):
-            wrong.append(("vit_blocks", self.vit_blocks, "a list of block indices"))
-        if not isinstance(self.cnn_blocks, (list, tuple)) or not all(isinstance(b, str) for b in self.cnn_blocks):
-            wrong.append(("cnn_blocks", self.cnn_blocks, "a list of block names"))
-        if wrong:
-            key, value, expected = wrong[0]
-            raise AHIQError(f"model setting {key} {value!r}: expected {expected}")
+        """Every field has its type and choices (a checkpoint's metadata may say "8" or 32.0), and the backbone names
+        are timm model names (never a hub location a file could choose: "hf-hub:...")."""
+        for f in dataclasses.fields(self):
+            value = getattr(self, f.name)
+            problem = expected(eval(f.type, {}), value, CHOICES.get(f.name),  # noqa: S307 - builtins only
+                               minimum=1 if f.type == "int" else None)
+            if problem is None and f.name.endswith("_name") and value is not None and (":" in value or "/" in value):
+                problem = "a timm model name"
+            if problem:
+                raise AHIQError(f"model setting {f.name} {value!r}: expected {problem}")
 
     def check(self) -> None:
         blocks = self.vit_blocks
         if not blocks or any(b >= a for b, a in zip(blocks, blocks[1:])) or min(blocks) < 0:
             raise AHIQError(f"--vit_blocks {','.join(map(str, blocks))}: give increasing block indices without "
                             "repeats, e.g. 0,1,2,3,4 (the features are concatenated in block order)")
-        for name, value, choices in (("fusion", self.fusion, FUSIONS), ("branches", self.branches, BRANCHES),
-                                     ("pooling", self.pooling, POOLINGS)):
-            if value not in choices:
-                raise AHIQError(f"--{name} {value!r}: expected one of {', '.join(choices)}")
         if self.branches == "cnn" and self.fusion == "deform":
             raise AHIQError("--branches cnn cannot use --fusion deform (its offsets come from the ViT); "
                             "pass --fusion conv or none")

@@ -18,7 +18,6 @@ import dataclasses
 import functools
 import json
 import logging
-import math
 import os
 import typing
 from collections.abc import Callable, Mapping, Sequence
@@ -33,6 +32,7 @@ from options.policy import FREE, ONCE, RESULT, policy
 from utils.device import AMP_DTYPES, check_gpus, default_gpu_ids, default_workers
 from utils.errors import AHIQError
 from utils.files import read_text
+from utils.values import expected as expected_value
 
 
 def option(default: Any = None, help: str = "", *, policy: str = RESULT, choices: Sequence | None = None,
@@ -362,44 +362,14 @@ def parse_with_config(cls: type[RunConfig], argv: list[str] | None) -> argparse.
     return opt
 
 
-_KINDS = {bool: "true or false", int: "an integer", float: "a finite number", str: "a string"}
-
-
-def _is(kind: type, value: Any) -> bool:
-    if kind is bool:
-        return isinstance(value, bool)
-    if kind is float:
-        return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
-    return isinstance(value, kind) and not isinstance(value, bool)
-
-
 def expected(f: dataclasses.Field, hint: Any, value: Any) -> str | None:
-    """What option ``f`` (annotated ``hint``) expects instead of ``value``, or None when it takes it: its type (JSON
-    and Python say 32.0, "false" or None where the command line could not), choices and range."""
-    m, args = f.metadata, typing.get_args(hint)
-    if value is None:
-        return None if type(None) in args else "a value"
-    kind = next((a for a in args if a is not type(None)), hint) if typing.get_origin(hint) is not tuple and args \
-        else hint
-    items = [value]
-    if typing.get_origin(kind) is tuple:
-        if m["text"] and isinstance(value, str):
-            return None  # '0,1,2': read by build(), which checks the result
-        kind = typing.get_args(kind)[0]
-        if not isinstance(value, (list, tuple)) or isinstance(m["nargs"], int) and len(value) != m["nargs"]:
-            return f"a list of {m['nargs'] if isinstance(m['nargs'], int) else ''} {_KINDS[kind]}s".replace("  ", " ")
-        items = list(value)
-    for item in items:
-        if not _is(kind, item):
-            return _KINDS[kind]
-        if m["choices"] is not None and item not in m["choices"]:
-            return f"one of {', '.join(map(str, m['choices']))}"
-        low, high, above = m["minimum"], m["maximum"], m["above"]
-        if above is not None and not item > above:
-            return f"more than {above:g}"
-        if (low is not None and item < low) or (high is not None and item > high):
-            return f"{low} to {high}" if high is not None else f"at least {low}"
-    return None
+    """What option ``f`` (annotated ``hint``) expects instead of ``value``, or None when it takes it
+    (:func:`utils.values.expected` with the option's choices and range)."""
+    m = f.metadata
+    if m["text"] and isinstance(value, str):
+        return None  # '0,1,2': read by build(), which checks the result
+    return expected_value(hint, value, m["choices"], m["minimum"], m["maximum"], m["above"],
+                          m["nargs"] if isinstance(m["nargs"], int) else None)
 
 
 def check_value(f: dataclasses.Field, hint: Any, value: Any, where: str, fix: str = "") -> None:

@@ -87,8 +87,11 @@ def test_any_json_value_in_checkpoint_metadata_is_a_one_line_error_or_valid(key,
 
 
 @pytest.mark.parametrize("meta, message", [
-    ({"model": {"crop_size": "32"}}, r"model setting crop_size '32': expected a positive integer"),
-    ({"model": {"patch_size": "8"}}, r"model setting patch_size '8': expected a positive integer"),
+    ({"model": {"crop_size": "32"}}, r"model setting crop_size '32': expected an integer"),
+    ({"model": {"patch_size": "8"}}, r"model setting patch_size '8': expected an integer"),
+    ({"model": {"head_width": 0}}, r"model setting head_width 0: expected at least 1"),
+    ({"model": {"fusion": "attention"}}, r"model setting fusion 'attention': expected one of deform, conv, none"),
+    ({"model": {"vit_blocks": [0, "1"]}}, r"model setting vit_blocks \[0, '1'\]: expected an integer"),
     ({"model": {"vit_name": "hf-hub:someone/another-vit"}}, r"vit_name 'hf-hub:someone/another-vit': expected a "
                                                             r"timm model name"),
     ({"model": [1, 2, 3]}, r"its metadata 'model' is list"),

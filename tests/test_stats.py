@@ -313,9 +313,9 @@ def test_compare_and_the_stats_api_on_degenerate_input(tmp_path, capsys):
         compare_main([a, nan, *args])
     with pytest.raises(AHIQError, match=r"model B's scores: 1 of 20 values are NaN or infinite"):  # the API
         compare_models(mos, np.r_[np.nan, mos[1:]], mos)
-    with pytest.raises(AHIQError, match=r"--bootstrap -5 --seed 0: both must be 0 or more"):
+    with pytest.raises(AHIQError, match=r"--bootstrap -5: .*at least 0"):
         compare_main([a, flat, "--list", data["list"], "--bootstrap", "-5", "--seed", "0"])
-    with pytest.raises(AHIQError, match=r"--seed -1: both must be 0 or more"):
+    with pytest.raises(AHIQError, match=r"--seed -1: .*0 to 4294967295"):
         compare_main([a, flat, "--list", data["list"], "--seed", "-1"])
     tiny = tmp_path / "tiny.txt"
     tiny.write_text("".join(f"{n},{m}\n" for n, m in zip(names[:2], mos[:2])))

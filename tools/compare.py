@@ -21,9 +21,10 @@ import numpy as np
 from data.datasets import PRESETS, SplitChoice, distortion_groups, read_labels, select_rows
 from data.label_norm import LabelNorm
 from data.pipal import read_list
-from options.base_options import check_options, group_parser
+from options.base_options import RunFields, check_options, check_value, group_parser, option_hints
 from options.data_options import LabelFields, check_split_part
 from options.defaults import SEED
+from options.test_options import TestFields
 from utils.errors import AHIQError, run_cli
 from utils.files import atomic_write
 from utils.stats import CI_METRICS, compare_models
@@ -58,8 +59,9 @@ def scores_by_name(path: str) -> dict[str, float]:
 def main(argv: list[str] | None = None) -> dict:
     opt = compare_parser().parse_args(argv)
     check_options(opt, LabelFields)
-    if opt.bootstrap < 0 or opt.seed < 0:
-        raise AHIQError(f"--bootstrap {opt.bootstrap} --seed {opt.seed}: both must be 0 or more")
+    for name, (f, hint) in {**option_hints(TestFields), **option_hints(RunFields)}.items():
+        if name in ("bootstrap", "seed"):  # this tool's own --bootstrap and --seed, as test.py's
+            check_value(f, hint, getattr(opt, name), f"--{name} {getattr(opt, name)}")
     if os.path.realpath(opt.a) == os.path.realpath(opt.b):
         raise AHIQError(f"{opt.a}: given as both A and B; compare the results of two models")
     preset = PRESETS[opt.dataset]
