@@ -27,7 +27,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from data.pair_dataset import PairDataset
-from data.pipal import pipal_reference_name, read_list, refuse_repeat
+from data.pipal import label_text, pipal_reference_name, read_list, refuse_repeat, score_of
 from data.splits import load_or_create_splits
 from utils.errors import AHIQError
 from utils.files import read_text
@@ -200,9 +200,7 @@ def _is_number(text: str) -> bool:
 
 def read_csv_labels(path: str) -> Labels:
     """A pyiqa-style meta-info CSV (header row; columns found by name)."""
-    if not os.path.isfile(path):
-        raise AHIQError(f"{path}: label file not found; pass an existing file (see docs/datasets.md)")
-    numbered = [(i, row) for i, row in enumerate(csv.reader(io.StringIO(read_text(path), newline="")), 1)
+    numbered = [(i, row) for i, row in enumerate(csv.reader(io.StringIO(label_text(path), newline="")), 1)
                 if any(cell.strip() for cell in row)]
     linenos, rows = [i for i, _ in numbered], [row for _, row in numbered]
     if not rows:
@@ -230,12 +228,7 @@ def read_csv_labels(path: str) -> Labels:
         refs.append(row[i_ref])
         names.append(row[i_dis])
         if i_score is not None:
-            try:
-                scores.append(float(row[i_score]))
-            except ValueError:
-                raise AHIQError(f"{path}:{lineno}: {header[i_score]} {row[i_score]!r} is not a number") from None
-            if not np.isfinite(scores[-1]):
-                raise AHIQError(f"{path}:{lineno}: {header[i_score]} {row[i_score]!r} is not finite")
+            scores.append(score_of(row[i_score], f"{path}:{lineno}: {header[i_score]}"))
         for i, h in enumerate(header):
             if i not in used:
                 extra[h.lower()].append(row[i])

@@ -13,14 +13,30 @@ from utils.errors import AHIQError
 from utils.files import read_text
 
 
+def label_text(path: str) -> str:
+    """The text of a label file (either format), or one line saying it is missing."""
+    if not os.path.isfile(path):
+        raise AHIQError(f"{path}: label file not found; pass an existing file (see docs/datasets.md)")
+    return read_text(path)
+
+
+def score_of(text: str, where: str) -> float:
+    """A listed score: a finite number; ``where`` names the file, line and column."""
+    try:
+        value = float(text)
+    except ValueError:
+        value = float("nan")
+    if not np.isfinite(value):
+        raise AHIQError(f"{where} {text!r} is not a finite number")
+    return value
+
+
 def read_list(path: str) -> tuple[list[str], np.ndarray | None]:
     """Image names and raw scores (None for a names-only list) of a PIPAL list file."""
-    if not os.path.isfile(path):
-        raise AHIQError(f"{path}: list file not found; pass an existing file (see docs/datasets.md)")
     names: list[str] = []
     scores: list[float] = []
     first_line: dict[str, int] = {}
-    for lineno, line in enumerate(read_text(path).split("\n"), 1):
+    for lineno, line in enumerate(label_text(path).split("\n"), 1):
         line = line.strip()
         if not line:
             continue
@@ -32,12 +48,7 @@ def read_list(path: str) -> tuple[list[str], np.ndarray | None]:
             raise AHIQError(f"{path}:{lineno}: some lines have a score and others not; "
                             "give every line a score or none")
         if has_score:
-            try:
-                scores.append(float(fields[1]))
-            except ValueError:
-                raise AHIQError(f"{path}:{lineno}: score {fields[1]!r} is not a number") from None
-            if not np.isfinite(scores[-1]):
-                raise AHIQError(f"{path}:{lineno}: score {fields[1]!r} is not finite")
+            scores.append(score_of(fields[1], f"{path}:{lineno}: score"))
         refuse_repeat(first_line, fields[0], path, lineno)
         names.append(fields[0])
     if not names:

@@ -41,11 +41,11 @@ def test_list_formats(tmp_path):
 
 @pytest.mark.parametrize("text,line,what", [
     ("a.bmp,1\nb.bmp,1,2\n", 2, "expected 'name,score'"),
-    ("a.bmp,1\nb.bmp,high\n", 2, "is not a number"),
+    ("a.bmp,1\nb.bmp,high\n", 2, "is not a finite number"),
     ("a.bmp,1\n\nb.bmp\n", 3, "some lines have a score"),
     ("a.bmp\nb.bmp,3\n", 2, "some lines have a score"),
     (",3\n", 1, "expected 'name,score'"),
-    ("a.bmp,nan\n", 1, "not finite"),
+    ("a.bmp,nan\n", 1, "not a finite number"),
 ])
 def test_malformed_list_lines_name_file_and_line(tmp_path, text, line, what):
     f = tmp_path / "bad_list.txt"
@@ -58,7 +58,7 @@ def test_empty_and_missing_list(tmp_path):
     (tmp_path / "empty.txt").write_text("\n\n")
     with pytest.raises(AHIQError, match=r"empty\.txt: the list is empty"):
         read_list(str(tmp_path / "empty.txt"))
-    with pytest.raises(AHIQError, match=r"gone\.txt: list file not found"):
+    with pytest.raises(AHIQError, match=r"gone\.txt: label file not found"):
         read_list(str(tmp_path / "gone.txt"))
 
 

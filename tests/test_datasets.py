@@ -119,7 +119,7 @@ def test_csv_errors_name_the_file_and_the_fix(tmp_path):
     with pytest.raises(AHIQError, match=r"meta\.csv:2: 2 fields"):
         read_labels(str(f), "csv")
     f.write_text("ref_name,dist_name,mos\nI01.png,I01_01_01.png,good\n")
-    with pytest.raises(AHIQError, match=r"meta\.csv:2: mos 'good' is not a number"):
+    with pytest.raises(AHIQError, match=r"meta\.csv:2: mos 'good' is not a finite number"):
         read_labels(str(f), "csv")
     f.write_text("ref_name,dist_name,mos\nI01.png,I01_01_01.png,4.5\n")
     with pytest.raises(AHIQError, match="CSV header.*--list_format csv"):

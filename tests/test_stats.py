@@ -309,7 +309,7 @@ def test_compare_and_the_stats_api_on_degenerate_input(tmp_path, capsys):
     assert out["overall"]["plcc"]["b"] is None and "constant" in out["overall"]["plcc"]["williams_note"]
     assert "n/a" in capsys.readouterr().out
     nan = _write_results(tmp_path / "nan.txt", names, [float("nan")] + [0.5] * (len(names) - 1))
-    with pytest.raises(AHIQError, match=r"nan\.txt:1: score 'nan' is not finite"):  # the file's reader
+    with pytest.raises(AHIQError, match=r"nan\.txt:1: score 'nan' is not a finite number"):  # the file's reader
         compare_main([a, nan, *args])
     with pytest.raises(AHIQError, match=r"model B's scores: 1 of 20 values are NaN or infinite"):  # the API
         compare_models(mos, np.r_[np.nan, mos[1:]], mos)

@@ -132,7 +132,7 @@ def _assert_one_line_error(proc, *fragments) -> None:
 def test_cli_errors_are_one_line_without_traceback(tmp_path, pipal_set, tiny_ckpt, capsys):
     base = _tiny_args(pipal_set, tmp_path, tiny_ckpt)
     missing_list = [a if a != pipal_set["list"] else str(tmp_path / "nolist.txt") for a in base]
-    _assert_one_line_error(run_entry(capsys, "test.py", *missing_list), "nolist.txt", "list file not found")
+    _assert_one_line_error(run_entry(capsys, "test.py", *missing_list), "nolist.txt", "label file not found")
     torch.save({"something": torch.zeros(2)}, tmp_path / "not_ahiq.pth")
     bad_ckpt = [a if a != tiny_ckpt else str(tmp_path / "not_ahiq.pth") for a in base]
     _assert_one_line_error(run_entry(capsys, "test.py", *bad_ckpt), "not_ahiq.pth", "not an AHIQ checkpoint")
