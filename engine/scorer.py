@@ -259,7 +259,6 @@ def build_scorer(checkpoint: Checkpoint, source: BackboneSource, policy: WindowP
     """The one assembly from a checkpoint to a ready :class:`Scorer` (test.py, predict.py, protocol.py,
     :func:`load_scorer` and the hub entry all come here). Random weights (backbones without files, a head without
     a checkpoint) are drawn from ``policy.seed`` as train.py draws them from --seed, so two runs score alike."""
-    check_device(device)
     check_crop(policy.crop, checkpoint.config.patch_size)
     model = build_checkpoint_model(checkpoint, source, deform_impl, policy.seed, allow_other_backbones)
     norm = training_norm(mos_range, meta_of(checkpoint.state or {}), checkpoint.path)
@@ -272,7 +271,6 @@ def onnx_scorer(path: str, device: str = "cpu", mos_range: tuple[float, float] |
     """A :class:`Scorer` of an exported model (``python -m tools.export_onnx``) run by ONNX Runtime: the same
     windows, batches and reference sharing as PyTorch's; the crop size and the training MOS range come from the
     file's metadata. Patch maps and per-call BatchNorm need the PyTorch model."""
-    check_device(device)
     model = OnnxAHIQ(path, device)
     s = api_settings(**settings)
     crop = int(model.meta["crop_size"])
@@ -357,9 +355,8 @@ def api_scorer(checkpoint: Checkpoint, source: BackboneSource, device: str, defo
                mapping: ScoreMapping | None = None, allow_other_mapping: bool = False, **settings: Any) -> Scorer:
     """The scorer of :func:`load_scorer` and the hub, one assembly for both: settings by option name
     (:func:`api_settings`), the CUDA settings (``tf32``: :func:`configure_cuda`), :func:`build_scorer`, and scores
-    on a loaded ``mapping``'s scale (:func:`mapped`)."""
+    on a loaded ``mapping``'s scale (:func:`mapped`). ``device``: checked by the caller (:func:`check_device`)."""
     s = api_settings(**settings)
-    check_device(device)
     configure_cuda(device, tf32)
     policy = window_policy(s, s["crop_size"] or checkpoint.config.crop_size)
     scorer = build_scorer(checkpoint, source, policy, device, deform_impl, mos_range, s["crops_per_forward"],

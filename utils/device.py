@@ -22,14 +22,19 @@ def default_workers() -> int:
     return max(1, min(8, cores))
 
 
+def missing_gpu(index: int) -> str | None:
+    """Why GPU ``index`` cannot be used here, or None when it can."""
+    if not torch.cuda.is_available():
+        return "CUDA is not available here"
+    count = torch.cuda.device_count()
+    return f"no GPU {index} here (this machine has {count}: 0-{count - 1})" if index >= count else None
+
+
 def check_gpus(ids: tuple[int, ...], gpu_ids: str) -> None:
-    if ids and not torch.cuda.is_available():
-        raise AHIQError(f"--gpu_ids {gpu_ids}: CUDA is not available here; pass --gpu_ids -1 to run on the CPU")
-    missing = [i for i in ids if i >= torch.cuda.device_count()] if ids else []
-    if missing:
-        count = torch.cuda.device_count()
-        raise AHIQError(f"--gpu_ids {gpu_ids}: no GPU {missing[0]} here (this machine has {count}: "
-                        f"0-{count - 1}); pass ids below {count}, or -1 for the CPU")
+    """--gpu_ids names GPUs this machine has."""
+    problem = next(filter(None, map(missing_gpu, ids)), None)
+    if problem:
+        raise AHIQError(f"--gpu_ids {gpu_ids}: {problem}; pass existing ids, or --gpu_ids -1 to run on the CPU")
 
 
 def configure_cuda(device: str, tf32: bool = True) -> None:
@@ -56,13 +61,9 @@ def check_device(device: str) -> None:
     text = str(device)
     if text != "cpu" and not (text == "cuda" or text.startswith("cuda:") and text[5:].isdigit()):
         raise AHIQError(f"device {device!r}: expected 'cpu', 'cuda' or 'cuda:N'")
-    if text == "cpu":
-        return
-    if not torch.cuda.is_available():
-        raise AHIQError(f"device {device!r}: CUDA is not available here; use device='cpu'")
-    index = torch.device(device).index or 0
-    if index >= torch.cuda.device_count():
-        raise AHIQError(f"device {device!r}: this machine has {torch.cuda.device_count()} GPU(s)")
+    problem = None if text == "cpu" else missing_gpu(torch.device(text).index or 0)
+    if problem:
+        raise AHIQError(f"device {device!r}: {problem}; use an existing GPU, or device='cpu'")
 
 
 AMP_DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16}  # --amp_dtype's names
