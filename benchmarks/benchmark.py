@@ -233,7 +233,26 @@ def measure(args: argparse.Namespace, model, baseline, dis: torch.Tensor, ref: t
         on_section(out)
     if args.onnx:
         out["onnx"] = onnx_speed(args, model.eval(), dis, ref, folder)
+    if args.compile and device.startswith("cuda"):  # last: its compilation cannot cost the sections above
+        out["compiled"] = compiled_speed(args, model.eval(), dis, ref)
+        on_section(out)
     return out
+
+
+def compiled_speed(args: argparse.Namespace, model, dis: torch.Tensor, ref: torch.Tensor) -> dict:
+    """bf16 scoring with the frozen ViT compiled (test.py --compile_vit) against the same path uncompiled: images/s
+    after the warm-up call (which compiles) and the largest score difference."""
+    def run(backend: str | None) -> tuple[float, float, np.ndarray]:  # images/s, seconds of warm-up, scores
+        scorer = copy.deepcopy(model).for_scoring(amp_dtype=torch.bfloat16, compile_backend=backend)
+        start = time.perf_counter()
+        t, scores = timed(lambda: project_scores(scorer, dis, ref, args.crops_per_forward, torch.bfloat16),
+                          args.device, args.repeats)
+        return args.images / t, time.perf_counter() - start - t * args.repeats, scores
+
+    (rate, _, scores), (compiled_rate, warm_up, compiled_scores) = run(None), run("inductor")
+    return {"bf16_images_per_s": rate, "bf16_compiled_images_per_s": compiled_rate,
+            "compiled_speedup": compiled_rate / rate, "compile_warm_up_s": warm_up,
+            "max_abs_dev": float(np.max(np.abs(compiled_scores - scores)))}
 
 
 def onnx_speed(args: argparse.Namespace, model, dis: torch.Tensor, ref: torch.Tensor, folder: str) -> dict:
@@ -349,6 +368,11 @@ def table(out: dict) -> str:
         rows.append(f"| whole test.py process, {p['images']} distorted images of one reference (s) | baseline's "
                     f"scoring alone {p['baseline_scoring_seconds']:.1f}, process {p['seconds']:.1f} "
                     f"({p['speedup']:.2f}x){'; its own rate' + rates if rates else ''} |")
+    if "compiled" in out:
+        c = out["compiled"]
+        rows.append(f"| test bf16, ViT compiled (--compile_vit; images/s) | {c['bf16_compiled_images_per_s']:.4g} "
+                    f"against {c['bf16_images_per_s']:.4g} ({c['compiled_speedup']:.2f}x) after "
+                    f"{c['compile_warm_up_s']:.0f} s of warm-up; max abs. deviation {c['max_abs_dev']:.1e} |")
     return "\n".join(rows)
 
 
@@ -370,6 +394,8 @@ def main(argv: list[str] | None = None, on_section: Callable[[dict], None] = lam
                    help="also time whole test.py processes on K distorted images of one reference")
     p.add_argument("--onnx", action="store_true",
                    help="also score the same crops with the model's ONNX export in ONNX Runtime (CPU)")
+    p.add_argument("--compile", action="store_true",
+                   help="CUDA: also bf16 scoring with the frozen ViT compiled (test.py --compile_vit)")
     p.add_argument("--out", help="also write the results as JSON here")
     args = p.parse_args(argv)
     if args.device.startswith("cuda"):

@@ -255,14 +255,14 @@ def training_norm(mos_range: Sequence[float] | None, meta: Mapping[str, Any], pa
 def build_scorer(checkpoint: Checkpoint, source: BackboneSource, policy: WindowPolicy, device: str = "cpu",
                  deform_impl: str = "gemm", mos_range: tuple[float, float] | None = None, crops_per_forward: int = 1,
                  bn_stats: str = "running", amp_dtype: torch.dtype | None = None,
-                 allow_other_backbones: bool = False) -> Scorer:
+                 allow_other_backbones: bool = False, compile_vit: bool = False) -> Scorer:
     """The one assembly from a checkpoint to a ready :class:`Scorer` (test.py, predict.py, protocol.py,
     :func:`load_scorer` and the hub entry all come here). Random weights (backbones without files, a head without
     a checkpoint) are drawn from ``policy.seed`` as train.py draws them from --seed, so two runs score alike."""
     check_crop(policy.crop, checkpoint.config.patch_size)
     model = build_checkpoint_model(checkpoint, source, deform_impl, policy.seed, allow_other_backbones)
     norm = training_norm(mos_range, meta_of(checkpoint.state or {}), checkpoint.path)
-    model = model.to(device).for_scoring(bn_stats, amp_dtype)
+    model = model.to(device).for_scoring(bn_stats, amp_dtype, "inductor" if compile_vit else None)
     return Scorer(model, policy, crops_per_forward, bn_stats, norm, checkpoint.path, amp_dtype)
 
 
@@ -271,15 +271,17 @@ def onnx_scorer(path: str, device: str = "cpu", mos_range: tuple[float, float] |
     """A :class:`Scorer` of an exported model (``python -m tools.export_onnx``) run by ONNX Runtime: the same
     windows, batches and reference sharing as PyTorch's; the crop size and the training MOS range come from the
     file's metadata. Patch maps and per-call BatchNorm need the PyTorch model."""
-    model = OnnxAHIQ(path, device)
     s = api_settings(**settings)
+    torch_only = [f"--{k} {v}" for k, v in (("bn_stats", s["bn_stats"]), ("compile_vit", s["compile_vit"]))
+                  if v != scoring_defaults()[k]]
+    if torch_only:
+        raise AHIQError(f"{path}: {', '.join(torch_only)} needs the PyTorch model (the export has the running "
+                        "statistics and its own graph); drop it or use --backend torch")
+    model = OnnxAHIQ(path, device)
     crop = int(model.meta["crop_size"])
     if s["crop_size"] not in (None, crop):
         raise AHIQError(f"{path}: exported at crop size {crop}; --crop_size {s['crop_size']} needs another export "
                         f"(python -m tools.export_onnx --crop_size {s['crop_size']})")
-    if s["bn_stats"] != "running":
-        raise AHIQError(f"{path}: --bn_stats {s['bn_stats']} needs the PyTorch model (the export uses the running "
-                        "statistics); drop it or use --backend torch")
     norm = training_norm(mos_range, {"label_norm": model.meta.get("label_norm")}, path)
     return Scorer(model, window_policy(s, crop), s["crops_per_forward"], "running", norm, path)
 
@@ -360,7 +362,7 @@ def api_scorer(checkpoint: Checkpoint, source: BackboneSource, device: str, defo
     configure_cuda(device, tf32)
     policy = window_policy(s, s["crop_size"] or checkpoint.config.crop_size)
     scorer = build_scorer(checkpoint, source, policy, device, deform_impl, mos_range, s["crops_per_forward"],
-                          s["bn_stats"], s["amp_dtype"], allow_other_backbones)
+                          s["bn_stats"], s["amp_dtype"], allow_other_backbones, s["compile_vit"])
     return mapped(scorer, mapping, allow_other_mapping)
 
 

@@ -205,17 +205,23 @@ class AHIQ(nn.Module):
             for m, (training, track) in zip(layers, before):
                 m.training, m.track_running_stats = training, track
 
-    def for_scoring(self, bn_stats: str = "running", amp_dtype: torch.dtype | None = None) -> AHIQ:
+    def for_scoring(self, bn_stats: str = "running", amp_dtype: torch.dtype | None = None,
+                    compile_backend: str | None = None) -> AHIQ:
         """This model, in eval mode, made faster to score (in place; not for training again): the frozen ResNet's
         BatchNorms folded into their convolutions when running statistics are used (maps use them too), and the
         frozen backbones' convolutions and linear layers stored in ``amp_dtype``, the casts autocast would make at
-        every call made once. Scores are unchanged (tests/test_model.py)."""
+        every call made once. Scores are unchanged (tests/test_model.py). ``compile_backend`` (e.g. "inductor"):
+        the frozen ViT's forward compiled with ``torch.compile`` (in place: the same parameters and state-dict keys;
+        the first calls of each crop count compile); its scores are judged against the AMP bounds on a GPU
+        (benchmarks/gpu_check.py)."""
         self.eval()
         if bn_stats == "running" and self.cnn is not None:
             fold_batch_norms(self.cnn)
         if amp_dtype is not None:
             for net in filter(None, (self.vit, self.cnn)):
                 cast_products(net, amp_dtype)
+        if compile_backend is not None and self.vit is not None:
+            self.vit.compile(backend=compile_backend)
         return self
 
     def trainable_parts(self) -> dict[str, nn.Module]:
