@@ -249,18 +249,6 @@ def read_labels(path: str, list_format: str = "pipal", ref_rule: str = "pipal") 
     return Labels(path, names, [reference_name(n, ref_rule) for n in names], raw)
 
 
-def parse_ratios(text: str) -> tuple[float, float, float]:
-    """``--split_ratios`` 'train,val,test' as three numbers (train > 0, none negative)."""
-    try:
-        ratios = tuple(float(r) for r in text.split(","))
-    except ValueError:
-        ratios = ()
-    if len(ratios) != 3 or min(ratios) < 0 or ratios[0] <= 0:
-        raise AHIQError(f"--split_ratios {text!r}: expected three non-negative numbers train,val,test with "
-                        "train > 0, e.g. 6,2,2")
-    return ratios  # type: ignore[return-value]
-
-
 @dataclass(frozen=True)
 class SplitChoice:
     """Which rows of a label file to use: part of split ``index`` of ``file`` (made with ``ratios``, ``n_splits`` and

@@ -29,7 +29,7 @@ from models import BRANCHES, DEFORM_IMPLS, FUSIONS, POOLINGS, RESNET_TAG, VIT_TA
 from models.config import check_crop
 from options.defaults import CHECKPOINTS, PROTOCOL_NAME, RELEASED_NAME, SEED, TRAIN_NAME, check_home
 from options.policy import FREE, ONCE, RESULT, policy
-from utils.device import AMP_DTYPES, check_gpus, default_gpu_ids, default_workers
+from utils.device import AMP_DTYPES, default_gpu_ids, default_workers, missing_gpu
 from utils.errors import AHIQError
 from utils.files import read_text
 from utils.values import expected as expected_value
@@ -420,6 +420,13 @@ def build(cls: type[RunConfig], values: Mapping[str, Any], resolve: tuple = ()) 
     cfg = freeze(cls, vars(opt))
     check_gpus(cfg.gpu_list, cfg.gpu_ids)
     return cfg
+
+
+def check_gpus(ids: tuple[int, ...], gpu_ids: str) -> None:
+    """--gpu_ids names GPUs this machine has."""
+    problem = next(filter(None, map(missing_gpu, ids)), None)
+    if problem:
+        raise AHIQError(f"--gpu_ids {gpu_ids}: {problem}; pass existing ids, or --gpu_ids -1 to run on the CPU")
 
 
 def _switch_lists(opt: argparse.Namespace) -> None:

@@ -9,7 +9,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any, ClassVar
 
-from data.datasets import LIST_FORMATS, PRESETS, SplitChoice, parse_ratios
+from data.datasets import LIST_FORMATS, PRESETS, SplitChoice
 from data.windows import WINDOW_LAYOUTS, WINDOW_MODES, WindowPolicy
 from options.base_options import option
 from options.defaults import NUM_AVG_VAL
@@ -157,6 +157,18 @@ class SplitFields(SplitMakingFields):
         seed = self.seed if self.split_seed is None else self.split_seed
         return SplitChoice(self.split_file, self.split_index, self.split_column, parse_ratios(self.split_ratios),
                            self.n_splits, seed, create)
+
+
+def parse_ratios(text: str) -> tuple[float, float, float]:
+    """``--split_ratios`` 'train,val,test' as three numbers (train > 0, none negative)."""
+    try:
+        ratios = tuple(float(r) for r in text.split(","))
+    except ValueError:
+        ratios = ()
+    if len(ratios) != 3 or min(ratios) < 0 or ratios[0] <= 0:
+        raise AHIQError(f"--split_ratios {text!r}: expected three non-negative numbers train,val,test with "
+                        "train > 0, e.g. 6,2,2")
+    return ratios  # type: ignore[return-value]
 
 
 def check_split_part(split_part: str | None, split_file: str | None, split_column: str | None) -> None:

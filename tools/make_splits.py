@@ -11,10 +11,10 @@ import utils.interrupt  # noqa: F401 - first: Ctrl-C while the libraries import 
 import argparse
 import logging
 
-from data.datasets import PRESETS, parse_ratios, read_labels
+from data.datasets import PRESETS, read_labels
 from data.splits import PARTS, load_or_create_splits
 from options.base_options import check_options, group_parser
-from options.data_options import LabelFields, SplitMakingFields, preset_paths
+from options.data_options import LabelFields, SplitMakingFields, parse_ratios, preset_paths
 from options.defaults import SEED
 from utils.errors import AHIQError, run_cli
 

@@ -30,13 +30,6 @@ def missing_gpu(index: int) -> str | None:
     return f"no GPU {index} here (this machine has {count}: 0-{count - 1})" if index >= count else None
 
 
-def check_gpus(ids: tuple[int, ...], gpu_ids: str) -> None:
-    """--gpu_ids names GPUs this machine has."""
-    problem = next(filter(None, map(missing_gpu, ids)), None)
-    if problem:
-        raise AHIQError(f"--gpu_ids {gpu_ids}: {problem}; pass existing ids, or --gpu_ids -1 to run on the CPU")
-
-
 def configure_cuda(device: str, tf32: bool = True) -> None:
     """On CUDA: cuDNN autotuning (crop shapes are fixed, so it pays off; ``AHIQ_CUDNN_BENCHMARK=0`` skips it where a
     process is too short to repay it: the GPU check's children) and TF32 matrix products and convolutions
