@@ -337,6 +337,8 @@ def train(opt: TrainConfig, info: DistInfo) -> TrainState:
     amp_dtype = configure_device(opt.run, device)
     train_set, train_loader, sampler, val = build_loaders(opt, info, config.crop_size)
     model = build_from_config(config, backbone_source(opt), opt.deform_impl, opt.seed).to(device)
+    if opt.compile_mode:  # in place: the same modules, parameters and state-dict keys (checkpoints, DDP, resume)
+        model.compile(mode=opt.compile_mode)
     params = [p for part in model.trainable_parts().values() for p in part.parameters()]
     # fused on CUDA: one kernel for every parameter's update (the CPU keeps the loop it has always run)
     optimizer = torch.optim.Adam(params, lr=opt.learning_rate, weight_decay=opt.weight_decay,

@@ -236,6 +236,30 @@ def measure(args: argparse.Namespace, model, baseline, dis: torch.Tensor, ref: t
     if args.compile and device.startswith("cuda"):  # last: its compilation cannot cost the sections above
         out["compiled"] = compiled_speed(args, model.eval(), dis, ref)
         on_section(out)
+        out["compiled"].update(compiled_step(model, td, tr, label, args.repeats, device))
+        on_section(out)
+    return out
+
+
+def compiled_step(model, dis: torch.Tensor, ref: torch.Tensor, label: torch.Tensor, repeats: int,
+                  device: str = "cuda") -> dict:
+    """The bf16 training step with the model's forward compiled as train.py --compile_mode reduce-overhead compiles
+    it (CUDA graphs), against the same step uncompiled: ms a step after the warm-up calls (which compile)."""
+    out = {}
+    for name, mode in (("bf16_step_ms", None), ("bf16_compiled_step_ms", "reduce-overhead")):
+        net = copy.deepcopy(model).train()
+        if mode:
+            net.compile(mode=mode)
+
+        def forward(d, r, net=net):
+            with torch.autocast(device.split(":")[0], dtype=torch.bfloat16):
+                return net(d, r)
+
+        step = train_step_fn(forward, [p for m in net.trainable_parts().values() for p in m.parameters()], dis, ref,
+                             label)
+        step()  # the first compiles; the CUDA graphs are recorded on the next ones
+        out[name] = timed(step, device, max(repeats, 30))[0] * 1e3
+    out["compiled_step_speedup"] = out["bf16_step_ms"] / out["bf16_compiled_step_ms"]
     return out
 
 
@@ -373,6 +397,10 @@ def table(out: dict) -> str:
         rows.append(f"| test bf16, ViT compiled (--compile_vit; images/s) | {c['bf16_compiled_images_per_s']:.4g} "
                     f"against {c['bf16_images_per_s']:.4g} ({c['compiled_speedup']:.2f}x) after "
                     f"{c['compile_warm_up_s']:.0f} s of warm-up; max abs. deviation {c['max_abs_dev']:.1e} |")
+        if "bf16_compiled_step_ms" in c:
+            rows.append(f"| train step bf16, forward compiled (--compile_mode reduce-overhead) | "
+                        f"{c['bf16_compiled_step_ms']:.1f} ms against {c['bf16_step_ms']:.1f} ms "
+                        f"({c['compiled_step_speedup']:.2f}x) |")
     return "\n".join(rows)
 
 

@@ -63,6 +63,10 @@ class TrainingFields:
     log_every: int = option(10, "write the training loss and learning rate (TensorBoard, W&B, the progress bar) at "
                                 "step 1 and every N steps after (each write is host work beside the GPU's)",
                             policy=FREE, metavar="N", minimum=1)
+    compile_mode: str | None = option(None, "torch.compile the model's training forward in this mode "
+                                            "('reduce-overhead': CUDA graphs for the fixed-shape step, with "
+                                            "--drop_last; 'default'); checkpoints keep their keys", policy=FREE,
+                                      choices=("default", "reduce-overhead", "max-autotune"))
     wandb: str | None = option(None, "also log the scalars to this Weights & Biases project (needs `pip install "
                                      "wandb`)", policy=FREE, metavar="PROJECT")
 

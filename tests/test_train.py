@@ -23,6 +23,7 @@ from benchmarks.gpu_check import job_pids
 from engine.loop import train_one_epoch
 from tests import ddp_validate
 from tests.conftest import heads_of, list_dataset, make_pipal_set, run_to_exit, train_args
+from utils.checkpoint import load_checkpoint
 from utils.errors import AHIQError
 
 REPO = Path(__file__).resolve().parents[1]
@@ -378,3 +379,29 @@ def test_the_log_names_the_model_and_best_pth_holds_the_validation_that_chose_it
     meta = load_checkpoint(str(tmp_path / "run" / "best.pth"))["ahiq"]
     best = meta["best_validation"]
     assert best["epoch"] == meta["epochs_trained"] and f"epoch {best['epoch']}: SRCC {best['srcc']:.4f}" in log
+
+
+def test_a_compiled_training_forward_trains_as_the_eager_one(train_sets, tmp_path, monkeypatch):
+    """--compile_mode: train.py compiles the model's forward in place (here through the aot_eager backend, the graph
+    capture and autograd the GPU's inductor compiles); one epoch then gives the eager run's weights, and its
+    checkpoint the same keys."""
+    import torch.nn as nn
+
+    from models import AHIQ
+    modes = []
+
+    def capture(self, **kwargs):
+        modes.append(kwargs.pop("mode"))
+        nn.Module.compile(self, backend="aot_eager", **kwargs)
+
+    train.main(train_args(train_sets, tmp_path, "eager", "--n_epoch", "1"))
+    monkeypatch.setattr(AHIQ, "compile", capture, raising=False)
+    torch._dynamo.utils.counters.clear()
+    train.main(train_args(train_sets, tmp_path, "compiled", "--n_epoch", "1", "--compile_mode", "reduce-overhead"))
+    assert modes == ["reduce-overhead"] and torch._dynamo.utils.counters["stats"]["unique_graphs"] > 0  # it ran
+    torch._dynamo.reset()
+    eager, compiled = (load_checkpoint(str(tmp_path / name / "last.pth")) for name in ("eager", "compiled"))
+    for part in ("regressor_model_state_dict", "deform_net_model_state_dict"):
+        assert list(compiled[part]) == list(eager[part])
+        for key in eager[part]:
+            torch.testing.assert_close(compiled[part][key], eager[part][key], rtol=1e-5, atol=1e-7)
