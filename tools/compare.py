@@ -59,9 +59,9 @@ def scores_by_name(path: str) -> dict[str, float]:
 def main(argv: list[str] | None = None) -> dict:
     opt = compare_parser().parse_args(argv)
     check_options(opt, LabelFields)
-    for name, (f, hint) in {**option_hints(TestFields), **option_hints(RunFields)}.items():
-        if name in ("bootstrap", "seed"):  # this tool's own --bootstrap and --seed, as test.py's
-            check_value(f, hint, getattr(opt, name), f"--{name} {getattr(opt, name)}")
+    hints = option_hints(TestFields, RunFields)
+    for name in ("bootstrap", "seed"):  # this tool's own --bootstrap and --seed, checked as test.py's
+        check_value(*hints[name], getattr(opt, name), f"--{name} {getattr(opt, name)}")
     if os.path.realpath(opt.a) == os.path.realpath(opt.b):
         raise AHIQError(f"{opt.a}: given as both A and B; compare the results of two models")
     preset = PRESETS[opt.dataset]
