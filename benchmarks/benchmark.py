@@ -264,7 +264,7 @@ def compiled_step(model, dis: torch.Tensor, ref: torch.Tensor, label: torch.Tens
 
 
 def compiled_speed(args: argparse.Namespace, model, dis: torch.Tensor, ref: torch.Tensor) -> dict:
-    """bf16 scoring with the frozen ViT compiled (test.py --compile_vit) against the same path uncompiled: images/s
+    """bf16 scoring with the model compiled (test.py --compile_model) against the same path uncompiled: images/s
     after the warm-up call (which compiles) and the largest score difference."""
     def run(backend: str | None) -> tuple[float, float, np.ndarray]:  # images/s, seconds of warm-up, scores
         scorer = copy.deepcopy(model).for_scoring(amp_dtype=torch.bfloat16, compile_backend=backend)
@@ -394,7 +394,7 @@ def table(out: dict) -> str:
                     f"({p['speedup']:.2f}x){'; its own rate' + rates if rates else ''} |")
     if "compiled" in out:
         c = out["compiled"]
-        rows.append(f"| test bf16, ViT compiled (--compile_vit; images/s) | {c['bf16_compiled_images_per_s']:.4g} "
+        rows.append(f"| test bf16, compiled (--compile_model; images/s) | {c['bf16_compiled_images_per_s']:.4g} "
                     f"against {c['bf16_images_per_s']:.4g} ({c['compiled_speedup']:.2f}x) after "
                     f"{c['compile_warm_up_s']:.0f} s of warm-up; max abs. deviation {c['max_abs_dev']:.1e} |")
         if "bf16_compiled_step_ms" in c:
@@ -423,7 +423,7 @@ def main(argv: list[str] | None = None, on_section: Callable[[dict], None] = lam
     p.add_argument("--onnx", action="store_true",
                    help="also score the same crops with the model's ONNX export in ONNX Runtime (CPU)")
     p.add_argument("--compile", action="store_true",
-                   help="CUDA: also bf16 scoring with the frozen ViT compiled (test.py --compile_vit)")
+                   help="CUDA: also bf16 scoring and the bf16 step compiled (--compile_model, --compile_mode)")
     p.add_argument("--out", help="also write the results as JSON here")
     args = p.parse_args(argv)
     if args.device.startswith("cuda"):

@@ -286,7 +286,7 @@ def check_agreement(cfg: argparse.Namespace, model=None) -> dict:
         ok.append(out[name]["ok"])
     out["deform"] = deform_errors(cfg.device, 64 if cfg.quick else 768,
                                   ("fp32", "bf16", "fp16") if cfg.device == "cuda" else ("fp32", "bf16"))
-    if cfg.device == "cuda" and not cfg.quick:  # last (it compiles): --compile_vit --amp, held to bf16's bounds
+    if cfg.device == "cuda" and not cfg.quick:  # last (it compiles): --compile_model --amp, held to bf16's bounds
         compiled = copy.deepcopy(model).for_scoring(amp_dtype=torch.bfloat16, compile_backend="inductor")
         out["bf16_compiled"] = judge_precision("bf16", model_outputs(compiled, dis, ref, cfg.device, torch.bfloat16),
                                                fp32)
@@ -432,10 +432,10 @@ GOALS = {"images_per_s": 150, "train_hours": 3.0}  # test.py end to end in bf16;
 
 def check_benchmark(cfg: argparse.Namespace, keep: Callable[[dict], None]) -> dict:
     """The benchmark (20-crop ensemble on 288x288; 1, 4 and 25 distorted images per reference, the baseline
-    measured once; whole test.py processes on 25 images of one reference, fp32 and bf16; last, bf16 scoring with the
-    ViT compiled), with peak memory; each section handed to ``keep`` as it ends. Judged: fast and shared scores equal
-    the baseline's, and the project is faster than the official-style baseline. The goals are judged apart
-    (:func:`judge_goals`)."""
+    measured once; whole test.py processes on 25 images of one reference, fp32 and bf16; last, bf16 scoring and the
+    bf16 step compiled), with peak memory; each section handed to ``keep`` as it ends. Judged: fast and shared
+    scores equal the baseline's, and the project is faster than the official-style baseline. The goals are judged
+    apart (:func:`judge_goals`)."""
     from benchmarks.benchmark import main as benchmark
     args = ["--device", cfg.device, "--images", "25", "--n_ensemble", "20", "--repeats", "2", "--per_reference", "1",
             "4", "25", "--process", "25", "--compile"]

@@ -112,7 +112,7 @@ def scorer_for(cfg: TestConfig | PredictConfig, checkpoint: Checkpoint, policy: 
                amp_dtype: torch.dtype | None, mos_range: tuple[float, float] | None = None) -> Scorer:
     """The scorer of :func:`scoring_checkpoint`, built by the one assembly with the configuration's settings."""
     return build_scorer(checkpoint, backbone_source(cfg), policy, device, cfg.deform_impl, mos_range,
-                        cfg.crops_per_forward, cfg.bn_stats, amp_dtype, cfg.allow_other_backbones, cfg.compile_vit)
+                        cfg.crops_per_forward, cfg.bn_stats, amp_dtype, cfg.allow_other_backbones, cfg.compile_model)
 
 
 def onnx_scorer_for(cfg: TestConfig | PredictConfig, device: str) -> Scorer:
@@ -122,7 +122,7 @@ def onnx_scorer_for(cfg: TestConfig | PredictConfig, device: str) -> Scorer:
     return onnx_scorer(cfg.ckpt, device, cfg.mos_range, crop_size=crop, n_ensemble=cfg.n_ensemble, seed=cfg.seed,
                        random_windows=cfg.random_windows, windows=cfg.windows, batch_size=cfg.batch_size,
                        resize=cfg.resize, size=cfg.size, max_pixels=cfg.max_pixels,
-                       crops_per_forward=cfg.crops_per_forward, bn_stats=cfg.bn_stats, compile_vit=cfg.compile_vit)
+                       crops_per_forward=cfg.crops_per_forward, bn_stats=cfg.bn_stats, compile_model=cfg.compile_model)
 
 
 def save_options(cfg: Entry, phase: str) -> None:

@@ -255,14 +255,14 @@ def training_norm(mos_range: Sequence[float] | None, meta: Mapping[str, Any], pa
 def build_scorer(checkpoint: Checkpoint, source: BackboneSource, policy: WindowPolicy, device: str = "cpu",
                  deform_impl: str = "gemm", mos_range: tuple[float, float] | None = None, crops_per_forward: int = 1,
                  bn_stats: str = "running", amp_dtype: torch.dtype | None = None,
-                 allow_other_backbones: bool = False, compile_vit: bool = False) -> Scorer:
+                 allow_other_backbones: bool = False, compile_model: bool = False) -> Scorer:
     """The one assembly from a checkpoint to a ready :class:`Scorer` (test.py, predict.py, protocol.py,
     :func:`load_scorer` and the hub entry all come here). Random weights (backbones without files, a head without
     a checkpoint) are drawn from ``policy.seed`` as train.py draws them from --seed, so two runs score alike."""
     check_crop(policy.crop, checkpoint.config.patch_size)
     model = build_checkpoint_model(checkpoint, source, deform_impl, policy.seed, allow_other_backbones)
     norm = training_norm(mos_range, meta_of(checkpoint.state or {}), checkpoint.path)
-    model = model.to(device).for_scoring(bn_stats, amp_dtype, "inductor" if compile_vit else None)
+    model = model.to(device).for_scoring(bn_stats, amp_dtype, "inductor" if compile_model else None)
     return Scorer(model, policy, crops_per_forward, bn_stats, norm, checkpoint.path, amp_dtype)
 
 
@@ -272,7 +272,7 @@ def onnx_scorer(path: str, device: str = "cpu", mos_range: tuple[float, float] |
     windows, batches and reference sharing as PyTorch's; the crop size and the training MOS range come from the
     file's metadata. Patch maps and per-call BatchNorm need the PyTorch model."""
     s = api_settings(**settings)
-    torch_only = [f"--{k} {v}" for k, v in (("bn_stats", s["bn_stats"]), ("compile_vit", s["compile_vit"]))
+    torch_only = [f"--{k} {v}" for k, v in (("bn_stats", s["bn_stats"]), ("compile_model", s["compile_model"]))
                   if v != scoring_defaults()[k]]
     if torch_only:
         raise AHIQError(f"{path}: {', '.join(torch_only)} needs the PyTorch model (the export has the running "
@@ -362,7 +362,7 @@ def api_scorer(checkpoint: Checkpoint, source: BackboneSource, device: str, defo
     configure_cuda(device, tf32)
     policy = window_policy(s, s["crop_size"] or checkpoint.config.crop_size)
     scorer = build_scorer(checkpoint, source, policy, device, deform_impl, mos_range, s["crops_per_forward"],
-                          s["bn_stats"], s["amp_dtype"], allow_other_backbones, s["compile_vit"])
+                          s["bn_stats"], s["amp_dtype"], allow_other_backbones, s["compile_model"])
     return mapped(scorer, mapping, allow_other_mapping)
 
 

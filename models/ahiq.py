@@ -211,17 +211,21 @@ class AHIQ(nn.Module):
         BatchNorms folded into their convolutions when running statistics are used (maps use them too), and the
         frozen backbones' convolutions and linear layers stored in ``amp_dtype``, the casts autocast would make at
         every call made once. Scores are unchanged (tests/test_model.py). ``compile_backend`` (e.g. "inductor"):
-        the frozen ViT's forward compiled with ``torch.compile`` (in place: the same parameters and state-dict keys;
-        the first calls of each crop count compile); its scores are judged against the AMP bounds on a GPU
-        (benchmarks/gpu_check.py)."""
+        ``torch.compile`` of the frozen ViT's forward (in place: the same parameters and state-dict keys) and of the
+        fusion (the deformable convolution's sampling fused with its casts, instead of samples written in
+        fp32 and read back); the first calls of each crop count compile; the scores are judged against the AMP
+        bounds on a GPU (benchmarks/gpu_check.py)."""
         self.eval()
         if bn_stats == "running" and self.cnn is not None:
             fold_batch_norms(self.cnn)
         if amp_dtype is not None:
             for net in filter(None, (self.vit, self.cnn)):
                 cast_products(net, amp_dtype)
-        if compile_backend is not None and self.vit is not None:
-            self.vit.compile(backend=compile_backend)
+        if compile_backend is not None:
+            if self.vit is not None:
+                self.vit.compile(backend=compile_backend)
+            if self.deform_net is not None:
+                self.deform_net.fuse = torch.compile(self.deform_net.fuse, backend=compile_backend)
         return self
 
     def trainable_parts(self) -> dict[str, nn.Module]:

@@ -276,21 +276,24 @@ def test_frozen_weights_cast_once_score_as_autocast_casts_them(tiny_factory):
 
 
 def test_a_compiled_vit_scores_as_the_eager_one(tiny_factory, tiny_ckpt):
-    """--compile_vit: the frozen ViT compiled in place (torch.compile; here the aot_eager backend, which captures the
-    same graph the GPU's inductor compiles) gives the eager scores, with the same parameters and state-dict keys;
-    the option reaches the scorer through the one assembly, and an ONNX export refuses it."""
+    """--compile_model: the frozen ViT compiled in place and the fusion compiled (torch.compile; here the
+    aot_eager backend, which captures the graphs the GPU's inductor compiles) give the eager scores, with the same
+    parameters and state-dict keys; the option reaches the scorer through the one assembly, and an ONNX export
+    refuses it."""
     import copy
 
     from engine.scorer import load_scorer
     model = tiny_factory(8)
     compiled = copy.deepcopy(model).for_scoring(compile_backend="aot_eager")
     assert list(compiled.vit.state_dict()) == list(model.vit.state_dict())
+    assert list(compiled.deform_net.state_dict()) == list(model.deform_net.state_dict())
     dis, ref = torch.rand(3, 4, 3, 32, 32), torch.rand(3, 4, 3, 32, 32)
     eager = score_crops(copy.deepcopy(model).for_scoring(), dis, ref, 5).scores
     torch.testing.assert_close(score_crops(compiled, dis, ref, 5).scores, eager, rtol=1e-6, atol=0)
     torch._dynamo.reset()
-    on, off = (load_scorer(tiny_ckpt, pretrained=False, compile_vit=c) for c in (True, False))
+    on, off = (load_scorer(tiny_ckpt, pretrained=False, compile_model=c) for c in (True, False))
     assert on.model.vit._compiled_call_impl is not None and off.model.vit._compiled_call_impl is None
+    assert "fuse" in vars(on.model.deform_net) and "fuse" not in vars(off.model.deform_net)
     assert on.weights() == off.weights()
-    with pytest.raises(AHIQError, match="--compile_vit True needs the PyTorch model"):
-        load_scorer("model.onnx", backend="onnxruntime", compile_vit=True)
+    with pytest.raises(AHIQError, match="--compile_model True needs the PyTorch model"):
+        load_scorer("model.onnx", backend="onnxruntime", compile_model=True)
