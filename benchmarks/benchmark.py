@@ -242,14 +242,14 @@ def measure(args: argparse.Namespace, model, baseline, dis: torch.Tensor, ref: t
 
 
 def compiled_step(model, dis: torch.Tensor, ref: torch.Tensor, label: torch.Tensor, repeats: int,
-                  device: str = "cuda") -> dict:
+                  device: str = "cuda", backend: str = "inductor") -> dict:
     """The bf16 training step with the model's forward compiled as train.py --compile_mode reduce-overhead compiles
     it (CUDA graphs), against the same step uncompiled: ms a step after the warm-up calls (which compile)."""
     out = {}
     for name, mode in (("bf16_step_ms", None), ("bf16_compiled_step_ms", "reduce-overhead")):
         net = copy.deepcopy(model).train()
         if mode:
-            net.compile(mode=mode)
+            net.compile(mode=mode, backend=backend) if backend == "inductor" else net.compile(backend=backend)
 
         def forward(d, r, net=net):
             with torch.autocast(device.split(":")[0], dtype=torch.bfloat16):
@@ -263,7 +263,8 @@ def compiled_step(model, dis: torch.Tensor, ref: torch.Tensor, label: torch.Tens
     return out
 
 
-def compiled_speed(args: argparse.Namespace, model, dis: torch.Tensor, ref: torch.Tensor) -> dict:
+def compiled_speed(args: argparse.Namespace, model, dis: torch.Tensor, ref: torch.Tensor,
+                   backend: str = "inductor") -> dict:
     """bf16 scoring with the model compiled (test.py --compile_model) against the same path uncompiled: images/s
     after the warm-up call (which compiles) and the largest score difference."""
     def run(backend: str | None) -> tuple[float, float, np.ndarray]:  # images/s, seconds of warm-up, scores
@@ -273,7 +274,7 @@ def compiled_speed(args: argparse.Namespace, model, dis: torch.Tensor, ref: torc
                           args.device, args.repeats)
         return args.images / t, time.perf_counter() - start - t * args.repeats, scores
 
-    (rate, _, scores), (compiled_rate, warm_up, compiled_scores) = run(None), run("inductor")
+    (rate, _, scores), (compiled_rate, warm_up, compiled_scores) = run(None), run(backend)
     return {"bf16_images_per_s": rate, "bf16_compiled_images_per_s": compiled_rate,
             "compiled_speedup": compiled_rate / rate, "compile_warm_up_s": warm_up,
             "max_abs_dev": float(np.max(np.abs(compiled_scores - scores)))}
