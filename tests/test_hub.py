@@ -201,3 +201,20 @@ def test_a_command_line_name_given_to_the_api_is_named_with_its_python_spelling(
     from engine.scorer import load_scorer
     with pytest.raises(AHIQError, match=r"unknown scoring setting\(s\) no_pretrained \(in Python: pretrained=False\)"):
         load_scorer(checkpoints_dir=str(tmp_path), no_pretrained=True)  # named before the missing run folder
+
+
+def test_the_api_builds_no_parser(tiny_ckpt, monkeypatch):
+    """load_scorer and its settings come from the option definitions, not from a command line: no ArgumentParser
+    is made (a refused setting is named from the same definitions)."""
+    import argparse
+
+    from engine.scorer import load_scorer
+
+    def refuse(*args, **kwargs):
+        raise AssertionError("the API built an ArgumentParser")
+
+    monkeypatch.setattr(argparse.ArgumentParser, "__init__", refuse)
+    scorer = load_scorer(tiny_ckpt, pretrained=False, n_ensemble=3, crop_size=32)
+    assert scorer.policy.n == 3 and scorer.crop_size == 32
+    with pytest.raises(AHIQError, match="n_ensemble=0: expected at least 1"):
+        load_scorer(tiny_ckpt, pretrained=False, n_ensemble=0)
