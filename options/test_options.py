@@ -60,9 +60,9 @@ class ScoringFields:
                                       "statistics of each model call, as the released test.py computed them "
                                       "(batches of --batch_size in list order, per crop index; see docs/fidelity.md)",
                            choices=BN_STATS)
-    compile_model: bool = option(False, "torch.compile the frozen ViT and the deformable fusion for scoring "
-                                        "(a GPU's first batches compile them, about a minute; the scores stay within "
-                                        "the --amp bounds: benchmarks/gpu_check.py measures both)", policy=FREE)
+    compile_model: bool = option(False, "torch.compile the frozen ViT and the deformable fusion for scoring (the "
+                                        "first batch of each crop count compiles them; benchmarks/gpu_check.py judges "
+                                        "the scores against the --amp bounds and measures the speed)", policy=FREE)
 
 
 @dataclass(frozen=True, kw_only=True)
