@@ -450,6 +450,8 @@ def check_test(cfg: argparse.Namespace, data: str, folder: str) -> dict:
     return out
 
 
+WHEN_TIME_ALLOWS = {"compiled"}  # last, measured with the time the others leave: cut by the deadline, it is reported
+# (with the parts it kept), not failed; finished outside its bounds, it fails as any check does
 GOALS = {"images_per_s": 150, "train_hours": 3.0}  # test.py end to end in bf16; 200 PIPAL epochs of bf16 steps
 
 
@@ -623,7 +625,8 @@ def main(argv: list[str] | None = None) -> int:
         signal.signal(signal.SIGTERM, before)
         shutil.rmtree(folder, ignore_errors=True)
     print(f"done in {results['seconds']:.0f} s; written: {cfg.out}")
-    return 0 if all(r.get("ok") for r in results["checks"].values()) else 1
+    return 0 if all(r.get("ok") or (name in WHEN_TIME_ALLOWS and r.get("timed_out"))
+                    for name, r in results["checks"].items()) else 1
 
 
 if __name__ == "__main__":

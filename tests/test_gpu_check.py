@@ -76,6 +76,9 @@ def test_at_the_deadline_a_run_keeps_its_numbers_kills_its_children_and_removes_
     assert not os.path.exists(folder) and not os.path.exists(leftover) and not _own_processes(folder)
     lines = capsys.readouterr().out.splitlines()
     assert any(x.strip().startswith("train") and "TIMED OUT" in x for x in lines), lines
+    # the compiled paths are measured with the time the others leave: cut, they are reported, not failed
+    code = gpu_check.main(["--allow_cpu", "--quick", "--only", "compiled", "--deadline", "1", "--out", str(out)])
+    assert code == 0 and json.loads(out.read_text())["checks"]["compiled"]["timed_out"]
 
 
 def test_a_benchmark_cut_by_the_deadline_keeps_the_sections_it_finished(tmp_path, monkeypatch, capsys):
