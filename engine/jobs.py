@@ -39,7 +39,7 @@ def shard(dataset: PairDataset, indices: list[int], scorer: Scorer, info: DistIn
     """This process's share of ``indices`` (see the module's docstring)."""
     if info.world_size == 1:
         return list(indices)
-    if scorer.bn_stats == "batch" or scorer.policy.official:
+    if scorer.bn_stats == "batch" or dataset.policy.official:  # the policy the crops come from
         blocks = [indices[i:i + batch_size] for i in range(0, len(indices), batch_size)]
         return [i for block in blocks[info.rank::info.world_size] for i in block]
     return reference_shards(indices, dataset.reference_key, info.world_size)[info.rank]
