@@ -50,6 +50,18 @@ def test_any_json_value_in_a_saved_configuration_is_a_one_line_error_or_valid(tm
         assert "\n" not in str(err)
 
 
+@settings(max_examples=200, deadline=None)
+@given(key=st.sampled_from(sorted(test_options.scoring_options())), value=JSON)
+def test_any_value_of_an_api_setting_is_a_one_line_error_or_taken(key, value):
+    """The API's settings go through the options' one checker: whatever Python value a caller passes, it is taken
+    as it is or refused in one line naming the setting (never a TypeError from deep inside)."""
+    from engine.scorer import api_settings
+    try:
+        assert api_settings(**{key: value})[key] == value
+    except AHIQError as err:
+        assert "\n" not in str(err) and str(err).startswith(f"{key}=")
+
+
 @pytest.mark.parametrize("key, value, message", [
     ("crop_size", 32.0, r"'crop_size' is 32\.0 \(a number\): expected an integer.*--crop_size"),
     ("num_workers", None, r"'num_workers' is null \(null\): expected a value"),
