@@ -248,8 +248,8 @@ def compiled_step(model, dis: torch.Tensor, ref: torch.Tensor, label: torch.Tens
     out = {}
     for name, mode in (("bf16_step_ms", None), ("bf16_compiled_step_ms", "reduce-overhead")):
         net = copy.deepcopy(model).train()
-        if mode:
-            net.compile(mode=mode, backend=backend) if backend == "inductor" else net.compile(backend=backend)
+        if mode:  # the mode is inductor's (aot_eager, where gpu_check tests itself on the CPU, has none)
+            net.compile(backend=backend, **({"mode": mode} if backend == "inductor" else {}))
 
         def forward(d, r, net=net):
             with torch.autocast(device.split(":")[0], dtype=torch.bfloat16):

@@ -26,7 +26,7 @@ from models.tiny import TINY_RESNET, TINY_VIT
 from models.weights import weight_files
 from utils.checkpoint import load_checkpoint, load_head_weights, meta_of
 from utils.errors import AHIQError
-from utils.values import expected
+from utils.values import expected, hint_of
 
 CHOICES = {"fusion": FUSIONS, "branches": BRANCHES, "pooling": POOLINGS}
 
@@ -69,8 +69,7 @@ class ModelConfig:
         are timm model names (never a hub location a file could choose: "hf-hub:...")."""
         for f in dataclasses.fields(self):
             value = getattr(self, f.name)
-            problem = expected(eval(f.type, {}), value, CHOICES.get(f.name),  # noqa: S307 - builtins only
-                               minimum=1 if f.type == "int" else None)
+            problem = expected(hint_of(f), value, CHOICES.get(f.name), minimum=1 if f.type == "int" else None)
             if problem is None and f.name.endswith("_name") and value is not None and (":" in value or "/" in value):
                 problem = "a timm model name"
             if problem:

@@ -33,6 +33,7 @@ from utils.device import AMP_DTYPES, default_gpu_ids, default_workers, missing_g
 from utils.errors import AHIQError
 from utils.files import read_text
 from utils.values import expected as expected_value
+from utils.values import hint_of
 
 
 def option(default: Any = None, help: str = "", *, policy: str = RESULT, choices: Sequence | None = None,
@@ -316,6 +317,10 @@ def freeze(cls: type[RunConfig], values: Mapping[str, Any]) -> RunConfig:
     return cls(**{k: tuple(v) if isinstance(v, list) else v for k, v in values.items() if k in names})
 
 
+JSON_KINDS = {bool: "true/false", int: "an integer", float: "a number", str: "a string", list: "a list",
+              dict: "an object", type(None): "null"}  # what a saved configuration's value is, in words
+
+
 def parse_with_config(cls: type[RunConfig], argv: list[str] | None) -> argparse.Namespace:
     """Parse ``argv``; with ``--config FILE`` (a saved ``opt_*.json``) its values are the defaults, so every option
     given on the command line overrides it. ``ONCE`` options and saved options this parser lacks are ignored."""
@@ -343,8 +348,7 @@ def parse_with_config(cls: type[RunConfig], argv: list[str] | None) -> argparse.
         given_then = saved.get("switches_given")  # files written before it hold None for a switch not given
         hints = option_hints(cls)
         for key, value in values.items():
-            kind = {bool: "true/false", int: "an integer", float: "a number", str: "a string", list: "a list",
-                    dict: "an object", type(None): "null"}.get(type(value), type(value).__name__)
+            kind = JSON_KINDS.get(type(value), type(value).__name__)
             check_value(*hints[key], value, f"{config}: {key!r} is {json.dumps(value)} ({kind})",
                         f"; fix the file or give --{key} on the command line")
         parser.set_defaults(**values)
@@ -379,12 +383,6 @@ def check_value(f: dataclasses.Field, hint: Any, value: Any, where: str, fix: st
     problem = expected(f, hint, value)
     if problem:
         raise AHIQError(f"{where}: expected {problem}{fix}")
-
-
-def hint_of(f: dataclasses.Field) -> Any:
-    """An option's annotation as a type (options are annotated with builtins only: ``int``, ``str | None``,
-    ``tuple[int, ...]``)."""
-    return eval(f.type, {}) if isinstance(f.type, str) else f.type  # noqa: S307 - our own source's annotations
 
 
 @functools.cache

@@ -2,6 +2,7 @@
 options' checker (options/base_options.py) and a checkpoint's model settings (models/config.py)."""
 from __future__ import annotations
 
+import dataclasses
 import math
 import typing
 from collections.abc import Sequence
@@ -9,6 +10,12 @@ from typing import Any
 
 KINDS = {bool: "true or false", int: "an integer", float: "a finite number", str: "a string"}
 LISTS = {bool: "true/false values", int: "integers", float: "finite numbers", str: "strings"}
+
+
+def hint_of(f: dataclasses.Field) -> Any:
+    """A dataclass field's annotation as a type (the options and ModelConfig are annotated with builtins only:
+    ``int``, ``str | None``, ``tuple[int, ...]``; under ``from __future__ import annotations`` they are strings)."""
+    return eval(f.type, {}) if isinstance(f.type, str) else f.type  # noqa: S307 - our own source's annotations
 
 
 def _is(kind: type, value: Any) -> bool:
