@@ -25,9 +25,10 @@ TINY_ARGS = ["--vit_name", TINY_VIT[8], "--resnet_name", TINY_RESNET, "--head_wi
 
 LISTS = Path(__file__).resolve().parents[1] / "data" / "lists"  # the published PIPAL lists, shipped
 FIXTURES = Path(__file__).resolve().parents[2] / "shared" / "fixtures"  # real KADID-10k images (not shipped)
-if os.environ.get("PYTEST_XDIST_WORKER"):  # run_tests.sh runs one worker per core: one thread each, subprocesses too
-    os.environ["OMP_NUM_THREADS"] = "1"
-    torch.set_num_threads(1)
+# One thread per test process, subprocesses too: run_tests.sh runs one worker per core, and tests/forks.py forks entry
+# points, which hangs a child of a process whose OpenMP ran with several threads.
+os.environ["OMP_NUM_THREADS"] = "1"
+torch.set_num_threads(1)
 if not FIXTURES.is_dir():  # a clone laid out elsewhere: the fixtures may sit beside the repository
     FIXTURES = Path(os.environ.get("AHIQ_FIXTURES", FIXTURES))
 

@@ -1,6 +1,6 @@
-"""Helper run by tests/test_train.py, alone or under torchrun: validates a checkpoint with train.py's own
-sharded validation and writes the gathered predictions and metrics (rank 0) to a JSON file. With STOP_RANK=R in the
-environment, rank R alone is asked to stop at its first batch: every rank must then stop (each writes
+"""Helper run by tests/test_train.py, alone or as the ranks of a job (tests/forks.py): validates a checkpoint with
+train.py's own sharded validation and writes the gathered predictions and metrics (rank 0) to a JSON file. With
+STOP_RANK=R in the environment, rank R alone is asked to stop at its first batch: every rank must then stop (each writes
 ``{out_file}.rank{r}``) instead of waiting for the others in a collective."""
 from __future__ import annotations
 
@@ -18,7 +18,9 @@ from options.train_options import parse_train_options
 from utils.distributed import init_distributed, shutdown
 
 
-def main(out_file: str, ckpt: str, argv: list[str]) -> None:
+def main(argv: list[str] | None = None) -> None:
+    """``OUT_FILE CKPT TRAIN_ARGS...`` (``sys.argv[1:]`` by default)."""
+    out_file, ckpt, *argv = sys.argv[1:] if argv is None else argv
     opt = parse_train_options(argv)
     info = init_distributed(device_of(opt), opt.gpu_list)
     config = train.run_config(opt, None).config
@@ -44,4 +46,4 @@ def main(out_file: str, ckpt: str, argv: list[str]) -> None:
 
 if __name__ == "__main__":
     torch.set_num_threads(1)
-    main(sys.argv[1], sys.argv[2], sys.argv[3:])
+    main()

@@ -4,7 +4,6 @@ continues with --resume to the results of an uninterrupted one; recorded progres
 from __future__ import annotations
 
 import signal
-import subprocess
 import sys
 import time
 from pathlib import Path
@@ -15,6 +14,7 @@ import pytest
 import predict
 import test as test_entry
 from tests.conftest import make_pipal_set, run_to_exit
+from tests.forks import Forked, run_ranks
 from tests.test_distributed import _shell_env
 from utils.errors import AHIQError, Interrupted
 
@@ -40,10 +40,9 @@ def test_two_processes_score_what_one_process_scores(tmp_path, tiny_ckpt):
                          "batch"]}
     for kind, extra in runs.items():
         test_entry.main(_args(data, tiny_ckpt, tmp_path, f"{kind}_1", *extra))
-        proc = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
-                               "test.py", *_args(data, tiny_ckpt, tmp_path, f"{kind}_2", *extra)], cwd=REPO,
-                              env=_shell_env(), capture_output=True, text=True, timeout=300)
-        assert proc.returncode == 0 and "2 processes" in proc.stderr, proc.stderr[-3000:]
+        log = tmp_path / f"{kind}_2.log"  # two ranks of one job, as torchrun starts them (tests/forks.py)
+        assert run_ranks("test", _args(data, tiny_ckpt, tmp_path, f"{kind}_2", *extra), log) == 0, log.read_text()
+        assert "2 processes" in log.read_text()
         names1, scores1 = _rows(tmp_path / f"{kind}_1" / "results.txt")
         names2, scores2 = _rows(tmp_path / f"{kind}_2" / "results.txt")
         assert names2 == names1 == data["names"]  # every image once, in list order
@@ -55,10 +54,8 @@ def test_two_processes_score_what_one_process_scores(tmp_path, tiny_ckpt):
     common = ["--dis_dir", data["dis"], "--ref_dir", data["ref"], "--ckpt", tiny_ckpt, "--crop_size", "32",
               "--no_pretrained", "--gpu_ids", "-1", "--num_workers", "0", "--n_ensemble", "12"]
     predict.main([*common, "--csv", str(tmp_path / "predict_1.csv")])
-    proc = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
-                           "predict.py", *common, "--csv", str(tmp_path / "predict_2.csv")], cwd=REPO,
-                          env=_shell_env(), capture_output=True, text=True, timeout=300)
-    assert proc.returncode == 0, proc.stderr[-3000:]
+    log = tmp_path / "predict_2.log"
+    assert run_ranks("predict", [*common, "--csv", str(tmp_path / "predict_2.csv")], log) == 0, log.read_text()
     one, two = ((tmp_path / f"predict_{n}.csv").read_text().splitlines() for n in (1, 2))
     assert [r.split(",")[:2] for r in two] == [r.split(",")[:2] for r in one] and len(one) == 13
     np.testing.assert_allclose([float(r.split(",")[2]) for r in two[1:]], [float(r.split(",")[2]) for r in one[1:]],
@@ -74,9 +71,8 @@ def test_a_stopped_scoring_run_continues_with_resume(tmp_path, tiny_ckpt):
     extra = ("--n_ensemble", "12", "--batch_size", "3")
     full = test_entry.main(_args(data, tiny_ckpt, tmp_path, "full", *extra))
     log = tmp_path / "stopped.log"
-    with open(log, "w") as f:  # with DataLoader workers (they ignore SIGTERM: the job ends them)
-        proc = subprocess.Popen([sys.executable, "test.py", *_args(data, tiny_ckpt, tmp_path, "stopped", *extra),
-                                 "--num_workers", "2"], cwd=REPO, stdout=f, stderr=subprocess.STDOUT, env=_shell_env())
+    # test.py forked (tests/forks.py), with DataLoader workers (they ignore SIGTERM: the job ends them)
+    proc = Forked("test", [*_args(data, tiny_ckpt, tmp_path, "stopped", *extra), "--num_workers", "2"], log)
     deadline = time.time() + 120
     while "scoring 20 images" not in log.read_text() and proc.poll() is None and time.time() < deadline:
         time.sleep(0.01)
@@ -132,10 +128,7 @@ def test_a_stopped_predict_run_with_csv_continues_with_resume(tmp_path, tiny_ckp
               "--no_pretrained", "--gpu_ids", "-1", "--num_workers", "0", "--n_ensemble", "12", "--batch_size", "3"]
     predict.main([*common, "--csv", str(tmp_path / "full.csv")])
     log = tmp_path / "stopped.log"
-    with open(log, "w") as f:
-        proc = subprocess.Popen([sys.executable, "predict.py", *common, "--csv", str(tmp_path / "stopped.csv"),
-                                 "--num_workers", "2"], cwd=REPO, stdout=f, stderr=subprocess.STDOUT,
-                                env=_shell_env())
+    proc = Forked("predict", [*common, "--csv", str(tmp_path / "stopped.csv"), "--num_workers", "2"], log)
     deadline = time.time() + 120
     while "scoring" not in log.read_text().split("pairs:")[-1] and proc.poll() is None and time.time() < deadline:
         time.sleep(0.01)

@@ -23,6 +23,7 @@ from benchmarks.gpu_check import job_pids
 from engine.loop import train_one_epoch
 from tests import ddp_validate
 from tests.conftest import heads_of, list_dataset, make_pipal_set, run_to_exit, train_args
+from tests.forks import Forked, run_ranks
 from utils.checkpoint import load_checkpoint
 from utils.errors import AHIQError
 
@@ -86,8 +87,7 @@ def test_existing_run_is_never_overwritten(train_sets, two_epoch_run):
 def _sigterm_when(args: list[str], marker: str, tmp_path) -> str:
     """train.py ARGS, SIGTERM once ``marker`` shows in its output; it must exit with 3. Returns the output."""
     err = tmp_path / "stderr.txt"
-    with open(err, "w") as f:
-        proc = subprocess.Popen([sys.executable, "train.py", *args], cwd=REPO, stderr=f, stdout=f)
+    proc = Forked("train", args, err)  # train.py forked from this process (tests/forks.py)
     deadline = time.time() + 240
     while marker not in err.read_text() and time.time() < deadline and proc.poll() is None:
         time.sleep(0.05)
@@ -217,12 +217,10 @@ def test_torchrun_validation_equals_one_process(train_sets, tmp_path, two_epoch_
     args[args.index("--val_dis_path") + 1] = str(tmp_path / "val5" / "dis")
     ckpt = str(two_epoch_run / "last.pth")
     runs = {}
-    ddp_validate.main(str(tmp_path / "val_1.json"), ckpt, args)  # one process: no process group, in this one
+    ddp_validate.main([str(tmp_path / "val_1.json"), ckpt, *args])  # one process: no process group, in this one
     runs[1] = json.loads((tmp_path / "val_1.json").read_text())
-    proc = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
-                           "tests/ddp_validate.py", str(tmp_path / "val_2.json"), ckpt, *args], cwd=REPO,
-                          capture_output=True, text=True, timeout=300, env={**os.environ, "PYTHONPATH": str(REPO)})
-    assert proc.returncode == 0, proc.stderr[-3000:]
+    log = tmp_path / "val_2.log"  # two ranks of one job, as torchrun starts them (tests/forks.py)
+    assert run_ranks("tests.ddp_validate", [str(tmp_path / "val_2.json"), ckpt, *args], log) == 0, log.read_text()
     runs[2] = json.loads((tmp_path / "val_2.json").read_text())
     one, two = runs[1], runs[2]
     assert two["world_size"] == 2 and two["rank0_shard"] == [0, 1, 4, 5]  # whole references: A0000 and A0002
@@ -242,11 +240,10 @@ def test_a_stop_seen_by_one_rank_during_validation_stops_every_rank(train_sets, 
     (they agree before gathering) instead of rank 0 waiting in the gather while rank 1 waits at the stop's barrier."""
     args = train_args(train_sets, tmp_path, "ddp_stop")
     out = tmp_path / "stop.json"
-    proc = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
-                           "tests/ddp_validate.py", str(out), str(two_epoch_run / "last.pth"), *args], cwd=REPO,
-                          capture_output=True, text=True, timeout=120,  # a hang waits for gloo's 30 min
-                          env={**os.environ, "PYTHONPATH": str(REPO), "STOP_RANK": "1"})
-    assert proc.returncode == 0, proc.stderr[-3000:]
+    log = tmp_path / "stop.log"  # a hang would wait for gloo's timeout: run_ranks's ends it first
+    code = run_ranks("tests.ddp_validate", [str(out), str(two_epoch_run / "last.pth"), *args], log, timeout=120,
+                     env={"STOP_RANK": "1"})
+    assert code == 0, log.read_text()
     assert [json.loads(Path(f"{out}.rank{r}").read_text())["stopped"] for r in (0, 1)] == [True, True]
     assert not out.exists()
 
