@@ -2,11 +2,12 @@
 --nproc_per_node=N train.py ARGS`` without a new interpreter. A new interpreter spends ~5 s importing torch, timm and
 torchvision on the machines this suite runs on (2 cores); a fork starts in milliseconds with everything imported.
 
-What a child runs is what the script runs: ``utils.errors.run_cli(module.main)`` with ``sys.argv`` set, its own
-session (signals reach it alone), stdout and stderr to a log file, its exit code that of ``run_cli``. Ranks get the
-environment torchrun gives (``RANK``, ``WORLD_SIZE``, ``LOCAL_RANK``, ``LOCAL_WORLD_SIZE``, ``MASTER_ADDR``,
-``MASTER_PORT``), so the process group is made by the same code over the same backend (gloo). What only torchrun
-does (forwarding a signal to its workers, ending the others when one fails) stays tested through torchrun itself.
+What a child runs is what the script runs: ``utils.errors.run_cli(module.main)`` with ``sys.argv`` set, in its own
+session (signals reach it alone), in the repository, stdout and stderr to a log file; its exit code is that of
+``run_cli``. Ranks get the environment torchrun gives (``RANK``, ``WORLD_SIZE``, ``LOCAL_RANK``,
+``LOCAL_WORLD_SIZE``, ``MASTER_ADDR``, ``MASTER_PORT``), so the process group is made by the same code over the same
+backend (gloo). What only torchrun or a new interpreter does (forwarding a signal to the workers, ending the others
+when one fails, the interpreter's exit clean-up) stays tested through them.
 
 Forking is safe here because the suite computes on one thread per process (tests/conftest.py): a process that forks
 after OpenMP ran with several threads leaves its children waiting on threads that do not exist.
@@ -23,6 +24,8 @@ import time
 from pathlib import Path
 
 import torch
+
+REPO = Path(__file__).resolve().parents[1]
 
 
 class Forked:
@@ -42,6 +45,7 @@ class Forked:
             code = 1
             try:
                 os.setsid()
+                os.chdir(REPO)
                 out = open(log, "a", buffering=1)
                 os.dup2(out.fileno(), 1)
                 os.dup2(out.fileno(), 2)
@@ -108,14 +112,12 @@ def ranks(module: str, args: list[str], log: Path, nproc: int = 2, env: dict[str
 
 def run_ranks(module: str, args: list[str], log: Path, nproc: int = 2, timeout: float = 300,
               env: dict[str, str] | None = None) -> int:
-    """Run a job of ``nproc`` forked ranks to its end: its exit code. As torchrun, a rank that fails ends the others
-    (they would wait at their next collective) and its code is the job's."""
+    """Run a job of ``nproc`` forked ranks to its end: its exit code (the first failing rank's). Every rank must end
+    by itself within ``timeout`` seconds (torchrun would end the others when one fails; waiting for them shows a
+    rank left waiting in a collective)."""
     procs, end = ranks(module, args, log, nproc, env), time.monotonic() + timeout
     try:
         while any(p.poll() is None for p in procs):
-            failed = next((p.returncode for p in procs if p.returncode), None)
-            if failed is not None:
-                return failed
             if time.monotonic() > end:
                 raise TimeoutError(f"{module} {' '.join(args)[:200]}: still running after {timeout:g} s; "
                                    f"{log}: {log.read_text()[-2000:]}")

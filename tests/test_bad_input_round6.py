@@ -9,7 +9,6 @@ import os
 import re
 import shutil
 import subprocess
-import sys
 from pathlib import Path
 
 import numpy as np
@@ -22,7 +21,7 @@ from data.score_mapping import Mapping
 from engine.jobs import Progress
 from engine.scorer import load_scorer
 from tests.conftest import make_pipal_set
-from tests.test_distributed import _shell_env
+from tests.forks import run_ranks
 from utils.distributed import DistInfo
 from utils.errors import AHIQError
 
@@ -82,23 +81,23 @@ def test_backbone_records_edited_or_deleted(tmp_path, tiny_ckpt, caplog):
 
 @pytest.mark.slow
 def test_a_damaged_image_in_a_list_scored_by_two_processes_is_one_line(tmp_path, tiny_ckpt):
-    """torchrun --nproc_per_node 2: a truncated image of the list is named in one line, before any scoring, and
+    """Two ranks of one job: a truncated image of the list is named in one line, before any scoring, and
     the job ends (no rank left waiting in a collective)."""
     data = make_pipal_set(tmp_path / "set", n_refs=2, n_dis=3, size=(40, 40), seed=2)
     damaged = Path(data["dis"]) / data["names"][4]
     damaged.write_bytes(damaged.read_bytes()[:100])
-    proc = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
-                           "test.py", "--test_ref_path", data["ref"], "--test_dis_path", data["dis"], "--test_list",
-                           data["list"], "--ckpt", tiny_ckpt, "--crop_size", "32", "--no_pretrained", "--gpu_ids",
-                           "-1", "--num_workers", "0", "--checkpoints_dir", str(tmp_path), "--name", "run",
-                           "--n_ensemble", "2"],
-                          cwd=REPO, env=_shell_env(), capture_output=True, text=True, timeout=300)
-    assert proc.returncode != 0
-    errors = sorted(re.findall(r"error: [^\n]*", proc.stderr))  # a progress bar may stand before one on its line
-    assert len(errors) == 2, proc.stderr[-3000:]  # one line per process: the cause, and the other one stopping
+    log = tmp_path / "job.log"  # two ranks of one job, as torchrun starts them (tests/forks.py)
+    code = run_ranks("test", ["--test_ref_path", data["ref"], "--test_dis_path", data["dis"], "--test_list",
+                              data["list"], "--ckpt", tiny_ckpt, "--crop_size", "32", "--no_pretrained", "--gpu_ids",
+                              "-1", "--num_workers", "0", "--checkpoints_dir", str(tmp_path), "--name", "run",
+                              "--n_ensemble", "2"], log, timeout=120)  # each rank ends by itself
+    text = log.read_text()
+    assert code != 0
+    errors = sorted(re.findall(r"error: [^\n]*", text))  # a progress bar may stand before one on its line
+    assert len(errors) == 2, text[-3000:]  # one line per process: the cause, and the other one stopping
     assert f"{data['names'][4]}: cannot be decoded as an image" in errors[0], errors
     assert "another process of this job failed (its error is printed above)" in errors[1], errors
-    assert "[rank" not in proc.stderr, proc.stderr[-3000:]  # no rank's traceback (torchrun's own summary stays)
+    assert "Traceback" not in text, text[-3000:]  # no rank's traceback
     assert not (tmp_path / "run" / "results.txt").exists()
 
 

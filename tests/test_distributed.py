@@ -21,6 +21,7 @@ import train
 from engine.loop import train_one_epoch
 from options.train_options import parse_train_options
 from tests.conftest import TINY_ARGS, list_dataset, make_pipal_set, run_to_exit
+from tests.forks import run_ranks
 from utils.checkpoint import load_checkpoint
 from utils.distributed import DistInfo, backend_for, rank_device, reduce_step
 from utils.errors import AHIQError
@@ -213,8 +214,8 @@ def test_sigterm_from_torchrun_saves_last_and_resumes_exactly(tmp_path):
             return subprocess.Popen(["sh", "train.sh", *common, "--name", name, *extra], cwd=REPO, env=env,
                                     stdout=f, stderr=subprocess.STDOUT, start_new_session=True), log
 
-    full, full_log = launch("full")
-    assert full.wait(timeout=600) == 0, full_log.read_text()[-3000:]
+    full_log = tmp_path / "full.log"  # the uninterrupted run: two forked ranks (tests/forks.py), the same DDP job
+    assert run_ranks("train", [*common, "--name", "full"], full_log, timeout=600) == 0, full_log.read_text()[-3000:]
     stopped, log = launch("stopped")
     deadline = time.time() + 300
     while "loss=" not in log.read_text() and time.time() < deadline and stopped.poll() is None:

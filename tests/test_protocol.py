@@ -7,7 +7,6 @@ import csv
 import json
 import os
 import signal
-import subprocess
 import sys
 import time
 
@@ -20,6 +19,7 @@ import test as test_script
 import train
 from engine.scorer import load_scorer
 from tests.conftest import TINY_ARGS, make_fr_dataset, run_to_exit
+from tests.forks import Forked
 from tests.test_distributed import _shell_env
 from utils.errors import AHIQError
 
@@ -308,9 +308,7 @@ def test_parallel_splits_stopped_by_sigterm_continue_where_they_stopped(data_roo
                    "--parallel", "2")
     run = tmp_path / "par"
     log = tmp_path / "par.log"
-    with open(log, "w") as f:
-        proc = subprocess.Popen([sys.executable, "protocol.py", *args], cwd=protocol.REPO, stdout=f,
-                                stderr=subprocess.STDOUT, env=_shell_env())
+    proc = Forked("protocol", args, log)  # protocol.py forked from this process (tests/forks.py)
     consoles = [run / "logs" / "baseline_split_0.txt", run / "logs" / "fusion=conv_split_0.txt"]
     deadline = time.time() + 240
     while not all(c.is_file() and "loss=" in c.read_text() for c in consoles) and time.time() < deadline \

@@ -5,8 +5,6 @@ from __future__ import annotations
 import json
 import os
 import shutil
-import subprocess
-import sys
 import warnings
 from pathlib import Path
 
@@ -19,6 +17,7 @@ import test as test_entry
 from data.datasets import read_csv_labels
 from engine.scorer import load_scorer
 from tests.conftest import make_pipal_set
+from tests.forks import Forked
 from utils.checkpoint import save_weights
 from utils.errors import AHIQError
 from utils.files import Lock
@@ -201,14 +200,15 @@ def test_sigterm_during_maps_says_what_was_finished(tmp_path, tiny_ckpt):
 
     data = make_pipal_set(tmp_path / "many", n_refs=1, n_dis=40, size=(40, 40), seed=2)
     maps = tmp_path / "maps"
-    proc = subprocess.Popen([sys.executable, "predict.py", "--dis_dir", data["dis"], "--ref", os.path.join(
-        data["ref"], "A0000.bmp"), "--maps", str(maps), "--batch_size", "1", *_predict(tiny_ckpt)[0:]],
-        cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    log = tmp_path / "predict.log"  # predict.py forked from this process (tests/forks.py)
+    proc = Forked("predict", ["--dis_dir", data["dis"], "--ref", os.path.join(data["ref"], "A0000.bmp"), "--maps",
+                              str(maps), "--batch_size", "1", *_predict(tiny_ckpt)], log)
     deadline = time.monotonic() + 120
     while not list(maps.glob("*_maps.png")) and time.monotonic() < deadline:  # the first pair is written
         time.sleep(0.05)
     proc.send_signal(signal.SIGTERM)
-    _, err = proc.communicate(timeout=120)
+    proc.wait(timeout=120)
+    err = log.read_text()
     last = err.strip().splitlines()[-1]
     assert proc.returncode == 143 and last.startswith("error: stopped by SIGTERM after "), err[-2000:]
     assert f"of 40 pairs: their maps (.png and .npz each) are in {maps}" in last
