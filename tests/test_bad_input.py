@@ -4,6 +4,7 @@ outputs, files that are not UTF-8, equal labels, duplicate list lines, bad optio
 resumes with other options, and kills at random moments of a save."""
 from __future__ import annotations
 
+import os
 import random
 import signal
 import struct
@@ -28,7 +29,7 @@ from engine.scorer import Scorer
 from tests.conftest import TINY_ARGS, make_pipal_set, policy, run_entry
 from utils.checkpoint import load_checkpoint
 from utils.errors import AHIQError
-from utils.files import FolderLock
+from utils.files import FolderLock, atomic_torch_save
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -251,18 +252,26 @@ def test_kills_at_random_moments_of_a_save_never_tear_last_pth(tmp_path):
     args = _train_args(tmp_path, "killed", "--n_epoch", "1")
     train.main(args)
     run_dir = tmp_path / "ckpts" / "killed"
-    saver = ("import sys, torch; from utils.checkpoint import load_checkpoint; from utils.files import "
-             "atomic_torch_save; ckpt = load_checkpoint(sys.argv[1]); print('ready', flush=True)\n"
-             "while True: atomic_torch_save(ckpt, sys.argv[1])")
+    path = str(run_dir / "last.pth")
+    ckpt = load_checkpoint(path)
     rng = random.Random(5)
     for _ in range(6):
-        proc = subprocess.Popen([sys.executable, "-c", saver, str(run_dir / "last.pth")], cwd=REPO,
-                                stdout=subprocess.PIPE, text=True)
-        assert proc.stdout.readline().strip() == "ready"
+        ready, said = os.pipe()
+        pid = os.fork()  # a process saving last.pth over and over (forked: no interpreter to start)
+        if pid == 0:
+            try:
+                os.write(said, b"r")
+                while True:
+                    atomic_torch_save(ckpt, path)
+            finally:
+                os._exit(1)
+        os.close(said)
+        assert os.read(ready, 1) == b"r"
+        os.close(ready)
         time.sleep(rng.uniform(0.0, 0.4))
-        proc.send_signal(signal.SIGKILL)
-        proc.wait()
-        assert load_checkpoint(str(run_dir / "last.pth"))["train_state"]["epoch"] == 1  # never torn
+        os.kill(pid, signal.SIGKILL)
+        os.waitpid(pid, 0)
+        assert load_checkpoint(path)["train_state"]["epoch"] == 1  # never torn
     state = train.main(args[:-2] + ["--n_epoch", "2", "--resume"])
     assert state.epoch == 2 and not list(run_dir.glob(".tmp-*"))
 

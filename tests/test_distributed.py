@@ -103,7 +103,7 @@ def _scaled_steps(model, batches, optimizer, scheduler, scaler) -> list[float]:
 
 
 @pytest.mark.slow
-def test_the_fp16_loss_scale_is_saved_and_restored_exactly(model_factory, tmp_path, backbone_files):
+def test_the_fp16_loss_scale_is_saved_and_restored_exactly(tiny_factory, tmp_path):
     """The fp16 path's checkpoint round trip as the CPU runs it: a GradScaler (growing every 2 steps, so its state
     moves) through train.save and train.restore, then more steps equal to an uninterrupted run."""
     data = make_pipal_set(tmp_path / "set", n_refs=2, n_dis=2, size=(32, 32))
@@ -114,7 +114,7 @@ def test_the_fp16_loss_scale_is_saved_and_restored_exactly(model_factory, tmp_pa
                                "--no_pretrained", "--crop_size", "32"])
 
     def fresh():
-        model = copy.deepcopy(model_factory(8))
+        model = copy.deepcopy(tiny_factory(8))
         params = [p for part in model.trainable_parts().values() for p in part.parameters()]
         optimizer = torch.optim.Adam(params, lr=1e-4)
         scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=50)
