@@ -299,10 +299,11 @@ def test_the_ablation_table_compares_each_distortion_type_over_the_same_splits(t
     assert "per distortion group" in (tmp_path / "ablation_report.html").read_text()
 
 
+@pytest.mark.slow
 def test_parallel_splits_stopped_by_sigterm_continue_where_they_stopped(data_root, tmp_path):
     """--parallel 2: two splits train at once, each in its own process with its console in logs/; SIGTERM to
-    protocol.py reaches both (each saves last.pth), exit code 3; the same command again continues them (from
-    last.pth) and writes the table; a third run reuses everything."""
+    protocol.py reaches both (each saves last.pth), exit code 3; the command again (here without --parallel)
+    continues them from last.pth and writes the table; a third run reuses everything."""
     args = _common(tmp_path, "--name", "par", "--dataset", "kadid10k", "--data_root", str(data_root), "--n_splits",
                    "1", "--n_epoch", "3", "--batch_size", "3", "--n_ensemble", "2", "--vary", "fusion=conv",
                    "--parallel", "2")
@@ -319,7 +320,7 @@ def test_parallel_splits_stopped_by_sigterm_continue_where_they_stopped(data_roo
     assert "run the same command again to continue" in log.read_text()
     stopped = [v for v in ("baseline", "fusion=conv") if (run / v / "split_0" / "last.pth").is_file()]
     assert stopped, [c.read_text()[-2000:] for c in consoles]  # at least one was stopped while it trained
-    doc = protocol.main(args)
+    doc = protocol.main(args[:-2])  # continued in this process, one split after the other (--parallel is free)
     for v in stopped:
         assert "resum" in (run / v / "split_0" / "log.txt").read_text()
     assert set(doc["table"]["kadid10k (test part)"]) == {"baseline", "fusion=conv"}
