@@ -283,7 +283,7 @@ def select_rows(labels: Labels, part: str, split: SplitChoice) -> Labels:
     if split.column is not None:
         column = labels.columns.get(split.column.lower())
         if column is None:
-            raise AHIQError(f"{labels.path}: no column {split.column!r} for --split_column (columns besides "
+            raise AHIQError(f"{labels.path}: no column {split.column!r} for split_column (columns besides "
                             f"names and scores: {sorted(labels.columns) or 'none'})")
         rows = [i for i, value in enumerate(column) if value.strip().lower() == part]
         where = f"column {split.column} = {part}"
@@ -293,7 +293,7 @@ def select_rows(labels: Labels, part: str, split: SplitChoice) -> Labels:
                             "tools.make_splits`): pass the file the model was trained with")
         splits = load_or_create_splits(split.file, labels, split.ratios, split.n_splits, split.seed, split.create)
         if not 0 <= split.index < len(splits):
-            raise AHIQError(f"{split.file}: --split_index {split.index} out of range (the file holds "
+            raise AHIQError(f"{split.file}: split_index {split.index} out of range (the file holds "
                             f"{len(splits)} splits, 0-{len(splits) - 1})")
         keep = set(splits[split.index][part])
         rows = [i for i, ref in enumerate(labels.refs) if ref in keep]

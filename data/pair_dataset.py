@@ -74,8 +74,8 @@ class PairDataset(Dataset):
                 raise AHIQError(f"{dis_path}: size {dis_size[1]}x{dis_size[0]} differs from its reference "
                                 f"{ref_path} ({ref_sizes[ref_path][1]}x{ref_sizes[ref_path][0]})")
             if resize is None and min(dis_size) < self.crop:
-                raise AHIQError(f"{dis_path}: {dis_size[1]}x{dis_size[0]} is smaller than --crop_size {self.crop}; "
-                                "pass --resize --size N (N >= crop size) or a smaller --crop_size")
+                raise AHIQError(f"{dis_path}: {dis_size[1]}x{dis_size[0]} is smaller than crop_size {self.crop}; "
+                                "score it resized (resize, size N >= the crop size) or with a smaller crop_size")
             sizes.append(dis_size if resize is None else (resize, resize))
         return sizes
 

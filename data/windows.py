@@ -60,8 +60,8 @@ class WindowPolicy:
         if self.layout == "grid":
             return grid_windows(h, w, self.crop)
         if self.official:
-            raise AHIQError("--random_windows official draws windows by list position (the released test.py's "
-                            "stream): score files through test.py, or use --random_windows reference")
+            raise AHIQError("random_windows official draws windows by list position (the released test.py's "
+                            "stream): score files through test.py, or use random_windows reference")
         return crop_windows(h, w, self.crop, self.n, self.seed, key if self.keyed else 0)
 
     def crops(self, img: torch.Tensor, ref: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, list[Window]]:
@@ -120,9 +120,9 @@ def official_windows(sizes: Sequence[tuple[int, int]], crop: int, n: int, batch_
         h, w = batch[0]
         if any(size != (h, w) for size in batch) or min(h, w) <= crop:
             where = paths[start] if paths else f"image {start}"
-            raise AHIQError(f"{where}: --random_windows official needs the {len(batch)} images of its batch (from list "
+            raise AHIQError(f"{where}: random_windows official needs the {len(batch)} images of its batch (from list "
                             f"position {start}) to have one size larger than the crop {crop}, as the released test.py "
-                            "stacks them; use --random_windows reference")
+                            "stacks them; use random_windows reference")
         drawn = [(int(rng.randint(0, h - crop)), int(rng.randint(0, w - crop))) for _ in range(n)]
         windows += [drawn] * len(batch)
     return windows

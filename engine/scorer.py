@@ -280,7 +280,7 @@ def onnx_scorer(path: str, device: str = "cpu", mos_range: tuple[float, float] |
     model = OnnxAHIQ(path, device)
     crop = int(model.meta["crop_size"])
     if s["crop_size"] not in (None, crop):
-        raise AHIQError(f"{path}: exported at crop size {crop}; --crop_size {s['crop_size']} needs another export "
+        raise AHIQError(f"{path}: exported at crop size {crop}; crop_size {s['crop_size']} needs another export "
                         f"(python -m tools.export_onnx --crop_size {s['crop_size']})")
     norm = training_norm(mos_range, {"label_norm": model.meta.get("label_norm")}, path)
     return Scorer(model, window_policy(s, crop), s["crops_per_forward"], "running", norm, path)

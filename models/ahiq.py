@@ -39,8 +39,8 @@ def check_maps(bn_stats: str, keep_maps: bool) -> None:
     """Patch maps come from the forward with running BatchNorm statistics: per-call statistics (``bn_stats``
     batch) depend on the rest of the batch, so a crop's maps would too."""
     if keep_maps and bn_stats == "batch":
-        raise AHIQError("patch maps are computed with --bn_stats running only (per-call statistics depend on the "
-                        "batch); drop --bn_stats batch")
+        raise AHIQError("patch maps are computed with bn_stats running only (per-call statistics depend on the "
+                        "batch); drop bn_stats batch")
 
 
 FUSIONS = ("deform", "conv", "none")

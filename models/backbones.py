@@ -35,7 +35,7 @@ class ViTFeatures(nn.Module):
     def __init__(self, vit: nn.Module, blocks: tuple[int, ...] = VIT_BLOCKS) -> None:
         super().__init__()
         if not blocks or min(blocks) < 0 or max(blocks) >= len(vit.blocks):
-            raise AHIQError(f"--vit_blocks {','.join(map(str, blocks))}: this ViT has blocks 0-{len(vit.blocks) - 1}")
+            raise AHIQError(f"vit_blocks {','.join(map(str, blocks))}: this ViT has blocks 0-{len(vit.blocks) - 1}")
         vit.prune_intermediate_layers(indices=list(blocks), prune_norm=True, prune_head=True)
         self.vit, self.blocks = vit, tuple(blocks)
         self.channels = vit.embed_dim * len(blocks)
@@ -55,7 +55,7 @@ class ResNetFeatures(nn.Module):
         super().__init__()
         stages = {name.split(".")[0] for name in blocks}
         if not blocks or len(stages) != 1 or not all(_is_block(resnet, name) for name in blocks):
-            raise AHIQError(f"--cnn_blocks {','.join(blocks)}: give existing blocks of one stage, "
+            raise AHIQError(f"cnn_blocks {','.join(blocks)}: give existing blocks of one stage, "
                             "e.g. layer1.0,layer1.1,layer1.2")
         self.stage = int(stages.pop()[len("layer"):])
         # Same attribute names as timm's ResNet, so timm state-dict keys load unchanged.
@@ -177,7 +177,7 @@ def _create(tag: str, pretrained: bool, option: str, **kwargs) -> nn.Module:
     arch, _, weights = tag.partition(".")
     if not timm.is_model(arch):
         raise AHIQError(f"{option} {tag}: timm {timm.__version__} has no model {arch!r}; pass a timm name with its "
-                        f"pinned tag, e.g. {VIT_TAGS[8] if option == '--vit_name' else RESNET_TAG}")
+                        f"pinned tag, e.g. {VIT_TAGS[8] if option == 'vit_name' else RESNET_TAG}")
     if weights and pretrained and tag not in timm.list_pretrained(arch + ".*"):
         raise AHIQError(f"{option} {tag}: timm has no weights tagged {weights!r} for {arch} (it has: "
                         f"{', '.join(t.partition('.')[2] for t in timm.list_pretrained(arch + '.*')) or 'none'})")
@@ -237,15 +237,15 @@ def build_backbones(patch_size: int, pretrained: bool, vit_weights: str | None, 
     if use_vit:
         # dynamic_img_size: any crop that is a multiple of the patch size (224 uses the position embedding as is).
         with torch.device("meta" if vit_weights else "cpu"):
-            vit = ViTFeatures(_create(vit_tag, pretrained and vit_weights is None, "--vit_name",
+            vit = ViTFeatures(_create(vit_tag, pretrained and vit_weights is None, "vit_name",
                                       dynamic_img_size=True), vit_blocks)
         if vit.patch_size != patch_size:
-            raise AHIQError(f"--vit_name {vit_tag} has patch size {vit.patch_size}; pass --patch_size {vit.patch_size}")
+            raise AHIQError(f"vit_name {vit_tag} has patch size {vit.patch_size}; pass patch_size {vit.patch_size}")
         if vit_weights:
             load_used_weights(vit.vit, vit_weights, vit_tag)
     if use_cnn:
         with torch.device("meta" if resnet_weights else "cpu"):
-            cnn = ResNetFeatures(_create(resnet_tag, pretrained and resnet_weights is None, "--resnet_name"),
+            cnn = ResNetFeatures(_create(resnet_tag, pretrained and resnet_weights is None, "resnet_name"),
                                  cnn_blocks)
         if resnet_weights:
             load_used_weights(cnn, resnet_weights, resnet_tag)

@@ -34,7 +34,7 @@ CHOICES = {"fusion": FUSIONS, "branches": BRANCHES, "pooling": POOLINGS}
 def check_crop(crop_size: int, patch_size: int) -> None:
     """Crops are square and tile the ViT's patch grid exactly."""
     if not isinstance(crop_size, int) or crop_size <= 0 or crop_size % patch_size:
-        raise AHIQError(f"--crop_size {crop_size!r} must be a positive multiple of --patch_size {patch_size}")
+        raise AHIQError(f"crop_size {crop_size!r} must be a positive multiple of patch_size {patch_size}")
 
 
 @dataclass(frozen=True)
@@ -58,7 +58,7 @@ class ModelConfig:
         object.__setattr__(self, "cnn_blocks", tuple(self.cnn_blocks))
         if self.vit_name is None:
             if self.patch_size not in VIT_TAGS:
-                raise AHIQError(f"--patch_size {self.patch_size} is not supported; use 8 or 16")
+                raise AHIQError(f"patch_size {self.patch_size} is not supported; use 8 or 16")
             object.__setattr__(self, "vit_name", VIT_TAGS[self.patch_size])
         if self.branches == "vit" and self.fusion != "none":  # no CNN branch: nothing to fuse
             object.__setattr__(self, "fusion", "none")
@@ -78,11 +78,11 @@ class ModelConfig:
     def check(self) -> None:
         blocks = self.vit_blocks
         if not blocks or any(b >= a for b, a in zip(blocks, blocks[1:])) or min(blocks) < 0:
-            raise AHIQError(f"--vit_blocks {','.join(map(str, blocks))}: give increasing block indices without "
+            raise AHIQError(f"vit_blocks {','.join(map(str, blocks))}: give increasing block indices without "
                             "repeats, e.g. 0,1,2,3,4 (the features are concatenated in block order)")
         if self.branches == "cnn" and self.fusion == "deform":
-            raise AHIQError("--branches cnn cannot use --fusion deform (its offsets come from the ViT); "
-                            "pass --fusion conv or none")
+            raise AHIQError("branches cnn cannot use fusion deform (its offsets come from the ViT); "
+                            "pass fusion conv or none")
         check_crop(self.crop_size, self.patch_size)
 
     def to_dict(self) -> dict[str, Any]:
@@ -144,7 +144,7 @@ def merge_config(saved: ModelConfig | None, given: Mapping[str, Any], path: str 
         value = getattr(saved, name)
         if value not in TRUSTED_BACKBONES and given.get(name) != value:
             raise AHIQError(f"{path}: names the backbone {value} ({name}), not a pinned one (models/weights.tsv); "
-                            f"to use it, say so: pass --{name} {value} (with its weights file, or --no_pretrained)")
+                            f"to use it, say so: give {name} {value} (with its weights file, or no_pretrained)")
     for name, value in given.items():
         ours = getattr(saved, name)
         if name != "crop_size" and _normal(value) != _normal(ours):

@@ -76,9 +76,9 @@ def test_derived_channels_and_block_choice():
         build_model(8, pretrained=False, cnn_blocks=("layer1.0", "layer2.0"), **TINY)
     with pytest.raises(AHIQError, match="offsets come from the ViT"):
         build_model(8, pretrained=False, branches="cnn", **TINY)
-    with pytest.raises(AHIQError, match="--vit_blocks 4,0: give increasing block indices"):
+    with pytest.raises(AHIQError, match="vit_blocks 4,0: give increasing block indices"):
         build_model(8, pretrained=False, vit_blocks=(4, 0))  # concatenated in block order: refused, not reordered
-    with pytest.raises(AHIQError, match="--vit_blocks 1,1: give increasing"):
+    with pytest.raises(AHIQError, match="vit_blocks 1,1: give increasing"):
         build_model(8, pretrained=False, vit_blocks=(1, 1))
 
 

@@ -308,7 +308,7 @@ def test_a_checkpoint_cannot_choose_an_unpinned_backbone_by_itself(tmp_path):
     path = tmp_path / "other.pth"
     save_weights(str(path), build_model(8, pretrained=False, vit_name=other, resnet_name=TINY_RESNET))
     with pytest.raises(AHIQError, match=rf"other\.pth: names the backbone {other} \(vit_name\), not a pinned one.*"
-                                        rf"pass --vit_name {other}"):
+                                        rf"give vit_name {other}"):
         load_scorer(str(path), str(tmp_path), pretrained=False)
     scorer = load_scorer(str(path), str(tmp_path), pretrained=False, model={"vit_name": other},  # said explicitly
                          allow_other_backbones=True)  # (its random backbones were not drawn from the seed)

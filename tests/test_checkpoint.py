@@ -174,7 +174,7 @@ def test_find_checkpoint_rules(tmp_path):
         (run / name).write_bytes(b"x")
     assert find_checkpoint(str(run)).endswith("epoch_10.pth")
     assert find_checkpoint(str(run), 3).endswith("epoch3.pth")
-    with pytest.raises(AHIQError, match=r"--load_epoch 7.*\[2, 3, 10\]"):
+    with pytest.raises(AHIQError, match=r"load_epoch 7.*\[2, 3, 10\]"):
         find_checkpoint(str(run), 7)
     (run / "best.pth").write_bytes(b"x")
     assert find_checkpoint(str(run)).endswith("best.pth")

@@ -145,7 +145,7 @@ def _set_with(pipal_set, **kw):
 def test_bad_images_are_named(pipal_set, tmp_path):
 
     dis, ref = pipal_set["dis"], pipal_set["ref"]
-    with pytest.raises(AHIQError, match=r"A0000_00_00\.bmp: 56x48 is smaller than --crop_size 64.*--resize"):
+    with pytest.raises(AHIQError, match=r"A0000_00_00\.bmp: 56x48 is smaller than crop_size 64.*resized"):
         _set_with(pipal_set, crop_size=64)
     _set_with(pipal_set, crop_size=64, resize=64)  # fine once resized
     os.rename(os.path.join(dis, "A0001_00_02.bmp"), tmp_path / "moved.bmp")

@@ -74,7 +74,7 @@ def test_rank_device_takes_each_processs_own_gpu_and_refuses_missing_ones(monkey
     monkeypatch.setattr(torch.cuda, "device_count", lambda: 4)
     assert rank_device("cuda:2", [2, 3], 1, 2) == "cuda:3"  # --gpu_ids 2,3 names them
     assert rank_device("cuda:3", [3], 0, 1) == "cuda:3"  # one process: the GPU named, not GPU 0
-    with pytest.raises(AHIQError, match="--gpu_ids 3 names one GPU for 2 processes per node; name one per process"):
+    with pytest.raises(AHIQError, match="gpu_ids 3 names one GPU for 2 processes per node; name one per process"):
         rank_device("cuda:3", [3], 0, 2)
 
 

@@ -100,7 +100,7 @@ def test_predict_and_the_api_score_with_onnx_runtime_as_with_pytorch(tmp_path, p
     with pytest.raises(AHIQError, match=r"--backend onnxruntime needs --ckpt FILE\.onnx .*\(no --maps\)"):
         predict.main(common + ["--ckpt", str(tmp_path / "tiny.onnx"), "--backend", "onnxruntime", "--maps",
                                str(tmp_path / "maps")])
-    with pytest.raises(AHIQError, match=r"tiny\.onnx: exported at crop size 32; --crop_size 48 needs another export"):
+    with pytest.raises(AHIQError, match=r"tiny\.onnx: exported at crop size 32; crop_size 48 needs another export"):
         load_scorer(str(tmp_path / "tiny.onnx"), backend="onnxruntime", crop_size=48)
 
 

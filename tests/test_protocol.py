@@ -85,7 +85,7 @@ def test_dmos_training_stores_its_label_normalisation(data_root, tmp_path):
 def test_images_smaller_than_the_crop_need_resize(data_root, tmp_path):
     data = ["--dataset", "kadid10k", "--data_root", str(data_root), "--split_file", str(tmp_path / "s.json")]
     args = _common(tmp_path, "--name", "small", "--n_epoch", "1", *data)
-    with pytest.raises(AHIQError, match=r"I0\d_01_0\d\.png: 56x40 is smaller than --crop_size 48; pass --resize"):
+    with pytest.raises(AHIQError, match=r"I0\d_01_0\d\.png: 56x40 is smaller than crop_size 48; score it resized"):
         train.main([*args, "--crop_size", "48"])
     assert not (tmp_path / "small" / "last.pth").exists()
     state = train.main([*args, "--crop_size", "48", "--resize", "--size", "48", "--name", "resized"])

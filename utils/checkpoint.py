@@ -183,7 +183,7 @@ def find_checkpoint(folder: str, load_epoch: int = -1) -> str:
     epochs = {int(m.group(1)): f for f in files if (m := _EPOCH_RE.match(f))}
     if load_epoch >= 0:
         if load_epoch not in epochs:
-            raise AHIQError(f"{folder}: no checkpoint for --load_epoch {load_epoch} (epochs there: "
+            raise AHIQError(f"{folder}: no checkpoint for load_epoch {load_epoch} (epochs there: "
                             f"{sorted(epochs) or 'none'})")
         return os.path.join(folder, epochs[load_epoch])
     if "best.pth" in files:

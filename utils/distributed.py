@@ -52,17 +52,17 @@ def rank_device(device: str, gpu_ids: list[int], local_rank: int, local_world_si
     if not device.startswith("cuda"):
         return device
     if len(gpu_ids) == 1 and gpu_ids[0] != 0 and local_world_size > 1:
-        raise AHIQError(f"--gpu_ids {gpu_ids[0]} names one GPU for {local_world_size} processes per node; name one "
-                        "per process (e.g. --gpu_ids 2,3), or leave it out for GPUs 0 to NPROC-1")
+        raise AHIQError(f"gpu_ids {gpu_ids[0]} names one GPU for {local_world_size} processes per node; name one "
+                        "per process (e.g. gpu_ids 2,3), or leave it out for GPUs 0 to NPROC-1")
     ids = gpu_ids if len(gpu_ids) > 1 or local_world_size == 1 else list(range(local_world_size))
     if len(ids) < local_world_size:
-        raise AHIQError(f"--gpu_ids {','.join(map(str, gpu_ids))} names {len(ids)} GPUs for {local_world_size} "
+        raise AHIQError(f"gpu_ids {','.join(map(str, gpu_ids))} names {len(ids)} GPUs for {local_world_size} "
                         "processes per node; name one GPU per process, or lower NPROC / --nproc_per_node")
     count = torch.cuda.device_count()
     if ids[local_rank] >= count:
         raise AHIQError(f"process {local_rank} of this node needs GPU {ids[local_rank]}, but this machine has "
                         f"{count} GPU(s) (0-{count - 1}); lower NPROC / --nproc_per_node to at most {count} or fix "
-                        "--gpu_ids")
+                        "gpu_ids")
     return f"cuda:{ids[local_rank]}"
 
 
