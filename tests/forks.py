@@ -88,10 +88,10 @@ class Forked:
             os.kill(self.pid, sig)
 
     def kill(self) -> None:
+        """SIGKILL to this process alone (as Popen.kill): its DataLoader workers end by their own means."""
         if self.poll() is None:
-            os.killpg(self.pid, signal.SIGKILL)
-            os.waitpid(self.pid, 0)
-            self.returncode = -signal.SIGKILL
+            os.kill(self.pid, signal.SIGKILL)
+            self.wait()
 
 
 def free_port() -> int:

@@ -7,7 +7,6 @@ import json
 import os
 import shutil
 import signal
-import subprocess
 import sys
 import time
 from pathlib import Path
@@ -109,16 +108,13 @@ def test_sigterm_saves_last_and_the_run_resumes_exactly(train_sets, tmp_path, tw
         torch.testing.assert_close(a[key], b[key], rtol=0, atol=0)
 
 
-def _launch_train_sh(args: list[str], log: Path) -> subprocess.Popen:
-    """``sh train.sh ARGS`` in its own session with two DataLoader workers, started as a job scheduler starts it."""
-    from tests.test_distributed import _shell_env
-    with open(log, "w") as f:
-        return subprocess.Popen(["sh", "train.sh", *args, "--num_workers", "2"], cwd=REPO, stdout=f,
-                                stderr=subprocess.STDOUT, env=_shell_env(),
-                                start_new_session=True)
+def _launch_trainer(args: list[str], log: Path) -> Forked:
+    """train.py ARGS in its own session with two DataLoader workers, as a job scheduler starts it (forked:
+    tests/forks.py; the resumed runs go through train.sh in a new interpreter)."""
+    return Forked("train", [*args, "--num_workers", "2"], log)
 
 
-def _wait_for(log: Path, marker: str, proc: subprocess.Popen) -> None:
+def _wait_for(log: Path, marker: str, proc: Forked) -> None:
     deadline = time.time() + 240
     while marker not in log.read_text() and time.time() < deadline and proc.poll() is None:
         time.sleep(0.05)
@@ -135,10 +131,10 @@ def test_sigterm_to_every_process_of_the_job_saves_last_and_resumes_exactly(trai
     line (its workers ignore SIGTERM: Python's exit clean-up alone would wait for them forever)."""
     args = train_args(train_sets, tmp_path, "stopped", "--n_epoch", "2")
     log = tmp_path / "stopped.log"
-    proc = _launch_train_sh(args, log)
+    proc = _launch_trainer(args, log)
     _wait_for(log, "loss=", proc)
     job = job_pids(proc.pid)
-    assert len(job) >= 3, job  # train.sh's python (sh execs it) and two workers
+    assert len(job) >= 3, job  # the trainer and its two workers
     for pid in job:
         os.kill(pid, signal.SIGTERM)
     assert proc.wait(timeout=240) == 3, log.read_text()[-3000:]
@@ -163,7 +159,7 @@ def test_workers_do_not_outlive_a_killed_trainer(train_sets, tmp_path):
     """kill -9 of the trainer (an OOM kill, a lost node): its DataLoader workers, which ignore SIGTERM, are gone
     within two seconds (without PR_SET_PDEATHSIG they polled for their parent every 5 s)."""
     log = tmp_path / "killed.log"
-    proc = _launch_train_sh(train_args(train_sets, tmp_path, "killed", "--n_epoch", "2"), log)
+    proc = _launch_trainer(train_args(train_sets, tmp_path, "killed", "--n_epoch", "2"), log)
     _wait_for(log, "loss=", proc)
     workers = [pid for pid in job_pids(proc.pid) if pid != proc.pid]
     assert len(workers) == 2, workers
