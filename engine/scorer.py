@@ -272,11 +272,11 @@ def onnx_scorer(path: str, device: str = "cpu", mos_range: tuple[float, float] |
     windows, batches and reference sharing as PyTorch's; the crop size and the training MOS range come from the
     file's metadata. Patch maps and per-call BatchNorm need the PyTorch model."""
     s = api_settings(**settings)
-    torch_only = [f"--{k} {v}" for k, v in (("bn_stats", s["bn_stats"]), ("compile_model", s["compile_model"]))
+    torch_only = [f"{k} {v}" for k, v in (("bn_stats", s["bn_stats"]), ("compile_model", s["compile_model"]))
                   if v != scoring_defaults()[k]]
     if torch_only:
         raise AHIQError(f"{path}: {', '.join(torch_only)} needs the PyTorch model (the export has the running "
-                        "statistics and its own graph); drop it or use --backend torch")
+                        "statistics and its own graph); drop it or use backend torch")
     model = OnnxAHIQ(path, device)
     crop = int(model.meta["crop_size"])
     if s["crop_size"] not in (None, crop):

@@ -295,5 +295,5 @@ def test_a_compiled_vit_scores_as_the_eager_one(tiny_factory, tiny_ckpt):
     assert on.model.vit._compiled_call_impl is not None and off.model.vit._compiled_call_impl is None
     assert "fuse" in vars(on.model.deform_net) and "fuse" not in vars(off.model.deform_net)
     assert on.weights() == off.weights()
-    with pytest.raises(AHIQError, match="--compile_model True needs the PyTorch model"):
+    with pytest.raises(AHIQError, match="compile_model True needs the PyTorch model"):
         load_scorer("model.onnx", backend="onnxruntime", compile_model=True)
