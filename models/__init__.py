@@ -11,14 +11,12 @@ from models.config import (
     build_checkpoint_model,
     build_from_config,
     config_from_checkpoint,
-    load_weights,
     read_checkpoint,
 )
 
 __all__ = ["AHIQ", "BN_STATS", "BRANCHES", "CNN_BLOCKS", "DEFORM_IMPLS", "FUSIONS", "PAPER", "POOLINGS", "RESNET_TAG",
            "VIT_BLOCKS", "VIT_TAGS", "BackboneSource", "Checkpoint", "DeformFusion", "ModelConfig", "PixelPrediction",
-           "build_checkpoint_model", "build_from_config", "build_model", "config_from_checkpoint", "load_weights",
-           "read_checkpoint"]
+           "build_checkpoint_model", "build_from_config", "build_model", "config_from_checkpoint", "read_checkpoint"]
 
 
 def build_model(patch_size: int = 8, pretrained: bool = True, vit_weights: str | None = None,

@@ -148,8 +148,8 @@ def merge_config(saved: ModelConfig | None, given: Mapping[str, Any], path: str 
     for name, value in given.items():
         ours = getattr(saved, name)
         if name != "crop_size" and _normal(value) != _normal(ours):
-            raise AHIQError(f"{path}: trained with --{name} {_shown(ours)}, but --{name} {_shown(value)} was given; "
-                            "drop the option to use the checkpoint's (it is read from the file)")
+            raise AHIQError(f"{path}: trained with {name} {_shown(ours)}, but {name} {_shown(value)} was given; "
+                            "drop it to use the checkpoint's (it is read from the file)")
     return saved.replace(**{k: v for k, v in given.items() if k == "crop_size"})
 
 
@@ -255,22 +255,6 @@ def check_backbones(model: AHIQ, ckpt: Mapping[str, Any], path: str) -> None:
                             f"{describe_backbone(now)}; give the same weights (--no_pretrained with the same --seed, "
                             "the same file, or the hub's), or pass --allow_other_backbones / allow_other_backbones="
                             "True to use these anyway")
-
-
-def load_weights(model: AHIQ, path: str, ckpt: Mapping[str, Any] | None = None) -> dict[str, Any]:
-    """Load the trainable parts of a model you built (:func:`models.build_model`) from ``path``, after checking that
-    the file was trained with the same architecture (its saved configuration, when it has one); returns the
-    checkpoint dict. :func:`read_checkpoint` + :func:`build_checkpoint_model` build the model from the file instead."""
-    ckpt = dict(ckpt) if ckpt is not None else load_checkpoint(path)
-    saved = config_from_checkpoint(ckpt, path)
-    if saved is not None:
-        diff = [f"{k}: checkpoint {_shown(getattr(saved, k))} vs model {_shown(getattr(model.config, k))}"
-                for k in ARCH_FIELDS if _normal(getattr(saved, k)) != _normal(getattr(model.config, k))]
-        if diff:
-            raise AHIQError(f"{path}: built with other model options ({'; '.join(diff)}); load it with "
-                            "engine.scorer.load_scorer (test.py, predict.py, the API), which reads them from the file")
-    load_head_weights(model, ckpt, path)
-    return ckpt
 
 
 @dataclass(frozen=True)

@@ -15,9 +15,9 @@ import timm
 import torch
 from safetensors.torch import save_file
 
-from models import RESNET_TAG, VIT_TAGS, BackboneSource, ModelConfig, build_from_config, build_model
+from models import RESNET_TAG, VIT_TAGS, BackboneSource, ModelConfig, build_from_config, build_model, read_checkpoint
 from models.tiny import TINY_RESNET, TINY_VIT
-from utils.checkpoint import save_weights
+from utils.checkpoint import load_head_weights, save_weights
 
 # The tiny AHIQ (models/tiny.py): the same code on small backbones, for tests that need the computation's shape and
 # not the real sizes; fidelity and interop tests use the real architectures (model_factory, backbone_files).
@@ -31,6 +31,14 @@ os.environ["OMP_NUM_THREADS"] = "1"
 torch.set_num_threads(1)
 if not FIXTURES.is_dir():  # a clone laid out elsewhere: the fixtures may sit beside the repository
     FIXTURES = Path(os.environ.get("AHIQ_FIXTURES", FIXTURES))
+
+
+def load_head(model: torch.nn.Module, path: str) -> dict:
+    """The trained parts of a model the test built, from the checkpoint ``path``, through the one reader: a file
+    trained with other switches is refused as when they are given on the command line. Returns the checkpoint."""
+    checkpoint = read_checkpoint(path, given=model.config.to_dict())
+    load_head_weights(model, checkpoint.state, path)
+    return checkpoint.state
 
 
 def needs_fixtures() -> pytest.MarkDecorator:

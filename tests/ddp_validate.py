@@ -13,8 +13,9 @@ import torch
 import train
 from engine.loop import ScoringStopped
 from engine.runtime import backbone_source, device_of
-from models import build_from_config, load_weights
+from models import build_from_config
 from options.train_options import parse_train_options
+from tests.conftest import load_head
 from utils.distributed import init_distributed, shutdown
 
 
@@ -26,7 +27,7 @@ def main(argv: list[str] | None = None) -> None:
     config = train.run_config(opt, None).config
     _, _, _, val = train.build_loaders(opt, info, config.crop_size)
     model = build_from_config(config, backbone_source(opt), seed=opt.seed)  # random backbones: as train.py's
-    load_weights(model, ckpt)
+    load_head(model, ckpt)
     stop_rank = os.environ.get("STOP_RANK")
     stop = (lambda: True) if stop_rank is not None and int(stop_rank) == info.rank else None
     try:

@@ -13,7 +13,7 @@ import pytest
 import torch
 
 import utils.files as files_mod
-from models import load_weights
+from tests.conftest import load_head
 from utils.checkpoint import OFFICIAL_KEYS, find_checkpoint, load_checkpoint, save_weights
 from utils.errors import AHIQError
 
@@ -66,7 +66,7 @@ def test_official_format_with_numpy_loss_loads_safely(tmp_path, model_factory, n
     if numpy1:
         _as_numpy1_pickle(path, tmp_path / "old.pth")
         path = tmp_path / "old.pth"
-    ckpt = load_weights(model, str(path))
+    ckpt = load_head(model, str(path))
     assert isinstance(ckpt["loss"], np.floating) and ckpt["loss"] == pytest.approx(0.012)
     assert ckpt["epoch"] == 33
     _assert_heads(model, heads)
@@ -77,13 +77,13 @@ def test_module_prefix_and_whole_model_state_dict(tmp_path, model_factory):
     heads = _perturbed_heads(model, 2)
     prefixed = {key: {"module." + k: v for k, v in heads[part].items()} for part, key in OFFICIAL_KEYS.items()}
     torch.save(prefixed, tmp_path / "ddp.pth")
-    load_weights(model, str(tmp_path / "ddp.pth"))
+    load_head(model, str(tmp_path / "ddp.pth"))
     _assert_heads(model, heads)
     heads = _perturbed_heads(model, 3)
     flat = {f"module.{part}.{k}": v for part, sd in heads.items() for k, v in sd.items()}
     flat["module.vit.pos_embed"] = torch.zeros(1)  # a whole-model dict: backbone entries are ignored
     torch.save({"params": flat}, tmp_path / "pyiqa_style.pth")
-    load_weights(model, str(tmp_path / "pyiqa_style.pth"))
+    load_head(model, str(tmp_path / "pyiqa_style.pth"))
     _assert_heads(model, heads)
 
 
@@ -103,7 +103,7 @@ def test_project_file_round_trip_keeps_official_keys(tmp_path, model_factory):
     with torch.no_grad():
         for p in model.regressor.parameters():
             p.add_(1.0)
-    load_weights(model, str(path))
+    load_head(model, str(path))
     _assert_heads(model, before)
 
 
@@ -111,17 +111,16 @@ def test_wrong_files_give_clear_errors(tmp_path, model_factory):
     model = copy.deepcopy(model_factory(8))
     torch.save({"foo": torch.zeros(1)}, tmp_path / "other.pth")
     with pytest.raises(AHIQError, match=r"other\.pth: not an AHIQ checkpoint.*regressor_model_state_dict.*foo"):
-        load_weights(model, str(tmp_path / "other.pth"))
+        load_head(model, str(tmp_path / "other.pth"))
     heads = _perturbed_heads(model, 4)
     heads["regressor"]["extra.weight"] = torch.zeros(1)
     del heads["deform_net"]["conv_offset.bias"]
     torch.save({key: heads[part] for part, key in OFFICIAL_KEYS.items()}, tmp_path / "changed.pth")
     with pytest.raises(AHIQError, match=r"changed\.pth: deform_net does not fit.*missing.*conv_offset\.bias"):
-        load_weights(model, str(tmp_path / "changed.pth"))
+        load_head(model, str(tmp_path / "changed.pth"))
     save_weights(str(tmp_path / "p16.pth"), model_factory(16))
-    with pytest.raises(AHIQError, match=r"p16\.pth: built with other model options \(patch_size: checkpoint 16 vs "
-                                        r"model 8; vit_name: checkpoint vit_base_patch16_224"):
-        load_weights(model, str(tmp_path / "p16.pth"))
+    with pytest.raises(AHIQError, match=r"p16\.pth: trained with patch_size 16, but patch_size 8 was given"):
+        load_head(model, str(tmp_path / "p16.pth"))
     (tmp_path / "torn.pth").write_bytes((tmp_path / "p16.pth").read_bytes()[:1000])
     with pytest.raises(AHIQError, match=r"torn\.pth: cannot be read as a PyTorch checkpoint"):
         load_checkpoint(str(tmp_path / "torn.pth"))

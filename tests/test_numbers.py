@@ -146,7 +146,7 @@ def test_switches_given_must_agree_and_defaults_do_not_count(tiny_ckpt):
     from options.test_options import parse_test_options
     opt = parse_test_options(["--ckpt", tiny_ckpt, "--gpu_ids", "-1"])
     assert opt.switches_given == () and scoring_checkpoint(opt).config.resnet_name == TINY_RESNET  # not the default
-    with pytest.raises(AHIQError, match="trained with --fusion deform, but --fusion conv was given"):
+    with pytest.raises(AHIQError, match="trained with fusion deform, but fusion conv was given"):
         scoring_checkpoint(parse_test_options(["--ckpt", tiny_ckpt, "--fusion", "conv", "--gpu_ids", "-1"]))
     assert read_checkpoint(None).config == PAPER
 
