@@ -173,13 +173,13 @@ def load_used_weights(module: nn.Module, path: str, tag: str) -> None:
         raise AHIQError(f"{path}: {tag} has tensors no state dict holds ({left[:3]}); load it without a file")
 
 
-def _create(tag: str, pretrained: bool, option: str, **kwargs) -> nn.Module:
+def _create(tag: str, pretrained: bool, setting: str, **kwargs) -> nn.Module:
     arch, _, weights = tag.partition(".")
     if not timm.is_model(arch):
-        raise AHIQError(f"{option} {tag}: timm {timm.__version__} has no model {arch!r}; pass a timm name with its "
-                        f"pinned tag, e.g. {VIT_TAGS[8] if option == 'vit_name' else RESNET_TAG}")
+        raise AHIQError(f"{setting} {tag}: timm {timm.__version__} has no model {arch!r}; pass a timm name with its "
+                        f"pinned tag, e.g. {VIT_TAGS[8] if setting == 'vit_name' else RESNET_TAG}")
     if weights and pretrained and tag not in timm.list_pretrained(arch + ".*"):
-        raise AHIQError(f"{option} {tag}: timm has no weights tagged {weights!r} for {arch} (it has: "
+        raise AHIQError(f"{setting} {tag}: timm has no weights tagged {weights!r} for {arch} (it has: "
                         f"{', '.join(t.partition('.')[2] for t in timm.list_pretrained(arch + '.*')) or 'none'})")
     if pretrained:
         _check_reachable(tag)
