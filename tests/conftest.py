@@ -41,6 +41,15 @@ def load_head(model: torch.nn.Module, path: str) -> dict:
     return checkpoint.state
 
 
+@pytest.fixture(autouse=True)
+def _no_forked_child_outlives_its_test():
+    """A test that fails before it waits for its forked entry points (tests/forks.py) leaves none running."""
+    from tests import forks
+    yield
+    while forks.STARTED:
+        forks.STARTED.pop().kill()
+
+
 def needs_fixtures() -> pytest.MarkDecorator:
     return pytest.mark.skipif(not FIXTURES.is_dir(), reason="../shared/fixtures not present")
 

@@ -28,6 +28,9 @@ import torch
 REPO = Path(__file__).resolve().parents[1]
 
 
+STARTED: list[Forked] = []  # this test's children: tests/conftest.py kills those still running when it ends
+
+
 class Forked:
     """A forked entry point, with what the tests use of :class:`subprocess.Popen`."""
 
@@ -41,6 +44,7 @@ class Forked:
         sys.stderr.flush()
         self.returncode: int | None = None
         self.pid = os.fork()
+        STARTED.append(self)
         if self.pid == 0:  # the child: never returns into the test process's stack
             code = 1
             try:
