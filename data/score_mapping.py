@@ -16,6 +16,7 @@ from utils.errors import AHIQError
 from utils.files import atomic_write, read_text
 from utils.metrics import fit_logistic4, logistic4, logistic_fit_problem
 from utils.records import differences
+from utils.values import expected
 
 FORMAT = "ahiq-mapping-1"
 
@@ -104,20 +105,17 @@ def load_mapping(path: str) -> Mapping:
     return mapping
 
 
-def _field_problem(d: dict) -> str | None:
-    """What is wrong with the fields of a mapping file, or None."""
-    def number(v) -> bool:
-        return isinstance(v, (int, float)) and not isinstance(v, bool) and bool(np.isfinite(v))
+FIELDS = {"params": (tuple[float, ...], 4, None), "n": (int, None, 1), "fitted_on": (str, None, None),
+          "checkpoint": (str | None, None, None)}  # a mapping file's fields: type, list length, minimum
 
-    params, weights = d.get("params"), d.get("weights")
-    if not (isinstance(params, list) and len(params) == 4 and all(map(number, params))):
-        return f"params {params!r} are not 4 finite numbers"
-    if not (isinstance(d.get("n"), int) and not isinstance(d["n"], bool) and d["n"] > 0):
-        return f"n {d.get('n')!r} is not a positive whole number (the images it was fitted on)"
-    if not isinstance(d.get("fitted_on"), str):
-        return f"fitted_on {d.get('fitted_on')!r} is not a file name"
-    if not (d.get("checkpoint") is None or isinstance(d["checkpoint"], str)):
-        return f"checkpoint {d['checkpoint']!r} is not a file name"
+
+def _field_problem(d: dict) -> str | None:
+    """What is wrong with the fields of a mapping file (the values' one checker, utils/values.py), or None."""
+    for key, (hint, length, minimum) in FIELDS.items():
+        problem = expected(hint, d.get(key), minimum=minimum, length=length)
+        if problem:
+            return f"{key} {d.get(key)!r}: expected {problem}"
+    weights = d.get("weights")
     if not (weights is None or isinstance(weights, dict) and all(isinstance(v, str) for v in weights.values())):
-        return f"weights {weights!r} are not digests"
+        return f"weights {weights!r}: expected digests (an object of strings)"
     return None

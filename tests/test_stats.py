@@ -232,11 +232,13 @@ def test_scores_of_random_backbones_say_so_everywhere(tmp_path, pipal_set, tiny_
     ({"params": [0, 1, 0.5, 0.1]}, r"do not rise \(need b1 > b2 and a scale b4 > 0\)"),  # falling: reverses the scale
     ({"params": [1, 0, 0.5, 0]}, "do not rise"),  # a step
     ({"params": [1e308, -1e308, 0.5, 0.1]}, r"overflow \(not finite\) for scores between -1 and 2"),
-    ({"params": [True, False, 0.5, 0.1]}, "are not 4 finite numbers"),
-    ({"n": "abc"}, "n 'abc' is not a positive whole number"), ({"n": None}, "n None is not a positive whole"),
-    ({"n": [1]}, r"n \[1\] is not a positive whole"), ({"n": 1e999}, "n inf is not a positive whole"),
-    ({"n": 0}, "n 0 is not a positive whole"), ({"fitted_on": 3}, "fitted_on 3 is not a file name"),
-    ({"weights": "abc"}, "weights 'abc' are not digests")])
+    ({"params": [True, False, 0.5, 0.1]}, "params .*: expected a finite number"),
+    ({"params": [1, 0, 0.5]}, "params .*: expected a list of 4 finite numbers"),
+    ({"n": "abc"}, "n 'abc': expected an integer"), ({"n": None}, "n None: expected a value"),
+    ({"n": [1]}, r"n \[1\]: expected an integer"), ({"n": 1e999}, "n inf: expected an integer"),
+    ({"n": 0}, "n 0: expected at least 1"), ({"fitted_on": 3}, "fitted_on 3: expected a string"),
+    ({"checkpoint": 3}, "checkpoint 3: expected a string"),
+    ({"weights": "abc"}, "weights 'abc': expected digests")])
 def test_a_mapping_file_is_checked_as_a_checkpoint_is(tmp_path, change, problem):
     """Every field of its type and a rising, finite logistic; a bad file is one line naming it, also through
     predict.py --mapping."""

@@ -1,5 +1,6 @@
 """Whether a value has the type its annotation names, one of its choices and its range: the one test behind the
-options' checker (options/base_options.py) and a checkpoint's model settings (models/config.py)."""
+options' checker (options/base_options.py), a checkpoint's model settings (models/config.py) and a score mapping
+file's fields (data/score_mapping.py)."""
 from __future__ import annotations
 
 import dataclasses
