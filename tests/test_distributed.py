@@ -250,39 +250,50 @@ def test_srun_without_torchrun_is_refused_in_one_line(monkeypatch):
     assert not init_distributed("cpu").enabled
 
 
-_LATE_RANK = """
-import os, sys, time
-sys.path.insert(0, os.getcwd())
-from utils.distributed import init_distributed, barrier
-info = init_distributed("cpu", timeout_min=float(sys.argv[1]))
-if info.rank == 1:
-    time.sleep(60)  # never meets rank 0
-start = time.time()
-try:
-    barrier(info)
-except Exception as err:
-    print(f"failed after {time.time() - start:.1f} s: {type(err).__name__}", flush=True)
-    os._exit(5)
-"""
+def _late_rank(rank: int, port: int, out: Path) -> None:
+    """Rank ``rank`` of two, in a forked child: rank 1 never meets rank 0 at its barrier; rank 0 writes how long it
+    waited before failing, and exits with 5."""
+    code = 1
+    try:
+        os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), WORLD_SIZE="2", LOCAL_WORLD_SIZE="2",
+                          RANK=str(rank), LOCAL_RANK=str(rank))
+        from utils.distributed import barrier, init_distributed
+        info = init_distributed("cpu", timeout_min=0.05)
+        if info.rank == 1:
+            time.sleep(60)
+        start = time.time()
+        try:
+            barrier(info)
+        except Exception as err:
+            out.write_text(f"failed after {time.time() - start:.1f} s: {type(err).__name__}")
+            code = 5
+    finally:
+        os._exit(code)
 
 
 @pytest.mark.slow
 def test_a_rank_waits_for_the_others_as_long_as_the_timeout_says(tmp_path):
     """init_distributed's timeout reaches the process group: a rank whose partner never arrives fails after it
-    (here 3 s), not after PyTorch's default (10 min for NCCL, 30 for gloo)."""
-    script = tmp_path / "late.py"
-    script.write_text(_LATE_RANK)
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    env = {**os.environ, "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(port), "WORLD_SIZE": "2",
-           "LOCAL_WORLD_SIZE": "2"}
-    procs = [subprocess.Popen([sys.executable, str(script), "0.05"], cwd=REPO, stdout=subprocess.PIPE, text=True,
-                              env={**env, "RANK": str(r), "LOCAL_RANK": str(r)}) for r in (0, 1)]
+    (here 3 s), not after PyTorch's default (10 min for NCCL, 30 for gloo). The two ranks are forked from this
+    process (no interpreter to start; tests/forks.py says why that is safe here)."""
+    port, out = _free_port(), tmp_path / "rank0.txt"
+    pids = []
+    for rank in (0, 1):
+        pid = os.fork()
+        if pid == 0:
+            _late_rank(rank, port, out)
+        pids.append(pid)
+    deadline, status = time.time() + 60, None
     try:
-        out, _ = procs[0].communicate(timeout=60)
+        while status is None and time.time() < deadline:
+            pid, status = os.waitpid(pids[0], os.WNOHANG)
+            status = status if pid else None
+            time.sleep(0.05)
     finally:
-        procs[1].kill()
-    assert procs[0].returncode == 5, out
-    seconds = float(out.split("failed after ")[1].split(" s")[0])
-    assert 2.5 <= seconds < 30, out
+        for pid in pids if status is None else pids[1:]:
+            os.kill(pid, signal.SIGKILL)
+            os.waitpid(pid, 0)
+    assert status is not None and os.waitstatus_to_exitcode(status) == 5, out.read_text() if out.exists() else ""
+    text = out.read_text()
+    seconds = float(text.split("failed after ")[1].split(" s")[0])
+    assert 2.5 <= seconds < 30, text
