@@ -7,7 +7,6 @@ import ast
 import copy
 import os
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -21,7 +20,7 @@ import train
 from engine.loop import train_one_epoch
 from options.train_options import parse_train_options
 from tests.conftest import TINY_ARGS, list_dataset, make_pipal_set, run_to_exit
-from tests.forks import run_ranks
+from tests.forks import free_port, run_ranks
 from utils.checkpoint import load_checkpoint
 from utils.distributed import DistInfo, backend_for, rank_device, reduce_step
 from utils.errors import AHIQError
@@ -138,12 +137,6 @@ def test_the_fp16_loss_scale_is_saved_and_restored_exactly(tiny_factory, tmp_pat
             torch.testing.assert_close(a[k], b[k], rtol=0, atol=0)
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 @pytest.mark.slow
 def test_two_nodes_through_train_sh_write_one_run_folder(tmp_path):
     train_set = make_pipal_set(tmp_path / "train", n_refs=2, n_dis=3, size=(32, 32), seed=1)
@@ -153,7 +146,7 @@ def test_two_nodes_through_train_sh_write_one_run_folder(tmp_path):
             train_set["list"], "--val_ref_path", val_set["ref"], "--val_dis_path", val_set["dis"], "--val_list",
             val_set["list"], *TINY_ARGS, "--checkpoints_dir", str(ckpts), "--name", "two_nodes", "--crop_size", "32",
             "--num_workers", "0", "--num_avg_val", "1", "--batch_size", "1", "--n_epoch", "1"]
-    env = {**_shell_env(), "NNODES": "2", "NPROC": "1", "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(_free_port()),
+    env = {**_shell_env(), "NNODES": "2", "NPROC": "1", "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(free_port()),
            "GPU_IDS": "-1", "OMP_NUM_THREADS": "1"}
     nodes = [subprocess.Popen(["sh", "train.sh", *args], cwd=REPO, env={**env, "NODE_RANK": str(rank)},
                               stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True) for rank in (0, 1)]
@@ -276,7 +269,7 @@ def test_a_rank_waits_for_the_others_as_long_as_the_timeout_says(tmp_path):
     """init_distributed's timeout reaches the process group: a rank whose partner never arrives fails after it
     (here 3 s), not after PyTorch's default (10 min for NCCL, 30 for gloo). The two ranks are forked from this
     process (no interpreter to start; tests/forks.py says why that is safe here)."""
-    port, out = _free_port(), tmp_path / "rank0.txt"
+    port, out = free_port(), tmp_path / "rank0.txt"
     pids = []
     for rank in (0, 1):
         pid = os.fork()
