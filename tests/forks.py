@@ -21,6 +21,7 @@ import signal
 import socket
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import torch
@@ -32,13 +33,18 @@ STARTED: list[Forked] = []  # this test's children: tests/conftest.py kills thos
 
 
 class Forked:
-    """A forked entry point, with what the tests use of :class:`subprocess.Popen`."""
+    """A forked entry point (or a test's own process), with what the tests use of :class:`subprocess.Popen`."""
 
-    def __init__(self, module: str, args: list[str], log: Path, env: dict[str, str] | None = None) -> None:
+    def __init__(self, entry: str | Callable[[], object], args: list[str], log: Path,
+                 env: dict[str, str] | None = None) -> None:
+        """``entry``: a module whose ``main`` runs (an entry point, ``sys.argv`` = its script and ``args``), or the
+        function a test's own process runs."""
         if torch.get_num_threads() != 1:
             raise RuntimeError("forking after multi-threaded OpenMP work can hang the children: tests/conftest.py "
                                "sets one thread per test process")
-        entry = importlib.import_module(module)  # imported here, in the parent: the children start with it
+        # imported here, in the parent: the children start with it
+        main = importlib.import_module(entry).main if isinstance(entry, str) else entry
+        script = f"{entry.replace('.', '/')}.py" if isinstance(entry, str) else entry.__name__
         log.touch()  # there when this returns (the caller reads it), written by the child
         sys.stdout.flush()
         sys.stderr.flush()
@@ -57,10 +63,10 @@ class Forked:
                 logging.root.handlers.clear()  # as a new interpreter's (pytest's capture handlers are the parent's)
                 logging.root.setLevel(logging.WARNING)
                 os.environ.update(env or {})
-                sys.argv = [f"{module.replace('.', '/')}.py", *args]
+                sys.argv = [script, *args]
                 from utils.errors import run_cli
                 try:
-                    run_cli(entry.main)
+                    run_cli(main)
                     code = 0
                 except SystemExit as done:
                     code = done.code if isinstance(done.code, int) else (0 if done.code is None else 1)

@@ -4,9 +4,7 @@ outputs, files that are not UTF-8, equal labels, duplicate list lines, bad optio
 resumes with other options, and kills at random moments of a save."""
 from __future__ import annotations
 
-import os
 import random
-import signal
 import struct
 import subprocess
 import sys
@@ -27,6 +25,7 @@ from data.images import image_size, read_rgb
 from data.pipal import read_list
 from engine.scorer import Scorer
 from tests.conftest import TINY_ARGS, make_pipal_set, policy, run_entry
+from tests.forks import Forked
 from utils.checkpoint import load_checkpoint
 from utils.errors import AHIQError
 from utils.files import FolderLock, atomic_torch_save
@@ -254,23 +253,21 @@ def test_kills_at_random_moments_of_a_save_never_tear_last_pth(tmp_path):
     run_dir = tmp_path / "ckpts" / "killed"
     path = str(run_dir / "last.pth")
     ckpt = load_checkpoint(path)
+
+    def save_forever() -> None:
+        print("ready", flush=True)
+        while True:
+            atomic_torch_save(ckpt, path)
+
     rng = random.Random(5)
-    for _ in range(6):
-        ready, said = os.pipe()
-        pid = os.fork()  # a process saving last.pth over and over (forked: no interpreter to start)
-        if pid == 0:
-            try:
-                os.write(said, b"r")
-                while True:
-                    atomic_torch_save(ckpt, path)
-            finally:
-                os._exit(1)
-        os.close(said)
-        assert os.read(ready, 1) == b"r"
-        os.close(ready)
+    for i in range(6):
+        log = tmp_path / f"saver{i}.log"
+        saver = Forked(save_forever, [], log)  # a process saving last.pth over and over (forked: no interpreter)
+        while "ready" not in log.read_text() and saver.poll() is None:
+            time.sleep(0.01)
+        assert saver.poll() is None, log.read_text()  # ready and saving
         time.sleep(rng.uniform(0.0, 0.4))
-        os.kill(pid, signal.SIGKILL)
-        os.waitpid(pid, 0)
+        saver.kill()  # SIGKILL
         assert load_checkpoint(path)["train_state"]["epoch"] == 1  # never torn
     state = train.main(args[:-2] + ["--n_epoch", "2", "--resume"])
     assert state.epoch == 2 and not list(run_dir.glob(".tmp-*"))

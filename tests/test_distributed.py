@@ -10,6 +10,7 @@ import signal
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -20,7 +21,7 @@ import train
 from engine.loop import train_one_epoch
 from options.train_options import parse_train_options
 from tests.conftest import TINY_ARGS, list_dataset, make_pipal_set, run_to_exit
-from tests.forks import free_port, run_ranks
+from tests.forks import free_port, ranks, run_ranks
 from utils.checkpoint import load_checkpoint
 from utils.distributed import DistInfo, backend_for, rank_device, reduce_step
 from utils.errors import AHIQError
@@ -243,13 +244,10 @@ def test_srun_without_torchrun_is_refused_in_one_line(monkeypatch):
     assert not init_distributed("cpu").enabled
 
 
-def _late_rank(rank: int, port: int, out: Path) -> None:
-    """Rank ``rank`` of two, in a forked child: rank 1 never meets rank 0 at its barrier; rank 0 writes how long it
-    waited before failing, and exits with 5."""
-    code = 1
-    try:
-        os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), WORLD_SIZE="2", LOCAL_WORLD_SIZE="2",
-                          RANK=str(rank), LOCAL_RANK=str(rank))
+def _late_rank(out: Path) -> Callable[[], None]:
+    """One rank of two (tests/forks.ranks): rank 1 never meets rank 0 at its barrier; rank 0 writes how long it
+    waited before failing to ``out``, and exits with 5."""
+    def main() -> None:
         from utils.distributed import barrier, init_distributed
         info = init_distributed("cpu", timeout_min=0.05)
         if info.rank == 1:
@@ -259,9 +257,9 @@ def _late_rank(rank: int, port: int, out: Path) -> None:
             barrier(info)
         except Exception as err:
             out.write_text(f"failed after {time.time() - start:.1f} s: {type(err).__name__}")
-            code = 5
-    finally:
-        os._exit(code)
+            sys.exit(5)
+
+    return main
 
 
 @pytest.mark.slow
@@ -269,24 +267,13 @@ def test_a_rank_waits_for_the_others_as_long_as_the_timeout_says(tmp_path):
     """init_distributed's timeout reaches the process group: a rank whose partner never arrives fails after it
     (here 3 s), not after PyTorch's default (10 min for NCCL, 30 for gloo). The two ranks are forked from this
     process (no interpreter to start; tests/forks.py says why that is safe here)."""
-    port, out = free_port(), tmp_path / "rank0.txt"
-    pids = []
-    for rank in (0, 1):
-        pid = os.fork()
-        if pid == 0:
-            _late_rank(rank, port, out)
-        pids.append(pid)
-    deadline, status = time.time() + 60, None
+    out = tmp_path / "rank0.txt"
+    first, late = ranks(_late_rank(out), [], tmp_path / "ranks.log")
     try:
-        while status is None and time.time() < deadline:
-            pid, status = os.waitpid(pids[0], os.WNOHANG)
-            status = status if pid else None
-            time.sleep(0.05)
+        code = first.wait(timeout=60)
     finally:
-        for pid in pids if status is None else pids[1:]:
-            os.kill(pid, signal.SIGKILL)
-            os.waitpid(pid, 0)
-    assert status is not None and os.waitstatus_to_exitcode(status) == 5, out.read_text() if out.exists() else ""
+        late.kill()
+    assert code == 5, (tmp_path / "ranks.log").read_text()
     text = out.read_text()
     seconds = float(text.split("failed after ")[1].split(" s")[0])
     assert 2.5 <= seconds < 30, text
