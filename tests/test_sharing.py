@@ -170,13 +170,13 @@ def test_bn_stats_batch_replays_the_released_test_loop(tmp_path, model_factory, 
     ckpt = tmp_path / "official.pth"
     torch.save({f"{part}_model_state_dict": sd for part, sd in heads.items()}, ckpt)
     args = ["--test_ref_path", data["ref"], "--test_dis_path", data["dis"], "--test_list", data["list"], "--ckpt",
-            str(ckpt), "--crop_size", "32", "--n_ensemble", "10", "--batch_size", str(batch_size),
+            str(ckpt), "--crop_size", "16", "--n_ensemble", "10", "--batch_size", str(batch_size),
             "--random_windows", "official", "--gpu_ids", "-1", "--num_workers", "0", "--checkpoints_dir",
             str(tmp_path), "--vit_weights", backbone_files[8], "--resnet_weights", backbone_files["resnet"]]
     batch = test_entry.main([*args, "--bn_stats", "batch", "--test_file_name", "batch.txt"])
     scores = [float(line.split(",")[1]) for line in Path(batch["predictions"]).read_text().splitlines()]
     expected = _released_test_loop(OfficialStyleBackbones(8, backbone_files[8], backbone_files["resnet"]), heads,
-                                   data, batch_size, 10, 32, 1919)
+                                   data, batch_size, 10, 16, 1919)
     np.testing.assert_allclose(scores, expected, rtol=1e-5)  # (that batch differs from running: the next test)
 
 

@@ -60,18 +60,15 @@ def test_scores_equal_the_official_computation(tmp_path, pipal_set, backbone_fil
     names, scores = _read_results(result["predictions"])
     assert names == pipal_set["names"]  # every listed image, the incomplete last batch included, in list order
     backbones = OfficialStyleBackbones(8, backbone_files[8], backbone_files["resnet"])
-    expected = []
-    for name in names:
-        imgs = [cv2.cvtColor(cv2.imread(str(Path(folder) / n)), cv2.COLOR_BGR2RGB).astype(np.float32) / 255
-                for folder, n in ((pipal_set["dis"], name), (pipal_set["ref"], name[:5] + ".bmp"))]
-        dis, ref = (torch.from_numpy(i.transpose(2, 0, 1))[None] for i in imgs)
-        total = 0.0
-        for idx in range(5):
-            t, left = official_five_point_window(idx, dis.shape[2], dis.shape[3], 32)
-            crop = (slice(None), slice(None), slice(t, t + 32), slice(left, left + 32))
-            total += float(reference_scores(backbones, heads["deform_net"], heads["regressor"], dis[crop], ref[crop]))
-        expected.append(total / 5)
-    np.testing.assert_allclose(scores, expected, rtol=1e-4)
+    dis, ref = (torch.stack([torch.from_numpy(cv2.cvtColor(cv2.imread(str(Path(folder) / n)), cv2.COLOR_BGR2RGB)
+                                              .astype(np.float32).transpose(2, 0, 1) / 255) for n in files])
+                for folder, files in ((pipal_set["dis"], names), (pipal_set["ref"], [n[:5] + ".bmp" for n in names])))
+    total = torch.zeros(len(names), 1)
+    for idx in range(5):  # the official test loop: per crop index, the images in one batch (all of one size here)
+        t, left = official_five_point_window(idx, dis.shape[2], dis.shape[3], 32)
+        crop = (slice(None), slice(None), slice(t, t + 32), slice(left, left + 32))
+        total += reference_scores(backbones, heads["deform_net"], heads["regressor"], dis[crop], ref[crop])
+    np.testing.assert_allclose(scores, (total / 5).flatten().numpy(), rtol=1e-4)
     assert np.ptp(scores) > 1e-4  # the images really score differently
 
     metrics = json.loads(Path(result["predictions"]).with_name("results_metrics.json").read_text())
