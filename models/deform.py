@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import functools
 import itertools
+from collections.abc import Callable
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -123,7 +125,19 @@ def conv3x3_nearest_upsampled(x: torch.Tensor, weight: torch.Tensor, bias: torch
     return out.reshape(n, c_out, h * factor, w * factor)
 
 
-@functools.lru_cache(maxsize=16)
+def _constant(fn: Callable[..., torch.Tensor]) -> Callable[..., torch.Tensor]:
+    """``fn``'s tensor made once per arguments in eager mode; under torch.compile the body itself is traced (the
+    tensor becomes a constant of the graph): dynamo would otherwise trace through the cache and warn that this may
+    be silently wrong."""
+    cached = functools.lru_cache(maxsize=16)(fn)
+
+    @functools.wraps(fn)
+    def call(*args: Any) -> torch.Tensor:
+        return fn(*args) if torch.compiler.is_compiling() else cached(*args)
+    return call
+
+
+@_constant
 def _tap_steps(kh: int, kw: int, padding: int, device: torch.device, dtype: torch.dtype) -> torch.Tensor:
     """(kh * kw, 2): each kernel tap's (dy, dx) from the output pixel, row-major, as the offsets are laid out; made
     once per device (not copied to it at every call), outside inference mode, so training can use it too."""
@@ -132,7 +146,7 @@ def _tap_steps(kh: int, kw: int, padding: int, device: torch.device, dtype: torc
                             dtype=dtype)
 
 
-@functools.lru_cache(maxsize=16)
+@_constant
 def _phase_index(factor: int, device: torch.device) -> torch.Tensor:
     """(M, factor * factor * 9): for each phase (a, b) and source tap (ri, rj), the kernel taps ki * 3 + kj that land
     on it in increasing order, then 9 (the zero tap) up to M, the most any source tap takes. Made outside inference
