@@ -48,6 +48,18 @@ def test_logistic_mapping_recovers_a_known_curve():
     assert few["plcc_logistic"] is None and few["plcc_logistic_note"] == "fewer than 5 images"
 
 
+def test_the_fits_jacobian_is_the_curves_derivative():
+    """The logistic fit's analytic Jacobian against central differences, on the slope and where the curve is flat."""
+    from utils.metrics import _rising, _rising_jacobian
+    x = np.array([-3.0, -0.2, 0.1, 0.45, 0.8, 40.0])
+    for params in ([0.1, 0.8, 0.4, 0.7], [-1.0, 2.5, 0.2, 0.05], [0.0, 1.0, 0.0, 1e-3]):
+        step = 1e-6 * np.maximum(np.abs(params), 1e-3)
+        numeric = np.stack([(_rising(x, *np.add(params, np.eye(4)[k] * step[k]))
+                             - _rising(x, *np.subtract(params, np.eye(4)[k] * step[k]))) / (2 * step[k])
+                            for k in range(4)], axis=1)
+        np.testing.assert_allclose(_rising_jacobian(x, *params), numeric, rtol=1e-5, atol=1e-6)
+
+
 def test_a_logistic_fit_that_is_a_step_gives_no_logistic_plcc():
     """Six images whose labels fall in two groups: the least-squares logistic is a step between the groups, and its
     PLCC (1.0 here) would say the model is perfect whatever the order within the groups."""
