@@ -166,7 +166,12 @@ def run_entry(capsys, entry: str, *args: str) -> CliResult:
     try:
         if entry.startswith("-m "):
             sys.argv = [entry[3:], *args]
-            runpy.run_module(entry[3:], run_name="__main__", alter_sys=True)
+            imported = sys.modules.pop(entry[3:], None)  # run as `python -m` runs it: not the module imported here
+            try:
+                runpy.run_module(entry[3:], run_name="__main__", alter_sys=True)
+            finally:
+                if imported is not None:
+                    sys.modules[entry[3:]] = imported
         else:
             sys.argv = [entry, *args]
             runpy.run_path(str(REPO / entry), run_name="__main__")

@@ -45,7 +45,8 @@ def test_hub_metric_scores_what_test_py_scores(tmp_path, tiny_ckpt):
     from data.score_mapping import fit_mapping
     fitted_on = np.linspace(0.0, 0.4, 12)  # a gentle slope over the scores: rounding of 1e-6 stays 1e-6
     dmos = 90 - 80 / (1 + np.exp(-(fitted_on - 0.2) / 0.1))  # falls as scores rise
-    mapping = fit_mapping(fitted_on, dmos, LabelNorm.fit(dmos, lower_better=True), "d.txt", None)
+    mapping = fit_mapping(fitted_on, dmos, LabelNorm.fit(dmos, lower_better=True), "d.txt", tiny_ckpt,
+                          metric.scorer.weights())  # fitted for this model, as test.py --fit_mapping records it
     mapping.save(str(tmp_path / "dmos.json"))
     mapped = torch.hub.load(str(REPO), "ahiq", source="local", pretrained=False, ckpt=tiny_ckpt, n_ensemble=12,
                             crop_size=32, mapping=str(tmp_path / "dmos.json"))
