@@ -126,10 +126,14 @@ def conv3x3_nearest_upsampled(x: torch.Tensor, weight: torch.Tensor, bias: torch
 
 
 def _constant(fn: Callable[..., torch.Tensor]) -> Callable[..., torch.Tensor]:
-    """``fn``'s tensor made once per arguments in eager mode; under torch.compile the body itself is traced (the
-    tensor becomes a constant of the graph): dynamo would otherwise trace through the cache and warn that this may
-    be silently wrong."""
-    cached = functools.lru_cache(maxsize=16)(fn)
+    """``fn``'s tensor made once per arguments in eager mode, outside inference mode (so training can use it too);
+    under torch.compile the body itself is traced, the tensor a constant of the graph (dynamo would otherwise trace
+    through the cache, warning that this may be silently wrong, and torch < 2.8 fails on the inference-mode switch
+    inside a graph compiled under inference mode)."""
+    def build(*args: Any) -> torch.Tensor:
+        with torch.inference_mode(False):
+            return fn(*args)
+    cached = functools.lru_cache(maxsize=16)(build)
 
     @functools.wraps(fn)
     def call(*args: Any) -> torch.Tensor:
@@ -140,21 +144,17 @@ def _constant(fn: Callable[..., torch.Tensor]) -> Callable[..., torch.Tensor]:
 @_constant
 def _tap_steps(kh: int, kw: int, padding: int, device: torch.device, dtype: torch.dtype) -> torch.Tensor:
     """(kh * kw, 2): each kernel tap's (dy, dx) from the output pixel, row-major, as the offsets are laid out; made
-    once per device (not copied to it at every call), outside inference mode, so training can use it too."""
-    with torch.inference_mode(False):
-        return torch.tensor([(i - padding, j - padding) for i in range(kh) for j in range(kw)], device=device,
-                            dtype=dtype)
+    once per device (not copied to it at every call)."""
+    return torch.tensor([(i - padding, j - padding) for i in range(kh) for j in range(kw)], device=device, dtype=dtype)
 
 
 @_constant
 def _phase_index(factor: int, device: torch.device) -> torch.Tensor:
     """(M, factor * factor * 9): for each phase (a, b) and source tap (ri, rj), the kernel taps ki * 3 + kj that land
-    on it in increasing order, then 9 (the zero tap) up to M, the most any source tap takes. Made outside inference
-    mode, so training can use it too."""
-    with torch.inference_mode(False):
-        lists: list[list[int]] = [[] for _ in range(factor * factor * 9)]
-        for a, b, ki, kj in itertools.product(range(factor), range(factor), range(3), range(3)):
-            ri, rj = (a + ki - 1) // factor + 1, (b + kj - 1) // factor + 1
-            lists[(a * factor + b) * 9 + ri * 3 + rj].append(ki * 3 + kj)
-        most = max(map(len, lists))
-        return torch.tensor([taps + [9] * (most - len(taps)) for taps in lists], device=device).t().contiguous()
+    on it in increasing order, then 9 (the zero tap) up to M, the most any source tap takes."""
+    lists: list[list[int]] = [[] for _ in range(factor * factor * 9)]
+    for a, b, ki, kj in itertools.product(range(factor), range(factor), range(3), range(3)):
+        ri, rj = (a + ki - 1) // factor + 1, (b + kj - 1) // factor + 1
+        lists[(a * factor + b) * 9 + ri * 3 + rj].append(ki * 3 + kj)
+    most = max(map(len, lists))
+    return torch.tensor([taps + [9] * (most - len(taps)) for taps in lists], device=device).t().contiguous()
