@@ -45,12 +45,14 @@ def device_of(cfg: RunFields) -> str:
 @contextlib.contextmanager
 def process_group(cfg: RunFields) -> Iterator[DistInfo]:
     """This process's place in its torchrun job (alone: a group of one), left when the block ends, however it
-    ends."""
+    ends (all ranks together when it ends without an error)."""
     info = init_distributed(device_of(cfg), cfg.gpu_list, cfg.dist_timeout)
     try:
         yield info
-    finally:
+    except BaseException:
         shutdown(info)
+        raise
+    shutdown(info, together=True)
 
 
 def backbone_source(cfg: Entry) -> BackboneSource:

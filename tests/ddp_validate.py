@@ -35,14 +35,14 @@ def main(argv: list[str] | None = None) -> None:
     except ScoringStopped:
         with open(f"{out_file}.rank{info.rank}", "w") as f:
             json.dump({"stopped": True, "rank": info.rank}, f)
-        shutdown(info)
+        shutdown(info, together=True)  # every rank stops: they agreed
         return
     if info.is_main:
         shard = val.indices
         with open(out_file, "w") as f:
             json.dump({"metrics": metrics, "preds": preds.tolist(), "labels": labels.tolist(),
                        "world_size": info.world_size, "rank0_shard": shard}, f)
-    shutdown(info)
+    shutdown(info, together=True)
 
 
 if __name__ == "__main__":

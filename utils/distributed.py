@@ -106,8 +106,13 @@ def backend_for(device: str) -> str:
     return "nccl" if device.startswith("cuda") else "gloo"
 
 
-def shutdown(info: DistInfo) -> None:
+def shutdown(info: DistInfo, together: bool = False) -> None:
+    """Leave the process group this process made. ``together``: every rank ends here (their work done), so they
+    first wait for each other: gloo's teardown while a peer still finishes its last collective can hang (seen with
+    torch 2.6 and 2.7). After a failure the others may be gone or elsewhere, so nothing waits for them."""
     if info.enabled and info.owner and dist.is_initialized():
+        if together:
+            dist.barrier()
         dist.destroy_process_group()
 
 
