@@ -47,8 +47,8 @@ from options.train_options import TrainConfig, check_train_options
 from utils import report
 from utils.distributed import DistInfo, barrier, init_distributed
 from utils.errors import AHIQError, StopRequest, run_cli
-from utils.files import atomic_write, read_text
-from utils.records import differences
+from utils.files import atomic_write, read_json, read_text
+from utils.records import require_same
 from utils.stats import compare_models
 
 log = logging.getLogger("ahiq.protocol")
@@ -65,17 +65,10 @@ def check_same_protocol(opt: ProtocolConfig) -> None:
     path = os.path.join(opt.run_dir, "opt_protocol.json")
     if not os.path.isfile(path):
         return
-    try:
-        before = json.loads(read_text(path))
-    except ValueError as err:
-        raise AHIQError(f"{path}: cannot be read as JSON ({err}); restore it, or choose another --name") from None
-    if not isinstance(before, dict):
-        raise AHIQError(f"{path}: not the options of a protocol run (a JSON object); choose another --name")
-    diff = differences({"options": before}, {"options": opt.values(RESULT, RESUMABLE)})
-    if diff:
-        shown = "; ".join(diff[:4])
-        raise AHIQError(f"{opt.run_dir}: holds a protocol run with other options ({shown}); choose another --name "
-                        "to start a new one (nothing was changed)")
+    before = read_json(path, "the options of a protocol run", "restore it, or choose another --name")
+    require_same({"options": before}, {"options": opt.values(RESULT, RESUMABLE)}, opt.run_dir,
+                 "holds a protocol run with other options",
+                 "choose another --name to start a new one (nothing was changed)")
 
 
 def split_options(opt: ProtocolConfig, k: int) -> ProtocolConfig:

@@ -33,10 +33,10 @@ from utils import report
 from utils.checkpoint import meta_of
 from utils.distributed import DistInfo
 from utils.errors import AHIQError, StopRequest, run_cli
-from utils.files import Lock, atomic_write, read_bytes, read_text
+from utils.files import Lock, atomic_write, read_bytes, read_json
 from utils.metrics import MIN_FIT_IMAGES, fit_logistic4, fmt, iqa_metrics, logistic4, logistic_fit_problem, metrics_line
 from utils.plots import groups_png, optional_figure, scatter_png, worst_png
-from utils.records import differences
+from utils.records import require_same
 from utils.stats import CI_METRICS, bootstrap_intervals, group_metrics, p1401
 
 log = logging.getLogger("ahiq.test")
@@ -224,17 +224,9 @@ def claim(results: str, source: dict, overwrite: bool) -> None:
     checkpoint, list or split, or of something test.py has no record of; ``overwrite`` replaces them anyway."""
     if overwrite or not os.path.exists(results):
         return
-    try:
-        before = json.loads(read_text(beside(results, "_source.json")))
-    except (AHIQError, ValueError):
-        before = None
-    if not isinstance(before, dict):
-        raise AHIQError(f"{results}: exists, and test.py has no record of what it holds; pass another "
-                        "--test_file_name (or --submission folder), or --overwrite to replace it")
-    changed = differences(before, source)
-    if changed:
-        raise AHIQError(f"{results}: holds the predictions of another run ({'; '.join(changed)}); pass another "
-                        "--test_file_name (or --submission folder), or --overwrite to replace it")
+    fix = "pass another --test_file_name (or --submission folder), or --overwrite to replace it"
+    before = read_json(beside(results, "_source.json"), f"test.py's record of what {results} holds", fix)
+    require_same(before, source, results, "holds the predictions of another run", fix)
 
 
 def run(opt: TestConfig) -> dict:

@@ -65,7 +65,7 @@ from utils.files import FolderLock, remove_stale_temporaries
 from utils.logger import EpochLog, Scalars, close_file_logs, setup_logging
 from utils.metrics import METRIC_NAMES, improves, iqa_metrics, metrics_line
 from utils.plots import optional_figure, scatter_figure
-from utils.records import differences, file_digest
+from utils.records import file_digest, require_same
 
 log = logging.getLogger("ahiq.train")
 
@@ -289,18 +289,16 @@ def input_digests(opt: TrainConfig) -> dict[str, str]:
 
 def check_resume_inputs(ckpt: dict, opt: TrainConfig, path: str) -> None:
     """A resumed run reads the same label lists and split file it started with (same contents, not just paths)."""
-    changed = differences({"inputs": meta_of(ckpt).get("inputs") or {}}, {"inputs": input_digests(opt)})
-    if changed:
-        raise AHIQError(f"{path}: {'; '.join(changed)} since this run started (the labels it trains on would change "
-                        "under it); restore the file, or start a new run with another --name")
+    require_same({"inputs": meta_of(ckpt).get("inputs") or {}}, {"inputs": input_digests(opt)}, path,
+                 "reads other label files than when it started", "restore the file (the labels a run trains on "
+                 "must not change under it), or start a new run with another --name")
 
 
 def check_resume_options(saved: dict, opt: TrainConfig, path: str) -> None:
     """Every option that changes results (policy RESULT, options/) must be what the run was started with."""
-    diff = differences({"options": saved}, {"options": dict(sorted(opt.values(RESULT).items()))})
-    if diff:
-        raise AHIQError(f"{path}: was trained with other options ({'; '.join(diff)}); resume with the same ones "
-                        "(only --n_epoch may grow) or start a new run with another --name")
+    require_same({"options": saved}, {"options": dict(sorted(opt.values(RESULT).items()))}, path,
+                 "was trained with other options",
+                 "resume with the same ones (only --n_epoch may grow) or start a new run with another --name")
 
 
 def main(argv: list[str] | None = None) -> TrainState:

@@ -13,9 +13,9 @@ import numpy as np
 
 from data.label_norm import LabelNorm
 from utils.errors import AHIQError
-from utils.files import atomic_write, read_text
+from utils.files import atomic_write, read_json
 from utils.metrics import fit_logistic4, logistic4, logistic_fit_problem
-from utils.records import differences
+from utils.records import require_same
 from utils.values import expected
 
 FORMAT = "ahiq-mapping-1"
@@ -53,11 +53,10 @@ class Mapping:
         if self.weights is None:
             return (f"{self.file}: records no model digest (an older file): make sure it was fitted for "
                     f"{self.checkpoint or 'this model'}, or fit it again with test.py --fit_mapping")
-        changed = differences(self.weights, weights)
-        if changed and not allow_other:
-            raise AHIQError(f"{self.file}: fitted for another model ({'; '.join(changed)} since it was fitted for "
-                            f"{self.checkpoint}); fit one for this model with test.py --fit_mapping FILE, or pass "
-                            "--allow_other_mapping (allow_other_mapping=True) to use it anyway")
+        if not allow_other:
+            require_same(self.weights, weights, self.file, f"fitted for another model than {self.checkpoint}",
+                         "fit one for this model with test.py --fit_mapping FILE, or pass --allow_other_mapping "
+                         "(allow_other_mapping=True) to use it anyway")
         return None
 
 
@@ -79,14 +78,7 @@ def load_mapping(path: str) -> Mapping:
     """A mapping :meth:`Mapping.save` wrote, checked as a checkpoint is: every field of its type, the logistic
     rising (b1 > b2, scale b4 > 0) and finite over any score a model gives (-1 to 2); anything else is refused in
     one line naming the file."""
-    try:
-        d = json.loads(read_text(path))
-    except (AHIQError, ValueError) as err:
-        raise AHIQError(f"{path}: cannot be read as a score mapping ({err}); fit one with test.py --fit_mapping "
-                        "FILE") from None
-    if not isinstance(d, dict) or d.get("format") != FORMAT:
-        raise AHIQError(f"{path}: not a score mapping of this project (format {FORMAT}); fit one with test.py "
-                        "--fit_mapping FILE")
+    d = read_json(path, "a score mapping of this project", "fit one with test.py --fit_mapping FILE", FORMAT)
     problem = _field_problem(d)
     if problem:
         raise AHIQError(f"{path}: {problem}; fit the mapping again with test.py --fit_mapping FILE")

@@ -17,7 +17,7 @@ import os
 import numpy as np
 
 from utils.errors import AHIQError
-from utils.files import atomic_write, read_text
+from utils.files import atomic_write, read_json
 
 log = logging.getLogger("ahiq.splits")
 FORMAT = "ahiq-splits/1"
@@ -56,11 +56,9 @@ def save_splits(path: str, splits: list[dict], seed: int, ratios, source: str) -
 
 
 def read_splits(path: str) -> dict:
-    try:
-        doc = json.loads(read_text(path))
-    except (OSError, json.JSONDecodeError) as err:
-        raise AHIQError(f"{path}: cannot be read as a split file ({err}); delete it to make a new one") from None
-    if not isinstance(doc, dict) or doc.get("format") != FORMAT or not isinstance(doc.get("splits"), list) \
+    doc = read_json(path, "an AHIQ split file", "pass another --split_file, or delete this one to make a new one",
+                    FORMAT)
+    if not isinstance(doc.get("splits"), list) \
             or not doc["splits"] or not all(isinstance(s, dict) and all(
                 isinstance(s.get(p), list) and all(isinstance(r, str) for r in s[p]) for p in PARTS)
                 for s in doc["splits"]):

@@ -29,8 +29,8 @@ from engine.loop import Predictions, ScoringStopped, reference_shards
 from engine.scorer import Scorer
 from utils.distributed import DistInfo, barrier, failed_elsewhere, gather_arrays, worst_outcome
 from utils.errors import AHIQError, Interrupted
-from utils.files import atomic_write, file_error, read_text
-from utils.records import differences, digest
+from utils.files import atomic_write, file_error, read_json, read_text
+from utils.records import digest, require_same
 
 FORMAT = "ahiq-progress-1"
 
@@ -75,20 +75,12 @@ class Progress:
             raise file_error(self._path, err, "written") from None
 
     def _saved(self) -> dict:
-        try:
-            saved = json.loads(read_text(self.header_file))
-        except (AHIQError, ValueError):
-            saved = None
-        if not isinstance(saved, dict) or saved.get("format") != FORMAT:
-            raise AHIQError(f"{self.header_file}: not the progress header of a scoring run; move {self.folder} "
-                            "away, or pass --overwrite to start again")
-        return saved
+        return read_json(self.header_file, "the progress header of a scoring run",
+                         f"move {self.folder} away, or pass --overwrite to start again", FORMAT)
 
     def _check(self, now: dict) -> None:
-        changed = differences(self._saved(), now)
-        if changed:
-            raise AHIQError(f"{self.folder}: holds the progress of another run ({'; '.join(changed)[:400]}); run "
-                            "with what it was started with, or --overwrite to start again")
+        require_same(self._saved(), now, self.folder, "holds the progress of another run",
+                     "run with what it was started with, or --overwrite to start again")
 
     def bind(self, weights: dict[str, str]) -> None:
         """The digests of the weights that score (:meth:`engine.scorer.Scorer.weights`): recorded by a new run,

@@ -31,7 +31,7 @@ from options.defaults import CHECKPOINTS, PROTOCOL_NAME, RELEASED_NAME, SEED, TR
 from options.policy import FREE, ONCE, RESULT, policy
 from utils.device import AMP_DTYPES, default_gpu_ids, default_workers, missing_gpu
 from utils.errors import AHIQError
-from utils.files import read_text
+from utils.files import read_json
 from utils.values import expected as expected_value
 from utils.values import hint_of
 
@@ -330,13 +330,7 @@ def parse_with_config(cls: type[RunConfig], argv: list[str] | None) -> argparse.
     config = pre.parse_known_args(argv)[0].config
     values: dict[str, Any] = {}
     if config:
-        try:
-            saved = json.loads(read_text(config))
-        except (OSError, ValueError) as err:
-            raise AHIQError(f"{config}: cannot be read as a saved configuration ({err}); pass an opt_*.json from "
-                            "a run folder") from None
-        if not isinstance(saved, dict):
-            raise AHIQError(f"{config}: not a saved configuration (expected a JSON object of options)")
+        saved = read_json(config, "a saved configuration of options", "pass an opt_*.json from a run folder")
         rerun = {a.dest: a for a in options_of(parser) if policy(a) != ONCE}
         unknown = sorted(set(saved) - {a.dest for a in options_of(parser)} - {"switches_given"})
         if unknown:  # e.g. train.py's options in a test.py rerun: said, never silently dropped

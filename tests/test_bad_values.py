@@ -190,7 +190,7 @@ def test_a_protocol_folder_with_a_damaged_options_file_is_one_line(tmp_path):
     run = tmp_path / "proto"
     run.mkdir()
     (run / "opt_protocol.json").write_text("{not json")
-    with pytest.raises(AHIQError, match=r"opt_protocol\.json: cannot be read as JSON"):
+    with pytest.raises(AHIQError, match=r"opt_protocol\.json: cannot be read as the options of a protocol run \(Expecting"):
         protocol.main(["--checkpoints_dir", str(tmp_path), "--name", "proto", "--gpu_ids", "-1"])
 
 

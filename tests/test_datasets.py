@@ -194,7 +194,7 @@ def test_split_file_is_made_once_then_reused_and_checked(tmp_path):
     with pytest.raises(AHIQError, match=r"made for other data.*X9\.png"):
         load_or_create_splits(path, other, (6, 2, 2), 2, seed=1)
     Path(path).write_text("{broken")
-    with pytest.raises(AHIQError, match="cannot be read as a split file"):
+    with pytest.raises(AHIQError, match="splits.json: cannot be read as an AHIQ split file"):
         load_or_create_splits(path, labels, (6, 2, 2), 2, seed=1)
 
 

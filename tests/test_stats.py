@@ -276,8 +276,8 @@ def test_a_mapping_fitted_for_another_model_is_refused_by_its_weights(tmp_path, 
     fit_mapping(scores, mos, LabelNorm.fit(mos), "list.txt", str(ckpt), scorer.weights()).save(str(tmp_path / "m.json"))
     assert load_scorer(str(ckpt), str(tmp_path), mapping=str(tmp_path / "m.json"), **settings).mapping is not None
     save_weights(str(ckpt), _other_head(tiny_factory))
-    with pytest.raises(AHIQError, match=r"m\.json: fitted for another model \(the checkpoint's weights changed since "
-                                        r"it was fitted for .*model\.pth\); .*--allow_other_mapping"):
+    with pytest.raises(AHIQError, match=r"m\.json: fitted for another model than .*model\.pth \(the checkpoint's "
+                                        r"weights changed\); .*--allow_other_mapping"):
         load_scorer(str(ckpt), str(tmp_path), mapping=str(tmp_path / "m.json"), **settings)
     other = load_scorer(str(ckpt), str(tmp_path), mapping=str(tmp_path / "m.json"), allow_other_mapping=True,
                         **settings)

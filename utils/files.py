@@ -10,6 +10,7 @@ import errno
 import fcntl
 import glob
 import io
+import json
 import os
 import tempfile
 from typing import Any
@@ -82,6 +83,21 @@ def read_text(path: str) -> str:
         line = data[:err.start].count(b"\n") + 1
         raise AHIQError(f"{path}:{line}: not UTF-8 text (byte 0x{data[err.start]:02x}); save the file as UTF-8") \
             from None
+
+
+def read_json(path: str, what: str, fix: str, fmt: str | None = None) -> dict:
+    """A JSON object the project wrote (``fmt``: its ``"format"`` value must be this), or one line naming the file,
+    ``what`` it should be and the ``fix``."""
+    try:
+        with open(path, "rb") as f:
+            doc = json.loads(f.read().decode("utf-8-sig"))
+    except (OSError, ValueError) as err:
+        doc, problem = None, f"cannot be read as {what} ({getattr(err, 'strerror', None) or err})"
+    else:
+        problem = f"not {what}" + (f" (format {fmt})" if fmt else " (a JSON object)")
+    if not isinstance(doc, dict) or (fmt is not None and doc.get("format") != fmt):
+        raise AHIQError(f"{path}: {problem}; {fix}")
+    return doc
 
 
 def atomic_torch_save(obj: Any, path: str) -> None:

@@ -2,7 +2,7 @@
 
 A run that continues or repeats another (train.py --resume, a scoring job's --resume, test.py writing over earlier
 results, protocol.py run again) compares what the earlier one recorded with what it would compute now through
-:func:`differences`, and refuses in one line that names each change. Records hold contents by digest, not paths: a
+:func:`require_same`, which refuses in one line that names each change. Records hold contents by digest, not paths: a
 list edited in place or a checkpoint replaced at the same path is a change.
 """
 from __future__ import annotations
@@ -11,6 +11,8 @@ import hashlib
 import json
 from collections.abc import Iterable, Mapping
 from typing import Any
+
+from utils.errors import AHIQError
 
 # How a key of a record is named in a message; keys under "options" are named as the option (--key).
 WORDS = {
@@ -63,6 +65,14 @@ def differences(saved: Mapping, now: Mapping) -> list[str]:
     changed`` for a content of :data:`WORDS` (digests are not worth showing). Nested records are compared key by
     key; a key the saved record lacks (written by an older version) is not compared."""
     return _differences(_plain(dict(saved)), _plain(dict(now)), ())
+
+
+def require_same(saved: Mapping, now: Mapping, where: str, what: str, fix: str) -> None:
+    """Refuse in one line, ``{where}: {what} ({each change}); {fix}``, when ``saved`` records a value of ``now``
+    otherwise (:func:`differences`)."""
+    changed = differences(saved, now)
+    if changed:
+        raise AHIQError(f"{where}: {what} ({'; '.join(changed)[:400]}); {fix}")
 
 
 def _differences(saved: dict, now: dict, path: tuple[str, ...]) -> list[str]:
