@@ -17,7 +17,7 @@ import torch.nn as nn
 
 import models.tiny  # noqa: F401 - registers the ahiq_tiny_* test backbones with timm
 from models.weights import pinned
-from utils.checkpoint import load_checkpoint
+from utils.checkpoint import check_state_dict, load_checkpoint
 from utils.errors import AHIQError
 
 VIT_TAGS = {8: pinned("vit8"), 16: pinned("vit16")}  # the tags are written once, in models/weights.tsv
@@ -151,21 +151,8 @@ def load_used_weights(module: nn.Module, path: str, tag: str) -> None:
     ``module`` may be on the meta device (built without initialising): it gets the file's tensors themselves."""
     sd = read_state_dict(path)
     needed = module.state_dict()
-    missing = [k for k in needed if k not in sd]
-    if missing:
-        raise AHIQError(f"{path}: not {tag} weights: {len(missing)} keys missing, e.g. {missing[:3]}; "
-                        f"pass the timm state dict of {tag}")
-    wrong = [k for k, v in needed.items()
-             if not isinstance(sd[k], torch.Tensor) or tuple(sd[k].shape) != tuple(v.shape)]
-    if wrong:
-        k = wrong[0]
-        raise AHIQError(f"{path}: not {tag} weights: {k} has shape {tuple(getattr(sd[k], 'shape', ()))}, "
-                        f"expected {tuple(needed[k].shape)}")
-    for k, v in needed.items():  # held to a checkpoint's rules: a NaN here would make every score NaN, silently
-        if v.is_floating_point() and not sd[k].is_floating_point():
-            raise AHIQError(f"{path}: {k} is {sd[k].dtype}, not floating point; not {tag} weights")
-        if sd[k].is_floating_point() and not torch.isfinite(sd[k]).all():
-            raise AHIQError(f"{path}: {k} holds NaN or infinite values; download or copy the {tag} weights again")
+    check_state_dict(sd, needed, path, None, f"{tag} (extra keys are ignored)",
+                     f"pass the timm state dict of {tag}, downloaded or copied again", strict=False)
     module.load_state_dict({k: sd[k].float() if sd[k].is_floating_point() else sd[k] for k in needed}, strict=True,
                            assign=True)
     left = [n for n, t in [*module.named_parameters(), *module.named_buffers()] if t.is_meta]

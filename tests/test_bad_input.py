@@ -239,7 +239,8 @@ def test_stale_temporaries_are_removed_and_resume_checks_the_options(tmp_path):
     train_list = Path(args[args.index("--train_list") + 1])
     original = train_list.read_text()
     train_list.write_text(original.replace(",", ",1", 1))  # one label edited in place, same path
-    with pytest.raises(AHIQError, match=r"last\.pth: reads other label files than when it started \(the content of --train_list changed\)"):
+    with pytest.raises(AHIQError, match=r"last\.pth: reads other label files than when it started "
+                                         r"\(the content of --train_list changed\)"):
         train.main(args[:-2] + ["--n_epoch", "2", "--resume"])
     train_list.write_text(original)
     state = train.main(args[:-2] + ["--n_epoch", "2", "--resume"])  # a longer run is allowed
@@ -283,9 +284,9 @@ def test_test_py_checks_the_list_and_images_before_building_the_model(tmp_path, 
 
 
 @pytest.mark.parametrize("damage, message", [
-    (lambda t: t.fill_(float("nan")), r"holds NaN or infinite values; download or copy"),
+    (lambda t: t.fill_(float("nan")), r"holds NaN or infinite values.*downloaded or copied again"),
     (lambda t: t.fill_(float("inf")), r"holds NaN or infinite values"),
-    (lambda t: t.to(torch.int64), r"is torch\.int64, not floating point"),
+    (lambda t: t.to(torch.int64), r"is torch\.int64, not a floating-point tensor"),
 ])
 def test_backbone_files_are_held_to_a_checkpoints_rules(tmp_path, damage, message):
     """A NaN, infinite or integer tensor in a backbone weights file stops in one line naming the file and the tensor

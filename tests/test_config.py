@@ -143,7 +143,8 @@ def test_os_errors_from_libraries_keep_their_cause_and_debug_shows_the_traceback
 
 
 def test_the_projects_own_file_errors_are_one_line(tmp_path):
-    with pytest.raises(AHIQError, match=r": cannot be read as a saved configuration of options \(Is a directory\); pass an opt_"):
+    with pytest.raises(AHIQError, match=r": cannot be read as a saved configuration of options "
+                                         r"\(Is a directory\); pass an opt_"):
         parse_test_options(["--config", str(tmp_path)])  # a folder given as a file
     (tmp_path / "run").write_text("a file where the run folder should be")
     with pytest.raises(AHIQError, match=r"run/\.lock: cannot be created \(File exists\)"):

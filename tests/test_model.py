@@ -79,7 +79,8 @@ def test_weight_file_missing_used_key_is_an_error(tmp_path, backbone_files):
 
 
 def test_weight_file_of_wrong_patch_size_is_an_error(backbone_files):
-    with pytest.raises(AHIQError, match=r"vit_p16\.safetensors: not vit_base_patch8.*has shape"):
+    with pytest.raises(AHIQError, match=r"vit_p16\.safetensors: its state dict does not fit "
+                                         r"vit_base_patch8.*wrong shape"):
         build_model(8, pretrained=False, vit_weights=backbone_files[16], resnet_weights=backbone_files["resnet"])
 
 

@@ -42,7 +42,8 @@ def test_results_go_beside_the_checkpoint_and_are_never_replaced_by_another_run(
     test_entry.main(_args(two, str(ckpt), "--overwrite"))
     assert Path(first["predictions"]).read_text() != before
     (ckpt.parent / "mine.txt").write_text("my notes\n")
-    with pytest.raises(AHIQError, match=r"mine_source\.json: cannot be read as test\.py's record of what .*mine\.txt holds \(No such file"):
+    with pytest.raises(AHIQError, match=r"mine_source\.json: cannot be read as test\.py's record of what "
+                                         r".*mine\.txt holds \(No such file"):
         test_entry.main(_args(one, str(ckpt), "--test_file_name", "mine.txt"))
     assert (ckpt.parent / "mine.txt").read_text() == "my notes\n"
 

@@ -103,27 +103,41 @@ def head_state_dicts(ckpt: Mapping[str, Any], path: str) -> dict[str, dict[str, 
     return parts
 
 
+def check_state_dict(sd: Mapping[str, Any], own: Mapping[str, torch.Tensor], path: str, part: str | None,
+                     what: str, fix: str, strict: bool = True) -> None:
+    """``sd`` (read from a file) fits ``own`` (a module's state dict): every key of ``own`` with its shape (``strict``:
+    no other key), a floating-point tensor where ``own`` has one, and every value finite (a NaN would make every score
+    NaN, silently). Refused in one line naming ``path``, the ``part`` (a key prefix) and the keys at fault, the model
+    it should fit (``what``) and the ``fix``."""
+    missing = [k for k in own if k not in sd]
+    unexpected = [k for k in sd if k not in own] if strict else []
+    shape = [k for k in own if k in sd and tuple(getattr(sd[k], "shape", ())) != tuple(own[k].shape)]
+    if missing or unexpected or shape:
+        details = "; ".join(f"{name}: {keys[:4]}" for name, keys in (
+            ("missing", missing), ("unexpected", unexpected),
+            ("wrong shape", [f"{k} {tuple(getattr(sd[k], 'shape', ()))}, expected {tuple(own[k].shape)}"
+                             for k in shape])) if keys)
+        raise AHIQError(f"{path}: {part or 'its state dict'} does not fit {what} ({details}); {fix}")
+    for k, v in own.items():
+        value = sd[k]
+        if not v.is_floating_point():
+            continue
+        if not (isinstance(value, torch.Tensor) and value.is_floating_point()):
+            problem = f"is {getattr(value, 'dtype', type(value).__name__)}, not a floating-point tensor"
+        elif not torch.isfinite(value).all():
+            problem = "holds NaN or infinite values (a diverged training run, a damaged copy?)"
+        else:
+            continue
+        raise AHIQError(f"{path}: {part + '.' if part else ''}{k} {problem}; {fix}")
+
+
 def load_head_weights(model: nn.Module, ckpt: Mapping[str, Any], path: str) -> None:
     """Load ``deform_net`` and ``regressor`` of ``model`` from a checkpoint dict; a mismatch names the keys."""
     for part, sd in head_state_dicts(ckpt, path).items():
         module = getattr(model, part)
-        own = module.state_dict() if module is not None else {}
-        missing = sorted(set(own) - set(sd))
-        unexpected = sorted(set(sd) - set(own))
-        shape = [k for k in own if k in sd and tuple(sd[k].shape) != tuple(own[k].shape)]
-        if missing or unexpected or shape:
-            details = "; ".join(f"{name}: {keys[:4]}" for name, keys in
-                                (("missing", missing), ("unexpected", unexpected), ("wrong shape", shape)) if keys)
-            raise AHIQError(f"{path}: {part} does not fit this AHIQ model ({details}); likely cause: a checkpoint "
-                            "of a different architecture or a modified model")
-        bad = [k for k, v in sd.items() if not (isinstance(v, torch.Tensor) and v.is_floating_point())]
-        if bad:
-            raise AHIQError(f"{path}: {part}.{bad[0]} is not a floating-point tensor ({type(sd[bad[0]]).__name__} "
-                            f"{getattr(sd[bad[0]], 'dtype', '')}); not weights AHIQ wrote")
-        bad = [k for k, v in sd.items() if not torch.isfinite(v).all()]
-        if bad:
-            raise AHIQError(f"{path}: {part}.{bad[0]} holds NaN or infinite values (a diverged training run?); "
-                            "use an earlier checkpoint")
+        check_state_dict(sd, module.state_dict() if module is not None else {}, path, part,
+                         "this AHIQ model", "pass a checkpoint of this architecture (or an earlier one of the run "
+                         "when it diverged)")
         if module is not None:
             module.load_state_dict(sd)
 
