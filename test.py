@@ -23,6 +23,7 @@ import zipfile
 import numpy as np
 import torch
 
+from data.label_norm import require_scores
 from data.score_mapping import fit_mapping, load_mapping
 from engine import runtime
 from engine.jobs import Progress, list_digest, score_list
@@ -32,7 +33,7 @@ from options.test_options import TestConfig, parse_test_options
 from utils import report
 from utils.checkpoint import meta_of
 from utils.distributed import DistInfo
-from utils.errors import AHIQError, StopRequest, run_cli
+from utils.errors import StopRequest, run_cli
 from utils.files import Lock, atomic_write, read_bytes, read_json
 from utils.metrics import MIN_FIT_IMAGES, fit_logistic4, fmt, iqa_metrics, logistic4, logistic_fit_problem, metrics_line
 from utils.plots import groups_png, optional_figure, scatter_png, worst_png
@@ -252,11 +253,11 @@ def score(opt: TestConfig, out_path: str, info: DistInfo) -> dict:
     policy = runtime.policy_of(opt, checkpoint.config.crop_size)
     dataset = runtime.load_dataset(opt, "test", opt.split_part or "test", policy, flip=opt.flip)  # images checked first
     mapping = load_mapping(opt.mapping) if opt.mapping else None  # before anything slow
-    if opt.fit_mapping and (dataset.labels is None or len(dataset) < 2):
-        raise AHIQError(f"{opt.test_list}: has no MOS to fit --fit_mapping to; score a list with MOS")
-    if opt.worst and dataset.labels is None:
-        raise AHIQError(f"{opt.test_list}: has no MOS, and --worst {opt.worst} draws the images furthest from their "
-                        "MOS; drop --worst, or score a list with MOS")
+    if opt.fit_mapping:
+        require_scores(dataset.raw_scores, opt.test_list, "--fit_mapping", "score a list with MOS")
+    if opt.worst:
+        require_scores(dataset.raw_scores, opt.test_list, f"--worst {opt.worst} (the images furthest from their MOS)",
+                       "drop --worst, or score a list with MOS", minimum=1, vary=False)
     source = {"checkpoint": os.path.abspath(checkpoint.path) if checkpoint.path else None,
               "list": os.path.abspath(opt.test_list), "split": [opt.split_file and os.path.abspath(opt.split_file),
                                                                  opt.split_index, opt.split_column, opt.split_part]}
@@ -360,9 +361,9 @@ def score(opt: TestConfig, out_path: str, info: DistInfo) -> dict:
         zip_path = write_submission(opt.submission, predictions, seconds / len(names), device, opt.n_ensemble)
         atomic_write(beside(package, "_source.json"), json.dumps(source, indent=2))
         log.info("wrote the NTIRE submission package %s", zip_path)
-    if labelled and dataset.norm.span == 0:
-        raise AHIQError(f"{opt.test_list}: every listed score is {dataset.norm.mos_min:g}, so SRCC/PLCC are undefined "
-                        f"and no metrics were written; the predictions are in {out_path}")
+    if labelled:
+        require_scores(dataset.raw_scores, opt.test_list, "SRCC/PLCC",
+                       f"no metrics were written; the predictions are in {out_path}")
     return result
 
 

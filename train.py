@@ -33,6 +33,7 @@ import torch
 from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import DataLoader
 
+from data.label_norm import require_scores
 from data.pair_dataset import PairDataset
 from data.sampler import EpochSampler
 from data.workers import end_workers, make_loader
@@ -116,11 +117,8 @@ def build_loaders(opt: TrainConfig, info: DistInfo, crop_size: int
     split = opt.split(create=True)
     policy = policy_of(opt, crop_size, n_ensemble=opt.num_avg_val, batch_size=opt.val_batch_size)  # validation's
     train_set = load_dataset(opt, "train", "train", policy, split, flip_axis=opt.flip_axis)  # crops drawn per sample
-    if train_set.labels is None:
-        raise AHIQError(f"{opt.train_list}: the training labels need a score on every row")
-    if train_set.norm.span == 0:
-        raise AHIQError(f"{opt.train_list}: every training score is {train_set.norm.mos_min:g}; there is nothing to "
-                        "learn (the labels are min-max normalised over the list)")
+    require_scores(train_set.raw_scores, opt.train_list, "training (labels are min-max normalised over the list)",
+                   "give a score on every row")
     if not split.active and not os.path.isfile(opt.val_list):
         raise AHIQError(f"{opt.val_list}: validation label file not found (--val_list); give your validation labels "
                         "with --val_list FILE (and --val_ref_path/--val_dis_path), or split the training labels by "
@@ -134,11 +132,7 @@ def build_loaders(opt: TrainConfig, info: DistInfo, crop_size: int
                             "--val_list, or split the data by reference with --split_file FILE (docs/datasets.md)")
         val_set = load_dataset(opt, "val", "val", policy, split)
     source = f"{opt.train_list} ({split.describe()}, part val)" if split.active else opt.val_list
-    if val_set.labels is None or len(val_set) < 2:
-        raise AHIQError(f"{source}: validation needs two or more images with a score")
-    if val_set.norm.span == 0:
-        raise AHIQError(f"{source}: every validation score is {val_set.norm.mos_min:g}; SRCC/PLCC would be "
-                        "undefined: validate on images of different quality")
+    require_scores(val_set.raw_scores, source, "validation (SRCC/PLCC)", "validate on a scored list")
     sampler = EpochSampler(len(train_set), opt.seed, info.rank, info.world_size)
     train_loader = make_loader(train_set, batch_size=opt.batch_size, sampler=sampler, drop_last=opt.drop_last,
                                num_workers=opt.num_workers, pin_memory=info.device.startswith("cuda"),

@@ -15,6 +15,18 @@ import numpy as np
 from utils.errors import AHIQError
 
 
+def require_scores(raw: np.ndarray | None, source: str, purpose: str, fix: str, minimum: int = 2,
+                   vary: bool = True) -> None:
+    """The one check that a list's scores serve ``purpose`` (training, validation, SRCC/PLCC, a fitted mapping): a
+    score on every row, ``minimum`` rows or more and (``vary``) not all equal; else one line naming ``source``."""
+    n = 0 if raw is None else len(raw)
+    problem = ("has no MOS" if raw is None else f"has {n} image(s) with a score" if n < minimum
+               else f"every listed score is {raw[0]:g}" if vary and np.ptp(raw) == 0 else None)
+    if problem:
+        raise AHIQError(f"{source}: {problem}; {purpose} needs {minimum} or more scored images"
+                        f"{' of different quality' if vary else ''}: {fix}")
+
+
 @dataclass(frozen=True)
 class LabelNorm:
     mos_min: float

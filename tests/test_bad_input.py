@@ -160,12 +160,12 @@ def head(tiny_ckpt) -> str:
 def test_equal_labels_keep_the_predictions_and_stop(tmp_path, head):
     data = make_pipal_set(tmp_path / "set", n_refs=1, n_dis=3, size=(40, 40))
     Path(data["list"]).write_text("".join(f"{n},1500\n" for n in data["names"]))
-    with pytest.raises(AHIQError, match=r"list\.txt: every listed score is 1500, so SRCC/PLCC are undefined.*"
+    with pytest.raises(AHIQError, match=r"list\.txt: every listed score is 1500; SRCC/PLCC needs .*different quality.*"
                                         r"predictions are in"):
         test_entry.main(_test_args(data, head, tmp_path))
     assert len((tmp_path / "ckpts" / "ahiq_pipal" / "results.txt").read_text().splitlines()) == 3
     assert not (tmp_path / "ckpts" / "ahiq_pipal" / "results_metrics.json").exists()
-    with pytest.raises(AHIQError, match=r"every training score is 1500; there is nothing to learn"):
+    with pytest.raises(AHIQError, match=r"list\.txt: every listed score is 1500; training .*different quality"):
         train.main(["--train_list", data["list"], "--train_ref_path", data["ref"], "--train_dis_path", data["dis"],
                     "--checkpoints_dir", str(tmp_path / "t"), "--no_pretrained", "--gpu_ids", "-1", "--crop_size",
                     "32"])

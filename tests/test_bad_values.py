@@ -20,7 +20,7 @@ import protocol
 import test as test_entry
 from data.datasets import read_csv_labels
 from data.images import image_size, read_rgb
-from data.label_norm import LabelNorm
+from data.label_norm import LabelNorm, require_scores
 from data.splits import read_splits
 from engine.scorer import Metric, load_scorer
 from models import ModelConfig
@@ -314,3 +314,15 @@ def test_a_checkpoint_cannot_choose_an_unpinned_backbone_by_itself(tmp_path):
     scorer = load_scorer(str(path), str(tmp_path), pretrained=False, model={"vit_name": other},  # said explicitly
                          allow_other_backbones=True)  # (its random backbones were not drawn from the seed)
     assert scorer.model.config.vit_name == other
+
+
+@pytest.mark.parametrize("raw, minimum, vary, problem", [
+    (None, 1, False, "has no MOS"),
+    (np.array([3.0]), 2, False, "has 1 image"),
+    (np.array([3.0, 3.0, 3.0]), 2, True, "every listed score is 3;"),
+])
+def test_scores_that_cannot_serve_their_purpose_are_named(raw, minimum, vary, problem):
+    with pytest.raises(AHIQError, match=rf"l\.txt: {problem}.*; training needs {minimum} or more scored images"):
+        require_scores(raw, "l.txt", "training", "fix", minimum=minimum, vary=vary)
+    require_scores(np.array([3.0, 3.0, 3.0]), "l.txt", "--worst", "fix", minimum=1, vary=False)  # equal is fine there
+    require_scores(np.array([1.0, 2.0]), "l.txt", "training", "fix")

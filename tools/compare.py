@@ -19,7 +19,7 @@ import os
 import numpy as np
 
 from data.datasets import PRESETS, SplitChoice, distortion_groups, read_labels, select_rows
-from data.label_norm import LabelNorm
+from data.label_norm import LabelNorm, require_scores
 from data.pipal import read_list
 from options.base_options import RunFields, check_options, check_value, group_parser, option_hints
 from options.data_options import LabelFields, check_split_part
@@ -70,8 +70,7 @@ def main(argv: list[str] | None = None) -> dict:
     split = SplitChoice(opt.split_file, opt.split_index, opt.split_column)
     if split.active:  # the rows test.py scored with the same options
         labels = select_rows(labels, opt.split_part or "test", split)
-    if labels.raw is None:
-        raise AHIQError(f"{opt.list}: has no MOS; the comparison needs a list with scores")
+    require_scores(labels.raw, opt.list, "the comparison", "give the list with MOS both were scored on", vary=False)
     a, b = scores_by_name(opt.a), scores_by_name(opt.b)
     rows = [i for i, n in enumerate(labels.names) if n in a and n in b]
     missing = [n for n in labels.names if n not in a or n not in b]
