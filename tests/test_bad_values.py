@@ -319,10 +319,10 @@ def test_a_checkpoint_cannot_choose_an_unpinned_backbone_by_itself(tmp_path):
 @pytest.mark.parametrize("raw, minimum, vary, problem", [
     (None, 1, False, "has no MOS"),
     (np.array([3.0]), 2, False, "has 1 image"),
-    (np.array([3.0, 3.0, 3.0]), 2, True, "every listed score is 3;"),
+    (np.array([3.0, 3.0, 3.0]), 2, True, "every listed score is 3; "),
 ])
 def test_scores_that_cannot_serve_their_purpose_are_named(raw, minimum, vary, problem):
-    with pytest.raises(AHIQError, match=rf"l\.txt: {problem}.*; training needs {minimum} or more scored images"):
+    with pytest.raises(AHIQError, match=rf"l\.txt: {problem}.*training needs {minimum} or more scored images"):
         require_scores(raw, "l.txt", "training", "fix", minimum=minimum, vary=vary)
     require_scores(np.array([3.0, 3.0, 3.0]), "l.txt", "--worst", "fix", minimum=1, vary=False)  # equal is fine there
     require_scores(np.array([1.0, 2.0]), "l.txt", "training", "fix")
