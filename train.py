@@ -62,7 +62,7 @@ from utils.distributed import (
     worst_outcome,
 )
 from utils.errors import AHIQError, StopRequest, run_cli
-from utils.files import FolderLock, remove_stale_temporaries
+from utils.files import FolderLock, remove_stale_temporaries, require_path
 from utils.logger import EpochLog, Scalars, close_file_logs, setup_logging
 from utils.metrics import METRIC_NAMES, improves, iqa_metrics, metrics_line
 from utils.plots import optional_figure, scatter_figure
@@ -119,10 +119,10 @@ def build_loaders(opt: TrainConfig, info: DistInfo, crop_size: int
     train_set = load_dataset(opt, "train", "train", policy, split, flip_axis=opt.flip_axis)  # crops drawn per sample
     require_scores(train_set.raw_scores, opt.train_list, "training (labels are min-max normalised over the list)",
                    "give a score on every row")
-    if not split.active and not os.path.isfile(opt.val_list):
-        raise AHIQError(f"{opt.val_list}: validation label file not found (--val_list); give your validation labels "
-                        "with --val_list FILE (and --val_ref_path/--val_dis_path), or split the training labels by "
-                        "reference with --split_file FILE (made if missing; docs/datasets.md)")
+    if not split.active:
+        require_path(opt.val_list, "validation label file (--val_list)", "give your validation labels with --val_list "
+                     "FILE (and --val_ref_path/--val_dis_path), or split the training labels by reference with "
+                     "--split_file FILE (made if missing; docs/datasets.md)")
     if split.active:  # a split divides one dataset: validation is the 'val' part of the training labels
         val_set = load_dataset(opt, "train", "val", policy, split)
     else:

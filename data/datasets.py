@@ -30,7 +30,7 @@ from data.pair_dataset import PairDataset
 from data.pipal import label_text, pipal_reference_name, read_list, refuse_repeat, score_of
 from data.splits import load_or_create_splits
 from utils.errors import AHIQError
-from utils.files import read_text
+from utils.files import read_text, require_path
 
 LIST_FORMATS = ("pipal", "csv")
 REF_RULES = ("pipal", "prefix")
@@ -288,9 +288,9 @@ def select_rows(labels: Labels, part: str, split: SplitChoice) -> Labels:
         rows = [i for i, value in enumerate(column) if value.strip().lower() == part]
         where = f"column {split.column} = {part}"
     else:
-        if not split.create and not os.path.exists(split.file):
-            raise AHIQError(f"{split.file}: no such split file; it is written by train.py (or `python -m "
-                            "tools.make_splits`): pass the file the model was trained with")
+        if not split.create:
+            require_path(split.file, "split file", "it is written by train.py (or `python -m tools.make_splits`): "
+                         "pass the file the model was trained with")
         splits = load_or_create_splits(split.file, labels, split.ratios, split.n_splits, split.seed, split.create)
         if not 0 <= split.index < len(splits):
             raise AHIQError(f"{split.file}: split_index {split.index} out of range (the file holds "

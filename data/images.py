@@ -13,6 +13,7 @@ import torch
 from PIL import Image, UnidentifiedImageError
 
 from utils.errors import AHIQError
+from utils.files import require_path
 
 MAX_PIXELS = 100_000_000  # images above it are refused from their header (--max_pixels raises it)
 # A damaged file is reported by our own one-line error; OpenCV's log line would only duplicate it.
@@ -86,9 +87,8 @@ def other_spelling(name: str, entries) -> str:
 
 def image_size(path: str, max_pixels: int = MAX_PIXELS) -> tuple[int, int]:
     """(height, width) from the file header, without decoding the pixels; more than ``max_pixels`` is refused."""
-    if not os.path.isfile(path):
-        raise AHIQError(f"{path}: image not found; check the image folder options and the list file"
-                        + _other_spelling(path))
+    if not os.path.isfile(path):  # said with the name's other spelling, when the folder has one
+        require_path(path, "image", "check the image folder options and the list file" + _other_spelling(path))
     pillow_limit = Image.MAX_IMAGE_PIXELS
     Image.MAX_IMAGE_PIXELS = None  # the limit is ours, checked below; Pillow's would decide first (or only warn)
     try:

@@ -19,6 +19,7 @@ import numpy as np
 from data.datasets import read_csv_labels, reference_name
 from data.images import other_spelling
 from utils.errors import AHIQError
+from utils.files import require_path
 
 IMAGE_EXTS = (".bmp", ".png", ".jpg", ".jpeg", ".tif", ".tiff", ".webp")
 PAIR_RULES = {"same": "the same file name", "pipal": "PIPAL's first five characters + .bmp",
@@ -30,8 +31,7 @@ Pair = tuple[str, str]
 def images_in(folder: str) -> list[str]:
     """The image files of ``folder`` (by extension, :data:`IMAGE_EXTS`), sorted; the other files are counted by
     extension in one log line, never skipped silently."""
-    if not os.path.isdir(folder):
-        raise AHIQError(f"{folder}: no such folder")
+    require_path(folder, "image folder", "check the path", folder=True)
     entries = sorted(f for f in os.listdir(folder) if os.path.isfile(os.path.join(folder, f)))
     names = [f for f in entries if f.lower().endswith(IMAGE_EXTS)]
     skipped = Counter(os.path.splitext(f)[1].lower() or "(no extension)" for f in entries if f not in names)
@@ -71,8 +71,7 @@ def match_folders(dis_dir: str, ref_dir: str, rule: str = "auto") -> tuple[list[
 
 def with_reference(dis_dir: str, ref: str) -> list[Pair]:
     """Every image of ``dis_dir`` (but ``ref`` itself) against the one reference file ``ref``."""
-    if not os.path.isfile(ref):
-        raise AHIQError(f"{ref}: reference image not found")
+    require_path(ref, "reference image", "check the path")
     pairs = [(os.path.join(dis_dir, d), ref) for d in images_in(dis_dir)]
     pairs = [p for p in pairs if os.path.realpath(p[0]) != os.path.realpath(ref)]
     if not pairs:

@@ -5,19 +5,15 @@ have names only). The reference of ``A0001_00_00.bmp`` is ``A0001.bmp`` (first f
 """
 from __future__ import annotations
 
-import os
-
 import numpy as np
 
 from utils.errors import AHIQError
-from utils.files import read_text
+from utils.files import read_text, require_path
 
 
 def label_text(path: str) -> str:
     """The text of a label file (either format), or one line saying it is missing."""
-    if not os.path.isfile(path):
-        raise AHIQError(f"{path}: label file not found; pass an existing file (see docs/datasets.md)")
-    return read_text(path)
+    return read_text(require_path(path, "label file", "pass an existing file (see docs/datasets.md)"))
 
 
 def score_of(text: str, where: str) -> float:

@@ -19,6 +19,7 @@ import models.tiny  # noqa: F401 - registers the ahiq_tiny_* test backbones with
 from models.weights import pinned
 from utils.checkpoint import check_state_dict, load_checkpoint
 from utils.errors import AHIQError
+from utils.files import require_path
 
 VIT_TAGS = {8: pinned("vit8"), 16: pinned("vit16")}  # the tags are written once, in models/weights.tsv
 RESNET_TAG = pinned("resnet")
@@ -126,8 +127,7 @@ def _out_channels(block: nn.Module) -> int:
 
 def read_state_dict(path: str) -> dict[str, torch.Tensor]:
     """Read a timm state dict from a .safetensors or .pth file (unwrapping a ``state_dict``/``model`` entry)."""
-    if not os.path.isfile(path):
-        raise AHIQError(f"{path}: backbone weights file not found; run download.sh or pass an existing file")
+    require_path(path, "backbone weights file", "run download.sh or pass an existing file")
     if not path.endswith(".safetensors"):
         sd = load_checkpoint(path)  # safe unpickling; files that are not checkpoints named for what they are
     else:

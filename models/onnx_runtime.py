@@ -22,6 +22,7 @@ import torch.nn as nn
 
 from models.ahiq import ReferenceFeatures, any_random
 from utils.errors import AHIQError
+from utils.files import require_path
 
 META_KEYS = ("ahiq_format", "crop_size", "patch_size", "input", "model", "label_norm", "checkpoint",
              "checkpoint_sha256", "backbones", "exported_with")
@@ -41,9 +42,7 @@ def onnxruntime():
 
 def read_metadata(path: str, session=None) -> dict[str, Any]:
     """The AHIQ metadata of an exported file (JSON values decoded); a file without it is refused in one line."""
-    if not os.path.isfile(path):
-        raise AHIQError(f"{path}: ONNX file not found; export one with python -m tools.export_onnx --ckpt FILE --out "
-                        f"{path}")
+    require_path(path, "ONNX file", f"export one with python -m tools.export_onnx --ckpt FILE --out {path}")
     ort = onnxruntime()
     try:
         session = session or ort.InferenceSession(path, providers=["CPUExecutionProvider"])

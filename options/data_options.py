@@ -15,6 +15,7 @@ from options.base_options import option
 from options.defaults import NUM_AVG_VAL
 from options.policy import FREE
 from utils.errors import AHIQError
+from utils.files import require_path
 
 # The official defaults of the data paths: the PIPAL layout of the preset (tools/prepare_pipal.py writes it), relative
 # to the working folder; --data_root replaces the ones still at these values.
@@ -198,9 +199,8 @@ def apply_preset(opt: argparse.Namespace) -> None:
         return
     fill = {key: path for key, path in preset_paths(opt.dataset, opt.data_root).items()
             if hasattr(opt, key) and getattr(opt, key) == PATH_DEFAULTS[key]}
-    if fill and not os.path.isdir(opt.data_root):
-        raise AHIQError(f"--data_root {opt.data_root}: no such folder (it would give --{next(iter(fill))} and "
-                        f"{len(fill) - 1} more); for PIPAL run `python -m tools.prepare_pipal --out "
-                        f"{opt.data_root}` first")
+    if fill:
+        require_path(opt.data_root, f"the --data_root folder (it would give --{next(iter(fill))} and {len(fill) - 1} "
+                     "more)", f"for PIPAL run `python -m tools.prepare_pipal --out {opt.data_root}` first", folder=True)
     for key, path in fill.items():
         setattr(opt, key, path)

@@ -164,7 +164,7 @@ def test_a_full_disk_during_a_save_keeps_the_previous_file(tmp_path, model_facto
 
 def test_find_checkpoint_rules(tmp_path):
     run = tmp_path / "run"
-    with pytest.raises(AHIQError, match="no such run folder"):
+    with pytest.raises(AHIQError, match="run folder not found"):
         find_checkpoint(str(run))
     run.mkdir()
     (run / "AHIQ_vit_p8_epoch33.pth").write_bytes(b"x")

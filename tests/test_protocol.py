@@ -63,7 +63,7 @@ def test_csv_dataset_of_non_square_images_trains_and_tests_on_its_split(data_roo
     assert "validating on 3 (split 0 of" in (tmp_path / "csv" / "log.txt").read_text()
     # test.py never makes a split file: a mistyped path would test on a split the model may have trained on
     wrong = [*data[:-1], str(tmp_path / "typo.json")]
-    with pytest.raises(AHIQError, match=r"typo\.json: no such split file"):
+    with pytest.raises(AHIQError, match=r"typo\.json: split file not found"):
         test_script.main(_common(tmp_path, "--name", "csv", *wrong))
     assert not (tmp_path / "typo.json").exists()
 

@@ -34,7 +34,7 @@ import os
 from data.datasets import PRESETS
 from data.pipal import pipal_reference_name, read_list
 from utils.errors import AHIQError, run_cli
-from utils.files import atomic_write, read_text
+from utils.files import atomic_write, read_text, require_path
 
 PIPAL = PRESETS["pipal"]  # the folder and list names are the preset's (written once, in data/datasets.py)
 
@@ -125,8 +125,7 @@ def link_set(ref_src: str, dis_src: str, out: str, layout: tuple[str, str, str],
     """Link a reference and a distorted folder to ``layout`` (reference folder, distorted folder, list; relative to
     ``out``), write the shipped list there, check it; returns its length."""
     for folder in (ref_src, dis_src):
-        if not os.path.isdir(folder):
-            raise AHIQError(f"{folder}: no such folder")
+        require_path(folder, "image folder", "check the path", folder=True)
     ref_dir, dis_dir, list_path = (os.path.join(out, rel) for rel in layout)
     link_images(_images(ref_src), ref_dir, mode)
     link_images(_images(dis_src), dis_dir, mode)

@@ -20,7 +20,7 @@ import torch
 import torch.nn as nn
 
 from utils.errors import AHIQError
-from utils.files import atomic_torch_save
+from utils.files import atomic_torch_save, require_path
 
 OFFICIAL_KEYS = {"deform_net": "deform_net_model_state_dict", "regressor": "regressor_model_state_dict"}
 
@@ -37,9 +37,8 @@ def _numpy_safe_globals() -> list:
 
 def load_checkpoint(path: str) -> dict[str, Any]:
     """Read a checkpoint file safely (no code is unpickled); errors name the file."""
-    if not os.path.isfile(path):
-        raise AHIQError(f"{path}: checkpoint not found; run `sh download.sh` for the released PIPAL checkpoint "
-                        "or pass an existing file with --ckpt")
+    require_path(path, "checkpoint", "run `sh download.sh` for the released PIPAL checkpoint or pass an existing "
+                 "file with --ckpt")
     what = _not_a_checkpoint(path)
     if what:
         raise AHIQError(f"{path}: not a PyTorch checkpoint: {what}")
@@ -191,8 +190,7 @@ def find_checkpoint(folder: str, load_epoch: int = -1) -> str:
     ``load_epoch`` N: ``epoch_N.pth`` (or the official ``epochN.pth``). -1: ``best.pth``, else the highest
     ``epoch_N.pth``, else the only ``*.pth`` there (for example the released checkpoint from download.sh).
     """
-    if not os.path.isdir(folder):
-        raise AHIQError(f"{folder}: no such run folder; train first, run `sh download.sh`, or pass --ckpt FILE")
+    require_path(folder, "run folder", "train first, run `sh download.sh`, or pass --ckpt FILE", folder=True)
     files = sorted(os.path.basename(p) for p in glob.glob(os.path.join(folder, "*.pth")))
     epochs = {int(m.group(1)): f for f in files if (m := _EPOCH_RE.match(f))}
     if load_epoch >= 0:

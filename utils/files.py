@@ -65,6 +65,14 @@ def file_error(path: str, err: OSError, doing: str) -> AHIQError:
     return AHIQError(f"{path}: cannot be {doing} ({what}); check the path, its permissions and the free space")
 
 
+def require_path(path: str, what: str, fix: str, folder: bool = False) -> str:
+    """``path`` when it is an existing file (``folder``: an existing folder); else one line: ``{path}: {what} not
+    found; {fix}``. Every input the project is given by name is checked here before it is opened."""
+    if not (os.path.isdir(path) if folder else os.path.isfile(path)):
+        raise AHIQError(f"{path}: {what} not found; {fix}")
+    return path
+
+
 def read_bytes(path: str) -> bytes:
     """A file's bytes; a failure is one line naming the file."""
     try:
