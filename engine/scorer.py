@@ -152,12 +152,10 @@ class Scorer:
     def file_pairs(self, pairs: Sequence[tuple[str, str]]) -> PairDataset:
         """(distorted, reference) file paths as the dataset the scoring loop reads (named by the distorted file)."""
         pairs = list(pairs)
-        if not pairs:
-            raise AHIQError("no pairs given; pass a list of (distorted, reference) file paths")
-        bad = [p for p in pairs if not (isinstance(p, (tuple, list)) and len(p) == 2
-                                        and all(isinstance(f, (str, os.PathLike)) for f in p))]
-        if bad:
-            raise AHIQError(f"expected (distorted, reference) file path pairs, got {bad[0]!r}")
+        bad = [p for p in pairs if not (isinstance(p, (tuple, list)) and len(p) == 2 and all(map(_is_path, p)))]
+        if bad or not pairs:
+            raise AHIQError(f"expected a non-empty list of (distorted, reference) file path pairs, got "
+                            f"{bad[0] if bad else pairs}")
         pairs = [(os.fspath(d), os.fspath(r)) for d, r in pairs]
         return PairDataset([(os.path.basename(d), d, r) for d, r in pairs], None, self.policy)
 
@@ -216,20 +214,18 @@ def check_pair(dis: object, ref: object) -> None:
 
 
 def check_unit_images(x: object, name: str) -> None:
-    """The documented input of :meth:`Scorer.score_tensors`: a non-empty (B, 3, H, W) float tensor in [0, 1]."""
-    if not isinstance(x, torch.Tensor):
-        raise AHIQError(f"{name}: expected a torch.Tensor, got {type(x).__name__}; convert numpy arrays with "
-                        "torch.from_numpy(a).permute(0, 3, 1, 2).float() / 255")
-    if x.dim() != 4 or x.shape[1] != 3 or x.shape[0] == 0:
-        raise AHIQError(f"{name}: expected a (B, 3, H, W) batch with B >= 1, got shape {tuple(x.shape)}")
-    if not x.is_floating_point():
-        raise AHIQError(f"{name}: expected floats in [0, 1], got {x.dtype}; divide uint8 images by 255")
-    if not torch.isfinite(x).all():
-        raise AHIQError(f"{name}: holds NaN or infinite values")
-    lo, hi = x.min().item(), x.max().item()
-    if lo < 0 or hi > 1:
-        raise AHIQError(f"{name}: values in [{lo:g}, {hi:g}], expected [0, 1] (RGB divided by 255; not "
-                        "ImageNet-normalised or [-1, 1])")
+    """The documented input of :meth:`Scorer.score_tensors`: a non-empty (B, 3, H, W) float tensor in [0, 1]; anything
+    else is one line that says what it got (type, dtype, shape, value range)."""
+    if isinstance(x, torch.Tensor) and x.dim() == 4 and x.shape[1] == 3 and x.numel() and x.is_floating_point():
+        lo, hi = x.min().item(), x.max().item()  # NaN in x makes them NaN, which is outside [0, 1]
+        if 0 <= lo and hi <= 1:
+            return
+        got = f"values in [{lo:g}, {hi:g}]" + (" (NaN or infinite values)" if not torch.isfinite(x).all() else "")
+    else:
+        got = f"{x.dtype} of shape {tuple(x.shape)}" if isinstance(x, torch.Tensor) else type(x).__name__
+    raise AHIQError(f"{name}: expected a (B, 3, H, W) batch (B >= 1) of floats in [0, 1], got {got}: divide uint8 "
+                    "RGB by 255 (not ImageNet-normalised or [-1, 1]); numpy arrays: "
+                    "torch.from_numpy(a).permute(0, 3, 1, 2).float() / 255")
 
 
 def mos_range_norm(mos_range: Sequence[float]) -> LabelNorm:
@@ -237,10 +233,10 @@ def mos_range_norm(mos_range: Sequence[float]) -> LabelNorm:
     try:
         lo, hi = (float(v) for v in mos_range)
     except (TypeError, ValueError):
-        raise AHIQError(f"mos_range {mos_range!r}: expected two numbers LO HI") from None
+        lo = hi = float("nan")
     if not (np.isfinite(lo) and np.isfinite(hi) and lo < hi):
-        raise AHIQError(f"--mos_range / mos_range {lo:g} {hi:g}: give finite LO < HI, the lowest and highest MOS of "
-                        "the training labels (higher is better)")
+        raise AHIQError(f"--mos_range / mos_range {mos_range!r}: give two finite numbers LO < HI, the lowest and "
+                        "highest MOS of the training labels (higher is better)")
     return LabelNorm(lo, hi)
 
 
@@ -379,13 +375,11 @@ def to_batch(x: ImageLike | Sequence[ImageLike], name: str) -> torch.Tensor:
     for item in items:
         if isinstance(item, Image.Image):
             item = np.asarray(item.convert("RGB"))
-        if isinstance(item, np.ndarray):
-            if item.dtype != np.uint8 or item.ndim != 3 or item.shape[2] != 3:
-                raise AHIQError(f"{name}: numpy images must be HxWx3 uint8 RGB, got {item.dtype} {item.shape}")
+        if isinstance(item, np.ndarray) and item.dtype == np.uint8 and item.ndim == 3 and item.shape[2] == 3:
             item = torch.tensor(item).permute(2, 0, 1).float().div_(255)  # one copy (the array may be read-only)
         if not isinstance(item, torch.Tensor):
-            raise AHIQError(f"{name}: expected file paths, PIL images, HxWx3 uint8 arrays or tensors, got "
-                            f"{type(item).__name__}")
+            got = f"{item.dtype} array of shape {item.shape}" if isinstance(item, np.ndarray) else type(item).__name__
+            raise AHIQError(f"{name}: expected file paths, PIL images, HxWx3 uint8 RGB arrays or tensors, got {got}")
         batch.append(item if item.dim() == 4 else item.unsqueeze(0))
     if len({tuple(b.shape[1:]) for b in batch}) > 1:
         raise AHIQError(f"{name}: images of different sizes in one call; score them in separate calls")
@@ -412,10 +406,9 @@ class Metric(nn.Module):
         super().__init__()
         self.scorer, self.as_loss = scorer, as_loss
         self.net = scorer.model
-        if as_loss and scorer.mapping is not None:
-            raise AHIQError("as_loss=True differentiates the model's own scores; load the scorer without mapping")
-        if as_loss and not isinstance(self.net, AHIQ):
-            raise AHIQError("as_loss=True differentiates the PyTorch model; an ONNX export has no gradients")
+        if as_loss and (scorer.mapping is not None or not isinstance(self.net, AHIQ)):
+            raise AHIQError("as_loss=True differentiates the PyTorch model's own scores: load the scorer from a "
+                            "checkpoint (an ONNX export has no gradients), without mapping")
         if as_loss:
             self.net.requires_grad_(False)  # gradients flow to the images, never into the metric
 
@@ -430,11 +423,11 @@ class Metric(nn.Module):
         return self.scorer.lower_better
 
     def forward(self, dis, ref, return_maps: bool = False) -> torch.Tensor | tuple[torch.Tensor, list[ImageMaps]]:
-        if self.as_loss and return_maps:
-            raise AHIQError("return_maps=True scores without gradients; use a Metric without as_loss")
-        if _is_path(dis) or (isinstance(dis, (list, tuple)) and dis and all(map(_is_path, dis))):
-            if self.as_loss:
-                raise AHIQError("as_loss=True needs tensors (a loss is differentiated with respect to them)")
+        paths = _is_path(dis) or (isinstance(dis, (list, tuple)) and dis and all(map(_is_path, dis)))
+        if self.as_loss and (return_maps or paths):
+            raise AHIQError("as_loss=True scores tensors, differentiably (no files, no return_maps); use a Metric "
+                            "without as_loss for those")
+        if paths:
             dis, ref = ([dis], [ref]) if _is_path(dis) else (list(dis), list(ref))
             if len(dis) != len(ref) or not all(map(_is_path, ref)):
                 raise AHIQError("give as many reference paths as distorted paths")

@@ -39,15 +39,15 @@ def scorer(tiny_factory) -> Scorer:
 
 
 @pytest.mark.parametrize("bad, message", [
-    (torch.full((1, 3, 40, 40), 128.0), r"values in \[128, 128\], expected \[0, 1\]"),
-    (torch.full((1, 3, 40, 40), -0.5), r"values in \[-0\.5, -0\.5\], expected \[0, 1\]"),
-    (torch.full((1, 3, 40, 40), float("nan")), "NaN or infinite"),
-    (torch.ones(1, 3, 40, 40, dtype=torch.bool), "expected floats in \\[0, 1\\], got torch.bool"),
+    (torch.full((1, 3, 40, 40), 128.0), r"values in \[128, 128\]"),
+    (torch.full((1, 3, 40, 40), -0.5), r"values in \[-0\.5, -0\.5\]"),
+    (torch.full((1, 3, 40, 40), float("nan")), r"values in \[nan, nan\] \(NaN or infinite values\)"),
+    (torch.ones(1, 3, 40, 40, dtype=torch.bool), r"got torch\.bool of shape \(1, 3, 40, 40\)"),
     (torch.ones(1, 3, 40, 40, dtype=torch.complex64), "got torch.complex64"),
-    (torch.full((1, 3, 40, 40), 200, dtype=torch.uint8), "got torch.uint8; divide uint8 images by 255"),
-    (np.zeros((1, 3, 40, 40), np.float32), "expected a torch.Tensor, got ndarray"),
-    (torch.zeros(0, 3, 40, 40), r"B >= 1, got shape \(0, 3, 40, 40\)"),
-    (torch.zeros(3, 40, 40), r"\(B, 3, H, W\) batch"),
+    (torch.full((1, 3, 40, 40), 200, dtype=torch.uint8), "got torch.uint8 .*divide uint8 RGB by 255"),
+    (np.zeros((1, 3, 40, 40), np.float32), "got ndarray.*torch.from_numpy"),
+    (torch.zeros(0, 3, 40, 40), r"B >= 1.*got torch\.float32 of shape \(0, 3, 40, 40\)"),
+    (torch.zeros(3, 40, 40), r"\(B, 3, H, W\) batch.*shape \(3, 40, 40\)"),
 ])
 def test_the_api_refuses_tensors_outside_the_documented_form(scorer, bad, message):
     good = torch.rand(1, 3, 40, 40)
@@ -73,9 +73,9 @@ def test_api_settings_are_checked_as_their_options_are(tiny_ckpt, settings, fact
 
 
 def test_the_api_refuses_other_misuse(scorer):
-    with pytest.raises(AHIQError, match="no pairs given"):
+    with pytest.raises(AHIQError, match=r"non-empty list of \(distorted, reference\) file path pairs, got \[\]"):
         scorer.score_files([])
-    with pytest.raises(AHIQError, match="expected \\(distorted, reference\\) file path pairs"):
+    with pytest.raises(AHIQError, match=r"\(distorted, reference\) file path pairs, got a\.png"):
         scorer.score_files(["a.png"])
     assert scorer.score_tensors(torch.rand(2, 3, 40, 40), torch.rand(2, 3, 40, 40)).shape == (2,)  # valid input
 

@@ -151,10 +151,10 @@ def test_a_file_that_is_not_a_checkpoint_is_named_for_what_it_is(tmp_path, conte
 
 def test_a_mos_range_must_be_finite_and_increasing(tmp_path, tiny_ckpt):
     for bad in ((5, 1), (float("nan"), 1), (2, 2)):
-        with pytest.raises(AHIQError, match="give finite LO < HI"):
+        with pytest.raises(AHIQError, match="give two finite numbers LO < HI"):
             load_scorer(tiny_ckpt, str(tmp_path), pretrained=False, mos_range=bad)
     data = make_pipal_set(tmp_path / "set", n_refs=1, n_dis=1, size=(32, 32))
-    with pytest.raises(AHIQError, match="give finite LO < HI"):
+    with pytest.raises(AHIQError, match="give two finite numbers LO < HI"):
         predict.main(["--dis", os.path.join(data["dis"], data["names"][0]), "--ref", os.path.join(data["ref"],
                       "A0000.bmp"), "--ckpt", tiny_ckpt, "--no_pretrained", "--gpu_ids", "-1", "--mos_scale",
                       "--mos_range", "5", "1"])

@@ -109,7 +109,8 @@ def test_every_input_form_scores_what_test_py_scores(pair_and_ckpt, tmp_path, n_
                   torch.from_numpy(ref).permute(2, 0, 1)[None].float() / 255)]
         for d, r in forms:
             assert metric(d, r).item() == pytest.approx(expected, rel=1e-5), type(d)
-    with pytest.raises(AHIQError, match="numpy images must be HxWx3 uint8"):
+    with pytest.raises(AHIQError, match=r"dis: expected file paths, PIL images, HxWx3 uint8 RGB arrays or "
+                                         r"tensors, got float32 array"):
         metric(np.zeros((40, 48, 3), np.float32), np.zeros((40, 48, 3), np.float32))
 
 
@@ -152,6 +153,9 @@ def test_minimising_the_loss_raises_the_score_of_a_distorted_image(tiny_ckpt):
     assert after > before and metric.loss(dis, ref).item() == pytest.approx(1 - after, rel=1e-6)
     with pytest.raises(AHIQError, match="Metric.loss needs as_loss=True"):
         Metric(metric.scorer).loss(dis, ref)
+    for call in (lambda: metric(dis, ref, return_maps=True), lambda: metric("d.png", "r.png")):
+        with pytest.raises(AHIQError, match=r"as_loss=True scores tensors.*no files, no return_maps"):
+            call()
 
 
 class _Quiet(http.server.SimpleHTTPRequestHandler):
