@@ -48,22 +48,16 @@ def decode_rgb(path: str) -> np.ndarray:
     """:func:`read_rgb` for a file whose header :func:`image_size` has already checked (the datasets check every
     image when they are built, so loading does not read the header again)."""
     try:
-        data = np.fromfile(path, dtype=np.uint8)
-    except OSError as err:  # removed or unreadable since the dataset was checked
-        raise AHIQError(f"{path}: cannot be read ({err.strerror or err}); check the file") from None
-    try:
+        data = np.fromfile(path, dtype=np.uint8)  # OSError: removed or unreadable since the dataset was checked
         img = cv2.imdecode(data, cv2.IMREAD_COLOR | cv2.IMREAD_IGNORE_ORIENTATION)  # pixels as stored (as PIL)
-    except cv2.error as err:  # e.g. larger than OpenCV's own pixel limit
-        raise AHIQError(f"{path}: cannot be decoded as an image ({str(err).strip().splitlines()[-1][:120]})") \
-            from None
-    if img is None:
-        raise AHIQError(f"{path}: cannot be decoded as an image (damaged, or not an image); replace the file")
-    if data[:2].tobytes() == b"\xff\xd8":  # JPEG
-        try:
+        if img is not None and data[:2].tobytes() == b"\xff\xd8":  # a JPEG must decode completely
             with Image.open(io.BytesIO(data.tobytes())) as check:
                 check.load()
-        except OSError as err:
-            raise AHIQError(f"{path}: the JPEG does not decode completely ({err}); replace the file") from None
+        why = None if img is not None else "damaged, or not an image"
+    except (OSError, cv2.error) as err:  # cv2.error: e.g. larger than OpenCV's own pixel limit
+        why = (getattr(err, "strerror", None) or str(err).strip().splitlines()[-1])[:120]
+    if why:
+        raise AHIQError(f"{path}: cannot be decoded as an image ({why}); replace the file")
     return cv2.cvtColor(img, cv2.COLOR_BGR2RGB)
 
 
@@ -95,7 +89,8 @@ def image_size(path: str, max_pixels: int = MAX_PIXELS) -> tuple[int, int]:
         with Image.open(path) as img:
             width, height = img.size
     except (UnidentifiedImageError, OSError) as err:
-        raise AHIQError(f"{path}: cannot be read as an image ({err.__class__.__name__}); replace the file") from err
+        raise AHIQError(f"{path}: cannot be decoded as an image (its header: {err.__class__.__name__}); replace the "
+                        "file") from err
     finally:
         Image.MAX_IMAGE_PIXELS = pillow_limit
     if width * height > max_pixels:

@@ -100,7 +100,7 @@ def test_images_that_do_not_decode_completely_are_refused(tmp_path, ext):
     assert read_rgb(str(whole)).shape == (40, 48, 3)
     cut = tmp_path / f"cut.{ext}"
     cut.write_bytes(whole.read_bytes()[: whole.stat().st_size * 2 // 3])
-    with pytest.raises(AHIQError, match=rf"cut\.{ext}: .*(decode completely|cannot be decoded|cannot be read)"):
+    with pytest.raises(AHIQError, match=rf"cut\.{ext}: cannot be decoded as an image"):
         read_rgb(str(cut))
 
 

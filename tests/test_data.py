@@ -157,7 +157,7 @@ def test_bad_images_are_named(pipal_set, tmp_path):
         _set_with(pipal_set, crop_size=32)
     with open(os.path.join(ref, "A0000.bmp"), "wb") as f:
         f.write(b"garbage")
-    with pytest.raises(AHIQError, match=r"ref/A0000\.bmp: cannot be read as an image"):
+    with pytest.raises(AHIQError, match=r"ref/A0000\.bmp: cannot be decoded as an image \(its header"):
         _set_with(pipal_set, crop_size=32)
     os.remove(os.path.join(ref, "A0000.bmp"))
     with pytest.raises(AHIQError, match=r"ref/A0000\.bmp: image not found"):
