@@ -73,18 +73,18 @@ class LabelNorm:
         norm = meta.get("label_norm") or (meta if meta.get("mos_min") is not None else None)
         if not norm:
             return None
-        if not isinstance(norm, Mapping) or norm.get("method", "minmax") != "minmax":
-            raise AHIQError(f"{source}: unknown label normalisation {norm!r}")
-        values = [norm.get("mos_min"), norm.get("mos_max"), norm.get("lower_better", False)]
-        if not all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in values[:2]) \
-                or not isinstance(values[2], bool):
-            raise AHIQError(f"{source}: label_norm {dict(norm)!r}: expected numbers mos_min, mos_max and true/false "
-                            "lower_better")
-        try:
-            result = cls(float(values[0]), float(values[1]), values[2])
-        except AHIQError as err:
-            raise err.at(source) from None
-        if result.span == 0:  # training refuses such a list: scores would all map to one MOS
-            raise AHIQError(f"label_norm: its MOS range is {result.mos_min:g} to {result.mos_max:g}, no range at all; "
-                            "give the training range with --mos_range LO HI / mos_range=(lo, hi)", source=source)
+        result, problem = None, "expected numbers mos_min, mos_max, true/false lower_better and method minmax"
+        if isinstance(norm, Mapping) and norm.get("method", "minmax") == "minmax":
+            lo, hi, lower = norm.get("mos_min"), norm.get("mos_max"), norm.get("lower_better", False)
+            if isinstance(lower, bool) and all(isinstance(v, (int, float)) and not isinstance(v, bool)
+                                               for v in (lo, hi)):
+                try:
+                    result = cls(float(lo), float(hi), lower)
+                except AHIQError as err:  # not finite, or the lowest above the highest
+                    problem = err.message
+        if result is not None and result.span == 0:  # scores would all map to one MOS
+            result, problem = None, f"its MOS range is {lo:g} to {hi:g}, no range at all"
+        if result is None:
+            raise AHIQError(f"label_norm {norm!r}: {problem}; give the training range with --mos_range LO HI / "
+                            "mos_range=(lo, hi)", source=source)
         return result

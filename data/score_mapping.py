@@ -79,21 +79,21 @@ def load_mapping(path: str) -> Mapping:
     rising (b1 > b2, scale b4 > 0) and finite over any score a model gives (-1 to 2); anything else is refused in
     one line naming the file."""
     d = read_json(path, "a score mapping of this project", "fit one with test.py --fit_mapping FILE", FORMAT)
-    problem = _field_problem(d)
+    problem, mapping = _field_problem(d), None
+    norm = None if problem else LabelNorm.from_meta({"label_norm": d.get("label_norm")}, path)
+    if not problem and norm is None:
+        problem = "holds no label range"
+    elif not problem:
+        b1, b2, b3, b4 = (float(p) for p in d["params"])
+        mapping = Mapping((b1, b2, b3, b4), norm, d["fitted_on"], d["n"], d.get("checkpoint"), d.get("weights"), path)
+        with np.errstate(over="ignore", invalid="ignore"):
+            if not (b1 > b2 and b4 > 0):
+                problem = (f"params {d['params']} do not rise (need b1 > b2 and a scale b4 > 0): they would reverse or "
+                           "flatten the scale")
+            elif not np.isfinite(mapping(np.linspace(-1.0, 2.0, 61))).all():
+                problem = f"params {d['params']} overflow (not finite) for scores between -1 and 2"
     if problem:
         raise AHIQError(f"{path}: {problem}; fit the mapping again with test.py --fit_mapping FILE")
-    norm = LabelNorm.from_meta({"label_norm": d.get("label_norm")}, path)
-    if norm is None:
-        raise AHIQError(f"{path}: holds no label range; fit the mapping again with test.py --fit_mapping FILE")
-    b1, b2, b3, b4 = (float(p) for p in d["params"])
-    if not (b1 > b2 and b4 > 0):
-        raise AHIQError(f"{path}: params {d['params']} do not rise (need b1 > b2 and a scale b4 > 0): they would "
-                        "reverse or flatten the scale; fit the mapping again with test.py --fit_mapping FILE")
-    mapping = Mapping((b1, b2, b3, b4), norm, d["fitted_on"], d["n"], d.get("checkpoint"), d.get("weights"), path)
-    with np.errstate(over="ignore", invalid="ignore"):
-        if not np.isfinite(mapping(np.linspace(-1.0, 2.0, 61))).all():
-            raise AHIQError(f"{path}: params {d['params']} overflow (not finite) for scores between -1 and 2; fit the "
-                            "mapping again with test.py --fit_mapping FILE")
     return mapping
 
 
