@@ -58,22 +58,23 @@ def save_splits(path: str, splits: list[dict], seed: int, ratios, source: str) -
 def read_splits(path: str) -> dict:
     doc = read_json(path, "an AHIQ split file", "pass another --split_file, or delete this one to make a new one",
                     FORMAT)
-    if not isinstance(doc.get("splits"), list) \
-            or not doc["splits"] or not all(isinstance(s, dict) and all(
-                isinstance(s.get(p), list) and all(isinstance(r, str) for r in s[p]) for p in PARTS)
-                for s in doc["splits"]):
-        raise AHIQError(f"{path}: not an AHIQ split file (expected format {FORMAT!r} with train/val/test lists of "
-                        "reference names); pass another --split_file or move this one away")
-    ratios = doc.get("ratios", [])
-    if not isinstance(ratios, list) or not all(isinstance(r, (int, float)) and not isinstance(r, bool)
-                                               for r in ratios):
-        raise AHIQError(f"{path}: 'ratios' is {json.dumps(ratios)}, expected a list of numbers (train, val, test)")
-    for k, split in enumerate(doc["splits"]):
-        for a, b in (("train", "val"), ("train", "test"), ("val", "test")):
-            both = sorted(set(split[a]) & set(split[b]))
-            if both:
-                raise AHIQError(f"{path}: split {k} has {len(both)} reference(s) in both {a} and {b} (e.g. "
-                                f"{both[0]}); the parts must not share content: fix the file or make a new one")
+    splits, ratios, problem = doc.get("splits"), doc.get("ratios", []), None
+    if not (isinstance(splits, list) and splits and all(isinstance(s, dict) and all(
+            isinstance(s.get(p), list) and all(isinstance(r, str) for r in s[p]) for p in PARTS) for s in splits)):
+        problem = "expected train/val/test lists of reference names in 'splits'"
+    elif not (isinstance(ratios, list) and all(isinstance(r, (int, float)) and not isinstance(r, bool)
+                                               for r in ratios)):
+        problem = f"'ratios' is {json.dumps(ratios)}, expected a list of numbers (train, val, test)"
+    else:
+        shared = [(k, a, b, sorted(set(s[a]) & set(s[b]))) for k, s in enumerate(splits)
+                  for a, b in (("train", "val"), ("train", "test"), ("val", "test"))]
+        k, a, b, both = next((x for x in shared if x[3]), (0, "", "", []))
+        if both:
+            problem = (f"split {k} has {len(both)} reference(s) in both {a} and {b} (e.g. {both[0]}); the parts must "
+                       "not share content")
+    if problem:
+        raise AHIQError(f"{path}: not a valid AHIQ split file: {problem}; fix it, pass another --split_file, or "
+                        "delete this one to make a new one")
     return doc
 
 

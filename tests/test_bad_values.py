@@ -174,15 +174,15 @@ def test_split_files_with_shared_references_or_bad_ratios_are_refused(tmp_path):
            "splits": [{"train": ["a.png", "b.png"], "val": ["c.png"], "test": ["b.png"]}]}
     path = tmp_path / "s.json"
     path.write_text(json.dumps(doc))
-    with pytest.raises(AHIQError, match=r"s\.json: split 0 has 1 reference\(s\) in both train and test \(e\.g\. "
+    with pytest.raises(AHIQError, match=r"s\.json: .*split 0 has 1 reference\(s\) in both train and test \(e\.g\. "
                                         r"b\.png\)"):
         read_splits(str(path))
     for ratios in ("abc", 5, ["a", 1, 1]):
         path.write_text(json.dumps({**doc, "ratios": ratios, "splits": [{"train": ["a"], "val": [], "test": []}]}))
-        with pytest.raises(AHIQError, match=r"s\.json: 'ratios' is .*, expected a list of numbers"):
+        with pytest.raises(AHIQError, match=r"s\.json: .*'ratios' is .*, expected a list of numbers"):
             read_splits(str(path))
     path.write_text(json.dumps({**doc, "splits": [{"train": [["a"]], "val": [], "test": []}]}))
-    with pytest.raises(AHIQError, match="not an AHIQ split file"):
+    with pytest.raises(AHIQError, match=r"s\.json: not a valid AHIQ split file: expected train/val/test lists"):
         read_splits(str(path))
 
 
