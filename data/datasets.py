@@ -185,9 +185,9 @@ def _column(header: list[str], aliases: tuple[str, ...], what: str, path: str, r
 def check_name(name: str, where: str) -> None:
     """An image name a results file (``name,score`` lines) and a printed table can hold: no comma, no line break.
     The one rule for label files, pairs files and folders."""
-    if any(c in name for c in ",\n\r"):
-        raise AHIQError(f"{where}: image name {name!r} holds a comma or a line break, which the 'name,score' "
-                        "results files and tables cannot hold; rename the file")
+    if not name or any(c in name for c in ",\n\r"):
+        raise AHIQError(f"{where}: image name {name!r} is empty or holds a comma or a line break, which the "
+                        "'name,score' results files and tables cannot hold; give every row names, rename the file")
 
 
 def _is_number(text: str) -> bool:
@@ -203,9 +203,9 @@ def read_csv_labels(path: str) -> Labels:
     numbered = [(i, row) for i, row in enumerate(csv.reader(io.StringIO(label_text(path), newline="")), 1)
                 if any(cell.strip() for cell in row)]
     linenos, rows = [i for i, _ in numbered], [row for _, row in numbered]
-    if not rows:
-        raise AHIQError(f"{path}: the label file is empty")
-    header = [h.strip() for h in rows[0]]
+    header = [h.strip() for h in rows[0]] if rows else []
+    if len(rows) < 2 and not (header and _is_number(header[-1])):
+        raise AHIQError(f"{path}: lists no images (the file is empty, or a header alone)")
     if _is_number(header[-1]):  # a PIPAL-style list given as CSV: the first row is data, not a header
         raise AHIQError(f"{path}: has no header row (it starts with {','.join(header)!r}); a PIPAL-style "
                         "'name,score' list needs --list_format pipal, a CSV needs a ref_name,dist_name,mos header")
@@ -220,8 +220,6 @@ def read_csv_labels(path: str) -> Labels:
         if len(row) != len(header):
             raise AHIQError(f"{path}:{lineno}: {len(row)} fields, the header has {len(header)}")
         row = [cell.strip() for cell in row]
-        if not row[i_ref] or not row[i_dis]:
-            raise AHIQError(f"{path}:{lineno}: empty image name")
         for name in (row[i_dis], row[i_ref]):
             check_name(name, f"{path}:{lineno}")
         refuse_repeat(first_line, row[i_dis], path, lineno)
@@ -232,8 +230,6 @@ def read_csv_labels(path: str) -> Labels:
         for i, h in enumerate(header):
             if i not in used:
                 extra[h.lower()].append(row[i])
-    if not names:
-        raise AHIQError(f"{path}: the label file has a header but no rows")
     return Labels(path, names, refs, np.asarray(scores, np.float64) if i_score is not None else None, extra)
 
 

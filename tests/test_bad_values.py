@@ -198,8 +198,15 @@ def test_a_protocol_folder_with_a_damaged_options_file_is_one_line(tmp_path):
 def test_names_that_results_files_cannot_hold_are_refused(tmp_path):
     path = tmp_path / "labels.csv"
     path.write_text('dist_name,ref_name,mos\n"a,b.png",r.png,1\n')
-    with pytest.raises(AHIQError, match=r"labels\.csv:2: image name 'a,b\.png' holds a comma or a line break"):
+    with pytest.raises(AHIQError, match=r"labels\.csv:2: image name 'a,b\.png' is empty or holds a comma"):
         read_csv_labels(str(path))
+    path.write_text("dist_name,ref_name,mos\n,r.png,1\n")
+    with pytest.raises(AHIQError, match=r"labels\.csv:2: image name '' is empty"):
+        read_csv_labels(str(path))
+    for text in ("", "dist_name,ref_name,mos\n"):
+        path.write_text(text)
+        with pytest.raises(AHIQError, match=r"labels\.csv: lists no images \(the file is empty, or a header alone"):
+            read_csv_labels(str(path))
 
 
 def test_exif_orientation_is_ignored_everywhere(tmp_path, tiny_ckpt):

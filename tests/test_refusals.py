@@ -89,7 +89,7 @@ def test_one_pair_under_two_spellings_and_names_a_table_cannot_hold(tmp_path, pa
         predict.main(_predict(tiny_ckpt, "--pairs", str(tmp_path / "pairs.csv")))
     odd = tmp_path / "odd\nname.bmp"
     shutil.copy(d, odd)
-    with pytest.raises(AHIQError, match=r"holds a comma or a line break"):
+    with pytest.raises(AHIQError, match=r"is empty or holds a comma or a line break"):
         predict.main(_predict(tiny_ckpt, "--dis", str(odd), "--ref", pair_dir["ref_file"]))
 
 
