@@ -235,10 +235,13 @@ class AHIQ(nn.Module):
     def trainable_state_dict(self) -> dict[str, dict[str, torch.Tensor]]:
         return {name: m.state_dict() for name, m in self.trainable_parts().items()}
 
-    def _check(self, x: torch.Tensor) -> None:
-        if x.dim() != 4 or x.shape[-1] != x.shape[-2] or x.shape[-1] % self.patch_size:
-            raise ValueError(f"expected square crops (B, 3, S, S) with S divisible by {self.patch_size}, "
-                             f"got {tuple(x.shape)}")
+    def _check(self, x: torch.Tensor, like: torch.Size | None = None) -> None:
+        """``x``: square crops (B, 3, S, S), S a multiple of the patch size (``like``: of this shape, the
+        reference's)."""
+        if x.dim() != 4 or x.shape[-1] != x.shape[-2] or x.shape[-1] % self.patch_size or like not in (None, x.shape):
+            raise ValueError(f"expected square crops (B, 3, S, S) with S divisible by {self.patch_size}"
+                             f"{' as the reference crops ' + str(tuple(like)) if like is not None else ''}, got "
+                             f"{tuple(x.shape)}")
 
     def _features(self, x: torch.Tensor) -> tuple[torch.Tensor | None, torch.Tensor | None]:
         """The frozen backbones' features of crops in [0, 1] (the official normalisation, for both backbones).
@@ -274,6 +277,5 @@ class AHIQ(nn.Module):
 
     def forward(self, dis: torch.Tensor, ref: torch.Tensor) -> torch.Tensor:
         """Scores (B, 1) for distorted/reference crops (B, 3, S, S) in [0, 1]; S a multiple of the patch size."""
-        if dis.shape != ref.shape:
-            raise ValueError(f"expected equal crops, got {tuple(dis.shape)} and {tuple(ref.shape)}")
+        self._check(dis, ref.shape)
         return self.score(dis, self.reference(ref))
