@@ -162,21 +162,22 @@ def load_used_weights(module: nn.Module, path: str, tag: str) -> None:
 
 def _create(tag: str, pretrained: bool, setting: str, **kwargs) -> nn.Module:
     arch, _, weights = tag.partition(".")
-    if not timm.is_model(arch):
-        raise AHIQError(f"{setting} {tag}: timm {timm.__version__} has no model {arch!r}; pass a timm name with its "
-                        f"pinned tag, e.g. {VIT_TAGS[8] if setting == 'vit_name' else RESNET_TAG}")
-    if weights and pretrained and tag not in timm.list_pretrained(arch + ".*"):
-        raise AHIQError(f"{setting} {tag}: timm has no weights tagged {weights!r} for {arch} (it has: "
-                        f"{', '.join(t.partition('.')[2] for t in timm.list_pretrained(arch + '.*')) or 'none'})")
-    if pretrained:
-        _check_reachable(tag)
-    try:
-        return timm.create_model(tag, pretrained=pretrained, **kwargs)
-    except (OSError, RuntimeError, ValueError) as err:
-        raise AHIQError(
-            f"cannot download the pretrained weights of {tag} ({type(err).__name__}: {str(err)[:120]}); run "
-            "`sh download.sh` on a connected machine and pass the files with --vit_weights/--resnet_weights, or copy "
-            "the timm/Hugging Face cache; --no_pretrained runs with random backbones (meaningless scores)") from err
+    tags = timm.list_pretrained(arch + ".*") if timm.is_model(arch) else []
+    if not timm.is_model(arch) or (weights and pretrained and tag not in tags):
+        known = ", ".join(t.partition(".")[2] for t in tags) or "none"
+        has = f"weights tagged {weights!r} for {arch} (it has: {known})" if timm.is_model(arch) else f"model {arch!r}"
+        raise AHIQError(f"{setting} {tag}: timm {timm.__version__} has no {has}; pass a timm name with its pinned tag, "
+                        f"e.g. {VIT_TAGS[8] if setting == 'vit_name' else RESNET_TAG}")
+    why = _unreachable(tag) if pretrained else None
+    if why is None:
+        try:
+            return timm.create_model(tag, pretrained=pretrained, **kwargs)
+        except (OSError, RuntimeError, ValueError) as err:
+            why = f"the download failed ({type(err).__name__}: {str(err)[:120]})"
+    raise AHIQError(f"the pretrained weights of {tag} are not on this machine and {why}; run `sh download.sh` on a "
+                    "connected machine (it writes checkpoints/backbones/, found from there) or pass the files with "
+                    "--vit_weights/--resnet_weights, or copy the timm/Hugging Face cache; --no_pretrained runs with "
+                    "random backbones (meaningless scores)")
 
 
 def _cached(tag: str) -> bool:
@@ -190,22 +191,19 @@ def _cached(tag: str) -> bool:
                for name in (cfg.hf_hub_filename or "model.safetensors", "pytorch_model.bin") if name)
 
 
-def _check_reachable(tag: str, host: str = "huggingface.co", timeout: float = 3.0) -> None:
-    """Offline (``HF_HUB_OFFLINE=1``, or the hub not reachable within ``timeout`` s) and not in the local cache: one
-    line at once, instead of the hub client's retries (tens of seconds, dozens of lines)."""
+def _unreachable(tag: str, host: str = "huggingface.co", timeout: float = 3.0) -> str | None:
+    """Why timm cannot fetch ``tag`` (``HF_HUB_OFFLINE=1``, or the hub not reachable within ``timeout`` s), or None
+    (it is in the local cache, or the hub answers): said at once, instead of the hub client's retries (tens of
+    seconds, dozens of lines)."""
     if _cached(tag):
-        return
-    offline = os.environ.get("HF_HUB_OFFLINE", "").lower() in ("1", "true", "yes", "on")
-    if not offline:
-        try:
-            socket.create_connection((host, 443), timeout=timeout).close()
-            return
-        except OSError:
-            pass
-    why = "HF_HUB_OFFLINE is set" if offline else f"{host} cannot be reached"
-    raise AHIQError(f"the pretrained weights of {tag} are not on this machine and {why}; run `sh download.sh` on a "
-                    "connected machine (it writes checkpoints/backbones/, found from there) or pass the files with "
-                    "--vit_weights/--resnet_weights; --no_pretrained runs with random backbones (meaningless scores)")
+        return None
+    if os.environ.get("HF_HUB_OFFLINE", "").lower() in ("1", "true", "yes", "on"):
+        return "HF_HUB_OFFLINE is set"
+    try:
+        socket.create_connection((host, 443), timeout=timeout).close()
+        return None
+    except OSError:
+        return f"{host} cannot be reached"
 
 
 def build_backbones(patch_size: int, pretrained: bool, vit_weights: str | None, resnet_weights: str | None,

@@ -111,6 +111,7 @@ def config_from_checkpoint(ckpt: Mapping[str, Any], path: str) -> ModelConfig | 
     meta = meta_of(ckpt)
     if not meta:
         return None
+    problem = None
     try:
         if isinstance(meta.get("model"), Mapping):
             return ModelConfig.from_dict(meta["model"], path)
@@ -118,13 +119,15 @@ def config_from_checkpoint(ckpt: Mapping[str, Any], path: str) -> ModelConfig | 
             arch = dict(meta["arch"])
             keep = {k: v for k, v in arch.items() if k in ARCH_FIELDS and v is not None}
             return ModelConfig(**{**keep, "patch_size": meta.get("patch_size", arch.get("patch_size", 8))})
+        if "model" in meta or "arch" in meta:
+            problem = f"'model' is {type(meta.get('model', meta.get('arch'))).__name__}, not the settings AHIQ writes"
     except AHIQError as err:
         if err.source is not None:
             raise
-        raise AHIQError(f"its metadata is not what AHIQ writes: {err}", source=path) from None
-    if "model" in meta or "arch" in meta:
-        raise AHIQError(f"{path}: its metadata 'model' is {type(meta.get('model', meta.get('arch'))).__name__}, not "
-                        "the settings AHIQ writes; not a checkpoint of this project")
+        problem = str(err)
+    if problem:
+        raise AHIQError(f"its metadata is not what AHIQ writes ({problem}); not a checkpoint of this project",
+                        source=path)
     return None
 
 

@@ -106,7 +106,7 @@ def test_any_json_value_in_checkpoint_metadata_is_a_one_line_error_or_valid(key,
     ({"model": {"vit_blocks": [0, "1"]}}, r"model setting vit_blocks \[0, '1'\]: expected an integer"),
     ({"model": {"vit_name": "hf-hub:someone/another-vit"}}, r"vit_name 'hf-hub:someone/another-vit': expected a "
                                                             r"timm model name"),
-    ({"model": [1, 2, 3]}, r"its metadata 'model' is list"),
+    ({"model": [1, 2, 3]}, r"its metadata is not what AHIQ writes \('model' is list"),
     ({"label_norm": {"mos_min": "abc", "mos_max": 1.0}}, r"expected numbers mos_min, mos_max"),
     ({"label_norm": {"mos_min": float("nan"), "mos_max": 1.0}}, r"label range nan to 1: not finite"),
     ({"label_norm": {"mos_min": -1e308, "mos_max": 1e308}}, r"not finite \(labels beyond \+-1e308 overflow"),

@@ -116,7 +116,7 @@ def test_failed_download_names_the_weights_and_never_falls_back(monkeypatch):
 
     real = backbones_mod.timm.create_model
     monkeypatch.setattr(backbones_mod.timm, "create_model", offline)
-    monkeypatch.setattr(backbones_mod, "_check_reachable", lambda tag: None)  # the hub answers, the download fails
+    monkeypatch.setattr(backbones_mod, "_unreachable", lambda tag: None)  # the hub answers, the download fails
     with pytest.raises(AHIQError, match=VIT_TAGS[8].replace(".", r"\.") + ".*download.sh.*--vit_weights"):
         build_model(8, pretrained=True)
     assert calls == [(VIT_TAGS[8], True)]
