@@ -169,11 +169,8 @@ class RunFields:
 
     @property
     def gpu_list(self) -> tuple[int, ...]:
-        try:
-            return tuple(int(i) for i in str(self.gpu_ids).split(",") if i.strip() and int(i) >= 0)
-        except ValueError:
-            raise AHIQError(f"--gpu_ids {self.gpu_ids!r}: expected comma-separated integers, e.g. 0 or 0,1 or "
-                            "-1") from None
+        """The GPUs --gpu_ids names (checked when the configuration was built: :func:`check_gpus`)."""
+        return gpu_list(self.gpu_ids)
 
 
 SWITCHES = tuple(f.name for f in dataclasses.fields(ModelConfig))  # every ModelConfig field is an option
@@ -410,13 +407,21 @@ def build(cls: type[RunConfig], values: Mapping[str, Any], resolve: tuple = ()) 
     for step in resolve:
         step(opt)
     cfg = freeze(cls, vars(opt))
-    check_gpus(cfg.gpu_list, cfg.gpu_ids)
+    check_gpus(cfg.gpu_ids)
     return cfg
 
 
-def check_gpus(ids: tuple[int, ...], gpu_ids: str) -> None:
-    """--gpu_ids names GPUs this machine has."""
-    problem = next(filter(None, map(missing_gpu, ids)), None)
+def gpu_list(gpu_ids: str) -> tuple[int, ...]:
+    """The GPU indices of a --gpu_ids value ('0,1'; -1: none)."""
+    return tuple(int(i) for i in str(gpu_ids).split(",") if i.strip() and int(i) >= 0)
+
+
+def check_gpus(gpu_ids: str) -> None:
+    """--gpu_ids is comma-separated integers naming GPUs this machine has (or -1)."""
+    try:
+        problem = next(filter(None, map(missing_gpu, gpu_list(gpu_ids))), None)
+    except ValueError:
+        problem = "expected comma-separated integers, e.g. 0 or 0,1 or -1"
     if problem:
         raise AHIQError(f"--gpu_ids {gpu_ids}: {problem}; pass existing ids, or --gpu_ids -1 to run on the CPU")
 

@@ -74,7 +74,7 @@ def test_rank_device_takes_each_processs_own_gpu_and_refuses_missing_ones(monkey
     monkeypatch.setattr(torch.cuda, "device_count", lambda: 4)
     assert rank_device("cuda:2", [2, 3], 1, 2) == "cuda:3"  # --gpu_ids 2,3 names them
     assert rank_device("cuda:3", [3], 0, 1) == "cuda:3"  # one process: the GPU named, not GPU 0
-    with pytest.raises(AHIQError, match="gpu_ids 3 names one GPU for 2 processes per node; name one per process"):
+    with pytest.raises(AHIQError, match="gpu_ids 3: names one GPU for 2 processes per node; name one per process"):
         rank_device("cuda:3", [3], 0, 2)
 
 
@@ -83,6 +83,8 @@ def test_gpu_ids_naming_a_missing_gpu_is_one_line(monkeypatch, tmp_path):
     monkeypatch.setattr(torch.cuda, "device_count", lambda: 2)
     with pytest.raises(AHIQError, match=r"--gpu_ids 0,3: no GPU 3 here \(this machine has 2: 0-1\)"):
         parse_train_options(["--gpu_ids", "0,3", "--no_pretrained", "--checkpoints_dir", str(tmp_path)])
+    with pytest.raises(AHIQError, match=r"--gpu_ids 0,x: expected comma-separated integers"):
+        parse_train_options(["--gpu_ids", "0,x", "--no_pretrained", "--checkpoints_dir", str(tmp_path)])
 
 
 @pytest.mark.slow

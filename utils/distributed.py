@@ -51,19 +51,20 @@ def rank_device(device: str, gpu_ids: list[int], local_rank: int, local_world_si
     ``2,3``; otherwise GPUs 0..K-1), or the CPU. A GPU that is not there is a one-line error."""
     if not device.startswith("cuda"):
         return device
-    if len(gpu_ids) == 1 and gpu_ids[0] != 0 and local_world_size > 1:
-        raise AHIQError(f"gpu_ids {gpu_ids[0]} names one GPU for {local_world_size} processes per node; name one "
-                        "per process (e.g. gpu_ids 2,3), or leave it out for GPUs 0 to NPROC-1")
     ids = gpu_ids if len(gpu_ids) > 1 or local_world_size == 1 else list(range(local_world_size))
-    if len(ids) < local_world_size:
-        raise AHIQError(f"gpu_ids {','.join(map(str, gpu_ids))} names {len(ids)} GPUs for {local_world_size} "
-                        "processes per node; name one GPU per process, or lower NPROC / --nproc_per_node")
     count = torch.cuda.device_count()
-    if ids[local_rank] >= count:
-        raise AHIQError(f"process {local_rank} of this node needs GPU {ids[local_rank]}, but this machine has "
-                        f"{count} GPU(s) (0-{count - 1}); lower NPROC / --nproc_per_node to at most {count} or fix "
-                        "gpu_ids")
-    return f"cuda:{ids[local_rank]}"
+    if len(gpu_ids) == 1 and gpu_ids[0] != 0 and local_world_size > 1:
+        problem = (f"names one GPU for {local_world_size} processes per node; name one per process (e.g. gpu_ids "
+                   "2,3), or leave it out for GPUs 0 to NPROC-1")
+    elif len(ids) < local_world_size:
+        problem = (f"names {len(ids)} GPUs for {local_world_size} processes per node; name one GPU per process, or "
+                   "lower NPROC / --nproc_per_node")
+    elif ids[local_rank] >= count:
+        problem = (f"process {local_rank} of this node needs GPU {ids[local_rank]}, but this machine has {count} "
+                   f"GPU(s) (0-{count - 1}); lower NPROC / --nproc_per_node to at most {count} or fix gpu_ids")
+    else:
+        return f"cuda:{ids[local_rank]}"
+    raise AHIQError(f"gpu_ids {','.join(map(str, gpu_ids))}: {problem}")
 
 
 def init_distributed(device: str, gpu_ids: list[int] | None = None, timeout_min: float = 60) -> DistInfo:
