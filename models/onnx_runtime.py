@@ -40,16 +40,20 @@ def onnxruntime():
     return ort
 
 
-def read_metadata(path: str, session=None) -> dict[str, Any]:
-    """The AHIQ metadata of an exported file (JSON values decoded); a file without it is refused in one line."""
+def open_session(path: str, providers: list | None = None):
+    """An ONNX Runtime session of the exported file ``path``; a missing, damaged or foreign file is one line."""
     require_path(path, "ONNX file", f"export one with python -m tools.export_onnx --ckpt FILE --out {path}")
     ort = onnxruntime()
     try:
-        session = session or ort.InferenceSession(path, providers=["CPUExecutionProvider"])
+        return ort.InferenceSession(path, providers=providers or ["CPUExecutionProvider"])
     except Exception as err:  # a damaged or foreign file: one line naming it
         first = (str(err).strip().splitlines() or [type(err).__name__])[0][:200]
         raise AHIQError(f"{path}: cannot be read as an ONNX model ({first})") from None
-    raw = session.get_modelmeta().custom_metadata_map
+
+
+def read_metadata(path: str, session=None) -> dict[str, Any]:
+    """The AHIQ metadata of an exported file (JSON values decoded); a file without it is refused in one line."""
+    raw = (session or open_session(path)).get_modelmeta().custom_metadata_map
     try:
         meta = {k: json.loads(v) for k, v in raw.items() if k in META_KEYS}
     except ValueError:
@@ -75,11 +79,7 @@ class OnnxAHIQ(nn.Module):
                                 "onnxruntime-gpu), or use device='cpu'")
             index = torch.device(device).index or 0
             providers = [("CUDAExecutionProvider", {"device_id": index}), "CPUExecutionProvider"]
-        try:
-            self.session = ort.InferenceSession(path, providers=providers)
-        except Exception as err:
-            first = (str(err).strip().splitlines() or [type(err).__name__])[0][:200]
-            raise AHIQError(f"{path}: cannot be read as an ONNX model ({first})") from None
+        self.session = open_session(path, providers)
         self.meta = read_metadata(path, self.session)
         self.path, self.patch_size = path, int(self.meta["patch_size"])
         self.register_buffer("_anchor", torch.zeros(0), persistent=False)  # where inputs are made: the CPU
