@@ -88,13 +88,10 @@ def check_outputs(opt: PredictConfig, pairs: list[tuple[str, str]]) -> None:
     if opt.csv and os.path.lexists(opt.csv) and not opt.overwrite:
         raise AHIQError(f"{opt.csv}: exists; pass another --csv, or --overwrite to replace it")
     if opt.maps:
-        maps = os.path.realpath(opt.maps)
-        if os.path.lexists(opt.maps) and not os.path.isdir(opt.maps):
-            raise AHIQError(f"{opt.maps}: exists and is not a folder; give --maps a folder")
-        scanned = [folder for folder in (opt.dis_dir, opt.ref_dir) if folder]
-        if any(maps == os.path.realpath(folder) for folder in scanned):
-            raise AHIQError(f"--maps {opt.maps}: is a folder read for images (--dis_dir/--ref_dir), where its PNGs "
-                            "would be taken for images next time; give another folder")
+        scanned = [os.path.realpath(folder) for folder in (opt.dis_dir, opt.ref_dir) if folder]
+        if (os.path.lexists(opt.maps) and not os.path.isdir(opt.maps)) or os.path.realpath(opt.maps) in scanned:
+            raise AHIQError(f"--maps {opt.maps}: is a file, or a folder read for images (--dis_dir/--ref_dir) where "
+                            "its PNGs would be taken for images next time; give another folder")
         clash = [f for stem in map_stems(pairs) for f in (stem + "_maps.png", stem + "_maps.npz")
                  if os.path.lexists(os.path.join(opt.maps, f))]
         if clash and not opt.overwrite:

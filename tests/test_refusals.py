@@ -69,9 +69,9 @@ def test_predict_claims_its_outputs_before_scoring(tmp_path, pair_dir, tiny_ckpt
     monkeypatch.setattr(engine.runtime, "scoring_checkpoint", no_model)
     monkeypatch.setattr(predict, "scoring_checkpoint", no_model)
     (tmp_path / "a_file").write_text("x")
-    with pytest.raises(AHIQError, match=r"a_file: exists and is not a folder"):
+    with pytest.raises(AHIQError, match=r"--maps .*a_file: is a file, or a folder read for images"):
         predict.main(_predict(tiny_ckpt, *pair, "--maps", str(tmp_path / "a_file")))
-    with pytest.raises(AHIQError, match=r"--maps .*dis: is a folder read for images"):
+    with pytest.raises(AHIQError, match=r"--maps .*dis: is a file, or a folder read for images"):
         predict.main(_predict(tiny_ckpt, "--dis_dir", pair_dir["dis"], "--ref_dir", pair_dir["ref"], "--maps",
                               pair_dir["dis"]))
     stem = os.path.splitext(os.path.basename(pair_dir["dis_files"][0]))[0]
