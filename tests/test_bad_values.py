@@ -145,7 +145,7 @@ def test_checkpoint_tensors_must_be_finite_floats(tmp_path, tiny_factory, bad, m
 def test_a_file_that_is_not_a_checkpoint_is_named_for_what_it_is(tmp_path, content, message):
     path = tmp_path / "AHIQ_vit_p8_epoch33.pth"
     path.write_bytes(content)
-    with pytest.raises(AHIQError, match=f"not a PyTorch checkpoint: .*{message}"):
+    with pytest.raises(AHIQError, match=f"not a checkpoint AHIQ can read: .*{message}"):
         load_checkpoint(str(path))
 
 

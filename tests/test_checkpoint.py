@@ -122,7 +122,8 @@ def test_wrong_files_give_clear_errors(tmp_path, model_factory):
     with pytest.raises(AHIQError, match=r"p16\.pth: trained with patch_size 16, but patch_size 8 was given"):
         load_head(model, str(tmp_path / "p16.pth"))
     (tmp_path / "torn.pth").write_bytes((tmp_path / "p16.pth").read_bytes()[:1000])
-    with pytest.raises(AHIQError, match=r"torn\.pth: cannot be read as a PyTorch checkpoint"):
+    with pytest.raises(AHIQError, match=r"torn\.pth: not a checkpoint AHIQ can read: cannot be read "
+                                         r"\(.*torn or truncated"):
         load_checkpoint(str(tmp_path / "torn.pth"))
     with pytest.raises(AHIQError, match=r"absent\.pth: checkpoint not found.*download\.sh"):
         load_checkpoint(str(tmp_path / "absent.pth"))
@@ -136,7 +137,8 @@ class _Payload:
 def test_code_in_a_checkpoint_is_never_run(tmp_path):
     path = tmp_path / "evil.pth"
     torch.save({"regressor_model_state_dict": _Payload()}, path)
-    with pytest.raises(AHIQError, match=r"evil\.pth: refused: it holds Python objects that could run code "
+    with pytest.raises(AHIQError, match=r"evil\.pth: not a checkpoint AHIQ can read: refused: it holds Python "
+                                        r"objects that could run code "
                                         r"\(.*GLOBAL posix\.system.*\); AHIQ loads only tensors") as err:
         load_checkpoint(str(path))
     assert "truncated" not in str(err.value) and "\n" not in str(err.value)
@@ -178,6 +180,12 @@ def test_find_checkpoint_rules(tmp_path):
     (run / "best.pth").write_bytes(b"x")
     assert find_checkpoint(str(run)).endswith("best.pth")
     assert find_checkpoint(str(run), 2).endswith("epoch_2.pth")
+    two = tmp_path / "two"
+    two.mkdir()
+    for name in ("a.pth", "b.pth"):
+        (two / name).write_bytes(b"x")
+    with pytest.raises(AHIQError, match=r"two: cannot choose a checkpoint among \['a\.pth', 'b\.pth'\].*--ckpt FILE"):
+        find_checkpoint(str(two))
 
 
 def test_saved_file_is_a_plain_torch_file(tmp_path, model_factory):

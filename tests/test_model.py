@@ -100,7 +100,8 @@ def test_missing_weight_file_and_garbage_file(tmp_path, backbone_files):
         build_model(8, pretrained=False, vit_weights=str(garbage))
     hostile = tmp_path / "hostile.pth"
     torch.save({"x": Path}, hostile)  # a pickled class: refused, in one line, before any code could run
-    with pytest.raises(AHIQError, match=r"hostile\.pth: refused: it holds Python objects") as caught:
+    with pytest.raises(AHIQError, match=r"hostile\.pth: not a checkpoint AHIQ can read: refused: "
+                                         r"it holds Python objects") as caught:
         build_model(8, pretrained=False, resnet_weights=str(hostile))
     assert "\n" not in str(caught.value)
 

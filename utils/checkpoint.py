@@ -39,25 +39,26 @@ def load_checkpoint(path: str) -> dict[str, Any]:
     """Read a checkpoint file safely (no code is unpickled); errors name the file."""
     require_path(path, "checkpoint", "run `sh download.sh` for the released PIPAL checkpoint or pass an existing "
                  "file with --ckpt")
-    what = _not_a_checkpoint(path)
+    what, ckpt = _not_a_checkpoint(path), None
+    if what is None:
+        try:
+            with torch.serialization.safe_globals(_numpy_safe_globals()):
+                ckpt = torch.load(path, map_location="cpu", weights_only=True)
+        except Exception as err:  # corrupt, truncated, unsafe or foreign files all end here with the file named
+            text = str(err).strip()
+            if "Weights only load failed" in text:
+                found = re.search(r"(?:unsupported|Unsupported)[^\n.]*(?:GLOBAL|global)[^\n]*", text)
+                detail = found.group(0).strip().rstrip(".") if found else text.splitlines()[-1][:200]
+                what = (f"refused: it holds Python objects that could run code ({detail}); AHIQ loads only tensors "
+                        "and plain values, so this is not a file written by AHIQ, the official code or pyiqa; if you "
+                        "trust it, re-save just its state dicts")
+            else:
+                first = text.splitlines()[0] if text else type(err).__name__
+                what = f"cannot be read ({first[:200]}); the file may be torn or truncated: copy or download it again"
+    if what is None and not isinstance(ckpt, Mapping):
+        what = f"it holds a {type(ckpt).__name__}, not a dict of state dicts"
     if what:
-        raise AHIQError(f"{path}: not a PyTorch checkpoint: {what}")
-    try:
-        with torch.serialization.safe_globals(_numpy_safe_globals()):
-            ckpt = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as err:  # corrupt, truncated, unsafe or foreign files all end here with the file named
-        text = str(err).strip()
-        if "Weights only load failed" in text:
-            found = re.search(r"(?:unsupported|Unsupported)[^\n.]*(?:GLOBAL|global)[^\n]*", text)
-            detail = found.group(0).strip().rstrip(".") if found else text.splitlines()[-1][:200]
-            raise AHIQError(f"{path}: refused: it holds Python objects that could run code ({detail}); AHIQ loads "
-                            "only tensors and plain values, so this is not a file written by AHIQ, the official "
-                            "code or pyiqa; if you trust it, re-save just its state dicts") from None
-        first = text.splitlines()[0] if text else type(err).__name__
-        raise AHIQError(f"{path}: cannot be read as a PyTorch checkpoint ({first[:200]}); the file may be torn or "
-                        "truncated: copy or download it again") from err
-    if not isinstance(ckpt, Mapping):
-        raise AHIQError(f"{path}: not an AHIQ checkpoint (holds a {type(ckpt).__name__}, expected a dict)")
+        raise AHIQError(f"{path}: not a checkpoint AHIQ can read: {what}")
     return dict(ckpt)
 
 
@@ -194,15 +195,12 @@ def find_checkpoint(folder: str, load_epoch: int = -1) -> str:
     files = sorted(os.path.basename(p) for p in glob.glob(os.path.join(folder, "*.pth")))
     epochs = {int(m.group(1)): f for f in files if (m := _EPOCH_RE.match(f))}
     if load_epoch >= 0:
-        if load_epoch not in epochs:
-            raise AHIQError(f"{folder}: no checkpoint for load_epoch {load_epoch} (epochs there: "
-                            f"{sorted(epochs) or 'none'})")
-        return os.path.join(folder, epochs[load_epoch])
-    if "best.pth" in files:
-        return os.path.join(folder, "best.pth")
-    if epochs:
-        return os.path.join(folder, epochs[max(epochs)])
-    if len(files) == 1:
-        return os.path.join(folder, files[0])
-    raise AHIQError(f"{folder}: cannot choose a checkpoint among {files or 'no .pth files'}; "
-                    "pass --ckpt FILE or --load_epoch N")
+        chosen = epochs.get(load_epoch)
+    else:
+        chosen = ("best.pth" if "best.pth" in files else epochs[max(epochs)] if epochs
+                  else files[0] if len(files) == 1 else None)
+    if chosen is None:
+        asked = f"no checkpoint for load_epoch {load_epoch}" if load_epoch >= 0 else "cannot choose a checkpoint"
+        raise AHIQError(f"{folder}: {asked} among {files or 'no .pth files'} (epochs there: {sorted(epochs) or 'none'}"
+                        "); pass --ckpt FILE or --load_epoch N")
+    return os.path.join(folder, chosen)
