@@ -169,17 +169,15 @@ def reference_name(name: str, rule: str) -> str:
 
 
 def _column(header: list[str], aliases: tuple[str, ...], what: str, path: str, required: bool = True) -> int | None:
-    lowered = [h.strip().lower() for h in header]
-    found = [h for h in header if h.strip().lower() in aliases]
-    if len(found) > 1:  # which one is meant cannot be guessed: never read one and ignore the other
-        raise AHIQError(f"{path}: {len(found)} {what} columns in the header ({', '.join(found)}); keep one")
-    for alias in aliases:
-        if alias in lowered:
-            return lowered.index(alias)
-    if required:
-        raise AHIQError(f"{path}: no {what} column in the header {header}; name it one of {', '.join(aliases)} "
-                        "(pyiqa meta-info CSV: ref_name,dist_name,mos[,std])")
-    return None
+    """The index of the one column of ``header`` named by one of ``aliases`` (None when ``required`` is False and
+    there is none); two of them are refused, as which one is meant cannot be guessed."""
+    found = [i for i, h in enumerate(header) if h.strip().lower() in aliases]
+    if len(found) == 1 or not (found or required):
+        return found[0] if found else None
+    problem = (f"{len(found)} {what} columns in the header ({', '.join(header[i] for i in found)}); keep one" if found
+               else f"no {what} column in the header {header}; name it one of {', '.join(aliases)} (pyiqa meta-info "
+               "CSV: ref_name,dist_name,mos[,std])")
+    raise AHIQError(f"{path}: {problem}")
 
 
 def check_name(name: str, where: str) -> None:
@@ -204,13 +202,13 @@ def read_csv_labels(path: str) -> Labels:
                 if any(cell.strip() for cell in row)]
     linenos, rows = [i for i, _ in numbered], [row for _, row in numbered]
     header = [h.strip() for h in rows[0]] if rows else []
-    if len(rows) < 2 and not (header and _is_number(header[-1])):
-        raise AHIQError(f"{path}: lists no images (the file is empty, or a header alone)")
-    if _is_number(header[-1]):  # a PIPAL-style list given as CSV: the first row is data, not a header
+    if header and _is_number(header[-1]):  # a PIPAL-style list given as CSV: the first row is data, not a header
         raise AHIQError(f"{path}: has no header row (it starts with {','.join(header)!r}); a PIPAL-style "
                         "'name,score' list needs --list_format pipal, a CSV needs a ref_name,dist_name,mos header")
-    i_ref = _column(header, REF_COLUMNS, "reference", path)
-    i_dis = _column(header, DIS_COLUMNS, "distorted-image", path)
+    i_ref = _column(header, REF_COLUMNS, "reference", path, required=bool(rows))
+    i_dis = _column(header, DIS_COLUMNS, "distorted-image", path, required=bool(rows))
+    if len(rows) < 2:
+        raise AHIQError(f"{path}: lists no images (the file is empty, or a header alone)")
     i_score = _column(header, SCORE_COLUMNS, "score", path, required=False)
     used = {i for i in (i_ref, i_dis, i_score) if i is not None}
     names, refs, scores = [], [], []
@@ -278,24 +276,21 @@ def select_rows(labels: Labels, part: str, split: SplitChoice) -> Labels:
         return labels
     if split.column is not None:
         column = labels.columns.get(split.column.lower())
-        if column is None:
-            raise AHIQError(f"{labels.path}: no column {split.column!r} for split_column (columns besides "
-                            f"names and scores: {sorted(labels.columns) or 'none'})")
-        rows = [i for i, value in enumerate(column) if value.strip().lower() == part]
-        where = f"column {split.column} = {part}"
+        rows = [i for i, value in enumerate(column or []) if value.strip().lower() == part]
+        where = f"column {split.column} = {part}" + ("" if column is not None else " (the file has no such column; "
+                                                     f"its other columns: {sorted(labels.columns) or 'none'})")
     else:
         if not split.create:
             require_path(split.file, "split file", "it is written by train.py (or `python -m tools.make_splits`): "
                          "pass the file the model was trained with")
         splits = load_or_create_splits(split.file, labels, split.ratios, split.n_splits, split.seed, split.create)
-        if not 0 <= split.index < len(splits):
-            raise AHIQError(f"{split.file}: split_index {split.index} out of range (the file holds "
-                            f"{len(splits)} splits, 0-{len(splits) - 1})")
-        keep = set(splits[split.index][part])
+        held = 0 <= split.index < len(splits)
+        keep = set(splits[split.index][part]) if held else set()
         rows = [i for i, ref in enumerate(labels.refs) if ref in keep]
-        where = f"{split.describe()}, part {part}"
+        where = f"{split.describe()}, part {part}" + ("" if held else f" (the file holds {len(splits)} splits, "
+                                                      f"0-{len(splits) - 1})")
     if not rows:
-        raise AHIQError(f"{labels.path}: no rows in {where}; check the split ratios or the split column")
+        raise AHIQError(f"{labels.path}: no rows in {where}; check the split index, ratios or column")
     return labels.subset(rows)
 
 

@@ -138,11 +138,9 @@ def read_state_dict(path: str) -> dict[str, torch.Tensor]:
             first = (str(err).strip().splitlines() or [type(err).__name__])[0][:200]
             raise AHIQError(f"{path}: cannot read backbone weights ({type(err).__name__}: {first}); "
                             "expected a timm state dict in .pth or .safetensors format") from err
-    for key in ("state_dict", "model"):
-        if isinstance(sd, Mapping) and key in sd and isinstance(sd[key], Mapping):
+    for key in ("state_dict", "model"):  # both readers return a dict (load_checkpoint refuses anything else)
+        if key in sd and isinstance(sd[key], Mapping):
             sd = sd[key]
-    if not isinstance(sd, Mapping):
-        raise AHIQError(f"{path}: not a state dict (found {type(sd).__name__})")
     return dict(sd)
 
 

@@ -14,7 +14,7 @@ import cv2
 import numpy as np
 import pytest
 
-from data.datasets import PRESETS, Labels, pair_dataset, read_labels, select_rows
+from data.datasets import PRESETS, Labels, SplitChoice, pair_dataset, read_labels, select_rows
 from data.images import read_rgb
 from data.label_norm import LabelNorm
 from data.splits import load_or_create_splits, make_splits, part_counts
@@ -135,7 +135,8 @@ def test_split_column_selects_rows(tmp_path):
     assert select_rows(labels, "test", opt.split()).names == ["B_1.png"]
     with pytest.raises(AHIQError, match="no rows in column split = val"):
         select_rows(labels, "val", opt.split())
-    with pytest.raises(AHIQError, match="no column 'fold'"):
+    with pytest.raises(AHIQError, match=r"meta\.csv: no rows in column fold = train \(the file has no "
+                                        r"such column; its other columns: \['split'\]\)"):
         select_rows(labels, "train", _opt("--split_column", "fold").split())
 
 
@@ -271,3 +272,13 @@ def test_prepare_pipal_removes_a_set_it_made_before_and_its_hint_works(tmp_path,
     hint = printed.split("training set instead: ")[1].splitlines()[0]
     opt = parse_train_options(shlex.split(hint)[2:] + ["--crop_size", "16", "--gpu_ids", "-1"])  # as printed
     assert len(load_dataset(opt, "train", "val", policy(16, 1), opt.split(create=True))) >= 1
+
+
+def test_a_split_index_the_file_does_not_hold_is_named(tmp_path):
+    labels = Labels(str(tmp_path / "l.txt"), [f"r{i}_d.png" for i in range(6)], [f"r{i}.png" for i in range(6)], None)
+    path = str(tmp_path / "s.json")
+    load_or_create_splits(path, labels, (0.6, 0.2, 0.2), 1, 0)
+    assert len(select_rows(labels, "test", SplitChoice(path, 0))) >= 1
+    with pytest.raises(AHIQError, match=r"l\.txt: no rows in split 3 of .*s\.json, part test \(the file holds 1 "
+                                        r"splits, 0-0\)"):
+        select_rows(labels, "test", SplitChoice(path, 3))
