@@ -207,24 +207,24 @@ class Scorer:
 
 def check_pair(dis: object, ref: object) -> None:
     """Two batches of :func:`check_unit_images` of the same shape."""
-    for name, x in (("dis", dis), ("ref", ref)):
-        check_unit_images(x.detach() if isinstance(x, torch.Tensor) else x, name)
-    if dis.shape != ref.shape:
-        raise AHIQError(f"dis and ref must have the same shape, got {tuple(dis.shape)} and {tuple(ref.shape)}")
+    check_unit_images(ref.detach() if isinstance(ref, torch.Tensor) else ref, "ref")
+    check_unit_images(dis.detach() if isinstance(dis, torch.Tensor) else dis, "dis", like=ref.shape)
 
 
-def check_unit_images(x: object, name: str) -> None:
-    """The documented input of :meth:`Scorer.score_tensors`: a non-empty (B, 3, H, W) float tensor in [0, 1]; anything
-    else is one line that says what it got (type, dtype, shape, value range)."""
-    if isinstance(x, torch.Tensor) and x.dim() == 4 and x.shape[1] == 3 and x.numel() and x.is_floating_point():
+def check_unit_images(x: object, name: str, like: torch.Size | None = None) -> None:
+    """The documented input of :meth:`Scorer.score_tensors`: a non-empty (B, 3, H, W) float tensor in [0, 1] (``like``:
+    of that shape, the reference's); anything else is one line that says what it got (type, dtype, shape, range)."""
+    if isinstance(x, torch.Tensor) and x.dim() == 4 and x.shape[1] == 3 and x.numel() and x.is_floating_point() \
+            and like in (None, x.shape):
         lo, hi = x.min().item(), x.max().item()  # NaN in x makes them NaN, which is outside [0, 1]
         if 0 <= lo and hi <= 1:
             return
         got = f"values in [{lo:g}, {hi:g}]" + (" (NaN or infinite values)" if not torch.isfinite(x).all() else "")
     else:
         got = f"{x.dtype} of shape {tuple(x.shape)}" if isinstance(x, torch.Tensor) else type(x).__name__
-    raise AHIQError(f"{name}: expected a (B, 3, H, W) batch (B >= 1) of floats in [0, 1], got {got}: divide uint8 "
-                    "RGB by 255 (not ImageNet-normalised or [-1, 1]); numpy arrays: "
+    shape = f", shaped as ref {tuple(like)}," if like is not None else ""
+    raise AHIQError(f"{name}: expected a (B, 3, H, W) batch (B >= 1){shape} of floats in [0, 1], got {got}: "
+                    "divide uint8 RGB by 255 (not ImageNet-normalised or [-1, 1]); numpy arrays: "
                     "torch.from_numpy(a).permute(0, 3, 1, 2).float() / 255")
 
 
@@ -305,11 +305,10 @@ def load_scorer(ckpt: str | None = None, checkpoints_dir: str = CHECKPOINTS, nam
     scale = load_mapping(mapping) if mapping is not None else None  # before anything slow
     api_settings(**settings)  # a misspelt setting or a device this machine lacks is named before any file is read
     check_device(device)
-    if backend not in BACKENDS:
-        raise AHIQError(f"backend {backend!r}: expected one of {', '.join(BACKENDS)}")
+    if backend not in BACKENDS or (backend == "onnxruntime" and ckpt is None):
+        raise AHIQError(f"backend {backend!r}: expected one of {', '.join(BACKENDS)} (onnxruntime with "
+                        "ckpt='model.onnx' from python -m tools.export_onnx)")
     if backend == "onnxruntime":
-        if ckpt is None:
-            raise AHIQError("backend='onnxruntime' needs ckpt='model.onnx' (python -m tools.export_onnx)")
         return mapped(onnx_scorer(ckpt, device, mos_range, **settings), scale, allow_other_mapping)
     check_home()
     path = choose_checkpoint(ckpt, os.path.join(checkpoints_dir, name), load_epoch)
@@ -369,8 +368,6 @@ def to_batch(x: ImageLike | Sequence[ImageLike], name: str) -> torch.Tensor:
     """PIL images, HxWx3 uint8 arrays or (3, H, W) / (B, 3, H, W) float tensors in [0, 1] (or lists of them) as one
     (B, 3, H, W) float batch in [0, 1], converted as test.py converts files (uint8 RGB / 255)."""
     items = list(x) if isinstance(x, (list, tuple)) else [x]
-    if not items:
-        raise AHIQError(f"{name}: empty list of images")
     batch = []
     for item in items:
         if isinstance(item, Image.Image):
@@ -381,8 +378,9 @@ def to_batch(x: ImageLike | Sequence[ImageLike], name: str) -> torch.Tensor:
             got = f"{item.dtype} array of shape {item.shape}" if isinstance(item, np.ndarray) else type(item).__name__
             raise AHIQError(f"{name}: expected file paths, PIL images, HxWx3 uint8 RGB arrays or tensors, got {got}")
         batch.append(item if item.dim() == 4 else item.unsqueeze(0))
-    if len({tuple(b.shape[1:]) for b in batch}) > 1:
-        raise AHIQError(f"{name}: images of different sizes in one call; score them in separate calls")
+    if len({tuple(b.shape[1:]) for b in batch}) != 1:
+        raise AHIQError(f"{name}: give one or more images of one size per call (got {len(batch)} images of sizes "
+                        f"{sorted({tuple(b.shape[-2:]) for b in batch})}); score other sizes in separate calls")
     out = torch.cat(batch)
     check_unit_images(out, name)
     return out

@@ -23,7 +23,7 @@ import train
 from data.datasets import read_labels
 from data.images import image_size, read_rgb
 from data.pipal import read_list
-from engine.scorer import Scorer
+from engine.scorer import Scorer, load_scorer, to_batch
 from tests.conftest import TINY_ARGS, make_pipal_set, policy, run_entry
 from tests.forks import Forked
 from utils.checkpoint import load_checkpoint
@@ -78,6 +78,15 @@ def test_the_api_refuses_other_misuse(scorer):
     with pytest.raises(AHIQError, match=r"\(distorted, reference\) file path pairs, got a\.png"):
         scorer.score_files(["a.png"])
     assert scorer.score_tensors(torch.rand(2, 3, 40, 40), torch.rand(2, 3, 40, 40)).shape == (2,)  # valid input
+    with pytest.raises(AHIQError, match=r"dis: .*, shaped as ref \(2, 3, 40, 40\), .*got .*shape \(1, 3, 40, 40\)"):
+        scorer.score_tensors(torch.rand(1, 3, 40, 40), torch.rand(2, 3, 40, 40))
+    for images, sizes in (([], r"0 images of sizes \[\]"), ([torch.rand(3, 40, 40), torch.rand(3, 48, 40)],
+                                                          r"2 images of sizes \[\(40, 40\), \(48, 40\)\]")):
+        with pytest.raises(AHIQError, match=rf"dis: give one or more images of one size per call \(got {sizes}\)"):
+            to_batch(images, "dis")
+    with pytest.raises(AHIQError, match=r"backend 'onnxruntime': expected one of torch, onnxruntime \(onnxruntime "
+                                        r"with ckpt='model\.onnx'"):
+        load_scorer(backend="onnxruntime")
 
 
 @pytest.mark.skipif(torch.cuda.is_available(), reason="checks the message without CUDA")
