@@ -192,8 +192,6 @@ def run(opt: PredictConfig, info: DistInfo) -> list[float]:
             out = score_list(scorer, scorer.file_pairs(pairs), info, opt.batch_size, opt.num_workers, progress,
                              lambda: stop.signal)
         if out is None:  # another rank: rank 0 reports
-            if progress is not None:
-                progress.close()
             return []
         scores = out.preds
     if mos is not None and len(scores) > 1:

@@ -292,7 +292,6 @@ def score(opt: TestConfig, out_path: str, info: DistInfo) -> dict:
                      f"; {len(progress.done)} recorded by the stopped run" if progress.done else "")
         out = score_list(scorer, dataset, info, opt.batch_size, opt.num_workers, progress, lambda: stop.signal)
     if out is None:  # another rank of the job: rank 0 writes the results
-        progress.close()
         return {}
     names, preds, labels = out.names, out.preds, out.labels
     seconds = time.perf_counter() - start

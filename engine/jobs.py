@@ -29,7 +29,7 @@ from engine.loop import Predictions, ScoringStopped, reference_shards
 from engine.scorer import Scorer
 from utils.distributed import DistInfo, barrier, failed_elsewhere, gather_arrays, worst_outcome
 from utils.errors import AHIQError, Interrupted
-from utils.files import atomic_write, file_error, read_json, read_text
+from utils.files import append_text, atomic_write, read_json, read_text
 from utils.records import digest, require_same
 
 FORMAT = "ahiq-progress-1"
@@ -69,10 +69,7 @@ class Progress:
         barrier(info)  # every process sees the folder rank 0 checked or made
         self.done = self.recorded()
         self._path = os.path.join(self.folder, f"rank{info.rank}-pid{os.getpid()}.txt")
-        try:
-            self._file = open(self._path, "a")
-        except OSError as err:
-            raise file_error(self._path, err, "written") from None
+        append_text(self._path, "")  # this process's file, made now: a folder it cannot write is said before scoring
 
     def _saved(self) -> dict:
         return read_json(self.header_file, "the progress header of a scoring run",
@@ -119,21 +116,10 @@ class Progress:
 
     def record(self, index: list[int], scores: list[float]) -> None:
         """One finished batch, on disk before the next one starts (flushed: a killed process keeps it)."""
-        try:
-            self._file.write("".join(f"{i},{s!r}\n" for i, s in zip(index, scores)))
-            self._file.flush()
-        except OSError as err:  # a full disk: what was flushed before stays, and --resume continues from it
-            raise file_error(self._path, err, "written") from None
-
-    def close(self) -> None:
-        try:
-            self._file.close()
-        except OSError:  # a batch that a full disk refused (said when recorded): the lines flushed before stay
-            pass
+        append_text(self._path, "".join(f"{i},{s!r}\n" for i, s in zip(index, scores)))  # a full disk: --resume
 
     def finish(self) -> None:
         """The results are written: the progress is no longer needed."""
-        self.close()
         if self.info.is_main:
             shutil.rmtree(self.folder, ignore_errors=True)
 
@@ -160,9 +146,7 @@ def score_list(scorer: Scorer, dataset: PairDataset, info: DistInfo, batch_size:
             outcome, out = "done", _predictions(dataset, mine, recorded)
     except AHIQError as err:  # e.g. a damaged image of this share: the other processes must hear of it
         outcome, failure = "failed", err
-    outcome = worst_outcome(outcome, info)
-    if outcome != "done" and progress is not None:
-        progress.close()  # what was recorded stays: --resume continues once the cause is fixed
+    outcome = worst_outcome(outcome, info)  # what was recorded stays: --resume continues once the cause is fixed
     if outcome == "failed":
         raise failure or failed_elsewhere()
     if outcome == "stopped":

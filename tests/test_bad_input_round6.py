@@ -133,7 +133,6 @@ def test_a_full_disk_while_progress_or_a_mapping_is_written(full_disk):
         for i in range(1, 100000):  # the page cache takes a little before the disk is found full
             progress.record([i], [0.5])
     assert progress.recorded()[0] == 0.5  # what was recorded before is kept
-    progress.close()
     mapping = Mapping((1.0, 0.0, 0.5, 0.1), LabelNorm(0.0, 100.0, False), "list.txt", 10, None)
     with pytest.raises(AHIQError, match=r"scale\.json: cannot be written \(the disk is full\); nothing was replaced"):
         mapping.save(str(full_disk / "scale.json"))

@@ -93,6 +93,20 @@ def read_text(path: str) -> str:
             from None
 
 
+def append_text(path: str, text: str, sync: bool = False) -> None:
+    """Append ``text`` to ``path`` (made if missing), flushed (``sync``: and fsynced) before it returns, so a killed
+    process keeps what was appended; a failure (a full disk) is one line naming the file, and what was appended
+    before stays."""
+    try:
+        with open(path, "a", encoding="utf-8") as f:
+            f.write(text)
+            f.flush()
+            if sync:
+                os.fsync(f.fileno())
+    except OSError as err:
+        raise file_error(path, err, "written") from None
+
+
 def read_json(path: str, what: str, fix: str, fmt: str | None = None) -> dict:
     """A JSON object the project wrote (``fmt``: its ``"format"`` value must be this), or one line naming the file,
     ``what`` it should be and the ``fix``."""

@@ -10,7 +10,16 @@ import os
 from typing import Any
 
 from utils.errors import AHIQError
-from utils.files import LOG_FILE, METRICS_FIGURE, METRICS_FILE, TENSORBOARD_DIR, atomic_write, file_error, read_text
+from utils.files import (
+    LOG_FILE,
+    METRICS_FIGURE,
+    METRICS_FILE,
+    TENSORBOARD_DIR,
+    append_text,
+    atomic_write,
+    file_error,
+    read_text,
+)
 
 
 def setup_logging(run_dir: str | None = None, is_main: bool = True) -> None:
@@ -106,13 +115,7 @@ class EpochLog:
 
     def append(self, row: dict[str, Any]) -> None:
         self.rows.append(row)
-        try:
-            with open(self.path, "a", encoding="utf-8") as f:
-                f.write(json.dumps(row) + "\n")
-                f.flush()
-                os.fsync(f.fileno())
-        except OSError as err:
-            raise file_error(self.path, err, "written") from None
+        append_text(self.path, json.dumps(row) + "\n", sync=True)
         self.plot()
 
     def plot(self) -> None:
