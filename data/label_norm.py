@@ -20,7 +20,7 @@ def require_scores(raw: np.ndarray | None, source: str, purpose: str, fix: str, 
     """The one check that a list's scores serve ``purpose`` (training, validation, SRCC/PLCC, a fitted mapping): a
     score on every row, ``minimum`` rows or more and (``vary``) not all equal; else one line naming ``source``."""
     n = 0 if raw is None else len(raw)
-    problem = ("has no MOS" if raw is None else f"has {n} image(s) with a score" if n < minimum
+    problem = ("has no scores" if raw is None else f"has {n} image(s) with a score" if n < minimum
                else f"every listed score is {raw[0]:g}" if vary and np.ptp(raw) == 0 else None)
     if problem:
         raise AHIQError(f"{source}: {problem}; {purpose} needs {minimum} or more scored images"

@@ -324,7 +324,7 @@ def test_a_checkpoint_cannot_choose_an_unpinned_backbone_by_itself(tmp_path):
 
 
 @pytest.mark.parametrize("raw, minimum, vary, problem", [
-    (None, 1, False, "has no MOS"),
+    (None, 1, False, "has no scores"),
     (np.array([3.0]), 2, False, "has 1 image"),
     (np.array([3.0, 3.0, 3.0]), 2, True, "every listed score is 3; "),
 ])

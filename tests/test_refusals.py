@@ -119,7 +119,7 @@ def test_two_test_runs_on_the_same_results_are_refused(tmp_path, pipal_set, tiny
 def test_worst_without_mos_is_refused_before_scoring(tmp_path, pipal_set, tiny_ckpt):
     names = tmp_path / "names.txt"
     names.write_text("\n".join(pipal_set["names"]))
-    with pytest.raises(AHIQError, match=r"names\.txt: has no MOS; --worst 2 \(the images furthest"):
+    with pytest.raises(AHIQError, match=r"names\.txt: has no scores; --worst 2 \(the images furthest"):
         test_entry.main(["--test_ref_path", pipal_set["ref"], "--test_dis_path", pipal_set["dis"], "--test_list",
                          str(names), "--ckpt", tiny_ckpt, "--checkpoints_dir", str(tmp_path), "--name", "w",
                          "--worst", "2", "--crop_size", "32", "--no_pretrained", "--gpu_ids", "-1"])

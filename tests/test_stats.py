@@ -321,8 +321,13 @@ def test_compare_and_the_stats_api_on_degenerate_input(tmp_path, capsys):
         compare_main([a, flat, "--list", data["list"], "--seed", "-1"])
     tiny = tmp_path / "tiny.txt"
     tiny.write_text("".join(f"{n},{m}\n" for n, m in zip(names[:2], mos[:2])))
-    with pytest.raises(AHIQError, match=r"tiny\.txt: lists 2 image\(s\); a comparison needs 5 or more"):
+    with pytest.raises(AHIQError, match=r"tiny\.txt: has 2 image\(s\) with a score; a comparison needs 5 or more"):
         compare_main([a, flat, "--list", str(tiny)])
+    names_only = _write_results(tmp_path / "names_only.txt", names, [0.5] * len(names))
+    Path(names_only).write_text("".join(f"{n}\n" for n in names))
+    with pytest.raises(AHIQError, match=r"names_only\.txt: has no scores; a comparison needs 1 or more scored images: "
+                                        r"give a results file of test\.py"):
+        compare_main([a, names_only, *args])
     # the API: a NaN prediction is refused, not an interval around a NaN point
     with pytest.raises(AHIQError, match="the predictions: 1 of 20 values are NaN"):
         bootstrap_intervals(np.r_[np.nan, mos[1:]], mos, None, n_boot=50)

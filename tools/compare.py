@@ -51,8 +51,8 @@ def compare_parser() -> argparse.ArgumentParser:
 
 def scores_by_name(path: str) -> dict[str, float]:
     names, scores = read_list(path)
-    if scores is None:
-        raise AHIQError(f"{path}: holds names without scores; give a results file of test.py ('name,score' lines)")
+    require_scores(scores, path, "a comparison", "give a results file of test.py ('name,score' lines)", minimum=1,
+                   vary=False)
     return dict(zip(names, scores.tolist()))
 
 
@@ -70,7 +70,8 @@ def main(argv: list[str] | None = None) -> dict:
     split = SplitChoice(opt.split_file, opt.split_index, opt.split_column)
     if split.active:  # the rows test.py scored with the same options
         labels = select_rows(labels, opt.split_part or "test", split)
-    require_scores(labels.raw, opt.list, "the comparison", "give the list with MOS both were scored on", vary=False)
+    require_scores(labels.raw, opt.list, "a comparison", "give the list with MOS both were scored on",
+                   minimum=MIN_COMPARED, vary=False)
     a, b = scores_by_name(opt.a), scores_by_name(opt.b)
     rows = [i for i, n in enumerate(labels.names) if n in a and n in b]
     missing = [n for n in labels.names if n not in a or n not in b]
@@ -78,8 +79,6 @@ def main(argv: list[str] | None = None) -> dict:
         where = opt.a if missing[0] not in a else opt.b
         raise AHIQError(f"{where}: has no score for {missing[0]} ({len(missing)} listed image(s) lack one in A or B); "
                         "compare results of the same list")
-    if len(rows) < MIN_COMPARED:
-        raise AHIQError(f"{opt.list}: lists {len(rows)} image(s); a comparison needs {MIN_COMPARED} or more")
     lower = opt.label_direction == "lower_better" if opt.label_direction else preset.lower_better
     norm = LabelNorm.fit(labels.raw, lower)
     mos = norm.apply(labels.raw)
