@@ -56,20 +56,21 @@ class ModelConfig:
         self._check_types()
         object.__setattr__(self, "vit_blocks", tuple(self.vit_blocks))
         object.__setattr__(self, "cnn_blocks", tuple(self.cnn_blocks))
-        if self.vit_name is None:
-            if self.patch_size not in VIT_TAGS:
-                raise AHIQError(f"patch_size {self.patch_size} is not supported; use 8 or 16")
+        if self.vit_name is None:  # the pinned ViT of the patch size (_check_types: one of VIT_TAGS)
             object.__setattr__(self, "vit_name", VIT_TAGS[self.patch_size])
         if self.branches == "vit" and self.fusion != "none":  # no CNN branch: nothing to fuse
             object.__setattr__(self, "fusion", "none")
         self.check()
 
     def _check_types(self) -> None:
-        """Every field has its type and choices (a checkpoint's metadata may say "8" or 32.0), and the backbone names
-        are timm model names (never a hub location a file could choose: "hf-hub:...")."""
+        """Every field has its type and choices (a checkpoint's metadata may say "8" or 32.0; a patch size without a
+        ViT name: one of the pinned ViTs'), and the backbone names are timm model names (never a hub location a file
+        could choose: "hf-hub:...")."""
+        pinned = {"patch_size": tuple(VIT_TAGS)} if self.vit_name is None else {}  # other ViTs: other patch sizes
         for f in dataclasses.fields(self):
             value = getattr(self, f.name)
-            problem = expected(hint_of(f), value, CHOICES.get(f.name), minimum=1 if f.type == "int" else None)
+            choices = CHOICES.get(f.name) or pinned.get(f.name)
+            problem = expected(hint_of(f), value, choices, minimum=1 if f.type == "int" else None)
             if problem is None and f.name.endswith("_name") and value is not None and (":" in value or "/" in value):
                 problem = "a timm model name"
             if problem:

@@ -333,3 +333,9 @@ def test_scores_that_cannot_serve_their_purpose_are_named(raw, minimum, vary, pr
         require_scores(raw, "l.txt", "training", "fix", minimum=minimum, vary=vary)
     require_scores(np.array([3.0, 3.0, 3.0]), "l.txt", "--worst", "fix", minimum=1, vary=False)  # equal is fine there
     require_scores(np.array([1.0, 2.0]), "l.txt", "training", "fix")
+
+
+def test_a_patch_size_without_a_pinned_vit_is_refused_and_another_vit_may_choose_one():
+    with pytest.raises(AHIQError, match=r"model setting patch_size 32: expected one of 8, 16"):
+        ModelConfig(32)
+    assert ModelConfig(14, vit_name="vit_base_patch14_dinov2", crop_size=224).patch_size == 14
