@@ -32,6 +32,7 @@ import json
 import os
 
 from data.datasets import PRESETS
+from data.label_norm import require_scores
 from data.pipal import pipal_reference_name, read_list
 from utils.errors import AHIQError, run_cli
 from utils.files import atomic_write, read_text, require_path
@@ -141,21 +142,20 @@ def prepare(pipal_root: str, out: str, mode: str = "symlink", test_ref: str | No
     ref_dir = train and find_dir(train, "Reference_train")
     mos_dir = train and find_dir(train, "MOS_Scores_train")
     dis_dirs = sorted(glob.glob(os.path.join(train, "Distortion", "Distortion_*"))) if train else []
-    if not (ref_dir and mos_dir and dis_dirs):
+    mos_files = sorted(glob.glob(os.path.join(mos_dir, "*.txt"))) if mos_dir else []
+    if not (ref_dir and mos_files and dis_dirs):
         raise AHIQError(f"{pipal_root}: not the official PIPAL layout (training/Reference_train, "
-                        "training/Distortion/Distortion_1..4, training/MOS_Scores_train); pass the folder that holds "
-                        "training/")
+                        "training/Distortion/Distortion_1..4, training/MOS_Scores_train/*.txt); pass the folder that "
+                        "holds training/")
     if bool(test_ref) != bool(test_dis):
         raise AHIQError("give both --test_ref and --test_dis (the NTIRE 2022 FR test folders)")
     counts = {}
     lines = []
-    for mos_file in sorted(glob.glob(os.path.join(mos_dir, "*.txt"))):
+    for mos_file in mos_files:
         names, scores = read_list(mos_file)
-        if scores is None:
-            raise AHIQError(f"{mos_file}: has no scores ('name,score' lines expected)")
+        require_scores(scores, mos_file, "PIPAL's training labels", "give the MOS file as shipped ('name,score' lines)",
+                       minimum=1, vary=False)
         lines += [f"{n},{float(s)!r}" for n, s in zip(names, scores)]
-    if not lines:
-        raise AHIQError(f"{mos_dir}: no MOS files (*.txt)")
     distorted: dict[str, str] = {}
     for folder in dis_dirs:
         for name, path in _images(folder).items():
