@@ -185,7 +185,7 @@ def check_name(name: str, where: str) -> None:
     The one rule for label files, pairs files and folders."""
     if not name or any(c in name for c in ",\n\r"):
         raise AHIQError(f"{where}: image name {name!r} is empty or holds a comma or a line break, which the "
-                        "'name,score' results files and tables cannot hold; give every row names, rename the file")
+                        "'name,score' results files and tables cannot hold; name every image, without those characters")
 
 
 def _is_number(text: str) -> bool:

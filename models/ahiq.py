@@ -239,8 +239,8 @@ class AHIQ(nn.Module):
         """``x``: square crops (B, 3, S, S), S a multiple of the patch size (``like``: of this shape, the
         reference's)."""
         if x.dim() != 4 or x.shape[-1] != x.shape[-2] or x.shape[-1] % self.patch_size or like not in (None, x.shape):
-            raise ValueError(f"expected square crops (B, 3, S, S) with S divisible by {self.patch_size}"
-                             f"{' as the reference crops ' + str(tuple(like)) if like is not None else ''}, got "
+            shaped = f", shaped as the reference crops {tuple(like)}" if like is not None else ""
+            raise ValueError(f"expected square crops (B, 3, S, S) with S divisible by {self.patch_size}{shaped}, got "
                              f"{tuple(x.shape)}")
 
     def _features(self, x: torch.Tensor) -> tuple[torch.Tensor | None, torch.Tensor | None]:

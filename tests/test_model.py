@@ -303,7 +303,7 @@ def test_a_compiled_vit_scores_as_the_eager_one(tiny_factory, tiny_ckpt):
 
 def test_the_model_refuses_crops_that_do_not_tile_its_grid_or_differ(tiny_factory):
     model = tiny_factory(8).eval()
-    with pytest.raises(ValueError, match=r"divisible by 8 as the reference crops \(1, 3, 32, 32\), got "
+    with pytest.raises(ValueError, match=r"divisible by 8, shaped as the reference crops \(1, 3, 32, 32\), got "
                                          r"\(1, 3, 40, 40\)"):
         model(torch.rand(1, 3, 40, 40), torch.rand(1, 3, 32, 32))
     with pytest.raises(ValueError, match=r"divisible by 8, got \(1, 3, 36, 36\)"):

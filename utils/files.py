@@ -67,7 +67,8 @@ def file_error(path: str, err: OSError, doing: str) -> AHIQError:
 
 def require_path(path: str, what: str, fix: str, folder: bool = False) -> str:
     """``path`` when it is an existing file (``folder``: an existing folder); else one line: ``{path}: {what} not
-    found; {fix}``. Every input the project is given by name is checked here before it is opened."""
+    found; {fix}``: the one existence check of the files and folders a user names (label lists, images, image folders,
+    checkpoints, weight files, split files)."""
     if not (os.path.isdir(path) if folder else os.path.isfile(path)):
         raise AHIQError(f"{path}: {what} not found; {fix}")
     return path
