@@ -141,10 +141,14 @@ def test_checkpoint_tensors_must_be_finite_floats(tmp_path, tiny_factory, bad, m
     (b"version https://git-lfs.github.com/spec/v1\noid sha256:abc\nsize 12\n", "a Git LFS pointer"),
     (bytes(range(1, 65)), "not a zip archive or a pickle"),
     (b"", "the file is empty"),
-], ids=["html", "lfs", "bytes", "empty"])
+    ("list", r"it holds a list, not a dict of state dicts"),
+], ids=["html", "lfs", "bytes", "empty", "list"])
 def test_a_file_that_is_not_a_checkpoint_is_named_for_what_it_is(tmp_path, content, message):
     path = tmp_path / "AHIQ_vit_p8_epoch33.pth"
-    path.write_bytes(content)
+    if content == "list":  # a real PyTorch file that holds no dict
+        torch.save([torch.zeros(1)], path)
+    else:
+        path.write_bytes(content)
     with pytest.raises(AHIQError, match=f"not a checkpoint AHIQ can read: .*{message}"):
         load_checkpoint(str(path))
 
