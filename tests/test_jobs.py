@@ -267,3 +267,17 @@ def test_predict_progress_is_bound_to_the_weights_too(tmp_path, tiny_ckpt, tiny_
         predict.main([*argv, "--resume"])
     shutil.copy(tiny_ckpt, ckpt)
     assert len(predict.main([*argv, "--resume"])) == 6
+
+
+def test_a_progress_folder_whose_header_is_not_ours_is_refused(tmp_path):
+    from engine.jobs import Progress
+    from utils.distributed import DistInfo
+
+    results = str(tmp_path / "results.txt")
+    Progress(results, {"list": "abc"}, DistInfo(), False, False, n=3).record([0], [0.5])
+    with pytest.raises(AHIQError, match=r"holds the progress of another run \(list 'abc' then, 'xyz' now\)"):
+        Progress(results, {"list": "xyz"}, DistInfo(), True, False, n=3)
+    (tmp_path / ".results.txt.progress" / "header.json").write_text('{"list": "abc"}')  # no format: not ours
+    with pytest.raises(AHIQError, match=r"header\.json: not the progress header of a scoring run \(format "
+                                        r".*\); move .*\.results\.txt\.progress away, or pass --overwrite"):
+        Progress(results, {"list": "abc"}, DistInfo(), True, False, n=3)
