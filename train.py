@@ -119,13 +119,12 @@ def build_loaders(opt: TrainConfig, info: DistInfo, crop_size: int
     train_set = load_dataset(opt, "train", "train", policy, split, flip_axis=opt.flip_axis)  # crops drawn per sample
     require_scores(train_set.raw_scores, opt.train_list, "training (labels are min-max normalised over the list)",
                    "give a score on every row")
-    if not split.active:
-        require_path(opt.val_list, "validation label file (--val_list)", "give your validation labels with --val_list "
-                     "FILE (and --val_ref_path/--val_dis_path), or split the training labels by reference with "
-                     "--split_file FILE (made if missing; docs/datasets.md)")
     if split.active:  # a split divides one dataset: validation is the 'val' part of the training labels
         val_set = load_dataset(opt, "train", "val", policy, split)
     else:
+        require_path(opt.val_list, "validation label file (--val_list)", "give your validation labels with --val_list "
+                     "FILE (and --val_ref_path/--val_dis_path), or split the training labels by reference with "
+                     "--split_file FILE (made if missing; docs/datasets.md)")
         same = [os.path.realpath(p) for p in (opt.train_list, opt.train_ref_path, opt.train_dis_path)]
         if same == [os.path.realpath(p) for p in (opt.val_list, opt.val_ref_path, opt.val_dis_path)]:
             raise AHIQError(f"{opt.train_list}: training and validation would use the same images; pass a "

@@ -81,7 +81,7 @@ def other_spelling(name: str, entries) -> str:
 
 def image_size(path: str, max_pixels: int = MAX_PIXELS) -> tuple[int, int]:
     """(height, width) from the file header, without decoding the pixels; more than ``max_pixels`` is refused."""
-    if not os.path.isfile(path):  # said with the name's other spelling, when the folder has one
+    if not os.path.isfile(path):  # the hint lists the folder: computed only for a missing file, not for every image
         require_path(path, "image", "check the image folder options and the list file" + _other_spelling(path))
     pillow_limit = Image.MAX_IMAGE_PIXELS
     Image.MAX_IMAGE_PIXELS = None  # the limit is ours, checked below; Pillow's would decide first (or only warn)

@@ -66,8 +66,8 @@ def read_splits(path: str) -> dict:
                                                for r in ratios)):
         problem = f"'ratios' is {json.dumps(ratios)}, expected a list of numbers (train, val, test)"
     else:
-        shared = [(k, a, b, sorted(set(s[a]) & set(s[b]))) for k, s in enumerate(splits)
-                  for a, b in (("train", "val"), ("train", "test"), ("val", "test"))]
+        shared = ((k, a, b, sorted(set(s[a]) & set(s[b]))) for k, s in enumerate(splits)
+                  for a, b in (("train", "val"), ("train", "test"), ("val", "test")))  # up to the first overlap
         k, a, b, both = next((x for x in shared if x[3]), (0, "", "", []))
         if both:
             problem = (f"split {k} has {len(both)} reference(s) in both {a} and {b} (e.g. {both[0]}); the parts must "

@@ -160,10 +160,11 @@ def load_used_weights(module: nn.Module, path: str, tag: str) -> None:
 
 def _create(tag: str, pretrained: bool, setting: str, **kwargs) -> nn.Module:
     arch, _, weights = tag.partition(".")
-    tags = timm.list_pretrained(arch + ".*") if timm.is_model(arch) else []
-    if not timm.is_model(arch) or (weights and pretrained and tag not in tags):
+    known_arch = timm.is_model(arch)
+    tags = timm.list_pretrained(arch + ".*") if known_arch and weights and pretrained else []  # only when it matters
+    if not known_arch or (weights and pretrained and tag not in tags):
         known = ", ".join(t.partition(".")[2] for t in tags) or "none"
-        has = f"weights tagged {weights!r} for {arch} (it has: {known})" if timm.is_model(arch) else f"model {arch!r}"
+        has = f"weights tagged {weights!r} for {arch} (it has: {known})" if known_arch else f"model {arch!r}"
         raise AHIQError(f"{setting} {tag}: timm {timm.__version__} has no {has}; pass a timm name with its pinned tag, "
                         f"e.g. {VIT_TAGS[8] if setting == 'vit_name' else RESNET_TAG}")
     why = _unreachable(tag) if pretrained else None
